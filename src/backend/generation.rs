@@ -1,0 +1,173 @@
+//! Generation helpers shared by every decoder: the token sampler (greedy or
+//! seeded sampling with a repetition penalty), the loop guard, and the
+//! incremental detokenizer that turns a growing id list into streamed text
+//! without splitting a UTF-8 character.
+
+use candle_core::Tensor;
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+
+use super::{BackendError, GenerationParams};
+
+/// Picks the next token from logits according to [`GenerationParams`].
+pub struct Sampler {
+    processor: LogitsProcessor,
+    repetition_penalty: f32,
+    repeat_last_n: usize,
+}
+
+impl Sampler {
+    /// A sampler for these parameters (greedy when `temperature` is 0).
+    pub fn new(params: &GenerationParams) -> Self {
+        let sampling = if params.temperature <= 0.0 {
+            Sampling::ArgMax
+        } else {
+            match params.top_p {
+                Some(p) if p > 0.0 && p < 1.0 => Sampling::TopP {
+                    p,
+                    temperature: params.temperature,
+                },
+                _ => Sampling::All {
+                    temperature: params.temperature,
+                },
+            }
+        };
+        Self {
+            processor: LogitsProcessor::from_sampling(params.seed, sampling),
+            repetition_penalty: params.repetition_penalty,
+            repeat_last_n: params.repeat_last_n,
+        }
+    }
+
+    /// The next token, given the logits of the last position (`[vocab]`) and the tokens generated so far.
+    pub fn next(&mut self, logits: &Tensor, generated: &[u32]) -> Result<u32, BackendError> {
+        let logits = logits.to_dtype(candle_core::DType::F32)?;
+        let logits =
+            if (self.repetition_penalty - 1.0).abs() > f32::EPSILON && !generated.is_empty() {
+                let start = generated.len().saturating_sub(self.repeat_last_n);
+                candle_transformers::utils::apply_repeat_penalty(
+                    &logits,
+                    self.repetition_penalty,
+                    &generated[start..],
+                )?
+            } else {
+                logits
+            };
+        Ok(self.processor.sample(&logits)?)
+    }
+}
+
+/// Longest repeated block the loop guard looks for, in tokens.
+pub const LOOP_MAX_PERIOD: usize = 64;
+/// Fewest copies of a block that count as a loop.
+pub const LOOP_MIN_REPEATS: usize = 3;
+/// Fewest tokens the repeated copies must cover together.
+pub const LOOP_MIN_SPAN: usize = 24;
+
+/// The loop guard. When the generated tokens end with one block of `p` tokens
+/// (1 ≤ p ≤ [`LOOP_MAX_PERIOD`]) repeated at least [`LOOP_MIN_REPEATS`] times,
+/// covering at least [`LOOP_MIN_SPAN`] tokens, returns the length to keep: the
+/// output up to and including the first copy of the block.
+pub fn loop_cut(tokens: &[u32]) -> Option<usize> {
+    let n = tokens.len();
+    for p in 1..=LOOP_MAX_PERIOD.min(n / LOOP_MIN_REPEATS) {
+        // Count how many trailing tokens follow the period-p pattern.
+        let mut run = p;
+        while run < n && tokens[n - 1 - run] == tokens[n - 1 - run + p] {
+            run += 1;
+        }
+        let repeats = run / p;
+        if repeats >= LOOP_MIN_REPEATS && repeats * p >= LOOP_MIN_SPAN {
+            return Some(n - (repeats - 1) * p);
+        }
+    }
+    None
+}
+
+/// Turns a growing list of token ids into text pieces, holding back bytes that
+/// do not yet form a whole character.
+pub struct IncrementalText {
+    emitted: usize,
+}
+
+impl IncrementalText {
+    /// Starts with nothing emitted.
+    pub fn new() -> Self {
+        Self { emitted: 0 }
+    }
+
+    /// Given the full decoded text so far, the new part that is safe to emit.
+    pub fn push(&mut self, decoded: &str) -> Option<String> {
+        // A trailing replacement character is an incomplete multi-byte sequence: wait.
+        if decoded.ends_with('\u{FFFD}') || decoded.len() <= self.emitted {
+            return None;
+        }
+        let piece = decoded.get(self.emitted..)?.to_string();
+        self.emitted = decoded.len();
+        Some(piece)
+    }
+}
+
+impl Default for IncrementalText {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn loop_guard_cuts_a_repeated_phrase_to_one_copy() {
+        let mut t: Vec<u32> = vec![1, 2, 3];
+        let block: Vec<u32> = (10..20).collect();
+        for _ in 0..4 {
+            t.extend(&block);
+        }
+        assert_eq!(loop_cut(&t), Some(3 + 10));
+    }
+
+    #[test]
+    fn loop_guard_ignores_short_repeats() {
+        // Two copies are not a loop, nor is a short stutter.
+        let mut t: Vec<u32> = (0..30).collect();
+        t.extend(0..30);
+        assert_eq!(loop_cut(&t), None);
+        assert_eq!(loop_cut(&[5, 5, 5, 5]), None);
+    }
+
+    #[test]
+    fn loop_guard_catches_a_single_token_run() {
+        let t = vec![7u32; 30];
+        assert_eq!(loop_cut(&t), Some(1));
+    }
+
+    proptest! {
+        #[test]
+        fn loop_cut_keeps_a_prefix_with_one_copy(prefix in proptest::collection::vec(0u32..50, 0..40),
+                                                 block in proptest::collection::vec(100u32..200, 1..20),
+                                                 reps in 3usize..8) {
+            let mut t = prefix.clone();
+            for _ in 0..reps { t.extend(&block); }
+            if let Some(keep) = loop_cut(&t) {
+                prop_assert!(keep <= t.len());
+                prop_assert!(keep >= prefix.len());
+                // What is cut is made only of copies of what is kept.
+                let cut = &t[keep..];
+                prop_assert!(cut.iter().all(|x| t[..keep].contains(x)));
+            } else {
+                prop_assert!(block.len() * reps < LOOP_MIN_SPAN || block.len() > LOOP_MAX_PERIOD);
+            }
+        }
+    }
+
+    #[test]
+    fn incremental_text_waits_for_whole_characters() {
+        let mut inc = IncrementalText::new();
+        assert_eq!(inc.push("Пр"), Some("Пр".into()));
+        assert_eq!(inc.push("Пр\u{FFFD}"), None);
+        assert_eq!(inc.push("При"), Some("и".into()));
+        assert_eq!(inc.push("При"), None);
+    }
+}

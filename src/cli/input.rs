@@ -1,0 +1,170 @@
+//! Reading articles from what the user names: files, folders, `-` for stdin,
+//! and JSON Lines (`{"id", "title", "text"}` per line). Each input becomes one
+//! item; an input that cannot be read becomes an item that carries its error,
+//! so the other articles still go through and the error is reported in order.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::task::Article;
+
+/// One article to process, or why it could not be read.
+#[derive(Debug)]
+pub struct InputItem {
+    /// Where it came from (file path, `stdin`, `file.jsonl:3`).
+    pub origin: String,
+    /// The article, or the reason it could not be read.
+    pub article: Result<Article, String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonLine {
+    id: Option<serde_json::Value>,
+    title: Option<String>,
+    text: String,
+}
+
+/// File extensions read from a folder.
+pub const FOLDER_EXTENSIONS: &[&str] = &["txt", "md", "jsonl"];
+
+/// Expands the user's inputs into items, in order. `jsonl` forces JSON Lines
+/// for stdin and for files without the `.jsonl` extension.
+pub fn read_inputs(inputs: &[PathBuf], jsonl: bool) -> Result<Vec<InputItem>, String> {
+    let mut items = Vec::new();
+    if inputs.is_empty() {
+        return Err("no input given: name files or folders, or `-` to read stdin".into());
+    }
+    for input in inputs {
+        if input.as_os_str() == "-" {
+            let mut buf = Vec::new();
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| format!("cannot read stdin: {e}"))?;
+            push_bytes(&mut items, "stdin", buf, jsonl);
+        } else if input.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(input)
+                .map_err(|e| format!("cannot read folder {}: {e}", input.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .and_then(|x| x.to_str())
+                            .is_some_and(|x| FOLDER_EXTENSIONS.contains(&x))
+                })
+                .collect();
+            files.sort();
+            if files.is_empty() {
+                return Err(format!(
+                    "folder {} has no .txt, .md or .jsonl files",
+                    input.display()
+                ));
+            }
+            for f in files {
+                push_file(&mut items, &f, jsonl);
+            }
+        } else {
+            push_file(&mut items, input, jsonl);
+        }
+    }
+    Ok(items)
+}
+
+fn push_file(items: &mut Vec<InputItem>, path: &Path, jsonl: bool) {
+    let origin = path.display().to_string();
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let is_jsonl = jsonl || path.extension().is_some_and(|x| x == "jsonl");
+            push_bytes(items, &origin, bytes, is_jsonl);
+        }
+        Err(e) => items.push(InputItem {
+            article: Err(format!("cannot read {origin}: {e}")),
+            origin,
+        }),
+    }
+}
+
+fn push_bytes(items: &mut Vec<InputItem>, origin: &str, bytes: Vec<u8>, jsonl: bool) {
+    let text = match String::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            items.push(InputItem {
+                origin: origin.to_string(),
+                article: Err(format!(
+                    "{origin} is not valid UTF-8 (invalid byte at offset {}); convert it to UTF-8 first",
+                    e.utf8_error().valid_up_to()
+                )),
+            });
+            return;
+        }
+    };
+    if jsonl {
+        for (n, line) in text.lines().enumerate() {
+            if line.trim().is_empty() {
+                continue;
+            }
+            let origin = format!("{origin}:{}", n + 1);
+            let article = serde_json::from_str::<JsonLine>(line)
+                .map(|l| Article {
+                    id: l.id.map(|v| match v {
+                        serde_json::Value::String(s) => s,
+                        other => other.to_string(),
+                    }),
+                    title: l.title,
+                    text: l.text,
+                })
+                .map_err(|e| format!("{origin}: not a valid JSON Lines record {{\"id\", \"title\", \"text\"}}: {e}"));
+            items.push(InputItem { origin, article });
+        }
+    } else {
+        let id = Path::new(origin)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned());
+        items.push(InputItem {
+            origin: origin.to_string(),
+            article: Ok(Article {
+                id,
+                title: None,
+                text,
+            }),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn folder_files_are_read_in_name_order_and_bad_lines_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("b.txt"), "Second.").unwrap();
+        std::fs::write(dir.path().join("a.txt"), "First.").unwrap();
+        std::fs::write(dir.path().join("skip.bin"), "x").unwrap();
+        std::fs::write(
+            dir.path().join("c.jsonl"),
+            "{\"id\": 7, \"title\": \"T\", \"text\": \"Third.\"}\nnot json\n\n",
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("d.txt"), [0xff, 0xfe, b'a']).unwrap();
+        let items = read_inputs(&[dir.path().to_path_buf()], false).unwrap();
+        let texts: Vec<_> = items
+            .iter()
+            .map(|i| i.article.as_ref().map(|a| a.text.clone()))
+            .collect();
+        assert_eq!(texts[0].as_deref(), Ok("First."));
+        assert_eq!(texts[1].as_deref(), Ok("Second."));
+        assert_eq!(texts[2].as_deref(), Ok("Third."));
+        assert_eq!(items[2].article.as_ref().unwrap().id.as_deref(), Some("7"));
+        assert!(texts[3].as_ref().unwrap_err().contains("c.jsonl:2"));
+        assert!(texts[4].as_ref().unwrap_err().contains("not valid UTF-8"));
+        assert_eq!(items.len(), 5);
+    }
+
+    #[test]
+    fn no_input_is_an_error() {
+        assert!(read_inputs(&[], false).is_err());
+    }
+}

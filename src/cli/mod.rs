@@ -1,0 +1,567 @@
+//! The command line (clap only here). Flags are parsed in two stages: clap
+//! fills raw structs, then they become ready objects (engine, options, inputs)
+//! with the configuration file's values filled in where a flag was not given.
+//!
+//! Exit codes: 0 all articles done; 1 at least one article failed (each one is
+//! named on stderr and carries its error in the output); 2 bad usage or input
+//! that could not be read at all; 3 a model could not be fetched or loaded.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+
+pub mod input;
+pub mod output;
+
+use crate::config::{Config, DEFAULT_MODEL};
+use crate::engine::{Engine, EngineError, Routing, StoreLoader};
+use crate::store::{ModelSpec, ModelStore, StoreConfig};
+use crate::task::{CancelToken, GenerationOverrides, Length, Progress, Task, TaskOptions};
+use output::{ErrorBody, Format, Outcome};
+
+/// Summaries of news articles, and their Russian and Hindi versions, with open models.
+#[derive(Debug, Parser)]
+#[command(name = "precis", version, about, long_about = None, after_help = "Examples:\n  precis digest --to ru,hi examples/sample-article.txt\n  precis summarize --sentences 2 --format markdown articles/\n  cat feed.jsonl | precis translate --to ru --format jsonl --jsonl -\n  precis serve --addr 127.0.0.1:8080")]
+pub struct Cli {
+    /// Configuration file (TOML); see the README.
+    #[arg(long, global = true, env = "PRECIS_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Directory for fetched models and their verification record [default: $PRECIS_HOME or the user cache dir].
+    #[arg(long, global = true, env = "PRECIS_HOME", value_name = "DIR")]
+    pub models_dir: Option<PathBuf>,
+    /// No progress bars.
+    #[arg(long, short, global = true)]
+    pub quiet: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Summarize articles (English by default).
+    Summarize(SummarizeArgs),
+    /// Translate whole articles, paragraph by paragraph.
+    Translate(TranslateArgs),
+    /// Summary plus its translations (and, with --full, full translations).
+    Digest(DigestArgs),
+    /// List, fetch and verify models.
+    #[command(subcommand)]
+    Models(ModelsCommand),
+    /// Run the REST API.
+    Serve(ServeArgs),
+}
+
+/// Options shared by the three jobs.
+#[derive(Debug, Args)]
+pub struct JobArgs {
+    /// Articles: files, folders (their .txt, .md and .jsonl files), or `-` for stdin.
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<PathBuf>,
+    /// Read inputs as JSON Lines ({"id", "title", "text"} per line); implied for *.jsonl files.
+    #[arg(long)]
+    pub jsonl: bool,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Format::Json)]
+    pub format: Format,
+    /// Model: a manifest id, a hub repo id, or a local .gguf file [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
+    #[arg(long, short, env = "PRECIS_MODEL")]
+    pub model: Option<String>,
+    /// Keep non-story paragraphs (photo credits, comment forms, ...).
+    #[arg(long)]
+    pub no_clean: bool,
+    /// Fail an article whose output is flagged instead of returning it with flags.
+    #[arg(long)]
+    pub strict: bool,
+    /// Cap on new tokens per generation call.
+    #[arg(long, value_name = "N")]
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature (0 = greedy, the default).
+    #[arg(long)]
+    pub temperature: Option<f64>,
+    /// Nucleus sampling threshold.
+    #[arg(long)]
+    pub top_p: Option<f64>,
+    /// Sampler seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Repetition penalty (1.0 = none; default 1.1).
+    #[arg(long)]
+    pub repetition_penalty: Option<f32>,
+    /// Write the output to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
+    #[arg(long)]
+    pub cuda: bool,
+}
+
+/// Summary length flags.
+#[derive(Debug, Args)]
+#[group(multiple = false)]
+pub struct LengthArgs {
+    /// Summary length in sentences [default: 3].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=50))]
+    pub sentences: Option<u32>,
+    /// Summary length in words.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(5..=1000))]
+    pub words: Option<u32>,
+}
+
+impl LengthArgs {
+    fn length(&self) -> Option<Length> {
+        match (self.sentences, self.words) {
+            (Some(s), _) => Some(Length::Sentences(s)),
+            (None, Some(w)) => Some(Length::Words(w)),
+            _ => None,
+        }
+    }
+}
+
+/// `precis summarize`.
+#[derive(Debug, Args)]
+pub struct SummarizeArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    #[command(flatten)]
+    length: LengthArgs,
+    /// Write the summary in this language (en, ru, hi).
+    #[arg(long, value_name = "CODE")]
+    language: Option<String>,
+}
+
+/// `precis translate`.
+#[derive(Debug, Args)]
+pub struct TranslateArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    /// Target languages, comma separated (e.g. ru,hi).
+    #[arg(long, value_delimiter = ',', required = true, value_name = "CODES")]
+    to: Vec<String>,
+}
+
+/// `precis digest`.
+#[derive(Debug, Args)]
+pub struct DigestArgs {
+    #[command(flatten)]
+    job: JobArgs,
+    #[command(flatten)]
+    length: LengthArgs,
+    /// Target languages, comma separated [default: every language the model translates into].
+    #[arg(long, value_delimiter = ',', value_name = "CODES")]
+    to: Vec<String>,
+    /// Also translate the whole article.
+    #[arg(long)]
+    full: bool,
+}
+
+/// `precis models ...`.
+#[derive(Debug, Subcommand)]
+pub enum ModelsCommand {
+    /// Known models, whether they are present, and where.
+    List,
+    /// Download a model (hub, then the offline mirror) and verify it.
+    Fetch {
+        /// Manifest id or hub repo id.
+        ids: Vec<String>,
+    },
+    /// Re-hash model files and compare with their manifests.
+    Verify {
+        /// Manifest id [default: every present model].
+        id: Option<String>,
+    },
+}
+
+/// `precis serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "PRECIS_ADDR")]
+    addr: Option<String>,
+    /// Default model [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
+    #[arg(long, short, env = "PRECIS_MODEL")]
+    model: Option<String>,
+    /// Do not fetch or load models at start-up; load present ones on first use (never downloads).
+    #[arg(long)]
+    lazy: bool,
+    /// Largest request body in bytes [default: 2097152].
+    #[arg(long)]
+    max_body_bytes: Option<usize>,
+    /// Most characters per article [default: 100000].
+    #[arg(long)]
+    max_chars: Option<usize>,
+    /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
+    #[arg(long)]
+    cuda: bool,
+}
+
+/// Exit code: everything done.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: at least one article failed.
+pub const EXIT_ITEM_FAILED: i32 = 1;
+/// Exit code: bad usage or unreadable input.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code: a model could not be fetched or loaded.
+pub const EXIT_MODEL: i32 = 3;
+
+/// Runs the parsed command line and returns the process exit code.
+pub fn run(cli: Cli) -> anyhow::Result<i32> {
+    let config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::default(),
+    };
+    let store = Arc::new(open_store(&cli, &config)?);
+    match cli.command {
+        Command::Summarize(a) => {
+            let mut opts = job_options(&a.job);
+            opts.length = a.length.length();
+            opts.summary_language = a.language.map(|l| l.trim().to_ascii_lowercase());
+            run_job(Task::Summarize, &a.job, opts, &config, store, cli.quiet)
+        }
+        Command::Translate(a) => {
+            let mut opts = job_options(&a.job);
+            opts.to = crate::http::normalise_languages(&a.to);
+            run_job(Task::Translate, &a.job, opts, &config, store, cli.quiet)
+        }
+        Command::Digest(a) => {
+            let mut opts = job_options(&a.job);
+            opts.to = crate::http::normalise_languages(&a.to);
+            opts.length = a.length.length();
+            opts.full = a.full;
+            run_job(Task::Digest, &a.job, opts, &config, store, cli.quiet)
+        }
+        Command::Models(m) => models_command(m, &store),
+        Command::Serve(a) => serve(a, &config, store),
+    }
+}
+
+fn open_store(cli: &Cli, config: &Config) -> anyhow::Result<ModelStore> {
+    let mut sc = StoreConfig::from_env();
+    if let Some(dir) = cli.models_dir.clone().or_else(|| config.models_dir.clone()) {
+        sc.root = dir;
+    }
+    sc.extra_manifest_dirs
+        .extend(config.manifest_dirs.iter().cloned());
+    sc.progress = !cli.quiet;
+    Ok(ModelStore::open(sc)?)
+}
+
+fn job_options(a: &JobArgs) -> TaskOptions {
+    TaskOptions {
+        clean: !a.no_clean,
+        strict: a.strict,
+        generation: GenerationOverrides {
+            max_new_tokens: a.max_new_tokens,
+            temperature: a.temperature,
+            top_p: a.top_p,
+            seed: a.seed,
+            repetition_penalty: a.repetition_penalty,
+        },
+        ..TaskOptions::default()
+    }
+}
+
+fn routing(config: &Config, model: Option<&str>) -> Routing {
+    let default = model
+        .map(str::to_string)
+        .or_else(|| config.model.clone())
+        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
+    // A model named on the command line serves every job; otherwise the config's
+    // dedicated choices come first and the default model is the fallback.
+    let (summarizer, translator) = match model {
+        Some(_) => (None, None),
+        None => (config.summarizer.clone(), config.translator.clone()),
+    };
+    Routing {
+        summarizers: summarizer.into_iter().chain([default.clone()]).collect(),
+        translators: translator.into_iter().chain([default]).collect(),
+    }
+}
+
+fn run_job(
+    task: Task,
+    job: &JobArgs,
+    mut options: TaskOptions,
+    config: &Config,
+    store: Arc<ModelStore>,
+    quiet: bool,
+) -> anyhow::Result<i32> {
+    let items = match input::read_inputs(&job.inputs, job.jsonl) {
+        Ok(items) => items,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let routing = routing(config, job.model.as_deref());
+    let loader = Arc::new(StoreLoader::open(store, true, job.cuda));
+    let engine = Engine::new(loader, routing);
+    if let Err(e) = engine.load_routed() {
+        eprintln!("error: {e}");
+        return Ok(EXIT_MODEL);
+    }
+    if task == Task::Digest && options.to.is_empty() {
+        options.to = default_targets(&engine);
+    }
+    let bar = if quiet || items.len() < 2 {
+        None
+    } else {
+        Some(progress_bar(items.len() as u64, "articles"))
+    };
+    let mut outcomes = Vec::new();
+    let mut failed = Vec::new();
+    for item in items {
+        let result = match item.article {
+            Err(message) => Err(ErrorBody {
+                code: "unreadable_input".into(),
+                message,
+            }),
+            Ok(article) => {
+                let step_bar = if quiet {
+                    None
+                } else {
+                    Some(progress_bar(1, &item.origin))
+                };
+                let report = |p: Progress| {
+                    if let Some(b) = &step_bar {
+                        b.set_length(p.total as u64);
+                        b.set_position(p.done as u64);
+                    }
+                };
+                let r = engine.run(task, &article, &options, None, &CancelToken::new(), &report);
+                if let Some(b) = step_bar {
+                    b.finish_and_clear();
+                }
+                r.map(Box::new).map_err(|e| error_body(&e, &article))
+            }
+        };
+        match result {
+            Ok(r) => outcomes.push(Outcome::Ok(r)),
+            Err(error) => {
+                eprintln!("error: {}: {}", item.origin, error.message);
+                failed.push(item.origin.clone());
+                outcomes.push(Outcome::Failed {
+                    origin: item.origin,
+                    id: None,
+                    error,
+                });
+            }
+        }
+        if let Some(b) = &bar {
+            b.inc(1);
+        }
+    }
+    if let Some(b) = bar {
+        b.finish_and_clear();
+    }
+    let text = output::render(&outcomes, job.format);
+    match &job.out {
+        Some(path) => write_atomically(path, &text)?,
+        None => print!("{text}"),
+    }
+    if failed.is_empty() {
+        Ok(EXIT_OK)
+    } else {
+        eprintln!(
+            "{} of {} articles failed: {}",
+            failed.len(),
+            outcomes.len(),
+            failed.join(", ")
+        );
+        Ok(EXIT_ITEM_FAILED)
+    }
+}
+
+fn error_body(e: &EngineError, _article: &crate::task::Article) -> ErrorBody {
+    // The CLI user is the operator: the message carries the whole reason.
+    ErrorBody {
+        code: crate::http::error::engine_error_code(e).name(),
+        message: e.to_string(),
+    }
+}
+
+fn default_targets(engine: &Engine) -> Vec<String> {
+    let mut targets: Vec<String> = engine
+        .loaded()
+        .iter()
+        .flat_map(|m| m.target_languages.iter().filter(|l| *l != "en").cloned())
+        .collect();
+    targets.sort();
+    targets.dedup();
+    // Russian before Hindi reads better in a newsletter than alphabetical order.
+    targets.sort_by_key(|l| match l.as_str() {
+        "ru" => 0,
+        "hi" => 1,
+        _ => 2,
+    });
+    targets
+}
+
+fn progress_bar(len: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(len);
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    bar
+}
+
+fn write_atomically(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+    tmp.persist(path)?;
+    Ok(())
+}
+
+fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32> {
+    match cmd {
+        ModelsCommand::List => {
+            println!(
+                "{:<38} {:<11} {:<10} {:<22} WHERE",
+                "ID", "FAMILY", "LANGUAGES", "STATUS"
+            );
+            for m in store.manifests() {
+                let spec = ModelSpec::from_manifest(m);
+                let status = store.status(&spec);
+                for f in &status.files {
+                    let place = match (&f.path, f.source) {
+                        (Some(p), Some(src)) => format!("{src}: {}", p.display()),
+                        (Some(p), None) => p.display().to_string(),
+                        _ => format!("not fetched (precis models fetch {})", m.id),
+                    };
+                    let state = match &f.verification {
+                        crate::store::Verification::Missing => "missing".to_string(),
+                        v => v.to_string(),
+                    };
+                    println!(
+                        "{:<38} {:<11} {:<10} {:<22} {place}",
+                        m.id,
+                        m.family.to_string().trim_start_matches("gguf-"),
+                        m.languages.targets.join(","),
+                        state,
+                    );
+                }
+                if let Some(notes) = &m.notes {
+                    println!("    {notes}");
+                }
+            }
+            Ok(EXIT_OK)
+        }
+        ModelsCommand::Fetch { ids } => {
+            if ids.is_empty() {
+                eprintln!("error: name a model to fetch; `precis models list` shows them");
+                return Ok(EXIT_USAGE);
+            }
+            let rt = tokio::runtime::Runtime::new()?;
+            let mut code = EXIT_OK;
+            for id in ids {
+                let spec = match store.resolve(&id) {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = EXIT_MODEL;
+                        continue;
+                    }
+                };
+                match rt.block_on(store.fetch(&spec)) {
+                    Ok(located) => {
+                        for (name, path) in &located.files {
+                            println!("{} {name}: {}", spec.id, path.display());
+                        }
+                    }
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        code = EXIT_MODEL;
+                    }
+                }
+            }
+            Ok(code)
+        }
+        ModelsCommand::Verify { id } => {
+            let specs: Vec<ModelSpec> = match id {
+                Some(id) => vec![store.resolve(&id)?],
+                None => store
+                    .manifests()
+                    .iter()
+                    .map(ModelSpec::from_manifest)
+                    .filter(|s| store.status(s).files.iter().any(|f| f.is_present()))
+                    .collect(),
+            };
+            if specs.is_empty() {
+                println!("no model is present; fetch one with `precis models fetch ID`");
+            }
+            let mut code = EXIT_OK;
+            for spec in specs {
+                for r in store.verify(&spec)? {
+                    let path = r
+                        .path
+                        .as_ref()
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    println!("{} {}: {} {path}", spec.id, r.name, r.verification);
+                    if !r.verification.is_usable() {
+                        code = EXIT_MODEL;
+                    }
+                }
+            }
+            if code != EXIT_OK {
+                eprintln!("error: some model files are missing or corrupt; delete a corrupt file and run `precis models fetch ID` again");
+            }
+            Ok(code)
+        }
+    }
+}
+
+fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Result<i32> {
+    let addr: std::net::SocketAddr = a
+        .addr
+        .or_else(|| config.server.addr.clone())
+        .unwrap_or_else(|| "127.0.0.1:8080".into())
+        .parse()?;
+    let routing = routing(config, a.model.as_deref());
+    let configured: Vec<String> = routing
+        .summarizers
+        .iter()
+        .chain(routing.translators.iter())
+        .cloned()
+        .collect();
+    let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
+    let engine = Arc::new(Engine::new(loader.clone(), routing));
+    if !a.lazy {
+        if let Err(e) = engine.load_routed() {
+            eprintln!("error: {e}");
+            return Ok(EXIT_MODEL);
+        }
+    }
+    // From here on no request may trigger a download.
+    loader.forbid_fetch();
+    let default_targets = default_targets(&engine);
+    let limits = crate::http::ServerLimits {
+        max_body_bytes: a
+            .max_body_bytes
+            .or(config.server.max_body_bytes)
+            .unwrap_or(crate::http::ServerLimits::default().max_body_bytes),
+        max_chars: a
+            .max_chars
+            .or(config.server.max_chars)
+            .unwrap_or(crate::http::ServerLimits::default().max_chars),
+    };
+    let state = crate::http::AppState {
+        engine,
+        limits,
+        default_targets,
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(crate::http::serve(state, addr))?;
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,457 @@
+//! The engine: loaded models, each owned by one worker thread, reached through
+//! a channel with a reply channel per job (the text-embeddings-inference shape).
+//!
+//! Concurrent requests queue at the worker instead of failing; a panic inside a
+//! model fails that job only and the worker keeps serving. The engine also
+//! routes work: which loaded model writes summaries and which translates into
+//! each language, from configuration with a fallback order, and it is the
+//! [`ModelRouter`] tasks see.
+
+use std::collections::BTreeSet;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+
+use crate::backend::gguf::{GgufModel, GgufOptions};
+use crate::backend::{
+    Backend, BackendError, Flow, Generation, GenerationRequest, ModelInfo, TokenCounter,
+};
+use crate::store::{LocatedModel, ModelSpec, ModelStore};
+use crate::task::{
+    self, language_name, Article, CancelToken, ModelRouter, ProgressFn, Task, TaskError,
+    TaskOptions, TaskResult, TextModel,
+};
+
+/// Why the engine could not serve a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// The request named a model this engine does not know.
+    #[error("unknown model `{0}`: name one of the models listed by GET /v1/models or `precis models list`")]
+    UnknownModel(String),
+    /// A known model could not be loaded.
+    #[error("model `{id}` cannot be loaded: {reason}")]
+    ModelUnavailable {
+        /// The model.
+        id: String,
+        /// Why.
+        reason: String,
+    },
+    /// The task failed.
+    #[error(transparent)]
+    Task(#[from] TaskError),
+}
+
+/// Loads models by name for the engine. The store-backed loader lives in the
+/// CLI glue; tests use the fake backend.
+pub trait ModelLoader: Send + Sync {
+    /// The canonical id for `name` if this loader knows it (an HTTP request may only name these).
+    fn canonical(&self, name: &str) -> Option<String>;
+    /// Loads the model (never downloads when `allow_fetch` is false).
+    fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError>;
+}
+
+enum Job {
+    Generate {
+        requests: Vec<GenerationRequest>,
+        cancel: CancelToken,
+        reply: mpsc::Sender<Vec<Result<Generation, BackendError>>>,
+    },
+}
+
+/// A loaded model: its worker thread and the channel to it.
+pub struct ModelHandle {
+    info: ModelInfo,
+    counter: TokenCounter,
+    tx: Mutex<mpsc::Sender<Job>>,
+}
+
+impl ModelHandle {
+    /// Starts a worker thread that owns `backend`.
+    pub fn spawn(backend: Box<dyn Backend>) -> Arc<Self> {
+        let info = backend.info().clone();
+        let counter = backend.token_counter();
+        let (tx, rx) = mpsc::channel::<Job>();
+        let name = format!("model-{}", info.id);
+        let spawned = thread::Builder::new()
+            .name(name)
+            .spawn(move || worker(backend, rx));
+        if let Err(e) = spawned {
+            tracing::error!("cannot start a model worker thread: {e}");
+        }
+        Arc::new(Self {
+            info,
+            counter,
+            tx: Mutex::new(tx),
+        })
+    }
+}
+
+fn worker(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>) {
+    while let Ok(job) = rx.recv() {
+        match job {
+            Job::Generate {
+                requests,
+                cancel,
+                reply,
+            } => {
+                if cancel.is_cancelled() {
+                    let _ = reply.send(Vec::new());
+                    continue;
+                }
+                let n = requests.len();
+                let result = catch_unwind(AssertUnwindSafe(|| {
+                    backend.generate(&requests, &mut |_, _| {
+                        if cancel.is_cancelled() {
+                            Flow::Stop
+                        } else {
+                            Flow::Continue
+                        }
+                    })
+                }));
+                let out = result.unwrap_or_else(|_| {
+                    tracing::error!(model = %backend.info().id, "the model panicked; the job failed and the worker goes on");
+                    (0..n)
+                        .map(|_| Err(BackendError::Runtime("the model crashed on this input".into())))
+                        .collect()
+                });
+                // The caller may have gone away; nothing to do then.
+                let _ = reply.send(out);
+            }
+        }
+    }
+}
+
+impl TextModel for ModelHandle {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn count_tokens(&self, text: &str) -> Result<usize, BackendError> {
+        (self.counter)(text)
+    }
+
+    fn generate(
+        &self,
+        requests: Vec<GenerationRequest>,
+        cancel: &CancelToken,
+    ) -> Vec<Result<Generation, BackendError>> {
+        let n = requests.len();
+        let (reply, rx) = mpsc::channel();
+        let sent = self.tx.lock().map_err(|_| ()).and_then(|tx| {
+            tx.send(Job::Generate {
+                requests,
+                cancel: cancel.clone(),
+                reply,
+            })
+            .map_err(|_| ())
+        });
+        let stopped = || {
+            (0..n)
+                .map(|_| Err(BackendError::Runtime("the model worker has stopped".into())))
+                .collect()
+        };
+        if sent.is_err() {
+            return stopped();
+        }
+        rx.recv().unwrap_or_else(|_| stopped())
+    }
+}
+
+/// Which models serve which jobs, by id, in order of preference.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Routing {
+    /// Models tried for summaries, first that writes the language wins.
+    pub summarizers: Vec<String>,
+    /// Models tried for translations, first that writes the language wins.
+    pub translators: Vec<String>,
+}
+
+/// Loaded models and the rules that pick among them.
+pub struct Engine {
+    loader: Arc<dyn ModelLoader>,
+    models: Mutex<Vec<Arc<ModelHandle>>>,
+    routing: Routing,
+}
+
+impl Engine {
+    /// An engine that loads through `loader`, routing as given. Nothing is loaded yet.
+    pub fn new(loader: Arc<dyn ModelLoader>, routing: Routing) -> Self {
+        Self {
+            loader,
+            models: Mutex::new(Vec::new()),
+            routing,
+        }
+    }
+
+    /// Loads every model the routing names (the server does this at start-up).
+    pub fn load_routed(&self) -> Result<(), EngineError> {
+        let ids: BTreeSet<String> = self
+            .routing
+            .summarizers
+            .iter()
+            .chain(self.routing.translators.iter())
+            .cloned()
+            .collect();
+        for id in ids {
+            self.model(&id)?;
+        }
+        Ok(())
+    }
+
+    /// The loaded model named `name`, loading it on first use.
+    pub fn model(&self, name: &str) -> Result<Arc<ModelHandle>, EngineError> {
+        let id = self
+            .loader
+            .canonical(name)
+            .ok_or_else(|| EngineError::UnknownModel(name.to_string()))?;
+        let mut models = self
+            .models
+            .lock()
+            .map_err(|_| EngineError::ModelUnavailable {
+                id: id.clone(),
+                reason: "engine state poisoned".into(),
+            })?;
+        if let Some(m) = models.iter().find(|m| m.info.id == id) {
+            return Ok(Arc::clone(m));
+        }
+        let started = std::time::Instant::now();
+        let backend = self.loader.load(&id)?;
+        tracing::info!(model = %id, seconds = started.elapsed().as_secs_f32(), "model loaded");
+        let handle = ModelHandle::spawn(backend);
+        models.push(Arc::clone(&handle));
+        Ok(handle)
+    }
+
+    /// Infos of the loaded models.
+    pub fn loaded(&self) -> Vec<ModelInfo> {
+        self.models
+            .lock()
+            .map(|m| m.iter().map(|h| h.info.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    /// The loader's canonical id for a name, if it knows it.
+    pub fn canonical(&self, name: &str) -> Option<String> {
+        self.loader.canonical(name)
+    }
+
+    /// Runs a task, on the model named by `model` when given, else on the routed models.
+    pub fn run(
+        &self,
+        task: Task,
+        article: &Article,
+        options: &TaskOptions,
+        model: Option<&str>,
+        cancel: &CancelToken,
+        progress: ProgressFn<'_>,
+    ) -> Result<TaskResult, EngineError> {
+        let forced = model.map(|m| self.model(m)).transpose()?;
+        let router = RequestRouter {
+            engine: self,
+            forced,
+        };
+        Ok(task::run(
+            task, article, options, &router, cancel, progress,
+        )?)
+    }
+
+    fn pick(
+        &self,
+        ids: &[String],
+        language: &str,
+        translation: bool,
+    ) -> Result<Arc<dyn TextModel>, TaskError> {
+        let mut supported = BTreeSet::new();
+        for id in ids {
+            let handle = self
+                .model(id)
+                .map_err(|e| TaskError::ModelUnavailable(e.to_string()))?;
+            if handle.info.target_languages.iter().any(|l| l == language) {
+                return Ok(handle);
+            }
+            supported.extend(
+                handle
+                    .info
+                    .target_languages
+                    .iter()
+                    .filter(|l| !translation || *l != "en")
+                    .cloned(),
+            );
+        }
+        Err(unsupported(language, supported))
+    }
+}
+
+fn unsupported(language: &str, supported: BTreeSet<String>) -> TaskError {
+    let list: Vec<String> = supported
+        .into_iter()
+        .map(|c| match language_name(&c) {
+            Some(n) => format!("{c} ({n})"),
+            None => c,
+        })
+        .collect();
+    TaskError::UnsupportedLanguage {
+        code: language.to_string(),
+        supported: list.join(", "),
+    }
+}
+
+struct RequestRouter<'a> {
+    engine: &'a Engine,
+    forced: Option<Arc<ModelHandle>>,
+}
+
+impl RequestRouter<'_> {
+    fn choose(
+        &self,
+        ids: &[String],
+        language: &str,
+        translation: bool,
+    ) -> Result<Arc<dyn TextModel>, TaskError> {
+        match &self.forced {
+            Some(m) if m.info.target_languages.iter().any(|l| l == language) => {
+                Ok(Arc::clone(m) as Arc<dyn TextModel>)
+            }
+            Some(m) => Err(unsupported(
+                language,
+                m.info
+                    .target_languages
+                    .iter()
+                    .filter(|l| !translation || *l != "en")
+                    .cloned()
+                    .collect(),
+            )),
+            None => self.engine.pick(ids, language, translation),
+        }
+    }
+}
+
+impl ModelRouter for RequestRouter<'_> {
+    fn summarizer(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError> {
+        self.choose(&self.engine.routing.summarizers, language, false)
+    }
+
+    fn translator(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError> {
+        if language == "en" {
+            let targets: Vec<String> = self
+                .engine
+                .loaded()
+                .iter()
+                .flat_map(|m| m.target_languages.iter().filter(|l| *l != "en").cloned())
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            return Err(TaskError::SameLanguage(targets.join(", ")));
+        }
+        self.choose(&self.engine.routing.translators, language, true)
+    }
+}
+
+/// Loads models through the [`ModelStore`]: manifests by id or hub repo, local
+/// `.gguf` files by path. In `open` mode (the CLI) any name the store resolves
+/// is accepted; otherwise (the server) only manifest ids and the names it was
+/// configured with, so no caller can make it read arbitrary paths.
+pub struct StoreLoader {
+    store: Arc<ModelStore>,
+    allow_fetch: AtomicBool,
+    cuda: bool,
+    open: bool,
+    configured: Vec<String>,
+}
+
+/// Languages assumed for a GGUF chat model named by path, with no manifest.
+pub const AD_HOC_LLM_LANGUAGES: &[&str] = &["en", "ru", "hi"];
+
+impl StoreLoader {
+    /// A loader for the CLI: accepts any name the store resolves.
+    pub fn open(store: Arc<ModelStore>, allow_fetch: bool, cuda: bool) -> Self {
+        Self {
+            store,
+            allow_fetch: AtomicBool::new(allow_fetch),
+            cuda,
+            open: true,
+            configured: Vec::new(),
+        }
+    }
+
+    /// A loader for the server: manifest ids, their hub repos, and `configured` names only.
+    pub fn closed(
+        store: Arc<ModelStore>,
+        allow_fetch: bool,
+        cuda: bool,
+        configured: Vec<String>,
+    ) -> Self {
+        Self {
+            open: false,
+            configured,
+            ..Self::open(store, allow_fetch, cuda)
+        }
+    }
+
+    /// From now on, only files already present are loaded.
+    pub fn forbid_fetch(&self) {
+        self.allow_fetch.store(false, AtomicOrdering::SeqCst);
+    }
+
+    fn locate(&self, spec: &ModelSpec) -> Result<LocatedModel, String> {
+        if !self.allow_fetch.load(AtomicOrdering::SeqCst) {
+            return self.store.locate(spec).map_err(|e| e.to_string());
+        }
+        let fetch = self.store.fetch(spec);
+        let located = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => handle.block_on(fetch),
+            Err(_) => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| format!("cannot start the download runtime: {e}"))?
+                .block_on(fetch),
+        };
+        located.map_err(|e| e.to_string())
+    }
+}
+
+impl ModelLoader for StoreLoader {
+    fn canonical(&self, name: &str) -> Option<String> {
+        if self.open || self.configured.iter().any(|c| c == name) {
+            return self.store.resolve(name).ok().map(|s| s.id);
+        }
+        let spec = self.store.resolve(name).ok()?;
+        (spec.manifest.is_some()).then_some(spec.id)
+    }
+
+    fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError> {
+        let unavailable = |reason: String| EngineError::ModelUnavailable {
+            id: id.to_string(),
+            reason,
+        };
+        let spec = self
+            .store
+            .resolve(id)
+            .map_err(|e| unavailable(e.to_string()))?;
+        let located = self.locate(&spec).map_err(unavailable)?;
+        let path = located
+            .files
+            .iter()
+            .map(|(_, p)| p)
+            .find(|p| p.extension().is_some_and(|x| x == "gguf"))
+            .ok_or_else(|| unavailable("the model has no .gguf file".into()))?;
+        let target_languages = match &spec.manifest {
+            Some(m) => m.languages.targets.clone(),
+            None => AD_HOC_LLM_LANGUAGES.iter().map(|s| s.to_string()).collect(),
+        };
+        let model = GgufModel::load(
+            path,
+            GgufOptions {
+                id: Some(spec.id.clone()),
+                revision: Some(located.revision.clone()),
+                target_languages,
+                cuda: self.cuda,
+            },
+        )
+        .map_err(|e| unavailable(e.to_string()))?;
+        Ok(Box::new(model))
+    }
+}

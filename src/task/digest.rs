@@ -1,0 +1,76 @@
+//! Digest: the summary, then its translation into each target language, and,
+//! when asked, translations of the whole article, in one result.
+
+use super::summarize::summarize;
+use super::translate::{steps, translate_texts, StepCounter, TranslationInput};
+use super::{
+    CancelToken, ModelRouter, PreparedArticle, Progress, ProgressFn, Summary, TaskError,
+    TaskOptions, Translation, TranslationSource,
+};
+
+/// Runs a digest: English summary, its translations, and full translations when `options.full`.
+pub fn digest(
+    article: &PreparedArticle,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    progress: ProgressFn<'_>,
+) -> Result<(Summary, Vec<Translation>), TaskError> {
+    let summary_steps = 1;
+    let title = article.headline.as_deref();
+    let per_language_summary = steps(title, std::slice::from_ref(&String::new()));
+    let per_language_full = if options.full {
+        steps(title, &article.paragraphs)
+    } else {
+        0
+    };
+    let total = summary_steps + options.to.len() * (per_language_summary + per_language_full);
+    let summary = summarize(article, "en", options, models, cancel)?;
+    progress(Progress { done: 1, total });
+    let summary_paragraphs = vec![summary.text.clone()];
+    let mut translations = Vec::new();
+    let mut offset = summary_steps;
+    for lang in &options.to {
+        let counter = StepCounter {
+            offset,
+            total,
+            progress,
+        };
+        translations.push(translate_texts(
+            &TranslationInput {
+                title,
+                paragraphs: &summary_paragraphs,
+                language: lang,
+                source: TranslationSource::Summary,
+            },
+            options,
+            models,
+            cancel,
+            &counter,
+        )?);
+        offset += per_language_summary;
+    }
+    if options.full {
+        for lang in &options.to {
+            let counter = StepCounter {
+                offset,
+                total,
+                progress,
+            };
+            translations.push(translate_texts(
+                &TranslationInput {
+                    title,
+                    paragraphs: &article.paragraphs,
+                    language: lang,
+                    source: TranslationSource::Article,
+                },
+                options,
+                models,
+                cancel,
+                &counter,
+            )?);
+            offset += per_language_full;
+        }
+    }
+    Ok((summary, translations))
+}

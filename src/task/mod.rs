@@ -1,0 +1,524 @@
+//! Tasks: summarize, translate, digest. Clean-up, prompts, chunking, merging
+//! and quality checks live here; no candle and no axum.
+//!
+//! A task sees models only through [`TextModel`] (generate text, count tokens)
+//! and picks them through [`ModelRouter`], so the engine decides where the work
+//! runs and the transports decide how it is asked for.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::backend::{BackendError, Generation, GenerationParams, GenerationRequest, ModelInfo};
+
+pub mod budget;
+pub mod clean;
+pub mod digest;
+pub mod prompt;
+pub mod quality;
+pub mod summarize;
+pub mod translate;
+
+pub use clean::{DropReason, DroppedParagraph, PreparedArticle};
+pub use quality::QualityFlag;
+
+/// Version of the result schema; bumped on any incompatible change.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// An article as the user gave it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Article {
+    /// The caller's identifier, echoed in the result.
+    pub id: Option<String>,
+    /// Headline, when known separately from the text.
+    pub title: Option<String>,
+    /// The article text: paragraphs separated by blank lines.
+    pub text: String,
+}
+
+/// The jobs precis does. Closed: adding one makes every `match` on it fail to compile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// A short English summary (or one in another language).
+    Summarize,
+    /// The whole article in other languages, paragraph by paragraph.
+    Translate,
+    /// A summary and its translations (and, when asked, full translations).
+    Digest,
+}
+
+impl Task {
+    /// The task's name as used on the command line and in routes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Task::Summarize => "summarize",
+            Task::Translate => "translate",
+            Task::Digest => "digest",
+        }
+    }
+}
+
+/// Requested summary length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Length {
+    /// About this many sentences.
+    Sentences(u32),
+    /// About this many words.
+    Words(u32),
+}
+
+impl Default for Length {
+    fn default() -> Self {
+        Length::Sentences(3)
+    }
+}
+
+/// Optional overrides of generation settings, applied on top of each task's defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationOverrides {
+    /// Cap on new tokens for every generation call.
+    pub max_new_tokens: Option<usize>,
+    /// Sampling temperature (0 = greedy, the default).
+    pub temperature: Option<f64>,
+    /// Nucleus sampling threshold.
+    pub top_p: Option<f64>,
+    /// Sampler seed.
+    pub seed: Option<u64>,
+    /// Repetition penalty (1.0 = none).
+    pub repetition_penalty: Option<f32>,
+}
+
+impl GenerationOverrides {
+    /// Applies the overrides to `params`.
+    pub fn apply(&self, mut params: GenerationParams) -> GenerationParams {
+        if let Some(m) = self.max_new_tokens {
+            params.max_new_tokens = params.max_new_tokens.min(m.max(1));
+        }
+        if let Some(t) = self.temperature {
+            params.temperature = t;
+        }
+        if let Some(p) = self.top_p {
+            params.top_p = Some(p);
+        }
+        if let Some(s) = self.seed {
+            params.seed = s;
+        }
+        if let Some(r) = self.repetition_penalty {
+            params.repetition_penalty = r;
+        }
+        params
+    }
+}
+
+/// Everything a task needs besides the article.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskOptions {
+    /// Target languages (translate, digest), in the order given.
+    pub to: Vec<String>,
+    /// Summary length (summarize, digest).
+    pub length: Option<Length>,
+    /// Language the summary is written in (summarize); English by default.
+    pub summary_language: Option<String>,
+    /// Digest: also translate the whole article.
+    pub full: bool,
+    /// Drop non-story paragraphs before the model sees the text.
+    pub clean: bool,
+    /// A flagged output fails the item instead of being returned with flags.
+    pub strict: bool,
+    /// Generation overrides.
+    pub generation: GenerationOverrides,
+}
+
+impl Default for TaskOptions {
+    fn default() -> Self {
+        Self {
+            to: Vec::new(),
+            length: None,
+            summary_language: None,
+            full: false,
+            clean: true,
+            strict: false,
+            generation: GenerationOverrides::default(),
+        }
+    }
+}
+
+/// Lets a caller stop work that is no longer wanted.
+#[derive(Debug, Clone, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    /// A token that is not cancelled.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Asks every holder to stop.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether [`cancel`](Self::cancel) was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// A model as tasks see it: generate text, count tokens. The engine implements it.
+pub trait TextModel: Send + Sync {
+    /// What the model is.
+    fn info(&self) -> &ModelInfo;
+    /// Tokens the text takes in this model's tokenizer.
+    fn count_tokens(&self, text: &str) -> Result<usize, BackendError>;
+    /// Generates for each request, in order. Stops early when `cancel` is set.
+    fn generate(
+        &self,
+        requests: Vec<GenerationRequest>,
+        cancel: &CancelToken,
+    ) -> Vec<Result<Generation, BackendError>>;
+}
+
+/// Which model serves which job.
+pub trait ModelRouter: Send + Sync {
+    /// The model that writes summaries (in `language`).
+    fn summarizer(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError>;
+    /// The model that translates from English into `language`.
+    fn translator(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError>;
+}
+
+/// Progress of a long task: `done` of `total` generation steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Progress {
+    /// Steps finished.
+    pub done: usize,
+    /// Steps in all.
+    pub total: usize,
+}
+
+/// Where a task reports progress (the CLI draws a bar from it).
+pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
+
+/// The model that produced an output, and why it was picked.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelUsed {
+    /// Manifest id (or the path / repo it was named by).
+    pub id: String,
+    /// Revision of the weights.
+    pub revision: String,
+    /// Model family.
+    pub family: String,
+}
+
+impl From<&ModelInfo> for ModelUsed {
+    fn from(i: &ModelInfo) -> Self {
+        Self {
+            id: i.id.clone(),
+            revision: i.revision.clone(),
+            family: i.family.clone(),
+        }
+    }
+}
+
+/// Token counts of one output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+pub struct TokenStats {
+    /// Prompt tokens over all generation calls.
+    pub prompt: usize,
+    /// Generated tokens over all generation calls.
+    pub generated: usize,
+}
+
+impl TokenStats {
+    fn add(&mut self, g: &Generation) {
+        self.prompt += g.prompt_tokens;
+        self.generated += g.generated_tokens;
+    }
+}
+
+/// A summary.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Summary {
+    /// Language it is written in.
+    pub language: String,
+    /// The summary.
+    pub text: String,
+    /// The length asked for.
+    pub length: Length,
+    /// Words in `text`.
+    pub words: usize,
+    /// The model that wrote it.
+    pub model: ModelUsed,
+    /// Generation settings used.
+    pub params: GenerationParams,
+    /// Token counts.
+    pub tokens: TokenStats,
+    /// Quality flags (see the README's table of thresholds).
+    pub flags: Vec<QualityFlag>,
+}
+
+/// What was translated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TranslationSource {
+    /// The summary.
+    Summary,
+    /// The whole article.
+    Article,
+}
+
+/// A translation of the summary or of the whole article.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Translation {
+    /// Target language code.
+    pub language: String,
+    /// What was translated.
+    pub source: TranslationSource,
+    /// The translated headline, when the source had one.
+    pub title: Option<String>,
+    /// One output paragraph per input paragraph, in order.
+    pub paragraphs: Vec<String>,
+    /// The paragraphs joined by blank lines.
+    pub text: String,
+    /// The model that wrote it.
+    pub model: ModelUsed,
+    /// Generation settings used (per paragraph; `max_new_tokens` is the largest used).
+    pub params: GenerationParams,
+    /// Token counts.
+    pub tokens: TokenStats,
+    /// Quality flags (see the README's table of thresholds).
+    pub flags: Vec<QualityFlag>,
+}
+
+/// What clean-up did to the input.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct InputReport {
+    /// Headline separated from the text (or the given title).
+    pub headline: Option<String>,
+    /// Body paragraphs in the input.
+    pub paragraphs_in: usize,
+    /// Paragraphs kept after clean-up (the count every full translation has).
+    pub paragraphs_kept: usize,
+    /// Characters of kept text.
+    pub characters: usize,
+    /// Paragraphs dropped as non-story text, with index and reason.
+    pub dropped: Vec<DroppedParagraph>,
+}
+
+/// The result of one task on one article.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TaskResult {
+    /// Version of this schema.
+    pub schema_version: u32,
+    /// The task run.
+    pub task: Task,
+    /// The caller's id for the article.
+    pub id: Option<String>,
+    /// The article's title (given or found).
+    pub title: Option<String>,
+    /// What clean-up did.
+    pub input: InputReport,
+    /// The summary (summarize, digest).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Summary>,
+    /// Translations (translate, digest), in the order of `to`.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub translations: Vec<Translation>,
+}
+
+/// Why a task failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TaskError {
+    /// Nothing to work on.
+    #[error("the article is empty: give it some text")]
+    EmptyText,
+    /// Clean-up left no story paragraph.
+    #[error("the article has no story text left after clean-up ({dropped} non-story paragraphs dropped); pass --no-clean / \"clean\": false to keep them")]
+    NothingLeft {
+        /// Paragraphs dropped.
+        dropped: usize,
+    },
+    /// No present model writes this language.
+    #[error("unsupported language `{code}`; supported: {supported}")]
+    UnsupportedLanguage {
+        /// The code asked for.
+        code: String,
+        /// Codes that are supported, comma separated.
+        supported: String,
+    },
+    /// The same language twice.
+    #[error("language `{0}` is listed twice")]
+    DuplicateLanguage(String),
+    /// A translation task with no target.
+    #[error("no target language given: pass --to ru,hi or \"to\": [\"ru\", \"hi\"]")]
+    NoTargetLanguage,
+    /// Translation into the source language.
+    #[error("`en` is the source language; translation targets are {0}")]
+    SameLanguage(String),
+    /// The input does not fit the model and cannot be split further.
+    #[error("{what} needs {tokens} tokens but model `{model}` accepts at most {limit} here; shorten it or use a model with a longer context")]
+    InputTooLong {
+        /// What is too long (the article, paragraph N, …).
+        what: String,
+        /// Its size in tokens.
+        tokens: usize,
+        /// The limit.
+        limit: usize,
+        /// The model.
+        model: String,
+    },
+    /// `strict` was set and an output was flagged.
+    #[error("output flagged in strict mode: {0}")]
+    Flagged(String),
+    /// The model failed.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The model is not available.
+    #[error("model unavailable: {0}")]
+    ModelUnavailable(String),
+    /// The caller went away.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Runs one task on one article.
+pub fn run(
+    task: Task,
+    article: &Article,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    progress: ProgressFn<'_>,
+) -> Result<TaskResult, TaskError> {
+    let prepared = prepare(article, options)?;
+    validate_languages(task, options, models)?;
+    let input = InputReport {
+        headline: prepared.headline.clone(),
+        paragraphs_in: prepared.paragraphs_in,
+        paragraphs_kept: prepared.paragraphs.len(),
+        characters: prepared.paragraphs.iter().map(|p| p.chars().count()).sum(),
+        dropped: prepared.dropped.clone(),
+    };
+    let (summary, translations) = match task {
+        Task::Summarize => {
+            let language = options.summary_language.as_deref().unwrap_or("en");
+            let s = summarize::summarize(&prepared, language, options, models, cancel)?;
+            progress(Progress { done: 1, total: 1 });
+            (Some(s), Vec::new())
+        }
+        Task::Translate => {
+            let t = translate::translate_article(&prepared, options, models, cancel, progress)?;
+            (None, t)
+        }
+        Task::Digest => {
+            let (s, t) = digest::digest(&prepared, options, models, cancel, progress)?;
+            (Some(s), t)
+        }
+    };
+    if options.strict {
+        let mut flagged: Vec<String> = Vec::new();
+        if let Some(s) = &summary {
+            flagged.extend(s.flags.iter().map(|f| format!("summary: {}", f.message())));
+        }
+        for t in &translations {
+            flagged.extend(
+                t.flags
+                    .iter()
+                    .map(|f| format!("{}: {}", t.language, f.message())),
+            );
+        }
+        if !flagged.is_empty() {
+            return Err(TaskError::Flagged(flagged.join("; ")));
+        }
+    }
+    Ok(TaskResult {
+        schema_version: SCHEMA_VERSION,
+        task,
+        id: article.id.clone(),
+        title: prepared.headline.clone(),
+        input,
+        summary,
+        translations,
+    })
+}
+
+/// Cleans the article and checks there is something left to work on.
+pub fn prepare(article: &Article, options: &TaskOptions) -> Result<PreparedArticle, TaskError> {
+    if article.text.trim().is_empty() {
+        return Err(TaskError::EmptyText);
+    }
+    let prepared = clean::prepare(
+        &article.text,
+        article.title.as_deref(),
+        &clean::CleanOptions {
+            enabled: options.clean,
+        },
+    );
+    if prepared.paragraphs.is_empty() {
+        if prepared.dropped.is_empty() {
+            return Err(TaskError::EmptyText);
+        }
+        return Err(TaskError::NothingLeft {
+            dropped: prepared.dropped.len(),
+        });
+    }
+    Ok(prepared)
+}
+
+/// Checks the target languages of a request: none twice, each served by a present model.
+pub fn validate_languages(
+    task: Task,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+) -> Result<(), TaskError> {
+    let mut seen: Vec<&str> = Vec::new();
+    for code in &options.to {
+        if seen.contains(&code.as_str()) {
+            return Err(TaskError::DuplicateLanguage(code.clone()));
+        }
+        seen.push(code);
+    }
+    match task {
+        Task::Summarize => {
+            if let Some(lang) = &options.summary_language {
+                models.summarizer(lang)?;
+            }
+        }
+        Task::Translate | Task::Digest => {
+            if task == Task::Translate && options.to.is_empty() {
+                return Err(TaskError::NoTargetLanguage);
+            }
+            for code in &options.to {
+                models.translator(code)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Runs requests on a model, turning cancellation into an error.
+fn generate_all(
+    model: &dyn TextModel,
+    requests: Vec<GenerationRequest>,
+    cancel: &CancelToken,
+) -> Result<Vec<Generation>, TaskError> {
+    let out = model.generate(requests, cancel);
+    if cancel.is_cancelled() {
+        return Err(TaskError::Cancelled);
+    }
+    out.into_iter()
+        .map(|r| r.map_err(TaskError::from))
+        .collect()
+}
+
+/// The English name of a language code, for prompts and messages.
+pub fn language_name(code: &str) -> Option<&'static str> {
+    match code {
+        "en" => Some("English"),
+        "ru" => Some("Russian"),
+        "hi" => Some("Hindi"),
+        _ => None,
+    }
+}

@@ -1,0 +1,250 @@
+//! Translation, paragraph by paragraph: N paragraphs in, N paragraphs out.
+//!
+//! Each paragraph is one generation call. A paragraph too long for the model's
+//! context is split at sentence boundaries into chunks that fit; the chunk
+//! translations are joined with a space, so the paragraph still comes out as
+//! one paragraph. A single sentence that does not fit is refused with
+//! [`TaskError::InputTooLong`] naming it: nothing is dropped silently.
+
+use super::clean::split_sentences;
+use super::quality::{self, OutputKind, QualityInput, QualityThresholds};
+use super::{
+    budget, generate_all, prompt, CancelToken, ModelRouter, ModelUsed, PreparedArticle, Progress,
+    ProgressFn, TaskError, TaskOptions, TextModel, TokenStats, Translation, TranslationSource,
+};
+use crate::backend::{FinishReason, GenerationParams, GenerationRequest};
+
+/// Steps [`translate_texts`] will report for these inputs (title and paragraphs).
+pub fn steps(title: Option<&str>, paragraphs: &[String]) -> usize {
+    usize::from(title.is_some()) + paragraphs.len()
+}
+
+/// Translates the whole prepared article into every target language.
+pub fn translate_article(
+    article: &PreparedArticle,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    progress: ProgressFn<'_>,
+) -> Result<Vec<Translation>, TaskError> {
+    let per_language = steps(article.headline.as_deref(), &article.paragraphs);
+    let total = per_language * options.to.len();
+    let mut out = Vec::new();
+    for (i, lang) in options.to.iter().enumerate() {
+        let counter = StepCounter {
+            offset: i * per_language,
+            total,
+            progress,
+        };
+        out.push(translate_texts(
+            &TranslationInput {
+                title: article.headline.as_deref(),
+                paragraphs: &article.paragraphs,
+                language: lang,
+                source: TranslationSource::Article,
+            },
+            options,
+            models,
+            cancel,
+            &counter,
+        )?);
+    }
+    Ok(out)
+}
+
+/// What to translate.
+pub struct TranslationInput<'a> {
+    /// Headline to translate too.
+    pub title: Option<&'a str>,
+    /// Paragraphs, in order.
+    pub paragraphs: &'a [String],
+    /// Target language code.
+    pub language: &'a str,
+    /// Whether this is the summary or the article.
+    pub source: TranslationSource,
+}
+
+/// Reports steps of one translation within a larger task.
+pub struct StepCounter<'a> {
+    /// Steps done before this translation starts.
+    pub offset: usize,
+    /// Steps in the whole task.
+    pub total: usize,
+    /// Where to report.
+    pub progress: ProgressFn<'a>,
+}
+
+/// Translates a title and paragraphs into one language.
+pub fn translate_texts(
+    input: &TranslationInput<'_>,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    steps: &StepCounter<'_>,
+) -> Result<Translation, TaskError> {
+    let model = models.translator(input.language)?;
+    let mut tokens = TokenStats::default();
+    let mut loop_detected = false;
+    let mut hit_limit = false;
+    let mut largest = GenerationParams {
+        max_new_tokens: 0,
+        ..GenerationParams::default()
+    };
+    let mut done = steps.offset;
+    let mut translate_one = |text: &str, what: &str| -> Result<String, TaskError> {
+        let mut pieces = Vec::new();
+        for chunk in chunks_that_fit(model.as_ref(), text, input.language, options, what)? {
+            let params = params_for(model.as_ref(), &chunk, input.language, options)?;
+            if params.max_new_tokens > largest.max_new_tokens {
+                largest = params.clone();
+            }
+            let g = generate_all(
+                model.as_ref(),
+                vec![GenerationRequest {
+                    messages: prompt::translation(&chunk, input.language),
+                    params,
+                }],
+                cancel,
+            )?
+            .pop()
+            .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
+            tokens.add(&g);
+            loop_detected |= g.finish == FinishReason::Loop;
+            hit_limit |= g.finish == FinishReason::Length;
+            pieces.push(one_paragraph(&g.text));
+        }
+        done += 1;
+        (steps.progress)(Progress {
+            done,
+            total: steps.total,
+        });
+        Ok(pieces.join(" "))
+    };
+    let title = match input.title {
+        Some(t) => Some(translate_one(t, "the headline")?),
+        None => None,
+    };
+    let mut paragraphs = Vec::with_capacity(input.paragraphs.len());
+    for (i, p) in input.paragraphs.iter().enumerate() {
+        paragraphs.push(translate_one(p, &format!("paragraph {}", i + 1))?);
+    }
+    let text = paragraphs.join("\n\n");
+    let source = input.paragraphs.join("\n\n");
+    let flags = quality::assess(
+        &QualityInput {
+            source: &source,
+            output: &text,
+            target_language: input.language,
+            kind: OutputKind::Translation,
+            loop_detected,
+            hit_token_limit: hit_limit,
+        },
+        &QualityThresholds::default(),
+    );
+    Ok(Translation {
+        language: input.language.to_string(),
+        source: input.source,
+        title,
+        paragraphs,
+        text,
+        model: ModelUsed::from(model.info()),
+        params: largest,
+        tokens,
+        flags,
+    })
+}
+
+fn params_for(
+    model: &dyn TextModel,
+    text: &str,
+    language: &str,
+    options: &TaskOptions,
+) -> Result<GenerationParams, TaskError> {
+    let max_new_tokens = budget::translation_max_tokens(model, text.chars().count(), language)?;
+    Ok(options.generation.apply(GenerationParams {
+        max_new_tokens,
+        ..GenerationParams::default()
+    }))
+}
+
+fn fits(
+    model: &dyn TextModel,
+    text: &str,
+    language: &str,
+    options: &TaskOptions,
+) -> Result<(bool, usize), TaskError> {
+    let params = params_for(model, text, language, options)?;
+    let system = prompt::translation("", language)
+        .into_iter()
+        .next()
+        .map(|m| m.content)
+        .unwrap_or_default();
+    let tokens = budget::prompt_tokens(model, &[&system, text])?;
+    Ok((
+        tokens + params.max_new_tokens <= model.info().context_length,
+        tokens,
+    ))
+}
+
+/// Splits `text` at sentence boundaries into the fewest consecutive chunks that each fit the model.
+pub fn chunks_that_fit(
+    model: &dyn TextModel,
+    text: &str,
+    language: &str,
+    options: &TaskOptions,
+    what: &str,
+) -> Result<Vec<String>, TaskError> {
+    if fits(model, text, language, options)?.0 {
+        return Ok(vec![text.to_string()]);
+    }
+    let mut chunks: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for sentence in split_sentences(text) {
+        let candidate = if current.is_empty() {
+            sentence.clone()
+        } else {
+            format!("{current} {sentence}")
+        };
+        if fits(model, &candidate, language, options)?.0 {
+            current = candidate;
+            continue;
+        }
+        if !current.is_empty() {
+            chunks.push(std::mem::take(&mut current));
+        }
+        let (ok, tokens) = fits(model, &sentence, language, options)?;
+        if !ok {
+            return Err(TaskError::InputTooLong {
+                what: format!("a sentence in {what}"),
+                tokens,
+                limit: model.info().context_length,
+                model: model.info().id.clone(),
+            });
+        }
+        current = sentence;
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    Ok(chunks)
+}
+
+/// Makes a model's output one paragraph: trims it and joins its lines with spaces.
+pub fn one_paragraph(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_paragraph_joins_lines() {
+        assert_eq!(one_paragraph(" a\n\n b \nc\n"), "a b c");
+        assert_eq!(one_paragraph(""), "");
+    }
+}

