@@ -8,15 +8,14 @@
 //! pre-tokenizer's rules, and chat prompts whose reference ids were published
 //! (see `smollm2_chat_prompts_match_published_reference_ids`).
 //!
-//! The GGUF files are large and not in the repository. Each is found through
-//! an environment variable (`PRECIS_TEST_QWEN_GGUF`, `PRECIS_TEST_SMOL_GGUF`)
-//! or else in the model store, `$PRECIS_HOME/models/<id>/<file>`
-//! (`PRECIS_HOME` defaults to the user's cache directory plus `precis`). A
-//! missing file skips the test with a notice, or fails it when
-//! `PRECIS_REQUIRE_MODELS=1`.
+//! The GGUF files are large and not in the repository. Each is named by an
+//! environment variable (`PRECIS_TEST_QWEN_GGUF`, `PRECIS_TEST_SMOL_GGUF`) or
+//! else fetched through the model store on first use (into `$PRECIS_HOME`); a
+//! file that cannot be had fails the test.
+
+mod common;
 
 use std::fs::File;
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
@@ -27,69 +26,40 @@ use serde::Deserialize;
 struct ModelFile {
     /// Environment variable naming the file directly.
     env: &'static str,
-    /// Manifest id, the model's folder in the store.
+    /// Manifest id.
     id: &'static str,
-    /// File name inside that folder.
-    file: &'static str,
 }
 
 const QWEN: ModelFile = ModelFile {
     env: "PRECIS_TEST_QWEN_GGUF",
     id: "qwen2.5-coder-0.5b-instruct-q4_k_m",
-    file: "qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
 };
 
 const SMOL: ModelFile = ModelFile {
     env: "PRECIS_TEST_SMOL_GGUF",
     id: "smollm2-135m-instruct-q4_1",
-    file: "SmolLM2-135M-Instruct.Q4_1.gguf",
 };
 
 impl ModelFile {
-    fn path(&self) -> PathBuf {
-        if let Some(path) = std::env::var_os(self.env) {
-            return PathBuf::from(path);
-        }
-        let home = std::env::var_os("PRECIS_HOME")
-            .map(PathBuf::from)
-            .or_else(|| dirs::cache_dir().map(|dir| dir.join("precis")))
-            .unwrap_or_else(|| PathBuf::from(".precis"));
-        home.join("models").join(self.id).join(self.file)
-    }
-
-    /// The tokenizer of this file, or `None` (after a notice) when the file
-    /// is absent and models are not required.
-    fn tokenizer(&self) -> Option<GgufTokenizer> {
-        let path = self.path();
-        if !path.is_file() {
-            let message = format!(
-                "{} not found (set {} or run `precis models fetch {}`)",
-                path.display(),
-                self.env,
-                self.id
-            );
-            if std::env::var("PRECIS_REQUIRE_MODELS").as_deref() == Ok("1") {
-                panic!("PRECIS_REQUIRE_MODELS=1 but {message}");
-            }
-            eprintln!("skipped: {message}");
-            return None;
-        }
+    /// The tokenizer of this file, fetched through the model store on first use.
+    fn tokenizer(&self) -> GgufTokenizer {
+        let path = common::real_model_file(self.id, Some(self.env));
         let mut file = File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         let content =
             Content::read(&mut file).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-        Some(tokenizer_from_gguf(&content).unwrap_or_else(|e| panic!("{}: {e}", path.display())))
+        tokenizer_from_gguf(&content).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
     }
 }
 
 /// Each file's tokenizer, built once for all the tests of this binary.
-fn qwen() -> Option<&'static GgufTokenizer> {
-    static CELL: OnceLock<Option<GgufTokenizer>> = OnceLock::new();
-    CELL.get_or_init(|| QWEN.tokenizer()).as_ref()
+fn qwen() -> &'static GgufTokenizer {
+    static CELL: OnceLock<GgufTokenizer> = OnceLock::new();
+    CELL.get_or_init(|| QWEN.tokenizer())
 }
 
-fn smol() -> Option<&'static GgufTokenizer> {
-    static CELL: OnceLock<Option<GgufTokenizer>> = OnceLock::new();
-    CELL.get_or_init(|| SMOL.tokenizer()).as_ref()
+fn smol() -> &'static GgufTokenizer {
+    static CELL: OnceLock<GgufTokenizer> = OnceLock::new();
+    CELL.get_or_init(|| SMOL.tokenizer())
 }
 
 #[derive(Deserialize)]
@@ -115,7 +85,7 @@ fn fixture() -> Fixture {
 
 #[test]
 fn qwen2_5_ids_equal_the_reference() {
-    let Some(tok) = qwen() else { return };
+    let tok = qwen();
     let mut mismatches = Vec::new();
     for case in fixture().cases {
         let ids = tok.encode(&case.text).unwrap();
@@ -131,7 +101,7 @@ fn qwen2_5_ids_equal_the_reference() {
 
 #[test]
 fn qwen2_5_decodes_to_the_reference_text() {
-    let Some(tok) = qwen() else { return };
+    let tok = qwen();
     let mut round_trips = 0;
     for case in fixture().cases {
         let decoded = tok.decode(&case.ids).unwrap();
@@ -145,7 +115,7 @@ fn qwen2_5_decodes_to_the_reference_text() {
 
 #[test]
 fn qwen2_5_metadata() {
-    let Some(tok) = qwen() else { return };
+    let tok = qwen();
     assert_eq!(tok.pre, "qwen2");
     assert_eq!(tok.vocab_size(), 151_936);
     assert_eq!(tok.bos_id, Some(151_643));
@@ -173,7 +143,7 @@ fn without_control_tokens(text: &str) -> String {
 
 #[test]
 fn smollm2_round_trips_the_fixture_texts() {
-    let Some(tok) = smol() else { return };
+    let tok = smol();
     for case in fixture().cases {
         let ids = tok.encode(&case.text).unwrap();
         assert_eq!(
@@ -186,7 +156,7 @@ fn smollm2_round_trips_the_fixture_texts() {
 
 #[test]
 fn smollm2_control_tokens_are_single_ids() {
-    let Some(tok) = smol() else { return };
+    let tok = smol();
     assert_eq!(tok.pre, "smollm");
     assert_eq!(tok.vocab_size(), 49_152);
     assert_eq!((tok.bos_id, tok.eos_id), (Some(1), Some(2)));
@@ -207,7 +177,7 @@ fn smollm2_control_tokens_are_single_ids() {
 /// `Digits(individual_digits)` then GPT-2 byte-level.
 #[test]
 fn smollm2_ids_follow_the_pre_tokenizer_rules() {
-    let Some(tok) = smol() else { return };
+    let tok = smol();
     let id = |token: &str| tok.id_of(token).unwrap();
     // Every digit stands alone, and so does the space before a number.
     assert_eq!(
@@ -241,7 +211,7 @@ fn smollm2_ids_follow_the_pre_tokenizer_rules() {
 /// on the shared system-prompt prefix.
 #[test]
 fn smollm2_chat_prompts_match_published_reference_ids() {
-    let Some(tok) = smol() else { return };
+    let tok = smol();
     let chat = |user: &str| {
         format!(
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging \

@@ -1,0 +1,352 @@
+//! End to end on a real model: the smallest one the project can fetch
+//! (SmolLM2-135M-Instruct, Q4_1 GGUF), through the `precis` binary and through
+//! its server, on the project's own sample article. The model is fetched
+//! through the store on first use. These tests assert shape, lengths and flags,
+//! not exact text: the model is tiny and its words are poor.
+//!
+//! Generation is capped with `--max-new-tokens` so the suite stays quick on two
+//! CPU cores; outputs cut by the cap carry the `token_limit_reached` flag.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+const SAMPLE: &str = "examples/sample-article.txt";
+const CAP: &str = "40";
+
+fn precis() -> Command {
+    // Fetch (once) before the binary needs it, so a failure to fetch names the model.
+    common::real_model_file(common::SMALLEST, None);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_precis"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    cmd
+}
+
+fn run_json(args: &[&str]) -> Value {
+    let out = precis().args(args).output().expect("precis runs");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "precis {args:?} failed: {stderr}");
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn flag_codes(v: &Value) -> Vec<String> {
+    v["flags"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| f["code"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn sample_chars() -> usize {
+    std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/sample-article.txt"
+    ))
+    .expect("sample article")
+    .chars()
+    .count()
+}
+
+fn assert_digest_shape(v: &Value) {
+    assert_eq!(v["schema_version"], 1);
+    assert_eq!(v["task"], "digest");
+    let summary = &v["summary"];
+    let text = summary["text"].as_str().expect("summary text");
+    assert!(!text.trim().is_empty(), "empty summary");
+    assert!(
+        text.chars().count() * 4 < sample_chars(),
+        "summary is not shorter than a quarter of the article"
+    );
+    assert_eq!(summary["model"]["id"], common::SMALLEST);
+    assert_eq!(
+        summary["model"]["revision"],
+        "ab810cf68114990406fdf996510dd3d3c6adbdf5"
+    );
+    assert_eq!(summary["params"]["max_new_tokens"], 40);
+    assert!(summary["tokens"]["generated"].as_u64().unwrap() <= 40);
+    let translations = v["translations"].as_array().expect("translations");
+    let langs: Vec<&str> = translations
+        .iter()
+        .map(|t| t["language"].as_str().unwrap())
+        .collect();
+    assert_eq!(langs, ["ru", "hi"]);
+    for t in translations {
+        assert_eq!(t["source"], "summary");
+        assert_eq!(t["paragraphs"].as_array().unwrap().len(), 1);
+        assert!(!t["text"].as_str().unwrap().trim().is_empty());
+        assert_eq!(t["model"]["id"], common::SMALLEST);
+        // Every flag is one of the documented codes.
+        for code in flag_codes(t) {
+            assert!(
+                [
+                    "script_share_low",
+                    "loop_detected",
+                    "token_limit_reached",
+                    "numbers_not_in_source",
+                    "length_ratio_out_of_range"
+                ]
+                .contains(&code.as_str()),
+                "undocumented flag {code}"
+            );
+        }
+    }
+    // The sample's three non-story paragraphs are dropped and listed.
+    let reasons: Vec<&str> = v["input"]["dropped"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["reason"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        reasons,
+        ["photo_credit", "contributor_line", "comment_form"]
+    );
+}
+
+#[test]
+fn cli_digest_of_the_sample_article() {
+    let v = run_json(&[
+        "digest",
+        "--quiet",
+        "--model",
+        common::SMALLEST,
+        "--to",
+        "ru,hi",
+        "--format",
+        "json",
+        "--max-new-tokens",
+        CAP,
+        SAMPLE,
+    ]);
+    assert_digest_shape(&v);
+}
+
+#[test]
+fn cli_translate_keeps_every_paragraph() {
+    let v = run_json(&[
+        "translate",
+        "--quiet",
+        "--model",
+        common::SMALLEST,
+        "--to",
+        "ru",
+        "--max-new-tokens",
+        CAP,
+        SAMPLE,
+    ]);
+    let kept = v["input"]["paragraphs_kept"].as_u64().unwrap() as usize;
+    assert_eq!(
+        kept,
+        v["input"]["paragraphs_in"].as_u64().unwrap() as usize - 3
+    );
+    let t = &v["translations"][0];
+    assert_eq!(t["language"], "ru");
+    assert_eq!(t["source"], "article");
+    let paragraphs = t["paragraphs"].as_array().unwrap();
+    assert_eq!(paragraphs.len(), kept, "N paragraphs in, N out");
+    assert!(paragraphs
+        .iter()
+        .all(|p| !p.as_str().unwrap().trim().is_empty()));
+    assert!(t["title"].is_string(), "the headline is translated too");
+}
+
+#[test]
+fn cli_summarize_jsonl_and_markdown() {
+    // Two JSON Lines records in, two results out, in order; one is empty and fails.
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("items.jsonl");
+    let mut f = std::fs::File::create(&input).unwrap();
+    writeln!(f, "{}", json!({"id": "a", "title": "Rain", "text": "Heavy rain closed 12 schools in the city on Monday. Officials said they would reopen on Wednesday."})).unwrap();
+    writeln!(f, "{}", json!({"id": "b", "text": "   "})).unwrap();
+    drop(f);
+    let out = precis()
+        .args([
+            "summarize",
+            "--quiet",
+            "--model",
+            common::SMALLEST,
+            "--format",
+            "jsonl",
+            "--max-new-tokens",
+            CAP,
+        ])
+        .arg(&input)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1), "one article failed: exit 1");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("items.jsonl:2"),
+        "the failed item is named: {stderr}"
+    );
+    let lines: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["id"], "a");
+    assert!(lines[0]["summary"]["text"].as_str().unwrap().len() > 5);
+    assert_eq!(lines[1]["error"]["code"], "empty_text");
+
+    let out = precis()
+        .args([
+            "summarize",
+            "--quiet",
+            "--model",
+            common::SMALLEST,
+            "--format",
+            "markdown",
+            "--max-new-tokens",
+            CAP,
+            SAMPLE,
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let md = String::from_utf8_lossy(&out.stdout);
+    assert!(md.starts_with("## Four river nations"), "{md}");
+    assert!(md.contains(common::SMALLEST));
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+#[test]
+fn server_digest_bad_input_and_graceful_shutdown() {
+    let port = free_port();
+    let mut child = precis()
+        .args(["serve", "--quiet", "--model", common::SMALLEST, "--addr"])
+        .arg(format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("server starts");
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if client
+            .get(format!("{base}/health"))
+            .send()
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "server did not come up"
+        );
+        assert!(child.try_wait().unwrap().is_none(), "server exited early");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    let models: Value = client
+        .get(format!("{base}/v1/models"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(models["models"][0]["id"], common::SMALLEST);
+
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/sample-article.txt"
+    ))
+    .unwrap();
+    let resp = client
+        .post(format!("{base}/v1/digest"))
+        .json(&json!({"text": text, "to": ["ru", "hi"], "generation": {"max_new_tokens": 40}}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().unwrap();
+    assert_digest_shape(&v);
+
+    // Bad input gets a 4xx JSON error and the server keeps serving.
+    let bad: [(Vec<u8>, u16, &str); 4] = [
+        (b"{\"text\": ".to_vec(), 400, "malformed_json"),
+        (
+            serde_json::to_vec(&json!({"text": ""})).unwrap(),
+            422,
+            "empty_text",
+        ),
+        (
+            serde_json::to_vec(&json!({"text": "Hi.", "to": ["xx"]})).unwrap(),
+            422,
+            "unsupported_language",
+        ),
+        (vec![b'{', 0xff, b'}'], 400, "invalid_utf8"),
+    ];
+    for (body, status, code) in bad {
+        let resp = client
+            .post(format!("{base}/v1/digest"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), status);
+        let v: Value = resp.json().unwrap();
+        assert_eq!(v["error"]["code"], code);
+    }
+    let mut big = b"{\"text\": \"".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 50 * 1024 * 1024));
+    big.extend(b"\"}");
+    // The server may answer 413 before reading the whole body and close the
+    // connection; either way it must not have stopped.
+    if let Ok(resp) = client
+        .post(format!("{base}/v1/digest"))
+        .header("content-type", "application/json")
+        .body(big)
+        .send()
+    {
+        assert_eq!(resp.status().as_u16(), 413);
+    }
+    assert_eq!(
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+
+    // SIGTERM: graceful shutdown, exit 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let started = Instant::now();
+    let exit = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "server did not stop"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(exit.success(), "server exit status {exit:?}");
+}
