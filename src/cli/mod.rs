@@ -26,10 +26,10 @@ use output::{ErrorBody, Format, Outcome};
 #[command(name = "precis", version, about, long_about = None, after_help = "Examples:\n  precis digest --to ru,hi examples/sample-article.txt\n  precis summarize --sentences 2 --format markdown articles/\n  cat feed.jsonl | precis translate --to ru --format jsonl --jsonl -\n  precis serve --addr 127.0.0.1:8080")]
 pub struct Cli {
     /// Configuration file (TOML); see the README.
-    #[arg(long, global = true, env = "PRECIS_CONFIG", value_name = "FILE")]
+    #[arg(long, global = true, env = "PRECIS_CONFIG", hide_env_values = true, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Directory for fetched models and their verification record [default: $PRECIS_HOME or the user cache dir].
-    #[arg(long, global = true, env = "PRECIS_HOME", value_name = "DIR")]
+    #[arg(long, global = true, env = "PRECIS_HOME", hide_env_values = true, value_name = "DIR")]
     pub models_dir: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short, global = true)]
@@ -68,7 +68,7 @@ pub struct JobArgs {
     #[arg(long, short, value_enum, default_value_t = Format::Json)]
     pub format: Format,
     /// Model: a manifest id, a hub repo id, or a local .gguf file [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
-    #[arg(long, short, env = "PRECIS_MODEL")]
+    #[arg(long, short, env = "PRECIS_MODEL", hide_env_values = true)]
     pub model: Option<String>,
     /// Keep non-story paragraphs (photo credits, comment forms, ...).
     #[arg(long)]
@@ -179,10 +179,10 @@ pub enum ModelsCommand {
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "PRECIS_ADDR")]
+    #[arg(long, env = "PRECIS_ADDR", hide_env_values = true)]
     addr: Option<String>,
     /// Default model [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
-    #[arg(long, short, env = "PRECIS_MODEL")]
+    #[arg(long, short, env = "PRECIS_MODEL", hide_env_values = true)]
     model: Option<String>,
     /// Do not fetch or load models at start-up; load present ones on first use (never downloads).
     #[arg(long)]
