@@ -18,7 +18,7 @@ use crate::backend::gguf::{GgufModel, GgufOptions};
 use crate::backend::{
     Backend, BackendError, Flow, Generation, GenerationRequest, ModelInfo, TokenCounter,
 };
-use crate::store::{LocatedModel, ModelSpec, ModelStore};
+use crate::store::{LocatedModel, ModelSpec, ModelStore, SpecOrigin};
 use crate::task::{
     self, language_name, Article, CancelToken, ModelRouter, ProgressFn, Task, TaskError,
     TaskOptions, TaskResult, TextModel,
@@ -396,6 +396,32 @@ impl StoreLoader {
         self.allow_fetch.store(false, AtomicOrdering::SeqCst);
     }
 
+    /// Resolves a model name: what the store resolves, plus `owner/repo/file.gguf`
+    /// for a GGUF file in a hub repo that has no manifest.
+    fn resolve(&self, name: &str) -> Result<ModelSpec, String> {
+        let direct = self.store.resolve(name);
+        let parts: Vec<&str> = name.splitn(3, '/').collect();
+        match (direct, parts.as_slice()) {
+            (Ok(spec), _) if spec.origin == SpecOrigin::HubRepo && spec.files.is_empty() => Err(
+                format!("hub repo `{name}` has no manifest here; name the GGUF file in it, e.g. `{name}/model-q4_k_m.gguf`"),
+            ),
+            (Ok(spec), _) => Ok(spec),
+            (Err(_), [owner, repo, file]) if file.ends_with(".gguf") => {
+                let mut spec = self
+                    .store
+                    .resolve(&format!("{owner}/{repo}"))
+                    .map_err(|e| e.to_string())?;
+                if spec.manifest.is_some() {
+                    return Err(format!("`{owner}/{repo}` has a manifest: name it by its id, `{}`", spec.id));
+                }
+                spec = spec.with_files([file.to_string()]);
+                spec.id = name.to_string();
+                Ok(spec)
+            }
+            (Err(e), _) => Err(e.to_string()),
+        }
+    }
+
     fn locate(&self, spec: &ModelSpec) -> Result<LocatedModel, String> {
         if !self.allow_fetch.load(AtomicOrdering::SeqCst) {
             return self.store.locate(spec).map_err(|e| e.to_string());
@@ -416,7 +442,11 @@ impl StoreLoader {
 impl ModelLoader for StoreLoader {
     fn canonical(&self, name: &str) -> Option<String> {
         if self.open || self.configured.iter().any(|c| c == name) {
-            return self.store.resolve(name).ok().map(|s| s.id);
+            // Any name goes; one that does not resolve fails at load with the store's reason.
+            return Some(
+                self.resolve(name)
+                    .map_or_else(|_| name.to_string(), |s| s.id),
+            );
         }
         let spec = self.store.resolve(name).ok()?;
         (spec.manifest.is_some()).then_some(spec.id)
@@ -427,10 +457,7 @@ impl ModelLoader for StoreLoader {
             id: id.to_string(),
             reason,
         };
-        let spec = self
-            .store
-            .resolve(id)
-            .map_err(|e| unavailable(e.to_string()))?;
+        let spec = self.resolve(id).map_err(unavailable)?;
         let located = self.locate(&spec).map_err(unavailable)?;
         let path = located
             .files

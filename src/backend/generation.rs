@@ -57,26 +57,35 @@ impl Sampler {
 }
 
 /// Longest repeated block the loop guard looks for, in tokens.
-pub const LOOP_MAX_PERIOD: usize = 64;
-/// Fewest copies of a block that count as a loop.
+pub const LOOP_MAX_PERIOD: usize = 256;
+/// Copies of a short block (under [`LOOP_LONG_BLOCK`] tokens) that count as a loop.
 pub const LOOP_MIN_REPEATS: usize = 3;
+/// A block at least this long counts as a loop on its second verbatim copy.
+pub const LOOP_LONG_BLOCK: usize = 16;
 /// Fewest tokens the repeated copies must cover together.
 pub const LOOP_MIN_SPAN: usize = 24;
 
 /// The loop guard. When the generated tokens end with one block of `p` tokens
-/// (1 ≤ p ≤ [`LOOP_MAX_PERIOD`]) repeated at least [`LOOP_MIN_REPEATS`] times,
-/// covering at least [`LOOP_MIN_SPAN`] tokens, returns the length to keep: the
-/// output up to and including the first copy of the block.
+/// (1 ≤ p ≤ [`LOOP_MAX_PERIOD`]) repeated back to back, covering at least
+/// [`LOOP_MIN_SPAN`] tokens, at least [`LOOP_MIN_REPEATS`] times for a short
+/// block or twice for a block of [`LOOP_LONG_BLOCK`] tokens or more (a
+/// sentence repeated verbatim), returns the length to keep: the output up to
+/// and including the first copy of the block.
 pub fn loop_cut(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
-    for p in 1..=LOOP_MAX_PERIOD.min(n / LOOP_MIN_REPEATS) {
+    for p in 1..=LOOP_MAX_PERIOD.min(n / 2) {
         // Count how many trailing tokens follow the period-p pattern.
         let mut run = p;
         while run < n && tokens[n - 1 - run] == tokens[n - 1 - run + p] {
             run += 1;
         }
         let repeats = run / p;
-        if repeats >= LOOP_MIN_REPEATS && repeats * p >= LOOP_MIN_SPAN {
+        let needed = if p >= LOOP_LONG_BLOCK {
+            2
+        } else {
+            LOOP_MIN_REPEATS
+        };
+        if repeats >= needed && repeats * p >= LOOP_MIN_SPAN {
             return Some(n - (repeats - 1) * p);
         }
     }
@@ -130,11 +139,23 @@ mod tests {
 
     #[test]
     fn loop_guard_ignores_short_repeats() {
-        // Two copies are not a loop, nor is a short stutter.
-        let mut t: Vec<u32> = (0..30).collect();
-        t.extend(0..30);
+        // Two copies of a short phrase are not a loop, nor is a short stutter.
+        let mut t: Vec<u32> = (100..110).collect();
+        t.extend(0..8);
+        t.extend(0..8);
         assert_eq!(loop_cut(&t), None);
         assert_eq!(loop_cut(&[5, 5, 5, 5]), None);
+        let distinct: Vec<u32> = (0..500).collect();
+        assert_eq!(loop_cut(&distinct), None);
+    }
+
+    #[test]
+    fn loop_guard_cuts_a_long_sentence_repeated_once() {
+        let mut t: Vec<u32> = vec![1, 2];
+        let sentence: Vec<u32> = (10..150).collect();
+        t.extend(&sentence);
+        t.extend(&sentence);
+        assert_eq!(loop_cut(&t), Some(2 + 140));
     }
 
     #[test]
@@ -157,7 +178,7 @@ mod tests {
                 let cut = &t[keep..];
                 prop_assert!(cut.iter().all(|x| t[..keep].contains(x)));
             } else {
-                prop_assert!(block.len() * reps < LOOP_MIN_SPAN || block.len() > LOOP_MAX_PERIOD);
+                prop_assert!(block.len() * reps < LOOP_MIN_SPAN);
             }
         }
     }

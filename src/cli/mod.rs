@@ -26,10 +26,22 @@ use output::{ErrorBody, Format, Outcome};
 #[command(name = "precis", version, about, long_about = None, after_help = "Examples:\n  precis digest --to ru,hi examples/sample-article.txt\n  precis summarize --sentences 2 --format markdown articles/\n  cat feed.jsonl | precis translate --to ru --format jsonl --jsonl -\n  precis serve --addr 127.0.0.1:8080")]
 pub struct Cli {
     /// Configuration file (TOML); see the README.
-    #[arg(long, global = true, env = "PRECIS_CONFIG", hide_env_values = true, value_name = "FILE")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRECIS_CONFIG",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
     pub config: Option<PathBuf>,
     /// Directory for fetched models and their verification record [default: $PRECIS_HOME or the user cache dir].
-    #[arg(long, global = true, env = "PRECIS_HOME", hide_env_values = true, value_name = "DIR")]
+    #[arg(
+        long,
+        global = true,
+        env = "PRECIS_HOME",
+        hide_env_values = true,
+        value_name = "DIR"
+    )]
     pub models_dir: Option<PathBuf>,
     /// No progress bars.
     #[arg(long, short, global = true)]
@@ -400,6 +412,22 @@ fn default_targets(engine: &Engine) -> Vec<String> {
     targets
 }
 
+/// Translation targets of the first translator whose manifest is known (when nothing is loaded yet).
+fn manifest_targets(store: &ModelStore, translators: &[String]) -> Vec<String> {
+    translators
+        .iter()
+        .filter_map(|id| store.resolve(id).ok()?.manifest)
+        .map(|m| {
+            m.languages
+                .targets
+                .into_iter()
+                .filter(|l| l != "en")
+                .collect::<Vec<_>>()
+        })
+        .next()
+        .unwrap_or_default()
+}
+
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
@@ -535,6 +563,8 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
         .chain(routing.translators.iter())
         .cloned()
         .collect();
+    let configured_translators = routing.translators.clone();
+    let store_for_targets = Arc::clone(&store);
     let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
     let engine = Arc::new(Engine::new(loader.clone(), routing));
     if !a.lazy {
@@ -545,7 +575,11 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
     }
     // From here on no request may trigger a download.
     loader.forbid_fetch();
-    let default_targets = default_targets(&engine);
+    let default_targets = if a.lazy {
+        manifest_targets(&store_for_targets, &configured_translators)
+    } else {
+        default_targets(&engine)
+    };
     let limits = crate::http::ServerLimits {
         max_body_bytes: a
             .max_body_bytes
