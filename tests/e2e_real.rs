@@ -163,6 +163,22 @@ fn cli_translate_keeps_every_paragraph() {
     assert!(t["title"].is_string(), "the headline is translated too");
 }
 
+fn summarize_smallest(format: &str, input: &std::path::Path) -> std::process::Output {
+    precis()
+        .args([
+            "summarize",
+            "--quiet",
+            "--model",
+            common::SMALLEST,
+            "--max-new-tokens",
+            CAP,
+        ])
+        .args(["--format", format])
+        .arg(input)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn cli_summarize_jsonl_and_markdown() {
     // Two JSON Lines records in, two results out, in order; one is empty and fails.
@@ -172,20 +188,7 @@ fn cli_summarize_jsonl_and_markdown() {
     writeln!(f, "{}", json!({"id": "a", "title": "Rain", "text": "Heavy rain closed 12 schools in the city on Monday. Officials said they would reopen on Wednesday."})).unwrap();
     writeln!(f, "{}", json!({"id": "b", "text": "   "})).unwrap();
     drop(f);
-    let out = precis()
-        .args([
-            "summarize",
-            "--quiet",
-            "--model",
-            common::SMALLEST,
-            "--format",
-            "jsonl",
-            "--max-new-tokens",
-            CAP,
-        ])
-        .arg(&input)
-        .output()
-        .unwrap();
+    let out = summarize_smallest("jsonl", &input);
     assert_eq!(out.status.code(), Some(1), "one article failed: exit 1");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -200,21 +203,9 @@ fn cli_summarize_jsonl_and_markdown() {
     assert_eq!(lines[0]["id"], "a");
     assert!(lines[0]["summary"]["text"].as_str().unwrap().len() > 5);
     assert_eq!(lines[1]["error"]["code"], "empty_text");
+    assert_eq!(lines[1]["id"], "b", "a failed item keeps its id");
 
-    let out = precis()
-        .args([
-            "summarize",
-            "--quiet",
-            "--model",
-            common::SMALLEST,
-            "--format",
-            "markdown",
-            "--max-new-tokens",
-            CAP,
-            SAMPLE,
-        ])
-        .output()
-        .unwrap();
+    let out = summarize_smallest("markdown", std::path::Path::new(SAMPLE));
     assert!(out.status.success());
     let md = String::from_utf8_lossy(&out.stdout);
     assert!(md.starts_with("## Four river nations"), "{md}");

@@ -326,6 +326,7 @@ fn run_job(
     let mut outcomes = Vec::new();
     let mut failed = Vec::new();
     for item in items {
+        let id = item.article.as_ref().ok().and_then(|a| a.id.clone());
         let result = match item.article {
             Err(message) => Err(ErrorBody {
                 code: "unreadable_input".into(),
@@ -347,7 +348,7 @@ fn run_job(
                 if let Some(b) = step_bar {
                     b.finish_and_clear();
                 }
-                r.map(Box::new).map_err(|e| error_body(&e, &article))
+                r.map(Box::new).map_err(|e| error_body(&e))
             }
         };
         match result {
@@ -357,7 +358,7 @@ fn run_job(
                 failed.push(item.origin.clone());
                 outcomes.push(Outcome::Failed {
                     origin: item.origin,
-                    id: None,
+                    id,
                     error,
                 });
             }
@@ -387,7 +388,7 @@ fn run_job(
     }
 }
 
-fn error_body(e: &EngineError, _article: &crate::task::Article) -> ErrorBody {
+fn error_body(e: &EngineError) -> ErrorBody {
     // The CLI user is the operator: the message carries the whole reason.
     ErrorBody {
         code: crate::http::error::engine_error_code(e).name(),
