@@ -235,12 +235,12 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Translate(a) => {
             let mut opts = job_options(&a.job);
-            opts.to = crate::http::normalise_languages(&a.to);
+            opts.to = crate::task::normalise_languages(&a.to);
             run_job(Task::Translate, &a.job, opts, &config, store, cli.quiet)
         }
         Command::Digest(a) => {
             let mut opts = job_options(&a.job);
-            opts.to = crate::http::normalise_languages(&a.to);
+            opts.to = crate::task::normalise_languages(&a.to);
             opts.length = a.length.length();
             opts.full = a.full;
             run_job(Task::Digest, &a.job, opts, &config, store, cli.quiet)

@@ -23,7 +23,8 @@ pub use error::{ApiError, ErrorCode};
 use crate::backend::ModelInfo;
 use crate::engine::Engine;
 use crate::task::{
-    Article, CancelToken, GenerationOverrides, Length, Task, TaskOptions, TaskResult,
+    normalise_languages, Article, CancelToken, GenerationOverrides, Length, Task, TaskOptions,
+    TaskResult,
 };
 
 /// Server limits.
@@ -233,14 +234,6 @@ pub struct DigestRequest {
     /// Generation overrides.
     #[serde(default)]
     pub generation: Option<GenerationOverrides>,
-}
-
-/// Normalises language codes: trimmed, lower case.
-pub fn normalise_languages(codes: &[String]) -> Vec<String> {
-    codes
-        .iter()
-        .map(|c| c.trim().to_ascii_lowercase())
-        .collect()
 }
 
 struct Job {

@@ -18,7 +18,8 @@ pub fn digest(
 ) -> Result<(Summary, Vec<Translation>), TaskError> {
     let summary_steps = 1;
     let title = article.headline.as_deref();
-    let per_language_summary = steps(title, std::slice::from_ref(&String::new()));
+    // The summary is one paragraph.
+    let per_language_summary = usize::from(title.is_some()) + 1;
     let per_language_full = if options.full {
         steps(title, &article.paragraphs)
     } else {

@@ -513,6 +513,14 @@ fn generate_all(
         .collect()
 }
 
+/// Normalises language codes as given by users: trimmed, lower case.
+pub fn normalise_languages(codes: &[String]) -> Vec<String> {
+    codes
+        .iter()
+        .map(|c| c.trim().to_ascii_lowercase())
+        .collect()
+}
+
 /// The English name of a language code, for prompts and messages.
 pub fn language_name(code: &str) -> Option<&'static str> {
     match code {
