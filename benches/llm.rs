@@ -9,37 +9,96 @@
 //!
 //! The model (a manifest id or a `.gguf` path) is fetched through the model
 //! store on first use. After a one-token warm-up run, one timed run generates
-//! `PRECIS_BENCH_TOKENS` (64) + 1 greedy tokens with the loop guard off:
+//! `PRECIS_BENCH_TOKENS` (64) + 1 greedy tokens with the loop guard off and no
+//! repetition penalty (pure arg-max, as llama.cpp's greedy sampling):
 //! prefill is the time to the first token (prompt tokens / that time), decode
 //! the remaining tokens over the remaining time. A model that emits an end
 //! token earlier is reported, and the figure covers what it made.
 //! Peak memory is the process's high-water RSS (VmHWM) after both runs.
+//! Then batched decoding: 1, 2 and 4 requests with prompts of different
+//! lengths (the article's first 400, 600, 800, 1000 characters) generated
+//! together, `PRECIS_BENCH_CONCURRENT_TOKENS` (32) tokens each; the figure is
+//! the total decode tok/s of all sequences once every prompt has been read.
+//!
+//! Environment:
+//! - `PRECIS_BENCH_MODEL`: manifest id or `.gguf` path [smollm2-135m-instruct-q4_1]
+//! - `PRECIS_BENCH_ARTICLE`: the article [examples/sample-article.txt]
+//! - `PRECIS_BENCH_TOKENS`: decode tokens after the first one [64]
+//! - `PRECIS_BENCH_THREADS`: worker threads [2]. Every pool the backend may use
+//!   is sized to it: rayon's global pool (built here), and, because they read
+//!   the environment when first used, candle's own pools (`RAYON_NUM_THREADS`,
+//!   `CANDLE_NUM_THREADS`: candle-core 0.11 sizes its rayon pool and the
+//!   barrier pool of its quantized matmuls from them, else from the number of
+//!   physical cores) and a decoder pool built with the default size. The
+//!   report shows the CPU time over wall time of the timed run, which checks it.
+//! - `PRECIS_BENCH_JSON`: also write the figures as JSON to this path: model,
+//!   file, threads, the prompt's token ids, prefill/decode tok/s, peak RSS,
+//!   load time, and the greedy ids (from an extra, untimed pure arg-max run of
+//!   the same length through `GgufModel::greedy_ids`; `PRECIS_BENCH_IDS=0`
+//!   skips it). `benches/compare-llamacpp.sh` reads this file.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use precis::backend::gguf::{GgufModel, GgufOptions};
-use precis::backend::{Backend, Flow, GenerationParams, GenerationRequest};
+use precis::backend::{Backend, ChatMessage, Flow, GenerationParams, GenerationRequest};
 use precis::store::{ModelStore, StoreConfig};
 use precis::task::{clean, prompt, Length};
 
-fn peak_rss_mb() -> Option<f64> {
+fn proc_status_field(name: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
+    let line = status.lines().find(|l| l.starts_with(name))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn peak_rss_mb() -> Option<f64> {
+    proc_status_field("VmHWM:").map(|kb| kb / 1024.0)
+}
+
+/// User + system CPU seconds of this process so far (all threads).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line (11 and 12 here, 0-based),
+    // in clock ticks: USER_HZ, 100 on Linux.
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
+fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => v
+            .trim()
+            .parse()
+            .map_err(|_| anyhow::anyhow!("{name} wants a whole number, not '{v}'")),
+        _ => Ok(default),
+    }
 }
 
 fn main() -> anyhow::Result<()> {
+    let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);
+    // Before any thread exists: candle's pools read these when first used.
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot build the rayon global pool: {e}"))?;
+
     let model_name = std::env::var("PRECIS_BENCH_MODEL")
         .unwrap_or_else(|_| "smollm2-135m-instruct-q4_1".to_string());
     let article_path = std::env::var("PRECIS_BENCH_ARTICLE")
         .map(PathBuf::from)
         .unwrap_or_else(|_| PathBuf::from("examples/sample-article.txt"));
-    let tokens: usize = std::env::var("PRECIS_BENCH_TOKENS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
+    let tokens = env_usize("PRECIS_BENCH_TOKENS", 64)?;
+    let json_path = std::env::var_os("PRECIS_BENCH_JSON")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from);
+    let skip_ids = std::env::var("PRECIS_BENCH_IDS").is_ok_and(|v| v.trim() == "0");
+    let want_ids = json_path.is_some() && !skip_ids;
 
     let store = ModelStore::open(StoreConfig::from_env())?;
     let spec = store.resolve(&model_name)?;
@@ -50,6 +109,7 @@ fn main() -> anyhow::Result<()> {
         &path,
         GgufOptions {
             id: Some(spec.id.clone()),
+            threads,
             ..GgufOptions::default()
         },
     )?;
@@ -59,10 +119,13 @@ fn main() -> anyhow::Result<()> {
     let prepared = clean::prepare(&text, None, &clean::CleanOptions { enabled: true });
     let messages = prompt::summary(&prepared, "en", Length::Sentences(3));
     let prompt_tokens = model.prompt_tokens(&messages)?;
+    let prompt_ids = model.chat_ids(&messages)?;
     let request = |max_new_tokens| GenerationRequest {
         messages: messages.clone(),
         params: GenerationParams {
             max_new_tokens,
+            temperature: 0.0,
+            repetition_penalty: 1.0,
             loop_guard: false,
             ..GenerationParams::default()
         },
@@ -73,42 +136,159 @@ fn main() -> anyhow::Result<()> {
     warm.into_iter().next().transpose()?;
 
     // One timed run: prefill ends when the first token arrives, decode is the rest.
+    let cpu_start = cpu_seconds();
     let start = Instant::now();
-    let mut first_token: Option<f64> = None;
+    let mut first_token: Option<(f64, Option<f64>)> = None;
     let out = model.generate(&[request(tokens + 1)], &mut |_, _| {
-        first_token.get_or_insert_with(|| start.elapsed().as_secs_f64());
+        first_token.get_or_insert_with(|| (start.elapsed().as_secs_f64(), cpu_seconds()));
         Flow::Continue
     });
     let total_s = start.elapsed().as_secs_f64();
+    let cpu_end = cpu_seconds();
     let generated = out
         .into_iter()
         .next()
         .transpose()?
         .map(|g| g.generated_tokens)
         .unwrap_or(0);
-    let prefill_s = first_token.unwrap_or(total_s);
+    let (prefill_s, cpu_first) = first_token.unwrap_or((total_s, cpu_end));
     let decode_tokens = generated.saturating_sub(1).max(1);
     let decode_s = (total_s - prefill_s).max(1e-9);
+    let prefill_tok_s = prompt_tokens as f64 / prefill_s;
+    let decode_tok_s = decode_tokens as f64 / decode_s;
+    // Cores kept busy: CPU seconds over wall seconds.
+    let busy = |cpu_a: Option<f64>, cpu_b: Option<f64>, wall: f64| match (cpu_a, cpu_b) {
+        (Some(a), Some(b)) if wall > 0.0 => Some((b - a) / wall),
+        _ => None,
+    };
+    let prefill_cores = busy(cpu_start, cpu_first, prefill_s);
+    let decode_cores = busy(cpu_first, cpu_end, decode_s);
+    let peak_mb = peak_rss_mb();
+    let os_threads = proc_status_field("Threads:");
 
     println!("model            {}", spec.id);
     println!("file             {}", path.display());
     println!("article          {}", article_path.display());
-    println!("threads          {}", candle_core::utils::get_num_threads());
+    println!(
+        "threads          {threads} (rayon global pool {}, candle {}, OS threads {})",
+        rayon::current_num_threads(),
+        candle_core::utils::get_num_threads(),
+        os_threads.map_or("?".into(), |t| format!("{t:.0}")),
+    );
     println!("load             {load_s:.2} s");
     println!("prompt tokens    {prompt_tokens}");
+    let cores = |c: Option<f64>| c.map_or(String::new(), |c| format!(", {c:.2} cores busy"));
     println!(
-        "prefill          {:.1} tok/s ({prefill_s:.2} s)",
-        prompt_tokens as f64 / prefill_s
+        "prefill          {prefill_tok_s:.1} tok/s ({prefill_s:.2} s{})",
+        cores(prefill_cores)
     );
     println!(
-        "decode           {:.2} tok/s ({decode_tokens} tokens, {decode_s:.2} s)",
-        decode_tokens as f64 / decode_s
+        "decode           {decode_tok_s:.2} tok/s ({decode_tokens} tokens, {decode_s:.2} s{})",
+        cores(decode_cores)
     );
-    if let Some(mb) = peak_rss_mb() {
+    if let Some(mb) = peak_mb {
         println!("peak RSS         {mb:.0} MB");
     }
     if generated < tokens + 1 {
         println!("note: the model stopped after {generated} tokens (end token); decode figure covers those");
+    }
+    if prompt_ids.len() != prompt_tokens {
+        println!(
+            "note: chat_ids gives {} ids but prompt_tokens {prompt_tokens}",
+            prompt_ids.len()
+        );
+    }
+
+    // Concurrent sequences: k requests with prompts of different lengths
+    // (the article's first 400, 600, … characters), decoded together in one
+    // forward pass per step. Decode throughput counts every sequence's tokens
+    // after the last prompt has been read.
+    let concurrent_tokens = env_usize("PRECIS_BENCH_CONCURRENT_TOKENS", 32)?;
+    let mut concurrent = Vec::new();
+    for k in [1usize, 2, 4] {
+        let requests: Vec<GenerationRequest> = (0..k)
+            .map(|i| {
+                let chars: String = prepared
+                    .paragraphs
+                    .join("\n\n")
+                    .chars()
+                    .take(400 + 200 * i)
+                    .collect();
+                GenerationRequest {
+                    messages: vec![ChatMessage::user(format!(
+                        "Summarize in one paragraph:\n\n{chars}"
+                    ))],
+                    params: GenerationParams {
+                        max_new_tokens: concurrent_tokens,
+                        temperature: 0.0,
+                        repetition_penalty: 1.0,
+                        loop_guard: false,
+                        ..GenerationParams::default()
+                    },
+                }
+            })
+            .collect();
+        let start = Instant::now();
+        let mut firsts = vec![false; k];
+        let mut all_first: Option<f64> = None;
+        let out = model.generate(&requests, &mut |i, _| {
+            if !firsts[i] {
+                firsts[i] = true;
+                if firsts.iter().all(|&f| f) {
+                    all_first = Some(start.elapsed().as_secs_f64());
+                }
+            }
+            Flow::Continue
+        });
+        let end = start.elapsed().as_secs_f64();
+        let mut tokens_after = 0usize;
+        for g in out {
+            tokens_after += g?.generated_tokens.saturating_sub(1);
+        }
+        let decode_s = (end - all_first.unwrap_or(end)).max(1e-9);
+        let rate = tokens_after as f64 / decode_s;
+        println!("decode ×{k}        {rate:.2} tok/s in all ({tokens_after} tokens after the prompts, {decode_s:.2} s)");
+        concurrent.push(
+            serde_json::json!({"sequences": k, "decode_tok_s": rate, "tokens": tokens_after}),
+        );
+    }
+
+    if let Some(json_path) = json_path {
+        // Untimed: the ids of a pure arg-max run of the same length, for comparison.
+        let greedy = if want_ids {
+            Some(model.greedy_ids(&prompt_ids, tokens + 1)?)
+        } else {
+            None
+        };
+        let report = serde_json::json!({
+            "engine": "precis",
+            "model": spec.id,
+            "file": path.display().to_string(),
+            "article": article_path.display().to_string(),
+            "threads": threads,
+            "rayon_threads": rayon::current_num_threads(),
+            "candle_threads": candle_core::utils::get_num_threads(),
+            "load_s": load_s,
+            "prompt_tokens": prompt_tokens,
+            "prompt_ids": prompt_ids,
+            "max_new_tokens": tokens + 1,
+            "generated_tokens": generated,
+            "greedy_ids": greedy,
+            "prefill_s": prefill_s,
+            "prefill_tok_s": prefill_tok_s,
+            "prefill_cores_busy": prefill_cores,
+            "decode_tokens": decode_tokens,
+            "decode_s": decode_s,
+            "decode_tok_s": decode_tok_s,
+            "decode_cores_busy": decode_cores,
+            "peak_rss_mb": peak_mb,
+            "concurrent": concurrent,
+        });
+        if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::write(&json_path, serde_json::to_string_pretty(&report)? + "\n")?;
+        println!("json             {}", json_path.display());
     }
     Ok(())
 }

@@ -89,38 +89,126 @@ impl ModelHandle {
     }
 }
 
+/// Most queued requests the worker runs together in one batch.
+pub const MAX_BATCH_REQUESTS: usize = 16;
+
+/// The worker loop: takes the next job, and with it every job already queued
+/// (up to [`MAX_BATCH_REQUESTS`] requests), so concurrent callers share one
+/// batched generation (the CPU decoder decodes them in the same forward
+/// passes); each job gets its own results back.
 fn worker(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<Job>) {
-    while let Ok(job) = rx.recv() {
-        match job {
-            Job::Generate {
-                requests,
-                cancel,
-                reply,
-            } => {
-                if cancel.is_cancelled() {
-                    let _ = reply.send(Vec::new());
-                    continue;
+    while let Ok(first) = rx.recv() {
+        let mut jobs = vec![first];
+        let mut queued: usize = jobs.iter().map(Job::len).sum();
+        while queued < MAX_BATCH_REQUESTS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    queued += job.len();
+                    jobs.push(job);
                 }
-                let n = requests.len();
-                let result = catch_unwind(AssertUnwindSafe(|| {
-                    backend.generate(&requests, &mut |_, _| {
-                        if cancel.is_cancelled() {
-                            Flow::Stop
-                        } else {
-                            Flow::Continue
-                        }
-                    })
-                }));
-                let out = result.unwrap_or_else(|_| {
-                    tracing::error!(model = %backend.info().id, "the model panicked; the job failed and the worker goes on");
-                    (0..n)
-                        .map(|_| Err(BackendError::Runtime("the model crashed on this input".into())))
-                        .collect()
-                });
-                // The caller may have gone away; nothing to do then.
-                let _ = reply.send(out);
+                Err(_) => break,
             }
         }
+        run_jobs(backend.as_mut(), jobs);
+    }
+}
+
+impl Job {
+    fn len(&self) -> usize {
+        match self {
+            Job::Generate { requests, .. } => requests.len(),
+        }
+    }
+}
+
+fn crashed(n: usize) -> Vec<Result<Generation, BackendError>> {
+    (0..n)
+        .map(|_| {
+            Err(BackendError::Runtime(
+                "the model crashed on this input".into(),
+            ))
+        })
+        .collect()
+}
+
+/// Runs one batch; `None` when the model panicked (logged).
+fn generate_guarded(
+    backend: &mut dyn Backend,
+    requests: &[GenerationRequest],
+    owners: &[usize],
+    cancels: &[&CancelToken],
+) -> Option<Vec<Result<Generation, BackendError>>> {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        backend.generate(requests, &mut |i, _| {
+            if cancels[owners[i]].is_cancelled() {
+                Flow::Stop
+            } else {
+                Flow::Continue
+            }
+        })
+    }));
+    if result.is_err() {
+        tracing::error!(model = %backend.info().id, "the model panicked; the job failed and the worker goes on");
+    }
+    result.ok()
+}
+
+fn run_jobs(backend: &mut dyn Backend, jobs: Vec<Job>) {
+    let mut requests = Vec::new();
+    let mut owners = Vec::new(); // job index of each request
+    let mut live = Vec::new();
+    for (j, job) in jobs.iter().enumerate() {
+        let Job::Generate {
+            requests: reqs,
+            cancel,
+            reply,
+        } = job;
+        if cancel.is_cancelled() {
+            let _ = reply.send(Vec::new());
+            continue;
+        }
+        live.push(j);
+        for r in reqs {
+            requests.push(r.clone());
+            owners.push(j);
+        }
+    }
+    if live.is_empty() {
+        return;
+    }
+    let cancels: Vec<&CancelToken> = jobs
+        .iter()
+        .map(|Job::Generate { cancel, .. }| cancel)
+        .collect();
+    let mut out = match generate_guarded(backend, &requests, &owners, &cancels) {
+        Some(out) => out,
+        // A panic in a shared batch: run each job on its own, so only the job
+        // whose input crashes the model fails.
+        None if live.len() > 1 => {
+            let mut out = Vec::with_capacity(requests.len());
+            for &j in &live {
+                let idx: Vec<usize> = (0..requests.len()).filter(|&i| owners[i] == j).collect();
+                let reqs: Vec<GenerationRequest> =
+                    idx.iter().map(|&i| requests[i].clone()).collect();
+                let own = vec![j; reqs.len()];
+                out.extend(
+                    generate_guarded(backend, &reqs, &own, &cancels)
+                        .unwrap_or_else(|| crashed(reqs.len())),
+                );
+            }
+            out
+        }
+        None => crashed(requests.len()),
+    };
+    // Hand each job its results, in order; the caller may have gone away.
+    let mut per_job: Vec<Vec<Result<Generation, BackendError>>> =
+        jobs.iter().map(|_| Vec::new()).collect();
+    for (i, r) in out.drain(..).enumerate() {
+        per_job[owners[i]].push(r);
+    }
+    for j in live {
+        let Job::Generate { reply, .. } = &jobs[j];
+        let _ = reply.send(std::mem::take(&mut per_job[j]));
     }
 }
 
@@ -476,6 +564,7 @@ impl ModelLoader for StoreLoader {
                 revision: Some(located.revision.clone()),
                 target_languages,
                 cuda: self.cuda,
+                threads: 0,
             },
         )
         .map_err(|e| unavailable(e.to_string()))?;

@@ -10,10 +10,13 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+pub mod decoder;
 #[cfg(feature = "test-backend")]
 pub mod fake;
 pub mod generation;
 pub mod gguf;
+pub mod kernels;
+pub mod weights;
 
 /// Who says a chat message.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,0 +1,782 @@
+//! The forward pass of a quantized decoder-only transformer (Qwen2 and Llama
+//! architectures, as laid out in GGUF files), run on the weights where they lie
+//! in the mapped file.
+//!
+//! candle-transformers' quantized models copy every weight into memory, grow the
+//! KV cache by concatenation at each step, feed one sequence at a time, and have
+//! no fast dot product for some of the types these files hold. This owns the
+//! small forward pass instead: quantized matrix products through
+//! [`super::kernels`], a KV cache allocated once per sequence, and batches that
+//! mix sequences of different lengths and positions (prefill of one prompt, or
+//! one new token for each of several sequences, in one pass).
+
+use rayon::prelude::*;
+
+use super::kernels::{self, Activations, QMatrix, QType};
+use super::weights::{GgufFile, TensorRef};
+use super::BackendError;
+
+/// How a layer applies rotary position embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RopeStyle {
+    /// Rotates pairs `(i, i + d/2)` (GPT-NeoX layout; Qwen2 files).
+    Halves,
+    /// Rotates adjacent pairs `(2i, 2i + 1)` (Llama files, whose converter permutes q/k).
+    Adjacent,
+}
+
+/// Shape and hyper-parameters, from the file's metadata.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DecoderConfig {
+    /// `general.architecture`.
+    pub architecture: String,
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads (grouped-query attention when fewer than `heads`).
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Feed-forward inner size.
+    pub ffn: usize,
+    /// RMS norm epsilon.
+    pub eps: f32,
+    /// Rotary base frequency.
+    pub rope_base: f32,
+    /// Rotary layout.
+    pub rope_style: RopeStyle,
+    /// Vocabulary size (rows of the output matrix).
+    pub vocab: usize,
+    /// Longest sequence the model was trained for.
+    pub context_length: usize,
+}
+
+struct Layer {
+    attn_norm: Vec<f32>,
+    q: TensorRef,
+    k: TensorRef,
+    v: TensorRef,
+    q_bias: Option<Vec<f32>>,
+    k_bias: Option<Vec<f32>>,
+    v_bias: Option<Vec<f32>>,
+    o: TensorRef,
+    ffn_norm: Vec<f32>,
+    gate: TensorRef,
+    up: TensorRef,
+    down: TensorRef,
+}
+
+/// Keys and values of one sequence, for every layer, allocated once for the
+/// sequence's whole length.
+pub struct KvCache {
+    k: Vec<f32>,
+    v: Vec<f32>,
+    capacity: usize,
+    len: usize,
+    kv_heads: usize,
+    head_dim: usize,
+}
+
+impl KvCache {
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing has been fed yet.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Positions it can hold.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Forgets the sequence (keeps the memory).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// Drops positions from `len` on, so the sequence continues from there.
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+
+    fn base(&self, layer: usize, head: usize) -> usize {
+        (layer * self.kv_heads + head) * self.capacity * self.head_dim
+    }
+}
+
+/// Tokens of one sequence to run in a batch.
+pub struct SeqInput<'a> {
+    /// The sequence's cache; the tokens go at positions `cache.len()..`.
+    pub cache: &'a mut KvCache,
+    /// New tokens.
+    pub tokens: &'a [u32],
+    /// Index (within `tokens`) of the first token whose logits are wanted; the
+    /// logits of every token from there to the last are returned.
+    pub logits_from: usize,
+}
+
+/// Buffers reused from one forward pass to the next.
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    h: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    rope: Vec<f32>,
+    acts: Activations,
+    acts2: Activations,
+}
+
+/// A loaded decoder: configuration, tensor views and scratch buffers.
+pub struct Decoder {
+    file: GgufFile,
+    cfg: DecoderConfig,
+    embed: TensorRef,
+    layers: Vec<Layer>,
+    out_norm: Vec<f32>,
+    output: TensorRef,
+    scratch: Scratch,
+    pool: rayon::ThreadPool,
+}
+
+/// Which activation layout a weight type's dot product wants; matrices that
+/// share one can share one quantization of their input.
+fn act_format(q: QType) -> u8 {
+    match q {
+        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => 0,
+        QType::Q4_1 => 1,
+        QType::Q4_K | QType::Q5_K | QType::Q6_K => 2,
+        QType::F32 | QType::F16 => 3,
+    }
+}
+
+fn err(file: &GgufFile, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Load {
+        path: file.path().display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl Decoder {
+    /// Reads the configuration and tensor table of a mapped GGUF file.
+    /// `threads` is the number of worker threads (0: one per core).
+    pub fn new(file: GgufFile, threads: usize) -> Result<Self, BackendError> {
+        let md = file.metadata();
+        let arch = md
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let rope_style = match arch.as_str() {
+            "qwen2" => RopeStyle::Halves,
+            "llama" => RopeStyle::Adjacent,
+            other => {
+                return Err(BackendError::UnsupportedArchitecture {
+                    path: file.path().display().to_string(),
+                    architecture: other.to_string(),
+                })
+            }
+        };
+        let get_u = |key: &str| -> Option<usize> {
+            md.get(&format!("{arch}.{key}"))
+                .and_then(|v| {
+                    v.to_u32()
+                        .ok()
+                        .or_else(|| v.to_u64().ok().map(|x| x as u32))
+                })
+                .map(|v| v as usize)
+        };
+        let get_f = |key: &str| -> Option<f32> {
+            md.get(&format!("{arch}.{key}"))
+                .and_then(|v| v.to_f32().ok())
+        };
+        let need = |key: &str| {
+            get_u(key).ok_or_else(|| err(&file, format!("metadata `{arch}.{key}` is missing")))
+        };
+        let layers_n = need("block_count")?;
+        let hidden = need("embedding_length")?;
+        let heads = need("attention.head_count")?;
+        let kv_heads = get_u("attention.head_count_kv").unwrap_or(heads);
+        let ffn = need("feed_forward_length")?;
+        if heads == 0 || kv_heads == 0 || hidden % heads != 0 || heads % kv_heads != 0 {
+            return Err(err(
+                &file,
+                format!("inconsistent attention shape: {hidden} hidden, {heads} heads, {kv_heads} key/value heads"),
+            ));
+        }
+        let head_dim = hidden / heads;
+        if head_dim % 2 != 0 {
+            return Err(err(&file, format!("odd head size {head_dim}")));
+        }
+        let embed = file.tensor("token_embd.weight")?;
+        let output = if file.has("output.weight") {
+            file.tensor("output.weight")?
+        } else {
+            embed
+        };
+        let cfg = DecoderConfig {
+            architecture: arch.clone(),
+            layers: layers_n,
+            hidden,
+            heads,
+            kv_heads,
+            head_dim,
+            ffn,
+            eps: get_f("attention.layer_norm_rms_epsilon").unwrap_or(1e-6),
+            rope_base: get_f("rope.freq_base").unwrap_or(10_000.0),
+            rope_style,
+            vocab: output.rows,
+            context_length: get_u("context_length").unwrap_or(2048),
+        };
+        let kv = kv_heads * head_dim;
+        let expect = |t: &TensorRef, name: &str, rows: usize, cols: usize| {
+            if t.rows == rows && t.cols == cols {
+                Ok(())
+            } else {
+                Err(err(
+                    &file,
+                    format!(
+                        "tensor `{name}` is {}×{}, expected {rows}×{cols}",
+                        t.rows, t.cols
+                    ),
+                ))
+            }
+        };
+        expect(&embed, "token_embd.weight", embed.rows, hidden)?;
+        expect(&output, "output.weight", output.rows, hidden)?;
+        let vector = |name: &str, len: usize| -> Result<Vec<f32>, BackendError> {
+            let v = file.vector(name)?;
+            if v.len() != len {
+                return Err(err(
+                    &file,
+                    format!("tensor `{name}` has {} values, expected {len}", v.len()),
+                ));
+            }
+            Ok(v)
+        };
+        let bias = |name: &str, len: usize| -> Result<Option<Vec<f32>>, BackendError> {
+            if file.has(name) {
+                vector(name, len).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        let mut layers = Vec::with_capacity(layers_n);
+        for i in 0..layers_n {
+            let name = |s: &str| format!("blk.{i}.{s}");
+            let matrix = |s: &str, rows: usize, cols: usize| -> Result<TensorRef, BackendError> {
+                let t = file.tensor(&name(s))?;
+                expect(&t, &name(s), rows, cols)?;
+                Ok(t)
+            };
+            layers.push(Layer {
+                attn_norm: vector(&name("attn_norm.weight"), hidden)?,
+                q: matrix("attn_q.weight", hidden, hidden)?,
+                k: matrix("attn_k.weight", kv, hidden)?,
+                v: matrix("attn_v.weight", kv, hidden)?,
+                q_bias: bias(&name("attn_q.bias"), hidden)?,
+                k_bias: bias(&name("attn_k.bias"), kv)?,
+                v_bias: bias(&name("attn_v.bias"), kv)?,
+                o: matrix("attn_output.weight", hidden, hidden)?,
+                ffn_norm: vector(&name("ffn_norm.weight"), hidden)?,
+                gate: matrix("ffn_gate.weight", ffn, hidden)?,
+                up: matrix("ffn_up.weight", ffn, hidden)?,
+                down: matrix("ffn_down.weight", hidden, ffn)?,
+            });
+        }
+        let out_norm = vector("output_norm.weight", hidden)?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .thread_name(|i| format!("precis-llm-{i}"))
+            .build()
+            .map_err(|e| BackendError::Runtime(format!("cannot start worker threads: {e}")))?;
+        Ok(Self {
+            file,
+            cfg,
+            embed,
+            layers,
+            out_norm,
+            output,
+            scratch: Scratch::default(),
+            pool,
+        })
+    }
+
+    /// The model's shape.
+    pub fn config(&self) -> &DecoderConfig {
+        &self.cfg
+    }
+
+    /// The mapped file.
+    pub fn file(&self) -> &GgufFile {
+        &self.file
+    }
+
+    /// A KV cache for a sequence of up to `capacity` positions.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let size = self.cfg.layers * self.cfg.kv_heads * capacity * self.cfg.head_dim;
+        KvCache {
+            k: vec![0.0; size],
+            v: vec![0.0; size],
+            capacity,
+            len: 0,
+            kv_heads: self.cfg.kv_heads,
+            head_dim: self.cfg.head_dim,
+        }
+    }
+
+    /// Runs the new tokens of every sequence through the model in one pass,
+    /// appends their keys and values to each sequence's cache, and returns, per
+    /// sequence, the logits (`vocab` values per token) of its tokens from
+    /// `logits_from` on.
+    pub fn forward(&mut self, batch: &mut [SeqInput<'_>]) -> Result<Vec<Vec<f32>>, BackendError> {
+        for s in batch.iter() {
+            if s.tokens.is_empty() {
+                return Err(BackendError::Runtime(
+                    "a sequence in the batch has no tokens".into(),
+                ));
+            }
+            if s.cache.len + s.tokens.len() > s.cache.capacity {
+                return Err(BackendError::Runtime(format!(
+                    "sequence of {} positions does not fit its cache of {}",
+                    s.cache.len + s.tokens.len(),
+                    s.cache.capacity
+                )));
+            }
+            if s.logits_from >= s.tokens.len() {
+                return Err(BackendError::Runtime(
+                    "logits requested past the last token".into(),
+                ));
+            }
+            if let Some(&bad) = s.tokens.iter().find(|&&t| t as usize >= self.embed.rows) {
+                return Err(BackendError::Runtime(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.embed.rows
+                )));
+            }
+        }
+        let pool = &self.pool;
+        let (file, cfg, layers, scratch) = (&self.file, &self.cfg, &self.layers, &mut self.scratch);
+        let embed = file.matrix(&self.embed);
+        let output = file.matrix(&self.output);
+        let out_norm = &self.out_norm;
+        pool.install(|| forward(file, cfg, layers, embed, output, out_norm, scratch, batch))
+    }
+}
+
+/// Where one token of the batch belongs.
+#[derive(Clone, Copy)]
+struct Slot {
+    seq: usize,
+    pos: usize,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn forward(
+    file: &GgufFile,
+    cfg: &DecoderConfig,
+    layers: &[Layer],
+    embed: QMatrix<'_>,
+    output: QMatrix<'_>,
+    out_norm: &[f32],
+    s: &mut Scratch,
+    batch: &mut [SeqInput<'_>],
+) -> Result<Vec<Vec<f32>>, BackendError> {
+    let hidden = cfg.hidden;
+    let (hd, nkv) = (cfg.head_dim, cfg.kv_heads);
+    let kv = nkv * hd;
+    let slots: Vec<Slot> = batch
+        .iter()
+        .enumerate()
+        .flat_map(|(seq, b)| {
+            (0..b.tokens.len()).map(move |i| Slot {
+                seq,
+                pos: b.cache.len + i,
+            })
+        })
+        .collect();
+    let t_n = slots.len();
+
+    // Embeddings.
+    s.x.resize(t_n * hidden, 0.0);
+    let tokens: Vec<u32> = batch
+        .iter()
+        .flat_map(|b| b.tokens.iter().copied())
+        .collect();
+    par_rows(&mut s.x, hidden, |t, row| {
+        embed.dequantize_row(tokens[t] as usize, row)
+    });
+
+    // Rotary tables: cos and sin of each token's angles.
+    let half = hd / 2;
+    s.rope.resize(t_n * hd, 0.0);
+    for (t, slot) in slots.iter().enumerate() {
+        let row = &mut s.rope[t * hd..(t + 1) * hd];
+        for i in 0..half {
+            let freq = cfg.rope_base.powf(-(2.0 * i as f32) / hd as f32);
+            let angle = slot.pos as f32 * freq;
+            row[i] = angle.cos();
+            row[half + i] = angle.sin();
+        }
+    }
+
+    for (li, layer) in layers.iter().enumerate() {
+        // Attention block.
+        rms_norm(&s.x, &mut s.h, hidden, &layer.attn_norm, cfg.eps);
+        s.q.resize(t_n * hidden, 0.0);
+        s.k.resize(t_n * kv, 0.0);
+        s.v.resize(t_n * kv, 0.0);
+        project3(
+            file,
+            [&layer.q, &layer.k, &layer.v],
+            &s.h,
+            t_n,
+            [&mut s.q, &mut s.k, &mut s.v],
+            &mut s.acts,
+            &mut s.acts2,
+        );
+        add_bias(&mut s.q, layer.q_bias.as_deref());
+        add_bias(&mut s.k, layer.k_bias.as_deref());
+        add_bias(&mut s.v, layer.v_bias.as_deref());
+        let rope = &s.rope;
+        par_rows(&mut s.q, hidden, |t, row| {
+            for head in row.chunks_exact_mut(hd) {
+                rotate(head, &rope[t * hd..(t + 1) * hd], cfg.rope_style);
+            }
+        });
+        par_rows(&mut s.k, kv, |t, row| {
+            for head in row.chunks_exact_mut(hd) {
+                rotate(head, &rope[t * hd..(t + 1) * hd], cfg.rope_style);
+            }
+        });
+        for (t, slot) in slots.iter().enumerate() {
+            let cache = &mut *batch[slot.seq].cache;
+            for g in 0..nkv {
+                let at = cache.base(li, g) + slot.pos * hd;
+                cache.k[at..at + hd].copy_from_slice(&s.k[t * kv + g * hd..t * kv + (g + 1) * hd]);
+                cache.v[at..at + hd].copy_from_slice(&s.v[t * kv + g * hd..t * kv + (g + 1) * hd]);
+            }
+        }
+        let caches: Vec<&KvCache> = batch.iter().map(|b| &*b.cache).collect();
+        s.attn.resize(t_n * hidden, 0.0);
+        attention(cfg, li, &s.q, &slots, &caches, &mut s.attn);
+        project_add(
+            file,
+            &layer.o,
+            &s.attn,
+            t_n,
+            &mut s.x,
+            &mut s.h,
+            &mut s.acts,
+        );
+
+        // Feed-forward block.
+        rms_norm(&s.x, &mut s.h, hidden, &layer.ffn_norm, cfg.eps);
+        s.gate.resize(t_n * cfg.ffn, 0.0);
+        s.up.resize(t_n * cfg.ffn, 0.0);
+        project2(
+            file,
+            [&layer.gate, &layer.up],
+            &s.h,
+            t_n,
+            [&mut s.gate, &mut s.up],
+            &mut s.acts,
+            &mut s.acts2,
+        );
+        let up = &s.up;
+        par_rows(&mut s.gate, cfg.ffn, |t, row| {
+            let u = &up[t * cfg.ffn..(t + 1) * cfg.ffn];
+            for (g, &u) in row.iter_mut().zip(u) {
+                *g = *g / (1.0 + (-*g).exp()) * u;
+            }
+        });
+        project_add(
+            file,
+            &layer.down,
+            &s.gate,
+            t_n,
+            &mut s.x,
+            &mut s.h,
+            &mut s.acts,
+        );
+    }
+
+    // Logits of the requested rows.
+    let mut rows = Vec::new();
+    let mut offset = 0;
+    for b in batch.iter() {
+        rows.extend(offset + b.logits_from..offset + b.tokens.len());
+        offset += b.tokens.len();
+    }
+    let mut picked = Vec::with_capacity(rows.len() * hidden);
+    for &r in &rows {
+        picked.extend_from_slice(&s.x[r * hidden..(r + 1) * hidden]);
+    }
+    rms_norm(&picked, &mut s.h, hidden, out_norm, cfg.eps);
+    s.acts.quantize(&s.h, rows.len(), hidden, output.qtype);
+    let mut logits = vec![0.0; rows.len() * output.rows];
+    kernels::matmul(&output, &s.acts, &mut logits);
+
+    // Split per sequence and advance the caches.
+    let mut out = Vec::with_capacity(batch.len());
+    let mut at = 0;
+    for b in batch.iter_mut() {
+        let n = b.tokens.len() - b.logits_from;
+        out.push(logits[at * output.rows..(at + n) * output.rows].to_vec());
+        at += n;
+        b.cache.len += b.tokens.len();
+    }
+    Ok(out)
+}
+
+/// Runs `f(row_index, row)` over the rows of `buf` (each `width` long), in
+/// parallel when there are several.
+fn par_rows(buf: &mut [f32], width: usize, f: impl Fn(usize, &mut [f32]) + Sync) {
+    if buf.len() <= width {
+        for (t, row) in buf.chunks_exact_mut(width).enumerate() {
+            f(t, row);
+        }
+    } else {
+        buf.par_chunks_exact_mut(width)
+            .enumerate()
+            .for_each(|(t, row)| f(t, row));
+    }
+}
+
+fn rms_norm(x: &[f32], out: &mut Vec<f32>, width: usize, weight: &[f32], eps: f32) {
+    out.resize(x.len(), 0.0);
+    par_rows(out, width, |t, row| {
+        let src = &x[t * width..(t + 1) * width];
+        let ms = src.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let scale = 1.0 / (ms + eps).sqrt();
+        for ((o, &v), &w) in row.iter_mut().zip(src).zip(weight) {
+            *o = v * scale * w;
+        }
+    });
+}
+
+fn add_bias(x: &mut [f32], bias: Option<&[f32]>) {
+    if let Some(b) = bias {
+        for row in x.chunks_exact_mut(b.len()) {
+            for (v, &bb) in row.iter_mut().zip(b) {
+                *v += bb;
+            }
+        }
+    }
+}
+
+/// Rotates one head by the angles whose cos/sin are `table` (`[cos…, sin…]`).
+fn rotate(head: &mut [f32], table: &[f32], style: RopeStyle) {
+    let half = head.len() / 2;
+    let (cos, sin) = table.split_at(half);
+    match style {
+        RopeStyle::Halves => {
+            for i in 0..half {
+                let (a, b) = (head[i], head[i + half]);
+                head[i] = a * cos[i] - b * sin[i];
+                head[i + half] = a * sin[i] + b * cos[i];
+            }
+        }
+        RopeStyle::Adjacent => {
+            for i in 0..half {
+                let (a, b) = (head[2 * i], head[2 * i + 1]);
+                head[2 * i] = a * cos[i] - b * sin[i];
+                head[2 * i + 1] = a * sin[i] + b * cos[i];
+            }
+        }
+    }
+}
+
+/// Three projections of one input (q, k, v), quantizing the input once per
+/// activation layout they need, in one parallel region when they share one.
+fn project3(
+    file: &GgufFile,
+    w: [&TensorRef; 3],
+    x: &[f32],
+    n: usize,
+    out: [&mut Vec<f32>; 3],
+    acts: &mut Activations,
+    acts2: &mut Activations,
+) {
+    let m: Vec<QMatrix<'_>> = w.iter().map(|t| file.matrix(t)).collect();
+    let cols = m[0].cols;
+    let [o0, o1, o2] = out;
+    acts.quantize(x, n, cols, m[0].qtype);
+    let f0 = act_format(m[0].qtype);
+    let same: Vec<bool> = m.iter().map(|mm| act_format(mm.qtype) == f0).collect();
+    if same.iter().all(|&b| b) {
+        let mut jobs = [
+            (m[0], &mut o0[..]),
+            (m[1], &mut o1[..]),
+            (m[2], &mut o2[..]),
+        ];
+        kernels::matmul_many(&mut jobs, acts);
+        return;
+    }
+    let outs = [o0, o1, o2];
+    for (i, o) in outs.into_iter().enumerate() {
+        if same[i] {
+            kernels::matmul(&m[i], acts, o);
+        } else {
+            acts2.quantize(x, n, cols, m[i].qtype);
+            kernels::matmul(&m[i], acts2, o);
+        }
+    }
+}
+
+/// Two projections of one input (gate, up).
+fn project2(
+    file: &GgufFile,
+    w: [&TensorRef; 2],
+    x: &[f32],
+    n: usize,
+    out: [&mut Vec<f32>; 2],
+    acts: &mut Activations,
+    acts2: &mut Activations,
+) {
+    let m0 = file.matrix(w[0]);
+    let m1 = file.matrix(w[1]);
+    let [o0, o1] = out;
+    acts.quantize(x, n, m0.cols, m0.qtype);
+    if act_format(m0.qtype) == act_format(m1.qtype) {
+        let mut jobs = [(m0, &mut o0[..]), (m1, &mut o1[..])];
+        kernels::matmul_many(&mut jobs, acts);
+    } else {
+        kernels::matmul(&m0, acts, o0);
+        acts2.quantize(x, n, m1.cols, m1.qtype);
+        kernels::matmul(&m1, acts2, o1);
+    }
+}
+
+/// `x += W · input` (row-wise), using `tmp` for the product.
+fn project_add(
+    file: &GgufFile,
+    w: &TensorRef,
+    input: &[f32],
+    n: usize,
+    x: &mut [f32],
+    tmp: &mut Vec<f32>,
+    acts: &mut Activations,
+) {
+    let m = file.matrix(w);
+    acts.quantize(input, n, m.cols, m.qtype);
+    tmp.resize(n * m.rows, 0.0);
+    kernels::matmul(&m, acts, tmp);
+    for (a, b) in x.iter_mut().zip(tmp.iter()) {
+        *a += b;
+    }
+}
+
+/// Causal attention of every query token over its own sequence's cache.
+fn attention(
+    cfg: &DecoderConfig,
+    layer: usize,
+    q: &[f32],
+    slots: &[Slot],
+    caches: &[&KvCache],
+    out: &mut [f32],
+) {
+    let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
+    let group = nh / nkv;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let work = |idx: usize, o: &mut [f32], scores: &mut Vec<f32>| {
+        let (t, h) = (idx / nh, idx % nh);
+        let slot = slots[t];
+        let cache = caches[slot.seq];
+        let base = cache.base(layer, h / group);
+        let keys = &cache.k[base..base + (slot.pos + 1) * hd];
+        let values = &cache.v[base..base + (slot.pos + 1) * hd];
+        let qv = &q[idx * hd..(idx + 1) * hd];
+        scores.clear();
+        scores.extend(keys.chunks_exact(hd).map(|k| dot(qv, k) * scale));
+        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0.0;
+        for s in scores.iter_mut() {
+            *s = (*s - max).exp();
+            sum += *s;
+        }
+        o.fill(0.0);
+        for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
+            let w = p / sum;
+            for (oo, &vv) in o.iter_mut().zip(v) {
+                *oo += w * vv;
+            }
+        }
+    };
+    out.par_chunks_exact_mut(hd)
+        .enumerate()
+        .for_each_init(Vec::new, |scores, (idx, o)| work(idx, o, scores));
+}
+
+/// Dot product with eight independent sums, so it vectorises.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rotation_keeps_length_and_matches_the_definition() {
+        let table = {
+            let angles = [0.3f32, 1.1];
+            let mut t: Vec<f32> = angles.iter().map(|a| a.cos()).collect();
+            t.extend(angles.iter().map(|a| a.sin()));
+            t
+        };
+        let mut h = [1.0f32, 2.0, 3.0, 4.0];
+        rotate(&mut h, &table, RopeStyle::Halves);
+        // pair (0, 2) by 0.3, pair (1, 3) by 1.1
+        assert!((h[0] - (0.3f32.cos() - 3.0 * 0.3f32.sin())).abs() < 1e-6);
+        assert!((h[2] - (0.3f32.sin() + 3.0 * 0.3f32.cos())).abs() < 1e-6);
+        let mut a = [1.0f32, 2.0, 3.0, 4.0];
+        rotate(&mut a, &table, RopeStyle::Adjacent);
+        // pair (0, 1) by 0.3, pair (2, 3) by 1.1
+        assert!((a[0] - (0.3f32.cos() - 2.0 * 0.3f32.sin())).abs() < 1e-6);
+        assert!((a[3] - (3.0 * 1.1f32.sin() + 4.0 * 1.1f32.cos())).abs() < 1e-6);
+        let n: f32 = a.iter().map(|v| v * v).sum();
+        assert!((n - 30.0).abs() < 1e-4);
+    }
+
+    #[test]
+    fn dot_matches_the_plain_sum() {
+        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
+        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.1).collect();
+        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
+        assert!((dot(&a, &b) - plain).abs() < 1e-3);
+    }
+
+    #[test]
+    fn rms_norm_scales_rows() {
+        let x = [3.0f32, 4.0, 0.0, 0.0];
+        let mut out = Vec::new();
+        rms_norm(&x, &mut out, 2, &[1.0, 2.0], 1e-9);
+        let s = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / s).abs() < 1e-6 && (out[1] - 8.0 / s).abs() < 1e-6);
+        assert_eq!(&out[2..], &[0.0, 0.0]);
+    }
+}
