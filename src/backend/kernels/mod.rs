@@ -1,46 +1,67 @@
-//! Quantized matrix kernels: the one module (with the weight-file mmap) where
-//! precis uses `unsafe`, for SIMD intrinsics.
+//! Quantized matrix products for the LLM forward pass, on the weights where
+//! they lie in the mapped GGUF file.
 //!
-//! Weights stay in GGML's block layouts, read where they lie in the mapped
-//! file. Activations are quantized to 8 bits in blocks of 32 with one f32
-//! scale per block (like GGML's Q8_0, plus per-half sums), for every weight
-//! type: a dot product is then integer multiply-adds per 32 values, scaled
-//! once per block. K-quant sub-blocks (32 values for Q4_K / Q5_K, 16 for Q6_K)
-//! fit that grid, so one activation layout serves all types. Each row × token
-//! dot product is computed the same way whatever the batch, so a sequence's
-//! results do not depend on what it is batched with.
+//! Why this module exists: the decoder spends nearly all its time multiplying
+//! GGML-quantized weight matrices by activations. Weights stay in GGML's block
+//! layouts (no repacking, no copy); activations are quantized once per input
+//! into the 8-bit format the weight type's dot product wants ([`Activations`]),
+//! so a dot product is integer multiply-adds scaled once per block, as in
+//! llama.cpp's CPU backend.
 //!
-//! Every kernel has a plain scalar version ([`scalar`]); the AVX2 versions
-//! ([`x86`]) are chosen at run time when the CPU has AVX2 and FMA, and are
-//! property-tested against the scalar ones.
+//! - `scalar` holds the plain reference of every kernel (quantize, dot,
+//!   dequantize), written for clarity. It also runs on CPUs without the SIMD
+//!   extensions below and on other architectures.
+//! - `x86` holds the AVX2 (with FMA and F16C) kernels and the same kernels
+//!   with AVX-512 VNNI instructions, picked once at run time. Each is
+//!   property-tested against the scalar reference.
+//!
+//! Every weight row × activation row product is computed the same way
+//! whatever the batch and however the rows are split between threads, so a
+//! token's result does not depend on what it is batched with.
+//!
+//! This is one of the two places where precis uses `unsafe` (the other is the
+//! mmap of weight files): SIMD intrinsics, and writes of disjoint output cells
+//! from several threads.
 #![allow(unsafe_code)]
 
-use half::f16;
+use std::sync::OnceLock;
+
 use rayon::prelude::*;
 
-pub mod scalar;
+mod scalar;
+#[cfg(test)]
+mod tests;
 #[cfg(target_arch = "x86_64")]
-pub mod x86;
+mod x86;
 
 /// GGML tensor types the LLM backend runs.
-#[allow(non_camel_case_types, missing_docs)]
+#[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum QType {
+    /// 32-bit floats.
     F32,
+    /// 16-bit floats.
     F16,
+    /// 4-bit, blocks of 32 with one f16 scale (values `d · (q - 8)`).
     Q4_0,
+    /// 4-bit, blocks of 32 with an f16 scale and minimum (values `d · q + m`).
     Q4_1,
+    /// 5-bit, blocks of 32 with one f16 scale (values `d · (q - 16)`).
     Q5_0,
+    /// 8-bit, blocks of 32 with one f16 scale.
     Q8_0,
+    /// 4-bit k-quant: super-blocks of 256, 6-bit scales and minimums per 32.
     Q4_K,
+    /// 5-bit k-quant: as [`QType::Q4_K`] plus a fifth bit per value.
     Q5_K,
+    /// 6-bit k-quant: super-blocks of 256, 8-bit scales per 16.
     Q6_K,
 }
 
 impl QType {
-    /// From a GGML type id.
-    pub fn from_ggml(id: u32) -> Option<QType> {
-        Some(match id {
+    /// The type of a GGML type id, if the backend runs it.
+    pub fn from_ggml(type_id: u32) -> Option<QType> {
+        Some(match type_id {
             0 => QType::F32,
             1 => QType::F16,
             2 => QType::Q4_0,
@@ -53,7 +74,8 @@ impl QType {
             _ => return None,
         })
     }
-    /// Name.
+
+    /// GGML's name of the type (`Q4_K`, `F16`, …).
     pub fn name(self) -> &'static str {
         match self {
             QType::F32 => "F32",
@@ -67,14 +89,16 @@ impl QType {
             QType::Q6_K => "Q6_K",
         }
     }
-    /// Values per block.
+
+    /// Values per block: 1 for F32 and F16, 32 or 256 for quantized types.
     pub fn block_len(self) -> usize {
         match self {
             QType::F32 | QType::F16 => 1,
             QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q8_0 => 32,
-            _ => 256,
+            QType::Q4_K | QType::Q5_K | QType::Q6_K => 256,
         }
     }
+
     /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         match self {
@@ -89,142 +113,111 @@ impl QType {
             QType::Q6_K => 210,
         }
     }
-    /// Bytes per row.
+
+    /// Bytes of a row of `cols` values (`cols` a multiple of [`QType::block_len`]).
     pub fn row_bytes(self, cols: usize) -> usize {
         cols / self.block_len() * self.block_bytes()
     }
+
+    /// The activation format this type's dot product reads.
+    fn act_format(self) -> Format {
+        match self {
+            QType::F32 | QType::F16 => Format::F32,
+            QType::Q4_0 | QType::Q4_1 | QType::Q5_0 | QType::Q8_0 => Format::Q8,
+            QType::Q4_K | QType::Q5_K | QType::Q6_K => Format::Q8K,
+        }
+    }
 }
 
-/// Kernel errors.
+impl std::fmt::Display for QType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Why a weight matrix cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KernelError {
-    /// Bad shape.
-    #[error("{0}")]
-    Shape(String),
+    /// The row length is not a whole number of blocks.
+    #[error("a {qtype} matrix needs rows of whole {block_len}-value blocks, but its rows have {cols} values")]
+    PartialBlock {
+        /// The weight type.
+        qtype: QType,
+        /// Values per row.
+        cols: usize,
+        /// Values per block of the type.
+        block_len: usize,
+    },
+    /// The data is not exactly `rows` rows of `cols` values.
+    #[error("a {qtype} matrix of {rows} × {cols} takes {expected} bytes, but {actual} were given")]
+    DataLength {
+        /// The weight type.
+        qtype: QType,
+        /// Rows.
+        rows: usize,
+        /// Values per row.
+        cols: usize,
+        /// Bytes the shape takes (`None` if it overflows `usize`).
+        expected: ExpectedBytes,
+        /// Bytes given.
+        actual: usize,
+    },
 }
 
-/// A weight matrix.
+/// Bytes a matrix shape takes, for [`KernelError::DataLength`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExpectedBytes(pub Option<usize>);
+
+impl std::fmt::Display for ExpectedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.0 {
+            Some(n) => write!(f, "{n}"),
+            None => f.write_str("more than fit in memory"),
+        }
+    }
+}
+
+/// A weight matrix in GGML layout, borrowed from the mapped file: `rows`
+/// rows of `cols` values each.
 #[derive(Debug, Clone, Copy)]
 pub struct QMatrix<'a> {
-    /// Type.
+    /// How the values are stored.
     pub qtype: QType,
-    /// Rows.
+    /// Rows (output features).
     pub rows: usize,
-    /// Cols.
+    /// Values per row (input features).
     pub cols: usize,
-    /// Bytes.
+    /// `rows` rows of [`QType::row_bytes`] bytes each.
     pub data: &'a [u8],
 }
 
-pub(crate) fn h(b: &[u8], at: usize) -> f32 {
-    f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
-pub(crate) fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        (
-            (s[j + 4] & 15) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
-    }
-}
-
-fn dequant_block(q: QType, b: &[u8], out: &mut [f32]) {
-    match q {
-        QType::F32 => out[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
-        QType::F16 => out[0] = h(b, 0),
-        QType::Q4_0 => {
-            let d = h(b, 0);
-            for j in 0..16 {
-                out[j] = d * ((b[2 + j] & 15) as f32 - 8.0);
-                out[j + 16] = d * ((b[2 + j] >> 4) as f32 - 8.0);
-            }
-        }
-        QType::Q4_1 => {
-            let (d, m) = (h(b, 0), h(b, 2));
-            for j in 0..16 {
-                out[j] = d * (b[4 + j] & 15) as f32 + m;
-                out[j + 16] = d * (b[4 + j] >> 4) as f32 + m;
-            }
-        }
-        QType::Q5_0 => {
-            let d = h(b, 0);
-            let qh = u32::from_le_bytes([b[2], b[3], b[4], b[5]]);
-            for j in 0..16 {
-                let h0 = (((qh >> j) << 4) & 0x10) as u8;
-                let h1 = ((qh >> (j + 12)) & 0x10) as u8;
-                out[j] = d * (((b[6 + j] & 15) | h0) as f32 - 16.0);
-                out[j + 16] = d * (((b[6 + j] >> 4) | h1) as f32 - 16.0);
-            }
-        }
-        QType::Q8_0 => {
-            let d = h(b, 0);
-            for j in 0..32 {
-                out[j] = d * (b[2 + j] as i8) as f32;
-            }
-        }
-        QType::Q4_K | QType::Q5_K => {
-            let (d, dmin) = (h(b, 0), h(b, 2));
-            let sc = &b[4..16];
-            let (qh, qs) = if q == QType::Q5_K {
-                (Some(&b[16..48]), &b[48..176])
-            } else {
-                (None, &b[16..144])
-            };
-            for c in 0..4 {
-                let (s1, m1) = scale_min_k4(2 * c, sc);
-                let (s2, m2) = scale_min_k4(2 * c + 1, sc);
-                for l in 0..32 {
-                    let mut lo = qs[32 * c + l] & 15;
-                    let mut hi = qs[32 * c + l] >> 4;
-                    if let Some(qh) = qh {
-                        lo |= ((qh[l] >> (2 * c)) & 1) << 4;
-                        hi |= ((qh[l] >> (2 * c + 1)) & 1) << 4;
-                    }
-                    out[64 * c + l] = d * s1 as f32 * lo as f32 - dmin * m1 as f32;
-                    out[64 * c + 32 + l] = d * s2 as f32 * hi as f32 - dmin * m2 as f32;
-                }
-            }
-        }
-        QType::Q6_K => {
-            let d = h(b, 208);
-            for n in 0..2 {
-                let ql = &b[64 * n..];
-                let qh = &b[128 + 32 * n..];
-                let sc = &b[192 + 8 * n..];
-                let y = &mut out[128 * n..];
-                for l in 0..32 {
-                    let is = l / 16;
-                    let q1 = ((ql[l] & 15) | ((qh[l] & 3) << 4)) as i32 - 32;
-                    let q2 = ((ql[l + 32] & 15) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
-                    let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
-                    let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
-                    y[l] = d * (sc[is] as i8) as f32 * q1 as f32;
-                    y[l + 32] = d * (sc[is + 2] as i8) as f32 * q2 as f32;
-                    y[l + 64] = d * (sc[is + 4] as i8) as f32 * q3 as f32;
-                    y[l + 96] = d * (sc[is + 6] as i8) as f32 * q4 as f32;
-                }
-            }
-        }
-    }
-}
-
 impl<'a> QMatrix<'a> {
-    /// Checked constructor.
+    /// A matrix view, after checking that rows are whole blocks and that
+    /// `data` holds exactly `rows` of them.
     pub fn new(
         qtype: QType,
         rows: usize,
         cols: usize,
         data: &'a [u8],
     ) -> Result<Self, KernelError> {
-        if cols % qtype.block_len() != 0 || data.len() != rows * qtype.row_bytes(cols) {
-            return Err(KernelError::Shape(format!(
-                "bad {} matrix {rows}x{cols}",
-                qtype.name()
-            )));
+        let block_len = qtype.block_len();
+        if !cols.is_multiple_of(block_len) {
+            return Err(KernelError::PartialBlock {
+                qtype,
+                cols,
+                block_len,
+            });
+        }
+        let expected = rows.checked_mul(qtype.row_bytes(cols));
+        if expected != Some(data.len()) {
+            return Err(KernelError::DataLength {
+                qtype,
+                rows,
+                cols,
+                expected: ExpectedBytes(expected),
+                actual: data.len(),
+            });
         }
         Ok(Self {
             qtype,
@@ -233,134 +226,289 @@ impl<'a> QMatrix<'a> {
             data,
         })
     }
-    /// One row as f32.
-    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+
+    /// The bytes of row `r`.
+    fn row(&self, r: usize) -> &'a [u8] {
         let rb = self.qtype.row_bytes(self.cols);
-        let bytes = &self.data[row * rb..(row + 1) * rb];
-        let (bl, bb) = (self.qtype.block_len(), self.qtype.block_bytes());
-        for (i, chunk) in out[..self.cols].chunks_mut(bl).enumerate() {
-            dequant_block(self.qtype, &bytes[i * bb..(i + 1) * bb], chunk);
+        &self.data[r * rb..(r + 1) * rb]
+    }
+
+    /// Dequantizes row `row` into `out`, which must hold `cols` values (used
+    /// for embedding lookups and norm weights).
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) {
+        assert!(
+            row < self.rows,
+            "row {row} of a {} matrix with {} rows",
+            self.qtype,
+            self.rows
+        );
+        assert_eq!(
+            out.len(),
+            self.cols,
+            "dequantize_row writes one row of {} values",
+            self.cols
+        );
+        scalar::dequantize_row(self.qtype, self.row(row), out);
+    }
+}
+
+/// Activation layouts: what [`Activations::quantize`] produces for a weight type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Format {
+    /// Blocks of 32: f16-rounded scale, Σq, and f16(d·Σq) per block (GGML's
+    /// Q8_0 and Q8_1 together), for Q4_0, Q4_1, Q5_0 and Q8_0 weights.
+    Q8,
+    /// Blocks of 256 with an f32 scale and sums per 16 and per 32 values
+    /// (GGML's Q8_K), for the k-quants.
+    Q8K,
+    /// Plain f32, for F32 and F16 weights.
+    F32,
+}
+
+impl Format {
+    fn name(self) -> &'static str {
+        match self {
+            Format::Q8 => "Q8_0/Q8_1",
+            Format::Q8K => "Q8_K",
+            Format::F32 => "F32",
         }
     }
 }
 
-/// Values per activation block for the 32-value weight types.
-pub const QK: usize = 32;
-/// Values per activation block for the K-quants.
-pub const QK_K: usize = 256;
+/// i16 slots per Q8_K block in [`Activations`]: 16 sums of 16 values, 8 sums
+/// of 32 values, 8 unused (a block's sums start 64-byte aligned).
+pub(crate) const KSUMS: usize = 32;
 
-/// Whether a type is a K-quant (256-value super-blocks, 256-value activations).
-pub fn is_k(qt: QType) -> bool {
-    matches!(qt, QType::Q4_K | QType::Q5_K | QType::Q6_K)
-}
+/// 64 quantized activations; the unit of the quantized buffer, so that rows
+/// start on cache lines.
+#[derive(Clone, Copy)]
+#[repr(C, align(64))]
+struct Line([i8; 64]);
 
-/// `n` rows of `cols` activations quantized to 8 bits. For the 32-value
-/// weight types, in blocks of [`QK`] with one scale `d` each (value ≈ d · q)
-/// and the scaled sums of each half (`d · Σq` over values 0..16 and 16..32),
-/// like GGML's Q8_0/Q8_1. For the K-quants, in blocks of 256 with one scale
-/// and the integer sums of each 16 values, like GGML's Q8_K, so a dot product
-/// sums a whole super-block in integers. Reused between calls without
-/// reallocating.
-#[derive(Default)]
+/// `n` rows of `cols` activations, quantized the way a weight type's dot
+/// product wants them: Q8_0 blocks with their sums (GGML's Q8_1) for Q4_0,
+/// Q4_1, Q5_0 and Q8_0 weights, Q8_K for Q4_K, Q5_K and Q6_K, plain f32 for
+/// F32 and F16. Owns reusable buffers: quantizing again does not reallocate
+/// when the size fits.
+#[derive(Clone)]
 pub struct Activations {
-    qs: Vec<i8>,
-    d: Vec<f32>,
-    sums: Vec<[f32; 2]>,
-    bsums: Vec<i16>,
+    format: Format,
     rows: usize,
     cols: usize,
-    k_layout: bool,
+    /// Bytes between rows in `qs` (`cols` rounded up to 64).
+    stride: usize,
+    qs: Vec<Line>,
+    /// Scale per block.
+    d: Vec<f32>,
+    /// Q8: -Σq per block.
+    neg_sum: Vec<i32>,
+    /// Q8, for the AVX-512 kernels: each pair of blocks with their 4-byte
+    /// groups interleaved (`x86::interleave_pairs`), `stride_pairs` per row.
+    pairs: Vec<Line>,
+    /// Bytes between rows in `pairs`.
+    stride_pairs: usize,
+    /// Q8: f16(d · Σq) per block, for Q4_1's minimum.
+    s: Vec<f32>,
+    /// Q8_K: [`KSUMS`] slots per block.
+    ksums: Vec<i16>,
+    /// Q8_K: `d · Σq` of each 32 values, 8 per block (the k-quant minimums'
+    /// term in float).
+    kmins: Vec<f32>,
+    /// F32: the values, `cols` per row.
+    f: Vec<f32>,
 }
 
-/// One activation row, borrowed.
-#[derive(Clone, Copy)]
-pub struct ActRow<'a> {
-    /// Quantized values, `cols` of them.
-    pub qs: &'a [i8],
-    /// Scale per block.
-    pub d: &'a [f32],
-    /// Scaled half-block sums per block (32-value layout only).
-    pub sums: &'a [[f32; 2]],
-    /// Sums of each 16 values (256-value layout only).
-    pub bsums: &'a [i16],
+impl Default for Activations {
+    fn default() -> Self {
+        Self::new()
+    }
 }
+
+impl std::fmt::Debug for Activations {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Activations")
+            .field("format", &self.format.name())
+            .field("rows", &self.rows)
+            .field("cols", &self.cols)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One row's input and outputs in Q8 quantization: values, quants, scales,
+/// -Σq and f16(d·Σq) per block.
+type Q8Row<'a> = (
+    ((&'a [f32], &'a mut [i8]), &'a mut [f32]),
+    (&'a mut [i32], &'a mut [f32]),
+);
+
+/// One row's input and outputs in Q8_K quantization: values, quants,
+/// scales, sums and float sums per block.
+type Q8KRow<'a> = (
+    (&'a [f32], &'a mut [i8]),
+    (&'a mut [f32], (&'a mut [i16], &'a mut [f32])),
+);
+
+/// Quantize in parallel from this many values on.
+const PAR_QUANTIZE_VALUES: usize = 1 << 16;
 
 impl Activations {
-    /// Empty.
+    /// Empty buffers; the first [`Activations::quantize`] allocates.
     pub fn new() -> Self {
-        Self::default()
+        Self {
+            format: Format::F32,
+            rows: 0,
+            cols: 0,
+            stride: 0,
+            qs: Vec::new(),
+            d: Vec::new(),
+            neg_sum: Vec::new(),
+            pairs: Vec::new(),
+            stride_pairs: 0,
+            s: Vec::new(),
+            ksums: Vec::new(),
+            kmins: Vec::new(),
+            f: Vec::new(),
+        }
     }
 
-    /// Quantizes `n` rows of `cols` values (`x` is row-major). The layout is
-    /// the same for every weight type; `_for_type` is accepted so callers say
-    /// what the rows feed.
+    /// Quantizes `n` rows of `cols` values (`x[..n * cols]`, row-major) for
+    /// products with `for_type` weights.
+    ///
+    /// Panics if `cols` is not a whole number of the weight type's blocks or
+    /// `x` is shorter than `n * cols`.
     pub fn quantize(&mut self, x: &[f32], n: usize, cols: usize, for_type: QType) {
+        let format = for_type.act_format();
+        let block = match format {
+            Format::Q8 => scalar::QK8,
+            Format::Q8K => scalar::QK_K,
+            Format::F32 => 1,
+        };
         assert!(
-            cols % QK == 0,
-            "activation rows must be whole blocks of {QK}"
+            cols.is_multiple_of(block),
+            "{for_type} weights need activation rows of whole {block}-value blocks, got {cols} values"
         );
+        let len = n
+            .checked_mul(cols)
+            .expect("activation size overflows usize");
         assert!(
-            x.len() >= n * cols,
-            "activation buffer shorter than n × cols"
+            x.len() >= len,
+            "quantize: {n} rows of {cols} values need {len} inputs, got {}",
+            x.len()
         );
-        self.k_layout = is_k(for_type);
+        let x = &x[..len];
+        self.format = format;
         self.rows = n;
         self.cols = cols;
-        self.qs.resize(n * cols, 0);
-        let x = &x[..n * cols];
-        let parallel = n * cols >= 16_384;
-        if self.k_layout {
-            assert!(
-                cols % QK_K == 0,
-                "K-quant activation rows must be whole blocks of {QK_K}"
-            );
-            let blocks = n * cols / QK_K;
-            self.d.resize(blocks, 0.0);
-            self.bsums.resize(blocks * 16, 0);
-            type KBlock<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut f32, &'a mut [i16]));
-            let work = |((src, qs), (d, bs)): KBlock<'_>| {
-                scalar::quantize_block_k(src, qs, d, bs);
+        if len == 0 {
+            self.stride = 0;
+            return;
+        }
+        let parallel = len >= PAR_QUANTIZE_VALUES && n > 1;
+        match format {
+            Format::F32 => {
+                self.stride = cols;
+                self.f.clear();
+                self.f.extend_from_slice(x);
+            }
+            Format::Q8 => {
+                let nb = cols / block;
+                self.stride = cols.next_multiple_of(64);
+                self.qs.resize(n * self.stride / 64, Line([0; 64]));
+                self.d.resize(n * nb, 0.0);
+                self.neg_sum.resize(n * nb, 0);
+                self.s.resize(n * nb, 0.0);
+                let qs = lines_as_bytes_mut(&mut self.qs);
+                let work = |(((x, q), d), (neg_sum, s)): Q8Row<'_>| {
+                    quantize_row_q8(x, q, d, neg_sum, s);
+                };
+                if parallel {
+                    x.par_chunks(cols)
+                        .zip(qs.par_chunks_mut(self.stride))
+                        .zip(self.d.par_chunks_mut(nb))
+                        .zip(
+                            self.neg_sum
+                                .par_chunks_mut(nb)
+                                .zip(self.s.par_chunks_mut(nb)),
+                        )
+                        .for_each(work);
+                } else {
+                    x.chunks(cols)
+                        .zip(qs.chunks_mut(self.stride))
+                        .zip(self.d.chunks_mut(nb))
+                        .zip(self.neg_sum.chunks_mut(nb).zip(self.s.chunks_mut(nb)))
+                        .for_each(work);
+                }
+                self.interleave_pairs(nb);
+            }
+            Format::Q8K => {
+                let nb = cols / block;
+                self.stride = cols.next_multiple_of(64);
+                self.qs.resize(n * self.stride / 64, Line([0; 64]));
+                self.d.resize(n * nb, 0.0);
+                self.ksums.resize(n * nb * KSUMS, 0);
+                self.kmins.resize(n * nb * 8, 0.0);
+                let qs = lines_as_bytes_mut(&mut self.qs);
+                let work = |((x, q), (d, (ks, km))): Q8KRow<'_>| {
+                    quantize_row_q8k(x, q, d, ks, km);
+                };
+                if parallel {
+                    x.par_chunks(cols)
+                        .zip(qs.par_chunks_mut(self.stride))
+                        .zip(
+                            self.d.par_chunks_mut(nb).zip(
+                                self.ksums
+                                    .par_chunks_mut(nb * KSUMS)
+                                    .zip(self.kmins.par_chunks_mut(nb * 8)),
+                            ),
+                        )
+                        .for_each(work);
+                } else {
+                    x.chunks(cols)
+                        .zip(qs.chunks_mut(self.stride))
+                        .zip(
+                            self.d.chunks_mut(nb).zip(
+                                self.ksums
+                                    .chunks_mut(nb * KSUMS)
+                                    .zip(self.kmins.chunks_mut(nb * 8)),
+                            ),
+                        )
+                        .for_each(work);
+                }
+            }
+        }
+    }
+
+    /// Copies the Q8 blocks into the pair layout of the AVX-512 kernels,
+    /// when those can run here.
+    fn interleave_pairs(&mut self, nb: usize) {
+        #[cfg(target_arch = "x86_64")]
+        if x86::has_avx512_vnni() {
+            self.stride_pairs = nb / 2 * 64;
+            self.pairs
+                .resize(self.rows * self.stride_pairs / 64, Line([0; 64]));
+            let pairs = lines_as_bytes_mut(&mut self.pairs);
+            let qs = lines_as_bytes(&self.qs);
+            let work = |(src, dst): (&[i8], &mut [i8])| {
+                // SAFETY: checked above: the CPU has AVX-512.
+                unsafe { x86::interleave_pairs_avx512(src, dst) }
             };
-            if parallel {
-                x.par_chunks_exact(QK_K)
-                    .zip(self.qs.par_chunks_exact_mut(QK_K))
-                    .zip(
-                        self.d
-                            .par_iter_mut()
-                            .zip(self.bsums.par_chunks_exact_mut(16)),
-                    )
+            if self.stride_pairs == 0 {
+            } else if self.rows * self.cols >= PAR_QUANTIZE_VALUES && self.rows > 1 {
+                qs.par_chunks(self.stride)
+                    .zip(pairs.par_chunks_mut(self.stride_pairs))
                     .for_each(work);
             } else {
-                x.chunks_exact(QK_K)
-                    .zip(self.qs.chunks_exact_mut(QK_K))
-                    .zip(self.d.iter_mut().zip(self.bsums.chunks_exact_mut(16)))
+                qs.chunks(self.stride)
+                    .zip(pairs.chunks_mut(self.stride_pairs))
                     .for_each(work);
             }
             return;
         }
-        let blocks = n * cols / QK;
-        self.d.resize(blocks, 0.0);
-        self.sums.resize(blocks, [0.0; 2]);
-        type Block<'a> = (((&'a [f32], &'a mut [i8]), &'a mut f32), &'a mut [f32; 2]);
-        let work = |(((src, qs), d), sums): Block<'_>| {
-            scalar::quantize_block(src, qs, d, sums);
-        };
-        if parallel {
-            x.par_chunks_exact(QK)
-                .zip(self.qs.par_chunks_exact_mut(QK))
-                .zip(self.d.par_iter_mut())
-                .zip(self.sums.par_iter_mut())
-                .for_each(work);
-        } else {
-            x.chunks_exact(QK)
-                .zip(self.qs.chunks_exact_mut(QK))
-                .zip(self.d.iter_mut())
-                .zip(self.sums.iter_mut())
-                .for_each(work);
-        }
+        let _ = nb;
+        self.stride_pairs = 0;
     }
 
-    /// Rows.
+    /// Rows (tokens) quantized by the last [`Activations::quantize`].
     pub fn rows(&self) -> usize {
         self.rows
     }
@@ -370,268 +518,463 @@ impl Activations {
         self.cols
     }
 
-    /// Row `t`.
-    pub fn row(&self, t: usize) -> ActRow<'_> {
-        let qs = &self.qs[t * self.cols..(t + 1) * self.cols];
-        if self.k_layout {
-            let b = self.cols / QK_K;
-            ActRow {
-                qs,
-                d: &self.d[t * b..(t + 1) * b],
-                sums: &[],
-                bsums: &self.bsums[t * b * 16..(t + 1) * b * 16],
+    /// Row `t`, borrowed (`t < rows`).
+    pub(crate) fn row(&self, t: usize) -> ActRow<'_> {
+        assert!(t < self.rows, "activation row {t} of {}", self.rows);
+        let cols = self.cols;
+        match self.format {
+            Format::F32 => ActRow {
+                f: &self.f[t * cols..(t + 1) * cols],
+                ..ActRow::EMPTY
+            },
+            Format::Q8 => {
+                let nb = cols / scalar::QK8;
+                let qs = lines_as_bytes(&self.qs);
+                ActRow {
+                    qs: &qs[t * self.stride..t * self.stride + cols],
+                    d: &self.d[t * nb..(t + 1) * nb],
+                    s: &self.s[t * nb..(t + 1) * nb],
+                    ..ActRow::EMPTY
+                }
             }
-        } else {
-            let b = self.cols / QK;
-            ActRow {
-                qs,
-                d: &self.d[t * b..(t + 1) * b],
-                sums: &self.sums[t * b..(t + 1) * b],
-                bsums: &[],
+            Format::Q8K => {
+                let nb = cols / scalar::QK_K;
+                let qs = lines_as_bytes(&self.qs);
+                ActRow {
+                    qs: &qs[t * self.stride..t * self.stride + cols],
+                    d: &self.d[t * nb..(t + 1) * nb],
+                    ..ActRow::EMPTY
+                }
             }
         }
     }
 
-    /// Whether the rows are in the 256-value (K-quant) layout.
-    pub fn is_k_layout(&self) -> bool {
-        self.k_layout
+    /// Raw views of the buffers, for the SIMD kernels.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn ptrs(&self) -> ActPtrs {
+        let blocks = match self.format {
+            Format::Q8 => self.cols / scalar::QK8,
+            Format::Q8K => self.cols / scalar::QK_K,
+            Format::F32 => 0,
+        };
+        ActPtrs {
+            rows: self.rows,
+            cols: self.cols,
+            qs: lines_as_bytes(&self.qs).as_ptr(),
+            qs_stride: self.stride,
+            pairs: lines_as_bytes(&self.pairs).as_ptr(),
+            pairs_stride: self.stride_pairs,
+            blocks,
+            d: self.d.as_ptr(),
+            neg_sum: self.neg_sum.as_ptr(),
+            s: self.s.as_ptr(),
+            ksums: self.ksums.as_ptr(),
+            kmins: self.kmins.as_ptr(),
+            f: self.f.as_ptr(),
+        }
+    }
+
+    /// Bytes of one row as the kernels read it (for cache tiling).
+    fn row_footprint(&self) -> usize {
+        match self.format {
+            Format::F32 => 4 * self.cols,
+            Format::Q8 | Format::Q8K => self.stride + self.cols / 8,
+        }
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Level {
+/// [`scalar::quantize_row_q8`], with the AVX2 version (same results) where
+/// a SIMD level runs.
+fn quantize_row_q8(x: &[f32], q: &mut [i8], d: &mut [f32], neg_sum: &mut [i32], s: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() != Level::Scalar {
+        // SAFETY: every SIMD level has AVX2, FMA and F16C.
+        return unsafe { x86::quantize_row_q8(x, q, d, neg_sum, s) };
+    }
+    scalar::quantize_row_q8(x, q, d, neg_sum, s)
+}
+
+/// [`scalar::quantize_row_q8k`], with the AVX2 version (same results) where
+/// a SIMD level runs.
+fn quantize_row_q8k(x: &[f32], q: &mut [i8], d: &mut [f32], ksums: &mut [i16], kmins: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if level() != Level::Scalar {
+        // SAFETY: every SIMD level has AVX2, FMA and F16C.
+        return unsafe { x86::quantize_row_q8k(x, q, d, ksums, kmins) };
+    }
+    scalar::quantize_row_q8k(x, q, d, ksums, kmins)
+}
+
+/// The quantized values as bytes.
+fn lines_as_bytes(lines: &[Line]) -> &[i8] {
+    // SAFETY: `Line` is `repr(C)` around `[i8; 64]`, with size 64 equal to its
+    // alignment, so `lines` is `64 * lines.len()` contiguous initialized i8.
+    unsafe { std::slice::from_raw_parts(lines.as_ptr().cast::<i8>(), lines.len() * 64) }
+}
+
+/// The quantized values as bytes, mutable.
+fn lines_as_bytes_mut(lines: &mut [Line]) -> &mut [i8] {
+    // SAFETY: as in `lines_as_bytes`; the borrow of `lines` is exclusive.
+    unsafe { std::slice::from_raw_parts_mut(lines.as_mut_ptr().cast::<i8>(), lines.len() * 64) }
+}
+
+/// One activation row as the kernels read it; fields a format does not use
+/// are empty.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    /// Quantized values (Q8, Q8_K).
+    pub(crate) qs: &'a [i8],
+    /// Scale per block (Q8, Q8_K).
+    pub(crate) d: &'a [f32],
+    /// f16(d · Σq) per block (Q8).
+    pub(crate) s: &'a [f32],
+    /// The values (F32).
+    pub(crate) f: &'a [f32],
+}
+
+impl ActRow<'_> {
+    const EMPTY: ActRow<'static> = ActRow {
+        qs: &[],
+        d: &[],
+        s: &[],
+        f: &[],
+    };
+}
+
+/// Where the SIMD kernels find activation row `t`: `qs + t · qs_stride`,
+/// `pairs + t · pairs_stride`, `d`, `neg_sum` and `s` at `t · blocks`,
+/// `ksums` at `t · blocks · KSUMS`, `kmins` at `t · blocks · 8`, `f` at
+/// `t · cols`, for `t < rows` (pointers of buffers the format does not use
+/// are not read).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+pub(crate) struct ActPtrs {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) qs: *const i8,
+    pub(crate) qs_stride: usize,
+    pub(crate) pairs: *const i8,
+    pub(crate) pairs_stride: usize,
+    pub(crate) blocks: usize,
+    pub(crate) d: *const f32,
+    pub(crate) neg_sum: *const i32,
+    pub(crate) s: *const f32,
+    pub(crate) ksums: *const i16,
+    pub(crate) kmins: *const f32,
+    pub(crate) f: *const f32,
+}
+
+/// The kernel family that runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Level {
+    /// The plain reference kernels.
     Scalar,
+    /// AVX2 + FMA + F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// The AVX2 kernels with AVX-512 VNNI multiply-adds and more registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512Vnni,
 }
 
-fn level() -> Level {
-    static LEVEL: std::sync::OnceLock<Level> = std::sync::OnceLock::new();
-    *LEVEL.get_or_init(|| {
+impl Level {
+    fn name(self) -> &'static str {
+        match self {
+            Level::Scalar => "scalar",
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx2 => "avx2",
+            #[cfg(target_arch = "x86_64")]
+            Level::Avx512Vnni => "avx512vnni",
+        }
+    }
+
+    /// Every level this CPU runs, best last.
+    pub(crate) fn available() -> Vec<Level> {
+        let mut levels = vec![Level::Scalar];
         #[cfg(target_arch = "x86_64")]
         {
-            if std::env::var_os("PRECIS_KERNELS_SCALAR").is_none()
-                && is_x86_feature_detected!("avx2")
-                && is_x86_feature_detected!("fma")
-            {
-                return Level::Avx2;
+            if x86::has_avx2() {
+                levels.push(Level::Avx2);
+            }
+            if x86::has_avx512_vnni() {
+                levels.push(Level::Avx512Vnni);
             }
         }
-        Level::Scalar
-    })
+        levels
+    }
+
+    /// The best level, capped by `PRECIS_SIMD` (`scalar`, `avx2`) if set.
+    fn detect() -> Level {
+        let available = Level::available();
+        let best = *available.last().expect("scalar is always available");
+        match std::env::var("PRECIS_SIMD") {
+            Ok(cap) => available
+                .iter()
+                .rev()
+                .copied()
+                .find(|l| l.name() == cap.trim())
+                .unwrap_or(best),
+            Err(_) => best,
+        }
+    }
 }
 
-/// Which SIMD path runs on this CPU (`avx2` or `scalar`; `PRECIS_KERNELS_SCALAR`
-/// set in the environment forces `scalar`).
+/// The level chosen for this process.
+fn level() -> Level {
+    static LEVEL: OnceLock<Level> = OnceLock::new();
+    *LEVEL.get_or_init(Level::detect)
+}
+
+/// Which SIMD path runs on this CPU: `avx512vnni`, `avx2` or `scalar`, for
+/// logs and benches. Setting `PRECIS_SIMD=avx2` or `PRECIS_SIMD=scalar` in
+/// the environment caps it (read once per process).
 pub fn simd_level() -> &'static str {
-    match level() {
-        Level::Scalar => "scalar",
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 => "avx2",
-    }
+    level().name()
 }
 
-/// Dot products of one weight row with up to four activation rows.
-fn dot_row(qt: QType, w: &[u8], acts: &[ActRow<'_>], out: &mut [f32]) {
-    match level() {
-        #[cfg(target_arch = "x86_64")]
-        Level::Avx2 if x86::supports(qt) => {
-            // SAFETY: `level()` returned Avx2 only after detecting AVX2 and FMA.
-            unsafe { x86::dot_row(qt, w, acts, out) }
-        }
-        _ => {
-            for (a, o) in acts.iter().zip(out.iter_mut()) {
-                *o = scalar::dot(qt, w, a);
-            }
-        }
-    }
-}
-
-/// A pointer to the output that tasks write disjoint cells of.
+/// Where the tasks of one product write: `out[t * rows + r]`.
+///
+/// Tasks own disjoint ranges of weight rows, so no cell is written by two
+/// threads; each write is bounds-checked.
 #[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: every task writes only the cells of its own weight rows (see `matmul_rows`).
-unsafe impl Send for OutPtr {}
-// SAFETY: as above; no cell is read or written by two tasks.
-unsafe impl Sync for OutPtr {}
-
-/// Rows per task.
-fn chunk_rows(rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
-    (rows / (threads * 8)).clamp(4, 64)
+pub(crate) struct OutSink {
+    ptr: *mut f32,
+    len: usize,
+    rows: usize,
 }
 
-fn matmul_rows(w: &QMatrix<'_>, x: &Activations, out: OutPtr, r0: usize, r1: usize) {
-    let rb = w.qtype.row_bytes(w.cols);
-    let rows: Vec<ActRow<'_>> = (0..x.rows).map(|t| x.row(t)).collect();
-    let mut tmp = [0.0f32; 4];
-    for group in (0..x.rows).step_by(4) {
-        let g = &rows[group..(group + 4).min(x.rows)];
-        for r in r0..r1 {
-            dot_row(
-                w.qtype,
-                &w.data[r * rb..(r + 1) * rb],
-                g,
-                &mut tmp[..g.len()],
-            );
-            for (i, &v) in tmp[..g.len()].iter().enumerate() {
-                // SAFETY: (group + i) < x.rows and r < w.rows, so the cell is
-                // inside `out` (checked in `matmul`), and only this task
-                // writes row r's cells.
-                unsafe { *out.0.add((group + i) * w.rows + r) = v };
-            }
+// SAFETY: an `OutSink` is only shared between the tasks of one product, which
+// write disjoint cells (their own weight rows) while the `&mut [f32]` it was
+// made from stays borrowed by that product.
+unsafe impl Send for OutSink {}
+// SAFETY: as above.
+unsafe impl Sync for OutSink {}
+
+impl OutSink {
+    fn new(out: &mut [f32], rows: usize) -> Self {
+        Self {
+            ptr: out.as_mut_ptr(),
+            len: out.len(),
+            rows,
         }
     }
+
+    /// Writes the product of weight row `r` and activation row `t`.
+    #[inline]
+    pub(crate) fn put(&self, t: usize, r: usize, v: f32) {
+        let i = t * self.rows + r;
+        assert!(i < self.len && r < self.rows, "output cell out of range");
+        // SAFETY: `i` is inside the buffer (checked above), which outlives the
+        // product; only the task owning row `r` writes this cell.
+        unsafe { *self.ptr.add(i) = v };
+    }
+}
+
+/// One matrix's share of a product: weight rows `r0..r1`.
+pub(crate) struct RowTask<'a> {
+    pub(crate) w: &'a QMatrix<'a>,
+    pub(crate) x: &'a Activations,
+    pub(crate) r0: usize,
+    pub(crate) r1: usize,
+    pub(crate) out: OutSink,
+    /// Activation rows per cache tile.
+    pub(crate) tile: usize,
+}
+
+impl<'a> RowTask<'a> {
+    pub(crate) fn row(&self, r: usize) -> &'a [u8] {
+        self.w.row(r)
+    }
+}
+
+/// Runs one task at `level`.
+fn run_task(level: Level, task: &RowTask<'_>) {
+    match level {
+        Level::Scalar => scalar::run_rows(task),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` is only chosen when `x86::has_avx2()` said so.
+        Level::Avx2 => unsafe { x86::run_rows_avx2(task) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx512Vnni` is only chosen when `x86::has_avx512_vnni()` said so.
+        Level::Avx512Vnni => unsafe { x86::run_rows_avx512(task) },
+    }
+}
+
+/// Products smaller than this (weight bytes × activation rows) run on the
+/// calling thread: a parallel region costs a few microseconds.
+const SERIAL_WORK: usize = 96 * 1024;
+/// Tasks per thread, so that a thread slowed by other work is caught up.
+const TASKS_PER_THREAD: usize = 4;
+/// Activation bytes a task keeps in its core's L2 cache while it runs a
+/// block of weight rows over them.
+const TILE_BYTES: usize = 384 * 1024;
+
+fn check(w: &QMatrix<'_>, x: &Activations, out_len: usize) {
+    assert!(
+        w.qtype.act_format() == x.format,
+        "{} weights need activations quantized for them ({}), but these are {}",
+        w.qtype,
+        w.qtype.act_format().name(),
+        x.format.name()
+    );
+    assert_eq!(
+        w.cols, x.cols,
+        "{} matrix of {} × {} multiplied by activations of {} values per row",
+        w.qtype, w.rows, w.cols, x.cols
+    );
+    let need = x.rows * w.rows;
+    assert!(
+        out_len >= need,
+        "output holds {out_len} values, but {} tokens × {} rows need {need}",
+        x.rows,
+        w.rows
+    );
+}
+
+/// One product of a parallel region.
+#[derive(Clone, Copy)]
+struct Job<'a> {
+    w: QMatrix<'a>,
+    out: OutSink,
+    /// Rows per task.
+    step: usize,
+    /// Tasks.
+    tasks: usize,
+}
+
+/// Runs products of the same activations, splitting their rows into
+/// contiguous chunks over rayon's current pool.
+fn run(level: Level, jobs: &mut [Job<'_>], x: &Activations) {
+    let tile = (TILE_BYTES / x.row_footprint().max(1)).clamp(8, 256) / 8 * 8;
+    let work: usize = jobs.iter().map(|j| j.w.data.len() * x.rows).sum();
+    let threads = rayon::current_num_threads();
+    if work < SERIAL_WORK || threads == 1 {
+        for job in jobs.iter() {
+            run_task(
+                level,
+                &RowTask {
+                    w: &job.w,
+                    x,
+                    r0: 0,
+                    r1: job.w.rows,
+                    out: job.out,
+                    tile,
+                },
+            );
+        }
+        return;
+    }
+    // Task counts in proportion to each product's work, at least one each.
+    let target = threads * TASKS_PER_THREAD;
+    for job in jobs.iter_mut() {
+        let share = (job.w.data.len() * x.rows * target).div_ceil(work.max(1));
+        let tasks = share.clamp(1, job.w.rows.max(1));
+        job.step = job.w.rows.div_ceil(tasks).max(1);
+        job.tasks = job.w.rows.div_ceil(job.step);
+    }
+    let total: usize = jobs.iter().map(|j| j.tasks).sum();
+    let jobs = &*jobs;
+    (0..total)
+        .into_par_iter()
+        .with_max_len(1)
+        .for_each(|mut i| {
+            for job in jobs {
+                if i < job.tasks {
+                    let r0 = i * job.step;
+                    run_task(
+                        level,
+                        &RowTask {
+                            w: &job.w,
+                            x,
+                            r0,
+                            r1: (r0 + job.step).min(job.w.rows),
+                            out: job.out,
+                            tile,
+                        },
+                    );
+                    return;
+                }
+                i -= job.tasks;
+            }
+        });
 }
 
 /// `out[t * w.rows + r] = Σ_c W[r, c] · x[t, c]` for every weight row `r` and
 /// activation row `t`, in parallel over weight rows on rayon's current pool.
+///
+/// `x` must have been quantized for `w.qtype` with `x.cols() == w.cols`, and
+/// `out` must hold at least `x.rows() * w.rows` values (only those are
+/// written); anything else is a programming error and panics.
 pub fn matmul(w: &QMatrix<'_>, x: &Activations, out: &mut [f32]) {
-    matmul_many(&mut [(*w, out)], x);
+    matmul_at(level(), w, x, out);
 }
 
-/// Several products of the same input in one parallel region (q/k/v, gate/up).
+/// [`matmul`] at a given level (tests compare the levels).
+pub(crate) fn matmul_at(level: Level, w: &QMatrix<'_>, x: &Activations, out: &mut [f32]) {
+    check(w, x, out.len());
+    let mut jobs = [Job {
+        w: *w,
+        out: OutSink::new(out, w.rows),
+        step: 0,
+        tasks: 0,
+    }];
+    run(level, &mut jobs, x);
+}
+
+/// Most products [`matmul_many`] runs in one parallel region.
+const MANY: usize = 8;
+
+/// Several products of the same activations in one parallel region (q/k/v,
+/// gate/up): for each `(w, out)` pair, what [`matmul`] does.
+///
+/// All matrices share `x`, so they must read the same activation format
+/// (Q4_0, Q5_0 and Q8_0 weights share one, and Q4_1 reads it too; the
+/// k-quants share another; F32 and F16 a third); panics otherwise.
 pub fn matmul_many(jobs: &mut [(QMatrix<'_>, &mut [f32])], x: &Activations) {
-    let mut tasks = Vec::new();
-    for (j, (w, out)) in jobs.iter_mut().enumerate() {
-        assert_eq!(w.cols, x.cols, "activation width does not match the matrix");
-        assert_eq!(
-            is_k(w.qtype),
-            x.k_layout,
-            "activations quantized for another weight type"
-        );
-        assert!(out.len() >= x.rows * w.rows, "output buffer too small");
-        let step = chunk_rows(w.rows);
-        let ptr = OutPtr(out.as_mut_ptr());
-        let mut r = 0;
-        while r < w.rows {
-            tasks.push((j, ptr, r, (r + step).min(w.rows)));
-            r += step;
+    matmul_many_at(level(), jobs, x);
+}
+
+/// [`matmul_many`] at a given level.
+pub(crate) fn matmul_many_at(
+    level: Level,
+    jobs: &mut [(QMatrix<'_>, &mut [f32])],
+    x: &Activations,
+) {
+    for group in jobs.chunks_mut(MANY) {
+        let mut list = [None; MANY];
+        for ((w, out), slot) in group.iter_mut().zip(list.iter_mut()) {
+            check(w, x, out.len());
+            *slot = Some(Job {
+                w: *w,
+                out: OutSink::new(out, w.rows),
+                step: 0,
+                tasks: 0,
+            });
         }
-    }
-    let mats: Vec<QMatrix<'_>> = jobs.iter().map(|(w, _)| *w).collect();
-    let run =
-        |&(j, ptr, r0, r1): &(usize, OutPtr, usize, usize)| matmul_rows(&mats[j], x, ptr, r0, r1);
-    if tasks.len() == 1 {
-        run(&tasks[0]);
-    } else {
-        tasks.par_iter().for_each(run);
+        let mut packed = [Job {
+            w: group[0].0,
+            out: list[0].expect("a group is never empty").out,
+            step: 0,
+            tasks: 0,
+        }; MANY];
+        for (dst, src) in packed.iter_mut().zip(list.iter().flatten()) {
+            *dst = *src;
+        }
+        run(level, &mut packed[..group.len()], x);
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    /// A random row of `blocks32 * 32` weights of type `qt`: random bytes with
-    /// sane f16 scales written over the scale fields.
-    fn random_row(qt: QType, cols: usize, seed: &[u8]) -> Vec<u8> {
-        let len = qt.row_bytes(cols);
-        let mut row: Vec<u8> = (0..len)
-            .map(|i| seed[i % seed.len()].wrapping_mul(31).wrapping_add(i as u8))
-            .collect();
-        let bb = qt.block_bytes();
-        let put = |row: &mut Vec<u8>, at: usize, v: f32| {
-            row[at..at + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
-        };
-        for b in 0..len / bb {
-            let o = b * bb;
-            let s = 0.001 + (seed[b % seed.len()] as f32) / 5000.0;
-            match qt {
-                QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => put(&mut row, o, s),
-                QType::Q4_1 => {
-                    put(&mut row, o, s);
-                    put(&mut row, o + 2, -s * 3.0);
-                }
-                QType::Q4_K | QType::Q5_K => {
-                    put(&mut row, o, s);
-                    put(&mut row, o + 2, s / 2.0);
-                }
-                QType::Q6_K => put(&mut row, o + 208, s),
-                _ => {}
-            }
-        }
-        row
-    }
-
-    fn float_dot(qt: QType, row: &[u8], cols: usize, x: &[f32]) -> f32 {
-        let m = QMatrix::new(qt, 1, cols, row).unwrap();
-        let mut w = vec![0.0; cols];
-        m.dequantize_row(0, &mut w);
-        w.iter().zip(x).map(|(a, b)| a * b).sum()
-    }
-
-    const TYPES_ALL: [QType; 7] = [
-        QType::Q4_0,
-        QType::Q4_1,
-        QType::Q5_0,
-        QType::Q8_0,
-        QType::Q4_K,
-        QType::Q5_K,
-        QType::Q6_K,
-    ];
-
-    proptest! {
-        #![proptest_config(ProptestConfig::with_cases(64))]
-        #[test]
-        fn simd_and_scalar_agree_with_the_float_dot(
-            seed in proptest::collection::vec(any::<u8>(), 1..64),
-            xs in proptest::collection::vec(-4.0f32..4.0, 512),
-            rows in 1usize..4,
-        ) {
-            let cols = 512;
-            for qt in TYPES_ALL {
-                let row = random_row(qt, cols, &seed);
-                let mut acts = Activations::new();
-                let x: Vec<f32> = (0..rows).flat_map(|r| xs.iter().map(move |v| v * (r as f32 + 1.0))).collect();
-                acts.quantize(&x, rows, cols, qt);
-                let act_rows: Vec<ActRow<'_>> = (0..rows).map(|t| acts.row(t)).collect();
-                let mut simd = vec![0.0; rows];
-                dot_row(qt, &row, &act_rows, &mut simd);
-                for t in 0..rows {
-                    let reference = scalar::dot(qt, &row, &act_rows[t]);
-                    let exact = float_dot(qt, &row, cols, &x[t * cols..(t + 1) * cols]);
-                    let w = QMatrix::new(qt, 1, cols, &row).unwrap();
-                    let mut wf = vec![0.0; cols];
-                    w.dequantize_row(0, &mut wf);
-                    let mag: f32 = wf.iter().zip(&x[t * cols..]).map(|(a, b)| (a * b).abs()).sum();
-                    prop_assert!((simd[t] - reference).abs() <= 1e-4 * mag + 1e-5,
-                        "{qt:?}: simd {} vs scalar {reference}", simd[t]);
-                    // 8-bit activations: within a few per cent of the float dot's magnitude.
-                    prop_assert!((reference - exact).abs() <= 0.02 * mag + 1e-4,
-                        "{qt:?}: quantized {reference} vs float {exact} (magnitude {mag})");
-                }
-            }
-        }
-    }
-
-    #[test]
-    fn matmul_batches_give_the_same_bits_as_single_rows() {
-        let (rows, cols, n) = (37, 256, 5);
-        for qt in TYPES_ALL {
-            let w: Vec<u8> = (0..rows)
-                .flat_map(|r| random_row(qt, cols, &[r as u8 + 1, 7, 99]))
-                .collect();
-            let m = QMatrix::new(qt, rows, cols, &w).unwrap();
-            let x: Vec<f32> = (0..n * cols)
-                .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
-                .collect();
-            let mut acts = Activations::new();
-            acts.quantize(&x, n, cols, qt);
-            let mut all = vec![0.0; n * rows];
-            matmul(&m, &acts, &mut all);
-            for t in 0..n {
-                let mut one = Activations::new();
-                one.quantize(&x[t * cols..(t + 1) * cols], 1, cols, qt);
-                let mut single = vec![0.0; rows];
-                matmul(&m, &one, &mut single);
-                assert_eq!(
-                    &all[t * rows..(t + 1) * rows],
-                    &single[..],
-                    "{qt:?} row {t}"
-                );
-            }
-        }
-    }
+/// [`matmul`] with the plain scalar kernels on the calling thread: the
+/// reference the SIMD kernels are tested against, for tests and benches.
+pub fn matmul_reference(w: &QMatrix<'_>, x: &Activations, out: &mut [f32]) {
+    check(w, x, out.len());
+    let task = RowTask {
+        w,
+        x,
+        r0: 0,
+        r1: w.rows,
+        out: OutSink::new(out, w.rows),
+        tile: x.rows.max(1),
+    };
+    scalar::run_rows(&task);
 }
