@@ -11,13 +11,21 @@
 //! - `scalar` holds the plain reference of every kernel (quantize, dot,
 //!   dequantize), written for clarity. It also runs on CPUs without the SIMD
 //!   extensions below and on other architectures.
-//! - `x86` holds the AVX2 (with FMA and F16C) kernels and the same kernels
-//!   with AVX-512 VNNI instructions, picked once at run time. Each is
+//! - `x86` holds the AVX2 (with FMA and F16C) kernels and 512-bit AVX-512
+//!   VNNI ones, picked once at run time ([`simd_level`]). Each is
 //!   property-tested against the scalar reference.
+//!
+//! A product runs in parallel over contiguous chunks of weight rows on
+//! rayon's current pool (small ones on the calling thread). Within a chunk,
+//! prefill-sized inputs are tiled: a tile of tokens stays in the core's L2
+//! cache while each weight row is read once for it and unpacked once per 8
+//! tokens; decode (one token) streams each row once.
 //!
 //! Every weight row × activation row product is computed the same way
 //! whatever the batch and however the rows are split between threads, so a
-//! token's result does not depend on what it is batched with.
+//! token's result does not depend on what it is batched with (for a given
+//! kernel family: the scalar, AVX2 and AVX-512 results differ in float
+//! rounding).
 //!
 //! This is one of the two places where precis uses `unsafe` (the other is the
 //! mmap of weight files): SIMD intrinsics, and writes of disjoint output cells
@@ -672,7 +680,7 @@ pub(crate) enum Level {
     /// AVX2 + FMA + F16C.
     #[cfg(target_arch = "x86_64")]
     Avx2,
-    /// The AVX2 kernels with AVX-512 VNNI multiply-adds and more registers.
+    /// 512-bit kernels with AVX-512 VNNI multiply-adds.
     #[cfg(target_arch = "x86_64")]
     Avx512Vnni,
 }
@@ -809,6 +817,12 @@ const TASKS_PER_THREAD: usize = 4;
 /// block of weight rows over them.
 const TILE_BYTES: usize = 384 * 1024;
 
+/// Checks a product's operands; panics on a mismatch.
+///
+/// This is what keeps the SIMD kernels' reads in bounds: each weight row is
+/// sliced from `w.data` (checked), and has `w.cols / block_len` blocks; the
+/// activations hold as many per row, since their format is the one `w`
+/// reads and `x.cols == w.cols` (whole blocks, checked by `quantize`).
 fn check(w: &QMatrix<'_>, x: &Activations, out_len: usize) {
     assert!(
         w.qtype.act_format() == x.format,
@@ -840,6 +854,33 @@ struct Job<'a> {
     step: usize,
     /// Tasks.
     tasks: usize,
+}
+
+impl<'a> Job<'a> {
+    /// `w` times the activations into `out` (checked by the caller).
+    fn new(w: QMatrix<'a>, out: &mut [f32]) -> Self {
+        Self {
+            w,
+            out: OutSink::new(out, w.rows),
+            step: 0,
+            tasks: 0,
+        }
+    }
+
+    /// A placeholder that is never run.
+    fn idle() -> Self {
+        Self {
+            w: QMatrix {
+                qtype: QType::F32,
+                rows: 0,
+                cols: 0,
+                data: &[],
+            },
+            out: OutSink::new(&mut [], 0),
+            step: 0,
+            tasks: 0,
+        }
+    }
 }
 
 /// Runs products of the same activations, splitting their rows into
@@ -912,13 +953,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &Activations, out: &mut [f32]) {
 /// [`matmul`] at a given level (tests compare the levels).
 pub(crate) fn matmul_at(level: Level, w: &QMatrix<'_>, x: &Activations, out: &mut [f32]) {
     check(w, x, out.len());
-    let mut jobs = [Job {
-        w: *w,
-        out: OutSink::new(out, w.rows),
-        step: 0,
-        tasks: 0,
-    }];
-    run(level, &mut jobs, x);
+    run(level, &mut [Job::new(*w, out)], x);
 }
 
 /// Most products [`matmul_many`] runs in one parallel region.
@@ -941,24 +976,10 @@ pub(crate) fn matmul_many_at(
     x: &Activations,
 ) {
     for group in jobs.chunks_mut(MANY) {
-        let mut list = [None; MANY];
-        for ((w, out), slot) in group.iter_mut().zip(list.iter_mut()) {
+        let mut packed = [Job::idle(); MANY];
+        for ((w, out), job) in group.iter_mut().zip(packed.iter_mut()) {
             check(w, x, out.len());
-            *slot = Some(Job {
-                w: *w,
-                out: OutSink::new(out, w.rows),
-                step: 0,
-                tasks: 0,
-            });
-        }
-        let mut packed = [Job {
-            w: group[0].0,
-            out: list[0].expect("a group is never empty").out,
-            step: 0,
-            tasks: 0,
-        }; MANY];
-        for (dst, src) in packed.iter_mut().zip(list.iter().flatten()) {
-            *dst = *src;
+            *job = Job::new(*w, out);
         }
         run(level, &mut packed[..group.len()], x);
     }

@@ -214,7 +214,7 @@ fn shape() -> impl Strategy<Value = (usize, usize, usize, u64)> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(40))]
+    #![proptest_config(ProptestConfig::with_cases(96))]
 
     #[test]
     fn q4_0_levels_match_scalar((rows, blocks, n, seed) in shape()) {
@@ -384,6 +384,28 @@ fn threads_do_not_change_results() {
             out
         };
         assert_eq!(run(1), run(3), "{qt}");
+    }
+}
+
+/// Rows so wide that a cache tile holds only 8 tokens: 21 tokens take three
+/// tiles, and every token's result is the one it gets alone.
+#[test]
+fn token_tiles_cover_every_token() {
+    let (rows, cols, n) = (3, 65536, 21);
+    for qt in [QType::Q4_K, QType::Q8_0] {
+        let data = big(qt, rows, cols, 4);
+        let w = QMatrix::new(qt, rows, cols, &data).unwrap();
+        let input = random_input(n, cols, &mut Rng(6));
+        let mut x = Activations::new();
+        x.quantize(&input, n, cols, qt);
+        let mut all = vec![f32::NAN; n * rows];
+        matmul(&w, &x, &mut all);
+        let mut one = vec![0.0; rows];
+        for t in 0..n {
+            x.quantize(&input[t * cols..], 1, cols, qt);
+            matmul(&w, &x, &mut one);
+            assert_eq!(&all[t * rows..(t + 1) * rows], &one[..], "{qt} token {t}");
+        }
     }
 }
 
@@ -843,4 +865,17 @@ fn empty_products_are_fine() {
     let w = QMatrix::new(QType::Q4_K, 0, 256, &[]).unwrap();
     x.quantize(&[0.0; 256], 1, 256, QType::Q4_K);
     matmul(&w, &x, &mut []);
+}
+
+#[test]
+fn f16_scales_convert_exactly() {
+    #[cfg(target_arch = "x86_64")]
+    for h in 0..=u16::MAX {
+        let want = f16::from_bits(h).to_f32();
+        let got = super::x86::f16_bits_to_f32(h);
+        assert!(
+            got.to_bits() == want.to_bits() || (got.is_nan() && want.is_nan()),
+            "{h:#06x}"
+        );
+    }
 }

@@ -12,8 +12,16 @@
 //! The 256-bit code is written once, generic over [`Isa`] (the few
 //! instructions that differ), and always inlined into `#[target_feature]`
 //! entry points, one per family and weight type; `has_avx2` /
-//! `has_avx512_vnni` gate them. The AVX-512 family uses the 512-bit kernels
-//! where there are some, and its 256-bit build of the others.
+//! `has_avx512_vnni` gate them. The AVX-512 family runs the 512-bit kernels
+//! (its 256-bit build of the others serves an odd last block of 32-value
+//! types, and tests). Loops index per-token arrays by token, so they are
+//! written as `for t in 0..T`.
+//!
+//! Codegen matters here: helpers are `#[inline(always)]` so that they are
+//! compiled with the entry points' features (a closure passed to
+//! `std::array::from_fn` is not, hence [`each`]), and loads are written so
+//! that LLVM does not merge them into registers that carry accumulators
+//! ([`f16x2_at`]).
 
 use std::arch::x86_64::*;
 
@@ -171,7 +179,8 @@ trait Kernel {
     /// `a` activations of the same length in its format, `t0 + T ≤ a.rows`.
     unsafe fn dot<I: Isa, const T: usize>(w: &[u8], a: &ActPtrs, t0: usize) -> [f32; T];
 
-    /// The 512-bit kernel, where there is one.
+    /// The 512-bit kernel (by default, the 256-bit one built for
+    /// [`Avx512`]).
     ///
     /// # Safety
     /// As [`Kernel::dot`], with [`Avx512`]'s features.
@@ -196,7 +205,7 @@ fn rows<P, const T: usize>(base: *const P, stride: usize, t0: usize) -> [*const 
 /// through adapters that would not be compiled with the kernels' target
 /// features).
 #[inline(always)]
-unsafe fn each<R: Copy, const T: usize>(init: R, mut f: impl FnMut(usize) -> R) -> [R; T] {
+fn each<R: Copy, const T: usize>(init: R, mut f: impl FnMut(usize) -> R) -> [R; T] {
     let mut out = [init; T];
     for (t, o) in out.iter_mut().enumerate() {
         *o = f(t);
@@ -216,11 +225,36 @@ unsafe fn load_i8(p: *const i8) -> __m256i {
     _mm256_loadu_si256(p.cast())
 }
 
-/// The little-endian f16 at `p`, as f32.
+/// The little-endian f16 values at `p` and `p + 2` as f32 lanes 0 and 1
+/// (reads 4 bytes).
+///
+/// A 32-bit load fills the whole register: loading only the 16 bits, LLVM
+/// merges them (`vpinsrw`) into whatever register it likes, often an
+/// accumulator, which then chains every block to the previous block's sums.
 #[inline(always)]
-unsafe fn f16_at(p: *const u8) -> f32 {
-    let bits = u16::from_le_bytes([*p, *p.add(1)]);
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)))
+unsafe fn f16x2_at(p: *const u8) -> __m128 {
+    _mm_cvtph_ps(_mm_loadu_si32(p))
+}
+
+/// An f16 as f32 in integer registers (for values that end a block, where
+/// [`f16x2_at`] would read past it).
+#[inline(always)]
+pub(super) fn f16_bits_to_f32(h: u16) -> f32 {
+    let magnitude = (h & 0x7fff) as u32;
+    if magnitude.wrapping_sub(0x0400) < 0x7c00 - 0x0400 {
+        // Normal: rebias the exponent (15 → 127) and widen the mantissa.
+        let sign = ((h & 0x8000) as u32) << 16;
+        f32::from_bits(sign | ((magnitude + ((127 - 15) << 10)) << 13))
+    } else {
+        f16_rare(h)
+    }
+}
+
+/// Zero, subnormal, infinite and NaN f16 values, out of line.
+#[cold]
+#[inline(never)]
+fn f16_rare(h: u16) -> f32 {
+    half::f16::from_bits(h).to_f32()
 }
 
 /// The 8 lanes of `v` added up.
@@ -314,15 +348,20 @@ unsafe fn q8_family_acc<I: Isa, const T: usize, const KIND: u8>(
     for i in blocks {
         // In bounds: the row holds at least `blocks.end` blocks of `bb` bytes.
         let b = w.as_ptr().add(i * bb);
-        let dw = _mm256_set1_ps(f16_at(b));
+        // d (and Q4_1's m); the 4 bytes read are in the block.
+        let scales = f16x2_at(b);
+        let dw = _mm256_broadcastss_ps(scales);
         let u = unpack32::<I, KIND>(b);
         let q8 = I::prep_q8(u);
         // Q4_1: m · s_a spread over 8 lanes (× 1/8 is exact).
-        let m8 = _mm256_set1_ps(if KIND == KIND_Q4_1 {
-            f16_at(b.add(2)) * 0.125
+        let m8 = if KIND == KIND_Q4_1 {
+            _mm256_mul_ps(
+                _mm256_broadcastss_ps(_mm_movehdup_ps(scales)),
+                _mm256_set1_ps(0.125),
+            )
         } else {
-            0.0
-        });
+            _mm256_setzero_ps()
+        };
         for t in 0..T {
             // In bounds: activation rows hold as many blocks as the weight row.
             let x = load_i8(qs[t].add(QK8 * i));
@@ -749,10 +788,11 @@ unsafe fn dot_k4<I: Isa, const T: usize, const Q5: bool>(
     for i in 0..nb {
         // In bounds: the row holds `nb` blocks of `bb` bytes.
         let b = w.as_ptr().add(i * bb);
-        let d = _mm256_set1_ps(f16_at(b));
+        let scales = f16x2_at(b);
+        let d = _mm256_broadcastss_ps(scales);
         let (sc, mins) = k4_scales(b.add(4));
         let mins = _mm256_mul_ps(
-            _mm256_set1_ps(f16_at(b.add(2))),
+            _mm256_broadcastss_ps(_mm_movehdup_ps(scales)),
             _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(mins)),
         );
         let sc = _mm256_broadcastsi128_si256(sc);
@@ -819,10 +859,11 @@ unsafe fn dot_k4_512<const T: usize, const Q5: bool>(w: &[u8], a: &ActPtrs, t0: 
     for i in 0..nb {
         // In bounds: the row holds `nb` blocks of `bb` bytes.
         let b = w.as_ptr().add(i * bb);
-        let d = _mm512_set1_ps(f16_at(b));
+        let scales = f16x2_at(b);
+        let d = _mm512_broadcastss_ps(scales);
         let (sc, mins) = k4_scales(b.add(4));
         let mins = _mm256_mul_ps(
-            _mm256_set1_ps(f16_at(b.add(2))),
+            _mm256_broadcastss_ps(_mm_movehdup_ps(scales)),
             _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(mins)),
         );
         let mins = _mm512_zextps256_ps512(mins);
@@ -893,7 +934,10 @@ unsafe fn dot_q6k<I: Isa, const T: usize>(w: &[u8], a: &ActPtrs, t0: usize) -> [
     for i in 0..nb {
         // In bounds: the row holds `nb` blocks of 210 bytes.
         let b = w.as_ptr().add(i * 210);
-        let d = _mm256_set1_ps(f16_at(b.add(208)));
+        let d = _mm256_set1_ps(f16_bits_to_f32(u16::from_le_bytes([
+            *b.add(208),
+            *b.add(209),
+        ])));
         let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192).cast()));
         // -32 · sc fits i16 (|sc| ≤ 128).
         let offset = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc));
@@ -974,7 +1018,10 @@ unsafe fn dot_q6k_512<const T: usize>(w: &[u8], a: &ActPtrs, t0: usize) -> [f32;
     for i in 0..nb {
         // In bounds: the row holds `nb` blocks of 210 bytes.
         let b = w.as_ptr().add(i * 210);
-        let d = _mm512_set1_ps(f16_at(b.add(208)));
+        let d = _mm512_set1_ps(f16_bits_to_f32(u16::from_le_bytes([
+            *b.add(208),
+            *b.add(209),
+        ])));
         let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192).cast()));
         // -32 · sc fits i16 (|sc| ≤ 128).
         let offset = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc));
@@ -1066,7 +1113,65 @@ unsafe fn dot_float<I: Isa, const T: usize, const HALF: bool>(
         let mut sum = hsum(_mm256_add_ps(acc0[t], acc1[t]));
         for k in c..cols {
             let v = if HALF {
-                f16_at(w.as_ptr().add(2 * k))
+                f16_bits_to_f32(u16::from_le_bytes([w[2 * k], w[2 * k + 1]]))
+            } else {
+                f32::from_le_bytes([w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]])
+            };
+            sum += v * *fs[t].add(k);
+        }
+        sum
+    })
+}
+
+/// F32 and F16 (`HALF`) weights against f32 activations, 512-bit: 32
+/// values per step on two accumulators per token, then 8 at a time, the
+/// tail (cols % 8) in scalar.
+#[inline(always)]
+unsafe fn dot_float_512<const T: usize, const HALF: bool>(
+    w: &[u8],
+    a: &ActPtrs,
+    t0: usize,
+) -> [f32; T] {
+    let cols = w.len() / if HALF { 2 } else { 4 };
+    debug_assert!(cols == a.cols);
+    let fs: [*const f32; T] = rows(a.f, a.cols, t0);
+    // In bounds for c + 16 ≤ cols.
+    #[inline(always)]
+    unsafe fn load_w16<const HALF: bool>(w: &[u8], c: usize) -> __m512 {
+        if HALF {
+            _mm512_cvtph_ps(_mm256_loadu_si256(w.as_ptr().add(2 * c).cast()))
+        } else {
+            _mm512_loadu_ps(w.as_ptr().add(4 * c).cast())
+        }
+    }
+    let mut acc0 = [_mm512_setzero_ps(); T];
+    let mut acc1 = [_mm512_setzero_ps(); T];
+    let mut c = 0;
+    while c + 32 <= cols {
+        let (w0, w1) = (load_w16::<HALF>(w, c), load_w16::<HALF>(w, c + 16));
+        for t in 0..T {
+            acc0[t] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(fs[t].add(c)), acc0[t]);
+            acc1[t] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(fs[t].add(c + 16)), acc1[t]);
+        }
+        c += 32;
+    }
+    let mut acc8 = [_mm256_setzero_ps(); T];
+    while c + 8 <= cols {
+        let w0 = if HALF {
+            _mm256_cvtph_ps(_mm_loadu_si128(w.as_ptr().add(2 * c).cast()))
+        } else {
+            _mm256_loadu_ps(w.as_ptr().add(4 * c).cast())
+        };
+        for t in 0..T {
+            acc8[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(fs[t].add(c)), acc8[t]);
+        }
+        c += 8;
+    }
+    each(0.0, |t| {
+        let mut sum = hsum512(_mm512_add_ps(acc0[t], acc1[t])) + hsum(acc8[t]);
+        for k in c..cols {
+            let v = if HALF {
+                f16_bits_to_f32(u16::from_le_bytes([w[2 * k], w[2 * k + 1]]))
             } else {
                 f32::from_le_bytes([w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]])
             };
@@ -1097,8 +1202,8 @@ macro_rules! kernels {
 }
 
 kernels! {
-    KF32 => dot_float::<I, T, false>;
-    KF16 => dot_float::<I, T, true>;
+    KF32 => dot_float::<I, T, false>, dot_float_512::<T, false>;
+    KF16 => dot_float::<I, T, true>, dot_float_512::<T, true>;
     KQ4_0 => dot_q8_family::<I, T, KIND_Q4_0>, dot_q8_family_512::<T, KIND_Q4_0>;
     KQ4_1 => dot_q8_family::<I, T, KIND_Q4_1>, dot_q8_family_512::<T, KIND_Q4_1>;
     KQ5_0 => dot_q8_family::<I, T, KIND_Q5_0>, dot_q8_family_512::<T, KIND_Q5_0>;
