@@ -12,7 +12,7 @@
 
 use rayon::prelude::*;
 
-use super::kernels::{self, Activations, QMatrix, QType};
+use super::kernels::{self, Activations, QMatrix};
 use super::weights::{GgufFile, TensorRef};
 use super::BackendError;
 
@@ -148,17 +148,6 @@ pub struct Decoder {
     output: TensorRef,
     scratch: Scratch,
     pool: rayon::ThreadPool,
-}
-
-/// Which activation layout a weight type's dot product wants; matrices that
-/// share one can share one quantization of their input.
-fn act_format(q: QType) -> u8 {
-    match q {
-        QType::Q4_0 | QType::Q5_0 | QType::Q8_0 => 0,
-        QType::Q4_1 => 1,
-        QType::Q4_K | QType::Q5_K | QType::Q6_K => 2,
-        QType::F32 | QType::F16 => 3,
-    }
 }
 
 fn err(file: &GgufFile, reason: impl std::fmt::Display) -> BackendError {
@@ -437,12 +426,12 @@ fn forward(
         s.q.resize(t_n * hidden, 0.0);
         s.k.resize(t_n * kv, 0.0);
         s.v.resize(t_n * kv, 0.0);
-        project3(
+        project_many(
             file,
-            [&layer.q, &layer.k, &layer.v],
+            &[&layer.q, &layer.k, &layer.v],
             &s.h,
             t_n,
-            [&mut s.q, &mut s.k, &mut s.v],
+            vec![&mut s.q, &mut s.k, &mut s.v],
             &mut s.acts,
             &mut s.acts2,
         );
@@ -485,12 +474,12 @@ fn forward(
         rms_norm(&s.x, &mut s.h, hidden, &layer.ffn_norm, cfg.eps);
         s.gate.resize(t_n * cfg.ffn, 0.0);
         s.up.resize(t_n * cfg.ffn, 0.0);
-        project2(
+        project_many(
             file,
-            [&layer.gate, &layer.up],
+            &[&layer.gate, &layer.up],
             &s.h,
             t_n,
-            [&mut s.gate, &mut s.up],
+            vec![&mut s.gate, &mut s.up],
             &mut s.acts,
             &mut s.acts2,
         );
@@ -598,65 +587,31 @@ fn rotate(head: &mut [f32], table: &[f32], style: RopeStyle) {
     }
 }
 
-/// Three projections of one input (q, k, v), quantizing the input once per
-/// activation layout they need, in one parallel region when they share one.
-fn project3(
+/// Projections of one input (q, k, v; gate, up): the input is quantized once
+/// for the first matrix, and every matrix that reads that layout runs in one
+/// parallel region; any other is run on its own quantization.
+fn project_many(
     file: &GgufFile,
-    w: [&TensorRef; 3],
+    w: &[&TensorRef],
     x: &[f32],
     n: usize,
-    out: [&mut Vec<f32>; 3],
+    out: Vec<&mut Vec<f32>>,
     acts: &mut Activations,
     acts2: &mut Activations,
 ) {
     let m: Vec<QMatrix<'_>> = w.iter().map(|t| file.matrix(t)).collect();
-    let cols = m[0].cols;
-    let [o0, o1, o2] = out;
-    acts.quantize(x, n, cols, m[0].qtype);
-    let f0 = act_format(m[0].qtype);
-    let same: Vec<bool> = m.iter().map(|mm| act_format(mm.qtype) == f0).collect();
-    if same.iter().all(|&b| b) {
-        let mut jobs = [
-            (m[0], &mut o0[..]),
-            (m[1], &mut o1[..]),
-            (m[2], &mut o2[..]),
-        ];
-        kernels::matmul_many(&mut jobs, acts);
-        return;
-    }
-    let outs = [o0, o1, o2];
-    for (i, o) in outs.into_iter().enumerate() {
-        if same[i] {
-            kernels::matmul(&m[i], acts, o);
+    let (first, cols) = (m[0].qtype, m[0].cols);
+    acts.quantize(x, n, cols, first);
+    let mut shared = Vec::new();
+    for (mm, o) in m.iter().zip(out) {
+        if mm.qtype.shares_activations(first) {
+            shared.push((*mm, &mut o[..]));
         } else {
-            acts2.quantize(x, n, cols, m[i].qtype);
-            kernels::matmul(&m[i], acts2, o);
+            acts2.quantize(x, n, cols, mm.qtype);
+            kernels::matmul(mm, acts2, o);
         }
     }
-}
-
-/// Two projections of one input (gate, up).
-fn project2(
-    file: &GgufFile,
-    w: [&TensorRef; 2],
-    x: &[f32],
-    n: usize,
-    out: [&mut Vec<f32>; 2],
-    acts: &mut Activations,
-    acts2: &mut Activations,
-) {
-    let m0 = file.matrix(w[0]);
-    let m1 = file.matrix(w[1]);
-    let [o0, o1] = out;
-    acts.quantize(x, n, m0.cols, m0.qtype);
-    if act_format(m0.qtype) == act_format(m1.qtype) {
-        let mut jobs = [(m0, &mut o0[..]), (m1, &mut o1[..])];
-        kernels::matmul_many(&mut jobs, acts);
-    } else {
-        kernels::matmul(&m0, acts, o0);
-        acts2.quantize(x, n, m1.cols, m1.qtype);
-        kernels::matmul(&m1, acts2, o1);
-    }
+    kernels::matmul_many(&mut shared, acts);
 }
 
 /// `x += W · input` (row-wise), using `tmp` for the product.

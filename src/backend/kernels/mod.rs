@@ -127,6 +127,12 @@ impl QType {
         cols / self.block_len() * self.block_bytes()
     }
 
+    /// Whether one quantization of an input serves both types' products
+    /// (so they can share an [`Activations`] and a [`matmul_many`] call).
+    pub fn shares_activations(self, other: QType) -> bool {
+        self.act_format() == other.act_format()
+    }
+
     /// The activation format this type's dot product reads.
     fn act_format(self) -> Format {
         match self {
