@@ -91,21 +91,6 @@ impl KvCache {
         self.len == 0
     }
 
-    /// Positions it can hold.
-    pub fn capacity(&self) -> usize {
-        self.capacity
-    }
-
-    /// Forgets the sequence (keeps the memory).
-    pub fn clear(&mut self) {
-        self.len = 0;
-    }
-
-    /// Drops positions from `len` on, so the sequence continues from there.
-    pub fn truncate(&mut self, len: usize) {
-        self.len = self.len.min(len);
-    }
-
     fn base(&self, layer: usize, head: usize) -> usize {
         (layer * self.kv_heads + head) * self.capacity * self.head_dim
     }
@@ -305,11 +290,6 @@ impl Decoder {
     /// The model's shape.
     pub fn config(&self) -> &DecoderConfig {
         &self.cfg
-    }
-
-    /// The mapped file.
-    pub fn file(&self) -> &GgufFile {
-        &self.file
     }
 
     /// A KV cache for a sequence of up to `capacity` positions.
