@@ -71,10 +71,16 @@ struct Layer {
 
 /// Keys and values of one sequence, for every layer, allocated once for the
 /// sequence's whole length.
+///
+/// Per layer and key/value head, keys are stored transposed (`[dim][position]`,
+/// what [`kernels::attention`] reads) and values by position; both over
+/// `stride` positions, the capacity rounded up to [`kernels::KEY_BLOCK`]
+/// (the positions not yet filled hold zeros).
 pub struct KvCache {
     k: Vec<f32>,
     v: Vec<f32>,
     capacity: usize,
+    stride: usize,
     len: usize,
     kv_heads: usize,
     head_dim: usize,
@@ -92,7 +98,26 @@ impl KvCache {
     }
 
     fn base(&self, layer: usize, head: usize) -> usize {
-        (layer * self.kv_heads + head) * self.capacity * self.head_dim
+        (layer * self.kv_heads + head) * self.stride * self.head_dim
+    }
+
+    /// Stores the key and value of position `pos` for `layer` and `head`.
+    fn put(&mut self, layer: usize, head: usize, pos: usize, key: &[f32], value: &[f32]) {
+        let (base, hd, stride) = (self.base(layer, head), self.head_dim, self.stride);
+        for (d, &k) in key.iter().enumerate() {
+            self.k[base + d * stride + pos] = k;
+        }
+        self.v[base + pos * hd..base + (pos + 1) * hd].copy_from_slice(value);
+    }
+
+    /// The keys and values of `layer` and `head`.
+    fn keys(&self, layer: usize, head: usize) -> kernels::Keys<'_> {
+        let (base, size) = (self.base(layer, head), self.stride * self.head_dim);
+        kernels::Keys {
+            kt: &self.k[base..base + size],
+            v: &self.v[base..base + size],
+            stride: self.stride,
+        }
     }
 }
 
@@ -116,6 +141,7 @@ struct Scratch {
     k: Vec<f32>,
     v: Vec<f32>,
     attn: Vec<f32>,
+    attn_tiles: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
     rope: Vec<f32>,
@@ -294,11 +320,13 @@ impl Decoder {
 
     /// A KV cache for a sequence of up to `capacity` positions.
     pub fn new_cache(&self, capacity: usize) -> KvCache {
-        let size = self.cfg.layers * self.cfg.kv_heads * capacity * self.cfg.head_dim;
+        let stride = capacity.div_ceil(kernels::KEY_BLOCK).max(1) * kernels::KEY_BLOCK;
+        let size = self.cfg.layers * self.cfg.kv_heads * stride * self.cfg.head_dim;
         KvCache {
             k: vec![0.0; size],
             v: vec![0.0; size],
             capacity,
+            stride,
             len: 0,
             kv_heads: self.cfg.kv_heads,
             head_dim: self.cfg.head_dim,
@@ -432,14 +460,21 @@ fn forward(
         for (t, slot) in slots.iter().enumerate() {
             let cache = &mut *batch[slot.seq].cache;
             for g in 0..nkv {
-                let at = cache.base(li, g) + slot.pos * hd;
-                cache.k[at..at + hd].copy_from_slice(&s.k[t * kv + g * hd..t * kv + (g + 1) * hd]);
-                cache.v[at..at + hd].copy_from_slice(&s.v[t * kv + g * hd..t * kv + (g + 1) * hd]);
+                let at = t * kv + g * hd;
+                cache.put(li, g, slot.pos, &s.k[at..at + hd], &s.v[at..at + hd]);
             }
         }
         let caches: Vec<&KvCache> = batch.iter().map(|b| &*b.cache).collect();
         s.attn.resize(t_n * hidden, 0.0);
-        attention(cfg, li, &s.q, &slots, &caches, &mut s.attn);
+        attention(
+            cfg,
+            li,
+            &s.q,
+            &slots,
+            &caches,
+            &mut s.attn,
+            &mut s.attn_tiles,
+        );
         project_add(
             file,
             &layer.o,
@@ -465,10 +500,7 @@ fn forward(
         );
         let up = &s.up;
         par_rows(&mut s.gate, cfg.ffn, |t, row| {
-            let u = &up[t * cfg.ffn..(t + 1) * cfg.ffn];
-            for (g, &u) in row.iter_mut().zip(u) {
-                *g = *g / (1.0 + (-*g).exp()) * u;
-            }
+            kernels::silu_mul(row, &up[t * cfg.ffn..(t + 1) * cfg.ffn]);
         });
         project_add(
             file,
@@ -613,7 +645,25 @@ fn project_add(
     }
 }
 
+/// Query tokens of one sequence that share a call to the attention kernel
+/// (with every query head of one key/value head).
+const QUERY_TOKENS: usize = 16;
+
+/// A call to the attention kernel: the query heads of key/value head `head`
+/// for batch tokens `t0..t1`, all of sequence `seq`.
+#[derive(Clone, Copy)]
+struct AttnTile {
+    seq: usize,
+    head: usize,
+    t0: usize,
+    t1: usize,
+}
+
 /// Causal attention of every query token over its own sequence's cache.
+///
+/// Work is split into tiles (up to [`QUERY_TOKENS`] tokens of one sequence ×
+/// one key/value head and its query heads), run in parallel, each writing
+/// its rows to its own stretch of `tiles`; the rows are then put in place.
 fn attention(
     cfg: &DecoderConfig,
     layer: usize,
@@ -621,54 +671,53 @@ fn attention(
     slots: &[Slot],
     caches: &[&KvCache],
     out: &mut [f32],
+    tiles_out: &mut Vec<f32>,
 ) {
     let (hd, nh, nkv) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-    let group = nh / nkv;
+    let (hidden, group) = (nh * hd, nh / nkv);
     let scale = 1.0 / (hd as f32).sqrt();
-    let work = |idx: usize, o: &mut [f32], scores: &mut Vec<f32>| {
-        let (t, h) = (idx / nh, idx % nh);
-        let slot = slots[t];
-        let cache = caches[slot.seq];
-        let base = cache.base(layer, h / group);
-        let keys = &cache.k[base..base + (slot.pos + 1) * hd];
-        let values = &cache.v[base..base + (slot.pos + 1) * hd];
-        let qv = &q[idx * hd..(idx + 1) * hd];
-        scores.clear();
-        scores.extend(keys.chunks_exact(hd).map(|k| dot(qv, k) * scale));
-        let max = scores.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0.0;
-        for s in scores.iter_mut() {
-            *s = (*s - max).exp();
-            sum += *s;
+    let mut tiles = Vec::new();
+    let mut t = 0;
+    while t < slots.len() {
+        let seq = slots[t].seq;
+        let end = t + slots[t..].iter().take_while(|s| s.seq == seq).count();
+        for t0 in (t..end).step_by(QUERY_TOKENS) {
+            let t1 = (t0 + QUERY_TOKENS).min(end);
+            tiles.extend((0..nkv).map(|head| AttnTile { seq, head, t0, t1 }));
         }
-        o.fill(0.0);
-        for (&p, v) in scores.iter().zip(values.chunks_exact(hd)) {
-            let w = p / sum;
-            for (oo, &vv) in o.iter_mut().zip(v) {
-                *oo += w * vv;
+        t = end;
+    }
+    tiles_out.resize(slots.len() * hidden, 0.0);
+    let mut rest = &mut tiles_out[..];
+    let mut parts = Vec::with_capacity(tiles.len());
+    for tile in &tiles {
+        let (mine, others) = rest.split_at_mut((tile.t1 - tile.t0) * group * hd);
+        parts.push((*tile, mine));
+        rest = others;
+    }
+    parts.into_par_iter().for_each_init(
+        || (Vec::new(), Vec::new()),
+        |(rows, limits), (tile, o)| {
+            rows.clear();
+            limits.clear();
+            for t in tile.t0..tile.t1 {
+                let heads = tile.head * group * hd..(tile.head + 1) * group * hd;
+                rows.extend_from_slice(&q[t * hidden..(t + 1) * hidden][heads]);
+                limits.extend(std::iter::repeat_n(slots[t].pos + 1, group));
             }
-        }
-    };
-    out.par_chunks_exact_mut(hd)
-        .enumerate()
-        .for_each_init(Vec::new, |scores, (idx, o)| work(idx, o, scores));
-}
-
-/// Dot product with eight independent sums, so it vectorises.
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
+            let keys = caches[tile.seq].keys(layer, tile.head);
+            kernels::attention(rows, limits, keys, hd, scale, o);
+        },
+    );
+    let mut at = 0;
+    for tile in &tiles {
+        for t in tile.t0..tile.t1 {
+            let dst = t * hidden + tile.head * group * hd;
+            let n = group * hd;
+            out[dst..dst + n].copy_from_slice(&tiles_out[at..at + n]);
+            at += n;
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
 }
 
 #[cfg(test)]
@@ -695,14 +744,6 @@ mod tests {
         assert!((a[3] - (3.0 * 1.1f32.sin() + 4.0 * 1.1f32.cos())).abs() < 1e-6);
         let n: f32 = a.iter().map(|v| v * v).sum();
         assert!((n - 30.0).abs() < 1e-4);
-    }
-
-    #[test]
-    fn dot_matches_the_plain_sum() {
-        let a: Vec<f32> = (0..37).map(|i| i as f32 * 0.5).collect();
-        let b: Vec<f32> = (0..37).map(|i| 1.0 - i as f32 * 0.1).collect();
-        let plain: f32 = a.iter().zip(&b).map(|(x, y)| x * y).sum();
-        assert!((dot(&a, &b) - plain).abs() < 1e-3);
     }
 
     #[test]

@@ -14,6 +14,9 @@
 //! - `x86` holds the AVX2 (with FMA and F16C) kernels and 512-bit AVX-512
 //!   VNNI ones, picked once at run time ([`simd_level`]). Each is
 //!   property-tested against the scalar reference.
+//! - `attn` holds the float work around the products: causal attention over
+//!   a KV cache (keys stored transposed, several query rows per pass over
+//!   the keys, streaming softmax) and the SiLU gate, vectorised the same way.
 //!
 //! A product runs in parallel over contiguous chunks of weight rows on
 //! rayon's current pool (small ones on the calling thread). Within a chunk,
@@ -36,6 +39,9 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
+pub use attn::{attention, silu_mul, Keys, KEY_BLOCK};
+
+mod attn;
 mod scalar;
 #[cfg(test)]
 mod tests;
