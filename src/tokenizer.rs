@@ -21,6 +21,9 @@
 //! Anything else is refused with an error naming the value, rather than
 //! tokenized subtly wrong.
 
+pub mod marian;
+pub mod sentencepiece;
+
 use std::collections::{HashMap, HashSet};
 
 use candle_core::quantized::gguf_file::{Content, Value};

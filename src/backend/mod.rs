@@ -16,6 +16,7 @@ pub mod fake;
 pub mod generation;
 pub mod gguf;
 pub mod kernels;
+pub mod seq2seq;
 pub mod weights;
 
 /// Who says a chat message.

@@ -1,0 +1,911 @@
+#!/usr/bin/env python3
+"""Build tiny seq2seq checkpoints and record reference outputs for parity tests.
+
+What it makes (from the repository root):
+
+    tests/fixtures/marian/tiny-en-ru/   opus-mt-like English->Russian checkpoint
+    tests/fixtures/marian/tiny-en-hi/   English->Hindi, deliberately different config
+        config.json  generation_config.json  model.safetensors       (as save_pretrained writes them)
+        source.spm  target.spm  vocab.json  tokenizer_config.json    (MarianTokenizer files)
+        reference.json   what Python `transformers` does with exactly these files
+
+Why: Marian/opus-mt weights cannot be downloaded here, so the Rust Marian
+implementation is proven by parity with the reference implementation (Python
+`transformers`) on small checkpoints of the same architecture and the same
+file layout as the Hugging Face hub repositories (`Helsinki-NLP/opus-mt-*`).
+The checkpoints are trained for a few hundred steps on the small parallel
+corpus below, so their logits are not flat and their greedy and beam outputs
+differ in interesting ways; they are not translators.
+
+How to run it (the virtualenv lives outside the repository; PyPI only):
+
+    python3 -m venv ~/.cache/precis/fixtures-venv
+    ~/.cache/precis/fixtures-venv/bin/pip install transformers==5.24.0 torch sentencepiece safetensors
+    ~/.cache/precis/fixtures-venv/bin/python scripts/make_fixtures.py            # every family
+    ~/.cache/precis/fixtures-venv/bin/python scripts/make_fixtures.py marian     # one family
+
+It refuses to run with another `transformers` version (the references are
+that version's behaviour), works offline (`HF_HUB_OFFLINE=1`), runs torch on
+one CPU thread with fixed seeds and deterministic algorithms, and rewrites its
+output directories from scratch: on the same machine two runs produce
+byte-identical files. (Another CPU may round differently during training and
+so produce other weights; `reference.json` records the sha256 of every file
+it was computed from, so a test can tell.)
+
+Layout of reference.json (Marian; ids are ints, floats are float32 values
+written as the float64 equal to them, so f64 parse + cast to f32 is exact;
+a tensor is {"shape": [..], "data": [flat row-major list]}):
+
+    format, generator          "precis marian reference v1", this script
+    versions                   {python, transformers, torch, tokenizers, sentencepiece, safetensors, numpy}
+    files                      {file name: sha256} of the checkpoint files used
+    checkpoint                 {vocab_size, pad_token_id, eos_token_id, unk_token_id,
+                                decoder_start_token_id, spm_pieces: {source, target},
+                                excluded_pieces, language_codes, safetensors_tensors,
+                                attn_implementation, train_loss: [[step, loss]]}
+    tokenization.source[]      {text, note, pieces, input_ids, attention_mask}  tokenizer(text)
+    tokenization.target[]      {text, note, pieces, labels}            tokenizer(text_target=text)
+    decoding.cases[]           {note, ids, text, text_keep_special, text_target_spm, tokens}
+                               text = decode(ids, skip_special_tokens=True); _keep_special:
+                               skip_special_tokens=False; _target_spm: use_source_tokenizer=False
+    decoding.batch_decode      batch_decode([case.ids...], skip_special_tokens=True)
+    forward                    {sources, input_ids [B][L], attention_mask [B][L] (right-padded),
+                                encoder_last_hidden_state (tensor [B, L, d_model]),
+                                decoder_input_ids [B][2] (start token, greedy's first token),
+                                decoder_logits (tensor [B, 2, vocab])}
+    generation[]               {name, kwargs (passed to generate on top of generation_config.json),
+                                resolved (the parameters generate() ended up with;
+                                effective_max_length counts the start token),
+                                sequences [B][T] (start token first, pad after eos, as returned),
+                                text [B] (batch_decode, skip_special_tokens=True),
+                                sequences_scores [B] (beam only),
+                                greedy_margins [B][steps], min_greedy_margin (num_beams == 1 only;
+                                top-1 minus top-2 processed score per generated token, null if
+                                only one token was allowed), alone_equals_batched [B],
+                                alone_sequences [B][..] (only where a row alone differed)}
+
+Adding a family (BART, T5): write `make_<family>(versions)` returning the
+checkpoint directories it wrote, reusing `train_seq2seq`, `record_generation`,
+`tensor`, `write_json`, and register it in FAMILIES.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import random
+import shutil
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+# Deterministic float reductions on CPU.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+PINNED_TRANSFORMERS = "5.24.0"
+REPO = Path(__file__).resolve().parent.parent
+FIXTURES = REPO / "tests" / "fixtures"
+SEED = 20240611
+
+
+def check_versions() -> dict:
+    """Refuse another transformers version; return the versions to record."""
+    import importlib.metadata as md
+
+    have = md.version("transformers")
+    if have != PINNED_TRANSFORMERS:
+        sys.exit(
+            f"make_fixtures.py: transformers {have} is installed, but the references are pinned to "
+            f"{PINNED_TRANSFORMERS}; install transformers=={PINNED_TRANSFORMERS} in the virtualenv."
+        )
+    versions = {"python": ".".join(map(str, sys.version_info[:3]))}
+    for name in ["transformers", "torch", "tokenizers", "sentencepiece", "safetensors", "numpy"]:
+        versions[name] = md.version(name)
+    return versions
+
+
+# ---------------------------------------------------------------------------
+# Parallel corpus: (English, Russian, Hindi). Written for these fixtures;
+# translations are close but not professional.
+# ---------------------------------------------------------------------------
+CORPUS = [
+    ("The minister arrived in Delhi on Monday.", "Министр прибыл в Дели в понедельник.", "मंत्री सोमवार को दिल्ली पहुंचे।"),
+    ("Antony J. Blinken met the foreign minister of India.", "Энтони Дж. Блинкен встретился с министром иностранных дел Индии.", "एंटनी जे. ब्लिंकन ने भारत के विदेश मंत्री से मुलाकात की।"),
+    ("The U.S. economy grew by 2.4 percent last year.", "Экономика США выросла на 2,4 процента в прошлом году.", "पिछले साल अमेरिकी अर्थव्यवस्था 2.4 प्रतिशत बढ़ी।"),
+    ("Prices rose for the third month in a row.", "Цены росли третий месяц подряд.", "कीमतें लगातार तीसरे महीने बढ़ीं।"),
+    ('"We will not stop," the president said.', "«Мы не остановимся», — сказал президент.", '"हम नहीं रुकेंगे," राष्ट्रपति ने कहा।'),
+    ("The talks will continue on Friday.", "Переговоры продолжатся в пятницу.", "बातचीत शुक्रवार को जारी रहेगी।"),
+    ("More than 300 people were evacuated.", "Более 300 человек были эвакуированы.", "300 से अधिक लोगों को निकाला गया।"),
+    ("The central bank kept its key rate at 7.5%.", "Центральный банк сохранил ключевую ставку на уровне 7,5%.", "केंद्रीय बैंक ने प्रमुख दर 7.5% पर बरकरार रखी।"),
+    ("Heavy rain hit the city on Tuesday.", "Во вторник на город обрушился сильный дождь.", "मंगलवार को शहर में भारी बारिश हुई।"),
+    ("The company reported a profit of $1.2 billion.", "Компания сообщила о прибыли в размере 1,2 миллиарда долларов.", "कंपनी ने 1.2 अरब डॉलर का मुनाफा दर्ज किया।"),
+    ("Police said two men were arrested.", "Полиция сообщила, что были задержаны двое мужчин.", "पुलिस ने कहा कि दो लोगों को गिरफ्तार किया गया।"),
+    ("The election will be held in May.", "Выборы пройдут в мае.", "चुनाव मई में होंगे।"),
+    ("Schools will reopen next week.", "Школы вновь откроются на следующей неделе.", "स्कूल अगले सप्ताह फिर से खुलेंगे।"),
+    ("The U.N. called for a ceasefire.", "ООН призвала к прекращению огня.", "संयुक्त राष्ट्र ने युद्धविराम का आह्वान किया।"),
+    ("The meeting lasted three hours.", "Встреча продолжалась три часа.", "बैठक तीन घंटे चली।"),
+    ("Mr. Blinken will travel to Moscow in June.", "Г-н Блинкен отправится в Москву в июне.", "श्री ब्लिंकन जून में मास्को जाएंगे।"),
+    ("The government announced new measures.", "Правительство объявило о новых мерах.", "सरकार ने नए उपायों की घोषणा की।"),
+    ("Oil prices fell by 3 percent on Wednesday.", "В среду цены на нефть упали на 3 процента.", "बुधवार को तेल की कीमतें 3 प्रतिशत गिरीं।"),
+    ("The team won the match 2-1.", "Команда выиграла матч со счётом 2:1.", "टीम ने मैच 2-1 से जीता।"),
+    ("The new bridge cost 45 million dollars.", "Новый мост обошёлся в 45 миллионов долларов.", "नए पुल की लागत 4.5 करोड़ डॉलर रही।"),
+    ("Thousands of people gathered in the square.", "Тысячи людей собрались на площади.", "हजारों लोग चौक पर जमा हुए।"),
+    ("The report was published on 12 March 2024.", "Доклад был опубликован 12 марта 2024 года.", "रिपोर्ट 12 मार्च 2024 को प्रकाशित हुई।"),
+    ("The airport was closed for six hours.", "Аэропорт был закрыт на шесть часов.", "हवाई अड्डा छह घंटे तक बंद रहा।"),
+    ("Officials said the fire was under control.", "Официальные лица заявили, что пожар взят под контроль.", "अधिकारियों ने कहा कि आग पर काबू पा लिया गया।"),
+    ("The prime minister spoke to reporters.", "Премьер-министр поговорил с журналистами.", "प्रधानमंत्री ने पत्रकारों से बात की।"),
+    ("Unemployment fell to 4.1 percent.", "Безработица снизилась до 4,1 процента.", "बेरोजगारी घटकर 4.1 प्रतिशत रह गई।"),
+    ("The storm left 20,000 homes without power.", "Шторм оставил без электричества 20 000 домов.", "तूफान से 20,000 घरों की बिजली गुल हो गई।"),
+    ("Scientists found water on the planet.", "Учёные обнаружили воду на планете.", "वैज्ञानिकों ने ग्रह पर पानी खोजा।"),
+    ("The court rejected the appeal.", "Суд отклонил апелляцию.", "अदालत ने अपील खारिज कर दी।"),
+    ("The festival begins on Saturday.", "Фестиваль начинается в субботу.", "उत्सव शनिवार को शुरू होगा।"),
+    ("Exports to China rose by 8%.", "Экспорт в Китай вырос на 8%.", "चीन को निर्यात 8% बढ़ा।"),
+    ("The minister denied the reports.", "Министр опроверг эти сообщения.", "मंत्री ने खबरों का खंडन किया।"),
+    ("Talks between the two countries ended without a deal.", "Переговоры между двумя странами завершились без соглашения.", "दोनों देशों के बीच बातचीत बिना किसी समझौते के खत्म हुई।"),
+    ("The train was delayed by 40 minutes.", "Поезд задержался на 40 минут.", "ट्रेन 40 मिनट देरी से चली।"),
+    ("She won the prize for the second time.", "Она получила премию во второй раз.", "उन्होंने दूसरी बार पुरस्कार जीता।"),
+    ("The museum will be open until 9 p.m.", "Музей будет открыт до 21:00.", "संग्रहालय रात 9 बजे तक खुला रहेगा।"),
+    ("What did the president say?", "Что сказал президент?", "राष्ट्रपति ने क्या कहा?"),
+    ("Is the border open?", "Открыта ли граница?", "क्या सीमा खुली है?"),
+    ("The vote was 52 to 48.", "Итоги голосования: 52 против 48.", "मतदान 52 के मुकाबले 48 रहा।"),
+    ("Antony J. Blinken is the U.S. Secretary of State.", "Энтони Дж. Блинкен — государственный секретарь США.", "एंटनी जे. ब्लिंकन अमेरिका के विदेश मंत्री हैं।"),
+    ("The U.S. and India signed an agreement.", "США и Индия подписали соглашение.", "अमेरिका और भारत ने एक समझौते पर हस्ताक्षर किए।"),
+    ("The hospital treated 15 patients.", "В больнице лечили 15 пациентов.", "अस्पताल में 15 मरीजों का इलाज किया गया।"),
+    ("The city plans to build 1,000 new homes.", "Город планирует построить 1000 новых домов.", "शहर की 1,000 नए घर बनाने की योजना है।"),
+    ("Temperatures reached 45 degrees.", "Температура достигла 45 градусов.", "तापमान 45 डिग्री तक पहुंच गया।"),
+    ("The bank opened a new office in London.", "Банк открыл новый офис в Лондоне.", "बैंक ने लंदन में नया दफ्तर खोला।"),
+    ("Farmers protested against the new law.", "Фермеры протестовали против нового закона.", "किसानों ने नए कानून के खिलाफ प्रदर्शन किया।"),
+    ("The road will be closed on Sunday.", "Дорога будет закрыта в воскресенье.", "सड़क रविवार को बंद रहेगी।"),
+    ("The ship arrived at the port on time.", "Корабль прибыл в порт вовремя.", "जहाज समय पर बंदरगाह पहुंचा।"),
+    ('"This is a historic day," she said.', "«Это исторический день», — сказала она.", '"यह एक ऐतिहासिक दिन है," उन्होंने कहा।'),
+    ("The company will cut 500 jobs.", "Компания сократит 500 рабочих мест.", "कंपनी 500 नौकरियों में कटौती करेगी।"),
+    ("The film earned $30 million in its first week.", "Фильм заработал 30 миллионов долларов за первую неделю.", "फिल्म ने पहले सप्ताह में 3 करोड़ डॉलर कमाए।"),
+    ("Rescue teams are searching for survivors.", "Спасатели ищут выживших.", "बचाव दल जीवित बचे लोगों की तलाश कर रहे हैं।"),
+    ("The summit will take place in New Delhi.", "Саммит пройдёт в Нью-Дели.", "शिखर सम्मेलन नई दिल्ली में होगा।"),
+    ("The minister resigned on Thursday.", "Министр ушёл в отставку в четверг.", "मंत्री ने गुरुवार को इस्तीफा दे दिया।"),
+    ("Inflation slowed to 5.2% in April.", "В апреле инфляция замедлилась до 5,2%.", "अप्रैल में महंगाई घटकर 5.2% रह गई।"),
+    ("The police closed the main road.", "Полиция перекрыла главную дорогу.", "पुलिस ने मुख्य सड़क बंद कर दी।"),
+    ("Voters will choose a new mayor.", "Избиратели выберут нового мэра.", "मतदाता नया महापौर चुनेंगे।"),
+    ("The price of bread has doubled.", "Цена на хлеб выросла вдвое.", "रोटी की कीमत दोगुनी हो गई है।"),
+    ("The satellite was launched at 6:30 a.m.", "Спутник был запущен в 6:30 утра.", "उपग्रह सुबह 6:30 बजे प्रक्षेपित किया गया।"),
+    ("Both leaders called the meeting useful.", "Оба лидера назвали встречу полезной.", "दोनों नेताओं ने बैठक को उपयोगी बताया।"),
+    ("The president will visit Japan and Korea.", "Президент посетит Японию и Корею.", "राष्ट्रपति जापान और कोरिया की यात्रा करेंगे।"),
+    ("A new study was published today.", "Сегодня было опубликовано новое исследование.", "आज एक नया अध्ययन प्रकाशित हुआ।"),
+    ("The factory employs 2,500 workers.", "На заводе работают 2500 человек.", "कारखाने में 2,500 कर्मचारी काम करते हैं।"),
+    ("The river rose by two meters overnight.", "За ночь уровень реки поднялся на два метра.", "रात भर में नदी का जलस्तर दो मीटर बढ़ गया।"),
+    ("He was born in 1962 in New York.", "Он родился в 1962 году в Нью-Йорке.", "उनका जन्म 1962 में न्यूयॉर्क में हुआ था।"),
+    ("The market opened higher on Monday.", "В понедельник рынок открылся ростом.", "सोमवार को बाजार बढ़त के साथ खुला।"),
+    ("The plane landed safely.", "Самолёт благополучно приземлился.", "विमान सुरक्षित उतर गया।"),
+    ("The decision was welcomed by the opposition.", "Оппозиция приветствовала это решение.", "विपक्ष ने इस फैसले का स्वागत किया।"),
+    ("Tickets cost 25 euros.", "Билеты стоят 25 евро.", "टिकट की कीमत 25 यूरो है।"),
+    ("The project will take five years.", "Проект займёт пять лет.", "परियोजना में पांच साल लगेंगे।"),
+    ("Dr. Sharma said the vaccine is safe.", "Доктор Шарма заявил, что вакцина безопасна.", "डॉ. शर्मा ने कहा कि टीका सुरक्षित है।"),
+    ("The school has 800 students.", "В школе учатся 800 учеников.", "स्कूल में 800 छात्र हैं।"),
+    ('The minister said: "The economy is strong."', "Министр сказал: «Экономика сильна».", 'मंत्री ने कहा: "अर्थव्यवस्था मजबूत है।"'),
+    ("The fire started at 3 a.m. on Sunday.", "Пожар начался в 3 часа ночи в воскресенье.", "आग रविवार सुबह 3 बजे लगी।"),
+    ("The U.S. dollar rose against the euro.", "Доллар США вырос по отношению к евро.", "अमेरिकी डॉलर यूरो के मुकाबले मजबूत हुआ।"),
+    ("Trade between the countries reached $50 billion.", "Товарооборот между странами достиг 50 миллиардов долларов.", "दोनों देशों के बीच व्यापार 50 अरब डॉलर तक पहुंचा।"),
+    ("The new law comes into force on 1 July.", "Новый закон вступает в силу 1 июля.", "नया कानून 1 जुलाई से लागू होगा।"),
+    ("The singer gave a concert in Mumbai.", "Певица дала концерт в Мумбаи.", "गायिका ने मुंबई में संगीत कार्यक्रम दिया।"),
+    ("Thank you very much.", "Большое спасибо.", "बहुत-बहुत धन्यवाद।"),
+    ("Good morning, everyone!", "Доброе утро всем!", "सभी को सुप्रभात!"),
+    ("The results will be announced tomorrow.", "Результаты будут объявлены завтра.", "नतीजे कल घोषित किए जाएंगे।"),
+    ("Blinken and Lavrov spoke by phone.", "Блинкен и Лавров поговорили по телефону.", "ब्लिंकन और लावरोव ने फोन पर बात की।"),
+    ("The earthquake had a magnitude of 6.1.", "Магнитуда землетрясения составила 6,1.", "भूकंप की तीव्रता 6.1 थी।"),
+    ("About 40% of voters support the plan.", "Около 40% избирателей поддерживают этот план.", "लगभग 40% मतदाता इस योजना का समर्थन करते हैं।"),
+    ("The children returned home safely.", "Дети благополучно вернулись домой.", "बच्चे सुरक्षित घर लौट आए।"),
+    ("The company was founded in 1998.", "Компания была основана в 1998 году.", "कंपनी की स्थापना 1998 में हुई थी।"),
+    ("Snow is expected in the north.", "На севере ожидается снег.", "उत्तर में बर्फबारी की संभावना है।"),
+    ("The index closed at 18,250 points.", "Индекс закрылся на отметке 18 250 пунктов.", "सूचकांक 18,250 अंक पर बंद हुआ।"),
+    ("Officials met again on Wednesday.", "Чиновники снова встретились в среду.", "अधिकारी बुधवार को फिर मिले।"),
+    ("Why did prices rise?", "Почему выросли цены?", "कीमतें क्यों बढ़ीं?"),
+    ("The agreement was signed in Washington, D.C.", "Соглашение было подписано в Вашингтоне.", "समझौते पर वाशिंगटन डी.सी. में हस्ताक्षर हुए।"),
+    ("The visit lasted two days (May 3-4).", "Визит продлился два дня (3–4 мая).", "यात्रा दो दिन (3-4 मई) चली।"),
+    ("Sales rose 12% year-on-year.", "Продажи выросли на 12% в годовом исчислении.", "बिक्री में सालाना आधार पर 12% की वृद्धि हुई।"),
+    ("The new rules apply to all citizens.", "Новые правила распространяются на всех граждан.", "नए नियम सभी नागरिकों पर लागू होते हैं।"),
+    ("It was the warmest year on record.", "Это был самый тёплый год за всю историю наблюдений.", "यह अब तक का सबसे गर्म वर्ष था।"),
+    ('"No comment," a spokesman said.', "«Без комментариев», — сказал представитель.", '"कोई टिप्पणी नहीं," एक प्रवक्ता ने कहा।'),
+]
+LANG_INDEX = {"en": 0, "ru": 1, "hi": 2}
+
+# Source-side (English side) tokenization cases. Each is (text, note).
+SOURCE_CASES = [
+    ("", "empty string: only </s>"),
+    ("The minister arrived in Delhi on Monday.", "training sentence"),
+    ("Antony J. Blinken met the U.S. ambassador in New Delhi.", "names, initials, abbreviations"),
+    ("The central bank raised rates by 0.25% on 12/31/2024.", "digits and punctuation"),
+    ('"We\'re not going to stop," he said.', "ASCII quotes and apostrophe"),
+    ("\u201cSmart quotes\u201d, \u2018single\u2019 \u2014 em dash\u2026 and \u00abguillemets\u00bb", "typographic punctuation, ellipsis (NFKC folds it)"),
+    ("  leading and trailing  ", "leading/trailing spaces"),
+    ("multiple    spaces\tand\ttabs\nand\n\nnewlines", "runs of whitespace"),
+    ("non\u00a0breaking\u2009thin\u3000ideographic spaces", "unicode spaces"),
+    ("zero\u200bwidth\u200dchars", "zero-width characters"),
+    ("\uff26\uff55\uff4c\uff4c\uff57\uff49\uff44\uff54\uff48 \uff11\uff12\uff13 and \ufb01ne \u2460", "NFKC: fullwidth, ligature, circled digit"),
+    ("Cafe\u0301 cre\u0300me na\u00efve", "combining marks and precomposed letters"),
+    ("Emoji \U0001F600\U0001F600 and flags \U0001F1EE\U0001F1F3!", "characters outside the vocabulary (merged unknown run)"),
+    ("\u5317\u4eac 2024\u5e74 \uc11c\uc6b8", "CJK and Hangul, out of vocabulary"),
+    (">>rus<< Hello world", "language code prefix; >>rus<< is in neither vocab.json, so its id is <unk>"),
+    (">>hin<< Hello world", "language code prefix (in vocab.json of tiny-en-hi only)"),
+    (">>hin<<Hello", "language code prefix without a space"),
+    ("Hello >>hin<< world", "language code not at the start: plain text"),
+    (">>unfinished code", "'>>' without a closing '<<'"),
+    ("Hello </s> world <pad> and <unk>", "special-token strings inside text"),
+    ("12345678901234567890 3.14159 -7 +1 1,000,000", "long digit runs"),
+    ("!!!???...;;;:::---___***", "punctuation runs"),
+    ("UPPER CASE NEWS FROM WASHINGTON, D.C.", "upper case"),
+    ("\u041c\u0438\u043d\u0438\u0441\u0442\u0440 \u043f\u0440\u0438\u0431\u044b\u043b \u0432 \u0414\u0435\u043b\u0438.", "Russian on the source (English) side"),
+    ("\u092e\u0902\u0924\u094d\u0930\u0940 \u0938\u094b\u092e\u0935\u093e\u0930 \u0915\u094b \u0926\u093f\u0932\u094d\u0932\u0940 \u092a\u0939\u0941\u0902\u091a\u0947\u0964", "Hindi on the source (English) side"),
+    ("Mixed: Blinken \u0411\u043b\u0438\u043d\u043a\u0435\u043d \u092c\u094d\u0932\u093f\u0902\u0915\u0928 $5", "mixed scripts"),
+    ("Zebra quiz: Xavier's jukebox voxel? 99 zq", "rare Latin letters"),
+    ("a", "single letter"),
+    (".", "single punctuation"),
+    (
+        "The U.S. economy grew by 2.4 percent last year, the central bank said on Tuesday, "
+        "while prices rose for the third month in a row and unemployment fell to 4.1 percent.",
+        "long sentence",
+    ),
+]
+
+
+@dataclass
+class MarianSpec:
+    """One tiny Marian checkpoint: what differs between en-ru and en-hi."""
+
+    name: str
+    target: str  # "ru" or "hi"
+    source_lang: str
+    target_lang: str
+    src_spm_vocab: int
+    tgt_spm_vocab: int
+    excluded_pieces: list  # spm pieces deliberately left out of vocab.json
+    language_codes: list  # ">>xxx<<" tokens put into vocab.json
+    config: dict
+    generation: dict
+    train_steps: int
+    learning_rate: float
+    target_cases: list = field(default_factory=list)  # (text, note)
+
+
+RU_TARGET_CASES = [
+    ("", "empty string"),
+    ("Министр прибыл в Дели в понедельник.", "training sentence"),
+    ("Энтони Дж. Блинкен встретился с министром.", "names"),
+    ("«Мы не остановимся», — сказал президент.", "guillemets and em dash"),
+    ("Ёжик ёлка Ё", "ё is excluded from vocab.json; Ё unseen"),
+    ("Цены выросли на 3,5% в 2024 году.", "numbers"),
+    ("  лишние   пробелы  ", "extra spaces"),
+    ("Привет 😀 мир", "emoji on the target side"),
+    ("Hello world", "English on the target side"),
+    ("Щука съела жёлтый хвощ.", "rare Cyrillic letters"),
+]
+HI_TARGET_CASES = [
+    ("", "empty string"),
+    ("मंत्री सोमवार को दिल्ली पहुंचे।", "training sentence"),
+    ("एंटनी जे. ब्लिंकन ने कहा।", "names"),
+    ('"हम नहीं रुकेंगे," राष्ट्रपति ने कहा।', "quotes"),
+    ("डॉलर और डॉक्टर", "ॉ (candra o) is excluded from vocab.json"),
+    ("कीमतें 3.5% बढ़ीं, 2024 में।", "numbers"),
+    ("  अतिरिक्त   रिक्त स्थान  ", "extra spaces"),
+    ("नमस्ते 😀 दुनिया", "emoji on the target side"),
+    ("Hello world", "English on the target side"),
+    ("क़ ख़ ग़ ज़ ड़ ढ़ फ़", "nukta forms (NFKC/NFC composition)"),
+]
+
+# The batch recorded for encoder/decoder/generation parity: different lengths,
+# so the padded batch has real padding. The first is a training sentence.
+BATCH_SOURCES = [
+    "Antony J. Blinken met the foreign minister of India.",
+    "The minister will visit Moscow in May.",
+    '"Prices rose by 3.5% in June," the U.S. central bank said on Tuesday.',
+    "Thank you.",
+]
+
+MARIAN_SPECS = [
+    MarianSpec(
+        name="tiny-en-ru",
+        target="ru",
+        source_lang="eng",
+        target_lang="rus",
+        src_spm_vocab=260,
+        tgt_spm_vocab=320,
+        excluded_pieces=["$", "ё", "▁Delhi"],
+        language_codes=[],
+        config=dict(
+            d_model=64,
+            encoder_layers=2,
+            decoder_layers=2,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=128,
+            decoder_ffn_dim=128,
+            max_position_embeddings=256,
+            activation_function="swish",
+            scale_embedding=True,
+        ),
+        # As in Helsinki-NLP/opus-mt-*/generation_config.json, with a small max_length.
+        generation=dict(max_length=64, num_beams=4, forced_eos_token_id=0),
+        train_steps=300,
+        learning_rate=3e-3,
+        target_cases=RU_TARGET_CASES,
+    ),
+    MarianSpec(
+        name="tiny-en-hi",
+        target="hi",
+        source_lang="eng",
+        target_lang="hin",
+        src_spm_vocab=240,
+        tgt_spm_vocab=300,
+        excluded_pieces=["%", "ॉ"],
+        language_codes=[">>hin<<", ">>urd<<"],
+        config=dict(
+            d_model=48,
+            encoder_layers=3,
+            decoder_layers=1,
+            encoder_attention_heads=6,
+            decoder_attention_heads=2,
+            encoder_ffn_dim=96,
+            decoder_ffn_dim=80,
+            max_position_embeddings=128,
+            activation_function="gelu",
+            scale_embedding=False,
+        ),
+        generation=dict(max_length=40, num_beams=3, length_penalty=0.8, no_repeat_ngram_size=3),
+        # At 3e-3 this smaller, unscaled-embedding model collapses into ignoring its input.
+        train_steps=1000,
+        learning_rate=1.5e-3,
+        target_cases=HI_TARGET_CASES,
+    ),
+]
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers (every family).
+# ---------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def configure_torch() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    try:
+        torch.set_num_interop_threads(1)
+    except RuntimeError:  # already set in this process
+        pass
+    torch.use_deterministic_algorithms(True)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def f32(x) -> float:
+    """A float32 value as the float64 equal to it (exact round trip)."""
+    import numpy as np
+
+    v = float(np.float32(x))
+    if not math.isfinite(v):
+        raise ValueError(f"non-finite float {v}")
+    return v
+
+
+def tensor(t) -> dict:
+    """{"shape": [...], "data": [...]} for a float tensor (float32 values)."""
+    t = t.detach().to("cpu")
+    return {"shape": list(t.shape), "data": [f32(x) for x in t.float().reshape(-1).tolist()]}
+
+
+def _scalar(x) -> str:
+    if x is None:
+        return "null"
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, int):
+        return str(x)
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            raise ValueError(f"non-finite float {x}")
+        return repr(x)
+    if isinstance(x, str):
+        s = json.dumps(x, ensure_ascii=False)
+        # Escape invisible characters so the file shows what the strings hold.
+        return "".join(c if c.isprintable() or c in "\"\\" else "\\u%04x" % ord(c) for c in s)
+    raise TypeError(f"cannot write {type(x)}")
+
+
+def _dump(obj, indent: int) -> str:
+    pad = "  " * indent
+    if isinstance(obj, dict):
+        if not obj:
+            return "{}"
+        items = [f"{pad}  {_scalar(str(k))}: {_dump(v, indent + 1)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, (list, tuple)):
+        if not obj:
+            return "[]"
+        if all(not isinstance(x, (dict, list, tuple)) for x in obj):
+            parts = [_scalar(x) for x in obj]
+            if len(parts) <= 32:
+                return "[" + ", ".join(parts) + "]"
+            lines = [", ".join(parts[i : i + 16]) for i in range(0, len(parts), 16)]
+            return "[\n" + ",\n".join(pad + "  " + line for line in lines) + "\n" + pad + "]"
+        items = [pad + "  " + _dump(x, indent + 1) for x in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return _scalar(obj)
+
+
+def write_json(path: Path, obj) -> None:
+    text = _dump(obj, 0) + "\n"
+    assert json.loads(text) == json.loads(json.dumps(obj)), "JSON writer lost information"
+    path.write_text(text, encoding="utf-8")
+
+
+def train_seq2seq(model, batches, steps: int, lr: float, log_every: int = 100) -> list:
+    """Teacher-forced cross-entropy with Adam over fixed batches; returns the loss curve."""
+    import torch
+
+    # final_logits_bias is a buffer in transformers; train it too so it is not all zeros.
+    params = [p for p in model.parameters() if p.requires_grad]
+    extra = []
+    if hasattr(model, "final_logits_bias"):
+        model.final_logits_bias.requires_grad_(True)
+        extra = [model.final_logits_bias]
+    opt = torch.optim.Adam(params + extra, lr=lr)
+    model.train()
+    curve = []
+    for step in range(steps):
+        batch = batches[step % len(batches)]
+        out = model(**batch)
+        opt.zero_grad()
+        out.loss.backward()
+        torch.nn.utils.clip_grad_norm_(params + extra, 1.0)
+        opt.step()
+        if step % log_every == 0 or step == steps - 1:
+            curve.append([step, f32(out.loss.item())])
+            print(f"    step {step:4d} loss {out.loss.item():.4f}", flush=True)
+    model.eval()
+    if extra:
+        model.final_logits_bias.requires_grad_(False)
+    return curve
+
+
+def strip_trailing(ids: list, pad_id: int) -> list:
+    """Drop the padding generate() adds after a finished sequence (keep position 0)."""
+    ids = list(ids)
+    while len(ids) > 1 and ids[-1] == pad_id:
+        ids.pop()
+    return ids
+
+
+RESOLVED_FIELDS = [
+    "max_length", "max_new_tokens", "min_length", "min_new_tokens", "do_sample", "num_beams",
+    "early_stopping", "length_penalty", "no_repeat_ngram_size", "encoder_no_repeat_ngram_size",
+    "repetition_penalty", "bad_words_ids", "forced_bos_token_id", "forced_eos_token_id",
+    "bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id",
+    "renormalize_logits", "num_return_sequences", "use_cache",
+]
+
+
+def resolved_generation_config(model, kwargs: dict) -> dict:
+    """The generation parameters generate() ends up with: checkpoint defaults + kwargs + global defaults."""
+    gc, _ = model._prepare_generation_config(None, **kwargs)
+    out = {k: getattr(gc, k, None) for k in RESOLVED_FIELDS}
+    if out["decoder_start_token_id"] is None:
+        out["decoder_start_token_id"] = model.config.decoder_start_token_id
+    # What max_length means after _prepare_generated_length (decoder prompt = 1 start token).
+    out["effective_max_length"] = gc.max_new_tokens + 1 if gc.max_new_tokens is not None else gc.max_length
+    return out
+
+
+def record_generation(model, tokenizer, batch, settings: list) -> list:
+    """Run generate() for each (name, kwargs): batched, then each row alone."""
+    import torch
+
+    pad_id = model.config.pad_token_id
+    n = batch["input_ids"].shape[0]
+    results = []
+    for name, kwargs in settings:
+        with torch.no_grad():
+            out = model.generate(**batch, **kwargs, output_scores=True, return_dict_in_generate=True)
+        seqs = out.sequences.tolist()
+        entry = {
+            "name": name,
+            "kwargs": kwargs,
+            "resolved": resolved_generation_config(model, kwargs),
+            "sequences": seqs,
+            "text": tokenizer.batch_decode(seqs, skip_special_tokens=True),
+        }
+        if getattr(out, "sequences_scores", None) is not None:
+            entry["sequences_scores"] = [f32(x) for x in out.sequences_scores.tolist()]
+        if kwargs.get("num_beams", model.generation_config.num_beams) == 1:
+            # Per row, per generated step: top-1 minus top-2 of the processed scores that
+            # argmax saw (null where only one token was allowed, e.g. forced eos).
+            margins = []
+            for b in range(n):
+                row_len = len(strip_trailing(seqs[b], pad_id)) - 1
+                row = []
+                for t in range(row_len):
+                    top = torch.topk(out.scores[t][b].float(), 2).values.tolist()
+                    assert out.scores[t][b].argmax().item() == seqs[b][t + 1]
+                    row.append(f32(top[0] - top[1]) if math.isfinite(top[1]) else None)
+                margins.append(row)
+            entry["greedy_margins"] = margins
+            finite = [m for row in margins for m in row if m is not None]
+            entry["min_greedy_margin"] = min(finite) if finite else None
+        alone, same = [], []
+        for b in range(n):
+            mask = batch["attention_mask"][b].bool()
+            single = {
+                "input_ids": batch["input_ids"][b][mask].unsqueeze(0),
+                "attention_mask": batch["attention_mask"][b][mask].unsqueeze(0),
+            }
+            with torch.no_grad():
+                s = model.generate(**single, **kwargs)[0].tolist()
+            alone.append(s)
+            same.append(strip_trailing(s, pad_id) == strip_trailing(seqs[b], pad_id))
+        entry["alone_equals_batched"] = same
+        if not all(same):
+            entry["alone_sequences"] = alone
+        results.append(entry)
+    return results
+
+
+# ---------------------------------------------------------------------------
+# Marian (Helsinki-NLP/opus-mt-*)
+# ---------------------------------------------------------------------------
+def train_spm(sentences: list, vocab_size: int) -> bytes:
+    """A SentencePiece unigram model as Marian's (nmt_nfkc, default special ids), as bytes."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=buf,
+        model_type="unigram",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc",
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def build_marian_vocab(src_proto: bytes, tgt_proto: bytes, excluded: list, codes: list) -> dict:
+    """vocab.json as opus-mt has it: one shared map, </s>=0, <unk>=1, ..., <pad>=last.
+
+    Ids deliberately do not follow either SentencePiece model's ids (as in real
+    Marian vocabularies): language codes come first, then the pieces of both
+    models interleaved by descending score.
+    """
+    import sentencepiece as spm
+
+    models = [spm.SentencePieceProcessor(model_proto=p) for p in (src_proto, tgt_proto)]
+    all_pieces = set()
+    for m in models:
+        all_pieces.update(m.id_to_piece(i) for i in range(m.get_piece_size()))
+    for piece in excluded:
+        assert piece in all_pieces, f"excluded piece {piece!r} is in neither spm model"
+    scored = []
+    for which, m in enumerate(models):
+        for i in range(m.get_piece_size()):
+            if m.is_control(i) or m.is_unknown(i):
+                continue
+            scored.append((-m.get_score(i), which, i, m.id_to_piece(i)))
+    scored.sort()
+    vocab = {"</s>": 0, "<unk>": 1}
+    for code in codes:
+        vocab[code] = len(vocab)
+    for _, _, _, piece in scored:
+        if piece not in vocab and piece not in excluded:
+            vocab[piece] = len(vocab)
+    vocab["<pad>"] = len(vocab)
+    return vocab
+
+
+def marian_generation_settings(spec: MarianSpec, greedy_ids: list, pad_id: int) -> list:
+    """The generate() kwargs recorded; bad words are taken from the greedy output."""
+    # A token greedy produced for row 0 (its 2nd generated token) and a 2-token
+    # sequence from row 2, so forbidding them changes the output.
+    bad_single = greedy_ids[0][2]
+    bad_pair = greedy_ids[2][1:3]
+    return [
+        ("checkpoint_defaults", {}),
+        ("greedy", {"num_beams": 1, "do_sample": False}),
+        ("beam4", {"num_beams": 4, "do_sample": False}),
+        ("beam4_length_penalty_0.6", {"num_beams": 4, "length_penalty": 0.6}),
+        ("beam4_length_penalty_2.0", {"num_beams": 4, "length_penalty": 2.0}),
+        ("beam4_early_stopping_true", {"num_beams": 4, "early_stopping": True}),
+        ("beam4_early_stopping_false", {"num_beams": 4, "early_stopping": False}),
+        ("beam4_early_stopping_never", {"num_beams": 4, "early_stopping": "never"}),
+        ("greedy_min_length_14", {"num_beams": 1, "min_length": 14}),
+        ("beam4_min_new_tokens_10", {"num_beams": 4, "min_new_tokens": 10}),
+        ("greedy_max_new_tokens_5", {"num_beams": 1, "max_new_tokens": 5}),
+        ("beam4_max_new_tokens_6", {"num_beams": 4, "max_new_tokens": 6}),
+        ("greedy_max_length_8", {"num_beams": 1, "max_length": 8}),
+        ("greedy_no_repeat_ngram_2", {"num_beams": 1, "no_repeat_ngram_size": 2}),
+        ("beam4_no_repeat_ngram_2", {"num_beams": 4, "no_repeat_ngram_size": 2}),
+        ("greedy_repetition_penalty_1.3", {"num_beams": 1, "repetition_penalty": 1.3}),
+        ("beam4_repetition_penalty_1.3", {"num_beams": 4, "repetition_penalty": 1.3}),
+        ("greedy_bad_words", {"num_beams": 1, "bad_words_ids": [[pad_id], [bad_single], list(bad_pair)]}),
+        ("beam4_bad_words", {"num_beams": 4, "bad_words_ids": [[pad_id], [bad_single], list(bad_pair)]}),
+        ("beam3_length_penalty_0.8_no_repeat_3", {"num_beams": 3, "length_penalty": 0.8, "no_repeat_ngram_size": 3}),
+    ]
+
+
+def marian_tokenization(tok, spec: MarianSpec) -> dict:
+    source = []
+    for text, note in SOURCE_CASES:
+        enc = tok(text)
+        source.append({
+            "text": text,
+            "note": note,
+            "pieces": tok.tokenize(text),
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+        })
+    target = []
+    for text, note in spec.target_cases:
+        enc = tok(text_target=text)
+        tok._switch_to_target_mode()
+        try:
+            pieces = tok.tokenize(text)
+        finally:
+            tok._switch_to_input_mode()
+        target.append({"text": text, "note": note, "pieces": pieces, "labels": enc["input_ids"]})
+    return {"source": source, "target": target}
+
+
+def marian_decoding(tok, spec: MarianSpec, greedy_sequences: list) -> dict:
+    pad, eos, unk = tok.pad_token_id, tok.eos_token_id, tok.unk_token_id
+    ru_hi = [t for t, _ in spec.target_cases]
+    tgt_ids = [tok(text_target=t)["input_ids"] for t in ru_hi[1:4]]
+    src_ids = tok("Antony J. Blinken met the U.S. ambassador.")["input_ids"]
+    cases = [("greedy output row %d" % i, s) for i, s in enumerate(greedy_sequences)]
+    cases += [
+        ("decoder start + target sentence + eos", [pad] + tgt_ids[0]),
+        ("target sentence, no specials", tgt_ids[1][:-1]),
+        ("unk in the middle", tgt_ids[2][:3] + [unk] + tgt_ids[2][3:]),
+        ("eos in the middle, then more tokens", tgt_ids[0][:-1][:4] + [eos] + tgt_ids[0][:-1][4:]),
+        ("padding on both sides", [pad, pad] + tgt_ids[1] + [pad, pad]),
+        ("only special tokens", [pad, eos, unk, pad]),
+        ("empty", []),
+        ("English source ids", src_ids),
+        ("every id below 40", list(range(40))),
+        ("highest ids", list(range(len(tok.encoder) - 12, len(tok.encoder)))),
+    ]
+    if spec.language_codes:
+        code_id = tok.encoder[spec.language_codes[0]]
+        cases.append(("language code token first", [code_id] + tgt_ids[1]))
+    out = []
+    for note, ids in cases:
+        out.append({
+            "note": note,
+            "ids": ids,
+            "text": tok.decode(ids, skip_special_tokens=True),
+            "text_keep_special": tok.decode(ids, skip_special_tokens=False),
+            "text_target_spm": tok.decode(ids, skip_special_tokens=True, use_source_tokenizer=False),
+            "tokens": tok.convert_ids_to_tokens(ids),
+        })
+    all_ids = [c["ids"] for c in out]
+    return {"cases": out, "batch_decode": tok.batch_decode(all_ids, skip_special_tokens=True)}
+
+
+def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
+    import sentencepiece as spm
+    import torch
+    from transformers import (
+        AutoModelForSeq2SeqLM,
+        AutoTokenizer,
+        GenerationConfig,
+        MarianConfig,
+        MarianMTModel,
+        MarianTokenizer,
+    )
+
+    out_dir = FIXTURES / "marian" / spec.name
+    print(f"[marian] {spec.name} -> {out_dir.relative_to(REPO)}", flush=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    seed_everything(SEED)
+
+    # 1. Tokenizer files.
+    src_texts = [row[0] for row in CORPUS]
+    tgt_texts = [row[LANG_INDEX[spec.target]] for row in CORPUS]
+    src_proto = train_spm(src_texts, spec.src_spm_vocab)
+    tgt_proto = train_spm(tgt_texts, spec.tgt_spm_vocab)
+    (out_dir / "source.spm").write_bytes(src_proto)
+    (out_dir / "target.spm").write_bytes(tgt_proto)
+    vocab = build_marian_vocab(src_proto, tgt_proto, spec.excluded_pieces, spec.language_codes)
+    with open(out_dir / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(vocab, f, indent=2, ensure_ascii=False)
+    tok = MarianTokenizer(
+        source_spm=str(out_dir / "source.spm"),
+        target_spm=str(out_dir / "target.spm"),
+        vocab=str(out_dir / "vocab.json"),
+        source_lang=spec.source_lang,
+        target_lang=spec.target_lang,
+    )
+    tok.save_pretrained(str(out_dir))
+    tok = MarianTokenizer.from_pretrained(str(out_dir))
+    auto_tok = AutoTokenizer.from_pretrained(str(out_dir))
+    pad_id = len(vocab) - 1
+    assert tok.pad_token_id == pad_id and tok.eos_token_id == 0 and tok.unk_token_id == 1
+
+    # 2. Model config: opus-mt's, with the small sizes of the spec.
+    config = MarianConfig(
+        vocab_size=len(vocab),
+        decoder_vocab_size=len(vocab),
+        pad_token_id=pad_id,
+        decoder_start_token_id=pad_id,
+        eos_token_id=0,
+        bos_token_id=0,
+        forced_eos_token_id=0,
+        share_encoder_decoder_embeddings=True,
+        tie_word_embeddings=True,
+        dropout=0.1,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        architectures=["MarianMTModel"],
+        **spec.config,
+    )
+    # Keys real opus-mt config.json files carry; the PyTorch code ignores them.
+    for key, value in dict(normalize_before=False, normalize_embedding=False, static_position_embeddings=True,
+                           add_bias_logits=False, add_final_layer_norm=False, extra_pos_embeddings=len(vocab)).items():
+        setattr(config, key, value)
+
+    torch.manual_seed(SEED)
+    model = MarianMTModel(config)
+
+    # 3. Train (teacher forcing). Inputs: source + </s>; labels: target + </s>.
+    enc = tok(src_texts, text_target=tgt_texts, padding=True, return_tensors="pt")
+    labels = enc["labels"].masked_fill(enc["labels"] == pad_id, -100)
+    order = torch.randperm(len(src_texts), generator=torch.Generator().manual_seed(SEED)).tolist()
+    batches = []
+    for i in range(0, len(order), 32):
+        idx = torch.tensor(order[i : i + 32])
+        batches.append({"input_ids": enc["input_ids"][idx], "attention_mask": enc["attention_mask"][idx],
+                        "labels": labels[idx]})
+    curve = train_seq2seq(model, batches, spec.train_steps, spec.learning_rate)
+
+    # 4. Save in the hub layout.
+    model.generation_config = GenerationConfig(
+        bad_words_ids=[[pad_id]],
+        bos_token_id=0,
+        decoder_start_token_id=pad_id,
+        eos_token_id=0,
+        pad_token_id=pad_id,
+        **spec.generation,
+    )
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    for p in out_dir.iterdir():
+        p.chmod(0o644)  # safetensors writes 0600
+
+    # 5. References, from the files just written.
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")
+    assert type(model) is MarianMTModel
+    model.eval()
+    from safetensors import safe_open
+
+    with safe_open(str(out_dir / "model.safetensors"), "pt") as f:
+        tensor_names = sorted(f.keys())
+    assert model.final_logits_bias.abs().max().item() > 0, "final_logits_bias stayed zero"
+
+    batch = tok(BATCH_SOURCES, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        greedy = model.generate(**batch, num_beams=1, do_sample=False).tolist()
+        enc_out = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        first = [row[1] for row in greedy]
+        dec_in = torch.tensor([[pad_id, t] for t in first])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=dec_in).logits
+    settings = marian_generation_settings(spec, greedy, pad_id)
+    generation = record_generation(model, tok, batch, settings)
+
+    tokenization = marian_tokenization(tok, spec)
+    # The Auto class must load the same tokenizer (MarianTokenizer has no fast variant).
+    assert type(auto_tok).__name__ == "MarianTokenizer", type(auto_tok)
+    for case in tokenization["source"]:
+        assert auto_tok(case["text"])["input_ids"] == case["input_ids"]
+
+    reference = {
+        "format": "precis marian reference v1",
+        "generator": "scripts/make_fixtures.py",
+        "versions": versions,
+        "files": {p.name: sha256(p) for p in sorted(out_dir.iterdir()) if p.name != "reference.json"},
+        "checkpoint": {
+            "vocab_size": len(vocab),
+            "pad_token_id": pad_id,
+            "eos_token_id": 0,
+            "unk_token_id": 1,
+            "decoder_start_token_id": pad_id,
+            "spm_pieces": {"source": spm.SentencePieceProcessor(model_proto=src_proto).get_piece_size(),
+                           "target": spm.SentencePieceProcessor(model_proto=tgt_proto).get_piece_size()},
+            "excluded_pieces": spec.excluded_pieces,
+            "language_codes": spec.language_codes,
+            "safetensors_tensors": tensor_names,
+            "attn_implementation": "eager",
+            "train_loss": curve,
+        },
+        "tokenization": tokenization,
+        "decoding": marian_decoding(tok, spec, greedy),
+        "forward": {
+            "sources": BATCH_SOURCES,
+            "input_ids": batch["input_ids"].tolist(),
+            "attention_mask": batch["attention_mask"].tolist(),
+            "encoder_last_hidden_state": tensor(enc_out.last_hidden_state),
+            "decoder_input_ids": dec_in.tolist(),
+            "decoder_logits": tensor(logits),
+        },
+        "generation": generation,
+    }
+    write_json(out_dir / "reference.json", reference)
+    return out_dir
+
+
+def make_marian(versions: dict) -> list:
+    return [make_marian_checkpoint(spec, versions) for spec in MARIAN_SPECS]
+
+
+FAMILIES = {
+    "marian": make_marian,
+    # "bart": make_bart,  # later: facebook/bart-large-cnn-like tiny checkpoint
+    # "t5": make_t5,      # later: t5-small/flan-t5-like tiny checkpoint
+}
+
+
+def summarize(out_dir: Path) -> None:
+    ref = json.loads((out_dir / "reference.json").read_text(encoding="utf-8"))
+    size = sum(p.stat().st_size for p in out_dir.iterdir())
+    print(f"  {out_dir.relative_to(REPO)}: {size / 1024:.0f} KiB, vocab {ref['checkpoint']['vocab_size']}, "
+          f"final train loss {ref['checkpoint']['train_loss'][-1][1]:.3f}")
+    unk = sum(1 in c["input_ids"][:-1] for c in ref["tokenization"]["source"])
+    print(f"    source cases with <unk>: {unk}/{len(ref['tokenization']['source'])}")
+    for g in ref["generation"]:
+        if g["name"] in ("greedy", "beam4", "checkpoint_defaults"):
+            for src, text in zip(ref["forward"]["sources"], g["text"]):
+                print(f"    {g['name']:>20}: {src[:40]!r} -> {text!r}")
+    margins = [g["min_greedy_margin"] for g in ref["generation"] if g.get("min_greedy_margin") is not None]
+    print(f"    smallest greedy top1-top2 margin: {min(margins):.4g}")
+    alone = all(all(g["alone_equals_batched"]) for g in ref["generation"])
+    print(f"    every setting: each row alone equals its batched output: {alone}")
+
+
+def main(argv: list) -> None:
+    versions = check_versions()
+    configure_torch()
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    wanted = argv or list(FAMILIES)
+    for family in wanted:
+        if family not in FAMILIES:
+            sys.exit(f"unknown family {family!r}; known: {', '.join(FAMILIES)}")
+    print("versions:", ", ".join(f"{k} {v}" for k, v in versions.items()))
+    for family in wanted:
+        for out_dir in FAMILIES[family](versions):
+            summarize(out_dir)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
