@@ -795,6 +795,10 @@ def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
         **spec.generation,
     )
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    if spec.name == "tiny-en-hi":
+        # The same weights as a pickled state dict too, as older hub
+        # checkpoints ship them (pytorch_model.bin): loaders must read both.
+        torch.save(model.state_dict(), str(out_dir / "pytorch_model.bin"))
     for p in out_dir.iterdir():
         p.chmod(0o644)  # safetensors writes 0600
 

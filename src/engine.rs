@@ -15,10 +15,11 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::backend::gguf::{GgufModel, GgufOptions};
+use crate::backend::seq2seq::translator::{target_language, MarianBackend, MarianOptions};
 use crate::backend::{
-    Backend, BackendError, Flow, Generation, GenerationRequest, ModelInfo, TokenCounter,
+    Backend, BackendError, Flow, Generation, GenerationRequest, ModelInfo, ModelKind, TokenCounter,
 };
-use crate::store::{LocatedModel, ModelSpec, ModelStore, SpecOrigin};
+use crate::store::{LocatedModel, ModelFamily, ModelSpec, ModelStore, SpecOrigin};
 use crate::task::{
     self, language_name, Article, CancelToken, ModelRouter, ProgressFn, Task, TaskError,
     TaskOptions, TaskResult, TextModel,
@@ -357,7 +358,7 @@ impl Engine {
             let handle = self
                 .model(id)
                 .map_err(|e| TaskError::ModelUnavailable(e.to_string()))?;
-            if handle.info.target_languages.iter().any(|l| l == language) {
+            if writes(&handle.info, language) {
                 return Ok(handle);
             }
             supported.extend(
@@ -371,6 +372,16 @@ impl Engine {
         }
         Err(unsupported(language, supported))
     }
+}
+
+/// Whether a model writes `language`: one of its target languages, or any
+/// language but English for a translator whose target is not known (a
+/// checkpoint named by path is used as given).
+fn writes(info: &ModelInfo, language: &str) -> bool {
+    info.target_languages.iter().any(|l| l == language)
+        || (info.kind == ModelKind::Translator
+            && info.target_languages.is_empty()
+            && language != "en")
 }
 
 fn unsupported(language: &str, supported: BTreeSet<String>) -> TaskError {
@@ -400,9 +411,7 @@ impl RequestRouter<'_> {
         translation: bool,
     ) -> Result<Arc<dyn TextModel>, TaskError> {
         match &self.forced {
-            Some(m) if m.info.target_languages.iter().any(|l| l == language) => {
-                Ok(Arc::clone(m) as Arc<dyn TextModel>)
-            }
+            Some(m) if writes(&m.info, language) => Ok(Arc::clone(m) as Arc<dyn TextModel>),
             Some(m) => Err(unsupported(
                 language,
                 m.info
@@ -490,6 +499,16 @@ impl StoreLoader {
         let direct = self.store.resolve(name);
         let parts: Vec<&str> = name.splitn(3, '/').collect();
         match (direct, parts.as_slice()) {
+            // A Marian repo without a manifest: its files have fixed names.
+            (Ok(spec), _)
+                if spec.origin == SpecOrigin::HubRepo
+                    && spec.files.is_empty()
+                    && is_marian_repo(name) =>
+            {
+                Ok(spec
+                    .with_files(MARIAN_HUB_FILES.iter().copied())
+                    .with_family(ModelFamily::Marian))
+            }
             (Ok(spec), _) if spec.origin == SpecOrigin::HubRepo && spec.files.is_empty() => Err(
                 format!("hub repo `{name}` has no manifest here; name the GGUF file in it, e.g. `{name}/model-q4_k_m.gguf`"),
             ),
@@ -527,14 +546,47 @@ impl StoreLoader {
     }
 }
 
+/// Files fetched for a Marian repo named by hub id without a manifest.
+const MARIAN_HUB_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer_config.json",
+    "source.spm",
+    "target.spm",
+    "vocab.json",
+    "pytorch_model.bin",
+];
+
+/// Whether a hub repo id names an opus-mt (Marian) checkpoint.
+fn is_marian_repo(name: &str) -> bool {
+    let repo = name.rsplit('/').next().unwrap_or(name).to_ascii_lowercase();
+    repo.starts_with("opus-mt-") || name.to_ascii_lowercase().starts_with("helsinki-nlp/")
+}
+
+/// Whether located files make a Marian checkpoint: a `config.json` whose
+/// `model_type` is `marian`, next to a `source.spm`.
+fn marian_dir(located: &LocatedModel) -> Option<std::path::PathBuf> {
+    let config = located.path("config.json")?;
+    let dir = config.parent()?.to_path_buf();
+    let text = std::fs::read_to_string(config).ok()?;
+    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
+    (value["model_type"].as_str() == Some("marian") && dir.join("source.spm").is_file())
+        .then_some(dir)
+}
+
 impl ModelLoader for StoreLoader {
     fn canonical(&self, name: &str) -> Option<String> {
         if self.open || self.configured.iter().any(|c| c == name) {
             // Any name goes; one that does not resolve fails at load with the store's reason.
-            return Some(
-                self.resolve(name)
-                    .map_or_else(|_| name.to_string(), |s| s.id),
-            );
+            // A local path stays a path (its spec's id is only the file or
+            // directory name, which would not resolve again).
+            return Some(self.resolve(name).map_or_else(
+                |_| name.to_string(),
+                |s| match s.origin {
+                    SpecOrigin::LocalPath(p) => p.display().to_string(),
+                    _ => s.id,
+                },
+            ));
         }
         let spec = self.store.resolve(name).ok()?;
         (spec.manifest.is_some()).then_some(spec.id)
@@ -547,6 +599,30 @@ impl ModelLoader for StoreLoader {
         };
         let spec = self.resolve(id).map_err(unavailable)?;
         let located = self.locate(&spec).map_err(unavailable)?;
+        // The id the engine knows the model by (`canonical`).
+        let model_id = match &spec.origin {
+            SpecOrigin::LocalPath(p) => p.display().to_string(),
+            _ => spec.id.clone(),
+        };
+        if spec.family == Some(ModelFamily::Marian) || marian_dir(&located).is_some() {
+            let dir = marian_dir(&located).ok_or_else(|| {
+                unavailable("it is not a Marian checkpoint: config.json with model_type `marian` and source.spm are needed".into())
+            })?;
+            let target_languages = match &spec.manifest {
+                Some(m) => m.languages.targets.clone(),
+                None => target_language(&dir).into_iter().collect(),
+            };
+            let model = MarianBackend::load(
+                &dir,
+                MarianOptions {
+                    id: model_id,
+                    revision: located.revision.clone(),
+                    target_languages,
+                },
+            )
+            .map_err(|e| unavailable(e.to_string()))?;
+            return Ok(Box::new(model));
+        }
         let path = located
             .files
             .iter()
@@ -560,7 +636,7 @@ impl ModelLoader for StoreLoader {
         let model = GgufModel::load(
             path,
             GgufOptions {
-                id: Some(spec.id.clone()),
+                id: Some(model_id),
                 revision: Some(located.revision.clone()),
                 target_languages,
                 cuda: self.cuda,

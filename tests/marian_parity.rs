@@ -257,3 +257,102 @@ fn each_input_alone_gives_what_it_gives_in_the_batch() {
         }
     }
 }
+
+/// `precis translate --model DIR` on one sentence gives exactly the text of
+/// transformers' `generate()` with the checkpoint's own settings.
+#[test]
+fn the_cli_translates_with_the_checkpoint_settings() {
+    for name in CHECKPOINTS {
+        let r = reference(name);
+        let defaults = r["generation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "checkpoint_defaults")
+            .expect("checkpoint_defaults recorded");
+        let sources = r["forward"]["sources"].as_array().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        for (i, source) in sources.iter().enumerate() {
+            let lang = if name.ends_with("ru") { "ru" } else { "hi" };
+            let out = cli(home.path())
+                .args(["translate", "--model"])
+                .arg(dir(name))
+                .args(["--to", lang, "--format", "json", "-"])
+                .stdin_text(source.as_str().unwrap());
+            assert!(
+                out.status.success(),
+                "{name}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+            let t = &v["translations"][0];
+            assert_eq!(
+                t["model"]["family"], "marian",
+                "{name}: the dedicated model translated"
+            );
+            assert_eq!(
+                t["text"], defaults["text"][i],
+                "{name}: sentence {i} ({source})"
+            );
+        }
+    }
+}
+
+/// N paragraphs in, N out, through the CLI.
+#[test]
+fn paragraphs_come_out_as_many_as_went_in() {
+    let home = tempfile::tempdir().unwrap();
+    let article = "The minister will visit Moscow in May. Antony J. Blinken met the foreign minister of India.\n\n\
+                   Talks went on for hours.\n\n\"We agreed,\" he said. Prices rose 3.5 percent in the U.S. last year.";
+    let out = cli(home.path())
+        .args(["translate", "--model"])
+        .arg(dir("tiny-en-ru"))
+        .args(["--to", "ru", "--format", "json", "-"])
+        .stdin_text(article);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paragraphs = v["translations"][0]["paragraphs"].as_array().unwrap();
+    assert_eq!(paragraphs.len(), 3);
+    assert!(paragraphs
+        .iter()
+        .all(|p| !p.as_str().unwrap().trim().is_empty()));
+}
+
+fn cli(home: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_precis"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PRECIS_HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("PRECIS_PIP", "false")
+        .env_remove("PRECIS_MODEL")
+        .env_remove("PRECIS_CONFIG");
+    cmd
+}
+
+trait StdinText {
+    fn stdin_text(&mut self, text: &str) -> std::process::Output;
+}
+
+impl StdinText for std::process::Command {
+    fn stdin_text(&mut self, text: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("precis starts");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}

@@ -400,3 +400,71 @@ async fn real_pip_mirror_smollm2() {
             .join(&spec.files[0].name)]
     );
 }
+
+/// The `opus-mt-en-hi` manifest and an opus-mt repo without one, fetched from
+/// the hub layout (weights as `pytorch_model.bin`) and loaded as Marian:
+/// the translation equals transformers' with the checkpoint's settings.
+#[tokio::test]
+async fn marian_checkpoints_load_by_hub_id() {
+    use precis::backend::{Flow, GenerationRequest};
+    use precis::engine::{ModelLoader, StoreLoader};
+
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/marian/tiny-en-hi");
+    let names = [
+        "config.json",
+        "generation_config.json",
+        "tokenizer_config.json",
+        "source.spm",
+        "target.spm",
+        "vocab.json",
+        "pytorch_model.bin",
+    ];
+    let mut files = Vec::new();
+    for repo in ["Helsinki-NLP/opus-mt-en-hi", "Helsinki-NLP/opus-mt-en-zz"] {
+        for name in names {
+            let key: &'static str = Box::leak(format!("{repo}/main/{name}").into_boxed_str());
+            files.push((key, std::fs::read(fixture.join(name)).unwrap()));
+        }
+    }
+    let (endpoint, _hub) = start_hub(files, &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::at(tmp.path().join("home"));
+    cfg.hub_endpoint = Some(endpoint);
+    cfg.allow_mirror = false;
+    cfg.hub_timeout = Duration::from_secs(5);
+    let store = Arc::new(ModelStore::open(cfg).unwrap());
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
+            .unwrap();
+    let defaults = reference["generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "checkpoint_defaults")
+        .unwrap()
+        .clone();
+    let source = reference["forward"]["sources"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let want = defaults["text"][0].as_str().unwrap().to_string();
+    for id in ["opus-mt-en-hi", "Helsinki-NLP/opus-mt-en-zz"] {
+        let loader = StoreLoader::open(Arc::clone(&store), true, false);
+        let (source, id) = (source.clone(), id.to_string());
+        let (info, text) = tokio::task::spawn_blocking(move || {
+            let mut model = loader.load(&id).expect("loads from the hub");
+            let out = model.generate(&[GenerationRequest::source(source)], &mut |_, _| {
+                Flow::Continue
+            });
+            (
+                model.info().clone(),
+                out.into_iter().next().unwrap().unwrap().text,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(info.family, "marian");
+        assert_eq!(info.target_languages, vec!["hi".to_string()], "{}", info.id);
+        assert_eq!(text, want, "{}", info.id);
+    }
+}

@@ -27,6 +27,7 @@ impl FakeBackend {
     pub fn new(id: &str) -> Self {
         Self {
             info: ModelInfo {
+                kind: crate::backend::ModelKind::Chat,
                 id: id.to_string(),
                 revision: "fake".into(),
                 family: "fake".into(),

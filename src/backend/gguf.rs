@@ -167,6 +167,7 @@ impl GgufModel {
             tokenizer: Arc::new(tokenizer),
             template,
             info: ModelInfo {
+                kind: crate::backend::ModelKind::Chat,
                 id,
                 revision: opts.revision.unwrap_or_else(|| "local".into()),
                 family: family.to_string(),

@@ -94,10 +94,30 @@ impl Default for GenerationParams {
 /// One generation request: a chat prompt and how to answer it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct GenerationRequest {
-    /// The chat prompt; rendered with the model's own chat template.
+    /// The chat prompt; rendered with the model's own chat template. For a
+    /// [`ModelKind::Translator`], one user message holding the source text.
     pub messages: Vec<ChatMessage>,
-    /// How to generate.
+    /// How to generate (a translator uses its checkpoint's own settings).
     pub params: GenerationParams,
+}
+
+impl GenerationRequest {
+    /// A request for a [`ModelKind::Translator`]: the source text alone.
+    pub fn source(text: impl Into<String>) -> Self {
+        Self {
+            messages: vec![ChatMessage::user(text)],
+            params: GenerationParams::default(),
+        }
+    }
+
+    /// The source text of a translator request (the last user message).
+    pub fn source_text(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map_or("", |m| m.content.as_str())
+    }
 }
 
 /// Why generation ended.
@@ -136,9 +156,24 @@ pub enum Flow {
     Stop,
 }
 
+/// How a model is asked for text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A chat model: requests are prompts, rendered with its chat template.
+    #[default]
+    Chat,
+    /// A dedicated translation model (Marian): each request holds the source
+    /// text alone, as its one user message; it translates into its target
+    /// language, with its own generation settings.
+    Translator,
+}
+
 /// What a loaded model is.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ModelInfo {
+    /// How it is asked for text.
+    pub kind: ModelKind,
     /// Manifest id (or the path / repo it was named by).
     pub id: String,
     /// Revision of the weights (hub revision, or `local`).

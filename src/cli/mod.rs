@@ -276,7 +276,19 @@ fn job_options(a: &JobArgs) -> TaskOptions {
     }
 }
 
-fn routing(config: &Config, model: Option<&str>) -> Routing {
+/// Dedicated translators (Marian manifests) whose files are all present:
+/// they translate before the LLM does, for the languages they write.
+fn present_translators(store: &ModelStore) -> Vec<String> {
+    store
+        .manifests()
+        .iter()
+        .filter(|m| m.family == crate::store::ModelFamily::Marian)
+        .filter(|m| store.status(&ModelSpec::from_manifest(m)).is_ready())
+        .map(|m| m.id.clone())
+        .collect()
+}
+
+fn routing(config: &Config, model: Option<&str>, store: &ModelStore) -> Routing {
     let default = model
         .map(str::to_string)
         .or_else(|| config.model.clone())
@@ -287,9 +299,17 @@ fn routing(config: &Config, model: Option<&str>) -> Routing {
         Some(_) => (None, None),
         None => (config.summarizer.clone(), config.translator.clone()),
     };
+    let dedicated = match model {
+        Some(_) => Vec::new(),
+        None => present_translators(store),
+    };
     Routing {
         summarizers: summarizer.into_iter().chain([default.clone()]).collect(),
-        translators: translator.into_iter().chain([default]).collect(),
+        translators: translator
+            .into_iter()
+            .chain(dedicated)
+            .chain([default])
+            .collect(),
     }
 }
 
@@ -308,7 +328,7 @@ fn run_job(
             return Ok(EXIT_USAGE);
         }
     };
-    let routing = routing(config, job.model.as_deref());
+    let routing = routing(config, job.model.as_deref(), &store);
     let loader = Arc::new(StoreLoader::open(store, true, job.cuda));
     let engine = Engine::new(loader, routing);
     if let Err(e) = engine.load_routed() {
@@ -557,7 +577,7 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
         .or_else(|| config.server.addr.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()?;
-    let routing = routing(config, a.model.as_deref());
+    let routing = routing(config, a.model.as_deref(), &store);
     let configured: Vec<String> = routing
         .summarizers
         .iter()

@@ -12,7 +12,7 @@ use super::{
     budget, generate_all, prompt, CancelToken, ModelRouter, ModelUsed, PreparedArticle, Progress,
     ProgressFn, TaskError, TaskOptions, TextModel, TokenStats, Translation, TranslationSource,
 };
-use crate::backend::{FinishReason, GenerationParams, GenerationRequest};
+use crate::backend::{FinishReason, GenerationParams, GenerationRequest, ModelKind};
 
 /// Steps [`translate_texts`] will report for these inputs (title and paragraphs).
 pub fn steps(title: Option<&str>, paragraphs: &[String]) -> usize {
@@ -83,6 +83,9 @@ pub fn translate_texts(
     steps: &StepCounter<'_>,
 ) -> Result<Translation, TaskError> {
     let model = models.translator(input.language)?;
+    if model.info().kind == ModelKind::Translator {
+        return translate_sentences(model.as_ref(), input, cancel, steps);
+    }
     let mut tokens = TokenStats::default();
     let mut loop_detected = false;
     let mut hit_limit = false;
@@ -152,6 +155,163 @@ pub fn translate_texts(
         tokens,
         flags,
     })
+}
+
+/// Translation by a dedicated translator (Marian): every paragraph split into
+/// sentences, a sentence longer than the model's input limit split at clause
+/// boundaries (then words), the pieces of a paragraph translated as one
+/// batch, and their translations joined back into the paragraph.
+fn translate_sentences(
+    model: &dyn TextModel,
+    input: &TranslationInput<'_>,
+    cancel: &CancelToken,
+    steps: &StepCounter<'_>,
+) -> Result<Translation, TaskError> {
+    let limit = model.info().context_length;
+    let mut tokens = TokenStats::default();
+    let mut hit_limit = false;
+    let mut done = steps.offset;
+    let mut translate_one = |text: &str| -> Result<String, TaskError> {
+        let mut pieces = Vec::new();
+        for sentence in split_sentences(text) {
+            pieces.extend(split_to_fit(&sentence, &mut |t| {
+                Ok(model.count_tokens(t)? <= limit)
+            })?);
+        }
+        let requests = pieces.iter().map(GenerationRequest::source).collect();
+        let out = generate_all(model, requests, cancel)?;
+        let mut parts = Vec::with_capacity(out.len());
+        for g in &out {
+            tokens.add(g);
+            hit_limit |= g.finish == FinishReason::Length;
+            let t = one_paragraph(&g.text);
+            if !t.is_empty() {
+                parts.push(t);
+            }
+        }
+        done += 1;
+        (steps.progress)(Progress {
+            done,
+            total: steps.total,
+        });
+        Ok(parts.join(" "))
+    };
+    let title = match input.title {
+        Some(t) => Some(translate_one(t)?),
+        None => None,
+    };
+    let mut paragraphs = Vec::with_capacity(input.paragraphs.len());
+    for p in input.paragraphs {
+        paragraphs.push(translate_one(p)?);
+    }
+    let text = paragraphs.join("\n\n");
+    let source = input.paragraphs.join("\n\n");
+    let flags = quality::assess(
+        &QualityInput {
+            source: &source,
+            output: &text,
+            target_language: input.language,
+            kind: OutputKind::Translation,
+            loop_detected: false,
+            hit_token_limit: hit_limit,
+        },
+        &QualityThresholds::default(),
+    );
+    Ok(Translation {
+        language: input.language.to_string(),
+        source: input.source,
+        title,
+        paragraphs,
+        text,
+        model: ModelUsed::from(model.info()),
+        // The translator runs its checkpoint's own generation settings;
+        // these record that no sampling was involved.
+        params: GenerationParams {
+            temperature: 0.0,
+            repetition_penalty: 1.0,
+            loop_guard: false,
+            ..GenerationParams::default()
+        },
+        tokens,
+        flags,
+    })
+}
+
+/// Characters per piece when a single word is longer than the model's input
+/// limit (a few tokens per character at most).
+const WORD_PIECE_CHARS: usize = 64;
+
+/// `sentence` as it is when it fits, else split into consecutive pieces that
+/// fit: at clause boundaries (after `,` `;` `:`, before a dash), then at
+/// words, then (a word alone too long) every [`WORD_PIECE_CHARS`]
+/// characters. Nothing is dropped: the pieces joined with spaces are the
+/// sentence's words joined with spaces.
+pub fn split_to_fit(
+    sentence: &str,
+    fits: &mut dyn FnMut(&str) -> Result<bool, TaskError>,
+) -> Result<Vec<String>, TaskError> {
+    if fits(sentence)? {
+        return Ok(vec![sentence.to_string()]);
+    }
+    let mut clauses: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for word in sentence.split_whitespace() {
+        if matches!(word, "—" | "–" | "-") && !current.is_empty() {
+            clauses.push(current.join(" "));
+            current.clear();
+        }
+        current.push(word);
+        if word.ends_with([',', ';', ':']) {
+            clauses.push(current.join(" "));
+            current.clear();
+        }
+    }
+    if !current.is_empty() {
+        clauses.push(current.join(" "));
+    }
+    let mut out = Vec::new();
+    let mut piece = String::new();
+    let join = |a: &str, b: &str| {
+        if a.is_empty() {
+            b.to_string()
+        } else {
+            format!("{a} {b}")
+        }
+    };
+    let mut add =
+        |unit: &str, piece: &mut String, out: &mut Vec<String>| -> Result<bool, TaskError> {
+            let candidate = join(piece, unit);
+            if fits(&candidate)? {
+                *piece = candidate;
+                return Ok(true);
+            }
+            if !piece.is_empty() {
+                out.push(std::mem::take(piece));
+            }
+            if fits(unit)? {
+                *piece = unit.to_string();
+                return Ok(true);
+            }
+            Ok(false)
+        };
+    for clause in &clauses {
+        if add(clause, &mut piece, &mut out)? {
+            continue;
+        }
+        for word in clause.split_whitespace() {
+            if add(word, &mut piece, &mut out)? {
+                continue;
+            }
+            let chars: Vec<char> = word.chars().collect();
+            for chunk in chars.chunks(WORD_PIECE_CHARS) {
+                out.push(chunk.iter().collect());
+            }
+        }
+    }
+    if !piece.is_empty() {
+        out.push(piece);
+    }
+    Ok(out)
 }
 
 fn params_for(
@@ -241,6 +401,50 @@ pub fn one_paragraph(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use proptest::prelude::*;
+
+    fn words_fit(max: usize) -> impl FnMut(&str) -> Result<bool, TaskError> {
+        move |t: &str| Ok(t.split_whitespace().count() <= max && t.chars().count() <= 200)
+    }
+
+    #[test]
+    fn long_sentences_split_at_clauses_first() {
+        let s = "The ministers met in Delhi, talked for hours; they agreed on trade — and on little else.";
+        assert_eq!(split_to_fit(s, &mut words_fit(100)).unwrap(), vec![s]);
+        assert_eq!(
+            split_to_fit(s, &mut words_fit(8)).unwrap(),
+            vec![
+                "The ministers met in Delhi, talked for hours;",
+                "they agreed on trade",
+                "— and on little else."
+            ]
+        );
+        assert_eq!(
+            split_to_fit("one two three four five", &mut words_fit(2)).unwrap(),
+            vec!["one two", "three four", "five"]
+        );
+    }
+
+    proptest! {
+        /// Pieces fit, and together they are the sentence: nothing dropped.
+        #[test]
+        fn pieces_fit_and_join_back(
+            words in proptest::collection::vec("[a-zа-я,;:—]{1,12}|[a-z]{150,300}", 1..60),
+            max in 1usize..12,
+        ) {
+            let sentence = words.join(" ");
+            let mut fits = words_fit(max);
+            let pieces = split_to_fit(&sentence, &mut fits).unwrap();
+            for p in &pieces {
+                prop_assert!(fits(p).unwrap(), "{p:?} does not fit");
+            }
+            let joined: String = pieces.concat();
+            let original: String = sentence.split_whitespace().collect();
+            let joined_nows: String = joined.split_whitespace().collect();
+            prop_assert_eq!(joined_nows, original);
+        }
+    }
 
     #[test]
     fn one_paragraph_joins_lines() {

@@ -11,6 +11,7 @@
 //! changes nothing in the others' results.
 
 pub mod marian;
+pub mod translator;
 
 use serde::Deserialize;
 
