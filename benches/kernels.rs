@@ -5,8 +5,10 @@
 //! cycling through 256 MiB so they come from memory) and a
 //! prefill-shaped one (64 tokens; compute bound, reported as elements per
 //! second where one element is one flop, so `Gelem/s` reads GFLOP/s), on an
-//! 8960 × 1536 matrix (Qwen2.5-1.5B's FFN gate / up). The scalar reference
-//! runs once for comparison.
+//! 8960 × 1536 matrix (Qwen2.5-1.5B's FFN gate / up; Q4_K and Q6_K also on
+//! its 1536 × 8960 FFN down, whose long rows do not let a few tokens'
+//! activations stay in the L1 cache). The scalar reference runs once for
+//! comparison.
 //!
 //! Runs on a rayon pool that the main thread belongs to, so a product's
 //! parallel region starts from a worker thread; `overhead/*` measures a tiny
@@ -124,6 +126,18 @@ fn products(c: &mut Criterion) {
         acts.quantize(&xn, PREFILL, COLS, qt);
         let mut out = vec![0.0; ROWS * PREFILL];
         prefill.bench_function(BenchmarkId::new(qt.name(), "8960x1536"), |b| {
+            b.iter(|| kernels::matmul(&w, &acts, &mut out))
+        });
+    }
+    // The FFN down projection.
+    let xd = input(PREFILL, ROWS);
+    for qt in [QType::Q4_K, QType::Q6_K] {
+        let data = weights(qt, COLS, ROWS);
+        let w = QMatrix::new(qt, COLS, ROWS, &data).unwrap();
+        let mut acts = Activations::new();
+        acts.quantize(&xd, PREFILL, ROWS, qt);
+        let mut out = vec![0.0; COLS * PREFILL];
+        prefill.bench_function(BenchmarkId::new(qt.name(), "1536x8960"), |b| {
             b.iter(|| kernels::matmul(&w, &acts, &mut out))
         });
     }

@@ -243,7 +243,7 @@ const WORD_PIECE_CHARS: usize = 64;
 
 /// `sentence` as it is when it fits, else split into consecutive pieces that
 /// fit: at clause boundaries (after `,` `;` `:`, before a dash), then at
-/// words, then (a word alone too long) every [`WORD_PIECE_CHARS`]
+/// words, then (a word alone too long) every `WORD_PIECE_CHARS` (64)
 /// characters. Nothing is dropped: the pieces joined with spaces are the
 /// sentence's words joined with spaces.
 pub fn split_to_fit(

@@ -879,3 +879,71 @@ fn f16_scales_convert_exactly() {
         );
     }
 }
+
+/// The k-quant kernels' integer sums at their extremes: every quant at its
+/// smallest or largest (Q6_K: -32 or 31 once offset), scales of the largest
+/// magnitude, against activations all -128 (which quantization never
+/// makes, but the byte products must not saturate even then), all 127, or
+/// alternating. Block counts odd and even, token counts over 8.
+#[test]
+fn extreme_k_quants_do_not_saturate() {
+    for qt in [QType::Q4_K, QType::Q5_K, QType::Q6_K] {
+        for fill in [0xffu8, 0x00] {
+            for blocks in [1, 2, 3] {
+                let cols = QK_K * blocks;
+                let rows = 2;
+                let mut data = vec![fill; rows * qt.row_bytes(cols)];
+                for b in data.chunks_exact_mut(qt.block_bytes()) {
+                    if qt == QType::Q6_K {
+                        b[192..208].fill(if fill == 0 { 0x80 } else { 0x7f });
+                        put_f16(b, 208, 1e-3);
+                    } else {
+                        put_f16(b, 0, 1e-3);
+                        put_f16(b, 2, 1e-3);
+                        b[4..16].fill(0xff);
+                    }
+                }
+                let w = QMatrix::new(qt, rows, cols, &data).unwrap();
+                for pattern in 0..3 {
+                    let n = 9;
+                    let mut x = Activations::new();
+                    x.quantize(&vec![1.0; n * cols], n, cols, qt);
+                    let q = lines_as_bytes_mut(&mut x.qs);
+                    for (c, v) in q[..n * cols].iter_mut().enumerate() {
+                        *v = match pattern {
+                            0 => -128,
+                            1 => 127,
+                            _ if c % 2 == 0 => -128,
+                            _ => 127,
+                        };
+                    }
+                    // The sums the kernels read, as quantization would
+                    // have made them from these quants.
+                    for (b, block) in q[..n * cols].chunks_exact(QK_K).enumerate() {
+                        let ks = &mut x.ksums[KSUMS * b..KSUMS * (b + 1)];
+                        for k in 0..16 {
+                            ks[k] = block[16 * k..16 * k + 16].iter().map(|&v| v as i16).sum();
+                        }
+                        for j in 0..8 {
+                            ks[16 + j] = ks[2 * j] + ks[2 * j + 1];
+                            x.kmins[8 * b + j] = x.d[b] * ks[16 + j] as f32;
+                        }
+                    }
+                    let mut want = vec![0.0; n * rows];
+                    matmul_reference(&w, &x, &mut want);
+                    for (level, narrow) in levels() {
+                        let mut got = vec![f32::NAN; n * rows];
+                        narrow_kernels(narrow, || matmul_at(level, &w, &x, &mut got));
+                        for (g, e) in got.iter().zip(&want) {
+                            assert!(
+                                (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                                "{qt} fill {fill:#x} blocks {blocks} pattern {pattern} at \
+                                 {level:?} (narrow: {narrow}): {g} vs scalar {e}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

@@ -842,73 +842,211 @@ unsafe fn halves_epi16(a: i16, b: i16) -> __m512i {
     _mm512_inserti64x4::<1>(_mm512_set1_epi16(a), _mm256_set1_epi16(b))
 }
 
-/// Q4_K and Q5_K (`Q5`) against Q8_K activations, 64 values (two
-/// sub-blocks) per 512-bit vector; otherwise as [`dot_k4`]. With one or two
-/// tokens, the integer sums run in two chains (exact) to overlap latencies.
+/// Where the i16 lanes of `vpackssdw(p, q)` come from, for two products
+/// `p` and `q` of `vpdpbusd` (i32 lane `k` of each the sum of the products
+/// of bytes `4k..4k + 4`): the 16-byte group (`0..4` of `p`, `4..8` of
+/// `q`) that i16 lane `i` sums.
+///
+/// `vpackssdw` works per 128-bit lane `l`: i16 lanes `8l..8l + 4` are
+/// `p`'s i32 lanes `4l..4l + 4`, lanes `8l + 4..8l + 8` are `q`'s. So each
+/// adjacent pair of i16 lanes, which one `vpdpwssd` multiplies by one pair
+/// of scales and adds into one i32 lane, sums one 16-byte group of values.
+const fn packs_groups() -> [i16; 32] {
+    let mut g = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        g[i] = (i / 8) as i16 + if i % 8 < 4 { 0 } else { 4 };
+        i += 1;
+    }
+    g
+}
+
+/// For Q4_K / Q5_K chunk `c` (64 values) of two blocks A and B packed
+/// together (A's products `p`, B's `q`), the scale of each i16 lane as an
+/// index into A's 8 scales (i16 lanes 0..8) and B's (8..16): a chunk's
+/// 16-byte groups 0 and 1 are sub-block `2c`, groups 2 and 3 sub-block
+/// `2c + 1` ([`k4_chunk`]). `2c` is added at run time.
+static K4_PAIR_SCALES: [i16; 32] = {
+    let groups = packs_groups();
+    let mut s = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        s[i] = (groups[i] / 4) * 8 + (groups[i] % 4) / 2;
+        i += 1;
+    }
+    s
+};
+
+/// The 64 quants of chunk `c` (sub-blocks `2c` and `2c + 1`) of the Q4_K /
+/// Q5_K block at `b`, as bytes: the low nibbles in bytes 0..32, the high
+/// ones in 32..64; for Q5_K with their fifth bits from `hb`, which then
+/// moves on to the next chunk's (16-bit shifts never carry a neighbour's
+/// bit into the bits read).
+#[inline(always)]
+unsafe fn k4_chunk<const Q5: bool>(b: *const u8, c: usize, hb: &mut __m512i) -> __m512i {
+    let raw = load(b.add(if Q5 { 48 } else { 16 } + 32 * c));
+    let both = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(raw), _mm256_srli_epi16::<4>(raw));
+    let mut q = _mm512_and_si512(both, _mm512_set1_epi8(0x0f));
+    if Q5 {
+        q = _mm512_or_si512(
+            q,
+            _mm512_and_si512(_mm512_slli_epi16::<4>(*hb), _mm512_set1_epi8(0x10)),
+        );
+        *hb = _mm512_srli_epi16::<2>(*hb);
+    }
+    q
+}
+
+/// Q5_K's fifth bits of the block at `b`, for [`k4_chunk`]: the low half
+/// for the low nibbles (bit 2c of each byte), the high half for the high
+/// ones (bit 2c + 1).
+#[inline(always)]
+unsafe fn k5_high(b: *const u8) -> __m512i {
+    let h = load(b.add(16));
+    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h), _mm256_srli_epi16::<1>(h))
+}
+
+/// Q4_K and Q5_K (`Q5`) against Q8_K activations, 512-bit, two blocks (A
+/// and B) at a time; otherwise as [`dot_k4`].
+///
+/// Per 64 values (one chunk: two sub-blocks), `vpdpbusd` of the quants with
+/// the activations from zero: each i32 lane is the sum of 4 products of one
+/// sub-block, at most `4 · 31 · 128 < 2^15` in magnitude. So A's and B's
+/// products of the same chunk pack into i16 lanes (`vpackssdw`, which then
+/// never saturates), each adjacent pair of lanes from one sub-block of one
+/// block ([`packs_groups`]), and one `vpdpwssd` with the matching 6-bit
+/// scales ([`K4_PAIR_SCALES`]) adds them into the i32 sums: 3 multiply-adds
+/// per 128 values where `vpmaddubsw` + `vpdpwssd` take 4. The sums then
+/// hold block A in lanes `4l, 4l + 1` and B in lanes `4l + 2, 4l + 3` of
+/// each 128-bit lane `l`, so the float work (× `d · d_a`, the minimums)
+/// runs once per pair. An odd last block runs alone (B's lanes zero). With
+/// one or two tokens, the integer sums run in two chains (exact) to
+/// overlap latencies.
 #[inline(always)]
 unsafe fn dot_k4_512<const T: usize, const Q5: bool>(w: &[u8], a: &ActPtrs, t0: usize) -> [f32; T] {
     let bb = if Q5 { 176 } else { 144 };
     let nb = w.len() / bb;
     debug_assert!(nb == a.blocks);
+    let mut acc = [_mm512_setzero_ps(); T];
+    let mut i = 0;
+    while i + 2 <= nb {
+        k4_pair::<T, Q5, false>(w, a, t0, i, &mut acc);
+        i += 2;
+    }
+    if i < nb {
+        k4_pair::<T, Q5, true>(w, a, t0, i, &mut acc);
+    }
+    each(0.0, |t| hsum512(acc[t]))
+}
+
+/// Blocks `i` and `i + 1` (only `i` if `SINGLE`) of [`dot_k4_512`], added
+/// into `acc`.
+#[inline(always)]
+unsafe fn k4_pair<const T: usize, const Q5: bool, const SINGLE: bool>(
+    w: &[u8],
+    a: &ActPtrs,
+    t0: usize,
+    i: usize,
+    acc: &mut [__m512; T],
+) {
+    let bb = if Q5 { 176 } else { 144 };
+    debug_assert!((i + if SINGLE { 1 } else { 2 }) * bb <= w.len());
     let qs: [*const i8; T] = rows(a.qs, a.qs_stride, t0);
     let ds: [*const f32; T] = rows(a.d, a.blocks, t0);
     let km: [*const f32; T] = rows(a.kmins, 8 * a.blocks, t0);
-    let m4 = _mm512_set1_epi8(0x0f);
-    let bit4 = _mm512_set1_epi8(0x10);
-    let mut acc = [_mm512_setzero_ps(); T];
-    for i in 0..nb {
-        // In bounds: the row holds `nb` blocks of `bb` bytes.
-        let b = w.as_ptr().add(i * bb);
-        let scales = f16x2_at(b);
-        let d = _mm512_broadcastss_ps(scales);
-        let (sc, mins) = k4_scales(b.add(4));
-        let mins = _mm256_mul_ps(
-            _mm256_broadcastss_ps(_mm_movehdup_ps(scales)),
-            _mm256_cvtepi32_ps(_mm256_cvtepi16_epi32(mins)),
-        );
-        let mins = _mm512_zextps256_ps512(mins);
-        let sc = _mm512_castsi128_si512(sc);
-        let q4 = b.add(if Q5 { 48 } else { 16 });
-        // Fifth bits: low half for the low nibbles (bit 2c), high half for
-        // the high ones (bit 2c + 1); shifted by 2 per chunk.
-        let mut hb = if Q5 {
-            let h = load(b.add(16));
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(h), _mm256_srli_epi16::<1>(h))
-        } else {
+    // In bounds: the row holds block i, and unless SINGLE block i + 1 (B is
+    // not read otherwise).
+    let ba = w.as_ptr().add(i * bb);
+    let bx = ba.wrapping_add(bb);
+    // d and dmin of A, and of B (zero if SINGLE).
+    let dm_a = f16x2_at(ba);
+    let dm_b = if SINGLE {
+        _mm_setzero_ps()
+    } else {
+        f16x2_at(bx)
+    };
+    let (sc_a, m_a) = k4_scales(ba.add(4));
+    let (sc_b, m_b) = if SINGLE {
+        (_mm_setzero_si128(), _mm_setzero_si128())
+    } else {
+        k4_scales(bx.add(4))
+    };
+    // [dA, dA, dB, dB] in each 128-bit lane, as the i32 sums.
+    let d = _mm512_broadcast_f32x4(_mm_permute_ps::<0x50>(_mm_unpacklo_ps(dm_a, dm_b)));
+    // dmin · m per sub-block: A's 8 in lanes 0..8, B's in 8..16, as the
+    // activations' float sums of blocks i and i + 1 lie.
+    let dmin = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+        _mm512_castps_pd(_mm512_broadcastss_ps(_mm_movehdup_ps(dm_a))),
+        _mm256_castps_pd(_mm256_broadcastss_ps(_mm_movehdup_ps(dm_b))),
+    ));
+    let mins = _mm512_mul_ps(
+        dmin,
+        _mm512_cvtepi32_ps(_mm512_cvtepi16_epi32(_mm256_set_m128i(m_b, m_a))),
+    );
+    let sc = _mm512_castsi256_si512(_mm256_set_m128i(sc_b, sc_a));
+    let pair_scales = _mm512_loadu_si512(K4_PAIR_SCALES.as_ptr().cast());
+    let mut hb_a = if Q5 {
+        k5_high(ba)
+    } else {
+        _mm512_setzero_si512()
+    };
+    let mut hb_b = if Q5 && !SINGLE {
+        k5_high(bx)
+    } else {
+        _mm512_setzero_si512()
+    };
+    let mut isum = [[_mm512_setzero_si512(); T]; 2];
+    for c in 0..4 {
+        let q_a = k4_chunk::<Q5>(ba, c, &mut hb_a);
+        let q_b = if SINGLE {
             _mm512_setzero_si512()
+        } else {
+            k4_chunk::<Q5>(bx, c, &mut hb_b)
         };
-        let mut isum = [[_mm512_setzero_si512(); T]; 2];
-        for c in 0..4 {
-            let raw = load(q4.add(32 * c));
-            let both =
-                _mm512_inserti64x4::<1>(_mm512_castsi256_si512(raw), _mm256_srli_epi16::<4>(raw));
-            let mut q = _mm512_and_si512(both, m4);
-            if Q5 {
-                q = _mm512_or_si512(q, _mm512_and_si512(_mm512_slli_epi16::<4>(hb), bit4));
-                hb = _mm512_srli_epi16::<2>(hb);
-            }
-            let j = 2 * c as i16;
-            let s = _mm512_permutexvar_epi16(halves_epi16(j, j + 1), sc);
-            let chain = if T <= 2 { c % 2 } else { 0 };
-            for t in 0..T {
-                // In bounds: activation rows hold `nb` blocks.
-                let x = _mm512_loadu_si512(qs[t].add(QK_K * i + 64 * c).cast());
-                isum[chain][t] = _mm512_dpwssd_epi32(isum[chain][t], _mm512_maddubs_epi16(q, x), s);
-            }
-        }
+        let s = _mm512_permutexvar_epi16(
+            _mm512_add_epi16(pair_scales, _mm512_set1_epi16(2 * c as i16)),
+            sc,
+        );
+        let chain = if T <= 2 { c % 2 } else { 0 };
         for t in 0..T {
-            let isum = if T <= 2 {
-                _mm512_add_epi32(isum[0][t], isum[1][t])
+            // In bounds: activation rows hold as many blocks as the row.
+            let x = qs[t].add(QK_K * i + 64 * c);
+            let p_a =
+                _mm512_dpbusd_epi32(_mm512_setzero_si512(), q_a, _mm512_loadu_si512(x.cast()));
+            let p_b = if SINGLE {
+                _mm512_setzero_si512()
             } else {
-                isum[0][t]
+                _mm512_dpbusd_epi32(
+                    _mm512_setzero_si512(),
+                    q_b,
+                    _mm512_loadu_si512(x.add(QK_K).cast()),
+                )
             };
-            let da = _mm512_set1_ps(*ds[t].add(i));
-            let m = _mm512_zextps256_ps512(_mm256_loadu_ps(km[t].add(8 * i)));
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(isum), acc[t]);
-            acc[t] = _mm512_fnmadd_ps(mins, m, acc[t]);
+            isum[chain][t] = _mm512_dpwssd_epi32(isum[chain][t], _mm512_packs_epi32(p_a, p_b), s);
         }
     }
-    each(0.0, |t| hsum512(acc[t]))
+    for t in 0..T {
+        let isum = if T <= 2 {
+            _mm512_add_epi32(isum[0][t], isum[1][t])
+        } else {
+            isum[0][t]
+        };
+        // In bounds: the activations' scales and float sums of block i and
+        // (unless SINGLE) i + 1.
+        let (da, m) = if SINGLE {
+            (
+                _mm512_set1_ps(*ds[t].add(i)),
+                _mm512_zextps256_ps512(_mm256_loadu_ps(km[t].add(8 * i))),
+            )
+        } else {
+            (
+                _mm512_permute_ps::<0x50>(pair_f32(ds[t].add(i))),
+                _mm512_loadu_ps(km[t].add(8 * i)),
+            )
+        };
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(isum), acc[t]);
+        acc[t] = _mm512_fnmadd_ps(mins, m, acc[t]);
+    }
 }
 
 /// Q6_K against Q8_K activations.
@@ -990,85 +1128,164 @@ unsafe fn dot_q6k<I: Isa, const T: usize>(w: &[u8], a: &ActPtrs, t0: usize) -> [
     each(0.0, |t| hsum(acc[t]))
 }
 
-/// i16 lane indices for four groups of 8 lanes: `g, g + 1, g + 2, g + 3`.
-#[inline(always)]
-unsafe fn quarters_epi16(g: i16) -> __m512i {
-    let lo = _mm256_inserti128_si256::<1>(_mm256_set1_epi16(g), _mm_set1_epi16(g + 1));
-    let hi = _mm256_inserti128_si256::<1>(_mm256_set1_epi16(g + 2), _mm_set1_epi16(g + 3));
-    _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi)
-}
+/// For Q6_K chunk `k` (64 values: sub-blocks `4k..4k + 4`, one per 16-byte
+/// group) of two blocks A and B packed together (A's products `p`, B's
+/// `q`), the scale of each i16 lane as an index into A's 16 scales (i16
+/// lanes 0..16) and B's (16..32). `4k` is added at run time.
+static Q6K_PAIR_SCALES: [i16; 32] = {
+    let groups = packs_groups();
+    let mut s = [0i16; 32];
+    let mut i = 0;
+    while i < 32 {
+        s[i] = (groups[i] / 4) * 16 + groups[i] % 4;
+        i += 1;
+    }
+    s
+};
 
-/// Q6_K against Q8_K activations, 64 values per 512-bit vector; otherwise
-/// as [`dot_q6k`]. With one or two tokens, the integer sums run in two
-/// chains (exact).
+/// The 128 quants `128h..128h + 128` of the Q6_K block at `b` as bytes
+/// (0..64): values `128h..128h + 64` (sub-blocks `8h..8h + 4`), then the
+/// next 64.
 #[inline(always)]
-unsafe fn dot_q6k_512<const T: usize>(w: &[u8], a: &ActPtrs, t0: usize) -> [f32; T] {
-    let nb = w.len() / 210;
-    debug_assert!(nb == a.blocks);
-    let qs: [*const i8; T] = rows(a.qs, a.qs_stride, t0);
-    let ds: [*const f32; T] = rows(a.d, a.blocks, t0);
-    let ks: [*const i16; T] = rows(a.ksums, KSUMS * a.blocks, t0);
+unsafe fn q6k_half(b: *const u8, h: usize) -> [__m512i; 2] {
     let m4 = _mm512_set1_epi8(0x0f);
     let m30 = _mm512_set1_epi8(0x30);
     // Per 256-bit half: where qh's bit pairs go for the low nibbles (bits
     // 0-1 then 2-3 to bits 4-5) and for the high ones (bits 4-5, 6-7).
     let shift_lo = halves_epi16(4, 2);
     let shift_hi = halves_epi16(0, 2);
+    let ql = _mm512_loadu_si512(b.add(64 * h).cast());
+    let hb = _mm512_broadcast_i64x4(load(b.add(128 + 32 * h)));
+    [
+        _mm512_or_si512(
+            _mm512_and_si512(ql, m4),
+            _mm512_and_si512(_mm512_sllv_epi16(hb, shift_lo), m30),
+        ),
+        _mm512_or_si512(
+            _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
+            _mm512_and_si512(_mm512_srlv_epi16(hb, shift_hi), m30),
+        ),
+    ]
+}
+
+/// Q6_K against Q8_K activations, 512-bit, two blocks (A and B) at a time;
+/// otherwise as [`dot_q6k`].
+///
+/// As [`dot_k4_512`], with the signed quants `q - 32` (-32..32) as
+/// `vpdpbusd`'s signed operand and the activations plus 128 (`a ^ 0x80`,
+/// 1..256) as its unsigned one. The 128s add `128 · Σ (q - 32)` per 4
+/// values, which depends on the weights only: each product starts from
+/// minus that (one `vpdpbusd` of `q` with -128 from 16384, per 64 weights),
+/// so its i32 lanes are exactly `Σ a · (q - 32)` over 4 values of one
+/// 16-value sub-block, at most `4 · 128 · 32 = 2^14` in magnitude. A's and
+/// B's then pack into i16 lanes, and one `vpdpwssd` with their i8 scales
+/// ([`Q6K_PAIR_SCALES`]) adds them; the float work runs once per pair. No
+/// activation sums are read (the -32 offset is in the quants). With one or
+/// two tokens, the integer sums run in two chains (exact).
+#[inline(always)]
+unsafe fn dot_q6k_512<const T: usize>(w: &[u8], a: &ActPtrs, t0: usize) -> [f32; T] {
+    let nb = w.len() / 210;
+    debug_assert!(nb == a.blocks);
     let mut acc = [_mm512_setzero_ps(); T];
-    for i in 0..nb {
-        // In bounds: the row holds `nb` blocks of 210 bytes.
-        let b = w.as_ptr().add(i * 210);
-        let d = _mm512_set1_ps(f16_bits_to_f32(u16::from_le_bytes([
-            *b.add(208),
-            *b.add(209),
-        ])));
-        let sc = _mm256_cvtepi8_epi16(_mm_loadu_si128(b.add(192).cast()));
-        // -32 · sc fits i16 (|sc| ≤ 128).
-        let offset = _mm256_sub_epi16(_mm256_setzero_si256(), _mm256_slli_epi16::<5>(sc));
-        let sc = _mm512_castsi256_si512(sc);
-        let mut isum: [[__m512i; T]; 2] = [
-            each(_mm512_setzero_si512(), |t| {
-                let sums16 = _mm256_loadu_si256(ks[t].add(KSUMS * i).cast());
-                _mm512_zextsi256_si512(_mm256_dpwssd_epi32(_mm256_setzero_si256(), offset, sums16))
-            }),
-            [_mm512_setzero_si512(); T],
-        ];
-        for h in 0..2 {
-            let ql = _mm512_loadu_si512(b.add(64 * h).cast());
-            let hb = _mm512_broadcast_i64x4(load(b.add(128 + 32 * h)));
-            let lo = _mm512_or_si512(
-                _mm512_and_si512(ql, m4),
-                _mm512_and_si512(_mm512_sllv_epi16(hb, shift_lo), m30),
-            );
-            let hi = _mm512_or_si512(
-                _mm512_and_si512(_mm512_srli_epi16::<4>(ql), m4),
-                _mm512_and_si512(_mm512_srlv_epi16(hb, shift_hi), m30),
-            );
-            let g = 8 * h as i16;
-            let s_lo = _mm512_permutexvar_epi16(quarters_epi16(g), sc);
-            let s_hi = _mm512_permutexvar_epi16(quarters_epi16(g + 4), sc);
-            let chain = if T <= 2 { 1 } else { 0 };
-            for t in 0..T {
-                // In bounds: activation rows hold `nb` blocks.
-                let x = qs[t].add(QK_K * i + 128 * h);
-                let x_lo = _mm512_loadu_si512(x.cast());
-                let x_hi = _mm512_loadu_si512(x.add(64).cast());
-                isum[0][t] = _mm512_dpwssd_epi32(isum[0][t], _mm512_maddubs_epi16(lo, x_lo), s_lo);
-                isum[chain][t] =
-                    _mm512_dpwssd_epi32(isum[chain][t], _mm512_maddubs_epi16(hi, x_hi), s_hi);
-            }
-        }
-        for t in 0..T {
-            let isum = if T <= 2 {
-                _mm512_add_epi32(isum[0][t], isum[1][t])
-            } else {
-                isum[0][t]
-            };
-            let da = _mm512_set1_ps(*ds[t].add(i));
-            acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(isum), acc[t]);
-        }
+    let mut i = 0;
+    while i + 2 <= nb {
+        q6k_pair::<T, false>(w, a, t0, i, &mut acc);
+        i += 2;
+    }
+    if i < nb {
+        q6k_pair::<T, true>(w, a, t0, i, &mut acc);
     }
     each(0.0, |t| hsum512(acc[t]))
+}
+
+/// Blocks `i` and `i + 1` (only `i` if `SINGLE`) of [`dot_q6k_512`], added
+/// into `acc`.
+#[inline(always)]
+unsafe fn q6k_pair<const T: usize, const SINGLE: bool>(
+    w: &[u8],
+    a: &ActPtrs,
+    t0: usize,
+    i: usize,
+    acc: &mut [__m512; T],
+) {
+    debug_assert!((i + if SINGLE { 1 } else { 2 }) * 210 <= w.len());
+    let qs: [*const i8; T] = rows(a.qs, a.qs_stride, t0);
+    let ds: [*const f32; T] = rows(a.d, a.blocks, t0);
+    // In bounds: the row holds block i, and unless SINGLE block i + 1 (B is
+    // not read otherwise).
+    let ba = w.as_ptr().add(i * 210);
+    let bx = ba.wrapping_add(210);
+    let scale = |b: *const u8| f16_bits_to_f32(u16::from_le_bytes([*b.add(208), *b.add(209)]));
+    let d_a = scale(ba);
+    let d_b = if SINGLE { 0.0 } else { scale(bx) };
+    // [dA, dA, dB, dB] in each 128-bit lane, as the i32 sums.
+    let d = _mm512_broadcast_f32x4(_mm_setr_ps(d_a, d_a, d_b, d_b));
+    let sc_a = _mm256_cvtepi8_epi16(_mm_loadu_si128(ba.add(192).cast()));
+    let sc_b = if SINGLE {
+        _mm256_setzero_si256()
+    } else {
+        _mm256_cvtepi8_epi16(_mm_loadu_si128(bx.add(192).cast()))
+    };
+    let sc = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(sc_a), sc_b);
+    let pair_scales = _mm512_loadu_si512(Q6K_PAIR_SCALES.as_ptr().cast());
+    let x80 = _mm512_set1_epi8(-128);
+    let k32 = _mm512_set1_epi8(32);
+    // -128 · Σ (q - 32) per 4 values = 16384 - 128 · Σ q.
+    let start = |q: __m512i| _mm512_dpbusd_epi32(_mm512_set1_epi32(16384), q, x80);
+    let mut isum = [[_mm512_setzero_si512(); T]; 2];
+    for h in 0..2 {
+        let q_a = q6k_half(ba, h);
+        let q_b = if SINGLE {
+            [_mm512_setzero_si512(); 2]
+        } else {
+            q6k_half(bx, h)
+        };
+        for part in 0..2 {
+            let k = 2 * h + part;
+            let s = _mm512_permutexvar_epi16(
+                _mm512_add_epi16(pair_scales, _mm512_set1_epi16(4 * k as i16)),
+                sc,
+            );
+            let (from_a, w_a) = (start(q_a[part]), _mm512_sub_epi8(q_a[part], k32));
+            let (from_b, w_b) = (start(q_b[part]), _mm512_sub_epi8(q_b[part], k32));
+            let chain = if T <= 2 { part } else { 0 };
+            for t in 0..T {
+                // In bounds: activation rows hold as many blocks as the row.
+                let x = qs[t].add(QK_K * i + 64 * k);
+                let p_a = _mm512_dpbusd_epi32(
+                    from_a,
+                    _mm512_xor_si512(_mm512_loadu_si512(x.cast()), x80),
+                    w_a,
+                );
+                let p_b = if SINGLE {
+                    _mm512_setzero_si512()
+                } else {
+                    _mm512_dpbusd_epi32(
+                        from_b,
+                        _mm512_xor_si512(_mm512_loadu_si512(x.add(QK_K).cast()), x80),
+                        w_b,
+                    )
+                };
+                isum[chain][t] =
+                    _mm512_dpwssd_epi32(isum[chain][t], _mm512_packs_epi32(p_a, p_b), s);
+            }
+        }
+    }
+    for t in 0..T {
+        let isum = if T <= 2 {
+            _mm512_add_epi32(isum[0][t], isum[1][t])
+        } else {
+            isum[0][t]
+        };
+        // In bounds: the activations' scales of block i and (unless SINGLE)
+        // i + 1.
+        let da = if SINGLE {
+            _mm512_set1_ps(*ds[t].add(i))
+        } else {
+            _mm512_permute_ps::<0x50>(pair_f32(ds[t].add(i)))
+        };
+        acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, da), _mm512_cvtepi32_ps(isum), acc[t]);
+    }
 }
 
 /// F32 and F16 (`HALF`) weights against f32 activations: FMAs on two
@@ -1228,35 +1445,56 @@ unsafe fn emit<I: Isa, K: Kernel, const T: usize>(
     }
 }
 
+/// Weight bytes a block of rows may take in [`tiles`] (with 8 tokens of a
+/// short row's activations, well inside a 48 KiB L1 data cache).
+const ROW_BLOCK_BYTES: usize = 24 * 1024;
+
 /// A task's rows against all tokens: tiles of `task.tile` tokens stay in
-/// cache while each weight row (read once per tile) meets them, 8 (or 4)
-/// tokens per kernel call.
+/// the L2 cache while each weight row (read once per tile) meets them, 8
+/// (or 4) tokens per kernel call.
+///
+/// Within a tile, rows go in blocks of about [`ROW_BLOCK_BYTES`], each
+/// block against 8 tokens at a time: those tokens' activations are read
+/// from L2 once per block and then from L1 for its other rows, where one
+/// row at a time would read all the tile's activations from L2 for every
+/// row (the kernels' loads would wait on L2 bandwidth). Each (row, token)
+/// product is computed the same way whatever the block.
 #[inline(always)]
 unsafe fn tiles<I: Isa, K: Kernel>(task: &RowTask<'_>) {
     let a = task.x.ptrs();
     let n = a.rows;
+    let row_bytes = task.w.qtype.row_bytes(task.w.cols).max(1);
+    let block = (ROW_BLOCK_BYTES / row_bytes).max(1);
     let mut t0 = 0;
     while t0 < n {
         let t1 = (t0 + task.tile).min(n);
-        for r in task.r0..task.r1 {
-            let w = task.row(r);
+        let mut r0 = task.r0;
+        while r0 < task.r1 {
+            let r1 = (r0 + block).min(task.r1);
             let mut t = t0;
             while t < t1 {
                 let left = t1 - t;
-                if I::WIDE && left >= 8 {
-                    emit::<I, K, 8>(task, &a, w, r, t);
-                    t += 8;
+                let width = if I::WIDE && left >= 8 {
+                    8
                 } else if left >= 4 {
-                    emit::<I, K, 4>(task, &a, w, r, t);
-                    t += 4;
+                    4
                 } else if left >= 2 {
-                    emit::<I, K, 2>(task, &a, w, r, t);
-                    t += 2;
+                    2
                 } else {
-                    emit::<I, K, 1>(task, &a, w, r, t);
-                    t += 1;
+                    1
+                };
+                for r in r0..r1 {
+                    let w = task.row(r);
+                    match width {
+                        8 => emit::<I, K, 8>(task, &a, w, r, t),
+                        4 => emit::<I, K, 4>(task, &a, w, r, t),
+                        2 => emit::<I, K, 2>(task, &a, w, r, t),
+                        _ => emit::<I, K, 1>(task, &a, w, r, t),
+                    }
                 }
+                t += width;
             }
+            r0 = r1;
         }
         t0 = t1;
     }
