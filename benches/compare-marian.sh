@@ -1,0 +1,337 @@
+#!/usr/bin/env bash
+# Side-by-side speed benchmark of Marian translation: precis's seq2seq backend
+# against Python transformers (torch, CPU) and CTranslate2 (fp32 and int8) on
+# one full-size opus-mt-en-ru-shaped checkpoint, under one fixed protocol.
+# Run on demand, not in CI: `benches/compare-marian.sh --help`.
+set -euo pipefail
+
+usage() {
+    cat <<'EOF'
+Usage: benches/compare-marian.sh [OPTIONS]
+
+Translates the same English sentences with precis (the `marian` bench,
+benches/marian.rs), Python transformers 5.24.0 (torch, CPU) and CTranslate2
+4.8.5 (fp32 and int8, converted from the same checkpoint), one engine after
+the other, and prints tokens/s for each and the ratios. The last lines are
+
+  ratio beam=4 precis/ct2-fp32=X
+  ratio beam=1 precis/ct2-fp32=Y
+
+(above 1: precis is faster).
+
+The protocol:
+  - the model: a full-size, randomly initialised Marian with
+    Helsinki-NLP/opus-mt-en-ru's exact config (6+6 layers, d_model 512, 8
+    heads, ffn 2048, swish, vocabulary 62518 shared and tied) and its
+    generation_config.json, seeded and saved once in the hub layout; its
+    tokenizer is SentencePiece unigram models trained on the FLORES English /
+    Russian sentences, with a vocab.json of exactly 62518 entries (the pieces,
+    then filler entries);
+  - the first 200 sentences of ../shared/eval/flores200-dev/eng_Latn.txt, in
+    file order, batches of 8, 2 threads;
+  - beam 4 and greedy, exactly 32 new tokens per sentence: the checkpoint's
+    generation config with num_beams and min_new_tokens = max_new_tokens = 32
+    (transformers: generate(**batch, num_beams=B, min_new_tokens=32,
+    max_new_tokens=32); CTranslate2: min_decoding_length = max_decoding_length
+    = 32);
+  - each engine tokenizes every batch before the clock starts (precis with its
+    own MarianTokenizer, transformers with MarianTokenizer, CTranslate2 with the
+    pieces of transformers' tokenizer), runs one untimed warm-up batch per beam
+    size, then times generation alone (encoder + decoder) over all batches:
+    tokens/s = 32 x sentences / wall seconds, the same formula for every engine.
+
+Before any timing, precis and transformers generate the first 8 sentences at
+every beam size and the script aborts (exit 1) unless both produce identical
+input ids and output ids: both then do the same work.
+
+Options:
+  --count N          sentences [default: 200]
+  --batch N          sentences per batch [default: 8]
+  --beams LIST       beam sizes, comma-separated [default: 4,1]
+  --tokens N         new tokens per sentence [default: 32]
+  --threads N        threads for every engine [default: 2]; precis gets a rayon
+                     pool of N (and RAYON_NUM_THREADS = CANDLE_NUM_THREADS = N),
+                     torch set_num_threads(N), CTranslate2 intra_threads = N
+                     (inter_threads = 1); OMP_NUM_THREADS = MKL_NUM_THREADS = N
+  --sample N         sentences of the ids check [default: 8]
+  --sentences PATH   source sentences, one a line [default:
+                     ../shared/eval/flores200-dev/eng_Latn.txt from the repo
+                     root]; the checkpoint's tokenizer is trained on the
+                     eng_Latn.txt and rus_Cyrl.txt next to it
+  --checkpoint DIR   the random checkpoint, made when missing [default:
+                     ~/.cache/precis/bench/opus-mt-en-ru-random]; the
+                     CTranslate2 conversions go next to it (DIR-ct2-float32,
+                     DIR-ct2-int8)
+  --engines LIST     timed engines [default: precis,transformers,ct2-fp32,ct2-int8]
+                     (precis is always timed; the ids check always runs)
+  --bin PATH         precis bench executable to run instead of building one
+                     [default: `cargo build --release --bench marian`]
+  --wait-idle S      before each timed engine, wait up to S seconds for the
+                     machine to be idle (other processes under 0.25 cores)
+                     [default: 0: only warn]. Each engine also reports the
+                     cores other processes kept busy while it was timed, and
+                     the table flags figures taken on a busy machine
+  -h, --help         this help
+
+Relative paths given on the command line are taken from the current directory;
+the defaults are relative to the repository root (the parent of benches/).
+
+Environment:
+  OUT_DIR             where results go [default: target/bench-compare/marian]:
+                      precis.json, transformers.json, ct2-fp32.json,
+                      ct2-int8.json, the ids-check files *-sample.json and the
+                      combined report.json
+  PRECIS_MARIAN_VENV  virtualenv with transformers==5.24.0, torch, sentencepiece,
+                      safetensors and ctranslate2==4.8.5 [default:
+                      ~/.cache/precis/fixtures-venv, the one of
+                      scripts/make_fixtures.py]; ctranslate2 is installed into
+                      it when missing, and the whole venv created when missing
+                      (PyPI; torch is a large download)
+
+Examples:
+  benches/compare-marian.sh
+  benches/compare-marian.sh --beams 4 --count 64
+  OUT_DIR=/tmp/marian benches/compare-marian.sh --engines precis,ct2-fp32
+EOF
+}
+
+die() {
+    echo "compare-marian.sh: error: $*" >&2
+    exit 2
+}
+
+note() {
+    echo "compare-marian.sh: $*" >&2
+}
+
+# Absolute form of a path given by the user (relative to the current directory).
+abspath() {
+    case "$1" in
+        /*) printf '%s\n' "$1" ;;
+        *) printf '%s/%s\n' "$PWD" "$1" ;;
+    esac
+}
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$script_dir/.." && pwd)
+
+TRANSFORMERS_VERSION=5.24.0
+CTRANSLATE2_VERSION=4.8.5
+count=200
+batch=8
+beams=4,1
+tokens=32
+threads=2
+sample=8
+sentences=""
+checkpoint=""
+engines=precis,transformers,ct2-fp32,ct2-int8
+bin=""
+wait_idle=0
+
+while (($#)); do
+    case "$1" in
+        -h | --help) usage; exit 0 ;;
+        --count | --batch | --beams | --tokens | --threads | --sample | --sentences | --checkpoint | --engines | --bin | --wait-idle)
+            (($# >= 2)) || die "$1 needs a value (see --help)"
+            case "$1" in
+                --count) count=$2 ;;
+                --batch) batch=$2 ;;
+                --beams) beams=$2 ;;
+                --tokens) tokens=$2 ;;
+                --threads) threads=$2 ;;
+                --sample) sample=$2 ;;
+                --sentences) sentences=$(abspath "$2") ;;
+                --checkpoint) checkpoint=$(abspath "$2") ;;
+                --engines) engines=$2 ;;
+                --bin) bin=$(abspath "$2") ;;
+                --wait-idle) wait_idle=$2 ;;
+            esac
+            shift 2
+            ;;
+        --*=*)
+            opt=${1%%=*} val=${1#*=}
+            shift
+            set -- "$opt" "$val" "$@"
+            ;;
+        *) die "unknown argument '$1' (see --help)" ;;
+    esac
+done
+
+for pair in "count:$count" "batch:$batch" "tokens:$tokens" "threads:$threads" "sample:$sample"; do
+    [[ ${pair#*:} =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} wants a positive integer, not '${pair#*:}'"
+done
+[[ $wait_idle =~ ^[0-9]+$ ]] || die "--wait-idle wants a number of seconds, not '$wait_idle'"
+[[ $beams =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--beams wants sizes separated by commas, not '$beams'"
+((sample <= count)) || die "--sample ($sample) is more than --count ($count)"
+IFS=, read -r -a engine_list <<<"$engines"
+for e in "${engine_list[@]}"; do
+    case "$e" in
+        precis | transformers | ct2-fp32 | ct2-int8) ;;
+        *) die "unknown engine '$e' in --engines (precis, transformers, ct2-fp32, ct2-int8)" ;;
+    esac
+done
+wants() {
+    [[ $1 == precis ]] && return 0
+    local e
+    for e in "${engine_list[@]}"; do [[ $e == "$1" ]] && return 0; done
+    return 1
+}
+
+sentences=${sentences:-$repo_root/../shared/eval/flores200-dev/eng_Latn.txt}
+[[ -f $sentences ]] || die "sentences not found: $sentences (the FLORES-200 files live in ../shared/eval)"
+sentences=$(cd "$(dirname "$sentences")" && pwd)/$(basename "$sentences")
+flores_dir=$(dirname "$sentences")
+checkpoint=${checkpoint:-$HOME/.cache/precis/bench/opus-mt-en-ru-random}
+
+command -v python3 >/dev/null || die "python3 is needed"
+
+# The Python engines, in a virtualenv outside the repository.
+venv=${PRECIS_MARIAN_VENV:-$HOME/.cache/precis/fixtures-venv}
+venv=$(abspath "$venv")
+py=$venv/bin/python
+if [[ ! -x $py ]]; then
+    note "creating virtualenv $venv (transformers $TRANSFORMERS_VERSION, torch, sentencepiece, safetensors, ctranslate2 $CTRANSLATE2_VERSION; torch is a large download)"
+    mkdir -p "$(dirname "$venv")"
+    python3 -m venv "$venv" || die "could not create the virtualenv $venv (python3 -m venv)"
+    "$py" -m pip install --quiet "transformers==$TRANSFORMERS_VERSION" torch sentencepiece safetensors \
+        "ctranslate2==$CTRANSLATE2_VERSION" || die "pip install into $venv failed"
+fi
+have() {
+    "$py" -c "import importlib.metadata as m; print(m.version('$1'))" 2>/dev/null || true
+}
+[[ $(have transformers) == "$TRANSFORMERS_VERSION" ]] ||
+    die "$venv has transformers '$(have transformers)', not $TRANSFORMERS_VERSION (pip install transformers==$TRANSFORMERS_VERSION there, or set PRECIS_MARIAN_VENV)"
+for pkg in torch sentencepiece safetensors; do
+    [[ -n $(have $pkg) ]] || die "$venv has no $pkg (pip install $pkg there)"
+done
+if [[ $(have ctranslate2) != "$CTRANSLATE2_VERSION" ]]; then
+    note "installing ctranslate2==$CTRANSLATE2_VERSION into $venv"
+    "$py" -m pip install --quiet "ctranslate2==$CTRANSLATE2_VERSION" || die "pip install ctranslate2==$CTRANSLATE2_VERSION failed"
+fi
+compare() {
+    OMP_NUM_THREADS=$threads MKL_NUM_THREADS=$threads "$py" -W ignore "$script_dir/marian_compare.py" "$@"
+}
+
+# The precis bench executable.
+if [[ -z $bin ]]; then
+    note "cargo build --release --bench marian"
+    build_json=$(mktemp)
+    trap 'rm -f "$build_json"' EXIT
+    (cd "$repo_root" && cargo build --release --bench marian --message-format=json-render-diagnostics >"$build_json") ||
+        die "cargo build --release --bench marian failed"
+    bin=$(python3 - "$build_json" <<'PY'
+import json, sys
+exe = None
+for line in open(sys.argv[1], encoding="utf-8"):
+    try:
+        msg = json.loads(line)
+    except ValueError:
+        continue
+    t = msg.get("target") or {}
+    if msg.get("reason") == "compiler-artifact" and t.get("name") == "marian" and "bench" in t.get("kind", []):
+        exe = msg.get("executable") or exe
+print(exe or "")
+PY
+    )
+    [[ -n $bin ]] || die "cargo built no executable for the marian bench"
+fi
+[[ -x $bin ]] || die "precis bench executable not found or not executable: $bin"
+
+# The checkpoint (once), and its CTranslate2 conversions (again when the
+# checkpoint is newer).
+if [[ ! -f $checkpoint/bench-checkpoint.json ]]; then
+    [[ -f $flores_dir/eng_Latn.txt && -f $flores_dir/rus_Cyrl.txt ]] ||
+        die "the tokenizer is trained on eng_Latn.txt and rus_Cyrl.txt, not both in $flores_dir"
+    note "making the random checkpoint $checkpoint"
+    compare checkpoint --out "$checkpoint" --flores "$flores_dir" || die "making the checkpoint failed"
+fi
+declare -A ct2_dir=([ct2-fp32]=$checkpoint-ct2-float32 [ct2-int8]=$checkpoint-ct2-int8)
+declare -A ct2_quant=([ct2-fp32]=float32 [ct2-int8]=int8)
+for e in ct2-fp32 ct2-int8; do
+    wants "$e" || continue
+    d=${ct2_dir[$e]}
+    if [[ ! -f $d/model.bin || $checkpoint/bench-checkpoint.json -nt $d/model.bin ]]; then
+        note "converting the checkpoint for CTranslate2 (${ct2_quant[$e]}) into $d"
+        compare ct2-convert --model "$checkpoint" --out "$d" --quantization "${ct2_quant[$e]}" --force ||
+            die "the CTranslate2 conversion failed"
+    fi
+done
+
+out_dir=${OUT_DIR:-$repo_root/target/bench-compare/marian}
+out_dir=$(abspath "$out_dir")
+mkdir -p "$out_dir"
+rm -f "$out_dir"/{precis,transformers,ct2-fp32,ct2-int8,report}.json "$out_dir"/{precis,transformers}-sample.json
+
+run_precis() {
+    (cd "$repo_root" && env PRECIS_BENCH_MARIAN="$checkpoint" PRECIS_BENCH_SENTENCES="$sentences" \
+        PRECIS_BENCH_COUNT="$count" PRECIS_BENCH_BATCH="$batch" PRECIS_BENCH_BEAMS="$beams" \
+        PRECIS_BENCH_TOKENS="$tokens" PRECIS_BENCH_THREADS="$threads" \
+        RAYON_NUM_THREADS="$threads" CANDLE_NUM_THREADS="$threads" "$@" "$bin")
+}
+common=(--sentences "$sentences" --count "$count" --batch "$batch" --beams "$beams" --tokens "$tokens" --threads "$threads")
+
+# 1. Same work: precis's ids must be transformers' on the sample.
+echo "== ids check: the first $sample sentences, beams $beams, $tokens new tokens"
+run_precis PRECIS_BENCH_SAMPLE="$sample" PRECIS_BENCH_JSON="$out_dir/precis-sample.json" >/dev/null ||
+    die "the precis bench failed on the sample (run it alone to see why)"
+compare transformers --model "$checkpoint" "${common[@]}" --sample "$sample" --out "$out_dir/transformers-sample.json" ||
+    die "transformers failed on the sample"
+if ! compare check --precis "$out_dir/precis-sample.json" --transformers "$out_dir/transformers-sample.json"; then
+    echo "compare-marian.sh: aborted: precis and transformers do not produce the same ids, so the timings would not compare the same work" >&2
+    exit 1
+fi
+
+# 2. Timed runs, one engine after the other.
+busy=()
+is_busy() {
+    python3 -c "import sys; sys.exit(0 if float('$1') >= 0.25 else 1)"
+}
+check_idle() {
+    local b waited=0
+    b=$(compare busy)
+    if ((wait_idle > 0)) && is_busy "$b"; then
+        note "the machine is busy ($b cores in use by other processes); waiting up to ${wait_idle} s for it to be idle before the $1 run"
+        while is_busy "$b" && ((waited < wait_idle)); do
+            sleep 4
+            waited=$((waited + 5))
+            b=$(compare busy)
+        done
+    fi
+    busy+=("$b")
+    if is_busy "$b"; then
+        note "warning: the machine is busy before the $1 run ($b of $(nproc) cores in use by other processes): its figures will be low; compare on an idle machine"
+    fi
+}
+
+echo
+echo "== precis ($bin)"
+check_idle precis
+run_precis PRECIS_BENCH_JSON="$out_dir/precis.json" || die "the precis bench failed (see above)"
+report_args=(--precis "$out_dir/precis.json" --transformers-sample "$out_dir/transformers-sample.json")
+
+if wants transformers; then
+    echo
+    echo "== transformers $TRANSFORMERS_VERSION (torch $(have torch), $venv)"
+    check_idle transformers
+    compare transformers --model "$checkpoint" "${common[@]}" --out "$out_dir/transformers.json" ||
+        die "the transformers run failed (see above)"
+    report_args+=(--transformers "$out_dir/transformers.json")
+else
+    busy+=("")
+fi
+for e in ct2-fp32 ct2-int8; do
+    if wants "$e"; then
+        echo
+        echo "== CTranslate2 $CTRANSLATE2_VERSION ${ct2_quant[$e]} (${ct2_dir[$e]})"
+        check_idle "$e"
+        compare ct2 --model "${ct2_dir[$e]}" --hf "$checkpoint" --compute-type "${ct2_quant[$e]}" "${common[@]}" \
+            --out "$out_dir/$e.json" || die "the CTranslate2 ${ct2_quant[$e]} run failed (see above)"
+        report_args+=("--$e" "$out_dir/$e.json")
+    else
+        busy+=("")
+    fi
+done
+
+echo
+compare report "${report_args[@]}" --busy "${busy[@]}" --out "$out_dir/report.json"
