@@ -204,6 +204,8 @@ pub struct MarianState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
     cross_kv: Vec<(Tensor, Tensor)>,
     source_bias: Tensor,
+    /// The input each row belongs to.
+    row_input: Vec<usize>,
     len: usize,
 }
 
@@ -501,6 +503,9 @@ impl EncoderDecoder for Marian {
             self_kv: vec![None; self.decoder.len()],
             cross_kv,
             source_bias: bias.index_select(&index, 0)?,
+            row_input: (0..inputs.len())
+                .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
+                .collect(),
             len: 0,
         })
     }
@@ -544,10 +549,16 @@ impl EncoderDecoder for Marian {
         for kv in state.self_kv.iter_mut().flatten() {
             *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
         }
-        for kv in state.cross_kv.iter_mut() {
-            *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
+        let row_input: Vec<usize> = rows.iter().map(|&r| state.row_input[r]).collect();
+        // Beams reordered within their inputs share the inputs' cross-attention
+        // keys and values: they only move when rows change inputs.
+        if row_input != state.row_input {
+            for kv in state.cross_kv.iter_mut() {
+                *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
+            }
+            state.source_bias = state.source_bias.index_select(&index, 0)?;
+            state.row_input = row_input;
         }
-        state.source_bias = state.source_bias.index_select(&index, 0)?;
         Ok(())
     }
 }

@@ -13,6 +13,7 @@
 pub mod marian;
 pub mod translator;
 
+use rayon::prelude::*;
 use serde::Deserialize;
 
 use super::BackendError;
@@ -456,34 +457,45 @@ fn beam_search<M: EncoderDecoder>(
             })
             .collect();
         let logits = model.step(&mut state, &tokens)?;
+        // Per row, in parallel: log-softmax, the logits processors, the
+        // beam's score added, and its best `keep_n` (value, token).
+        let histories: Vec<(&[u32], f32)> = active
+            .iter()
+            .flat_map(|&i| beams[i].running.iter().map(|(h, sc)| (h.as_slice(), *sc)))
+            .collect();
+        let per_row: Vec<Vec<(f32, usize)>> = histories
+            .par_iter()
+            .enumerate()
+            .map(|(row, &(hist, score))| {
+                let mut lp = logits[row * vocab..(row + 1) * vocab].to_vec();
+                log_softmax(&mut lp);
+                s.process(hist, &mut lp);
+                let values: Vec<f32> = lp.iter().map(|&v| v + score).collect();
+                top_n(&values, keep_n)
+            })
+            .collect();
+        drop(histories);
         let mut rows = Vec::with_capacity(active.len() * k);
         let mut next_active = Vec::with_capacity(active.len());
         let mut all_hit_max = true;
         for (slot, &i) in active.iter().enumerate() {
             let b = &mut beams[i];
-            // Accumulated log-probabilities of every continuation.
-            let mut scores = Vec::with_capacity(k * vocab);
-            for (j, (hist, score)) in b.running.iter().enumerate() {
-                let row = slot * k + j;
-                let mut lp = logits[row * vocab..(row + 1) * vocab].to_vec();
-                log_softmax(&mut lp);
-                s.process(hist, &mut lp);
-                scores.extend(lp.iter().map(|&v| v + score));
-            }
-            // `torch.topk`: the largest first; equal values by index.
-            let mut order: Vec<usize> = (0..scores.len()).collect();
-            let top = keep_n.min(order.len());
-            order.select_nth_unstable_by(top - 1, |&a, &c| {
-                scores[c].total_cmp(&scores[a]).then(a.cmp(&c))
-            });
-            order.truncate(top);
-            order.sort_by(|&a, &c| scores[c].total_cmp(&scores[a]).then(a.cmp(&c)));
-            let candidates: Vec<(usize, u32, f32, bool)> = order
+            // The best `keep_n` continuations over all beams (`torch.topk`
+            // over the accumulated log-probabilities: largest first, equal
+            // values by index), from each beam's own best `keep_n`.
+            let mut best: Vec<(f32, usize)> = per_row[slot * k..(slot + 1) * k]
                 .iter()
-                .map(|&idx| {
+                .enumerate()
+                .flat_map(|(j, top)| top.iter().map(move |&(v, t)| (v, j * vocab + t)))
+                .collect();
+            best.sort_by(|a, c| c.0.total_cmp(&a.0).then(a.1.cmp(&c.1)));
+            best.truncate(keep_n);
+            let candidates: Vec<(usize, u32, f32, bool)> = best
+                .iter()
+                .map(|&(score, idx)| {
                     let (beam, token) = (idx / vocab, (idx % vocab) as u32);
                     let hits = s.eos_token_ids.contains(&token) || cur_len + 1 >= s.max_length;
-                    (beam, token, scores[idx], hits)
+                    (beam, token, score, hits)
                 })
                 .collect();
             all_hit_max &= candidates.iter().all(|c| c.3);
@@ -574,6 +586,21 @@ fn beam_search<M: EncoderDecoder>(
                 .unwrap_or_default()
         })
         .collect())
+}
+
+/// The `n` largest values with their indices, largest first (equal values
+/// by index).
+fn top_n(values: &[f32], n: usize) -> Vec<(f32, usize)> {
+    let cmp = |a: &usize, c: &usize| values[*c].total_cmp(&values[*a]).then(a.cmp(c));
+    let mut order: Vec<usize> = (0..values.len()).collect();
+    let n = n.min(order.len());
+    if n == 0 {
+        return Vec::new();
+    }
+    order.select_nth_unstable_by(n - 1, cmp);
+    order.truncate(n);
+    order.sort_by(cmp);
+    order.into_iter().map(|i| (values[i], i)).collect()
 }
 
 /// Outputs padded to the longest, as `generate()` returns them: with the pad
