@@ -50,7 +50,8 @@ Options:
   --beams LIST       beam sizes, comma-separated [default: 4,1]
   --tokens N         new tokens per sentence [default: 32]
   --threads N        threads for every engine [default: 2]; precis gets a rayon
-                     pool of N (and RAYON_NUM_THREADS = CANDLE_NUM_THREADS = N),
+                     pool of N (RAYON_NUM_THREADS = N; candle's element-wise
+                     pool is 1 thread, as the precis binary sets it),
                      torch set_num_threads(N), CTranslate2 intra_threads = N
                      (inter_threads = 1); OMP_NUM_THREADS = MKL_NUM_THREADS = N
   --sample N         sentences of the ids check [default: 8]
@@ -267,7 +268,7 @@ run_precis() {
     (cd "$repo_root" && env PRECIS_BENCH_MARIAN="$checkpoint" PRECIS_BENCH_SENTENCES="$sentences" \
         PRECIS_BENCH_COUNT="$count" PRECIS_BENCH_BATCH="$batch" PRECIS_BENCH_BEAMS="$beams" \
         PRECIS_BENCH_TOKENS="$tokens" PRECIS_BENCH_THREADS="$threads" \
-        RAYON_NUM_THREADS="$threads" CANDLE_NUM_THREADS="$threads" "$@" "$bin")
+        RAYON_NUM_THREADS="$threads" "$@" "$bin")
 }
 common=(--sentences "$sentences" --count "$count" --batch "$batch" --beams "$beams" --tokens "$tokens" --threads "$threads")
 

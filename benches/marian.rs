@@ -35,8 +35,8 @@
 //!   threads, and `RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS` are set before
 //!   any pool exists (candle sizes its own from them); the report prints
 //!   `candle_core::utils::get_num_threads()` and the cores kept busy.
-//! - `PRECIS_BENCH_CANDLE_THREADS` [the thread count]: for experiments
-//!   only, another `CANDLE_NUM_THREADS` (candle-core 0.11 runs elementwise
+//! - `PRECIS_BENCH_CANDLE_THREADS` [1, as the `precis` binary sets it]:
+//!   `CANDLE_NUM_THREADS` (candle-core 0.11 runs elementwise
 //!   ops of 64k elements or more on a barrier pool of that many threads,
 //!   the caller included; matrix products use rayon's pool).
 //! - `PRECIS_BENCH_SAMPLE=N`: time nothing; generate the first N sentences
@@ -173,7 +173,8 @@ fn main() -> anyhow::Result<()> {
     // Before any thread exists: candle's pools read these when first used.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
     // For experiments only: candle's elementwise barrier pool of another size.
-    let candle_pool = env_usize("PRECIS_BENCH_CANDLE_THREADS", threads)?.max(1);
+    // 1 by default, as the `precis` binary sets it.
+    let candle_pool = env_usize("PRECIS_BENCH_CANDLE_THREADS", 1)?.max(1);
     std::env::set_var("CANDLE_NUM_THREADS", candle_pool.to_string());
     rayon::ThreadPoolBuilder::new()
         .num_threads(threads)
@@ -247,10 +248,7 @@ fn main() -> anyhow::Result<()> {
          candle barrier pool {candle_pool})",
         rayon::current_num_threads()
     );
-    if candle_threads != threads
-        || rayon::current_num_threads() != threads
-        || candle_pool != threads
-    {
+    if candle_threads != threads || rayon::current_num_threads() != threads {
         println!(
             "warning: the thread pools are not of {threads} threads: figures are not comparable"
         );

@@ -3,6 +3,14 @@
 use clap::Parser;
 
 fn main() {
+    // candle runs element-wise ops of 64k elements or more on a spinning pool
+    // of its own, next to rayon's matrix-product threads; on a few cores they
+    // compete (Marian beam search measured 14% slower with it). Unless the
+    // user sizes it, that pool is the calling thread alone. Set before any
+    // thread exists.
+    if std::env::var_os("CANDLE_NUM_THREADS").is_none() {
+        std::env::set_var("CANDLE_NUM_THREADS", "1");
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PRECIS_LOG")
