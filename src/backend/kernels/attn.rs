@@ -129,6 +129,38 @@ pub(crate) fn silu_mul_at(level: Level, gate: &mut [f32], up: &[f32]) {
     }
 }
 
+/// `Σ_i e^(x[i] - shift)`, with the vectorised `exp` of this module (for a
+/// log-softmax over a vocabulary).
+pub fn sum_exp(x: &[f32], shift: f32) -> f32 {
+    match super::level() {
+        Level::Scalar => sum_exp_loop::<false>(x, shift),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `attention_at`.
+        Level::Avx2 => unsafe { x86::sum_exp_avx2(x, shift) },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `attention_at`.
+        Level::Avx512Vnni => unsafe { x86::sum_exp_avx512(x, shift) },
+    }
+}
+
+/// Sixteen running sums, then added pairwise.
+#[inline(always)]
+fn sum_exp_loop<const FMA: bool>(x: &[f32], shift: f32) -> f32 {
+    let mut lanes = [0.0f32; 16];
+    let chunks = x.chunks_exact(16);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (l, &v) in lanes.iter_mut().zip(c) {
+            *l += exp::<FMA>(v - shift);
+        }
+    }
+    let mut total = sum_lanes(&lanes);
+    for &v in rest {
+        total += exp::<FMA>(v - shift);
+    }
+    total
+}
+
 #[cfg(target_arch = "x86_64")]
 mod x86 {
     //! The `#[target_feature]` entry points, and the two loops that carry the
@@ -384,6 +416,16 @@ mod x86 {
         out: &mut [f32],
     ) {
         rows_loop::<Tiled<__m512, 4>>(q, limits, keys, dim, scale, out)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn sum_exp_avx2(x: &[f32], shift: f32) -> f32 {
+        sum_exp_loop::<true>(x, shift)
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    pub(super) unsafe fn sum_exp_avx512(x: &[f32], shift: f32) -> f32 {
+        sum_exp_loop::<true>(x, shift)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -701,6 +743,16 @@ mod tests {
             assert_eq!(e(f32::NAN), 0.0);
             assert_eq!(e(0.0), 1.0);
         }
+    }
+
+    #[test]
+    fn sum_exp_matches_the_plain_sum() {
+        let x = data(1003, 5, 20.0);
+        let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let want: f64 = x.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        let got = sum_exp(&x, max) as f64;
+        assert!((got - want).abs() <= 1e-5 * want, "{got} vs {want}");
+        assert_eq!(sum_exp(&[], 0.0), 0.0);
     }
 
     #[test]

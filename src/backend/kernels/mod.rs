@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-pub use attn::{attention, silu_mul, Keys, KEY_BLOCK};
+pub use attn::{attention, silu_mul, sum_exp, Keys, KEY_BLOCK};
 
 mod attn;
 mod scalar;

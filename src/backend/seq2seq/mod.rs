@@ -323,7 +323,7 @@ impl GenerationSettings {
 /// `log_softmax` of one row, in f32.
 fn log_softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let sum: f32 = row.iter().map(|&v| (v - max).exp()).sum();
+    let sum = super::kernels::sum_exp(row, max);
     let log_sum = sum.ln();
     for v in row.iter_mut() {
         *v = *v - max - log_sum;
@@ -589,18 +589,26 @@ fn beam_search<M: EncoderDecoder>(
 }
 
 /// The `n` largest values with their indices, largest first (equal values
-/// by index).
+/// by index): one pass that keeps the best `n` seen so far.
 fn top_n(values: &[f32], n: usize) -> Vec<(f32, usize)> {
-    let cmp = |a: &usize, c: &usize| values[*c].total_cmp(&values[*a]).then(a.cmp(c));
-    let mut order: Vec<usize> = (0..values.len()).collect();
-    let n = n.min(order.len());
+    // Whether (a, i) ranks before (b, j).
+    let before = |a: f32, i: usize, b: f32, j: usize| a.total_cmp(&b).then(j.cmp(&i)).is_gt();
+    let mut best: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
     if n == 0 {
-        return Vec::new();
+        return best;
     }
-    order.select_nth_unstable_by(n - 1, cmp);
-    order.truncate(n);
-    order.sort_by(cmp);
-    order.into_iter().map(|i| (values[i], i)).collect()
+    for (i, &v) in values.iter().enumerate() {
+        if best.len() == n {
+            let (lv, li) = best[n - 1];
+            if !before(v, i, lv, li) {
+                continue;
+            }
+            best.pop();
+        }
+        let at = best.partition_point(|&(bv, bi)| before(bv, bi, v, i));
+        best.insert(at, (v, i));
+    }
+    best
 }
 
 /// Outputs padded to the longest, as `generate()` returns them: with the pad
@@ -621,4 +629,22 @@ pub fn pad_outputs(outputs: &[Vec<u32>], settings: &GenerationSettings) -> Vec<V
             o
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// The one-pass selection equals a full sort (ties by index).
+        #[test]
+        fn top_n_equals_sorting(values in proptest::collection::vec(-4i8..4, 0..300), n in 0usize..20) {
+            let values: Vec<f32> = values.into_iter().map(f32::from).collect();
+            let mut all: Vec<(f32, usize)> = values.iter().copied().zip(0..).collect();
+            all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            all.truncate(n);
+            prop_assert_eq!(top_n(&values, n), all);
+        }
+    }
 }
