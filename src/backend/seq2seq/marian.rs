@@ -24,10 +24,11 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Activation, Embedding, LayerNorm, Linear, VarBuilder};
+use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::{EncoderDecoder, Seq2SeqConfig};
+use crate::backend::kernels::{self, Activations, QMatrix, QType};
 use crate::backend::BackendError;
 
 /// `config.json` of a Marian checkpoint (the fields the model reads).
@@ -89,22 +90,105 @@ fn yes() -> bool {
 /// Layer norm epsilon of `nn.LayerNorm`.
 const LN_EPS: f64 = 1e-5;
 
+/// A linear layer `y = x Wᵀ + b`. Layers run once per input (encoder,
+/// cross-attention keys and values: hundreds of rows) use candle's matmul;
+/// layers run at every decoder step (a few dozen rows) use
+/// [`crate::backend::kernels`]' F32 kernel over the weight rows as stored,
+/// since candle's matmul repacks the weights at every call.
+enum Dense {
+    Candle(candle_nn::Linear),
+    Step {
+        /// `out × in` f32, little-endian bytes.
+        w: Vec<u8>,
+        b: Vec<f32>,
+        rows: usize,
+        cols: usize,
+    },
+}
+
+impl Dense {
+    fn load(cols: usize, rows: usize, vb: VarBuilder, per_step: bool) -> candle_core::Result<Self> {
+        if !per_step {
+            return Ok(Dense::Candle(candle_nn::linear(cols, rows, vb)?));
+        }
+        let w = vb.get((rows, cols), "weight")?;
+        let b = vb.get(rows, "bias")?;
+        Ok(Dense::Step {
+            w: w.flatten_all()?
+                .to_vec1::<f32>()?
+                .into_iter()
+                .flat_map(f32::to_le_bytes)
+                .collect(),
+            b: b.to_vec1()?,
+            rows,
+            cols,
+        })
+    }
+
+    /// `[n, t, cols]` → `[n, t, rows]`.
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            Dense::Candle(l) => l.forward(x),
+            Dense::Step { w, b, rows, cols } => {
+                let (n, t, _) = x.dims3()?;
+                let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+                Tensor::from_vec(
+                    f32_product(w, b, *rows, *cols, &input, n * t),
+                    (n, t, *rows),
+                    x.device(),
+                )
+            }
+        }
+    }
+}
+
+/// `rows_in` rows of `input` times the `rows × cols` f32 matrix `w` (bytes),
+/// plus `bias` per output row.
+fn f32_product(
+    w: &[u8],
+    bias: &[f32],
+    rows: usize,
+    cols: usize,
+    input: &[f32],
+    rows_in: usize,
+) -> Vec<f32> {
+    let m = QMatrix::new(QType::F32, rows, cols, w).expect("f32 weights of the checked shape");
+    let mut acts = Activations::new();
+    acts.quantize(input, rows_in, cols, QType::F32);
+    let mut out = vec![0f32; rows_in * rows];
+    kernels::matmul(&m, &acts, &mut out);
+    for row in out.chunks_exact_mut(rows) {
+        for (o, b) in row.iter_mut().zip(bias) {
+            *o += b;
+        }
+    }
+    out
+}
+
 struct Attention {
-    q: Linear,
-    k: Linear,
-    v: Linear,
-    out: Linear,
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
     heads: usize,
     head_dim: usize,
 }
 
 impl Attention {
-    fn load(vb: VarBuilder, d: usize, heads: usize) -> candle_core::Result<Self> {
+    /// `queries_per_step`: the query and output projections run at every
+    /// decoder step; `keys_per_step`: so do the key and value ones.
+    fn load(
+        vb: VarBuilder,
+        d: usize,
+        heads: usize,
+        queries_per_step: bool,
+        keys_per_step: bool,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
-            q: candle_nn::linear(d, d, vb.pp("q_proj"))?,
-            k: candle_nn::linear(d, d, vb.pp("k_proj"))?,
-            v: candle_nn::linear(d, d, vb.pp("v_proj"))?,
-            out: candle_nn::linear(d, d, vb.pp("out_proj"))?,
+            q: Dense::load(d, d, vb.pp("q_proj"), queries_per_step)?,
+            k: Dense::load(d, d, vb.pp("k_proj"), keys_per_step)?,
+            v: Dense::load(d, d, vb.pp("v_proj"), keys_per_step)?,
+            out: Dense::load(d, d, vb.pp("out_proj"), queries_per_step)?,
             heads,
             head_dim: d / heads,
         })
@@ -148,16 +232,22 @@ impl Attention {
 }
 
 struct FeedForward {
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
     act: Activation,
 }
 
 impl FeedForward {
-    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Activation) -> candle_core::Result<Self> {
+    fn load(
+        vb: &VarBuilder,
+        d: usize,
+        ffn: usize,
+        act: Activation,
+        per_step: bool,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
-            fc1: candle_nn::linear(d, ffn, vb.pp("fc1"))?,
-            fc2: candle_nn::linear(ffn, d, vb.pp("fc2"))?,
+            fc1: Dense::load(d, ffn, vb.pp("fc1"), per_step)?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"), per_step)?,
             act,
         })
     }
@@ -191,8 +281,12 @@ pub struct Marian {
     positions: Tensor,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
-    lm_head: Tensor,
-    final_logits_bias: Tensor,
+    /// The output layer's rows (`vocab × d_model` f32, little-endian bytes),
+    /// multiplied by [`crate::backend::kernels`]' F32 kernel: candle's
+    /// matmul would repack this largest matrix at every step.
+    lm_head: Vec<u8>,
+    final_logits_bias: Vec<f32>,
+    vocab: usize,
     embed_scale: f64,
     device: Device,
 }
@@ -361,9 +455,11 @@ impl Marian {
                     vb.pp("self_attn"),
                     d,
                     cfg.encoder_attention_heads,
+                    false,
+                    false,
                 ))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
-                ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act))?,
+                ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act, false))?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
             });
         }
@@ -375,15 +471,19 @@ impl Marian {
                     vb.pp("self_attn"),
                     d,
                     cfg.decoder_attention_heads,
+                    true,
+                    true,
                 ))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
                 cross: e(Attention::load(
                     vb.pp("encoder_attn"),
                     d,
                     cfg.decoder_attention_heads,
+                    true,
+                    false,
                 ))?,
                 cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
-                ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act))?,
+                ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act, true))?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
             });
         }
@@ -392,7 +492,14 @@ impl Marian {
         } else {
             1.0
         };
+        let vocab = lm_head.dim(0).map_err(|e| e.to_string())?;
+        let lm_head: Vec<u8> = e(lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>()))?
+            .into_iter()
+            .flat_map(f32::to_le_bytes)
+            .collect();
+        let final_logits_bias = e(final_logits_bias.to_vec1::<f32>())?;
         Ok(Self {
+            vocab,
             enc_embed: Embedding::new(enc_table, d),
             dec_embed: Embedding::new(dec_table, d),
             positions,
@@ -473,7 +580,7 @@ impl EncoderDecoder for Marian {
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
         Seq2SeqConfig {
-            vocab_size: self.final_logits_bias.dim(0).unwrap_or(self.cfg.vocab_size),
+            vocab_size: self.vocab,
             pad_token_id: self.cfg.pad_token_id,
             eos_token_id: self.cfg.eos_token_id,
             decoder_start_token_id: self
@@ -536,11 +643,15 @@ impl EncoderDecoder for Marian {
             x = layer.ffn_norm.forward(&(x + f)?)?;
         }
         state.len += 1;
-        let x = x.squeeze(1)?;
-        let logits = x
-            .matmul(&self.lm_head.t()?)?
-            .broadcast_add(&self.final_logits_bias)?;
-        Ok(logits.flatten_all()?.to_vec1::<f32>()?)
+        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        Ok(f32_product(
+            &self.lm_head,
+            &self.final_logits_bias,
+            self.vocab,
+            self.cfg.d_model,
+            &x,
+            n,
+        ))
     }
 
     fn select(&self, state: &mut MarianState, rows: &[usize]) -> Result<(), BackendError> {
