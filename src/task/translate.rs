@@ -131,7 +131,37 @@ pub fn translate_texts(
     for (i, p) in input.paragraphs.iter().enumerate() {
         paragraphs.push(translate_one(p, &format!("paragraph {}", i + 1))?);
     }
-    let text = paragraphs.join("\n\n");
+    Ok(finish(
+        input,
+        model.as_ref(),
+        largest,
+        Translated {
+            title,
+            paragraphs,
+            tokens,
+            loop_detected,
+            hit_limit,
+        },
+    ))
+}
+
+/// What translating one text produced, before it is checked and assembled.
+struct Translated {
+    title: Option<String>,
+    paragraphs: Vec<String>,
+    tokens: TokenStats,
+    loop_detected: bool,
+    hit_limit: bool,
+}
+
+/// The translation of `input`: its paragraphs joined, with quality flags.
+fn finish(
+    input: &TranslationInput<'_>,
+    model: &dyn TextModel,
+    params: GenerationParams,
+    t: Translated,
+) -> Translation {
+    let text = t.paragraphs.join("\n\n");
     let source = input.paragraphs.join("\n\n");
     let flags = quality::assess(
         &QualityInput {
@@ -139,22 +169,22 @@ pub fn translate_texts(
             output: &text,
             target_language: input.language,
             kind: OutputKind::Translation,
-            loop_detected,
-            hit_token_limit: hit_limit,
+            loop_detected: t.loop_detected,
+            hit_token_limit: t.hit_limit,
         },
         &QualityThresholds::default(),
     );
-    Ok(Translation {
+    Translation {
         language: input.language.to_string(),
         source: input.source,
-        title,
-        paragraphs,
+        title: t.title,
+        paragraphs: t.paragraphs,
         text,
         model: ModelUsed::from(model.info()),
-        params: largest,
-        tokens,
+        params,
+        tokens: t.tokens,
         flags,
-    })
+    }
 }
 
 /// Translation by a dedicated translator (Marian): every paragraph split into
@@ -204,37 +234,26 @@ fn translate_sentences(
     for p in input.paragraphs {
         paragraphs.push(translate_one(p)?);
     }
-    let text = paragraphs.join("\n\n");
-    let source = input.paragraphs.join("\n\n");
-    let flags = quality::assess(
-        &QualityInput {
-            source: &source,
-            output: &text,
-            target_language: input.language,
-            kind: OutputKind::Translation,
+    // The translator runs its checkpoint's own generation settings; these
+    // record that no sampling was involved.
+    let params = GenerationParams {
+        temperature: 0.0,
+        repetition_penalty: 1.0,
+        loop_guard: false,
+        ..GenerationParams::default()
+    };
+    Ok(finish(
+        input,
+        model,
+        params,
+        Translated {
+            title,
+            paragraphs,
+            tokens,
             loop_detected: false,
-            hit_token_limit: hit_limit,
+            hit_limit,
         },
-        &QualityThresholds::default(),
-    );
-    Ok(Translation {
-        language: input.language.to_string(),
-        source: input.source,
-        title,
-        paragraphs,
-        text,
-        model: ModelUsed::from(model.info()),
-        // The translator runs its checkpoint's own generation settings;
-        // these record that no sampling was involved.
-        params: GenerationParams {
-            temperature: 0.0,
-            repetition_penalty: 1.0,
-            loop_guard: false,
-            ..GenerationParams::default()
-        },
-        tokens,
-        flags,
-    })
+    ))
 }
 
 /// Characters per piece when a single word is longer than the model's input
