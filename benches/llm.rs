@@ -37,6 +37,9 @@
 //!   the same length through `GgufModel::greedy_ids`; `PRECIS_BENCH_IDS=0`
 //!   skips it). `benches/compare-llamacpp.sh` reads this file.
 
+mod common;
+use common::{cpu_seconds, env_usize, peak_rss_mb, proc_status_field};
+
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -44,39 +47,6 @@ use precis::backend::gguf::{GgufModel, GgufOptions};
 use precis::backend::{Backend, ChatMessage, Flow, GenerationParams, GenerationRequest};
 use precis::store::{ModelStore, StoreConfig};
 use precis::task::{clean, prompt, Length};
-
-fn proc_status_field(name: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(name))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-fn peak_rss_mb() -> Option<f64> {
-    proc_status_field("VmHWM:").map(|kb| kb / 1024.0)
-}
-
-/// User + system CPU seconds of this process so far (all threads).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the whole line (11 and 12 here, 0-based),
-    // in clock ticks: USER_HZ, 100 on Linux.
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name} wants a whole number, not '{v}'")),
-        _ => Ok(default),
-    }
-}
 
 fn main() -> anyhow::Result<()> {
     let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);

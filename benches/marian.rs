@@ -43,6 +43,9 @@
 //!   and record the ids (for the equality check against transformers).
 //! - `PRECIS_BENCH_JSON`: write the figures (and the ids) to this path.
 
+mod common;
+use common::{cpu_seconds, env_usize, peak_rss_mb};
+
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -55,34 +58,6 @@ use precis::backend::seq2seq::{
 };
 use precis::backend::BackendError;
 use precis::tokenizer::marian::MarianTokenizer;
-
-fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
-    match std::env::var(name) {
-        Ok(v) if !v.trim().is_empty() => v
-            .trim()
-            .parse()
-            .map_err(|_| anyhow::anyhow!("{name} wants a whole number, not '{v}'")),
-        _ => Ok(default),
-    }
-}
-
-fn proc_status_field(name: &str) -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(name))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// User + system CPU seconds of this process so far (all threads).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime, in clock ticks (USER_HZ, 100 on Linux).
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
 
 /// Jiffies of the whole machine so far: (all, idle + iowait).
 fn machine_jiffies() -> Option<(u64, u64)> {
@@ -357,7 +332,7 @@ fn main() -> anyhow::Result<()> {
             },
         }));
     }
-    let peak_mb = proc_status_field("VmHWM:").map(|kb| kb / 1024.0);
+    let peak_mb = peak_rss_mb();
     if let Some(mb) = peak_mb {
         println!("peak RSS         {mb:.0} MB");
     }
