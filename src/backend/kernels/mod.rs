@@ -17,6 +17,9 @@
 //! - `attn` holds the float work around the products: causal attention over
 //!   a KV cache (keys stored transposed, several query rows per pass over
 //!   the keys, streaming softmax) and the SiLU gate, vectorised the same way.
+//! - `packed` holds dense f32 products with weights packed once into panels
+//!   ([`PackedF32`]), for the encoder-decoder models' layers: outer products
+//!   on a block of 32 outputs × 8 tokens kept in registers.
 //!
 //! A product runs in parallel over contiguous chunks of weight rows on
 //! rayon's current pool (small ones on the calling thread). Within a chunk,
@@ -40,8 +43,10 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use attn::{attention, silu_mul, sum_exp, Keys, KEY_BLOCK};
+pub use packed::{PackedF32, PANEL};
 
 mod attn;
+mod packed;
 mod scalar;
 #[cfg(test)]
 mod tests;
@@ -787,6 +792,20 @@ impl OutSink {
         // SAFETY: `i` is inside the buffer (checked above), which outlives the
         // product; only the task owning row `r` writes this cell.
         unsafe { *self.ptr.add(i) = v };
+    }
+
+    /// Writes the products of weight rows `r0..r0 + v.len()` and activation
+    /// row `t`.
+    #[inline]
+    pub(crate) fn put_row(&self, t: usize, r0: usize, v: &[f32]) {
+        let i = t * self.rows + r0;
+        assert!(
+            i + v.len() <= self.len && r0 + v.len() <= self.rows,
+            "output cells out of range"
+        );
+        // SAFETY: the cells are inside the buffer (checked above), which
+        // outlives the product; only the task owning these rows writes them.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) };
     }
 }
 

@@ -28,7 +28,7 @@ use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::{EncoderDecoder, Seq2SeqConfig};
-use crate::backend::kernels::{self, Activations, QMatrix, QType};
+use crate::backend::kernels::PackedF32;
 use crate::backend::BackendError;
 
 /// `config.json` of a Marian checkpoint (the fields the model reads).
@@ -90,79 +90,31 @@ fn yes() -> bool {
 /// Layer norm epsilon of `nn.LayerNorm`.
 const LN_EPS: f64 = 1e-5;
 
-/// A linear layer `y = x Wᵀ + b`. Layers run once per input (encoder,
-/// cross-attention keys and values: hundreds of rows) use candle's matmul;
-/// layers run at every decoder step (a few dozen rows) use
-/// [`crate::backend::kernels`]' F32 kernel over the weight rows as stored,
-/// since candle's matmul repacks the weights at every call.
-enum Dense {
-    Candle(candle_nn::Linear),
-    Step {
-        /// `out × in` f32, little-endian bytes.
-        w: Vec<u8>,
-        b: Vec<f32>,
-        rows: usize,
-        cols: usize,
-    },
-}
+/// A linear layer `y = x Wᵀ + b` on [`PackedF32`], whose weights are packed
+/// once at load (candle's matmul repacks them at every call, which costs
+/// more than the product itself for a decoder step's few dozen rows).
+struct Dense(PackedF32);
 
 impl Dense {
-    fn load(cols: usize, rows: usize, vb: VarBuilder, per_step: bool) -> candle_core::Result<Self> {
-        if !per_step {
-            return Ok(Dense::Candle(candle_nn::linear(cols, rows, vb)?));
-        }
-        let w = vb.get((rows, cols), "weight")?;
-        let b = vb.get(rows, "bias")?;
-        Ok(Dense::Step {
-            w: w.flatten_all()?
-                .to_vec1::<f32>()?
-                .into_iter()
-                .flat_map(f32::to_le_bytes)
-                .collect(),
-            b: b.to_vec1()?,
-            rows,
-            cols,
-        })
+    fn load(cols: usize, rows: usize, vb: VarBuilder) -> candle_core::Result<Self> {
+        let w = vb
+            .get((rows, cols), "weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = vb.get(rows, "bias")?.to_vec1::<f32>()?;
+        Ok(Dense(PackedF32::new(&w, Some(&b), rows, cols)))
     }
 
     /// `[n, t, cols]` → `[n, t, rows]`.
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        match self {
-            Dense::Candle(l) => l.forward(x),
-            Dense::Step { w, b, rows, cols } => {
-                let (n, t, _) = x.dims3()?;
-                let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-                Tensor::from_vec(
-                    f32_product(w, b, *rows, *cols, &input, n * t),
-                    (n, t, *rows),
-                    x.device(),
-                )
-            }
-        }
+        let (n, t, _) = x.dims3()?;
+        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        Tensor::from_vec(
+            self.0.apply(&input, n * t),
+            (n, t, self.0.rows()),
+            x.device(),
+        )
     }
-}
-
-/// `rows_in` rows of `input` times the `rows × cols` f32 matrix `w` (bytes),
-/// plus `bias` per output row.
-fn f32_product(
-    w: &[u8],
-    bias: &[f32],
-    rows: usize,
-    cols: usize,
-    input: &[f32],
-    rows_in: usize,
-) -> Vec<f32> {
-    let m = QMatrix::new(QType::F32, rows, cols, w).expect("f32 weights of the checked shape");
-    let mut acts = Activations::new();
-    acts.quantize(input, rows_in, cols, QType::F32);
-    let mut out = vec![0f32; rows_in * rows];
-    kernels::matmul(&m, &acts, &mut out);
-    for row in out.chunks_exact_mut(rows) {
-        for (o, b) in row.iter_mut().zip(bias) {
-            *o += b;
-        }
-    }
-    out
 }
 
 struct Attention {
@@ -175,20 +127,12 @@ struct Attention {
 }
 
 impl Attention {
-    /// `queries_per_step`: the query and output projections run at every
-    /// decoder step; `keys_per_step`: so do the key and value ones.
-    fn load(
-        vb: VarBuilder,
-        d: usize,
-        heads: usize,
-        queries_per_step: bool,
-        keys_per_step: bool,
-    ) -> candle_core::Result<Self> {
+    fn load(vb: VarBuilder, d: usize, heads: usize) -> candle_core::Result<Self> {
         Ok(Self {
-            q: Dense::load(d, d, vb.pp("q_proj"), queries_per_step)?,
-            k: Dense::load(d, d, vb.pp("k_proj"), keys_per_step)?,
-            v: Dense::load(d, d, vb.pp("v_proj"), keys_per_step)?,
-            out: Dense::load(d, d, vb.pp("out_proj"), queries_per_step)?,
+            q: Dense::load(d, d, vb.pp("q_proj"))?,
+            k: Dense::load(d, d, vb.pp("k_proj"))?,
+            v: Dense::load(d, d, vb.pp("v_proj"))?,
+            out: Dense::load(d, d, vb.pp("out_proj"))?,
             heads,
             head_dim: d / heads,
         })
@@ -238,16 +182,10 @@ struct FeedForward {
 }
 
 impl FeedForward {
-    fn load(
-        vb: &VarBuilder,
-        d: usize,
-        ffn: usize,
-        act: Activation,
-        per_step: bool,
-    ) -> candle_core::Result<Self> {
+    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Activation) -> candle_core::Result<Self> {
         Ok(Self {
-            fc1: Dense::load(d, ffn, vb.pp("fc1"), per_step)?,
-            fc2: Dense::load(ffn, d, vb.pp("fc2"), per_step)?,
+            fc1: Dense::load(d, ffn, vb.pp("fc1"))?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"))?,
             act,
         })
     }
@@ -281,11 +219,9 @@ pub struct Marian {
     positions: Tensor,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
-    /// The output layer's rows (`vocab × d_model` f32, little-endian bytes),
-    /// multiplied by [`crate::backend::kernels`]' F32 kernel: candle's
+    /// The output layer with `final_logits_bias`, packed once: candle's
     /// matmul would repack this largest matrix at every step.
-    lm_head: Vec<u8>,
-    final_logits_bias: Vec<f32>,
+    lm_head: PackedF32,
     vocab: usize,
     embed_scale: f64,
     device: Device,
@@ -455,11 +391,9 @@ impl Marian {
                     vb.pp("self_attn"),
                     d,
                     cfg.encoder_attention_heads,
-                    false,
-                    false,
                 ))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
-                ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act, false))?,
+                ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act))?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
             });
         }
@@ -471,19 +405,15 @@ impl Marian {
                     vb.pp("self_attn"),
                     d,
                     cfg.decoder_attention_heads,
-                    true,
-                    true,
                 ))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
                 cross: e(Attention::load(
                     vb.pp("encoder_attn"),
                     d,
                     cfg.decoder_attention_heads,
-                    true,
-                    false,
                 ))?,
                 cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
-                ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act, true))?,
+                ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act))?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
             });
         }
@@ -493,11 +423,12 @@ impl Marian {
             1.0
         };
         let vocab = lm_head.dim(0).map_err(|e| e.to_string())?;
-        let lm_head: Vec<u8> = e(lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>()))?
-            .into_iter()
-            .flat_map(f32::to_le_bytes)
-            .collect();
-        let final_logits_bias = e(final_logits_bias.to_vec1::<f32>())?;
+        let lm_head = PackedF32::new(
+            &e(lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>()))?,
+            Some(&e(final_logits_bias.to_vec1::<f32>())?),
+            vocab,
+            d,
+        );
         Ok(Self {
             vocab,
             enc_embed: Embedding::new(enc_table, d),
@@ -506,7 +437,6 @@ impl Marian {
             encoder,
             decoder,
             lm_head,
-            final_logits_bias,
             embed_scale,
             device: device.clone(),
             cfg,
@@ -644,14 +574,7 @@ impl EncoderDecoder for Marian {
         }
         state.len += 1;
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        Ok(f32_product(
-            &self.lm_head,
-            &self.final_logits_bias,
-            self.vocab,
-            self.cfg.d_model,
-            &x,
-            n,
-        ))
+        Ok(self.lm_head.apply(&x, n))
     }
 
     fn select(&self, state: &mut MarianState, rows: &[usize]) -> Result<(), BackendError> {

@@ -377,10 +377,10 @@ fn greedy<M: EncoderDecoder>(
             .iter()
             .map(|&i| *outputs[i].last().unwrap_or(&0))
             .collect();
-        let logits = model.step(&mut state, &tokens)?;
+        let mut logits = model.step(&mut state, &tokens)?;
         let mut keep = Vec::with_capacity(running.len());
         for (row, &i) in running.iter().enumerate() {
-            let scores = &mut logits[row * vocab..(row + 1) * vocab].to_vec();
+            let scores = &mut logits[row * vocab..(row + 1) * vocab];
             s.process(&outputs[i], scores);
             // `argmax`: the first of equal maxima.
             let mut best = 0;
@@ -456,22 +456,24 @@ fn beam_search<M: EncoderDecoder>(
                     .map(|(t, _)| *t.last().unwrap_or(&0))
             })
             .collect();
-        let logits = model.step(&mut state, &tokens)?;
-        // Per row, in parallel: log-softmax, the logits processors, the
-        // beam's score added, and its best `keep_n` (value, token).
+        let mut logits = model.step(&mut state, &tokens)?;
+        // Per row, in parallel and in place: log-softmax, the logits
+        // processors, the beam's score added, and its best `keep_n` (value,
+        // token).
         let histories: Vec<(&[u32], f32)> = active
             .iter()
             .flat_map(|&i| beams[i].running.iter().map(|(h, sc)| (h.as_slice(), *sc)))
             .collect();
         let per_row: Vec<Vec<(f32, usize)>> = histories
             .par_iter()
-            .enumerate()
-            .map(|(row, &(hist, score))| {
-                let mut lp = logits[row * vocab..(row + 1) * vocab].to_vec();
-                log_softmax(&mut lp);
-                s.process(hist, &mut lp);
-                let values: Vec<f32> = lp.iter().map(|&v| v + score).collect();
-                top_n(&values, keep_n)
+            .zip(logits.par_chunks_mut(vocab))
+            .map(|(&(hist, score), lp)| {
+                log_softmax(lp);
+                s.process(hist, lp);
+                for v in lp.iter_mut() {
+                    *v += score;
+                }
+                top_n(lp, keep_n)
             })
             .collect();
         drop(histories);
