@@ -99,6 +99,7 @@ fn main() -> anyhow::Result<()> {
             loop_guard: false,
             ..GenerationParams::default()
         },
+        seq2seq: None,
     };
 
     // Warm-up: one short run, so page faults and allocations are not timed.
@@ -195,6 +196,7 @@ fn main() -> anyhow::Result<()> {
                         loop_guard: false,
                         ..GenerationParams::default()
                     },
+                    seq2seq: None,
                 }
             })
             .collect();

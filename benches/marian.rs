@@ -51,8 +51,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use precis::backend::seq2seq::marian::{Marian, MarianState};
-use precis::backend::seq2seq::translator::checkpoint_generation;
+use precis::backend::seq2seq::backend::checkpoint_generation;
+use precis::backend::seq2seq::bart::{Bart, BartState};
 use precis::backend::seq2seq::{
     generate, pad_outputs, EncoderDecoder, GenerationOverrides, GenerationSettings, Seq2SeqConfig,
 };
@@ -93,7 +93,7 @@ struct Phases {
 
 /// The model, with a clock around each call [`generate`] makes.
 struct Timed<'a> {
-    model: &'a Marian,
+    model: &'a Bart,
     phases: Cell<Phases>,
 }
 
@@ -106,20 +106,20 @@ impl Timed<'_> {
 }
 
 impl EncoderDecoder for Timed<'_> {
-    type State = MarianState;
+    type State = BartState;
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
         self.model.seq2seq_config()
     }
 
-    fn start(&self, inputs: &[Vec<u32>], rows: usize) -> Result<MarianState, BackendError> {
+    fn start(&self, inputs: &[Vec<u32>], rows: usize) -> Result<BartState, BackendError> {
         let t = Instant::now();
         let out = self.model.start(inputs, rows);
         self.add(|p| p.start += t.elapsed());
         out
     }
 
-    fn step(&self, state: &mut MarianState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let t = Instant::now();
         let out = self.model.step(state, tokens);
         self.add(|p| {
@@ -129,7 +129,7 @@ impl EncoderDecoder for Timed<'_> {
         out
     }
 
-    fn select(&self, state: &mut MarianState, rows: &[usize]) -> Result<(), BackendError> {
+    fn select(&self, state: &mut BartState, rows: &[usize]) -> Result<(), BackendError> {
         let t = Instant::now();
         let out = self.model.select(state, rows);
         self.add(|p| p.select += t.elapsed());
@@ -198,7 +198,7 @@ fn main() -> anyhow::Result<()> {
     }
     let load_start = Instant::now();
     let tokenizer = MarianTokenizer::from_dir(&dir)?;
-    let model = Marian::load(&dir, &Device::Cpu)?;
+    let model = Bart::load(&dir, &Device::Cpu)?;
     let load_s = load_start.elapsed().as_secs_f64();
 
     let sentences = read_sentences(&sentences_path, count)?;

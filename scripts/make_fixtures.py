@@ -1,40 +1,70 @@
 #!/usr/bin/env python3
 """Build tiny seq2seq checkpoints and record reference outputs for parity tests.
 
-What it makes (from the repository root):
+What it makes (from the repository root), per family:
 
-    tests/fixtures/marian/tiny-en-ru/   opus-mt-like English->Russian checkpoint
-    tests/fixtures/marian/tiny-en-hi/   English->Hindi, deliberately different config
+  marian  (Helsinki-NLP/opus-mt-* layout; English -> Russian / Hindi)
+    tests/fixtures/marian/tiny-en-ru/   opus-mt-like checkpoint: swish, scaled embeddings
+    tests/fixtures/marian/tiny-en-hi/   deliberately different config; pytorch_model.bin too
         config.json  generation_config.json  model.safetensors       (as save_pretrained writes them)
         source.spm  target.spm  vocab.json  tokenizer_config.json    (MarianTokenizer files)
-        reference.json   what Python `transformers` does with exactly these files
 
-Why: Marian/opus-mt weights cannot be downloaded here, so the Rust Marian
-implementation is proven by parity with the reference implementation (Python
-`transformers`) on small checkpoints of the same architecture and the same
-file layout as the Hugging Face hub repositories (`Helsinki-NLP/opus-mt-*`).
-The checkpoints are trained for a few hundred steps on the small parallel
-corpus below, so their logits are not flat and their greedy and beam outputs
-differ in interesting ways; they are not translators.
+  bart  (summarization: a news paragraph -> its first sentence)
+    tests/fixtures/bart/tiny-cnn/       facebook/bart-large-cnn-like: gelu, unscaled embeddings,
+        2+2 layers, 128 positions (so long inputs need chunking), tied embeddings, trained
+        final_logits_bias, generation_config.json with bart-large-cnn's kind of settings
+        (beam 4, length_penalty 2, min/max_length, no_repeat_ngram 3, early_stopping, forced
+        BOS 0 / EOS 2); byte-level BPE as tokenizer.json AND vocab.json + merges.txt
+        (+ tokenizer_config.json, special_tokens_map.json); model.safetensors
+    tests/fixtures/bart/tiny-distil/    sshleifer/distilbart-cnn-12-6-like: 3 encoder / 1 decoder
+        layers, relu, scaled embeddings, narrower; NO generation_config.json: its summarization
+        settings live only in config.json task_specific_params (which transformers 5 ignores)
+        beside the legacy force_bos_token_to_be_generated (which it honours); vocab.json +
+        merges.txt only; pytorch_model.bin only
+
+  t5  (the same task, inputs prefixed "summarize: ")
+    tests/fixtures/t5/tiny-flan/        google/flan-t5-like: gated-gelu, untied lm_head (no output
+        scaling), inner dim (heads * d_kv) != d_model, 32 buckets / max_distance 128, 8 sentinels,
+        vocab_size padded past the tokenizer, spiece.model (small custom normalization table)
+        + tokenizer.json + tokenizer_config.json (model_max_length 96) + special_tokens_map.json
+    tests/fixtures/t5/tiny-t5/          google-t5/t5-small-like: relu, tied embeddings (decoder
+        output scaled by d_model**-0.5), 16 buckets / max_distance 32 with inputs longer than
+        that, 3 encoder / 2 decoder layers, task_specific_params in config.json, spiece.model
+        only (nmt_nfkc, 100 sentinels by default)
+
+  and in every directory
+    reference.json   what Python `transformers` does with exactly these files
+
+Why: Marian, BART and T5 weights cannot be downloaded here, so the Rust
+implementations are proven by parity with the reference implementation
+(Python `transformers`) on small checkpoints of the same architectures and
+the same file layouts as the Hugging Face hub repositories. The checkpoints
+are trained for a few hundred steps on the small corpus below (written for
+these fixtures), so their logits are not flat and their greedy and beam
+outputs differ in interesting ways; they are neither translators nor
+summarizers.
 
 How to run it (the virtualenv lives outside the repository; PyPI only):
 
     python3 -m venv ~/.cache/precis/fixtures-venv
-    ~/.cache/precis/fixtures-venv/bin/pip install transformers==5.24.0 torch sentencepiece safetensors
+    ~/.cache/precis/fixtures-venv/bin/pip install transformers==5.24.0 torch sentencepiece safetensors protobuf
     ~/.cache/precis/fixtures-venv/bin/python scripts/make_fixtures.py            # every family
     ~/.cache/precis/fixtures-venv/bin/python scripts/make_fixtures.py marian     # one family
+    ~/.cache/precis/fixtures-venv/bin/python scripts/make_fixtures.py bart t5    # some
 
-It refuses to run with another `transformers` version (the references are
-that version's behaviour), works offline (`HF_HUB_OFFLINE=1`), runs torch on
-one CPU thread with fixed seeds and deterministic algorithms, and rewrites its
-output directories from scratch: on the same machine two runs produce
-byte-identical files. (Another CPU may round differently during training and
-so produce other weights; `reference.json` records the sha256 of every file
-it was computed from, so a test can tell.)
+(protobuf: transformers reads spiece.model through it; the t5 references
+record its version.) It refuses to run with another `transformers` version
+(the references are that version's behaviour), works offline
+(`HF_HUB_OFFLINE=1`), runs torch on one CPU thread with fixed seeds and
+deterministic algorithms, and rewrites its output directories from scratch:
+on the same machine two runs produce byte-identical files. (Another CPU may
+round differently during training and so produce other weights;
+`reference.json` records the sha256 of every file it was computed from, so a
+test can tell.)
 
-Layout of reference.json (Marian; ids are ints, floats are float32 values
-written as the float64 equal to them, so f64 parse + cast to f32 is exact;
-a tensor is {"shape": [..], "data": [flat row-major list]}):
+Layout of reference.json (ids are ints, floats are float32 values written as
+the float64 equal to them, so f64 parse + cast to f32 is exact; a tensor is
+{"shape": [..], "data": [flat row-major list]}). Marian:
 
     format, generator          "precis marian reference v1", this script
     versions                   {python, transformers, torch, tokenizers, sentencepiece, safetensors, numpy}
@@ -53,10 +83,12 @@ a tensor is {"shape": [..], "data": [flat row-major list]}):
                                 encoder_last_hidden_state (tensor [B, L, d_model]),
                                 decoder_input_ids [B][2] (start token, greedy's first token),
                                 decoder_logits (tensor [B, 2, vocab])}
-    generation[]               {name, kwargs (passed to generate on top of generation_config.json),
+    generation[]               {name, kwargs (passed to generate on top of the checkpoint's
+                                generation config; null means "set to None"),
                                 resolved (the parameters generate() ended up with;
                                 effective_max_length counts the start token),
-                                sequences [B][T] (start token first, pad after eos, as returned),
+                                sequences [B][T] (start token first, then as returned: after eos,
+                                pad in greedy search, `pad_token_id or eos_token_id` in beam search),
                                 text [B] (batch_decode, skip_special_tokens=True),
                                 sequences_scores [B] (beam only),
                                 greedy_margins [B][steps], min_greedy_margin (num_beams == 1 only;
@@ -64,9 +96,37 @@ a tensor is {"shape": [..], "data": [flat row-major list]}):
                                 only one token was allowed), alone_equals_batched [B],
                                 alone_sequences [B][..] (only where a row alone differed)}
 
-Adding a family (BART, T5): write `make_<family>(versions)` returning the
-checkpoint directories it wrote, reusing `train_seq2seq`, `record_generation`,
-`tensor`, `write_json`, and register it in FAMILIES.
+BART and T5 ("precis bart reference v1", "precis t5 reference v1"): the same
+keys where the same things exist, and
+
+    versions                   + protobuf (t5)
+    checkpoint                 {like, model_type, vocab_size (model rows), tokenizer_size,
+                                pad/eos/unk/bos_token_id, decoder_start_token_id,
+                                forced_bos_token_id, forced_eos_token_id (as generate() resolves
+                                them by default), weights (file name), safetensors_tensors or
+                                pytorch_model_tensors, attn_implementation, train_loss}
+    notes[]                    what this transformers version does that a reimplementation must
+                               copy (task_specific_params, tokenizer and padding quirks)
+    tokenization               {tokenizer_class, tokenizer_files, model_max_length (null: none),
+                                add_prefix_space, source[] as Marian's (AutoTokenizer on the
+                                directory), alternative_loads[] {files, tokenizer_class,
+                                same_as_directory, differences[] {text, pieces, input_ids}}
+                                (tiny-cnn: vocab.json + merges.txt only; tiny-flan: without
+                                tokenizer.json)}
+    decoding                   {clean_up_tokenization_spaces, cases[] {note, ids, text,
+                                text_keep_special, tokens (null for ids past the tokenizer)},
+                                batch_decode}
+    forward                    as Marian's, + prefix ("summarize: " for T5, "" for BART):
+                                input_ids = tokenizer([prefix + source for source in sources])
+    generation[]               as Marian's; task_specific_params_summarization (tiny-distil,
+                                tiny-t5) passes config.json's summarization entry, less prefix,
+                                as kwargs: what transformers 4.x's summarization pipeline did
+
+Adding a family: write `make_<family>(versions)` returning the checkpoint
+directories it wrote, reusing `train_seq2seq`, `training_batches`,
+`greedy_and_forward`, `record_generation`, `common_generation_settings`,
+`source_tokenization`, `decoding_case`, `tensor`, `write_json`, and register
+it in FAMILIES.
 """
 
 from __future__ import annotations
@@ -523,16 +583,22 @@ def record_generation(model, tokenizer, batch, settings: list) -> list:
         with torch.no_grad():
             out = model.generate(**batch, **kwargs, output_scores=True, return_dict_in_generate=True)
         seqs = out.sequences.tolist()
+        resolved = resolved_generation_config(model, kwargs)
+        beams = resolved["num_beams"]
+        eos = resolved["eos_token_id"]
+        # Finished rows are filled with pad, but beam search fills with `pad_token_id or
+        # eos_token_id` (GenerationMixin._beam_search): eos where pad is 0, as in T5.
+        fill = pad_id if beams == 1 else (pad_id or (eos[0] if isinstance(eos, list) else eos))
         entry = {
             "name": name,
             "kwargs": kwargs,
-            "resolved": resolved_generation_config(model, kwargs),
+            "resolved": resolved,
             "sequences": seqs,
             "text": tokenizer.batch_decode(seqs, skip_special_tokens=True),
         }
         if getattr(out, "sequences_scores", None) is not None:
             entry["sequences_scores"] = [f32(x) for x in out.sequences_scores.tolist()]
-        if kwargs.get("num_beams", model.generation_config.num_beams) == 1:
+        if beams == 1:
             # Per row, per generated step: top-1 minus top-2 of the processed scores that
             # argmax saw (null where only one token was allowed, e.g. forced eos).
             margins = []
@@ -557,12 +623,141 @@ def record_generation(model, tokenizer, batch, settings: list) -> list:
             with torch.no_grad():
                 s = model.generate(**single, **kwargs)[0].tolist()
             alone.append(s)
-            same.append(strip_trailing(s, pad_id) == strip_trailing(seqs[b], pad_id))
+            same.append(strip_trailing(s, fill) == strip_trailing(seqs[b], fill))
         entry["alone_equals_batched"] = same
         if not all(same):
             entry["alone_sequences"] = alone
         results.append(entry)
     return results
+
+
+def fresh_dir(family: str, name: str) -> Path:
+    """tests/fixtures/<family>/<name>/, emptied."""
+    out_dir = FIXTURES / family / name
+    print(f"[{family}] {name} -> {out_dir.relative_to(REPO)}", flush=True)
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.mkdir(parents=True)
+    return out_dir
+
+
+def make_readable(out_dir: Path) -> None:
+    for p in out_dir.iterdir():
+        p.chmod(0o644)  # safetensors writes 0600
+
+
+def file_hashes(out_dir: Path) -> dict:
+    """{file name: sha256} of every file but reference.json."""
+    return {p.name: sha256(p) for p in sorted(out_dir.iterdir()) if p.name != "reference.json"}
+
+
+def safetensors_names(path: Path) -> list:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        return sorted(f.keys())
+
+
+def training_batches(enc, pad_id: int, size: int = 32) -> list:
+    """Shuffled (fixed seed) batches of a padded `tokenizer(..., text_target=...)` encoding;
+    label padding becomes -100 so the loss ignores it."""
+    import torch
+
+    labels = enc["labels"].masked_fill(enc["labels"] == pad_id, -100)
+    n = enc["input_ids"].shape[0]
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED)).tolist()
+    batches = []
+    for i in range(0, len(order), size):
+        idx = torch.tensor(order[i : i + size])
+        batches.append({"input_ids": enc["input_ids"][idx], "attention_mask": enc["attention_mask"][idx],
+                        "labels": labels[idx]})
+    return batches
+
+
+def greedy_and_forward(model, batch, sources: list, start_id: int, prefix: str | None = None) -> tuple:
+    """Greedy outputs of the batch (plain greedy on top of the checkpoint's settings) and the
+    `forward` reference: encoder states and the logits of the first two decoder steps
+    (the start token, then greedy's first token)."""
+    import torch
+
+    with torch.no_grad():
+        greedy = model.generate(**batch, num_beams=1, do_sample=False).tolist()
+        enc_out = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        dec_in = torch.tensor([[start_id, row[1]] for row in greedy])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=dec_in).logits
+    forward = {"sources": sources}
+    if prefix is not None:
+        forward["prefix"] = prefix
+    forward.update({
+        "input_ids": batch["input_ids"].tolist(),
+        "attention_mask": batch["attention_mask"].tolist(),
+        "encoder_last_hidden_state": tensor(enc_out.last_hidden_state),
+        "decoder_input_ids": dec_in.tolist(),
+        "decoder_logits": tensor(logits),
+    })
+    return greedy, forward
+
+
+def common_generation_settings(greedy_ids: list, pad_id: int, *, first: int = 1, min_length: int,
+                               min_new_tokens: int, max_new_tokens: tuple, max_length: int,
+                               no_repeat: int) -> list:
+    """The generate() kwargs every family records. Bad words come from the greedy output:
+    greedy's 2nd content token of row 0, and its first two content tokens of row 2
+    (`first`: index of the first content token, after the start and any forced BOS)."""
+    bad_single = greedy_ids[0][first + 1]
+    bad_pair = list(greedy_ids[2][first : first + 2])
+    bad = [[pad_id], [bad_single], bad_pair]
+    greedy_new, beam_new = max_new_tokens
+    return [
+        ("checkpoint_defaults", {}),
+        ("greedy", {"num_beams": 1, "do_sample": False}),
+        ("beam4", {"num_beams": 4, "do_sample": False}),
+        ("beam4_length_penalty_0.6", {"num_beams": 4, "length_penalty": 0.6}),
+        ("beam4_length_penalty_2.0", {"num_beams": 4, "length_penalty": 2.0}),
+        ("beam4_early_stopping_true", {"num_beams": 4, "early_stopping": True}),
+        ("beam4_early_stopping_false", {"num_beams": 4, "early_stopping": False}),
+        ("beam4_early_stopping_never", {"num_beams": 4, "early_stopping": "never"}),
+        (f"greedy_min_length_{min_length}", {"num_beams": 1, "min_length": min_length}),
+        (f"beam4_min_new_tokens_{min_new_tokens}", {"num_beams": 4, "min_new_tokens": min_new_tokens}),
+        (f"greedy_max_new_tokens_{greedy_new}", {"num_beams": 1, "max_new_tokens": greedy_new}),
+        (f"beam4_max_new_tokens_{beam_new}", {"num_beams": 4, "max_new_tokens": beam_new}),
+        (f"greedy_max_length_{max_length}", {"num_beams": 1, "max_length": max_length}),
+        (f"greedy_no_repeat_ngram_{no_repeat}", {"num_beams": 1, "no_repeat_ngram_size": no_repeat}),
+        (f"beam4_no_repeat_ngram_{no_repeat}", {"num_beams": 4, "no_repeat_ngram_size": no_repeat}),
+        ("greedy_repetition_penalty_1.3", {"num_beams": 1, "repetition_penalty": 1.3}),
+        ("beam4_repetition_penalty_1.3", {"num_beams": 4, "repetition_penalty": 1.3}),
+        ("greedy_bad_words", {"num_beams": 1, "bad_words_ids": [list(b) for b in bad]}),
+        ("beam4_bad_words", {"num_beams": 4, "bad_words_ids": [list(b) for b in bad]}),
+    ]
+
+
+def source_tokenization(tok, cases: list) -> list:
+    """tokenizer(text) for each (text, note), special tokens added as by default."""
+    out = []
+    for text, note in cases:
+        enc = tok(text)
+        out.append({
+            "text": text,
+            "note": note,
+            "pieces": tok.tokenize(text),
+            "input_ids": enc["input_ids"],
+            "attention_mask": enc["attention_mask"],
+        })
+    return out
+
+
+def decoding_case(tok, note: str, ids: list, **extra) -> dict:
+    """decode(ids) with and without special tokens (extra fields go before `tokens`)."""
+    case = {
+        "note": note,
+        "ids": ids,
+        "text": tok.decode(ids, skip_special_tokens=True),
+        "text_keep_special": tok.decode(ids, skip_special_tokens=False),
+    }
+    case.update(extra)
+    case["tokens"] = tok.convert_ids_to_tokens(ids)
+    return case
 
 
 # ---------------------------------------------------------------------------
@@ -621,45 +816,15 @@ def build_marian_vocab(src_proto: bytes, tgt_proto: bytes, excluded: list, codes
 
 def marian_generation_settings(spec: MarianSpec, greedy_ids: list, pad_id: int) -> list:
     """The generate() kwargs recorded; bad words are taken from the greedy output."""
-    # A token greedy produced for row 0 (its 2nd generated token) and a 2-token
-    # sequence from row 2, so forbidding them changes the output.
-    bad_single = greedy_ids[0][2]
-    bad_pair = greedy_ids[2][1:3]
-    return [
-        ("checkpoint_defaults", {}),
-        ("greedy", {"num_beams": 1, "do_sample": False}),
-        ("beam4", {"num_beams": 4, "do_sample": False}),
-        ("beam4_length_penalty_0.6", {"num_beams": 4, "length_penalty": 0.6}),
-        ("beam4_length_penalty_2.0", {"num_beams": 4, "length_penalty": 2.0}),
-        ("beam4_early_stopping_true", {"num_beams": 4, "early_stopping": True}),
-        ("beam4_early_stopping_false", {"num_beams": 4, "early_stopping": False}),
-        ("beam4_early_stopping_never", {"num_beams": 4, "early_stopping": "never"}),
-        ("greedy_min_length_14", {"num_beams": 1, "min_length": 14}),
-        ("beam4_min_new_tokens_10", {"num_beams": 4, "min_new_tokens": 10}),
-        ("greedy_max_new_tokens_5", {"num_beams": 1, "max_new_tokens": 5}),
-        ("beam4_max_new_tokens_6", {"num_beams": 4, "max_new_tokens": 6}),
-        ("greedy_max_length_8", {"num_beams": 1, "max_length": 8}),
-        ("greedy_no_repeat_ngram_2", {"num_beams": 1, "no_repeat_ngram_size": 2}),
-        ("beam4_no_repeat_ngram_2", {"num_beams": 4, "no_repeat_ngram_size": 2}),
-        ("greedy_repetition_penalty_1.3", {"num_beams": 1, "repetition_penalty": 1.3}),
-        ("beam4_repetition_penalty_1.3", {"num_beams": 4, "repetition_penalty": 1.3}),
-        ("greedy_bad_words", {"num_beams": 1, "bad_words_ids": [[pad_id], [bad_single], list(bad_pair)]}),
-        ("beam4_bad_words", {"num_beams": 4, "bad_words_ids": [[pad_id], [bad_single], list(bad_pair)]}),
+    return common_generation_settings(
+        greedy_ids, pad_id, min_length=14, min_new_tokens=10, max_new_tokens=(5, 6), max_length=8, no_repeat=2,
+    ) + [
         ("beam3_length_penalty_0.8_no_repeat_3", {"num_beams": 3, "length_penalty": 0.8, "no_repeat_ngram_size": 3}),
     ]
 
 
 def marian_tokenization(tok, spec: MarianSpec) -> dict:
-    source = []
-    for text, note in SOURCE_CASES:
-        enc = tok(text)
-        source.append({
-            "text": text,
-            "note": note,
-            "pieces": tok.tokenize(text),
-            "input_ids": enc["input_ids"],
-            "attention_mask": enc["attention_mask"],
-        })
+    source = source_tokenization(tok, SOURCE_CASES)
     target = []
     for text, note in spec.target_cases:
         enc = tok(text_target=text)
@@ -693,16 +858,11 @@ def marian_decoding(tok, spec: MarianSpec, greedy_sequences: list) -> dict:
     if spec.language_codes:
         code_id = tok.encoder[spec.language_codes[0]]
         cases.append(("language code token first", [code_id] + tgt_ids[1]))
-    out = []
-    for note, ids in cases:
-        out.append({
-            "note": note,
-            "ids": ids,
-            "text": tok.decode(ids, skip_special_tokens=True),
-            "text_keep_special": tok.decode(ids, skip_special_tokens=False),
-            "text_target_spm": tok.decode(ids, skip_special_tokens=True, use_source_tokenizer=False),
-            "tokens": tok.convert_ids_to_tokens(ids),
-        })
+    out = [
+        decoding_case(tok, note, ids,
+                      text_target_spm=tok.decode(ids, skip_special_tokens=True, use_source_tokenizer=False))
+        for note, ids in cases
+    ]
     all_ids = [c["ids"] for c in out]
     return {"cases": out, "batch_decode": tok.batch_decode(all_ids, skip_special_tokens=True)}
 
@@ -719,11 +879,7 @@ def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
         MarianTokenizer,
     )
 
-    out_dir = FIXTURES / "marian" / spec.name
-    print(f"[marian] {spec.name} -> {out_dir.relative_to(REPO)}", flush=True)
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
-    out_dir.mkdir(parents=True)
+    out_dir = fresh_dir("marian", spec.name)
     seed_everything(SEED)
 
     # 1. Tokenizer files.
@@ -776,14 +932,7 @@ def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
 
     # 3. Train (teacher forcing). Inputs: source + </s>; labels: target + </s>.
     enc = tok(src_texts, text_target=tgt_texts, padding=True, return_tensors="pt")
-    labels = enc["labels"].masked_fill(enc["labels"] == pad_id, -100)
-    order = torch.randperm(len(src_texts), generator=torch.Generator().manual_seed(SEED)).tolist()
-    batches = []
-    for i in range(0, len(order), 32):
-        idx = torch.tensor(order[i : i + 32])
-        batches.append({"input_ids": enc["input_ids"][idx], "attention_mask": enc["attention_mask"][idx],
-                        "labels": labels[idx]})
-    curve = train_seq2seq(model, batches, spec.train_steps, spec.learning_rate)
+    curve = train_seq2seq(model, training_batches(enc, pad_id), spec.train_steps, spec.learning_rate)
 
     # 4. Save in the hub layout.
     model.generation_config = GenerationConfig(
@@ -799,27 +948,17 @@ def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
         # The same weights as a pickled state dict too, as older hub
         # checkpoints ship them (pytorch_model.bin): loaders must read both.
         torch.save(model.state_dict(), str(out_dir / "pytorch_model.bin"))
-    for p in out_dir.iterdir():
-        p.chmod(0o644)  # safetensors writes 0600
+    make_readable(out_dir)
 
     # 5. References, from the files just written.
     model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")
     assert type(model) is MarianMTModel
     model.eval()
-    from safetensors import safe_open
-
-    with safe_open(str(out_dir / "model.safetensors"), "pt") as f:
-        tensor_names = sorted(f.keys())
+    tensor_names = safetensors_names(out_dir / "model.safetensors")
     assert model.final_logits_bias.abs().max().item() > 0, "final_logits_bias stayed zero"
 
     batch = tok(BATCH_SOURCES, padding=True, return_tensors="pt")
-    with torch.no_grad():
-        greedy = model.generate(**batch, num_beams=1, do_sample=False).tolist()
-        enc_out = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        first = [row[1] for row in greedy]
-        dec_in = torch.tensor([[pad_id, t] for t in first])
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                       decoder_input_ids=dec_in).logits
+    greedy, forward = greedy_and_forward(model, batch, BATCH_SOURCES, pad_id)
     settings = marian_generation_settings(spec, greedy, pad_id)
     generation = record_generation(model, tok, batch, settings)
 
@@ -833,7 +972,7 @@ def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
         "format": "precis marian reference v1",
         "generator": "scripts/make_fixtures.py",
         "versions": versions,
-        "files": {p.name: sha256(p) for p in sorted(out_dir.iterdir()) if p.name != "reference.json"},
+        "files": file_hashes(out_dir),
         "checkpoint": {
             "vocab_size": len(vocab),
             "pad_token_id": pad_id,
@@ -850,14 +989,7 @@ def make_marian_checkpoint(spec: MarianSpec, versions: dict) -> Path:
         },
         "tokenization": tokenization,
         "decoding": marian_decoding(tok, spec, greedy),
-        "forward": {
-            "sources": BATCH_SOURCES,
-            "input_ids": batch["input_ids"].tolist(),
-            "attention_mask": batch["attention_mask"].tolist(),
-            "encoder_last_hidden_state": tensor(enc_out.last_hidden_state),
-            "decoder_input_ids": dec_in.tolist(),
-            "decoder_logits": tensor(logits),
-        },
+        "forward": forward,
         "generation": generation,
     }
     write_json(out_dir / "reference.json", reference)
@@ -868,10 +1000,693 @@ def make_marian(versions: dict) -> list:
     return [make_marian_checkpoint(spec, versions) for spec in MARIAN_SPECS]
 
 
+# ---------------------------------------------------------------------------
+# Summarizers (BART: facebook/bart-large-cnn, sshleifer/distilbart-cnn-12-6;
+# T5: google/flan-t5-*, google-t5/t5-small)
+# ---------------------------------------------------------------------------
+# The task: a short news paragraph (2-4 sentences of CORPUS's English side)
+# -> its first sentence, as CNN/DailyMail's lead bias makes real summarizers do.
+ENGLISH = [row[0] for row in CORPUS]
+
+# Tokenization cases (text, note): what a summarizer's input can hold.
+SUMMARY_CASES = [
+    ("", "empty string"),
+    ("The minister arrived in Delhi on Monday.", "training sentence"),
+    ("summarize: The minister arrived in Delhi on Monday.", "T5 task prefix"),
+    ("Antony J. Blinken met the U.S. ambassador in New Delhi.", "names, initials, abbreviations"),
+    ("The central bank raised rates by 0.25% on 12/31/2024.", "digits and punctuation"),
+    ('"We\'re not going to stop," he said. It\'s 5 o\'clock; don\'t worry, they\'ll\'ve left.', "quotes, contractions"),
+    ("\u201cSmart quotes\u201d, \u2018single\u2019 \u2014 em dash\u2026 and \u00abguillemets\u00bb", "typographic punctuation"),
+    (" The minister", "one leading space"),
+    ("  leading and trailing  ", "leading/trailing spaces"),
+    ("multiple    spaces\tand\ttabs", "runs of spaces, tabs"),
+    ("First line.\nSecond line.\n\nNew paragraph.\r\nWindows line.", "newlines, blank line, CRLF"),
+    ("   ", "whitespace only"),
+    ("\n", "newline only"),
+    ("non\u00a0breaking\u2009thin\u3000ideographic spaces", "unicode spaces"),
+    ("zero\u200bwidth\u200dchars", "zero-width characters"),
+    ("\uff26\uff55\uff4c\uff4c\uff57\uff49\uff44\uff54\uff48 \uff11\uff12\uff13 and \ufb01ne \u2460", "NFKC: fullwidth, ligature, circled digit"),
+    ("Cafe\u0301 cre\u0300me na\u00efve", "combining marks and precomposed letters"),
+    ("\u00c5ngstr\u00f6m, se\u00f1or, Z\u00fcrich, fa\u00e7ade, \u0153uvre, \u0141\u00f3d\u017a", "accented Latin"),
+    ("\u041c\u0438\u043d\u0438\u0441\u0442\u0440 \u043f\u0440\u0438\u0431\u044b\u043b \u0432 \u0414\u0435\u043b\u0438.", "Cyrillic"),
+    ("\u092e\u0902\u0924\u094d\u0930\u0940 \u0938\u094b\u092e\u0935\u093e\u0930 \u0915\u094b \u0926\u093f\u0932\u094d\u0932\u0940 \u092a\u0939\u0941\u0902\u091a\u0947\u0964", "Hindi"),
+    ("Emoji \U0001F600\U0001F600 family \U0001F468\u200d\U0001F469\u200d\U0001F467 flags \U0001F1EE\U0001F1F3!", "emoji, ZWJ sequence, flag"),
+    ("\u5317\u4eac 2024\u5e74 \uc11c\uc6b8", "CJK and Hangul"),
+    ("Hello </s> world <pad> and <unk>", "special-token strings inside text"),
+    ("<s>Hello</s><mask> world <mask>", "BART's <s>, </s>, <mask> inside text"),
+    ("<extra_id_0> was <extra_id_1>.", "T5 sentinel strings inside text"),
+    ("12345678901234567890 3.14159 -7 +1 1,000,000", "long digit runs"),
+    ("!!!???...;;;:::---___***", "punctuation runs"),
+    ("UPPER CASE NEWS FROM WASHINGTON, D.C.", "upper case"),
+    ("Zebra quiz: Xavier's jukebox voxel? 99 zq", "rare Latin letters"),
+    ("a", "single letter"),
+    (".", "single punctuation"),
+    (" ".join(ENGLISH[:14]), "a long paragraph: more tokens than tiny-cnn's 128 positions and tiny-flan's "
+                             "model_max_length 96 (no truncation by default)"),
+]
+
+
+def summarization_pairs() -> list:
+    """(paragraph, summary) pairs: 2-4 sentences of ENGLISH, summarized by the first."""
+    n = len(ENGLISH)
+    pairs = []
+    for i in range(n):
+        for stride, more in ((31, 1 + i % 3), (17, 1)):
+            sentences = [ENGLISH[(i + j * stride) % n] for j in range(1 + more)]
+            pairs.append((" ".join(sentences), sentences[0]))
+    return pairs
+
+
+# The batch recorded for encoder/decoder/generation parity: different lengths,
+# so the padded batch has real padding, and the longest is longer in tokens
+# than tiny-t5's relative_attention_max_distance. The first is a training
+# paragraph; the others are new.
+SUMMARY_BATCH = [
+    summarization_pairs()[3][0],
+    "The minister will visit Moscow in May. Talks went on for hours.",
+    '"Prices rose by 3.5% in June," the U.S. central bank said on Tuesday.',
+    "Thank you.",
+]
+
+
+@dataclass
+class SummarizerSpec:
+    """One tiny BART or T5 summarization checkpoint."""
+
+    family: str  # "bart" or "t5"
+    name: str
+    like: str  # the hub checkpoint whose layout and settings it copies
+    config: dict  # BartConfig / T5Config architecture arguments
+    vocab: int  # BPE vocabulary / SentencePiece pieces asked for
+    train_steps: int
+    learning_rate: float
+    generation: dict | None = None  # generation_config.json settings; None: no generation_config.json
+    task_params: dict | None = None  # config.json task_specific_params.summarization
+    legacy_config: dict = field(default_factory=dict)  # config.json keys of old hub files (mostly ignored)
+    weights: str = "model.safetensors"  # or "pytorch_model.bin"
+    tokenizer_json: bool = True  # ship tokenizer.json (+ tokenizer_config.json, special_tokens_map.json)
+    tied: bool = True  # T5: lm_head tied to the embeddings (tie_word_embeddings)
+    extra_ids: int = 100  # T5 sentinels
+    model_max_length: int | None = None  # tokenizer_config.json
+    normalization: str = "nmt_nfkc"  # T5 SentencePiece normalization: nmt_nfkc or nfkc_subset
+    vocab_multiple: int = 1  # T5: config vocab_size rounded up to this (t5: 32100 -> 32128)
+    lengths: dict = field(default_factory=dict)  # numbers for common_generation_settings
+    summary_settings: dict = field(default_factory=dict)  # bart-large-cnn-like beam settings recorded
+
+
+BART_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]  # ids 0-3; <mask> is the last id
+T5_PREFIX = "summarize: "
+
+SUMMARIZER_SPECS = [
+    SummarizerSpec(
+        family="bart",
+        name="tiny-cnn",
+        like="facebook/bart-large-cnn",
+        config=dict(
+            d_model=48, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=96, decoder_ffn_dim=96, activation_function="gelu", scale_embedding=False,
+            max_position_embeddings=128,
+        ),
+        vocab=500,
+        train_steps=300,
+        learning_rate=2e-3,
+        # As in bart-large-cnn/generation_config.json (142/56 there).
+        generation=dict(num_beams=4, length_penalty=2.0, min_length=12, max_length=40, no_repeat_ngram_size=3,
+                        early_stopping=True, forced_bos_token_id=0, forced_eos_token_id=2),
+        legacy_config=dict(add_bias_logits=False, add_final_layer_norm=False, normalize_before=False,
+                           normalize_embedding=True, static_position_embeddings=False,
+                           force_bos_token_to_be_generated=True),
+        model_max_length=128,
+        lengths=dict(first=2, min_length=24, min_new_tokens=20, max_new_tokens=(5, 6), max_length=8, no_repeat=3),
+        summary_settings=dict(num_beams=4, length_penalty=2.0, min_length=12, max_length=40, no_repeat_ngram_size=3,
+                              early_stopping=True),
+    ),
+    SummarizerSpec(
+        family="bart",
+        name="tiny-distil",
+        like="sshleifer/distilbart-cnn-12-6",
+        config=dict(
+            d_model=32, encoder_layers=3, decoder_layers=1, encoder_attention_heads=4, decoder_attention_heads=4,
+            encoder_ffn_dim=64, decoder_ffn_dim=64, activation_function="relu", scale_embedding=True,
+            max_position_embeddings=128,
+        ),
+        vocab=500,
+        train_steps=800,
+        learning_rate=2e-3,
+        task_params=dict(early_stopping=True, length_penalty=2.0, max_length=36, min_length=14,
+                         no_repeat_ngram_size=3, num_beams=4),
+        legacy_config=dict(add_bias_logits=False, add_final_layer_norm=False, normalize_before=False,
+                           normalize_embedding=True, static_position_embeddings=False,
+                           force_bos_token_to_be_generated=True, extra_pos_embeddings=2),
+        weights="pytorch_model.bin",
+        tokenizer_json=False,
+        lengths=dict(first=2, min_length=24, min_new_tokens=20, max_new_tokens=(5, 6), max_length=8, no_repeat=3),
+    ),
+    SummarizerSpec(
+        family="t5",
+        name="tiny-flan",
+        like="google/flan-t5-small",
+        config=dict(
+            d_model=48, d_kv=16, num_heads=4, d_ff=64, num_layers=2, num_decoder_layers=2,
+            feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        ),
+        vocab=300,
+        train_steps=400,
+        learning_rate=3e-3,
+        # As in flan-t5-small/generation_config.json.
+        generation=dict(),
+        tied=False,
+        extra_ids=8,
+        model_max_length=96,
+        normalization="nfkc_subset",
+        vocab_multiple=32,
+        lengths=dict(first=1, min_length=24, min_new_tokens=20, max_new_tokens=(5, 6), max_length=8, no_repeat=3),
+        summary_settings=dict(num_beams=4, length_penalty=2.0, min_length=10, max_length=32, no_repeat_ngram_size=3,
+                              early_stopping=True),
+    ),
+    SummarizerSpec(
+        family="t5",
+        name="tiny-t5",
+        like="google-t5/t5-small",
+        config=dict(
+            d_model=32, d_kv=8, num_heads=4, d_ff=64, num_layers=3, num_decoder_layers=2,
+            feed_forward_proj="relu", relative_attention_num_buckets=16, relative_attention_max_distance=32,
+        ),
+        vocab=300,
+        train_steps=800,
+        learning_rate=1e-2,
+        generation=dict(),
+        # As in t5-small/config.json (min_length 30, max_length 200 there).
+        task_params=dict(early_stopping=True, length_penalty=2.0, max_length=30, min_length=10,
+                         no_repeat_ngram_size=3, num_beams=4, prefix=T5_PREFIX),
+        tokenizer_json=False,
+        vocab_multiple=32,
+        lengths=dict(first=1, min_length=24, min_new_tokens=20, max_new_tokens=(5, 6), max_length=8, no_repeat=3),
+    ),
+]
+
+
+def rewrite_json(path: Path, set_keys: dict | None = None, drop: tuple = ()) -> None:
+    """Edit a config.json written by save_pretrained, keeping its format (indent 2, sorted keys)."""
+    obj = json.loads(path.read_text(encoding="utf-8"))
+    for key in drop:
+        obj.pop(key, None)
+    obj.update(set_keys or {})
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def write_special_tokens_map(tok, path: Path) -> None:
+    """special_tokens_map.json as transformers 4.x's save_pretrained wrote it (5.x no longer
+    writes the file but still reads it); tokens with lstrip/rstrip as objects."""
+    by_text = {str(t): t for t in tok.added_tokens_decoder.values()}
+    out = {}
+    for key, value in tok.special_tokens_map.items():
+        t = by_text.get(value)
+        if t is not None and (t.lstrip or t.rstrip):
+            value = {"content": t.content, "lstrip": t.lstrip, "normalized": t.normalized, "rstrip": t.rstrip,
+                     "single_word": t.single_word}
+        out[key] = value
+    extra = [str(t) for t in getattr(tok, "extra_special_tokens", None) or [] if str(t).startswith("<extra_id_")]
+    if extra:
+        out["additional_special_tokens"] = sorted(extra, key=lambda t: int(t[len("<extra_id_"):-1]))
+    path.write_text(json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+# --- tokenizers ------------------------------------------------------------
+def train_byte_bpe(texts: list, vocab_size: int) -> tuple:
+    """A byte-level BPE vocabulary and merges as BART's (GPT-2's): <s> <pad> </s> <unk> first,
+    the 256 byte symbols, merges, then <mask> last."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=BART_SPECIAL, min_frequency=2,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator(texts, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
+    assert list(vocab)[:4] == BART_SPECIAL and list(vocab.values()) == list(range(len(vocab)))
+    vocab["<mask>"] = len(vocab)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return vocab, merges
+
+
+def make_bart_tokenizer(spec: SummarizerSpec, out_dir: Path, pairs: list):
+    """vocab.json + merges.txt (hub format), and for tiny-cnn also what save_pretrained writes."""
+    from transformers import BartTokenizer
+
+    vocab, merges = train_byte_bpe([a for a, _ in pairs], spec.vocab)
+    (out_dir / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (out_dir / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    kwargs = {} if spec.model_max_length is None else {"model_max_length": spec.model_max_length}
+    tok = BartTokenizer(vocab=str(out_dir / "vocab.json"), merges=str(out_dir / "merges.txt"), **kwargs)
+    assert tok.convert_tokens_to_ids(BART_SPECIAL + ["<mask>"]) == [0, 1, 2, 3, len(vocab) - 1]
+    if spec.tokenizer_json:
+        tok.save_pretrained(str(out_dir))  # tokenizer.json, tokenizer_config.json
+        write_special_tokens_map(tok, out_dir / "special_tokens_map.json")
+    return tok
+
+
+def nfkc_subset_rules() -> str:
+    """A small SentencePiece normalization rule table (TSV: source code points, target code
+    points): NFKC of fullwidth forms, ligatures, circled numbers and a few symbols and spaces,
+    NFC of a few combining sequences, and tab/CR/LF to a space. nmt_nfkc's own table would
+    add ~240 KB to spiece.model and ~320 KB to tokenizer.json; tiny-t5 ships that one."""
+    import unicodedata
+
+    points = [*range(0xFF01, 0xFF5F), *range(0xFB00, 0xFB07), *range(0x2460, 0x2474),
+              0xA0, 0x2002, 0x2003, 0x2009, 0x3000, 0x2026, 0x2122, 0xB2, 0xB3, 0xB9, 0xBD]
+    lines = []
+    for c in map(chr, points):
+        n = unicodedata.normalize("NFKC", c)
+        if n != c:
+            lines.append("%X\t%s" % (ord(c), " ".join("%X" % ord(x) for x in n)))
+    for seq in ["e\u0301", "e\u0300", "a\u0301", "i\u0308", "o\u0308", "u\u0308", "n\u0303", "c\u0327"]:
+        lines.append("%s\t%X" % (" ".join("%X" % ord(x) for x in seq), ord(unicodedata.normalize("NFC", seq))))
+    lines += ["9\t20", "A\t20", "D\t20"]
+    return "\n".join(lines) + "\n"
+
+
+def train_t5_spm(texts: list, spec: SummarizerSpec) -> bytes:
+    """A SentencePiece unigram model with T5's ids: <pad> 0, </s> 1, <unk> 2, no <s>."""
+    import tempfile
+
+    import sentencepiece as spm
+
+    args = dict(model_type="unigram", vocab_size=spec.vocab, hard_vocab_limit=False, character_coverage=1.0,
+                pad_id=0, eos_id=1, unk_id=2, bos_id=-1, num_threads=1, minloglevel=2)
+    buf = io.BytesIO()
+    with tempfile.TemporaryDirectory() as tmp:
+        if spec.normalization == "nfkc_subset":
+            rules = Path(tmp) / "rules.tsv"
+            rules.write_text(nfkc_subset_rules(), encoding="utf-8")
+            args["normalization_rule_tsv"] = str(rules)
+        else:
+            args["normalization_rule_name"] = spec.normalization
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(texts), model_writer=buf, **args)
+    proto = buf.getvalue()
+    if spec.normalization == "nfkc_subset":
+        # The model records the rule file's (temporary) path; drop it.
+        from sentencepiece import sentencepiece_model_pb2
+
+        m = sentencepiece_model_pb2.ModelProto()
+        m.ParseFromString(proto)
+        m.normalizer_spec.ClearField("normalization_rule_tsv")
+        proto = m.SerializeToString()
+    assert b"rules.tsv" not in proto
+    return proto
+
+
+def make_t5_tokenizer(spec: SummarizerSpec, out_dir: Path, pairs: list):
+    """spiece.model, and for tiny-flan what T5Tokenizer.save_pretrained writes."""
+    from transformers import T5Tokenizer
+
+    proto = train_t5_spm([T5_PREFIX + a for a, _ in pairs], spec)
+    (out_dir / "spiece.model").write_bytes(proto)
+    kwargs = dict(vocab_file=str(out_dir / "spiece.model"), extra_ids=spec.extra_ids)
+    if spec.model_max_length is not None:
+        kwargs["model_max_length"] = spec.model_max_length
+    tok = T5Tokenizer(**T5Tokenizer.convert_to_native_format(**kwargs))
+    assert tok.convert_tokens_to_ids(["<pad>", "</s>", "<unk>"]) == [0, 1, 2]
+    assert tok.convert_tokens_to_ids("<extra_id_0>") == len(tok) - 1
+    if spec.tokenizer_json:
+        tok.save_pretrained(str(out_dir))  # tokenizer.json, tokenizer_config.json
+        write_special_tokens_map(tok, out_dir / "special_tokens_map.json")
+    return tok
+
+
+# --- models ----------------------------------------------------------------
+def make_bart_model(spec: SummarizerSpec, vocab_size: int):
+    import torch
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    config = BartConfig(
+        vocab_size=vocab_size, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
+        forced_eos_token_id=2, tie_word_embeddings=True, dropout=0.1, attention_dropout=0.0,
+        activation_dropout=0.0, architectures=["BartForConditionalGeneration"], **spec.config,
+    )
+    torch.manual_seed(SEED)
+    return BartForConditionalGeneration(config)
+
+
+def make_t5_model(spec: SummarizerSpec, tokenizer_size: int):
+    import torch
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    m = spec.vocab_multiple
+    config = T5Config(
+        vocab_size=(tokenizer_size + m - 1) // m * m, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        dropout_rate=0.1, layer_norm_epsilon=1e-6, tie_word_embeddings=spec.tied,
+        architectures=["T5ForConditionalGeneration"], **spec.config,
+    )
+    torch.manual_seed(SEED)
+    model = T5ForConditionalGeneration(config)
+    if not spec.tied:
+        # transformers 5 ties lm_head to the embeddings whatever tie_word_embeddings says
+        # (T5Config.__post_init__ keeps the flag only as scale_decoder_outputs); untie it as
+        # Flan-T5's is, initialized as T5PreTrainedModel._init_weights does an untied head.
+        model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight).normal_(0.0, 1.0))
+        model.all_tied_weights_keys.pop("lm_head.weight")
+    return model
+
+
+def save_summarizer(spec: SummarizerSpec, model, out_dir: Path) -> None:
+    """config.json (+ generation_config.json) and the weights, as the hub checkpoint has them."""
+    import torch
+    from transformers import GenerationConfig
+
+    config = model.config
+    if spec.task_params is not None:
+        config.task_specific_params = {"summarization": dict(spec.task_params)}
+        if spec.family == "t5":  # t5-small's config.json has the translation tasks too
+            config.task_specific_params.update({
+                "translation_en_to_de": {"early_stopping": True, "max_length": 300, "num_beams": 4,
+                                         "prefix": "translate English to German: "},
+            })
+    for key, value in spec.legacy_config.items():
+        setattr(config, key, value)
+    ids = dict(decoder_start_token_id=config.decoder_start_token_id, eos_token_id=config.eos_token_id,
+               pad_token_id=config.pad_token_id)
+    if spec.family == "bart":
+        ids["bos_token_id"] = config.bos_token_id
+    model.generation_config = GenerationConfig(**ids, **(spec.generation or {}))
+    if spec.weights == "model.safetensors":
+        model.save_pretrained(str(out_dir), safe_serialization=True)
+        if spec.generation is None:
+            (out_dir / "generation_config.json").unlink()
+    else:
+        # An old hub checkpoint: config.json and a pickled state dict (tied tensors share storage).
+        assert spec.generation is None
+        config.save_pretrained(str(out_dir))
+        torch.save(model.state_dict(), str(out_dir / spec.weights))
+    if spec.family == "t5":
+        # As hub T5 config.json files have it: Flan-T5 says tie_word_embeddings false; t5-small
+        # leaves it out (default true). transformers 5 writes true plus scale_decoder_outputs.
+        drop = ("scale_decoder_outputs", "tie_word_embeddings")
+        rewrite_json(out_dir / "config.json", {} if spec.tied else {"tie_word_embeddings": False}, drop)
+    make_readable(out_dir)
+
+
+# --- references ------------------------------------------------------------
+def alternative_load(out_dir: Path, files: list, cases: list, reference: list) -> dict:
+    """The tokenizer AutoTokenizer loads from a copy of `files` only, against the full directory's."""
+    import tempfile
+
+    from transformers import AutoTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in files:
+            shutil.copy(out_dir / name, Path(tmp) / name)
+        tok = AutoTokenizer.from_pretrained(tmp)
+        got = source_tokenization(tok, cases)
+    differences = [
+        {"text": g["text"], "pieces": g["pieces"], "input_ids": g["input_ids"]}
+        for g, r in zip(got, reference)
+        if (g["input_ids"], g["pieces"]) != (r["input_ids"], r["pieces"])
+    ]
+    return {
+        "files": files,
+        "tokenizer_class": type(tok).__name__,
+        "same_as_directory": not differences,
+        "differences": differences,
+    }
+
+
+def max_length_or_none(tok):
+    """tokenizer.model_max_length, null for transformers' "no limit" (1e30)."""
+    n = tok.model_max_length
+    return n if n < 2**31 else None
+
+
+TOKENIZER_FILES = {"vocab.json", "merges.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "spiece.model"}
+
+
+def summarizer_tokenization(spec: SummarizerSpec, tok, out_dir: Path) -> dict:
+    source = source_tokenization(tok, SUMMARY_CASES)
+    out = {
+        "tokenizer_class": type(tok).__name__,
+        "tokenizer_files": sorted(p.name for p in out_dir.iterdir() if p.name in TOKENIZER_FILES),
+        "model_max_length": max_length_or_none(tok),
+        "add_prefix_space": getattr(tok, "add_prefix_space", None),
+        "source": source,
+    }
+    if spec.family == "bart" and spec.tokenizer_json:
+        out["alternative_loads"] = [alternative_load(out_dir, ["config.json", "merges.txt", "vocab.json"],
+                                                     SUMMARY_CASES, source)]
+    elif spec.family == "t5" and spec.tokenizer_json:
+        files = ["config.json", "special_tokens_map.json", "spiece.model", "tokenizer_config.json"]
+        out["alternative_loads"] = [alternative_load(out_dir, files, SUMMARY_CASES, source)]
+    # special_tokens_map.json (only read by transformers 5 for legacy reasons) changes nothing.
+    if (out_dir / "special_tokens_map.json").exists():
+        files = sorted(p.name for p in out_dir.iterdir() if p.name not in ("special_tokens_map.json",
+                                                                            "reference.json"))
+        assert alternative_load(out_dir, files, SUMMARY_CASES, source)["same_as_directory"]
+    return out
+
+
+
+def summarizer_decoding(spec: SummarizerSpec, tok, greedy: list, vocab_size: int) -> dict:
+    def ids(text: str) -> list:
+        return tok(text)["input_ids"]
+
+    pad, eos, unk = tok.pad_token_id, tok.eos_token_id, tok.unk_token_id
+    a = ids("The minister arrived in Delhi on Monday.")
+    b = ids("Antony J. Blinken met the U.S. ambassador.")
+    specials = set(tok.all_special_ids)
+    plain_b = [i for i in b if i not in specials]
+    cases = [("greedy output row %d" % i, s) for i, s in enumerate(greedy)]
+    cases += [
+        ("sentence as encoded (special tokens added)", a),
+        ("sentence, no special tokens", plain_b),
+        ("unk in the middle", plain_b[:3] + [unk] + plain_b[3:]),
+        ("eos in the middle, then more tokens", plain_b[:4] + [eos] + plain_b[4:]),
+        ("padding on both sides", [pad, pad] + a + [pad, pad]),
+        ("only special tokens", sorted(specials)),
+        ("empty", []),
+        ("spaces before punctuation (clean_up_tokenization_spaces)",
+         ids("Hello , world . It 's a test ! Is n't it ? Yes : no ; ok")),
+        ("non-ASCII round trip", ids("Caf\u00e9 Z\u00fcrich \u041c\u0438\u043d\u0438\u0441\u0442\u0440 \U0001F600.")),
+        ("newlines and runs of spaces", ids("One.\nTwo.\n\nThree   spaces")),
+        ("every id below 40", list(range(40))),
+        ("highest ids", list(range(len(tok) - 12, len(tok)))),
+    ]
+    if spec.family == "bart":
+        emoji = [i for i in ids("\U0001F600") if i not in specials]
+        cases += [
+            ("mask token between words", plain_b[:2] + [tok.mask_token_id] + plain_b[2:]),
+            ("an incomplete UTF-8 sequence (first byte tokens of an emoji)", emoji[:-1]),
+        ]
+    else:
+        sentinel = [tok.convert_tokens_to_ids("<extra_id_%d>" % i) for i in range(2)]
+        cases += [
+            ("sentinels around words", [sentinel[0]] + plain_b[:3] + [sentinel[1]] + plain_b[3:] + [eos]),
+        ]
+        if vocab_size > len(tok):
+            cases.append(("ids past the tokenizer, inside the model's padded vocabulary",
+                          plain_b[:2] + list(range(len(tok), vocab_size)) + plain_b[2:]))
+    out = [decoding_case(tok, note, i) for note, i in cases]
+    return {
+        "clean_up_tokenization_spaces": tok.clean_up_tokenization_spaces,
+        "cases": out,
+        "batch_decode": tok.batch_decode([c["ids"] for c in out], skip_special_tokens=True),
+    }
+
+
+def summarizer_generation_settings(spec: SummarizerSpec, greedy: list, pad_id: int) -> list:
+    settings = common_generation_settings(greedy, pad_id, **spec.lengths)
+    settings.append(("beam4_length_penalty_1.0", {"num_beams": 4, "length_penalty": 1.0}))
+    settings.append(("beam4_max_length_10", {"num_beams": 4, "max_length": 10}))
+    if spec.task_params is not None:
+        # What transformers 4.x's summarization pipeline did with task_specific_params
+        # (the prefix goes in front of the text; forward.prefix already has it for T5).
+        kwargs = {k: v for k, v in spec.task_params.items() if k != "prefix"}
+        settings.append(("task_specific_params_summarization", kwargs))
+    if spec.summary_settings:
+        settings.append(("beam4_summarization_settings", dict(spec.summary_settings)))
+    if spec.family == "bart":
+        forced = greedy[0][spec.lengths["first"]]  # row 0's first content token, forced on every row
+        settings += [
+            (f"greedy_forced_bos_{forced}", {"num_beams": 1, "forced_bos_token_id": forced}),
+            ("greedy_no_repeat_ngram_0_min_length_0", {"num_beams": 1, "no_repeat_ngram_size": 0, "min_length": 0}),
+            ("greedy_forced_bos_0", {"num_beams": 1, "forced_bos_token_id": 0}),
+            ("greedy_forced_bos_none", {"num_beams": 1, "forced_bos_token_id": None}),
+            ("beam4_forced_bos_none_forced_eos_none", {"num_beams": 4, "forced_bos_token_id": None,
+                                                       "forced_eos_token_id": None}),
+            ("greedy_max_length_12_forced_eos_2", {"num_beams": 1, "max_length": 12, "forced_eos_token_id": 2}),
+            ("greedy_max_length_12_forced_eos_none", {"num_beams": 1, "max_length": 12, "forced_eos_token_id": None}),
+        ]
+    return settings
+
+
+TASK_PARAMS_NOTE = (
+    "task_specific_params: transformers 5.24.0 never reads config.task_specific_params; no file of the installed "
+    "package mentions it. generate() takes its settings from GenerationMixin._prepare_generation_config "
+    "(generation/utils.py): kwargs > model.generation_config > GenerationConfig._get_default_generation_params() "
+    "(max_length 20, num_beams 1, ...). model.generation_config is generation_config.json, or, where the "
+    "checkpoint has none, GenerationConfig.from_model_config over config.json's raw top-level keys "
+    "(GenerationMixin.adjust_generation_fn; PreTrainedConfig.__post_init__ in configuration_utils.py pops "
+    "generation keys from the model config itself). The summarization pipeline that applied "
+    "task_specific_params is gone: pipelines/__init__.py lists 'summarization' (and 'text2text-generation', "
+    "'translation') in REMOVED_TASKS, and pipeline('summarization') raises KeyError. transformers 4.x's "
+    "Pipeline.__init__ (pipelines/base.py) did generation_config.update(**task_specific_params[task]) after "
+    "popping 'prefix', which Text2TextGenerationPipeline._parse_and_tokenize put in front of every input. "
+    "So generation 'checkpoint_defaults' is plain generate() with what transformers derives, and "
+    "'task_specific_params_summarization' passes the summarization entry (less prefix) as kwargs: the settings "
+    "the 4.x pipeline used."
+)
+
+
+def summarizer_notes(spec: SummarizerSpec, tok, model) -> list:
+    notes = []
+    if spec.task_params is not None or spec.generation is None:
+        notes.append(TASK_PARAMS_NOTE)
+    if spec.generation is None:
+        notes.append("No generation_config.json: transformers derives the generation config from config.json's "
+                     "top-level keys (GenerationConfig.from_model_config): the special ids, forced_eos_token_id "
+                     "2, and forced_bos_token_id = bos_token_id 0 because of the legacy key "
+                     "force_bos_token_to_be_generated: true (GenerationConfig.__init__ in "
+                     "generation/configuration_utils.py maps it when _from_model_config); everything else is "
+                     "the global default: greedy, max_length 20, min_length 0, no_repeat_ngram_size 0. "
+                     "task_specific_params.summarization is not applied.")
+    if spec.family == "bart":
+        notes.append(f"Tokenizer: {type(tok).__name__} (BartTokenizer and BartTokenizerFast are aliases of it in "
+                     "transformers 5), byte-level BPE, add_prefix_space false: a leading space is its own 'Ġ' "
+                     "or merges with the first word; <s> ... </s> around every input; decode uses "
+                     f"clean_up_tokenization_spaces={tok.clean_up_tokenization_spaces}. transformers 5's "
+                     "save_pretrained writes only tokenizer.json and tokenizer_config.json: vocab.json, merges.txt "
+                     "and special_tokens_map.json are written by this script in the hub layout.")
+        notes.append("final_logits_bias is trained with the rest (train_seq2seq), so it is not zero.")
+    else:
+        notes.append(f"Tokenizer: {type(tok).__name__} (tokenizers Unigram; transformers 5 converts spiece.model "
+                     "when there is no tokenizer.json): WhitespaceSplit then Metaspace(prepend 'always'), so "
+                     "leading, trailing and repeated whitespace (tabs and newlines too) vanish; </s> appended, "
+                     f"no BOS; {spec.extra_ids} sentinels <extra_id_N> at the top ids, <extra_id_0> highest. "
+                     f"SentencePiece normalization: {spec.normalization}.")
+        notes.append(f"config vocab_size {model.config.vocab_size} > tokenizer size {len(tok)} (rounded up as "
+                     "t5-small's 32100 -> 32128); the extra rows are never trained as labels.")
+        notes.append("generate() fills the rest of a finished row with pad 0 in greedy search but with eos 1 in "
+                     "beam search: GenerationMixin._beam_search (generation/utils.py) fills with "
+                     "`pad_token_id or eos_token_id[0]`, and pad 0 is falsy. generation[].sequences keep that.")
+        notes.append("lm_head " + ("tied to shared.weight; decoder output scaled by d_model**-0.5 before it"
+                                   if spec.tied else "untied (lm_head.weight in the file); no scaling")
+                     + f" (transformers: config.scale_decoder_outputs={model.config.scale_decoder_outputs}).")
+    return notes
+
+
+def make_summarizer_checkpoint(spec: SummarizerSpec, versions: dict) -> Path:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    out_dir = fresh_dir(spec.family, spec.name)
+    seed_everything(SEED)
+    pairs = summarization_pairs()
+    prefix = T5_PREFIX if spec.family == "t5" else ""
+
+    # 1. Tokenizer files, 2. model.
+    if spec.family == "bart":
+        tok = make_bart_tokenizer(spec, out_dir, pairs)
+        model = make_bart_model(spec, len(tok))
+        start_id = model.config.decoder_start_token_id
+    else:
+        tok = make_t5_tokenizer(spec, out_dir, pairs)
+        model = make_t5_model(spec, len(tok))
+        start_id = 0
+
+    # 3. Train (teacher forcing): paragraph -> its first sentence.
+    enc = tok([prefix + a for a, _ in pairs], text_target=[s for _, s in pairs], padding=True, return_tensors="pt")
+    if spec.family == "bart":
+        assert enc["input_ids"].shape[1] <= spec.config["max_position_embeddings"]
+    curve = train_seq2seq(model, training_batches(enc, tok.pad_token_id), spec.train_steps, spec.learning_rate)
+
+    # 4. Save in the hub layout.
+    save_summarizer(spec, model, out_dir)
+
+    # 5. References, from the files just written.
+    tok = AutoTokenizer.from_pretrained(str(out_dir))
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")
+    model.eval()
+    gc = model.generation_config
+    if spec.family == "bart":
+        assert model.final_logits_bias.abs().max().item() > 0, "final_logits_bias stayed zero"
+        assert model.lm_head.weight.data_ptr() == model.model.shared.weight.data_ptr()
+    else:
+        assert model.config.scale_decoder_outputs == spec.tied
+        assert (model.lm_head.weight.data_ptr() == model.shared.weight.data_ptr()) == spec.tied
+    if spec.generation is None:
+        assert gc.num_beams in (None, 1) and gc.max_length in (None, 20), "task_specific_params were applied"
+        # GenerationConfig.__init__ maps config.json's legacy force_bos_token_to_be_generated.
+        legacy_bos = spec.legacy_config.get("force_bos_token_to_be_generated", False)
+        assert gc.forced_bos_token_id == (model.config.bos_token_id if legacy_bos else None)
+    if spec.task_params is not None:
+        from transformers import pipeline
+
+        try:
+            pipeline("summarization", model=model, tokenizer=tok)
+        except KeyError:
+            pass
+        else:
+            raise AssertionError("transformers has a summarization pipeline again: record what it does")
+    if spec.weights == "model.safetensors":
+        weights = {"safetensors_tensors": safetensors_names(out_dir / spec.weights)}
+    else:
+        state = torch.load(str(out_dir / spec.weights), map_location="cpu", weights_only=True)
+        weights = {"pytorch_model_tensors": sorted(state)}
+
+    sources = [prefix + s for s in SUMMARY_BATCH]
+    batch = tok(sources, padding=True, return_tensors="pt")
+    greedy, forward = greedy_and_forward(model, batch, SUMMARY_BATCH, start_id, prefix=prefix)
+    settings = summarizer_generation_settings(spec, greedy, tok.pad_token_id)
+    generation = record_generation(model, tok, batch, settings)
+
+    reference = {
+        "format": f"precis {spec.family} reference v1",
+        "generator": "scripts/make_fixtures.py",
+        "versions": versions,
+        "files": file_hashes(out_dir),
+        "checkpoint": {
+            "like": spec.like,
+            "model_type": model.config.model_type,
+            "vocab_size": model.config.vocab_size,
+            "tokenizer_size": len(tok),
+            "pad_token_id": tok.pad_token_id,
+            "eos_token_id": tok.eos_token_id,
+            "unk_token_id": tok.unk_token_id,
+            "bos_token_id": tok.bos_token_id,
+            "decoder_start_token_id": start_id,
+            "forced_bos_token_id": gc.forced_bos_token_id,
+            "forced_eos_token_id": gc.forced_eos_token_id,
+            "weights": spec.weights,
+            **weights,
+            "attn_implementation": "eager",
+            "train_loss": curve,
+        },
+        "notes": summarizer_notes(spec, tok, model),
+        "tokenization": summarizer_tokenization(spec, tok, out_dir),
+        "decoding": summarizer_decoding(spec, tok, greedy, model.config.vocab_size),
+        "forward": forward,
+        "generation": generation,
+    }
+    write_json(out_dir / "reference.json", reference)
+    return out_dir
+
+
+def make_bart(versions: dict) -> list:
+    return [make_summarizer_checkpoint(s, versions) for s in SUMMARIZER_SPECS if s.family == "bart"]
+
+
+def make_t5(versions: dict) -> list:
+    import importlib.metadata as md
+
+    # T5Tokenizer reads spiece.model through protobuf.
+    versions = dict(versions, protobuf=md.version("protobuf"))
+    return [make_summarizer_checkpoint(s, versions) for s in SUMMARIZER_SPECS if s.family == "t5"]
+
+
 FAMILIES = {
     "marian": make_marian,
-    # "bart": make_bart,  # later: facebook/bart-large-cnn-like tiny checkpoint
-    # "t5": make_t5,      # later: t5-small/flan-t5-like tiny checkpoint
+    "bart": make_bart,
+    "t5": make_t5,
 }
 
 
@@ -880,7 +1695,8 @@ def summarize(out_dir: Path) -> None:
     size = sum(p.stat().st_size for p in out_dir.iterdir())
     print(f"  {out_dir.relative_to(REPO)}: {size / 1024:.0f} KiB, vocab {ref['checkpoint']['vocab_size']}, "
           f"final train loss {ref['checkpoint']['train_loss'][-1][1]:.3f}")
-    unk = sum(1 in c["input_ids"][:-1] for c in ref["tokenization"]["source"])
+    unk_id = ref["checkpoint"]["unk_token_id"]
+    unk = sum(unk_id in c["input_ids"] for c in ref["tokenization"]["source"])
     print(f"    source cases with <unk>: {unk}/{len(ref['tokenization']['source'])}")
     for g in ref["generation"]:
         if g["name"] in ("greedy", "beam4", "checkpoint_defaults"):
@@ -888,6 +1704,8 @@ def summarize(out_dir: Path) -> None:
                 print(f"    {g['name']:>20}: {src[:40]!r} -> {text!r}")
     margins = [g["min_greedy_margin"] for g in ref["generation"] if g.get("min_greedy_margin") is not None]
     print(f"    smallest greedy top1-top2 margin: {min(margins):.4g}")
+    if min(margins) < 1e-3:
+        print("    WARNING: a greedy step is a near-tie; a parity test may not be able to decide it")
     alone = all(all(g["alone_equals_batched"]) for g in ref["generation"])
     print(f"    every setting: each row alone equals its batched output: {alone}")
 

@@ -15,7 +15,9 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 
 use crate::backend::gguf::{GgufModel, GgufOptions};
-use crate::backend::seq2seq::translator::{target_language, MarianBackend, MarianOptions};
+use crate::backend::seq2seq::backend::{
+    target_language, Architecture, Seq2SeqBackend, Seq2SeqOptions,
+};
 use crate::backend::{
     Backend, BackendError, Flow, Generation, GenerationRequest, ModelInfo, ModelKind, TokenCounter,
 };
@@ -563,15 +565,14 @@ fn is_marian_repo(name: &str) -> bool {
     repo.starts_with("opus-mt-") || name.to_ascii_lowercase().starts_with("helsinki-nlp/")
 }
 
-/// Whether located files make a Marian checkpoint: a `config.json` whose
-/// `model_type` is `marian`, next to a `source.spm`.
-fn marian_dir(located: &LocatedModel) -> Option<std::path::PathBuf> {
+/// Whether located files make an encoder-decoder checkpoint: a
+/// `config.json` whose `model_type` is one precis runs (`marian`, `bart`,
+/// `t5`); its directory and architecture.
+fn seq2seq_dir(located: &LocatedModel) -> Option<(std::path::PathBuf, Architecture)> {
     let config = located.path("config.json")?;
     let dir = config.parent()?.to_path_buf();
-    let text = std::fs::read_to_string(config).ok()?;
-    let value: serde_json::Value = serde_json::from_str(&text).ok()?;
-    (value["model_type"].as_str() == Some("marian") && dir.join("source.spm").is_file())
-        .then_some(dir)
+    let arch = Architecture::of_dir(&dir)?;
+    Some((dir, arch))
 }
 
 impl ModelLoader for StoreLoader {
@@ -604,17 +605,22 @@ impl ModelLoader for StoreLoader {
             SpecOrigin::LocalPath(p) => p.display().to_string(),
             _ => spec.id.clone(),
         };
-        if spec.family == Some(ModelFamily::Marian) || marian_dir(&located).is_some() {
-            let dir = marian_dir(&located).ok_or_else(|| {
-                unavailable("it is not a Marian checkpoint: config.json with model_type `marian` and source.spm are needed".into())
+        let seq2seq_family = matches!(
+            spec.family,
+            Some(ModelFamily::Marian | ModelFamily::Bart | ModelFamily::T5)
+        );
+        if seq2seq_family || seq2seq_dir(&located).is_some() {
+            let (dir, arch) = seq2seq_dir(&located).ok_or_else(|| {
+                unavailable("it is not an encoder-decoder checkpoint: a config.json with model_type `marian`, `bart` or `t5` is needed".into())
             })?;
             let target_languages = match &spec.manifest {
                 Some(m) => m.languages.targets.clone(),
-                None => target_language(&dir).into_iter().collect(),
+                None if arch == Architecture::Marian => target_language(&dir).into_iter().collect(),
+                None => Vec::new(),
             };
-            let model = MarianBackend::load(
+            let model = Seq2SeqBackend::load(
                 &dir,
-                MarianOptions {
+                Seq2SeqOptions {
                     id: model_id,
                     revision: located.revision.clone(),
                     target_languages,

@@ -21,6 +21,7 @@
 //! Anything else is refused with an error naming the value, rather than
 //! tokenized subtly wrong.
 
+pub mod checkpoint;
 pub mod marian;
 pub mod sentencepiece;
 

@@ -468,3 +468,75 @@ async fn marian_checkpoints_load_by_hub_id() {
         assert_eq!(text, want, "{}", info.id);
     }
 }
+
+/// The `distilbart-cnn-12-6` and `flan-t5-base` manifests, fetched from the
+/// hub layout (served here with the tiny fixtures' files under their names)
+/// and loaded as summarizers: the summary equals transformers' `generate()`
+/// with the checkpoint's settings.
+#[tokio::test]
+async fn summarizer_manifests_load_by_hub_id() {
+    use precis::backend::{Flow, GenerationRequest, ModelKind};
+    use precis::engine::{ModelLoader, StoreLoader};
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let cases = [
+        (
+            "distilbart-cnn-12-6",
+            "sshleifer/distilbart-cnn-12-6",
+            "bart/tiny-distil",
+            "bart",
+        ),
+        ("flan-t5-base", "google/flan-t5-base", "t5/tiny-flan", "t5"),
+    ];
+    let mut files = Vec::new();
+    for (_, repo, fixture, _) in cases {
+        for entry in std::fs::read_dir(fixtures.join(fixture)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            let key: &'static str = Box::leak(format!("{repo}/main/{name}").into_boxed_str());
+            files.push((
+                key,
+                std::fs::read(fixtures.join(fixture).join(&name)).unwrap(),
+            ));
+        }
+    }
+    let (endpoint, _hub) = start_hub(files, &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::at(tmp.path().join("home"));
+    cfg.hub_endpoint = Some(endpoint);
+    cfg.allow_mirror = false;
+    cfg.hub_timeout = Duration::from_secs(5);
+    let store = Arc::new(ModelStore::open(cfg).unwrap());
+    for (id, _, fixture, family) in cases {
+        let reference: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(fixtures.join(fixture).join("reference.json")).unwrap(),
+        )
+        .unwrap();
+        let defaults = reference["generation"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "checkpoint_defaults")
+            .unwrap()
+            .clone();
+        let source = reference["forward"]["sources"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let loader = StoreLoader::open(Arc::clone(&store), true, false);
+        let (info, text) = tokio::task::spawn_blocking(move || {
+            let mut model = loader.load(id).expect("loads from the hub");
+            let out = model.generate(&[GenerationRequest::source(source)], &mut |_, _| {
+                Flow::Continue
+            });
+            (
+                model.info().clone(),
+                out.into_iter().next().unwrap().unwrap().text,
+            )
+        })
+        .await
+        .unwrap();
+        assert_eq!(info.family, family);
+        assert_eq!(info.kind, ModelKind::Summarizer);
+        assert_eq!(text, defaults["text"][0].as_str().unwrap(), "{id}");
+    }
+}

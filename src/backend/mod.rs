@@ -97,8 +97,13 @@ pub struct GenerationRequest {
     /// The chat prompt; rendered with the model's own chat template. For a
     /// [`ModelKind::Translator`], one user message holding the source text.
     pub messages: Vec<ChatMessage>,
-    /// How to generate (a translator uses its checkpoint's own settings).
+    /// How to generate (an encoder-decoder model uses its checkpoint's own
+    /// settings instead, with [`GenerationRequest::seq2seq`] over them).
     pub params: GenerationParams,
+    /// For an encoder-decoder model (translator, summarizer): settings over
+    /// the checkpoint's own (`generation_config.json` keys); `None` keeps
+    /// the checkpoint's.
+    pub seq2seq: Option<seq2seq::GenerationOverrides>,
 }
 
 impl GenerationRequest {
@@ -107,6 +112,7 @@ impl GenerationRequest {
         Self {
             messages: vec![ChatMessage::user(text)],
             params: GenerationParams::default(),
+            seq2seq: None,
         }
     }
 
@@ -167,6 +173,10 @@ pub enum ModelKind {
     /// text alone, as its one user message; it translates into its target
     /// language, with its own generation settings.
     Translator,
+    /// A dedicated summarization model (BART, T5): each request holds the
+    /// text to summarize alone; it writes an English summary with its own
+    /// generation settings (lengths may be set per request).
+    Summarizer,
 }
 
 /// What a loaded model is.

@@ -79,9 +79,15 @@ pub struct JobArgs {
     /// Output format.
     #[arg(long, short, value_enum, default_value_t = Format::Json)]
     pub format: Format,
-    /// Model: a manifest id, a hub repo id, or a local .gguf file [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
+    /// Model for every job: a manifest id, a hub repo id, a local .gguf file, or a checkpoint directory (Marian, BART, T5) [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
     #[arg(long, short, env = "PRECIS_MODEL", hide_env_values = true)]
     pub model: Option<String>,
+    /// Summarizer for summarize and digest: a manifest id (distilbart-cnn-12-6, flan-t5-base, ...), a hub repo id, or a checkpoint directory [default: the config file's `summarizer`, else a dedicated summarizer whose files are present, else --model].
+    #[arg(long, value_name = "MODEL")]
+    pub summarizer: Option<String>,
+    /// Translator for translate and digest: a manifest id (opus-mt-en-ru, ...), a hub repo id, or a checkpoint directory [default: the config file's `translator`, else the opus-mt translators whose files are present, else --model].
+    #[arg(long, value_name = "MODEL")]
+    pub translator: Option<String>,
     /// Keep non-story paragraphs (photo credits, comment forms, ...).
     #[arg(long)]
     pub no_clean: bool,
@@ -276,38 +282,57 @@ fn job_options(a: &JobArgs) -> TaskOptions {
     }
 }
 
-/// Dedicated translators (Marian manifests) whose files are all present:
-/// they translate before the LLM does, for the languages they write.
-fn present_translators(store: &ModelStore) -> Vec<String> {
+/// Dedicated models of `families` (manifests) whose files are all present:
+/// they work before the LLM does, for the languages they write.
+fn present(store: &ModelStore, families: &[crate::store::ModelFamily]) -> Vec<String> {
     store
         .manifests()
         .iter()
-        .filter(|m| m.family == crate::store::ModelFamily::Marian)
+        .filter(|m| families.contains(&m.family))
         .filter(|m| store.status(&ModelSpec::from_manifest(m)).is_ready())
         .map(|m| m.id.clone())
         .collect()
 }
 
-fn routing(config: &Config, model: Option<&str>, store: &ModelStore) -> Routing {
-    let default = model
+/// The models named on the command line.
+#[derive(Debug, Clone, Copy, Default)]
+struct Choice<'a> {
+    model: Option<&'a str>,
+    summarizer: Option<&'a str>,
+    translator: Option<&'a str>,
+}
+
+fn routing(config: &Config, choice: Choice<'_>, store: &ModelStore) -> Routing {
+    use crate::store::ModelFamily;
+    let default = choice
+        .model
         .map(str::to_string)
         .or_else(|| config.model.clone())
         .unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    // A model named on the command line serves every job; otherwise the config's
-    // dedicated choices come first and the default model is the fallback.
-    let (summarizer, translator) = match model {
-        Some(_) => (None, None),
-        None => (config.summarizer.clone(), config.translator.clone()),
+    // `--summarizer` / `--translator` come first. A model named by `--model`
+    // serves every other job; without one, the config's dedicated choices,
+    // then dedicated models whose files are present, then the default model.
+    let forced = choice.model.is_some();
+    let first = |flag: Option<&str>, configured: &Option<String>| {
+        flag.map(str::to_string)
+            .or_else(|| (!forced).then(|| configured.clone()).flatten())
     };
-    let dedicated = match model {
-        Some(_) => Vec::new(),
-        None => present_translators(store),
+    let dedicated = |families: &[ModelFamily]| {
+        if forced {
+            Vec::new()
+        } else {
+            present(store, families)
+        }
     };
     Routing {
-        summarizers: summarizer.into_iter().chain([default.clone()]).collect(),
-        translators: translator
+        summarizers: first(choice.summarizer, &config.summarizer)
             .into_iter()
-            .chain(dedicated)
+            .chain(dedicated(&[ModelFamily::Bart, ModelFamily::T5]))
+            .chain([default.clone()])
+            .collect(),
+        translators: first(choice.translator, &config.translator)
+            .into_iter()
+            .chain(dedicated(&[ModelFamily::Marian]))
             .chain([default])
             .collect(),
     }
@@ -328,7 +353,12 @@ fn run_job(
             return Ok(EXIT_USAGE);
         }
     };
-    let routing = routing(config, job.model.as_deref(), &store);
+    let choice = Choice {
+        model: job.model.as_deref(),
+        summarizer: job.summarizer.as_deref(),
+        translator: job.translator.as_deref(),
+    };
+    let routing = routing(config, choice, &store);
     let loader = Arc::new(StoreLoader::open(store, true, job.cuda));
     let engine = Engine::new(loader, routing);
     if let Err(e) = engine.load_routed() {
@@ -577,7 +607,11 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
         .or_else(|| config.server.addr.clone())
         .unwrap_or_else(|| "127.0.0.1:8080".into())
         .parse()?;
-    let routing = routing(config, a.model.as_deref(), &store);
+    let choice = Choice {
+        model: a.model.as_deref(),
+        ..Choice::default()
+    };
+    let routing = routing(config, choice, &store);
     let configured: Vec<String> = routing
         .summarizers
         .iter()

@@ -31,6 +31,10 @@ pub(crate) const EMBEDDED: &[(&str, &str)] = embedded!(
     "smollm2-135m-instruct-q4_1.toml",
     "opus-mt-en-ru.toml",
     "opus-mt-en-hi.toml",
+    "distilbart-cnn-12-6.toml",
+    "bart-large-cnn.toml",
+    "flan-t5-base.toml",
+    "flan-t5-large.toml",
 );
 
 /// One model: its identity, what it can do, and the files that make it.
@@ -91,6 +95,10 @@ pub enum ModelFamily {
     GgufLlama,
     /// A Marian (opus-mt) translation checkpoint in the hub layout.
     Marian,
+    /// A BART summarization checkpoint (bart-large-cnn, distilbart-cnn).
+    Bart,
+    /// A T5 / Flan-T5 checkpoint, used as a summarizer.
+    T5,
 }
 
 impl ModelFamily {
@@ -99,6 +107,8 @@ impl ModelFamily {
         ModelFamily::GgufQwen2,
         ModelFamily::GgufLlama,
         ModelFamily::Marian,
+        ModelFamily::Bart,
+        ModelFamily::T5,
     ];
 
     /// The name used in manifests and on the command line.
@@ -107,6 +117,8 @@ impl ModelFamily {
             ModelFamily::GgufQwen2 => "gguf-qwen2",
             ModelFamily::GgufLlama => "gguf-llama",
             ModelFamily::Marian => "marian",
+            ModelFamily::Bart => "bart",
+            ModelFamily::T5 => "t5",
         }
     }
 }
@@ -471,7 +483,10 @@ name = "tiny.gguf"
         for (m, (file, _)) in manifests.iter().zip(EMBEDDED) {
             assert_eq!(format!("{}.toml", m.id), *file, "file name is the id");
             for f in &m.files {
-                if m.family == ModelFamily::Marian {
+                if matches!(
+                    m.family,
+                    ModelFamily::Marian | ModelFamily::Bart | ModelFamily::T5
+                ) {
                     // No hash can be looked up from here: none is invented.
                     assert!(
                         f.sha256.is_none() && f.mirror.is_none(),

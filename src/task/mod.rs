@@ -250,12 +250,41 @@ pub struct Summary {
     pub words: usize,
     /// The model that wrote it.
     pub model: ModelUsed,
-    /// Generation settings used.
-    pub params: GenerationParams,
+    /// Generation settings used (an LLM's; a dedicated summarizer uses its
+    /// checkpoint's own, with `length` applied when it was asked for).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub params: Option<GenerationParams>,
+    /// A dedicated summarizer's pieces of the article when it did not fit
+    /// the model's input limit at once: each chunk was summarized, then the
+    /// chunk summaries together (in `reduce_rounds` rounds).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub chunks: Vec<ChunkReport>,
+    /// Rounds of summarizing summaries (0: the article fitted at once).
+    #[serde(skip_serializing_if = "is_zero")]
+    pub reduce_rounds: usize,
     /// Token counts.
     pub tokens: TokenStats,
     /// Quality flags (see the README's table of thresholds).
     pub flags: Vec<QualityFlag>,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// One chunk of an article that a dedicated summarizer took in pieces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ChunkReport {
+    /// First paragraph in the chunk (0-based, among the kept paragraphs).
+    pub first_paragraph: usize,
+    /// Last paragraph in the chunk (inclusive).
+    pub last_paragraph: usize,
+    /// When a paragraph longer than the limit was split at sentences: this
+    /// chunk's part and the number of parts, `[k, n]` (1-based).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub part: Option<[usize; 2]>,
+    /// Tokens the chunk takes as the model's input.
+    pub tokens: usize,
 }
 
 /// What was translated.

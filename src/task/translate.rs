@@ -106,6 +106,7 @@ pub fn translate_texts(
                 vec![GenerationRequest {
                     messages: prompt::translation(&chunk, input.language),
                     params,
+                    seq2seq: None,
                 }],
                 cancel,
             )?

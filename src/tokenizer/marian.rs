@@ -402,7 +402,7 @@ enum Token {
 
 /// transformers' `clean_up_tokenization`: no space before punctuation and
 /// English contractions.
-fn clean_up_tokenization(text: &str) -> String {
+pub(crate) fn clean_up_tokenization(text: &str) -> String {
     text.replace(" .", ".")
         .replace(" ?", "?")
         .replace(" !", "!")

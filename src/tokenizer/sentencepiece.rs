@@ -127,6 +127,30 @@ impl PieceKind {
     }
 }
 
+/// Text, score and kind of a model's pieces, by id.
+fn pieces_of(model: &proto::ModelProto) -> Vec<(String, f32, PieceKind)> {
+    model
+        .pieces
+        .iter()
+        .map(|p| {
+            (
+                p.piece.clone().unwrap_or_default(),
+                p.score.unwrap_or(0.0),
+                PieceKind::from_proto(p.r#type),
+            )
+        })
+        .collect()
+}
+
+/// A SentencePiece model's pieces and character map ([`SentencePiece::parts`]).
+#[derive(Debug, Clone)]
+pub struct SpmParts {
+    /// Text, score and kind of every piece, by id.
+    pub pieces: Vec<(String, f32, PieceKind)>,
+    /// The normalizer's precompiled character map, when it has one.
+    pub precompiled_charsmap: Option<Vec<u8>>,
+}
+
 /// One piece of a segmentation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Piece {
@@ -178,7 +202,7 @@ impl SentencePiece {
         if model.pieces.is_empty() {
             return Err(SpmError::Parse("it has no pieces".into()));
         }
-        let trainer = model.trainer_spec.unwrap_or_default();
+        let trainer = model.trainer_spec.clone().unwrap_or_default();
         match trainer.model_type.unwrap_or(1) {
             1 => {}
             2 => return Err(SpmError::UnsupportedType("BPE")),
@@ -191,17 +215,7 @@ impl SentencePiece {
                 "treat_whitespace_as_suffix is set, which is not supported".into(),
             ));
         }
-        let pieces: Vec<(String, f32, PieceKind)> = model
-            .pieces
-            .iter()
-            .map(|p| {
-                (
-                    p.piece.clone().unwrap_or_default(),
-                    p.score.unwrap_or(0.0),
-                    PieceKind::from_proto(p.r#type),
-                )
-            })
-            .collect();
+        let pieces = pieces_of(&model);
         let unk_id = pieces
             .iter()
             .position(|p| p.2 == PieceKind::Unknown)
@@ -240,6 +254,21 @@ impl SentencePiece {
             byte_fallback: trainer.byte_fallback.unwrap_or(false),
             unk_surface: trainer.unk_surface.unwrap_or_else(|| " \u{2047} ".into()),
             normalizer,
+        })
+    }
+
+    /// The pieces of a serialized `ModelProto` as stored (text, score,
+    /// kind) and its normalizer's precompiled character map, for building
+    /// other tokenizers from the same model (transformers'
+    /// `SentencePieceExtractor`).
+    pub fn parts(bytes: &[u8]) -> Result<SpmParts, SpmError> {
+        let model = proto::ModelProto::decode(bytes).map_err(|e| SpmError::Parse(e.to_string()))?;
+        Ok(SpmParts {
+            pieces: pieces_of(&model),
+            precompiled_charsmap: model
+                .normalizer_spec
+                .and_then(|n| n.precompiled_charsmap)
+                .filter(|m| !m.is_empty()),
         })
     }
 

@@ -10,8 +10,11 @@
 //! drives it: rows of inputs that are done are dropped from the batch, which
 //! changes nothing in the others' results.
 
-pub mod marian;
-pub mod translator;
+pub mod bart;
+mod layers;
+pub mod t5;
+pub use layers::DecoderState;
+pub mod backend;
 
 use rayon::prelude::*;
 use serde::Deserialize;
@@ -100,7 +103,7 @@ pub enum OneOrMany {
 /// The keys of `generation_config.json` (and of `config.json`'s
 /// `task_specific_params` entries) that generation reads; every one is
 /// optional, and also the shape of per-request overrides.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub struct GenerationOverrides {
     /// Beams (1: greedy).
@@ -135,18 +138,38 @@ pub struct GenerationOverrides {
     pub decoder_start_token_id: Option<u32>,
     /// Sampling is not supported; `true` is refused.
     pub do_sample: Option<bool>,
+    /// Keys set to `null` (unset: `generate(forced_bos_token_id=None)`
+    /// removes the checkpoint's value).
+    #[serde(skip)]
+    pub cleared: Vec<String>,
 }
 
 impl GenerationOverrides {
-    /// Reads `generation_config.json`-style JSON.
+    /// Reads `generation_config.json`-style JSON (keys set to `null` are
+    /// kept as [`GenerationOverrides::cleared`]).
     pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        serde_json::from_value(value.clone()).map_err(|e| e.to_string())
+        let mut out: Self = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+        if let Some(map) = value.as_object() {
+            out.cleared = map
+                .iter()
+                .filter(|(_, v)| v.is_null())
+                .map(|(k, _)| k.clone())
+                .collect();
+        }
+        Ok(out)
     }
 
-    /// `self` with `other`'s values where it has them.
+    /// `self` with `other`'s values where it has them, and without the
+    /// values `other` clears.
     pub fn then(mut self, other: &GenerationOverrides) -> Self {
         macro_rules! take {
-            ($($f:ident),*) => {$(if other.$f.is_some() { self.$f = other.$f.clone(); })*};
+            ($($f:ident),*) => {$(
+                if other.$f.is_some() {
+                    self.$f = other.$f.clone();
+                } else if other.cleared.iter().any(|c| c == stringify!($f)) {
+                    self.$f = None;
+                }
+            )*};
         }
         take!(
             num_beams,
@@ -217,10 +240,13 @@ impl GenerationSettings {
         if num_beams == 0 {
             return Err("num_beams must be at least 1".into());
         }
-        // The decoder prompt is the start token alone.
-        let max_length = match o.max_new_tokens {
-            Some(n) => n + 1,
-            None => o.max_length.unwrap_or(20),
+        // The decoder prompt is the start token alone. With no length set
+        // anywhere, `_prepare_generated_length` allows 20 new tokens, within
+        // the model's positions.
+        let max_length = match (o.max_new_tokens, o.max_length) {
+            (Some(n), _) => n + 1,
+            (None, Some(m)) => m,
+            (None, None) => (20 + 1).min(model.max_positions),
         };
         if max_length < 2 {
             return Err("max_length / max_new_tokens leave no room for a token".into());

@@ -1,25 +1,31 @@
-//! Marian (opus-mt) translation models: a post-norm transformer encoder and
-//! decoder with sinusoidal positions, as transformers' `MarianMTModel` runs
-//! them.
+//! BART-family encoder-decoders: BART (`facebook/bart-large-cnn`,
+//! `sshleifer/distilbart-cnn-12-6`) and Marian (`Helsinki-NLP/opus-mt-*`),
+//! post-norm transformers as transformers' `BartForConditionalGeneration`
+//! and `MarianMTModel` run them (Marian's modelling code is BART's with
+//! other positions).
 //!
-//! Paper: Junczys-Dowmunt et al., "Marian: Fast Neural Machine Translation in
-//! C++" (ACL 2018). Checkpoints: `Helsinki-NLP/opus-mt-*` on the Hugging Face
-//! hub. Try one with
-//! `precis translate --model DIR --to ru examples/sample-article.txt`.
+//! Papers: Lewis et al., "BART: Denoising Sequence-to-Sequence
+//! Pre-training" (ACL 2020); Junczys-Dowmunt et al., "Marian: Fast Neural
+//! Machine Translation in C++" (ACL 2018). Try one with
+//! `precis translate --model DIR --to ru examples/sample-article.txt` or
+//! `precis summarize --model DIR examples/sample-article.txt`.
 //!
-//! What candle-transformers' `marian` lacks and this adds:
+//! What candle-transformers' `marian` lacks (it has no BART at all) and this
+//! adds:
 //!
-//! - padding masks: a batch of sentences of different lengths gives what each
+//! - padding masks: a batch of inputs of different lengths gives what each
 //!   gives alone (the encoder and the cross-attention ignore padded keys);
 //! - cross-attention keys and values computed once per input, not per step;
-//! - per-request state: nothing is kept between calls to [`Marian::start`];
+//! - per-request state: nothing is kept between calls to [`Bart::start`];
 //! - rows of a running batch can be dropped or reordered (beam search).
 //!
-//! Computation follows `modeling_marian.py` (transformers 5.24): embeddings
-//! scaled by `√d_model` when `scale_embedding`, plus positions; each layer
-//! is attention, residual, layer norm, then the feed-forward block, residual,
-//! layer norm; logits are the tied output embedding plus
-//! `final_logits_bias`.
+//! Computation follows `modeling_bart.py` and `modeling_marian.py`
+//! (transformers 5.24): token embeddings scaled by `√d_model` when
+//! `scale_embedding`, plus positions (BART: a learned table read at
+//! position + 2; Marian: sinusoids), then for BART a layer norm
+//! (`layernorm_embedding`); each layer is attention, residual, layer norm,
+//! then the feed-forward block, residual, layer norm; logits are the tied
+//! output embedding (or `lm_head`) plus `final_logits_bias`.
 
 use std::path::Path;
 
@@ -27,13 +33,18 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
+use super::layers::{e, pad, read_config, weights, Attention, AttentionSpec, DecoderState, Dense};
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::backend::kernels::PackedF32;
 use crate::backend::BackendError;
 
-/// `config.json` of a Marian checkpoint (the fields the model reads).
+/// `config.json` of a BART or Marian checkpoint (the fields the model
+/// reads).
 #[derive(Debug, Clone, Deserialize)]
-pub struct MarianConfig {
+pub struct BartConfig {
+    /// `bart` or `marian` (positions and the embedding layer norm differ).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
     /// Source (and shared) vocabulary size.
     pub vocab_size: usize,
     /// Target vocabulary size when embeddings are not shared.
@@ -77,6 +88,24 @@ pub struct MarianConfig {
     /// Forced end-of-sequence token at the last position.
     #[serde(default)]
     pub forced_eos_token_id: Option<u32>,
+    /// Pre-norm layers (mBART); not supported, refused at load.
+    #[serde(default)]
+    pub normalize_before: bool,
+    /// A layer norm after the last layer (mBART); not supported, refused.
+    #[serde(default)]
+    pub add_final_layer_norm: bool,
+}
+
+impl BartConfig {
+    /// Whether this is a Marian checkpoint (sinusoidal positions, no
+    /// embedding layer norm).
+    pub fn is_marian(&self) -> bool {
+        self.model_type == "marian"
+    }
+}
+
+fn default_model_type() -> String {
+    "bart".into()
 }
 
 fn default_activation() -> String {
@@ -90,91 +119,6 @@ fn yes() -> bool {
 /// Layer norm epsilon of `nn.LayerNorm`.
 const LN_EPS: f64 = 1e-5;
 
-/// A linear layer `y = x Wᵀ + b` on [`PackedF32`], whose weights are packed
-/// once at load (candle's matmul repacks them at every call, which costs
-/// more than the product itself for a decoder step's few dozen rows).
-struct Dense(PackedF32);
-
-impl Dense {
-    fn load(cols: usize, rows: usize, vb: VarBuilder) -> candle_core::Result<Self> {
-        let w = vb
-            .get((rows, cols), "weight")?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        let b = vb.get(rows, "bias")?.to_vec1::<f32>()?;
-        Ok(Dense(PackedF32::new(&w, Some(&b), rows, cols)))
-    }
-
-    /// `[n, t, cols]` → `[n, t, rows]`.
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, t, _) = x.dims3()?;
-        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        Tensor::from_vec(
-            self.0.apply(&input, n * t),
-            (n, t, self.0.rows()),
-            x.device(),
-        )
-    }
-}
-
-struct Attention {
-    q: Dense,
-    k: Dense,
-    v: Dense,
-    out: Dense,
-    heads: usize,
-    head_dim: usize,
-}
-
-impl Attention {
-    fn load(vb: VarBuilder, d: usize, heads: usize) -> candle_core::Result<Self> {
-        Ok(Self {
-            q: Dense::load(d, d, vb.pp("q_proj"))?,
-            k: Dense::load(d, d, vb.pp("k_proj"))?,
-            v: Dense::load(d, d, vb.pp("v_proj"))?,
-            out: Dense::load(d, d, vb.pp("out_proj"))?,
-            heads,
-            head_dim: d / heads,
-        })
-    }
-
-    /// `[n, t, d]` → `[n, heads, t, head_dim]`.
-    fn split(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, t, _) = x.dims3()?;
-        x.reshape((n, t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
-    }
-
-    fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
-        Ok((
-            self.split(&self.k.forward(x)?)?,
-            self.split(&self.v.forward(x)?)?,
-        ))
-    }
-
-    /// Attention of `x`'s queries over `k`, `v` (`[n, heads, s, head_dim]`),
-    /// with an additive `bias` broadcast to `[n, heads, t, s]`.
-    fn attend(
-        &self,
-        x: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        bias: Option<&Tensor>,
-    ) -> candle_core::Result<Tensor> {
-        let (n, t, d) = x.dims3()?;
-        let q = self.split(&self.q.forward(x)?)?;
-        let scale = (self.head_dim as f64).powf(-0.5);
-        let mut scores = (q.matmul(&k.t()?)? * scale)?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs.matmul(v)?.transpose(1, 2)?.reshape((n, t, d))?;
-        self.out.forward(&out)
-    }
-}
-
 struct FeedForward {
     fc1: Dense,
     fc2: Dense,
@@ -184,8 +128,8 @@ struct FeedForward {
 impl FeedForward {
     fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Activation) -> candle_core::Result<Self> {
         Ok(Self {
-            fc1: Dense::load(d, ffn, vb.pp("fc1"))?,
-            fc2: Dense::load(ffn, d, vb.pp("fc2"))?,
+            fc1: Dense::load(d, ffn, vb.pp("fc1"), true)?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"), true)?,
             act,
         })
     }
@@ -211,12 +155,20 @@ struct DecoderLayer {
     ffn_norm: LayerNorm,
 }
 
-/// A loaded Marian model.
-pub struct Marian {
-    cfg: MarianConfig,
-    enc_embed: Embedding,
-    dec_embed: Embedding,
+/// The input side of the encoder or the decoder.
+struct Embeddings {
+    tokens: Embedding,
+    /// Row `p` is position `p` (BART's offset of 2 already skipped).
     positions: Tensor,
+    /// BART's `layernorm_embedding`.
+    norm: Option<LayerNorm>,
+}
+
+/// A loaded BART or Marian model.
+pub struct Bart {
+    cfg: BartConfig,
+    enc_embed: Embeddings,
+    dec_embed: Embeddings,
     encoder: Vec<EncoderLayer>,
     decoder: Vec<DecoderLayer>,
     /// The output layer with `final_logits_bias`, packed once: candle's
@@ -227,17 +179,8 @@ pub struct Marian {
     device: Device,
 }
 
-/// The state of a batch being decoded: per layer, the self-attention keys
-/// and values so far and the cross-attention ones, and each row's mask over
-/// the source.
-pub struct MarianState {
-    self_kv: Vec<Option<(Tensor, Tensor)>>,
-    cross_kv: Vec<(Tensor, Tensor)>,
-    source_bias: Tensor,
-    /// The input each row belongs to.
-    row_input: Vec<usize>,
-    len: usize,
-}
+/// The decoder state of a running batch.
+pub type BartState = DecoderState;
 
 /// The sinusoidal position table of `modeling_marian.py` (sines in the first
 /// half, cosines in the second; computed in f64 as numpy does, then f32).
@@ -268,54 +211,16 @@ fn activation(name: &str) -> Result<Activation, String> {
     })
 }
 
-/// A candle error as text (for load errors that name the file).
-fn e<T>(r: candle_core::Result<T>) -> Result<T, String> {
-    r.map_err(|e| e.to_string())
-}
-
-fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Load {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
-impl Marian {
+impl Bart {
     /// Loads `config.json` and the weights (`model.safetensors`, or
     /// `pytorch_model.bin`) of a checkpoint directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
-        let config_path = dir.join("config.json");
-        let text = std::fs::read_to_string(&config_path).map_err(|e| load_err(&config_path, e))?;
-        let cfg: MarianConfig =
-            serde_json::from_str(&text).map_err(|e| load_err(&config_path, e))?;
-        let safetensors = dir.join("model.safetensors");
-        let pth = dir.join("pytorch_model.bin");
-        let (vb, weights) = if safetensors.exists() {
-            let bytes = std::fs::read(&safetensors).map_err(|e| load_err(&safetensors, e))?;
-            (
-                VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
-                    .map_err(|e| load_err(&safetensors, e))?,
-                safetensors,
-            )
-        } else if pth.exists() {
-            (
-                VarBuilder::from_pth(&pth, DType::F32, device).map_err(|e| load_err(&pth, e))?,
-                pth,
-            )
-        } else {
-            return Err(load_err(
-                dir,
-                "no weights: expected model.safetensors or pytorch_model.bin",
-            ));
-        };
-        Self::from_var_builder(cfg, vb, device).map_err(|e| load_err(&weights, e))
+        let cfg: BartConfig = read_config(dir)?;
+        let (vb, file) = weights(dir, device)?;
+        Self::from_var_builder(cfg, vb, device).map_err(|e| super::layers::load_err(&file, e))
     }
 
-    fn from_var_builder(
-        cfg: MarianConfig,
-        vb: VarBuilder,
-        device: &Device,
-    ) -> Result<Self, String> {
+    fn from_var_builder(cfg: BartConfig, vb: VarBuilder, device: &Device) -> Result<Self, String> {
         let d = cfg.d_model;
         let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
         check(d > 0, "d_model is 0")?;
@@ -327,9 +232,17 @@ impl Marian {
             cfg.decoder_attention_heads > 0 && d.is_multiple_of(cfg.decoder_attention_heads),
             "d_model is not a multiple of decoder_attention_heads",
         )?;
+        check(
+            cfg.model_type == "bart" || cfg.is_marian(),
+            "model_type is neither `bart` nor `marian`",
+        )?;
+        check(
+            !cfg.normalize_before && !cfg.add_final_layer_norm,
+            "pre-norm layers (normalize_before / add_final_layer_norm, as mBART has) are not supported",
+        )?;
         let act = activation(&cfg.activation_function)?;
-        // Checkpoints saved from `MarianMTModel` prefix the base model with
-        // `model.`; those of `MarianModel` do not.
+        // Checkpoints saved from `…ForConditionalGeneration` prefix the base
+        // model with `model.`; those of `BartModel` / `MarianModel` do not.
         let base = if vb.contains_tensor("model.shared.weight")
             || vb.contains_tensor("model.encoder.embed_tokens.weight")
         {
@@ -377,20 +290,47 @@ impl Marian {
         } else {
             e(Tensor::zeros(target_vocab, DType::F32, device))?
         };
-        let positions = e(Tensor::from_vec(
-            sinusoids(cfg.max_position_embeddings, d),
-            (cfg.max_position_embeddings, d),
-            device,
-        ))?;
         let ln = |vb: VarBuilder| e(candle_nn::layer_norm(d, LN_EPS, vb));
+        let max_pos = cfg.max_position_embeddings;
+        let (enc_positions, dec_positions) = if cfg.is_marian() {
+            let table = e(Tensor::from_vec(
+                sinusoids(max_pos, d),
+                (max_pos, d),
+                device,
+            ))?;
+            (table.clone(), table)
+        } else {
+            // `BartLearnedPositionalEmbedding`: position p reads row p + 2.
+            let learned = |side: &str| {
+                e(base
+                    .get((max_pos + 2, d), &format!("{side}.embed_positions.weight"))
+                    .and_then(|t| t.i(2..)))
+            };
+            (learned("encoder")?, learned("decoder")?)
+        };
+        let (enc_norm, dec_norm) = if cfg.is_marian() {
+            (None, None)
+        } else {
+            (
+                Some(ln(base.pp("encoder.layernorm_embedding"))?),
+                Some(ln(base.pp("decoder.layernorm_embedding"))?),
+            )
+        };
+        let spec = |heads: usize| AttentionSpec {
+            d_model: d,
+            heads,
+            head_dim: d / heads,
+            names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+            bias: true,
+            scale: ((d / heads) as f64).powf(-0.5),
+        };
         let mut encoder = Vec::with_capacity(cfg.encoder_layers);
         for i in 0..cfg.encoder_layers {
             let vb = base.pp(format!("encoder.layers.{i}"));
             encoder.push(EncoderLayer {
                 attn: e(Attention::load(
                     vb.pp("self_attn"),
-                    d,
-                    cfg.encoder_attention_heads,
+                    &spec(cfg.encoder_attention_heads),
                 ))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
                 ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act))?,
@@ -403,14 +343,12 @@ impl Marian {
             decoder.push(DecoderLayer {
                 attn: e(Attention::load(
                     vb.pp("self_attn"),
-                    d,
-                    cfg.decoder_attention_heads,
+                    &spec(cfg.decoder_attention_heads),
                 ))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
                 cross: e(Attention::load(
                     vb.pp("encoder_attn"),
-                    d,
-                    cfg.decoder_attention_heads,
+                    &spec(cfg.decoder_attention_heads),
                 ))?,
                 cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
                 ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act))?,
@@ -431,9 +369,16 @@ impl Marian {
         );
         Ok(Self {
             vocab,
-            enc_embed: Embedding::new(enc_table, d),
-            dec_embed: Embedding::new(dec_table, d),
-            positions,
+            enc_embed: Embeddings {
+                tokens: Embedding::new(enc_table, d),
+                positions: enc_positions,
+                norm: enc_norm,
+            },
+            dec_embed: Embeddings {
+                tokens: Embedding::new(dec_table, d),
+                positions: dec_positions,
+                norm: dec_norm,
+            },
             encoder,
             decoder,
             lm_head,
@@ -444,55 +389,32 @@ impl Marian {
     }
 
     /// The model's configuration.
-    pub fn config(&self) -> &MarianConfig {
+    pub fn config(&self) -> &BartConfig {
         &self.cfg
     }
 
-    /// Embeddings of `ids` (`[n, t]`) at positions `start..`, scaled.
-    fn embed(&self, table: &Embedding, ids: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+    /// Embeddings of `ids` (`[n, t]`) at positions `start..`: scaled
+    /// tokens plus positions, then the embedding layer norm (BART).
+    fn embed(&self, side: &Embeddings, ids: &Tensor, start: usize) -> candle_core::Result<Tensor> {
         let t = ids.dim(1)?;
-        let x = (table.forward(ids)? * self.embed_scale)?;
-        x.broadcast_add(&self.positions.i(start..start + t)?)
-    }
-
-    /// The inputs padded into one `[n, s]` tensor, and the additive mask
-    /// (`[n, 1, 1, s]`: 0 on tokens, -inf on padding).
-    fn pad(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor), BackendError> {
-        let s = inputs.iter().map(Vec::len).max().unwrap_or(0);
-        if s == 0 || inputs.iter().any(Vec::is_empty) {
-            return Err(BackendError::Runtime("an input has no tokens".into()));
+        let x = (side.tokens.forward(ids)? * self.embed_scale)?;
+        let x = x.broadcast_add(&side.positions.i(start..start + t)?)?;
+        match &side.norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
         }
-        if s > self.cfg.max_position_embeddings {
-            return Err(BackendError::Runtime(format!(
-                "an input of {s} tokens is longer than the model's {} positions",
-                self.cfg.max_position_embeddings
-            )));
-        }
-        let mut ids = Vec::with_capacity(inputs.len() * s);
-        let mut bias = Vec::with_capacity(inputs.len() * s);
-        for input in inputs {
-            if let Some(&bad) = input.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-                return Err(BackendError::Runtime(format!(
-                    "token id {bad} is outside the vocabulary of {}",
-                    self.cfg.vocab_size
-                )));
-            }
-            ids.extend_from_slice(input);
-            ids.extend(std::iter::repeat_n(self.cfg.pad_token_id, s - input.len()));
-            bias.extend(std::iter::repeat_n(0f32, input.len()));
-            bias.extend(std::iter::repeat_n(f32::NEG_INFINITY, s - input.len()));
-        }
-        let n = inputs.len();
-        Ok((
-            Tensor::from_vec(ids, (n, s), &self.device)?,
-            Tensor::from_vec(bias, (n, 1, 1, s), &self.device)?,
-        ))
     }
 
     /// The encoder's last hidden states (`[n, s, d]`, padded rows included)
     /// and the source mask.
     pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor), BackendError> {
-        let (ids, bias) = self.pad(inputs)?;
+        let (ids, bias) = pad(
+            inputs,
+            self.cfg.pad_token_id,
+            self.cfg.vocab_size,
+            Some(self.cfg.max_position_embeddings),
+            &self.device,
+        )?;
         let mut x = self.embed(&self.enc_embed, &ids, 0)?;
         for layer in &self.encoder {
             let (k, v) = layer.attn.keys_values(&x)?;
@@ -505,8 +427,8 @@ impl Marian {
     }
 }
 
-impl EncoderDecoder for Marian {
-    type State = MarianState;
+impl EncoderDecoder for Bart {
+    type State = BartState;
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
         Seq2SeqConfig {
@@ -521,34 +443,18 @@ impl EncoderDecoder for Marian {
         }
     }
 
-    fn start(
-        &self,
-        inputs: &[Vec<u32>],
-        rows_per_input: usize,
-    ) -> Result<MarianState, BackendError> {
+    fn start(&self, inputs: &[Vec<u32>], rows_per_input: usize) -> Result<BartState, BackendError> {
         let (hidden, bias) = self.encode(inputs)?;
-        let index: Vec<u32> = (0..inputs.len() as u32)
-            .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
-            .collect();
-        let index = Tensor::new(index.as_slice(), &self.device)?;
-        let mut cross_kv = Vec::with_capacity(self.decoder.len());
-        for layer in &self.decoder {
-            let (k, v) = layer.cross.keys_values(&hidden)?;
-            cross_kv.push((k.index_select(&index, 0)?, v.index_select(&index, 0)?));
-        }
-        Ok(MarianState {
-            self_kv: vec![None; self.decoder.len()],
-            cross_kv,
-            source_bias: bias.index_select(&index, 0)?,
-            row_input: (0..inputs.len())
-                .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
-                .collect(),
-            len: 0,
-        })
+        DecoderState::new(
+            self.decoder.iter().map(|l| &l.cross),
+            &hidden,
+            &bias,
+            rows_per_input,
+        )
     }
 
-    fn step(&self, state: &mut MarianState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
-        if state.len >= self.cfg.max_position_embeddings {
+    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        if state.len() >= self.cfg.max_position_embeddings {
             return Err(BackendError::Runtime(format!(
                 "the output reached the model's {} positions",
                 self.cfg.max_position_embeddings
@@ -556,44 +462,25 @@ impl EncoderDecoder for Marian {
         }
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (n, 1), &self.device)?;
-        let mut x = self.embed(&self.dec_embed, &ids, state.len)?;
+        let mut x = self.embed(&self.dec_embed, &ids, state.len())?;
         for (i, layer) in self.decoder.iter().enumerate() {
             let (k, v) = layer.attn.keys_values(&x)?;
-            let (k, v) = match state.self_kv[i].take() {
-                Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
-                None => (k, v),
-            };
+            let (k, v) = state.push_self(i, k, v)?;
             let a = layer.attn.attend(&x, &k, &v, None)?;
-            state.self_kv[i] = Some((k, v));
             x = layer.attn_norm.forward(&(x + a)?)?;
-            let (ck, cv) = &state.cross_kv[i];
-            let c = layer.cross.attend(&x, ck, cv, Some(&state.source_bias))?;
+            let (ck, cv) = state.cross(i);
+            let c = layer.cross.attend(&x, ck, cv, Some(state.source_bias()))?;
             x = layer.cross_norm.forward(&(x + c)?)?;
             let f = layer.ffn.forward(&x)?;
             x = layer.ffn_norm.forward(&(x + f)?)?;
         }
-        state.len += 1;
+        state.advance();
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
         Ok(self.lm_head.apply(&x, n))
     }
 
-    fn select(&self, state: &mut MarianState, rows: &[usize]) -> Result<(), BackendError> {
-        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let index = Tensor::new(index.as_slice(), &self.device)?;
-        for kv in state.self_kv.iter_mut().flatten() {
-            *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
-        }
-        let row_input: Vec<usize> = rows.iter().map(|&r| state.row_input[r]).collect();
-        // Beams reordered within their inputs share the inputs' cross-attention
-        // keys and values: they only move when rows change inputs.
-        if row_input != state.row_input {
-            for kv in state.cross_kv.iter_mut() {
-                *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
-            }
-            state.source_bias = state.source_bias.index_select(&index, 0)?;
-            state.row_input = row_input;
-        }
-        Ok(())
+    fn select(&self, state: &mut BartState, rows: &[usize]) -> Result<(), BackendError> {
+        state.select(rows)
     }
 }
 

@@ -1,0 +1,233 @@
+//! What the encoder-decoder parity tests share: reading the references that
+//! `scripts/make_fixtures.py` records with transformers 5.24.0, comparing a
+//! model's encoder states, decoder logits and `generate()` outputs with
+//! them, and running the `precis` binary. Included with
+//! `#[path = "common/parity.rs"] mod parity;`.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use candle_core::Tensor;
+use precis::backend::seq2seq::{
+    generate, pad_outputs, EncoderDecoder, GenerationOverrides, GenerationSettings,
+};
+use precis::backend::BackendError;
+use serde_json::Value;
+
+/// Tolerance of tensor comparisons.
+pub const TOLERANCE: f32 = 1e-4;
+
+/// A fixture checkpoint directory: `tests/fixtures/{family}/{name}`.
+pub fn fixture(family: &str, name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(family)
+        .join(name)
+}
+
+/// `reference.json` of a fixture directory.
+pub fn reference(dir: &Path) -> Value {
+    let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
+    serde_json::from_str(&text).expect("reference.json parses")
+}
+
+pub fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an id list")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
+pub fn floats(v: &Value) -> Vec<f32> {
+    v.as_array()
+        .expect("a float list")
+        .iter()
+        .map(|x| x.as_f64().expect("a float") as f32)
+        .collect()
+}
+
+pub fn strings(v: &Value) -> Vec<String> {
+    v.as_array()
+        .expect("a string list")
+        .iter()
+        .map(|t| t.as_str().expect("a string").to_string())
+        .collect()
+}
+
+/// The forward batch's inputs without their padding.
+pub fn batch_inputs(r: &Value) -> Vec<Vec<u32>> {
+    let f = &r["forward"];
+    f["input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(f["attention_mask"].as_array().unwrap())
+        .map(|(i, m)| {
+            ids(i)
+                .into_iter()
+                .zip(ids(m))
+                .filter(|(_, m)| *m == 1)
+                .map(|(i, _)| i)
+                .collect()
+        })
+        .collect()
+}
+
+pub fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "tensor sizes differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Encoder states (from `encode`) and the recorded decoder steps' logits
+/// within [`TOLERANCE`] of the reference's `forward`.
+pub fn check_forward<M: EncoderDecoder>(
+    name: &str,
+    model: &M,
+    encode: impl Fn(&[Vec<u32>]) -> Result<(Tensor, Tensor), BackendError>,
+    r: &Value,
+) {
+    let inputs = batch_inputs(r);
+    let f = &r["forward"];
+    let (hidden, _) = encode(&inputs).expect("encodes");
+    let got: Vec<f32> = hidden.flatten_all().unwrap().to_vec1().unwrap();
+    let want = floats(&f["encoder_last_hidden_state"]["data"]);
+    let d = max_diff(&got, &want);
+    assert!(d <= TOLERANCE, "{name}: encoder states differ by {d}");
+
+    let dec: Vec<Vec<u32>> = f["decoder_input_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(ids)
+        .collect();
+    let steps = dec[0].len();
+    let vocab = model.seq2seq_config().vocab_size;
+    let mut state = model.start(&inputs, 1).expect("starts");
+    let mut logits = vec![vec![]; inputs.len()];
+    for t in 0..steps {
+        let tokens: Vec<u32> = dec.iter().map(|d| d[t]).collect();
+        let out = model.step(&mut state, &tokens).expect("steps");
+        for (i, l) in logits.iter_mut().enumerate() {
+            l.extend_from_slice(&out[i * vocab..(i + 1) * vocab]);
+        }
+    }
+    let got: Vec<f32> = logits.concat();
+    let want = floats(&f["decoder_logits"]["data"]);
+    let d = max_diff(&got, &want);
+    assert!(d <= TOLERANCE, "{name}: decoder logits differ by {d}");
+}
+
+/// Every recorded `generate()` setting gives the reference's padded
+/// sequences and texts (`decode` skips special tokens). `base` is what the
+/// recorded `kwargs` go over; cases whose name `skip` accepts are left out.
+pub fn check_generation<M: EncoderDecoder>(
+    name: &str,
+    model: &M,
+    base: &GenerationOverrides,
+    r: &Value,
+    decode: impl Fn(&[u32]) -> String,
+    skip: impl Fn(&str) -> bool,
+) -> usize {
+    let inputs = batch_inputs(r);
+    let mut checked = 0;
+    for case in r["generation"].as_array().unwrap() {
+        let setting = case["name"].as_str().unwrap();
+        if skip(setting) {
+            continue;
+        }
+        let kwargs = GenerationOverrides::from_json(&case["kwargs"]).unwrap();
+        let settings =
+            GenerationSettings::resolve(&base.clone().then(&kwargs), &model.seq2seq_config())
+                .unwrap_or_else(|e| panic!("{name} {setting}: {e}"));
+        if let Some(m) = case["min_greedy_margin"].as_f64() {
+            assert!(
+                m >= TOLERANCE as f64,
+                "{name} {setting}: a greedy step is a near-tie ({m}); the fixture cannot decide it"
+            );
+        }
+        let out = generate(model, &inputs, &settings, &mut |_| true)
+            .unwrap_or_else(|e| panic!("{name} {setting}: {e}"));
+        let want: Vec<Vec<u32>> = case["sequences"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(ids)
+            .collect();
+        assert_eq!(
+            pad_outputs(&out, &settings),
+            want,
+            "{name} {setting}: sequences"
+        );
+        let texts: Vec<String> = out.iter().map(|o| decode(o)).collect();
+        assert_eq!(texts, strings(&case["text"]), "{name} {setting}: text");
+        checked += 1;
+    }
+    checked
+}
+
+/// Each of the forward batch's inputs generated alone gives what it gives
+/// in the batch, greedy and with 4 beams.
+pub fn check_alone_equals_batched<M: EncoderDecoder>(
+    name: &str,
+    model: &M,
+    base: &GenerationOverrides,
+    r: &Value,
+) {
+    let inputs = batch_inputs(r);
+    for beams in [1usize, 4] {
+        let kwargs = GenerationOverrides {
+            num_beams: Some(beams),
+            ..GenerationOverrides::default()
+        };
+        let settings =
+            GenerationSettings::resolve(&base.clone().then(&kwargs), &model.seq2seq_config())
+                .unwrap();
+        let batched = generate(model, &inputs, &settings, &mut |_| true).unwrap();
+        for (i, input) in inputs.iter().enumerate() {
+            let alone =
+                generate(model, std::slice::from_ref(input), &settings, &mut |_| true).unwrap();
+            assert_eq!(alone[0], batched[i], "{name}: input {i} with {beams} beams");
+        }
+    }
+}
+
+/// The `precis` binary with its home in `home` and the hub unreachable.
+pub fn cli(home: &Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_precis"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PRECIS_HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("PRECIS_PIP", "false")
+        .env_remove("PRECIS_MODEL")
+        .env_remove("PRECIS_CONFIG");
+    cmd
+}
+
+/// Runs a command with `text` on its standard input.
+pub trait StdinText {
+    fn stdin_text(&mut self, text: &str) -> std::process::Output;
+}
+
+impl StdinText for std::process::Command {
+    fn stdin_text(&mut self, text: &str) -> std::process::Output {
+        use std::io::Write;
+        let mut child = self
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("precis starts");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    }
+}
