@@ -244,8 +244,11 @@ pub struct Summary {
     pub language: String,
     /// The summary.
     pub text: String,
-    /// The length asked for.
-    pub length: Length,
+    /// The length asked for (an LLM's default when none was; absent for a
+    /// dedicated summarizer asked for none, which then writes the length
+    /// its checkpoint's settings give).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub length: Option<Length>,
     /// Words in `text`.
     pub words: usize,
     /// The model that wrote it.
