@@ -1,25 +1,27 @@
 #!/usr/bin/env bash
-# Side-by-side speed benchmark of Marian translation: precis's seq2seq backend
+# Side-by-side speed benchmark of encoder-decoders: precis's seq2seq backend
 # against Python transformers (torch, CPU) and CTranslate2 (fp32 and int8) on
-# one full-size opus-mt-en-ru-shaped checkpoint, under one fixed protocol.
+# one full-size random checkpoint, under one fixed protocol: Marian
+# translation (opus-mt-en-ru-shaped, the default) or BART summarization
+# (distilbart-cnn-12-6-shaped, --family bart).
 # Run on demand, not in CI: `benches/compare-marian.sh --help`.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: benches/compare-marian.sh [OPTIONS]
+Usage: benches/compare-marian.sh [--family marian|bart] [OPTIONS]
 
-Translates the same English sentences with precis (the `marian` bench,
-benches/marian.rs), Python transformers 5.24.0 (torch, CPU) and CTranslate2
-4.8.5 (fp32 and int8, converted from the same checkpoint), one engine after
-the other, and prints tokens/s for each and the ratios. The last lines are
+Runs the same inputs through precis (the `seq2seq` bench, benches/seq2seq.rs),
+Python transformers 5.24.0 (torch, CPU) and CTranslate2 4.8.5 (fp32 and int8,
+converted from the same checkpoint), one engine after the other, and prints
+tokens/s for each and the ratios. The last lines are
 
   ratio beam=4 precis/ct2-fp32=X
   ratio beam=1 precis/ct2-fp32=Y
 
 (above 1: precis is faster).
 
-The protocol:
+The protocol, --family marian (translation; the default):
   - the model: a full-size, randomly initialised Marian with
     Helsinki-NLP/opus-mt-en-ru's exact config (6+6 layers, d_model 512, 8
     heads, ffn 2048, swish, vocabulary 62518 shared and tied) and its
@@ -27,46 +29,77 @@ The protocol:
     tokenizer is SentencePiece unigram models trained on the FLORES English /
     Russian sentences, with a vocab.json of exactly 62518 entries (the pieces,
     then filler entries);
-  - the first 200 sentences of ../shared/eval/flores200-dev/eng_Latn.txt, in
-    file order, batches of 8, 2 threads;
-  - beam 4 and greedy, exactly 32 new tokens per sentence: the checkpoint's
-    generation config with num_beams and min_new_tokens = max_new_tokens = 32
-    (transformers: generate(**batch, num_beams=B, min_new_tokens=32,
-    max_new_tokens=32); CTranslate2: min_decoding_length = max_decoding_length
-    = 32);
-  - each engine tokenizes every batch before the clock starts (precis with its
-    own MarianTokenizer, transformers with MarianTokenizer, CTranslate2 with the
-    pieces of transformers' tokenizer), runs one untimed warm-up batch per beam
-    size, then times generation alone (encoder + decoder) over all batches:
-    tokens/s = 32 x sentences / wall seconds, the same formula for every engine.
+  - the inputs: the first 200 sentences of
+    ../shared/eval/flores200-dev/eng_Latn.txt, in file order;
+  - exactly 32 new tokens per input.
 
-Before any timing, precis and transformers generate the first 8 sentences at
+The protocol, --family bart (summarization):
+  - the model: a full-size, randomly initialised BartForConditionalGeneration
+    with sshleifer/distilbart-cnn-12-6's exact config (12+6 layers, d_model
+    1024, 16 heads, ffn 4096, gelu, learned positions, 1024 positions,
+    vocabulary 50264, tied; 306 M parameters) and its generation settings in
+    generation_config.json (beam 4, length_penalty 2, no_repeat_ngram_size 3,
+    min_length 56, max_length 142, early_stopping, <s> forced first and </s>
+    at the last position), seeded and saved once in the hub layout
+    (model.safetensors); its tokenizer is a byte-level BPE trained on the
+    FLORES English sentences: vocab.json, merges.txt, tokenizer.json and
+    tokenizer_config.json of exactly 50264 entries (<s> <pad> </s> <unk> =
+    0-3, the BPE's, fillers, <mask> last);
+  - the inputs: 100 articles of ~400 tokens, written to OUT_DIR/inputs.txt
+    and given to every engine: input i is the FLORES English sentences from
+    number 5 x i on (past the last, the first again), joined with spaces until
+    it has at least 380 tokens (--input-tokens; <s> and </s> included);
+  - exactly 64 new tokens per input: the forced <s>, 62 free tokens and the
+    forced </s> (CTranslate2: the <s> as a one-token target prefix, then 63
+    free tokens; it has no forced end token).
+
+Both families:
+  - batches of 8 inputs in file order, 2 threads, beam 4 and greedy, exactly
+    N new tokens: the checkpoint's generation config with num_beams and
+    min_new_tokens = max_new_tokens = N (transformers: generate(**batch,
+    num_beams=B, min_new_tokens=N, max_new_tokens=N); CTranslate2:
+    min_decoding_length = max_decoding_length = N, and the config's
+    no_repeat_ngram_size and length_penalty);
+  - each engine tokenizes every batch before the clock starts (precis with its
+    own tokenizer, transformers with its own, CTranslate2 with the tokens of
+    transformers' tokenizer), runs one untimed warm-up batch per beam size,
+    then times generation alone (encoder + decoder) over all batches:
+    tokens/s = N x inputs / wall seconds, the same formula for every engine.
+
+Before any timing, precis and transformers generate the first 8 inputs at
 every beam size and the script aborts (exit 1) unless both produce identical
 input ids and output ids: both then do the same work.
 
 Options:
-  --count N          sentences [default: 200]
-  --batch N          sentences per batch [default: 8]
+  --family NAME      marian or bart [default: marian]; defaults that differ
+                     are given below as marian / bart
+  --count N          inputs [default: 200 / 100]
+  --batch N          inputs per batch [default: 8]
   --beams LIST       beam sizes, comma-separated [default: 4,1]
-  --tokens N         new tokens per sentence [default: 32]
+  --tokens N         new tokens per input [default: 32 / 64]
   --threads N        threads for every engine [default: 2]; precis gets a rayon
                      pool of N (RAYON_NUM_THREADS = N; candle's element-wise
                      pool is 1 thread, as the precis binary sets it),
                      torch set_num_threads(N), CTranslate2 intra_threads = N
                      (inter_threads = 1); OMP_NUM_THREADS = MKL_NUM_THREADS = N
-  --sample N         sentences of the ids check [default: 8]
-  --sentences PATH   source sentences, one a line [default:
+  --sample N         inputs of the ids check [default: 8]
+  --sentences PATH   FLORES English sentences, one a line [default:
                      ../shared/eval/flores200-dev/eng_Latn.txt from the repo
-                     root]; the checkpoint's tokenizer is trained on the
-                     eng_Latn.txt and rus_Cyrl.txt next to it
+                     root]: the inputs themselves (marian), or what they are
+                     joined from (bart); the checkpoint's tokenizer is
+                     trained on the eng_Latn.txt (marian: and rus_Cyrl.txt)
+                     next to it
+  --input-tokens N   bart: an input takes sentences until it has N tokens
+                     [default: 380]
   --checkpoint DIR   the random checkpoint, made when missing [default:
-                     ~/.cache/precis/bench/opus-mt-en-ru-random]; the
+                     ~/.cache/precis/bench/opus-mt-en-ru-random /
+                     ~/.cache/precis/bench/distilbart-cnn-12-6-random]; the
                      CTranslate2 conversions go next to it (DIR-ct2-float32,
                      DIR-ct2-int8)
   --engines LIST     timed engines [default: precis,transformers,ct2-fp32,ct2-int8]
                      (precis is always timed; the ids check always runs)
   --bin PATH         precis bench executable to run instead of building one
-                     [default: `cargo build --release --bench marian`]
+                     [default: `cargo build --release --bench seq2seq`]
   --wait-idle S      before each timed engine, wait up to S seconds for the
                      machine to be idle (other processes under 0.25 cores)
                      [default: 0: only warn]. Each engine also reports the
@@ -78,20 +111,23 @@ Relative paths given on the command line are taken from the current directory;
 the defaults are relative to the repository root (the parent of benches/).
 
 Environment:
-  OUT_DIR             where results go [default: target/bench-compare/marian]:
-                      precis.json, transformers.json, ct2-fp32.json,
-                      ct2-int8.json, the ids-check files *-sample.json and the
-                      combined report.json
+  OUT_DIR             where results go [default: target/bench-compare/marian /
+                      target/bench-compare/bart]: precis.json,
+                      transformers.json, ct2-fp32.json, ct2-int8.json, the
+                      ids-check files *-sample.json, the combined report.json
+                      and (bart) inputs.txt
   PRECIS_MARIAN_VENV  virtualenv with transformers==5.24.0, torch, sentencepiece,
-                      safetensors and ctranslate2==4.8.5 [default:
-                      ~/.cache/precis/fixtures-venv, the one of
-                      scripts/make_fixtures.py]; ctranslate2 is installed into
-                      it when missing, and the whole venv created when missing
-                      (PyPI; torch is a large download)
+                      tokenizers, safetensors and ctranslate2==4.8.5 (both
+                      families) [default: ~/.cache/precis/fixtures-venv, the
+                      one of scripts/make_fixtures.py]; ctranslate2 is
+                      installed into it when missing, and the whole venv
+                      created when missing (PyPI; torch is a large download)
 
 Examples:
   benches/compare-marian.sh
   benches/compare-marian.sh --beams 4 --count 64
+  benches/compare-marian.sh --family bart
+  benches/compare-marian.sh --family bart --count 8 --tokens 16
   OUT_DIR=/tmp/marian benches/compare-marian.sh --engines precis,ct2-fp32
 EOF
 }
@@ -118,13 +154,15 @@ repo_root=$(cd "$script_dir/.." && pwd)
 
 TRANSFORMERS_VERSION=5.24.0
 CTRANSLATE2_VERSION=4.8.5
-count=200
+family=marian
+count=""
 batch=8
 beams=4,1
-tokens=32
+tokens=""
 threads=2
 sample=8
 sentences=""
+input_tokens=380
 checkpoint=""
 engines=precis,transformers,ct2-fp32,ct2-int8
 bin=""
@@ -133,9 +171,10 @@ wait_idle=0
 while (($#)); do
     case "$1" in
         -h | --help) usage; exit 0 ;;
-        --count | --batch | --beams | --tokens | --threads | --sample | --sentences | --checkpoint | --engines | --bin | --wait-idle)
+        --family | --count | --batch | --beams | --tokens | --threads | --sample | --sentences | --input-tokens | --checkpoint | --engines | --bin | --wait-idle)
             (($# >= 2)) || die "$1 needs a value (see --help)"
             case "$1" in
+                --family) family=$2 ;;
                 --count) count=$2 ;;
                 --batch) batch=$2 ;;
                 --beams) beams=$2 ;;
@@ -143,6 +182,7 @@ while (($#)); do
                 --threads) threads=$2 ;;
                 --sample) sample=$2 ;;
                 --sentences) sentences=$(abspath "$2") ;;
+                --input-tokens) input_tokens=$2 ;;
                 --checkpoint) checkpoint=$(abspath "$2") ;;
                 --engines) engines=$2 ;;
                 --bin) bin=$(abspath "$2") ;;
@@ -159,7 +199,12 @@ while (($#)); do
     esac
 done
 
-for pair in "count:$count" "batch:$batch" "tokens:$tokens" "threads:$threads" "sample:$sample"; do
+case "$family" in
+    marian) count=${count:-200} tokens=${tokens:-32} ;;
+    bart) count=${count:-100} tokens=${tokens:-64} ;;
+    *) die "--family wants marian or bart, not '$family'" ;;
+esac
+for pair in "count:$count" "batch:$batch" "tokens:$tokens" "threads:$threads" "sample:$sample" "input-tokens:$input_tokens"; do
     [[ ${pair#*:} =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} wants a positive integer, not '${pair#*:}'"
 done
 [[ $wait_idle =~ ^[0-9]+$ ]] || die "--wait-idle wants a number of seconds, not '$wait_idle'"
@@ -183,7 +228,10 @@ sentences=${sentences:-$repo_root/../shared/eval/flores200-dev/eng_Latn.txt}
 [[ -f $sentences ]] || die "sentences not found: $sentences (the FLORES-200 files live in ../shared/eval)"
 sentences=$(cd "$(dirname "$sentences")" && pwd)/$(basename "$sentences")
 flores_dir=$(dirname "$sentences")
-checkpoint=${checkpoint:-$HOME/.cache/precis/bench/opus-mt-en-ru-random}
+case "$family" in
+    marian) checkpoint=${checkpoint:-$HOME/.cache/precis/bench/opus-mt-en-ru-random} ;;
+    bart) checkpoint=${checkpoint:-$HOME/.cache/precis/bench/distilbart-cnn-12-6-random} ;;
+esac
 
 command -v python3 >/dev/null || die "python3 is needed"
 
@@ -192,10 +240,10 @@ venv=${PRECIS_MARIAN_VENV:-$HOME/.cache/precis/fixtures-venv}
 venv=$(abspath "$venv")
 py=$venv/bin/python
 if [[ ! -x $py ]]; then
-    note "creating virtualenv $venv (transformers $TRANSFORMERS_VERSION, torch, sentencepiece, safetensors, ctranslate2 $CTRANSLATE2_VERSION; torch is a large download)"
+    note "creating virtualenv $venv (transformers $TRANSFORMERS_VERSION, torch, sentencepiece, tokenizers, safetensors, ctranslate2 $CTRANSLATE2_VERSION; torch is a large download)"
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv" || die "could not create the virtualenv $venv (python3 -m venv)"
-    "$py" -m pip install --quiet "transformers==$TRANSFORMERS_VERSION" torch sentencepiece safetensors \
+    "$py" -m pip install --quiet "transformers==$TRANSFORMERS_VERSION" torch sentencepiece tokenizers safetensors \
         "ctranslate2==$CTRANSLATE2_VERSION" || die "pip install into $venv failed"
 fi
 have() {
@@ -203,7 +251,7 @@ have() {
 }
 [[ $(have transformers) == "$TRANSFORMERS_VERSION" ]] ||
     die "$venv has transformers '$(have transformers)', not $TRANSFORMERS_VERSION (pip install transformers==$TRANSFORMERS_VERSION there, or set PRECIS_MARIAN_VENV)"
-for pkg in torch sentencepiece safetensors; do
+for pkg in torch sentencepiece tokenizers safetensors; do
     [[ -n $(have $pkg) ]] || die "$venv has no $pkg (pip install $pkg there)"
 done
 if [[ $(have ctranslate2) != "$CTRANSLATE2_VERSION" ]]; then
@@ -216,11 +264,11 @@ compare() {
 
 # The precis bench executable.
 if [[ -z $bin ]]; then
-    note "cargo build --release --bench marian"
+    note "cargo build --release --bench seq2seq"
     build_json=$(mktemp)
     trap 'rm -f "$build_json"' EXIT
-    (cd "$repo_root" && cargo build --release --bench marian --message-format=json-render-diagnostics >"$build_json") ||
-        die "cargo build --release --bench marian failed"
+    (cd "$repo_root" && cargo build --release --bench seq2seq --message-format=json-render-diagnostics >"$build_json") ||
+        die "cargo build --release --bench seq2seq failed"
     bin=$(python3 - "$build_json" <<'PY'
 import json, sys
 exe = None
@@ -230,23 +278,32 @@ for line in open(sys.argv[1], encoding="utf-8"):
     except ValueError:
         continue
     t = msg.get("target") or {}
-    if msg.get("reason") == "compiler-artifact" and t.get("name") == "marian" and "bench" in t.get("kind", []):
+    if msg.get("reason") == "compiler-artifact" and t.get("name") == "seq2seq" and "bench" in t.get("kind", []):
         exe = msg.get("executable") or exe
 print(exe or "")
 PY
     )
-    [[ -n $bin ]] || die "cargo built no executable for the marian bench"
+    [[ -n $bin ]] || die "cargo built no executable for the seq2seq bench"
 fi
 [[ -x $bin ]] || die "precis bench executable not found or not executable: $bin"
 
 # The checkpoint (once), and its CTranslate2 conversions (again when the
 # checkpoint is newer).
 if [[ ! -f $checkpoint/bench-checkpoint.json ]]; then
-    [[ -f $flores_dir/eng_Latn.txt && -f $flores_dir/rus_Cyrl.txt ]] ||
-        die "the tokenizer is trained on eng_Latn.txt and rus_Cyrl.txt, not both in $flores_dir"
-    note "making the random checkpoint $checkpoint"
-    compare checkpoint --out "$checkpoint" --flores "$flores_dir" || die "making the checkpoint failed"
+    if [[ $family == marian ]]; then
+        [[ -f $flores_dir/eng_Latn.txt && -f $flores_dir/rus_Cyrl.txt ]] ||
+            die "the tokenizer is trained on eng_Latn.txt and rus_Cyrl.txt, not both in $flores_dir"
+    else
+        [[ -f $flores_dir/eng_Latn.txt ]] || die "the tokenizer is trained on eng_Latn.txt, not in $flores_dir"
+    fi
+    note "making the random $family checkpoint $checkpoint"
+    compare checkpoint --family "$family" --out "$checkpoint" --flores "$flores_dir" ||
+        die "making the checkpoint failed"
 fi
+checkpoint_family=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("model_type", ""))' \
+    "$checkpoint/config.json") || die "cannot read $checkpoint/config.json"
+[[ $checkpoint_family == "$family" ]] ||
+    die "$checkpoint holds a '$checkpoint_family' model, not a $family one (--family, --checkpoint)"
 declare -A ct2_dir=([ct2-fp32]=$checkpoint-ct2-float32 [ct2-int8]=$checkpoint-ct2-int8)
 declare -A ct2_quant=([ct2-fp32]=float32 [ct2-int8]=int8)
 for e in ct2-fp32 ct2-int8; do
@@ -259,21 +316,32 @@ for e in ct2-fp32 ct2-int8; do
     fi
 done
 
-out_dir=${OUT_DIR:-$repo_root/target/bench-compare/marian}
+out_dir=${OUT_DIR:-$repo_root/target/bench-compare/$family}
 out_dir=$(abspath "$out_dir")
 mkdir -p "$out_dir"
 rm -f "$out_dir"/{precis,transformers,ct2-fp32,ct2-int8,report}.json "$out_dir"/{precis,transformers}-sample.json
 
+# The inputs every engine gets: the sentences themselves (marian), or
+# articles joined from them (bart).
+if [[ $family == bart ]]; then
+    inputs=$out_dir/inputs.txt
+    rm -f "$inputs"
+    compare inputs --model "$checkpoint" --sentences "$sentences" --count "$count" --min-tokens "$input_tokens" \
+        --out "$inputs" || die "writing the inputs failed"
+else
+    inputs=$sentences
+fi
+
 run_precis() {
-    (cd "$repo_root" && env PRECIS_BENCH_MARIAN="$checkpoint" PRECIS_BENCH_SENTENCES="$sentences" \
+    (cd "$repo_root" && env PRECIS_BENCH_CHECKPOINT="$checkpoint" PRECIS_BENCH_INPUTS="$inputs" \
         PRECIS_BENCH_COUNT="$count" PRECIS_BENCH_BATCH="$batch" PRECIS_BENCH_BEAMS="$beams" \
         PRECIS_BENCH_TOKENS="$tokens" PRECIS_BENCH_THREADS="$threads" \
         RAYON_NUM_THREADS="$threads" "$@" "$bin")
 }
-common=(--sentences "$sentences" --count "$count" --batch "$batch" --beams "$beams" --tokens "$tokens" --threads "$threads")
+common=(--inputs "$inputs" --count "$count" --batch "$batch" --beams "$beams" --tokens "$tokens" --threads "$threads")
 
 # 1. Same work: precis's ids must be transformers' on the sample.
-echo "== ids check: the first $sample sentences, beams $beams, $tokens new tokens"
+echo "== ids check ($family): the first $sample inputs, beams $beams, $tokens new tokens"
 run_precis PRECIS_BENCH_SAMPLE="$sample" PRECIS_BENCH_JSON="$out_dir/precis-sample.json" >/dev/null ||
     die "the precis bench failed on the sample (run it alone to see why)"
 compare transformers --model "$checkpoint" "${common[@]}" --sample "$sample" --out "$out_dir/transformers-sample.json" ||

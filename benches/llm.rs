@@ -37,6 +37,10 @@
 //!   the same length through `GgufModel::greedy_ids`; `PRECIS_BENCH_IDS=0`
 //!   skips it). `benches/compare-llamacpp.sh` reads this file.
 
+/// The allocator the `precis` binary uses (see `src/main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod common;
 use common::{cpu_seconds, env_usize, peak_rss_mb, proc_status_field};
 

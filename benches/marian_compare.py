@@ -1,16 +1,26 @@
 #!/usr/bin/env python3
-"""The Python half of the Marian speed comparison (benches/compare-marian.sh).
+"""The Python half of the encoder-decoder speed comparison (benches/compare-marian.sh).
 
-Why it exists: precis's Marian backend is measured against the two engines a
+Why it exists: precis's seq2seq backend is measured against the two engines a
 user would otherwise run, Python transformers (torch, CPU) and CTranslate2,
-under one fixed protocol, on the same checkpoint and the same input ids. The
-real opus-mt weights cannot be downloaded here, so the checkpoint is a
-full-size, randomly initialised Marian with opus-mt-en-ru's exact config:
-speed depends on the shapes, not on the values.
+under one fixed protocol, on the same checkpoint and the same input ids, for
+both model families it runs: Marian translation and BART summarization. The
+real weights cannot be downloaded here, so each checkpoint is a full-size,
+randomly initialised model with the real one's exact config: speed depends
+on the shapes, not on the values.
+
+    --family marian   Helsinki-NLP/opus-mt-en-ru's config; SentencePiece
+                      tokenizers trained on FLORES English / Russian; inputs
+                      are the FLORES English sentences themselves
+    --family bart     sshleifer/distilbart-cnn-12-6's config; a byte-level
+                      BPE trained on FLORES English; inputs are consecutive
+                      FLORES sentences joined into ~400-token articles
+                      (`inputs`)
 
 Subcommands (each prints what it did; `--help` on each lists its options):
 
     checkpoint   make the random checkpoint (hub layout, seeded) once
+    inputs       write the BART inputs file (articles of ~400 tokens)
     transformers time transformers' generate(), or record ids on a sample
     ct2-convert  convert the checkpoint with ctranslate2's converter
     ct2          time CTranslate2's translate_batch()
@@ -18,17 +28,19 @@ Subcommands (each prints what it did; `--help` on each lists its options):
     busy         cores kept busy by the whole machine over one second
     report       the table and the ratio lines, from the engines' JSON files
 
-The protocol (what `compare-marian.sh` passes): the first 200 sentences of
-FLORES-200 (eng_Latn), batches of 8, beam 4 and greedy, exactly 32 new tokens
-per sentence (min_new_tokens = max_new_tokens = 32 on top of the checkpoint's
-generation_config.json), 2 threads. Each engine tokenizes every batch before
-the clock starts (transformers and CTranslate2 with transformers'
-MarianTokenizer, precis with its own), does one untimed warm-up batch per
-beam size, then times generation alone (encoder + decoder, every batch one
-after the other); tokens/s = 32 x sentences / wall seconds, for every engine.
+The protocol (what `compare-marian.sh` passes): Marian, the first 200
+sentences of FLORES-200 (eng_Latn), exactly 32 new tokens each; BART, 100
+inputs of ~400 tokens, exactly 64 new tokens each; both in batches of 8,
+beam 4 and greedy (min_new_tokens = max_new_tokens = N on top of the
+checkpoint's generation_config.json), 2 threads. Each engine tokenizes every
+batch before the clock starts (transformers and CTranslate2 with
+transformers' tokenizer, precis with its own), does one untimed warm-up
+batch per beam size, then times generation alone (encoder + decoder, every
+batch one after the other); tokens/s = N x inputs / wall seconds, for every
+engine.
 
 Runs in the virtualenv with transformers 5.24.0, torch, sentencepiece,
-safetensors and ctranslate2 4.8.5 (compare-marian.sh names it).
+tokenizers, safetensors and ctranslate2 4.8.5 (compare-marian.sh names it).
 """
 
 from __future__ import annotations
@@ -41,6 +53,7 @@ import os
 import resource
 import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -52,6 +65,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 
 PROG = "marian_compare.py"
 FORMAT = "precis marian bench checkpoint v1"
+BART_FORMAT = "precis bart bench checkpoint v1"
 # What the checkpoint's marker file must say for it to be reused.
 MARKER = "bench-checkpoint.json"
 
@@ -107,12 +121,108 @@ OPUS_MT_GENERATION = dict(
 )
 
 
+# sshleifer/distilbart-cnn-12-6's config.json, written out by hand (no hub
+# access here; checked against copies of it in fine-tuned repositories that
+# keep its keys): BartConfig's arguments ...
+BART_VOCAB_SIZE = 50264
+DISTILBART_CNN_12_6 = dict(
+    vocab_size=BART_VOCAB_SIZE,
+    d_model=1024,
+    encoder_layers=12,
+    decoder_layers=6,
+    encoder_attention_heads=16,
+    decoder_attention_heads=16,
+    encoder_ffn_dim=4096,
+    decoder_ffn_dim=4096,
+    activation_function="gelu",
+    max_position_embeddings=1024,
+    scale_embedding=False,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    decoder_start_token_id=2,
+    forced_eos_token_id=2,
+    tie_word_embeddings=True,
+    dropout=0.1,
+    attention_dropout=0.0,
+    activation_dropout=0.0,
+    classifier_dropout=0.0,
+    encoder_layerdrop=0.0,
+    decoder_layerdrop=0.0,
+    init_std=0.02,
+    architectures=["BartForConditionalGeneration"],
+)
+# ... and the keys of its config.json BartConfig does not declare (legacy,
+# kept as attributes and written back: CTranslate2's converter reads
+# normalize_before and normalize_embedding). Its generation keys (num_beams,
+# min_length, ...) live in generation_config.json here, as in its
+# task_specific_params; so does its forced_bos_token_id 0 (transformers 5
+# refuses to save a config.json holding it).
+DISTILBART_EXTRA = dict(
+    force_bos_token_to_be_generated=True,
+    normalize_before=False,
+    normalize_embedding=True,
+    add_final_layer_norm=False,
+    add_bias_logits=False,
+    static_position_embeddings=False,
+    extra_pos_embeddings=2,
+    prefix=" ",
+    task_specific_params={
+        "summarization": dict(
+            early_stopping=True, length_penalty=2.0, max_length=142, min_length=56, no_repeat_ngram_size=3,
+            num_beams=4,
+        )
+    },
+)
+# Its generation settings (the generation_config.json transformers derives
+# from that config.json).
+DISTILBART_GENERATION = dict(
+    bos_token_id=0,
+    decoder_start_token_id=2,
+    eos_token_id=2,
+    forced_bos_token_id=0,
+    forced_eos_token_id=2,
+    pad_token_id=1,
+    num_beams=4,
+    length_penalty=2.0,
+    no_repeat_ngram_size=3,
+    min_length=56,
+    max_length=142,
+    early_stopping=True,
+)
+# RobertaTokenizer's special tokens: ids 0-3, then <mask> as the last id.
+BART_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
+
+
+def family_of(model_dir: str) -> str:
+    """`marian` or `bart`: config.json's model_type."""
+    try:
+        model_type = json.load(open(Path(model_dir) / "config.json", encoding="utf-8")).get("model_type")
+    except (OSError, ValueError) as e:
+        die(f"cannot read {model_dir}/config.json: {e}")
+    if model_type not in ("marian", "bart"):
+        die(f"{model_dir}: model_type {model_type!r} is neither marian nor bart")
+    return model_type
+
+
+def load_tokenizer(model_dir: str):
+    """transformers' tokenizer of the checkpoint: MarianTokenizer, or (BART)
+    what AutoTokenizer gives (RobertaTokenizer, which BartTokenizer names)."""
+    if family_of(model_dir) == "marian":
+        from transformers import MarianTokenizer
+
+        return MarianTokenizer.from_pretrained(model_dir)
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(model_dir)
+
+
 def die(message: str, code: int = 2) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     sys.exit(code)
 
 
-def read_sentences(path: str, count: int | None) -> list:
+def read_lines(path: str, count: int | None, what: str = "inputs") -> list:
     """The first `count` non-empty lines of `path` (all of them for None)."""
     try:
         with open(path, encoding="utf-8") as f:
@@ -123,7 +233,7 @@ def read_sentences(path: str, count: int | None) -> list:
     if count is None:
         return lines
     if len(lines) < count:
-        die(f"{path} has {len(lines)} sentences, fewer than the {count} asked")
+        die(f"{path} has {len(lines)} {what}, fewer than the {count} asked")
     return lines[:count]
 
 
@@ -178,7 +288,7 @@ def versions() -> dict:
     import importlib.metadata as md
 
     out = {"python": ".".join(map(str, sys.version_info[:3]))}
-    for name in ["transformers", "torch", "sentencepiece", "safetensors", "ctranslate2", "numpy"]:
+    for name in ["transformers", "torch", "sentencepiece", "tokenizers", "safetensors", "ctranslate2", "numpy"]:
         try:
             out[name] = md.version(name)
         except md.PackageNotFoundError:
@@ -265,6 +375,14 @@ def sha256(path: Path) -> str:
 
 
 def cmd_checkpoint(args) -> None:
+    out = Path(args.out)
+    if (out / MARKER).exists() and not args.force:
+        print(f"checkpoint {out} exists ({MARKER}); --force rebuilds it")
+        return
+    {"marian": checkpoint_marian, "bart": checkpoint_bart}[args.family](args)
+
+
+def checkpoint_marian(args) -> None:
     import random
 
     import numpy as np
@@ -272,12 +390,9 @@ def cmd_checkpoint(args) -> None:
     from transformers import GenerationConfig, MarianConfig, MarianMTModel, MarianTokenizer
 
     out = Path(args.out)
-    if (out / MARKER).exists() and not args.force:
-        print(f"checkpoint {out} exists ({MARKER}); --force rebuilds it")
-        return
     flores = Path(args.flores)
-    src_texts = read_sentences(str(flores / "eng_Latn.txt"), None)
-    tgt_texts = read_sentences(str(flores / "rus_Cyrl.txt"), None)
+    src_texts = read_lines(str(flores / "eng_Latn.txt"), None)
+    tgt_texts = read_lines(str(flores / "rus_Cyrl.txt"), None)
     tmp = out.with_name(out.name + ".partial")
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -325,6 +440,7 @@ def cmd_checkpoint(args) -> None:
     lengths = [len(ids) for ids in tok(src_texts[:200])["input_ids"]]
     marker = {
         "format": FORMAT,
+        "family": "marian",
         "seed": args.seed,
         "versions": versions(),
         "config": "Helsinki-NLP/opus-mt-en-ru (written out by hand), random weights",
@@ -350,6 +466,161 @@ def cmd_checkpoint(args) -> None:
     )
 
 
+def train_byte_bpe(texts: list) -> tuple:
+    """A byte-level BPE as BART's (GPT-2's), trained on `texts`: <s> <pad> </s>
+    <unk> as ids 0-3, the 256 byte symbols, the merges' tokens; then filler
+    entries up to BART_VOCAB_SIZE - 1 and <mask> as the last id. Returns the
+    vocabulary, the merges and the number of trained entries."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=BART_VOCAB_SIZE - 1,
+        special_tokens=BART_SPECIAL,
+        min_frequency=2,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    bpe.train_from_iterator(texts, trainer)
+    model = json.loads(bpe.to_str())["model"]
+    vocab = dict(sorted(model["vocab"].items(), key=lambda kv: kv[1]))
+    assert list(vocab)[:4] == BART_SPECIAL and list(vocab.values()) == list(range(len(vocab)))
+    trained = len(vocab)
+    n = 0
+    while len(vocab) < BART_VOCAB_SIZE - 1:
+        # Never produced by the merges (angle brackets and underscores do not
+        # merge with letters here): ids the random model can still emit, as a
+        # real 50k vocabulary has.
+        vocab.setdefault(f"<filler_{n:05d}>", len(vocab))
+        n += 1
+    vocab["<mask>"] = BART_VOCAB_SIZE - 1
+    assert len(vocab) == BART_VOCAB_SIZE and sorted(vocab.values()) == list(range(BART_VOCAB_SIZE))
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return vocab, merges, trained
+
+
+def checkpoint_bart(args) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import AutoTokenizer, BartConfig, BartForConditionalGeneration, BartTokenizer, GenerationConfig
+
+    out = Path(args.out)
+    texts = read_lines(str(Path(args.flores) / "eng_Latn.txt"), None)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+    # 1. Tokenizer: byte-level BPE trained on FLORES English, in the files a
+    # BART hub repository has (vocab.json, merges.txt, and what
+    # save_pretrained writes: tokenizer.json, tokenizer_config.json).
+    vocab, merges, trained = train_byte_bpe(texts)
+    (tmp / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
+    (tmp / "merges.txt").write_text("#version: 0.2\n" + "".join(m + "\n" for m in merges), encoding="utf-8")
+    tok = BartTokenizer(vocab=str(tmp / "vocab.json"), merges=str(tmp / "merges.txt"), model_max_length=1024)
+    tok.save_pretrained(str(tmp))
+    config_path = tmp / "tokenizer_config.json"
+    tok_config = json.load(open(config_path, encoding="utf-8"))
+    tok_config["tokenizer_class"] = "BartTokenizer"  # as hub BART repositories name it
+    write_json(str(config_path), tok_config)
+    tok = AutoTokenizer.from_pretrained(str(tmp))
+    assert len(tok) == BART_VOCAB_SIZE, len(tok)
+    assert tok.convert_tokens_to_ids(BART_SPECIAL + ["<mask>"]) == [0, 1, 2, 3, BART_VOCAB_SIZE - 1]
+    assert (tok.bos_token_id, tok.pad_token_id, tok.eos_token_id) == (0, 1, 2)
+    # vocab.json + merges.txt alone tokenize as the whole directory does.
+    with tempfile.TemporaryDirectory() as alone:
+        for name in ("vocab.json", "merges.txt"):
+            shutil.copy(tmp / name, Path(alone) / name)
+        alone_tok = BartTokenizer.from_pretrained(alone)
+        sample = texts[:50] + [" ".join(texts[50:70])]
+        assert [alone_tok(t)["input_ids"] for t in sample] == [tok(t)["input_ids"] for t in sample]
+
+    # 2. The model: distilbart-cnn-12-6's config, random weights (init_std
+    # 0.02), tied embeddings; its generation settings in generation_config.json.
+    config = BartConfig(**DISTILBART_CNN_12_6)
+    for key, value in DISTILBART_EXTRA.items():
+        setattr(config, key, value)
+    torch.manual_seed(args.seed)
+    model = BartForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(**DISTILBART_GENERATION)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for p in tmp.iterdir():
+        p.chmod(0o644)
+
+    lengths = [len(ids) for ids in tok(texts)["input_ids"]]
+    marker = {
+        "format": BART_FORMAT,
+        "family": "bart",
+        "seed": args.seed,
+        "versions": versions(),
+        "config": "sshleifer/distilbart-cnn-12-6 (written out by hand), random weights",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "bpe_trained_entries": trained,
+        "bpe_merges": len(merges),
+        "vocab_size": len(vocab),
+        "flores_sentence_tokens": {
+            "mean": sum(lengths) / len(lengths),
+            "min": min(lengths),
+            "max": max(lengths),
+        },
+        "files": {p.name: sha256(p) for p in sorted(tmp.iterdir())},
+    }
+    write_json(str(tmp / MARKER), marker)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(
+        f"checkpoint {out}: {marker['parameters'] / 1e6:.1f} M parameters, vocabulary {len(vocab)} "
+        f"({trained} byte-level BPE entries + fillers + <mask>), seed {args.seed}; FLORES sentences "
+        f"{marker['flores_sentence_tokens']['mean']:.1f} tokens on average (<s> and </s> included)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# inputs (BART)
+# ---------------------------------------------------------------------------
+def cmd_inputs(args) -> None:
+    """Input i: the FLORES sentences from number i x stride on (wrapping past
+    the last one to the first), joined with spaces, until the text has at
+    least --min-tokens tokens (with the checkpoint's tokenizer, <s> and </s>
+    included), without passing --max-tokens."""
+    tok = load_tokenizer(args.model)
+    sentences = read_lines(args.sentences, None, "sentences")
+    if not sentences:
+        die(f"{args.sentences} has no sentences")
+    limit = args.max_tokens
+    inputs, lengths = [], []
+    for i in range(args.count):
+        at = i * args.stride
+        parts, n = [], 0
+        while n < args.min_tokens and len(parts) < len(sentences):
+            candidate = " ".join(parts + [sentences[(at + len(parts)) % len(sentences)]])
+            m = len(tok(candidate)["input_ids"])
+            if m > limit and parts:
+                break
+            if m > limit:
+                die(f"sentence {at % len(sentences)} alone has {m} tokens, over --max-tokens {limit}")
+            parts.append(sentences[(at + len(parts)) % len(sentences)])
+            n = m
+        inputs.append(" ".join(parts))
+        lengths.append(n)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    with open(args.out, "w", encoding="utf-8") as f:
+        f.write("".join(t + "\n" for t in inputs))
+    print(
+        f"inputs {args.out}: {len(inputs)} of {args.sentences} (consecutive sentences from every "
+        f"{args.stride}th on, joined until >= {args.min_tokens} tokens), {sum(lengths) / len(lengths):.1f} "
+        f"tokens on average ({min(lengths)}..{max(lengths)}, <s> and </s> included)"
+    )
+
+
 # ---------------------------------------------------------------------------
 # transformers
 # ---------------------------------------------------------------------------
@@ -372,8 +643,7 @@ def warn_others(name: str, clock: "Clock") -> None:
 def cmd_transformers(args) -> None:
     configure_torch(args.threads)
     import torch
-    from transformers import MarianMTModel, MarianTokenizer
-
+    from transformers import BartForConditionalGeneration, MarianMTModel
     from transformers.utils import logging as hf_logging
 
     # generate() warns on every call that max_new_tokens wins over the
@@ -381,22 +651,28 @@ def cmd_transformers(args) -> None:
     hf_logging.set_verbosity_error()
     beams = parse_beams(args.beams)
     count = args.sample if args.sample else args.count
-    sentences = read_sentences(args.sentences, count)
+    inputs = read_lines(args.inputs, count)
+    family = family_of(args.model)
     load_start = time.perf_counter()
-    tok = MarianTokenizer.from_pretrained(args.model)
-    model = MarianMTModel.from_pretrained(args.model)
+    tok = load_tokenizer(args.model)
+    model = {"marian": MarianMTModel, "bart": BartForConditionalGeneration}[family].from_pretrained(args.model)
     model.eval()
     load_s = time.perf_counter() - load_start
-    encoded = [tok(b, padding=True, return_tensors="pt") for b in batches_of(sentences, args.batch)]
-    input_ids = [tok(s)["input_ids"] for s in sentences]
+    encoded = [tok(b, padding=True, return_tensors="pt") for b in batches_of(inputs, args.batch)]
+    input_ids = [tok(s)["input_ids"] for s in inputs]
+    # On top of the checkpoint's generation_config.json (BART: its forced
+    # <s> first and </s> at the last position, no_repeat_ngram_size 3,
+    # length_penalty 2, min_length 56 made moot by min_new_tokens).
     kwargs = dict(min_new_tokens=args.tokens, max_new_tokens=args.tokens)
     report = {
         "engine": "transformers",
+        "family": family,
         "versions": versions(),
         "model": args.model,
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
-        "sentences_file": args.sentences,
-        "sentences": len(sentences),
+        "generation_config": model.generation_config.to_diff_dict(),
+        "inputs_file": args.inputs,
+        "inputs": len(inputs),
         "batch": args.batch,
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
@@ -419,14 +695,14 @@ def cmd_transformers(args) -> None:
                 new = [o.shape[1] - 1 for o in outs]
                 run.update(
                     wall_s=wall,
-                    tok_s=args.tokens * len(sentences) / wall,
+                    tok_s=args.tokens * len(inputs) / wall,
                     cores_busy=clock.cores,
                     others_cores_busy=clock.others,
                     new_tokens_min=min(new),
                     new_tokens_max=max(new),
                 )
                 print(
-                    f"transformers beam={b}: {run['tok_s']:.1f} tok/s ({len(sentences)} sentences x "
+                    f"transformers beam={b}: {run['tok_s']:.1f} tok/s ({len(inputs)} inputs x "
                     f"{args.tokens} tokens in {wall:.2f} s, {run['cores_busy']:.2f} cores busy)",
                     flush=True,
                 )
@@ -453,14 +729,24 @@ def cmd_ct2_convert(args) -> None:
 
 def cmd_ct2(args) -> None:
     import ctranslate2
-    from transformers import MarianTokenizer
+    from transformers import GenerationConfig
 
     beams = parse_beams(args.beams)
-    sentences = read_sentences(args.sentences, args.count)
-    tok = MarianTokenizer.from_pretrained(args.hf)
-    # The same source pieces transformers feeds its model (</s> included).
-    source = [tok.convert_ids_to_tokens(tok(s)["input_ids"]) for s in sentences]
+    inputs = read_lines(args.inputs, args.count)
+    family = family_of(args.hf)
+    tok = load_tokenizer(args.hf)
+    gen = GenerationConfig.from_pretrained(args.hf)
+    # The same source pieces transformers feeds its model (special tokens
+    # included: Marian's </s>, BART's <s> and </s>; the converted models add
+    # none of their own).
+    source = [tok.convert_ids_to_tokens(tok(s)["input_ids"]) for s in inputs]
     batches = batches_of(source, args.batch)
+    # transformers' forced first token (BART's <s> after the </s> start
+    # token) is a one-token target prefix here: CTranslate2 has no forced BOS;
+    # the prefix counts in max_decoding_length and comes back in the result.
+    prefix = None
+    if gen.forced_bos_token_id is not None:
+        prefix = [tok.convert_ids_to_tokens(gen.forced_bos_token_id)]
     load_start = time.perf_counter()
     translator = ctranslate2.Translator(
         args.model,
@@ -476,13 +762,26 @@ def cmd_ct2(args) -> None:
         min_decoding_length=args.tokens,
         num_hypotheses=1,
     )
+    # The checkpoint's search settings CTranslate2 has (BART: 3 and 2.0;
+    # Marian: neither, so its defaults 0 and 1, as before).
+    if gen.no_repeat_ngram_size:
+        kwargs["no_repeat_ngram_size"] = gen.no_repeat_ngram_size
+    if gen.length_penalty is not None and gen.length_penalty != 1.0:
+        kwargs["length_penalty"] = gen.length_penalty
+
+    def translate(batch, beam_size):
+        target_prefix = None if prefix is None else [prefix] * len(batch)
+        return translator.translate_batch(batch, target_prefix, beam_size=beam_size, **kwargs)
+
     report = {
         "engine": f"ctranslate2-{args.compute_type}",
+        "family": family,
         "versions": versions(),
         "model": args.model,
         "compute_type": args.compute_type,
-        "sentences_file": args.sentences,
-        "sentences": len(sentences),
+        "options": {**kwargs, "target_prefix": prefix},
+        "inputs_file": args.inputs,
+        "inputs": len(inputs),
         "batch": args.batch,
         "threads": args.threads,
         "tokens": args.tokens,
@@ -491,26 +790,27 @@ def cmd_ct2(args) -> None:
     }
     vocab = tok.get_vocab()
     for b in beams:
-        translator.translate_batch(batches[0], beam_size=b, **kwargs)  # warm-up, untimed
+        translate(batches[0], b)  # warm-up, untimed
         with Clock() as clock:
-            results = [translator.translate_batch(batch, beam_size=b, **kwargs) for batch in batches]
+            results = [translate(batch, b) for batch in batches]
         wall = clock.wall
         hyps = [r.hypotheses[0] for rs in results for r in rs]
         lengths = [len(h) for h in hyps]
         run = {
             "beams": b,
             "wall_s": wall,
-            "tok_s": args.tokens * len(sentences) / wall,
+            "tok_s": args.tokens * len(inputs) / wall,
             "cores_busy": clock.cores,
             "others_cores_busy": clock.others,
-            # Returned tokens, end token excluded: 32 (or 31 when the last step chose </s>).
+            # Returned tokens (the target prefix included), end token excluded: N (or
+            # N - 1 when the last step chose </s>).
             "new_tokens_min": min(lengths),
             "new_tokens_max": max(lengths),
             "ids_sample": [[vocab.get(t, -1) for t in h] for h in hyps[: args.batch]],
         }
         report["runs"].append(run)
         print(
-            f"{report['engine']} beam={b}: {run['tok_s']:.1f} tok/s ({len(sentences)} sentences x "
+            f"{report['engine']} beam={b}: {run['tok_s']:.1f} tok/s ({len(inputs)} inputs x "
             f"{args.tokens} tokens in {wall:.2f} s, {run['cores_busy']:.2f} cores busy)",
             flush=True,
         )
@@ -539,7 +839,7 @@ def cmd_check(args) -> None:
     for i in range(n):
         if p["input_ids"][i] != t["input_ids"][i]:
             d = first_diff(p["input_ids"][i], t["input_ids"][i])
-            problems.append(f"sentence {i}: the tokenizers disagree from input position {d}")
+            problems.append(f"input {i}: the tokenizers disagree from input position {d}")
     t_runs = {r["beams"]: r for r in t["runs"]}
     checked = []
     for pr in p["runs"]:
@@ -554,12 +854,12 @@ def cmd_check(args) -> None:
                 x = a[d] if d < len(a) else "end"
                 y = c[d] if d < len(c) else "end"
                 problems.append(
-                    f"beam {b}, sentence {i}: output ids differ from position {d} "
+                    f"beam {b}, input {i}: output ids differ from position {d} "
                     f"(precis {x}, transformers {y}; {len(a)} vs {len(c)} ids)"
                 )
         if len(pr["ids"]) != len(tr["ids"]):
             problems.append(f"beam {b}: {len(pr['ids'])} precis outputs, {len(tr['ids'])} transformers outputs")
-        checked.append(f"beam {b}: {len(pr['ids'])} sentences x {max(map(len, pr['ids']))} ids")
+        checked.append(f"beam {b}: {len(pr['ids'])} inputs x {max(map(len, pr['ids']))} ids")
     if problems:
         print("ids check FAILED: precis and transformers do not do the same work:", file=sys.stderr)
         for line in problems:
@@ -597,11 +897,11 @@ def cmd_report(args) -> None:
 
     p = data["precis"]
     print(
-        f"protocol: {p['sentences']} sentences of {p['sentences_file']}, batches of {p['batch']}, "
-        f"exactly {p['tokens']} new tokens each, {p['threads']} threads"
+        f"protocol: {p.get('family', 'marian')}, {p['inputs']} inputs of {p['inputs_file']}, batches of "
+        f"{p['batch']}, exactly {p['tokens']} new tokens each, {p['threads']} threads"
     )
     print(
-        f"tok/s = {p['tokens']} x sentences / wall seconds of generation (encoder + decoder; "
+        f"tok/s = {p['tokens']} x inputs / wall seconds of generation (encoder + decoder; "
         "tokenization and one warm-up batch untimed)"
     )
     print()
@@ -648,15 +948,16 @@ def cmd_report(args) -> None:
         a, b = p["input_ids"], data["transformers"]["input_ids"]
         differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
         if differ or len(a) != len(b):
-            print(f"note: the timed runs' input ids differ between precis and transformers for sentences {differ[:10]}")
+            print(f"note: the timed runs' input ids differ between precis and transformers for inputs {differ[:10]}")
         else:
-            print(f"input ids of the timed runs: precis == transformers for all {len(a)} sentences "
+            print(f"input ids of the timed runs: precis == transformers for all {len(a)} inputs "
                   f"({sum(map(len, a)) / len(a):.1f} tokens on average)")
     if args.transformers_sample:
         # Informative: CTranslate2 is not held to transformers' ids (it has no
-        # forced end token at the last position, and starts from a zero
-        # embedding rather than the <pad> row), but on the same weights its
-        # first tokens should agree.
+        # forced end token at the last position; for Marian it starts from a
+        # zero embedding rather than the <pad> row), but on the same weights
+        # its first tokens should agree (BART: the forced <s>, which
+        # CTranslate2 gets as a target prefix, is the first of them).
         ts = {r["beams"]: r["ids"] for r in json.load(open(args.transformers_sample, encoding="utf-8"))["runs"]}
         for name in ["ct2-fp32", "ct2-int8"]:
             for r in data.get(name, {}).get("runs", []):
@@ -666,7 +967,14 @@ def cmd_report(args) -> None:
                 n = min(len(ref), len(r["ids_sample"]))
                 cut = p["tokens"] - 1
                 same = sum(ref[i][1 : 1 + cut] == r["ids_sample"][i][:cut] for i in range(n))
-                print(f"{name} beam={r['beams']}: first {cut} ids equal transformers' for {same} of {n} sample sentences")
+                # Beam search: transformers ranks the beams on their last
+                # free token, CTranslate2 on one more, so ends may differ.
+                common = [first_diff(ref[i][1 : 1 + cut], r["ids_sample"][i][:cut]) for i in range(n)]
+                common = [cut if c is None else c for c in common]
+                print(
+                    f"{name} beam={r['beams']}: first {cut} ids equal transformers' for {same} of {n} sample "
+                    f"inputs (equal from the start: {min(common)}..{max(common)} ids)"
+                )
     if "breakdown" in (rate("precis", beams[0]) or {}):
         for b in beams:
             r = rate("precis", b)
@@ -684,7 +992,7 @@ def cmd_report(args) -> None:
             if pr and o:
                 ratios[f"beam={b} precis/{other}"] = pr["tok_s"] / o["tok_s"]
     report = {
-        "protocol": {k: p[k] for k in ("sentences_file", "sentences", "batch", "tokens", "threads")},
+        "protocol": {"family": p.get("family", "marian"), **{k: p[k] for k in ("inputs_file", "inputs", "batch", "tokens", "threads")}},
         "engines": data,
         "busy_cores_before": busy,
         "ratios": ratios,
@@ -707,15 +1015,26 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("checkpoint", help="make the random opus-mt-en-ru-shaped checkpoint")
+    c = sub.add_parser("checkpoint", help="make the random opus-mt-en-ru- or distilbart-cnn-12-6-shaped checkpoint")
+    c.add_argument("--family", choices=["marian", "bart"], default="marian")
     c.add_argument("--out", required=True)
-    c.add_argument("--flores", required=True, help="folder with eng_Latn.txt and rus_Cyrl.txt")
+    c.add_argument("--flores", required=True,
+                   help="folder with eng_Latn.txt (and, for marian, rus_Cyrl.txt)")
     c.add_argument("--seed", type=int, default=20240611)
-    c.add_argument("--spm-vocab", type=int, default=8000, help="SentencePiece vocab asked (a soft limit)")
+    c.add_argument("--spm-vocab", type=int, default=8000, help="marian: SentencePiece vocab asked (a soft limit)")
     c.add_argument("--force", action="store_true")
 
+    i = sub.add_parser("inputs", help="write the BART inputs: consecutive sentences joined to ~400 tokens")
+    i.add_argument("--model", required=True, help="the checkpoint (its tokenizer counts the tokens)")
+    i.add_argument("--sentences", required=True, help="FLORES English sentences, one a line")
+    i.add_argument("--count", type=int, default=100)
+    i.add_argument("--min-tokens", type=int, default=380, help="stop adding sentences at this many tokens")
+    i.add_argument("--max-tokens", type=int, default=1000, help="never more tokens than this (model: 1024)")
+    i.add_argument("--stride", type=int, default=5, help="input i starts at sentence i x stride")
+    i.add_argument("--out", required=True)
+
     def common(p, sample: bool):
-        p.add_argument("--sentences", required=True)
+        p.add_argument("--inputs", "--sentences", dest="inputs", required=True, help="inputs, one a line")
         p.add_argument("--count", type=int, default=200)
         p.add_argument("--batch", type=int, default=8)
         p.add_argument("--beams", default="4,1")
@@ -723,7 +1042,7 @@ def main() -> None:
         p.add_argument("--threads", type=int, default=2)
         p.add_argument("--out", required=True)
         if sample:
-            p.add_argument("--sample", type=int, default=0, help="only record the ids of the first N sentences")
+            p.add_argument("--sample", type=int, default=0, help="only record the ids of the first N inputs")
 
     t = sub.add_parser("transformers", help="time transformers (or record ids with --sample)")
     t.add_argument("--model", required=True)
@@ -759,6 +1078,7 @@ def main() -> None:
     args = ap.parse_args()
     {
         "checkpoint": cmd_checkpoint,
+        "inputs": cmd_inputs,
         "transformers": cmd_transformers,
         "ct2-convert": cmd_ct2_convert,
         "ct2": cmd_ct2,

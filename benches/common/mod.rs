@@ -1,4 +1,4 @@
-//! Helpers shared by the bench binaries (`llm`, `marian`): environment knobs
+//! Helpers shared by the bench binaries (`llm`, `seq2seq`): environment knobs
 //! and this process's CPU time and peak memory, read from `/proc`.
 
 #![allow(dead_code)] // each bench uses its own subset

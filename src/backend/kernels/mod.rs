@@ -43,7 +43,7 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use attn::{attention, silu_mul, sum_exp, Keys, KEY_BLOCK};
-pub use packed::{PackedF32, PANEL};
+pub use packed::{Epilogue, PackedF32, PANEL};
 
 mod attn;
 mod packed;

@@ -25,6 +25,41 @@ use super::{level, Level, OutSink};
 /// Output rows per panel.
 pub const PANEL: usize = 32;
 
+/// A function applied to each output after the bias, as the product is
+/// written (so a feed-forward block's activation runs on every thread and
+/// costs no pass of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Epilogue {
+    /// The output as it is.
+    #[default]
+    None,
+    /// `max(x, 0)`.
+    Relu,
+    /// `x / (1 + e^-x)` (SiLU, swish).
+    Silu,
+    /// `x · (1 + erf(x / √2)) / 2` (exact GELU, transformers' `gelu`).
+    Gelu,
+    /// `x · (1 + tanh(√(2/π) · (x + 0.044715 x³))) / 2` (`gelu_new`).
+    GeluTanh,
+}
+
+impl Epilogue {
+    /// The function at `x`, computed as candle computes it.
+    #[inline(always)]
+    pub fn apply(self, x: f32) -> f32 {
+        match self {
+            Epilogue::None => x,
+            Epilogue::Relu => x.max(0.0),
+            Epilogue::Silu => x / ((-x).exp() + 1.0),
+            Epilogue::Gelu => (libm::erff(x * std::f32::consts::FRAC_1_SQRT_2) + 1.0) * 0.5 * x,
+            Epilogue::GeluTanh => {
+                let c = (2.0f32 / std::f32::consts::PI).sqrt();
+                0.5 * x * (1.0 + (c * x * (1.0 + 0.044715 * x * x)).tanh())
+            }
+        }
+    }
+}
+
 /// Products smaller than this (multiply-adds) run on the calling thread.
 const SERIAL_WORK: usize = 64 * 1024;
 /// Tasks per thread, so that a thread slowed by other work is caught up.
@@ -86,18 +121,31 @@ impl PackedF32 {
     /// `n` tokens of `x`, in parallel over panels on rayon's current pool.
     /// Panics unless `x` holds `n × cols` values and `out` `n × rows`.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        self.forward_at(level(), x, n, out);
+        self.forward_at(level(), x, n, out, Epilogue::None);
     }
 
     /// [`PackedF32::forward`] into a new vector.
     pub fn apply(&self, x: &[f32], n: usize) -> Vec<f32> {
+        self.apply_then(x, n, Epilogue::None)
+    }
+
+    /// [`PackedF32::apply`] with `epilogue` applied to every output.
+    pub fn apply_then(&self, x: &[f32], n: usize, epilogue: Epilogue) -> Vec<f32> {
         let mut out = vec![0f32; n * self.rows];
-        self.forward(x, n, &mut out);
+        self.forward_at(level(), x, n, &mut out, epilogue);
         out
     }
 
-    /// [`PackedF32::forward`] at a given level (tests compare the levels).
-    pub(crate) fn forward_at(&self, level: Level, x: &[f32], n: usize, out: &mut [f32]) {
+    /// [`PackedF32::forward`] at a given level (tests compare the levels),
+    /// with `epilogue` applied to every output.
+    pub(crate) fn forward_at(
+        &self,
+        level: Level,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) {
         assert_eq!(x.len(), n * self.cols, "{n} tokens of {}", self.cols);
         assert_eq!(out.len(), n * self.rows, "{n} tokens of {}", self.rows);
         let count = self.rows.div_ceil(PANEL);
@@ -106,8 +154,21 @@ impl PackedF32 {
         }
         let sink = OutSink::new(out, self.rows);
         let threads = rayon::current_num_threads();
+        let run = |panels: std::ops::Range<usize>| {
+            self.run(
+                &Task {
+                    m: self,
+                    x,
+                    n,
+                    panels,
+                    out: sink,
+                    epilogue,
+                },
+                level,
+            )
+        };
         if n * self.rows * self.cols < SERIAL_WORK || threads == 1 {
-            self.run(level, x, n, 0..count, sink);
+            run(0..count);
             return;
         }
         let tasks = (threads * TASKS_PER_THREAD).min(count);
@@ -115,25 +176,18 @@ impl PackedF32 {
         (0..count.div_ceil(step))
             .into_par_iter()
             .with_max_len(1)
-            .for_each(|i| self.run(level, x, n, i * step..((i + 1) * step).min(count), sink));
+            .for_each(|i| run(i * step..((i + 1) * step).min(count)));
     }
 
-    fn run(&self, level: Level, x: &[f32], n: usize, panels: std::ops::Range<usize>, out: OutSink) {
-        let task = Task {
-            m: self,
-            x,
-            n,
-            panels,
-            out,
-        };
+    fn run(&self, task: &Task<'_>, level: Level) {
         match level {
-            Level::Scalar => scalar_panels(&task),
+            Level::Scalar => scalar_panels(task),
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx2` is only chosen when the CPU has AVX2 and FMA.
-            Level::Avx2 => unsafe { x86::panels_avx2(&task) },
+            Level::Avx2 => unsafe { x86::panels_avx2(task) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `Avx512Vnni` is only chosen when the CPU has AVX-512F.
-            Level::Avx512Vnni => unsafe { x86::panels_avx512(&task) },
+            Level::Avx512Vnni => unsafe { x86::panels_avx512(task) },
         }
     }
 }
@@ -145,6 +199,7 @@ struct Task<'a> {
     n: usize,
     panels: std::ops::Range<usize>,
     out: OutSink,
+    epilogue: Epilogue,
 }
 
 impl Task<'_> {
@@ -162,7 +217,7 @@ impl Task<'_> {
         let live = (self.m.rows - r0).min(PANEL);
         let mut v = [0f32; PANEL];
         for j in 0..live {
-            v[j] = sums[j] + self.m.bias[r0 + j];
+            v[j] = self.epilogue.apply(sums[j] + self.m.bias[r0 + j]);
         }
         self.out.put_row(t, r0, &v[..live]);
     }
@@ -315,7 +370,7 @@ mod tests {
             let m = PackedF32::new(&w, Some(&b), rows, cols);
             for level in Level::available() {
                 let mut out = vec![f32::NAN; n * rows];
-                m.forward_at(level, &x, n, &mut out);
+                m.forward_at(level, &x, n, &mut out, Epilogue::None);
                 for t in 0..n {
                     for r in 0..rows {
                         let want: f64 = b[r] as f64
@@ -330,11 +385,35 @@ mod tests {
                     }
                     // The same token alone gives the same bits.
                     let mut alone = vec![0f32; rows];
-                    m.forward_at(level, &x[t * cols..(t + 1) * cols], 1, &mut alone);
+                    let one = &x[t * cols..(t + 1) * cols];
+                    m.forward_at(level, one, 1, &mut alone, Epilogue::None);
                     assert_eq!(alone, out[t * rows..(t + 1) * rows], "{level:?} token {t}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn epilogues_apply_their_function_to_every_output() {
+        let (rows, cols, n) = (40, 24, 9);
+        let (w, b, x) = (values(rows * cols, 6), values(rows, 7), values(n * cols, 8));
+        let m = PackedF32::new(&w, Some(&b), rows, cols);
+        let plain = m.apply(&x, n);
+        for e in [
+            Epilogue::Relu,
+            Epilogue::Silu,
+            Epilogue::Gelu,
+            Epilogue::GeluTanh,
+        ] {
+            let want: Vec<f32> = plain.iter().map(|&v| e.apply(v)).collect();
+            assert_eq!(m.apply_then(&x, n, e), want, "{e:?}");
+        }
+        // Reference values (torch.nn.functional at 1.0 and -0.5).
+        let close = |a: f32, b: f32| (a - b).abs() < 1e-6;
+        assert!(close(Epilogue::Gelu.apply(1.0), 0.841_344_7));
+        assert!(close(Epilogue::GeluTanh.apply(1.0), 0.841_192));
+        assert!(close(Epilogue::Silu.apply(-0.5), -0.188_770_33));
+        assert_eq!(Epilogue::Relu.apply(-0.5), 0.0);
     }
 
     #[test]

@@ -30,12 +30,14 @@
 use std::path::Path;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
-use candle_nn::{Activation, Embedding, LayerNorm, VarBuilder};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::layers::{e, pad, read_config, weights, Attention, AttentionSpec, DecoderState, Dense};
+use super::layers::{
+    activation, e, pad, read_config, weights, Attention, AttentionSpec, DecoderState, Dense,
+};
 use super::{EncoderDecoder, Seq2SeqConfig};
-use crate::backend::kernels::PackedF32;
+use crate::backend::kernels::{Epilogue, PackedF32};
 use crate::backend::BackendError;
 
 /// `config.json` of a BART or Marian checkpoint (the fields the model
@@ -122,11 +124,11 @@ const LN_EPS: f64 = 1e-5;
 struct FeedForward {
     fc1: Dense,
     fc2: Dense,
-    act: Activation,
+    act: Epilogue,
 }
 
 impl FeedForward {
-    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Activation) -> candle_core::Result<Self> {
+    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Epilogue) -> candle_core::Result<Self> {
         Ok(Self {
             fc1: Dense::load(d, ffn, vb.pp("fc1"), true)?,
             fc2: Dense::load(ffn, d, vb.pp("fc2"), true)?,
@@ -135,7 +137,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        self.fc2.forward(&self.act.forward(&self.fc1.forward(x)?)?)
+        self.fc2.forward(&self.fc1.forward_then(x, self.act)?)
     }
 }
 
@@ -199,16 +201,6 @@ fn sinusoids(positions: usize, dim: usize) -> Vec<f32> {
         }
     }
     out
-}
-
-fn activation(name: &str) -> Result<Activation, String> {
-    Ok(match name {
-        "swish" | "silu" => Activation::Silu,
-        "gelu" => Activation::Gelu,
-        "gelu_new" | "gelu_pytorch_tanh" => Activation::NewGelu,
-        "relu" => Activation::Relu,
-        other => return Err(format!("activation `{other}` is not supported")),
-    })
 }
 
 impl Bart {
@@ -416,9 +408,9 @@ impl Bart {
             &self.device,
         )?;
         let mut x = self.embed(&self.enc_embed, &ids, 0)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         for layer in &self.encoder {
-            let (k, v) = layer.attn.keys_values(&x)?;
-            let a = layer.attn.attend(&x, &k, &v, Some(&bias))?;
+            let a = layer.attn.attend_prefix(&x, &lens)?;
             x = layer.attn_norm.forward(&(x + a)?)?;
             let f = layer.ffn.forward(&x)?;
             x = layer.ffn_norm.forward(&(x + f)?)?;

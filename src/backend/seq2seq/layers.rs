@@ -8,7 +8,9 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use serde::de::DeserializeOwned;
 
-use crate::backend::kernels::PackedF32;
+use rayon::prelude::*;
+
+use crate::backend::kernels::{self, Epilogue, Keys, PackedF32, KEY_BLOCK};
 use crate::backend::BackendError;
 
 /// A candle error as text (for load errors that name the file).
@@ -81,14 +83,35 @@ impl Dense {
 
     /// `[n, t, cols]` → `[n, t, rows]`.
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_then(x, Epilogue::None)
+    }
+
+    /// [`Dense::forward`] with `epilogue` applied to every output.
+    pub(super) fn forward_then(
+        &self,
+        x: &Tensor,
+        epilogue: Epilogue,
+    ) -> candle_core::Result<Tensor> {
         let (n, t, _) = x.dims3()?;
         let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
         Tensor::from_vec(
-            self.0.apply(&input, n * t),
+            self.0.apply_then(&input, n * t, epilogue),
             (n, t, self.0.rows()),
             x.device(),
         )
     }
+}
+
+/// The activation transformers' `ACT2FN` names, run as the epilogue of the
+/// product before it.
+pub(super) fn activation(name: &str) -> Result<Epilogue, String> {
+    Ok(match name {
+        "swish" | "silu" => Epilogue::Silu,
+        "gelu" => Epilogue::Gelu,
+        "gelu_new" | "gelu_pytorch_tanh" => Epilogue::GeluTanh,
+        "relu" => Epilogue::Relu,
+        other => return Err(format!("activation `{other}` is not supported")),
+    })
 }
 
 /// Multi-head attention: query, key, value and output projections.
@@ -169,6 +192,64 @@ impl Attention {
             .transpose(1, 2)?
             .reshape((n, t, self.heads * self.head_dim))?;
         self.out.forward(&out)
+    }
+}
+
+impl Attention {
+    /// Self-attention of `x` (`[n, s, d]`, inputs right-padded) where the
+    /// queries of input `i` see its first `lens[i]` positions: the encoder's
+    /// (a padding mask, no other bias). Each (input, head) runs on
+    /// [`kernels::attention`] (keys transposed, streaming softmax), in
+    /// parallel; padded rows get finite values that nothing reads.
+    pub(super) fn attend_prefix(&self, x: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
+        let (n, s, _) = x.dims3()?;
+        let (heads, hd) = (self.heads, self.head_dim);
+        let inner = heads * hd;
+        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let q = self.q.0.apply(&input, n * s);
+        let k = self.k.0.apply(&input, n * s);
+        let v = self.v.0.apply(&input, n * s);
+        let stride = s.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let scale = self.scale as f32;
+        let per_head: Vec<Vec<f32>> = (0..n * heads)
+            .into_par_iter()
+            .map(|ih| {
+                let (i, h) = (ih / heads, ih % heads);
+                let at = |j: usize, d: usize| (i * s + j) * inner + h * hd + d;
+                let mut kt = vec![0f32; hd * stride];
+                let mut vv = vec![0f32; stride * hd];
+                let mut qq = vec![0f32; s * hd];
+                for j in 0..s {
+                    for d in 0..hd {
+                        kt[d * stride + j] = k[at(j, d)];
+                        vv[j * hd + d] = v[at(j, d)];
+                        qq[j * hd + d] = q[at(j, d)];
+                    }
+                }
+                let limits = vec![lens[i].clamp(1, s); s];
+                let mut o = vec![0f32; s * hd];
+                let keys = Keys {
+                    kt: &kt,
+                    v: &vv,
+                    stride,
+                };
+                kernels::attention(&qq, &limits, keys, hd, scale, &mut o);
+                o
+            })
+            .collect();
+        let mut out = vec![0f32; n * s * inner];
+        for (ih, o) in per_head.iter().enumerate() {
+            let (i, h) = (ih / heads, ih % heads);
+            for j in 0..s {
+                let row = (i * s + j) * inner + h * hd;
+                out[row..row + hd].copy_from_slice(&o[j * hd..(j + 1) * hd]);
+            }
+        }
+        Tensor::from_vec(
+            self.out.0.apply(&out, n * s),
+            (n, s, self.out.0.rows()),
+            x.device(),
+        )
     }
 }
 

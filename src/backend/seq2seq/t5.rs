@@ -25,14 +25,15 @@
 use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Activation, Embedding, RmsNorm, VarBuilder};
+use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    e, load_err, pad, read_config, weights, Attention, AttentionSpec, DecoderState, Dense,
+    activation, e, load_err, pad, read_config, weights, Attention, AttentionSpec, DecoderState,
+    Dense,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
-use crate::backend::kernels::PackedF32;
+use crate::backend::kernels::{Epilogue, PackedF32};
 use crate::backend::BackendError;
 
 /// `config.json` of a T5 checkpoint (the fields the model reads).
@@ -108,14 +109,14 @@ struct FeedForward {
     wi: Dense,
     gate: Option<Dense>,
     wo: Dense,
-    act: Activation,
+    act: Epilogue,
 }
 
 impl FeedForward {
     fn load(
         vb: VarBuilder,
         cfg: &T5Config,
-        act: Activation,
+        act: Epilogue,
         gated: bool,
     ) -> candle_core::Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
@@ -137,7 +138,7 @@ impl FeedForward {
     }
 
     fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut h = self.act.forward(&self.wi.forward(x)?)?;
+        let mut h = self.wi.forward_then(x, self.act)?;
         if let Some(gate) = &self.gate {
             h = (h * gate.forward(x)?)?;
         }
@@ -264,20 +265,6 @@ pub struct T5 {
 
 /// The decoder state of a running batch.
 pub type T5State = DecoderState;
-
-fn activation(name: &str) -> Result<Activation, String> {
-    Ok(match name {
-        "relu" => Activation::Relu,
-        "gelu_new" | "gelu_pytorch_tanh" => Activation::NewGelu,
-        "gelu" => Activation::Gelu,
-        "silu" | "swish" => Activation::Silu,
-        other => {
-            return Err(format!(
-                "feed_forward_proj activation `{other}` is not supported"
-            ))
-        }
-    })
-}
 
 impl T5 {
     /// Loads `config.json` and the weights (`model.safetensors`, or

@@ -1,22 +1,31 @@
-//! Marian translation benchmark: tokens/s of precis's seq2seq backend under
-//! the fixed protocol of `benches/compare-marian.sh`, which runs this next to
-//! Python transformers and CTranslate2 on the same checkpoint.
+//! Encoder-decoder benchmark: tokens/s of precis's seq2seq backend under the
+//! fixed protocol of `benches/compare-marian.sh`, which runs this next to
+//! Python transformers and CTranslate2 on the same checkpoint. Both families
+//! of [`Bart`] are timed: Marian translation (`--family marian`, the
+//! default) and BART summarization (`--family bart`); the checkpoint's
+//! `config.json` (`model_type`) says which this is.
 //!
 //! ```sh
-//! benches/compare-marian.sh                 # all engines, table and ratios
-//! cargo bench --bench marian                # precis alone, on the checkpoint the script made
-//! PRECIS_BENCH_BEAMS=4 cargo bench --bench marian -- ~/some/opus-mt-dir
+//! benches/compare-marian.sh                 # Marian: all engines, table and ratios
+//! benches/compare-marian.sh --family bart   # BART (distilbart-cnn-12-6-shaped)
+//! cargo bench --bench seq2seq               # precis alone, on the Marian checkpoint the script made
+//! PRECIS_BENCH_BEAMS=4 cargo bench --bench seq2seq -- ~/some/opus-mt-dir
+//! PRECIS_BENCH_INPUTS=target/bench-compare/bart/inputs.txt \
+//!   cargo bench --bench seq2seq -- ~/.cache/precis/bench/distilbart-cnn-12-6-random
 //! ```
 //!
-//! The protocol: the first `PRECIS_BENCH_COUNT` (200) sentences of FLORES-200
-//! English, tokenized by precis's `MarianTokenizer` before the clock starts,
-//! in batches of `PRECIS_BENCH_BATCH` (8) in file order, generated with the
-//! checkpoint's `generation_config.json` overridden by `num_beams` and
-//! `min_new_tokens = max_new_tokens = PRECIS_BENCH_TOKENS` (32), exactly what
+//! The protocol: the first `PRECIS_BENCH_COUNT` inputs of a text file, one
+//! input a line (Marian: 200 FLORES-200 English sentences; BART: 100
+//! articles of ~400 tokens that the script builds from them), tokenized
+//! before the clock starts (Marian: precis's `MarianTokenizer`; BART:
+//! precis's `CheckpointTokenizer`, byte-level BPE), in batches of
+//! `PRECIS_BENCH_BATCH` (8) in file order, generated with the checkpoint's
+//! `generation_config.json` overridden by `num_beams` and `min_new_tokens =
+//! max_new_tokens = PRECIS_BENCH_TOKENS` (Marian 32, BART 64), exactly what
 //! transformers gets from `generate(**batch, num_beams=…,
-//! min_new_tokens=32, max_new_tokens=32)`. For each beam size one untimed
+//! min_new_tokens=N, max_new_tokens=N)`. For each beam size one untimed
 //! warm-up batch, then every batch one after the other under one clock:
-//! tokens/s = tokens × sentences / wall seconds (encoder and decoder; not
+//! tokens/s = tokens × inputs / wall seconds (encoder and decoder; not
 //! tokenization). The wall time is split into what [`generate`] spends in
 //! the model's `start` (encoder, cross-attention keys and values), `step`
 //! (one decoder pass and the logits), `select` (dropping and reordering rows
@@ -24,13 +33,15 @@
 //! processors, top-k, bookkeeping), measured by wrapping the model.
 //!
 //! Environment:
-//! - `PRECIS_BENCH_MARIAN`: checkpoint directory (or the first argument)
+//! - `PRECIS_BENCH_CHECKPOINT` (or `PRECIS_BENCH_MARIAN`, its old name):
+//!   checkpoint directory (or the first argument)
 //!   [`~/.cache/precis/bench/opus-mt-en-ru-random`, made by the script]
-//! - `PRECIS_BENCH_SENTENCES`: one sentence a line
-//!   [`../shared/eval/flores200-dev/eng_Latn.txt`]
-//! - `PRECIS_BENCH_COUNT` [200], `PRECIS_BENCH_BATCH` [8],
+//! - `PRECIS_BENCH_INPUTS` (or `PRECIS_BENCH_SENTENCES`): one input a line
+//!   [Marian: `../shared/eval/flores200-dev/eng_Latn.txt`; BART:
+//!   `target/bench-compare/bart/inputs.txt`, written by the script]
+//! - `PRECIS_BENCH_COUNT` [Marian 200, BART 100], `PRECIS_BENCH_BATCH` [8],
 //!   `PRECIS_BENCH_BEAMS` (sizes, comma-separated) [4,1],
-//!   `PRECIS_BENCH_TOKENS` [32]
+//!   `PRECIS_BENCH_TOKENS` [Marian 32, BART 64]
 //! - `PRECIS_BENCH_THREADS` [2]: rayon's global pool is built with that many
 //!   threads, and `RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS` are set before
 //!   any pool exists (candle sizes its own from them); the report prints
@@ -39,9 +50,13 @@
 //!   `CANDLE_NUM_THREADS` (candle-core 0.11 runs elementwise
 //!   ops of 64k elements or more on a barrier pool of that many threads,
 //!   the caller included; matrix products use rayon's pool).
-//! - `PRECIS_BENCH_SAMPLE=N`: time nothing; generate the first N sentences
+//! - `PRECIS_BENCH_SAMPLE=N`: time nothing; generate the first N inputs
 //!   and record the ids (for the equality check against transformers).
 //! - `PRECIS_BENCH_JSON`: write the figures (and the ids) to this path.
+
+/// The allocator the `precis` binary uses (see `src/main.rs`).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 use common::{cpu_seconds, env_usize, peak_rss_mb};
@@ -57,6 +72,7 @@ use precis::backend::seq2seq::{
     generate, pad_outputs, EncoderDecoder, GenerationOverrides, GenerationSettings, Seq2SeqConfig,
 };
 use precis::backend::BackendError;
+use precis::tokenizer::checkpoint::{CheckpointTokenizer, Family};
 use precis::tokenizer::marian::MarianTokenizer;
 
 /// Jiffies of the whole machine so far: (all, idle + iowait).
@@ -143,6 +159,110 @@ fn default_checkpoint() -> PathBuf {
         .join(".cache/precis/bench/opus-mt-en-ru-random")
 }
 
+/// The two kinds of checkpoint [`Bart`] loads, and the protocol's defaults
+/// for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ModelFamily {
+    /// Translation (`model_type` `marian`).
+    Marian,
+    /// Summarization (`model_type` `bart`).
+    Bart,
+}
+
+impl ModelFamily {
+    /// From `config.json`'s `model_type`.
+    fn of(dir: &Path) -> anyhow::Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            anyhow::anyhow!(
+                "no checkpoint in {} ({}: {e}; benches/compare-marian.sh makes one, or give a directory)",
+                dir.display(),
+                path.display()
+            )
+        })?;
+        let config: serde_json::Value = serde_json::from_str(&text)
+            .map_err(|e| anyhow::anyhow!("{} is not JSON: {e}", path.display()))?;
+        match config["model_type"].as_str() {
+            Some("marian") => Ok(Self::Marian),
+            Some("bart") => Ok(Self::Bart),
+            other => anyhow::bail!(
+                "{}: model_type {other:?} is neither \"marian\" nor \"bart\"",
+                path.display()
+            ),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Marian => "marian",
+            Self::Bart => "bart",
+        }
+    }
+
+    /// Inputs, one a line, when `PRECIS_BENCH_INPUTS` is not set (relative
+    /// to the repository root, where `cargo bench` runs).
+    fn default_inputs(self) -> PathBuf {
+        PathBuf::from(match self {
+            Self::Marian => "../shared/eval/flores200-dev/eng_Latn.txt",
+            Self::Bart => "target/bench-compare/bart/inputs.txt",
+        })
+    }
+
+    fn default_count(self) -> usize {
+        match self {
+            Self::Marian => 200,
+            Self::Bart => 100,
+        }
+    }
+
+    fn default_tokens(self) -> usize {
+        match self {
+            Self::Marian => 32,
+            Self::Bart => 64,
+        }
+    }
+}
+
+/// The checkpoint's tokenizer, as precis uses it for that family.
+enum SourceTokenizer {
+    Marian(Box<MarianTokenizer>),
+    Bart(Box<CheckpointTokenizer>),
+}
+
+impl SourceTokenizer {
+    fn load(dir: &Path, family: ModelFamily) -> anyhow::Result<Self> {
+        Ok(match family {
+            ModelFamily::Marian => Self::Marian(Box::new(MarianTokenizer::from_dir(dir)?)),
+            ModelFamily::Bart => {
+                Self::Bart(Box::new(CheckpointTokenizer::from_dir(dir, Family::Bart)?))
+            }
+        })
+    }
+
+    /// The input ids of `text`, special tokens included (`tokenizer(text)["input_ids"]`).
+    fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
+        match self {
+            Self::Marian(t) => Ok(t.encode_source(text)),
+            Self::Bart(t) => t.encode(text).map_err(|e| anyhow::anyhow!(e)),
+        }
+    }
+
+    /// What the printed average counts.
+    fn specials(&self) -> &'static str {
+        match self {
+            Self::Marian(_) => "</s> included",
+            Self::Bart(_) => "<s> and </s> included",
+        }
+    }
+}
+
+/// An environment variable under its name or an older one, unless empty.
+fn env_either(name: &str, old: &str) -> Option<String> {
+    [name, old]
+        .iter()
+        .find_map(|n| std::env::var(n).ok().filter(|v| !v.is_empty()))
+}
+
 fn main() -> anyhow::Result<()> {
     let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);
     // Before any thread exists: candle's pools read these when first used.
@@ -160,21 +280,22 @@ fn main() -> anyhow::Result<()> {
     let dir = std::env::args()
         .skip(1)
         .find(|a| !a.starts_with('-'))
-        .or_else(|| std::env::var("PRECIS_BENCH_MARIAN").ok())
         .filter(|d| !d.is_empty())
+        .or_else(|| env_either("PRECIS_BENCH_CHECKPOINT", "PRECIS_BENCH_MARIAN"))
         .map(PathBuf::from)
         .unwrap_or_else(default_checkpoint);
-    let sentences_path = std::env::var("PRECIS_BENCH_SENTENCES")
+    let family = ModelFamily::of(&dir)?;
+    let inputs_path = env_either("PRECIS_BENCH_INPUTS", "PRECIS_BENCH_SENTENCES")
         .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("../shared/eval/flores200-dev/eng_Latn.txt"));
+        .unwrap_or_else(|| family.default_inputs());
     let sample = env_usize("PRECIS_BENCH_SAMPLE", 0)?;
     let count = if sample > 0 {
         sample
     } else {
-        env_usize("PRECIS_BENCH_COUNT", 200)?
+        env_usize("PRECIS_BENCH_COUNT", family.default_count())?
     };
     let batch = env_usize("PRECIS_BENCH_BATCH", 8)?.max(1);
-    let tokens = env_usize("PRECIS_BENCH_TOKENS", 32)?.max(1);
+    let tokens = env_usize("PRECIS_BENCH_TOKENS", family.default_tokens())?.max(1);
     let beams: Vec<usize> = std::env::var("PRECIS_BENCH_BEAMS")
         .unwrap_or_else(|_| "4,1".into())
         .split(',')
@@ -190,32 +311,29 @@ fn main() -> anyhow::Result<()> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
 
-    if !dir.join("config.json").is_file() {
-        anyhow::bail!(
-            "no Marian checkpoint in {} (benches/compare-marian.sh makes one; or give a directory)",
-            dir.display()
-        );
-    }
     let load_start = Instant::now();
-    let tokenizer = MarianTokenizer::from_dir(&dir)?;
+    let tokenizer = SourceTokenizer::load(&dir, family)?;
     let model = Bart::load(&dir, &Device::Cpu)?;
     let load_s = load_start.elapsed().as_secs_f64();
 
-    let sentences = read_sentences(&sentences_path, count)?;
-    let input_ids: Vec<Vec<u32>> = sentences
+    let inputs = read_inputs(&inputs_path, count)?;
+    let input_ids: Vec<Vec<u32>> = inputs
         .iter()
-        .map(|s| tokenizer.encode_source(s))
-        .collect();
+        .map(|s| tokenizer.encode(s))
+        .collect::<anyhow::Result<_>>()?;
     let batches: Vec<&[Vec<u32>]> = input_ids.chunks(batch).collect();
     let checkpoint = checkpoint_generation(&dir)?;
     let cfg = model.seq2seq_config();
 
-    println!("checkpoint       {}", dir.display());
+    println!("checkpoint       {} ({})", dir.display(), family.name());
     println!(
-        "sentences        {} of {} ({:.1} source tokens on average, </s> included)",
-        sentences.len(),
-        sentences_path.display(),
-        input_ids.iter().map(Vec::len).sum::<usize>() as f64 / input_ids.len() as f64
+        "inputs           {} of {} ({:.1} source tokens on average, {}; {}..{})",
+        inputs.len(),
+        inputs_path.display(),
+        input_ids.iter().map(Vec::len).sum::<usize>() as f64 / input_ids.len() as f64,
+        tokenizer.specials(),
+        input_ids.iter().map(Vec::len).min().unwrap_or(0),
+        input_ids.iter().map(Vec::len).max().unwrap_or(0),
     );
     let candle_threads = candle_core::utils::get_num_threads();
     println!(
@@ -230,8 +348,8 @@ fn main() -> anyhow::Result<()> {
     }
     println!("load             {load_s:.2} s");
     println!(
-        "protocol         batches of {batch}, exactly {tokens} new tokens per sentence \
-         (min_new_tokens = max_new_tokens), tok/s = {tokens} × sentences / wall s of generation"
+        "protocol         batches of {batch}, exactly {tokens} new tokens per input \
+         (min_new_tokens = max_new_tokens), tok/s = {tokens} × inputs / wall s of generation"
     );
 
     let mut runs = Vec::new();
@@ -251,7 +369,7 @@ fn main() -> anyhow::Result<()> {
                 ids.extend(pad_outputs(&out, &settings));
             }
             println!(
-                "beam={num_beams:<2}          ids of {} sentences recorded",
+                "beam={num_beams:<2}          ids of {} inputs recorded",
                 ids.len()
             );
             runs.push(serde_json::json!({"beams": num_beams, "ids": ids}));
@@ -267,7 +385,7 @@ fn main() -> anyhow::Result<()> {
         let cpu_start = cpu_seconds();
         let machine_start = machine_jiffies();
         let start = Instant::now();
-        let mut new_tokens = Vec::with_capacity(sentences.len());
+        let mut new_tokens = Vec::with_capacity(inputs.len());
         for b in &batches {
             let out = generate(&timed, b, &settings, &mut |_| true)?;
             new_tokens.extend(out.iter().map(|o| o.len().saturating_sub(1)));
@@ -281,7 +399,7 @@ fn main() -> anyhow::Result<()> {
         let others = machine_busy(machine_start, machine_jiffies())
             .zip(cores)
             .map(|(m, c)| (m - c).max(0.0));
-        let tok_s = (tokens * sentences.len()) as f64 / wall_s;
+        let tok_s = (tokens * inputs.len()) as f64 / wall_s;
         let p = timed.phases.get();
         let (start_s, step_s, select_s) = (
             p.start.as_secs_f64(),
@@ -292,8 +410,8 @@ fn main() -> anyhow::Result<()> {
         let lo = new_tokens.iter().copied().min().unwrap_or(0);
         let hi = new_tokens.iter().copied().max().unwrap_or(0);
         println!(
-            "beam={num_beams:<2}          {tok_s:.1} tok/s ({} sentences × {tokens} tokens in {wall_s:.2} s{})",
-            sentences.len(),
+            "beam={num_beams:<2}          {tok_s:.1} tok/s ({} inputs × {tokens} tokens in {wall_s:.2} s{})",
+            inputs.len(),
             cores.map_or(String::new(), |c| format!(", {c:.2} cores busy")),
         );
         if let Some(o) = others.filter(|&o| o >= 0.25) {
@@ -340,9 +458,10 @@ fn main() -> anyhow::Result<()> {
     if let Some(json_path) = json_path {
         let report = serde_json::json!({
             "engine": "precis",
+            "family": family.name(),
             "model": dir.display().to_string(),
-            "sentences_file": sentences_path.display().to_string(),
-            "sentences": sentences.len(),
+            "inputs_file": inputs_path.display().to_string(),
+            "inputs": inputs.len(),
             "batch": batch,
             "threads": threads,
             "rayon_threads": rayon::current_num_threads(),
@@ -364,7 +483,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// The first `count` non-empty lines of `path`.
-fn read_sentences(path: &Path, count: usize) -> anyhow::Result<Vec<String>> {
+fn read_inputs(path: &Path, count: usize) -> anyhow::Result<Vec<String>> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?;
     let lines: Vec<String> = text
@@ -375,7 +494,7 @@ fn read_sentences(path: &Path, count: usize) -> anyhow::Result<Vec<String>> {
         .collect();
     if lines.len() < count {
         anyhow::bail!(
-            "{} has {} sentences, fewer than the {count} asked",
+            "{} has {} inputs, fewer than the {count} asked",
             path.display(),
             lines.len()
         );
