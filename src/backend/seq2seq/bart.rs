@@ -35,6 +35,7 @@ use serde::Deserialize;
 
 use super::layers::{
     activation, e, pad, read_config, weights, Attention, AttentionSpec, DecoderState, Dense,
+    RowNorm,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::backend::kernels::{Epilogue, PackedF32};
@@ -141,11 +142,12 @@ impl FeedForward {
     }
 }
 
+/// An encoder layer, run on flat buffers (rows in parallel).
 struct EncoderLayer {
     attn: Attention,
-    attn_norm: LayerNorm,
+    attn_norm: RowNorm,
     ffn: FeedForward,
-    ffn_norm: LayerNorm,
+    ffn_norm: RowNorm,
 }
 
 struct DecoderLayer {
@@ -324,9 +326,9 @@ impl Bart {
                     vb.pp("self_attn"),
                     &spec(cfg.encoder_attention_heads),
                 ))?,
-                attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
+                attn_norm: e(RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm")))?,
                 ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act))?,
-                ffn_norm: ln(vb.pp("final_layer_norm"))?,
+                ffn_norm: e(RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm")))?,
             });
         }
         let mut decoder = Vec::with_capacity(cfg.decoder_layers);
@@ -407,15 +409,18 @@ impl Bart {
             Some(self.cfg.max_position_embeddings),
             &self.device,
         )?;
-        let mut x = self.embed(&self.enc_embed, &ids, 0)?;
+        let embedded = self.embed(&self.enc_embed, &ids, 0)?;
+        let (n, s, d) = embedded.dims3()?;
+        let mut x: Vec<f32> = embedded.flatten_all()?.to_vec1()?;
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         for layer in &self.encoder {
-            let a = layer.attn.attend_prefix(&x, &lens)?;
-            x = layer.attn_norm.forward(&(x + a)?)?;
-            let f = layer.ffn.forward(&x)?;
-            x = layer.ffn_norm.forward(&(x + f)?)?;
+            let a = layer.attn.attend_prefix(&x, n, s, &lens);
+            layer.attn_norm.add_norm(&mut x, &a);
+            let h = layer.ffn.fc1.apply_rows(&x, n * s, layer.ffn.act);
+            let f = layer.ffn.fc2.apply_rows(&h, n * s, Epilogue::None);
+            layer.ffn_norm.add_norm(&mut x, &f);
         }
-        Ok((x, bias))
+        Ok((Tensor::from_vec(x, (n, s, d), &self.device)?, bias))
     }
 }
 

@@ -102,6 +102,53 @@ impl Dense {
     }
 }
 
+impl Dense {
+    /// `rows` rows of `cols` values (flat) → `rows` rows of outputs, with
+    /// `epilogue` applied.
+    pub(super) fn apply_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue) -> Vec<f32> {
+        self.0.apply_then(x, rows, epilogue)
+    }
+}
+
+/// A layer norm (`nn.LayerNorm`) applied row by row to flat buffers, rows in
+/// parallel.
+pub(super) struct RowNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl RowNorm {
+    /// `weight` and `bias` of `d` values under `vb`.
+    pub(super) fn load(d: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            gamma: vb.get(d, "weight")?.to_vec1()?,
+            beta: vb.get(d, "bias")?.to_vec1()?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `x[r] = norm(x[r] + y[r])` for every row (the residual, then the
+    /// norm: a post-norm layer's end).
+    pub(super) fn add_norm(&self, x: &mut [f32], y: &[f32]) {
+        let d = self.gamma.len();
+        assert_eq!(x.len(), y.len(), "residual of another shape");
+        x.par_chunks_mut(d)
+            .zip(y.par_chunks(d))
+            .for_each(|(xr, yr)| {
+                for (a, b) in xr.iter_mut().zip(yr) {
+                    *a += b;
+                }
+                let mean = xr.iter().sum::<f32>() / d as f32;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                for ((v, g), b) in xr.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                    *v = (*v - mean) * inv * g + b;
+                }
+            });
+    }
+}
+
 /// The activation transformers' `ACT2FN` names, run as the epilogue of the
 /// product before it.
 pub(super) fn activation(name: &str) -> Result<Epilogue, String> {
@@ -196,19 +243,18 @@ impl Attention {
 }
 
 impl Attention {
-    /// Self-attention of `x` (`[n, s, d]`, inputs right-padded) where the
+    /// Self-attention of `x` (`n × s` rows of `d`, inputs right-padded,
+    /// flat) where the
     /// queries of input `i` see its first `lens[i]` positions: the encoder's
     /// (a padding mask, no other bias). Each (input, head) runs on
     /// [`kernels::attention`] (keys transposed, streaming softmax), in
     /// parallel; padded rows get finite values that nothing reads.
-    pub(super) fn attend_prefix(&self, x: &Tensor, lens: &[usize]) -> candle_core::Result<Tensor> {
-        let (n, s, _) = x.dims3()?;
+    pub(super) fn attend_prefix(&self, x: &[f32], n: usize, s: usize, lens: &[usize]) -> Vec<f32> {
         let (heads, hd) = (self.heads, self.head_dim);
         let inner = heads * hd;
-        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        let q = self.q.0.apply(&input, n * s);
-        let k = self.k.0.apply(&input, n * s);
-        let v = self.v.0.apply(&input, n * s);
+        let q = self.q.0.apply(x, n * s);
+        let k = self.k.0.apply(x, n * s);
+        let v = self.v.0.apply(x, n * s);
         let stride = s.div_ceil(KEY_BLOCK) * KEY_BLOCK;
         let scale = self.scale as f32;
         let per_head: Vec<Vec<f32>> = (0..n * heads)
@@ -245,11 +291,7 @@ impl Attention {
                 out[row..row + hd].copy_from_slice(&o[j * hd..(j + 1) * hd]);
             }
         }
-        Tensor::from_vec(
-            self.out.0.apply(&out, n * s),
-            (n, s, self.out.0.rows()),
-            x.device(),
-        )
+        self.out.0.apply(&out, n * s)
     }
 }
 
