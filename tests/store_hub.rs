@@ -401,14 +401,78 @@ async fn real_pip_mirror_smollm2() {
     );
 }
 
+/// A store over a local server in the hub layout serving `files`
+/// (`repo/main/name`, bytes); the server lives as long as the guard.
+async fn hub_store(
+    files: Vec<(&'static str, Vec<u8>)>,
+) -> (Arc<ModelStore>, FakeHub, tempfile::TempDir) {
+    let (endpoint, hub) = start_hub(files, &[]).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = StoreConfig::at(tmp.path().join("home"));
+    cfg.hub_endpoint = Some(endpoint);
+    cfg.allow_mirror = false;
+    cfg.hub_timeout = Duration::from_secs(5);
+    (Arc::new(ModelStore::open(cfg).unwrap()), hub, tmp)
+}
+
+/// `name` of a fixture directory served as `repo/main/name`.
+fn served(repo: &str, fixture: &Path, name: &str) -> (&'static str, Vec<u8>) {
+    let key: &'static str = Box::leak(format!("{repo}/main/{name}").into_boxed_str());
+    (key, std::fs::read(fixture.join(name)).unwrap())
+}
+
+/// The first forward source of a fixture's reference and the text
+/// transformers' `generate()` gave it with the checkpoint's settings.
+fn first_reference(fixture: &Path) -> (String, String) {
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
+            .unwrap();
+    let defaults = reference["generation"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "checkpoint_defaults")
+        .unwrap()
+        .clone();
+    (
+        reference["forward"]["sources"][0]
+            .as_str()
+            .unwrap()
+            .to_string(),
+        defaults["text"][0].as_str().unwrap().to_string(),
+    )
+}
+
+/// Loads `id` through the store (fetching it) and generates for `source`.
+async fn load_and_generate(
+    store: &Arc<ModelStore>,
+    id: &str,
+    source: &str,
+) -> (precis::backend::ModelInfo, String) {
+    use precis::backend::{Flow, GenerationRequest};
+    use precis::engine::{ModelLoader, StoreLoader};
+
+    let loader = StoreLoader::open(Arc::clone(store), true, false);
+    let (id, source) = (id.to_string(), source.to_string());
+    tokio::task::spawn_blocking(move || {
+        let mut model = loader.load(&id).expect("loads from the hub");
+        let out = model.generate(&[GenerationRequest::source(source)], &mut |_, _| {
+            Flow::Continue
+        });
+        (
+            model.info().clone(),
+            out.into_iter().next().unwrap().unwrap().text,
+        )
+    })
+    .await
+    .unwrap()
+}
+
 /// The `opus-mt-en-hi` manifest and an opus-mt repo without one, fetched from
 /// the hub layout (weights as `pytorch_model.bin`) and loaded as Marian:
 /// the translation equals transformers' with the checkpoint's settings.
 #[tokio::test]
 async fn marian_checkpoints_load_by_hub_id() {
-    use precis::backend::{Flow, GenerationRequest};
-    use precis::engine::{ModelLoader, StoreLoader};
-
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/marian/tiny-en-hi");
     let names = [
         "config.json",
@@ -421,48 +485,12 @@ async fn marian_checkpoints_load_by_hub_id() {
     ];
     let mut files = Vec::new();
     for repo in ["Helsinki-NLP/opus-mt-en-hi", "Helsinki-NLP/opus-mt-en-zz"] {
-        for name in names {
-            let key: &'static str = Box::leak(format!("{repo}/main/{name}").into_boxed_str());
-            files.push((key, std::fs::read(fixture.join(name)).unwrap()));
-        }
+        files.extend(names.iter().map(|name| served(repo, &fixture, name)));
     }
-    let (endpoint, _hub) = start_hub(files, &[]).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::at(tmp.path().join("home"));
-    cfg.hub_endpoint = Some(endpoint);
-    cfg.allow_mirror = false;
-    cfg.hub_timeout = Duration::from_secs(5);
-    let store = Arc::new(ModelStore::open(cfg).unwrap());
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(fixture.join("reference.json")).unwrap())
-            .unwrap();
-    let defaults = reference["generation"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "checkpoint_defaults")
-        .unwrap()
-        .clone();
-    let source = reference["forward"]["sources"][0]
-        .as_str()
-        .unwrap()
-        .to_string();
-    let want = defaults["text"][0].as_str().unwrap().to_string();
+    let (store, _hub, _tmp) = hub_store(files).await;
+    let (source, want) = first_reference(&fixture);
     for id in ["opus-mt-en-hi", "Helsinki-NLP/opus-mt-en-zz"] {
-        let loader = StoreLoader::open(Arc::clone(&store), true, false);
-        let (source, id) = (source.clone(), id.to_string());
-        let (info, text) = tokio::task::spawn_blocking(move || {
-            let mut model = loader.load(&id).expect("loads from the hub");
-            let out = model.generate(&[GenerationRequest::source(source)], &mut |_, _| {
-                Flow::Continue
-            });
-            (
-                model.info().clone(),
-                out.into_iter().next().unwrap().unwrap().text,
-            )
-        })
-        .await
-        .unwrap();
+        let (info, text) = load_and_generate(&store, id, &source).await;
         assert_eq!(info.family, "marian");
         assert_eq!(info.target_languages, vec!["hi".to_string()], "{}", info.id);
         assert_eq!(text, want, "{}", info.id);
@@ -475,8 +503,7 @@ async fn marian_checkpoints_load_by_hub_id() {
 /// with the checkpoint's settings.
 #[tokio::test]
 async fn summarizer_manifests_load_by_hub_id() {
-    use precis::backend::{Flow, GenerationRequest, ModelKind};
-    use precis::engine::{ModelLoader, StoreLoader};
+    use precis::backend::ModelKind;
 
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let cases = [
@@ -492,51 +519,15 @@ async fn summarizer_manifests_load_by_hub_id() {
     for (_, repo, fixture, _) in cases {
         for entry in std::fs::read_dir(fixtures.join(fixture)).unwrap() {
             let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            let key: &'static str = Box::leak(format!("{repo}/main/{name}").into_boxed_str());
-            files.push((
-                key,
-                std::fs::read(fixtures.join(fixture).join(&name)).unwrap(),
-            ));
+            files.push(served(repo, &fixtures.join(fixture), &name));
         }
     }
-    let (endpoint, _hub) = start_hub(files, &[]).await;
-    let tmp = tempfile::tempdir().unwrap();
-    let mut cfg = StoreConfig::at(tmp.path().join("home"));
-    cfg.hub_endpoint = Some(endpoint);
-    cfg.allow_mirror = false;
-    cfg.hub_timeout = Duration::from_secs(5);
-    let store = Arc::new(ModelStore::open(cfg).unwrap());
+    let (store, _hub, _tmp) = hub_store(files).await;
     for (id, _, fixture, family) in cases {
-        let reference: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(fixtures.join(fixture).join("reference.json")).unwrap(),
-        )
-        .unwrap();
-        let defaults = reference["generation"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|c| c["name"] == "checkpoint_defaults")
-            .unwrap()
-            .clone();
-        let source = reference["forward"]["sources"][0]
-            .as_str()
-            .unwrap()
-            .to_string();
-        let loader = StoreLoader::open(Arc::clone(&store), true, false);
-        let (info, text) = tokio::task::spawn_blocking(move || {
-            let mut model = loader.load(id).expect("loads from the hub");
-            let out = model.generate(&[GenerationRequest::source(source)], &mut |_, _| {
-                Flow::Continue
-            });
-            (
-                model.info().clone(),
-                out.into_iter().next().unwrap().unwrap().text,
-            )
-        })
-        .await
-        .unwrap();
+        let (source, want) = first_reference(&fixtures.join(fixture));
+        let (info, text) = load_and_generate(&store, id, &source).await;
         assert_eq!(info.family, family);
         assert_eq!(info.kind, ModelKind::Summarizer);
-        assert_eq!(text, defaults["text"][0].as_str().unwrap(), "{id}");
+        assert_eq!(text, want, "{id}");
     }
 }
