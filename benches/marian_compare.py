@@ -309,24 +309,10 @@ def parse_beams(text: str) -> list:
 # ---------------------------------------------------------------------------
 # checkpoint
 # ---------------------------------------------------------------------------
-def train_spm(sentences: list, vocab_size: int) -> bytes:
-    """A SentencePiece unigram model as Marian's (nmt_nfkc, default special ids)."""
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=buf,
-        model_type="unigram",
-        vocab_size=vocab_size,
-        # 500 sentences do not support more pieces than ~3-4k; take what they give.
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        normalization_rule_name="nmt_nfkc",
-        num_threads=1,
-        minloglevel=2,
-    )
-    return buf.getvalue()
+# The fixtures' SentencePiece training (Marian's settings: unigram, nmt_nfkc,
+# default special ids, no hard vocabulary limit), shared, not copied.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from make_fixtures import train_spm  # noqa: E402
 
 
 def build_vocab(src_proto: bytes, tgt_proto: bytes) -> tuple:
