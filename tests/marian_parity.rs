@@ -20,7 +20,6 @@ use parity::{
 use precis::backend::seq2seq::bart::Bart;
 use precis::backend::seq2seq::GenerationOverrides;
 use precis::tokenizer::marian::MarianTokenizer;
-use serde_json::Value;
 
 const CHECKPOINTS: [&str; 2] = ["tiny-en-ru", "tiny-en-hi"];
 
@@ -150,17 +149,11 @@ fn the_cli_translates_with_the_checkpoint_settings() {
         let home = tempfile::tempdir().unwrap();
         for (i, source) in sources.iter().enumerate() {
             let lang = if name.ends_with("ru") { "ru" } else { "hi" };
-            let out = cli(home.path())
+            let v = cli(home.path())
                 .args(["translate", "--model"])
                 .arg(dir(name))
                 .args(["--to", lang, "--format", "json", "-"])
-                .stdin_text(source.as_str().unwrap());
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                .stdin_json(source.as_str().unwrap(), name);
             let t = &v["translations"][0];
             assert_eq!(
                 t["model"]["family"], "marian",
@@ -180,17 +173,11 @@ fn paragraphs_come_out_as_many_as_went_in() {
     let home = tempfile::tempdir().unwrap();
     let article = "The minister will visit Moscow in May. Antony J. Blinken met the foreign minister of India.\n\n\
                    Talks went on for hours.\n\n\"We agreed,\" he said. Prices rose 3.5 percent in the U.S. last year.";
-    let out = cli(home.path())
+    let v = cli(home.path())
         .args(["translate", "--model"])
         .arg(dir("tiny-en-ru"))
         .args(["--to", "ru", "--format", "json", "-"])
-        .stdin_text(article);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .stdin_json(article, "precis");
     let paragraphs = v["translations"][0]["paragraphs"].as_array().unwrap();
     assert_eq!(paragraphs.len(), 3);
     assert!(paragraphs

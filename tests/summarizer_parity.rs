@@ -161,17 +161,11 @@ fn the_cli_summarizes_with_the_checkpoint_settings() {
             .find(|c| c["name"] == "checkpoint_defaults")
             .expect("checkpoint_defaults recorded");
         for (i, source) in sources.iter().enumerate() {
-            let out = cli(home.path())
+            let v = cli(home.path())
                 .args(["summarize", "--model"])
                 .arg(&d)
                 .args(["--format", "json", "-"])
-                .stdin_text(source.as_str().unwrap());
-            assert!(
-                out.status.success(),
-                "{name}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+                .stdin_json(source.as_str().unwrap(), name);
             let s = &v["summary"];
             assert_eq!(s["model"]["family"], family, "{name}: the dedicated model");
             assert_eq!(
@@ -195,17 +189,11 @@ fn long_articles_are_summarized_in_chunks_that_cover_them() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample-article.txt"),
     )
     .unwrap();
-    let out = cli(home.path())
+    let v = cli(home.path())
         .args(["summarize", "--model"])
         .arg(&d)
         .args(["--format", "json", "-"])
-        .stdin_text(&article);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .stdin_json(&article, "precis");
     let s = &v["summary"];
     let kept = v["input"]["paragraphs_kept"].as_u64().unwrap() as usize;
     let chunks = s["chunks"].as_array().expect("chunks are reported");
@@ -246,19 +234,16 @@ fn long_articles_are_summarized_in_chunks_that_cover_them() {
 #[test]
 fn digest_pairs_a_dedicated_summarizer_with_a_dedicated_translator() {
     let home = tempfile::tempdir().unwrap();
-    let out = cli(home.path())
+    let v = cli(home.path())
         .args(["digest", "--model"])
         .arg(dir("bart", "tiny-cnn"))
         .arg("--translator")
         .arg(parity::fixture("marian", "tiny-en-ru"))
         .args(["--to", "ru", "--format", "json", "-"])
-        .stdin_text("The minister will visit Moscow in May. Talks went on for hours.");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        .stdin_json(
+            "The minister will visit Moscow in May. Talks went on for hours.",
+            "precis",
+        );
     assert_eq!(v["summary"]["model"]["family"], "bart");
     let t = &v["translations"][0];
     assert_eq!(t["model"]["family"], "marian");

@@ -211,6 +211,18 @@ pub fn cli(home: &Path) -> std::process::Command {
 /// Runs a command with `text` on its standard input.
 pub trait StdinText {
     fn stdin_text(&mut self, text: &str) -> std::process::Output;
+
+    /// [`StdinText::stdin_text`], asserting success (`what` names the case
+    /// in the failure, with the command's stderr); the JSON it printed.
+    fn stdin_json(&mut self, text: &str, what: &str) -> Value {
+        let out = self.stdin_text(text);
+        assert!(
+            out.status.success(),
+            "{what}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("the output is JSON")
+    }
 }
 
 impl StdinText for std::process::Command {
