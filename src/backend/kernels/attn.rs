@@ -36,6 +36,9 @@ pub const KEY_BLOCK: usize = 64;
 /// Query rows that go through a block of keys together.
 const ROWS: usize = 4;
 
+/// The head size whose weighted sums have a loop of their own.
+const HEAD: usize = 64;
+
 /// The keys and values of one key/value head of one sequence.
 #[derive(Clone, Copy)]
 pub struct Keys<'a> {
@@ -487,15 +490,19 @@ impl<const FUSED: bool> Micro for Loops<FUSED> {
         scale: f32,
         out: &mut [[f32; KEY_BLOCK]; R],
     ) {
-        for (r, o) in out.iter_mut().enumerate() {
-            let mut acc = [0.0f32; KEY_BLOCK];
-            for d in 0..dim {
+        // Each key row of the block is loaded once for all `R` queries
+        // (whose sums stay in registers).
+        let mut acc = [[0.0f32; KEY_BLOCK]; R];
+        for d in 0..dim {
+            let k = &keys.kt[d * keys.stride + b0..][..KEY_BLOCK];
+            for (r, acc) in acc.iter_mut().enumerate() {
                 let qd = q[r * dim + d];
-                let k = &keys.kt[d * keys.stride + b0..][..KEY_BLOCK];
                 for (a, &kk) in acc.iter_mut().zip(k) {
                     *a = madd::<FUSED>(qd, kk, *a);
                 }
             }
+        }
+        for (o, acc) in out.iter_mut().zip(acc) {
             for (o, a) in o.iter_mut().zip(acc) {
                 *o = a * scale;
             }
@@ -511,6 +518,29 @@ impl<const FUSED: bool> Micro for Loops<FUSED> {
         dim: usize,
         out: &mut [f32],
     ) {
+        if dim == HEAD {
+            // The common head size: each value row of the block is loaded
+            // once for all `R` queries (whose outputs stay in registers).
+            let mut acc = [[0.0f32; HEAD]; R];
+            for (r, acc) in acc.iter_mut().enumerate() {
+                for (a, &o) in acc.iter_mut().zip(&out[r * HEAD..(r + 1) * HEAD]) {
+                    *a = o * rescale[r];
+                }
+            }
+            let values = keys.v[b0 * HEAD..][..KEY_BLOCK * HEAD].chunks_exact(HEAD);
+            for (j, v) in values.enumerate() {
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let wj = w[r][j];
+                    for (a, &vv) in acc.iter_mut().zip(v) {
+                        *a = madd::<FUSED>(wj, vv, *a);
+                    }
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                out[r * HEAD..(r + 1) * HEAD].copy_from_slice(acc);
+            }
+            return;
+        }
         for r in 0..R {
             let o = &mut out[r * dim..(r + 1) * dim];
             for x in o.iter_mut() {
@@ -632,7 +662,15 @@ fn group<const R: usize, M: Micro>(
             for v in &mut s[visible..] {
                 *v = f32::NEG_INFINITY;
             }
-            let block_max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            // Lane by lane, then across the lanes (a chain of 64 would
+            // cost as much as the block's multiply-adds).
+            let mut lane_max = [f32::NEG_INFINITY; 16];
+            for chunk in s.chunks_exact(16) {
+                for (m, &v) in lane_max.iter_mut().zip(chunk) {
+                    *m = m.max(v);
+                }
+            }
+            let block_max = lane_max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
             let new_max = max[r].max(block_max);
             // 0 for a row's first block (its maximum was -inf); 1 for a
             // block it sees nothing of (all its weights come out 0).

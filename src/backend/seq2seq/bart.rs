@@ -34,8 +34,8 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, e, pad, read_config, weights, Attention, AttentionSpec, DecoderState, Dense,
-    RowNorm,
+    activation, e, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, DecoderState,
+    Dense, RowNorm,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::backend::kernels::{Epilogue, PackedF32};
@@ -399,9 +399,18 @@ impl Bart {
         }
     }
 
-    /// The encoder's last hidden states (`[n, s, d]`, padded rows included)
-    /// and the source mask.
+    /// The encoder's last hidden states (`[n, s, d]`; padded rows are
+    /// zeros) and the source mask.
     pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor), BackendError> {
+        let (rows, bias) = self.encode_rows(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        Ok((repad(&rows, &lens, self.cfg.d_model, &self.device)?, bias))
+    }
+
+    /// The encoder's last hidden states of the inputs' tokens, input after
+    /// input (`Σ lens` rows of `d`: padding is never computed), and the
+    /// source mask.
+    fn encode_rows(&self, inputs: &[Vec<u32>]) -> Result<(Vec<f32>, Tensor), BackendError> {
         let (ids, bias) = pad(
             inputs,
             self.cfg.pad_token_id,
@@ -409,18 +418,17 @@ impl Bart {
             Some(self.cfg.max_position_embeddings),
             &self.device,
         )?;
-        let embedded = self.embed(&self.enc_embed, &ids, 0)?;
-        let (n, s, d) = embedded.dims3()?;
-        let mut x: Vec<f32> = embedded.flatten_all()?.to_vec1()?;
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let mut x = unpad(&self.embed(&self.enc_embed, &ids, 0)?, &lens)?;
+        let rows = x.len() / self.cfg.d_model;
         for layer in &self.encoder {
-            let a = layer.attn.attend_prefix(&x, n, s, &lens);
+            let a = layer.attn.attend_within(&x, &lens);
             layer.attn_norm.add_norm(&mut x, &a);
-            let h = layer.ffn.fc1.apply_rows(&x, n * s, layer.ffn.act);
-            let f = layer.ffn.fc2.apply_rows(&h, n * s, Epilogue::None);
+            let h = layer.ffn.fc1.apply_rows(&x, rows, layer.ffn.act);
+            let f = layer.ffn.fc2.apply_rows(&h, rows, Epilogue::None);
             layer.ffn_norm.add_norm(&mut x, &f);
         }
-        Ok((Tensor::from_vec(x, (n, s, d), &self.device)?, bias))
+        Ok((x, bias))
     }
 }
 
@@ -441,13 +449,14 @@ impl EncoderDecoder for Bart {
     }
 
     fn start(&self, inputs: &[Vec<u32>], rows_per_input: usize) -> Result<BartState, BackendError> {
-        let (hidden, bias) = self.encode(inputs)?;
-        DecoderState::new(
+        let (hidden, _) = self.encode_rows(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        Ok(DecoderState::new(
             self.decoder.iter().map(|l| &l.cross),
             &hidden,
-            &bias,
+            &lens,
             rows_per_input,
-        )
+        ))
     }
 
     fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
@@ -465,8 +474,7 @@ impl EncoderDecoder for Bart {
             let (k, v) = state.push_self(i, k, v)?;
             let a = layer.attn.attend(&x, &k, &v, None)?;
             x = layer.attn_norm.forward(&(x + a)?)?;
-            let (ck, cv) = state.cross(i);
-            let c = layer.cross.attend(&x, ck, cv, Some(state.source_bias()))?;
+            let c = state.cross_attend(i, &layer.cross, &x)?;
             x = layer.cross_norm.forward(&(x + c)?)?;
             let f = layer.ffn.forward(&x)?;
             x = layer.ffn_norm.forward(&(x + f)?)?;

@@ -242,57 +242,169 @@ impl Attention {
     }
 }
 
+/// Keys and values of several sequences in [`kernels::attention`]'s
+/// layout: for each (sequence, head), the keys transposed (`head_dim ×
+/// stride`) and the values (`stride × head_dim`), where `stride` is the
+/// longest sequence rounded up to [`KEY_BLOCK`] and positions past a
+/// sequence's end hold zeros (read with weight exactly zero).
+pub(super) struct HeadKv {
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    lens: Vec<usize>,
+    heads: usize,
+    head_dim: usize,
+    stride: usize,
+}
+
+impl HeadKv {
+    /// From projected keys and values (`Σ lens` rows of `heads · head_dim`,
+    /// the sequences one after the other, no padding).
+    fn new(k: &[f32], v: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Self {
+        let inner = heads * head_dim;
+        let stride = lens
+            .iter()
+            .max()
+            .map_or(0, |&m| m.div_ceil(KEY_BLOCK) * KEY_BLOCK);
+        let block = head_dim * stride;
+        let offsets = offsets(lens);
+        let mut kt = vec![0f32; lens.len() * heads * block];
+        let mut vv = vec![0f32; lens.len() * heads * block];
+        kt.par_chunks_mut(block.max(1))
+            .zip(vv.par_chunks_mut(block.max(1)))
+            .enumerate()
+            .for_each(|(ih, (kt, vv))| {
+                let (i, h) = (ih / heads, ih % heads);
+                for j in 0..lens[i] {
+                    let row = (offsets[i] + j) * inner + h * head_dim;
+                    for d in 0..head_dim {
+                        kt[d * stride + j] = k[row + d];
+                    }
+                    vv[j * head_dim..(j + 1) * head_dim].copy_from_slice(&v[row..row + head_dim]);
+                }
+            });
+        Self {
+            kt,
+            v: vv,
+            lens: lens.to_vec(),
+            heads,
+            head_dim,
+            stride,
+        }
+    }
+
+    fn keys(&self, sequence: usize, head: usize) -> Keys<'_> {
+        let block = self.head_dim * self.stride;
+        let at = (sequence * self.heads + head) * block;
+        Keys {
+            kt: &self.kt[at..at + block],
+            v: &self.v[at..at + block],
+            stride: self.stride,
+        }
+    }
+}
+
+/// Where each sequence starts among rows that hold them one after the other.
+fn offsets(lens: &[usize]) -> Vec<usize> {
+    lens.iter()
+        .scan(0, |at, &l| {
+            let start = *at;
+            *at += l;
+            Some(start)
+        })
+        .collect()
+}
+
 impl Attention {
-    /// Self-attention of `x` (`n × s` rows of `d`, inputs right-padded,
-    /// flat) where the
-    /// queries of input `i` see its first `lens[i]` positions: the encoder's
-    /// (a padding mask, no other bias). Each (input, head) runs on
-    /// [`kernels::attention`] (keys transposed, streaming softmax), in
-    /// parallel; padded rows get finite values that nothing reads.
-    pub(super) fn attend_prefix(&self, x: &[f32], n: usize, s: usize, lens: &[usize]) -> Vec<f32> {
+    /// Keys and values of `x` (`Σ lens` rows of `d`, the sequences one
+    /// after the other) in the layout [`Attention::attend_rows`] reads.
+    pub(super) fn head_kv(&self, x: &[f32], lens: &[usize]) -> HeadKv {
+        let rows = lens.iter().sum();
+        let k = self.k.0.apply(x, rows);
+        let v = self.v.0.apply(x, rows);
+        HeadKv::new(&k, &v, lens, self.heads, self.head_dim)
+    }
+
+    /// Attention of `x`'s rows (`rows` rows of `d`, flat) over `kv`, where
+    /// row `r` is a query of sequence `sequence[r]` and sees all of it (no
+    /// other mask, no bias); then the output projection. Each (sequence,
+    /// head) runs on [`kernels::attention`] (streaming softmax), in
+    /// parallel.
+    pub(super) fn attend_rows(&self, x: &[f32], sequence: &[usize], kv: &HeadKv) -> Vec<f32> {
         let (heads, hd) = (self.heads, self.head_dim);
         let inner = heads * hd;
-        let q = self.q.0.apply(x, n * s);
-        let k = self.k.0.apply(x, n * s);
-        let v = self.v.0.apply(x, n * s);
-        let stride = s.div_ceil(KEY_BLOCK) * KEY_BLOCK;
+        let rows = sequence.len();
+        let q = self.q.0.apply(x, rows);
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); kv.lens.len()];
+        for (r, &i) in sequence.iter().enumerate() {
+            members[i].push(r);
+        }
+        let tasks: Vec<(usize, usize)> = (0..kv.lens.len())
+            .filter(|&i| !members[i].is_empty())
+            .flat_map(|i| (0..heads).map(move |h| (i, h)))
+            .collect();
         let scale = self.scale as f32;
-        let per_head: Vec<Vec<f32>> = (0..n * heads)
-            .into_par_iter()
-            .map(|ih| {
-                let (i, h) = (ih / heads, ih % heads);
-                let at = |j: usize, d: usize| (i * s + j) * inner + h * hd + d;
-                let mut kt = vec![0f32; hd * stride];
-                let mut vv = vec![0f32; stride * hd];
-                let mut qq = vec![0f32; s * hd];
-                for j in 0..s {
-                    for d in 0..hd {
-                        kt[d * stride + j] = k[at(j, d)];
-                        vv[j * hd + d] = v[at(j, d)];
-                        qq[j * hd + d] = q[at(j, d)];
-                    }
+        let per_task: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(i, h)| {
+                let rows = &members[i];
+                let mut qq = Vec::with_capacity(rows.len() * hd);
+                for &r in rows {
+                    qq.extend_from_slice(&q[r * inner + h * hd..r * inner + (h + 1) * hd]);
                 }
-                let limits = vec![lens[i].clamp(1, s); s];
-                let mut o = vec![0f32; s * hd];
-                let keys = Keys {
-                    kt: &kt,
-                    v: &vv,
-                    stride,
-                };
-                kernels::attention(&qq, &limits, keys, hd, scale, &mut o);
+                let limits = vec![kv.lens[i]; rows.len()];
+                let mut o = vec![0f32; rows.len() * hd];
+                kernels::attention(&qq, &limits, kv.keys(i, h), hd, scale, &mut o);
                 o
             })
             .collect();
-        let mut out = vec![0f32; n * s * inner];
-        for (ih, o) in per_head.iter().enumerate() {
-            let (i, h) = (ih / heads, ih % heads);
-            for j in 0..s {
-                let row = (i * s + j) * inner + h * hd;
-                out[row..row + hd].copy_from_slice(&o[j * hd..(j + 1) * hd]);
+        let mut out = vec![0f32; rows * inner];
+        for (&(i, h), o) in tasks.iter().zip(&per_task) {
+            for (&r, o) in members[i].iter().zip(o.chunks(hd)) {
+                out[r * inner + h * hd..r * inner + (h + 1) * hd].copy_from_slice(o);
             }
         }
-        self.out.0.apply(&out, n * s)
+        self.out.0.apply(&out, rows)
     }
+
+    /// Self-attention of `x` (`Σ lens` rows of `d`, the sequences one
+    /// after the other, no padding) within each sequence: the encoder's.
+    pub(super) fn attend_within(&self, x: &[f32], lens: &[usize]) -> Vec<f32> {
+        let sequence: Vec<usize> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| std::iter::repeat_n(i, l))
+            .collect();
+        let kv = self.head_kv(x, lens);
+        self.attend_rows(x, &sequence, &kv)
+    }
+}
+
+/// The rows of `hidden` (`[n, s, d]`, right-padded) that hold tokens, input
+/// after input: `Σ lens` rows of `d`.
+pub(super) fn unpad(hidden: &Tensor, lens: &[usize]) -> candle_core::Result<Vec<f32>> {
+    let (_, s, d) = hidden.dims3()?;
+    let all: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+    let mut rows = Vec::with_capacity(lens.iter().sum::<usize>() * d);
+    for (i, &l) in lens.iter().enumerate() {
+        rows.extend_from_slice(&all[i * s * d..(i * s + l) * d]);
+    }
+    Ok(rows)
+}
+
+/// `rows` (`Σ lens` rows of `d`, input after input) right-padded with zero
+/// rows into `[n, max lens, d]`.
+pub(super) fn repad(
+    rows: &[f32],
+    lens: &[usize],
+    d: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let s = lens.iter().copied().max().unwrap_or(0);
+    let mut all = vec![0f32; lens.len() * s * d];
+    for ((i, &l), at) in lens.iter().enumerate().zip(offsets(lens)) {
+        all[i * s * d..(i * s + l) * d].copy_from_slice(&rows[at * d..(at + l) * d]);
+    }
+    Tensor::from_vec(all, (lens.len(), s, d), device)
 }
 
 /// The inputs padded with `pad_id` into one `[n, s]` tensor, and the
@@ -335,12 +447,11 @@ pub(super) fn pad(
 }
 
 /// The state of a batch being decoded: per layer, the self-attention keys
-/// and values so far and the cross-attention ones, and each row's mask over
-/// the source.
+/// and values so far and the cross-attention ones (once per input, however
+/// many rows decode it), and the input each row belongs to.
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
-    cross_kv: Vec<(Tensor, Tensor)>,
-    source_bias: Tensor,
+    cross_kv: Vec<HeadKv>,
     /// The input each row belongs to.
     row_input: Vec<usize>,
     /// Tokens decoded so far.
@@ -349,33 +460,24 @@ pub struct DecoderState {
 
 impl DecoderState {
     /// `rows_per_input` rows per input over the encoder's `hidden` states
-    /// (`[inputs, s, d]`) and `source_bias`, with each cross-attention's
-    /// keys and values computed once.
+    /// (`Σ lens` rows of `d`, input after input, no padding), with each
+    /// cross-attention's keys and values computed once.
     pub(super) fn new<'a>(
         cross: impl ExactSizeIterator<Item = &'a Attention>,
-        hidden: &Tensor,
-        source_bias: &Tensor,
+        hidden: &[f32],
+        lens: &[usize],
         rows_per_input: usize,
-    ) -> Result<Self, BackendError> {
-        let inputs = hidden.dim(0)?;
-        let row_input: Vec<usize> = (0..inputs)
+    ) -> Self {
+        let row_input: Vec<usize> = (0..lens.len())
             .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
             .collect();
-        let index: Vec<u32> = row_input.iter().map(|&i| i as u32).collect();
-        let index = Tensor::new(index.as_slice(), hidden.device())?;
         let layers = cross.len();
-        let mut cross_kv = Vec::with_capacity(layers);
-        for attn in cross {
-            let (k, v) = attn.keys_values(hidden)?;
-            cross_kv.push((k.index_select(&index, 0)?, v.index_select(&index, 0)?));
-        }
-        Ok(Self {
+        Self {
             self_kv: vec![None; layers],
-            cross_kv,
-            source_bias: source_bias.index_select(&index, 0)?,
+            cross_kv: cross.map(|attn| attn.head_kv(hidden, lens)).collect(),
             row_input,
             len: 0,
-        })
+        }
     }
 
     /// Tokens decoded so far (the position of the next one).
@@ -404,34 +506,34 @@ impl DecoderState {
         Ok((k, v))
     }
 
-    /// Layer `layer`'s cross-attention keys and values.
-    pub(super) fn cross(&self, layer: usize) -> (&Tensor, &Tensor) {
-        let (k, v) = &self.cross_kv[layer];
-        (k, v)
+    /// Layer `layer`'s cross-attention `attn` of `x` (`[rows, 1, d]`, a
+    /// row per row of the state) over its input's encoder states.
+    pub(super) fn cross_attend(
+        &self,
+        layer: usize,
+        attn: &Attention,
+        x: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, t, d) = x.dims3()?;
+        let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let sequence: Vec<usize> = (self.row_input.iter())
+            .flat_map(|&i| std::iter::repeat_n(i, t))
+            .collect();
+        let out = attn.attend_rows(&flat, &sequence, &self.cross_kv[layer]);
+        Tensor::from_vec(out, (rows, t, d), x.device())
     }
 
-    /// The additive mask over the source (`[rows, 1, 1, s]`).
-    pub(super) fn source_bias(&self) -> &Tensor {
-        &self.source_bias
-    }
-
-    /// Keeps rows `rows` (old indices, in their new order).
+    /// Keeps rows `rows` (old indices, in their new order). The
+    /// cross-attention keys and values stay: they belong to the inputs.
     pub(super) fn select(&mut self, rows: &[usize]) -> Result<(), BackendError> {
-        let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-        let index = Tensor::new(index.as_slice(), self.source_bias.device())?;
-        for kv in self.self_kv.iter_mut().flatten() {
-            *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
-        }
-        let row_input: Vec<usize> = rows.iter().map(|&r| self.row_input[r]).collect();
-        // Beams reordered within their inputs share the inputs' cross-attention
-        // keys and values: they only move when rows change inputs.
-        if row_input != self.row_input {
-            for kv in self.cross_kv.iter_mut() {
+        if let Some(Some((k, _))) = self.self_kv.iter().find(|kv| kv.is_some()) {
+            let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let index = Tensor::new(index.as_slice(), k.device())?;
+            for kv in self.self_kv.iter_mut().flatten() {
                 *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
             }
-            self.source_bias = self.source_bias.index_select(&index, 0)?;
-            self.row_input = row_input;
         }
+        self.row_input = rows.iter().map(|&r| self.row_input[r]).collect();
         Ok(())
     }
 }

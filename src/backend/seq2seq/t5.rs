@@ -29,8 +29,8 @@ use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, e, load_err, pad, read_config, weights, Attention, AttentionSpec, DecoderState,
-    Dense,
+    activation, e, load_err, pad, read_config, unpad, weights, Attention, AttentionSpec,
+    DecoderState, Dense,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::backend::kernels::{Epilogue, PackedF32};
@@ -420,13 +420,14 @@ impl EncoderDecoder for T5 {
     }
 
     fn start(&self, inputs: &[Vec<u32>], rows_per_input: usize) -> Result<T5State, BackendError> {
-        let (hidden, mask) = self.encode(inputs)?;
-        DecoderState::new(
+        let (hidden, _) = self.encode(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        Ok(DecoderState::new(
             self.decoder.iter().map(|b| &b.cross),
-            &hidden,
-            &mask,
+            &unpad(&hidden, &lens)?,
+            &lens,
             rows_per_input,
-        )
+        ))
     }
 
     fn step(&self, state: &mut T5State, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
@@ -443,8 +444,7 @@ impl EncoderDecoder for T5 {
             let (k, v) = state.push_self(i, k, v)?;
             x = (x + block.attn.attend(&h, &k, &v, Some(&self_bias))?)?;
             let h = block.cross_norm.forward(&x)?;
-            let (ck, cv) = state.cross(i);
-            x = (x + block.cross.attend(&h, ck, cv, Some(state.source_bias()))?)?;
+            x = (x + state.cross_attend(i, &block.cross, &h)?)?;
             let h = block.ffn_norm.forward(&x)?;
             x = (x + block.ffn.forward(&h)?)?;
         }
