@@ -10,10 +10,18 @@
 //! models_dir = "/srv/precis"                      # where fetched models live
 //! manifest_dirs = ["/etc/precis/models"]          # extra model manifests
 //!
-//! [server]
+//! [server]                       # each also a `precis serve` flag and a PRECIS_* variable
 //! addr = "127.0.0.1:8080"
 //! max_body_bytes = 2097152
 //! max_chars = 100000
+//! max_request_chars = 400000
+//! max_batch = 64
+//! max_concurrency = 2
+//! queue_depth = 8
+//! timeout_secs = 300
+//! shutdown_grace_secs = 30
+//! api_keys_file = "/etc/precis/keys"
+//! cors_origins = ["https://news.example"]
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -43,16 +51,80 @@ pub struct Config {
     pub server: ServerConfig,
 }
 
-/// The `[server]` table.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+/// The server's settings: the `[server]` table of the configuration file,
+/// and the same settings as `precis serve` flags and `PRECIS_*` environment
+/// variables. One struct fills all three: a flag wins over its variable
+/// (clap), either wins over the file ([`ServerConfig::or`]), and the file
+/// over the built-in defaults (the bracketed values, applied where the
+/// settings are used).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
-    /// Address to listen on.
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "PRECIS_ADDR", hide_env_values = true)]
     pub addr: Option<String>,
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes [default: 2097152].
+    #[arg(long, env = "PRECIS_MAX_BODY_BYTES", hide_env_values = true)]
     pub max_body_bytes: Option<usize>,
-    /// Most characters per article.
+    /// Most characters in one article [default: 100000].
+    #[arg(long, env = "PRECIS_MAX_CHARS", hide_env_values = true)]
     pub max_chars: Option<usize>,
+    /// Most characters in one request, the articles of a batch together
+    /// [default: 400000].
+    #[arg(long, env = "PRECIS_MAX_REQUEST_CHARS", hide_env_values = true)]
+    pub max_request_chars: Option<usize>,
+    /// Most articles in one batch request [default: 64].
+    #[arg(long, env = "PRECIS_MAX_BATCH", hide_env_values = true)]
+    pub max_batch: Option<usize>,
+    /// Requests worked on at once; others wait in the queue [default: 2].
+    #[arg(long, env = "PRECIS_MAX_CONCURRENCY", hide_env_values = true)]
+    pub max_concurrency: Option<usize>,
+    /// Requests that may wait for a slot; past that, new ones get 429 with
+    /// Retry-After [default: 8].
+    #[arg(long, env = "PRECIS_QUEUE_DEPTH", hide_env_values = true)]
+    pub queue_depth: Option<usize>,
+    /// Seconds a request may take, queueing included, before its work is
+    /// cancelled and it gets 504 [default: 300].
+    #[arg(long, env = "PRECIS_TIMEOUT_SECS", hide_env_values = true)]
+    pub timeout_secs: Option<u64>,
+    /// Seconds requests in flight get to finish after SIGINT or SIGTERM
+    /// [default: 30].
+    #[arg(long, env = "PRECIS_SHUTDOWN_GRACE_SECS", hide_env_values = true)]
+    pub shutdown_grace_secs: Option<u64>,
+    /// File of API keys, one a line (`#` starts a comment). With it, or
+    /// with keys in PRECIS_API_KEYS (comma-separated), every route but
+    /// /health and /ready needs `Authorization: Bearer KEY`.
+    #[arg(long, env = "PRECIS_API_KEYS_FILE", hide_env_values = true)]
+    pub api_keys_file: Option<PathBuf>,
+    /// Origins that browsers may call the API from (CORS), comma-separated,
+    /// or `*` for any [default: none].
+    #[arg(
+        long,
+        env = "PRECIS_CORS_ORIGINS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub cors_origins: Option<Vec<String>>,
+}
+
+impl ServerConfig {
+    /// These settings, each unset one taken from `file`.
+    pub fn or(self, file: &ServerConfig) -> ServerConfig {
+        let file = file.clone();
+        ServerConfig {
+            addr: self.addr.or(file.addr),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_chars: self.max_chars.or(file.max_chars),
+            max_request_chars: self.max_request_chars.or(file.max_request_chars),
+            max_batch: self.max_batch.or(file.max_batch),
+            max_concurrency: self.max_concurrency.or(file.max_concurrency),
+            queue_depth: self.queue_depth.or(file.queue_depth),
+            timeout_secs: self.timeout_secs.or(file.timeout_secs),
+            shutdown_grace_secs: self.shutdown_grace_secs.or(file.shutdown_grace_secs),
+            api_keys_file: self.api_keys_file.or(file.api_keys_file),
+            cors_origins: self.cors_origins.or(file.cors_origins),
+        }
+    }
 }
 
 /// Why the configuration file could not be used.

@@ -203,6 +203,14 @@ fn run_jobs(backend: &mut dyn Backend, jobs: Vec<Job>) {
         }
         None => crashed(requests.len()),
     };
+    let model = backend.info().id.clone();
+    let generated: usize = out
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|g| g.generated_tokens)
+        .sum();
+    metrics::counter!("precis_tokens_generated_total", "model" => model)
+        .increment(generated as u64);
     // Hand each job its results, in order; the caller may have gone away.
     let mut per_job: Vec<Vec<Result<Generation, BackendError>>> =
         jobs.iter().map(|_| Vec::new()).collect();
@@ -311,6 +319,8 @@ impl Engine {
         let started = std::time::Instant::now();
         let backend = self.loader.load(&id)?;
         tracing::info!(model = %id, seconds = started.elapsed().as_secs_f32(), "model loaded");
+        metrics::gauge!("precis_model_load_seconds", "model" => id.clone())
+            .set(started.elapsed().as_secs_f64());
         let handle = ModelHandle::spawn(backend);
         models.push(Arc::clone(&handle));
         Ok(handle)

@@ -237,8 +237,9 @@ fn server_digest_bad_input_and_graceful_shutdown() {
         .unwrap();
     let started = Instant::now();
     loop {
+        // /health answers while the model loads; /ready once it has.
         if client
-            .get(format!("{base}/health"))
+            .get(format!("{base}/ready"))
             .send()
             .is_ok_and(|r| r.status() == 200)
         {
@@ -322,7 +323,31 @@ fn server_digest_bad_input_and_graceful_shutdown() {
         200
     );
 
-    // SIGTERM: graceful shutdown, exit 0.
+    // SIGTERM during a request: the request finishes with 200, then the
+    // server exits 0.
+    let in_flight = std::thread::spawn({
+        let (client, base, text) = (client.clone(), base.clone(), text.clone());
+        move || {
+            client
+                .post(format!("{base}/v1/summarize"))
+                .json(&json!({"text": text, "generation": {"max_new_tokens": 40}}))
+                .send()
+                .map(|r| (r.status().as_u16(), r.text().unwrap_or_default()))
+        }
+    });
+    let started = Instant::now();
+    while !client
+        .get(format!("{base}/metrics"))
+        .send()
+        .and_then(|r| r.text())
+        .is_ok_and(|m| m.contains("precis_requests_in_flight 1"))
+    {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the request never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -340,4 +365,9 @@ fn server_digest_bad_input_and_graceful_shutdown() {
         std::thread::sleep(Duration::from_millis(100));
     };
     assert!(exit.success(), "server exit status {exit:?}");
+    let (status, body) = in_flight
+        .join()
+        .unwrap()
+        .expect("the request in flight was answered");
+    assert_eq!(status, 200, "{body}");
 }

@@ -10,7 +10,7 @@ use http_body_util::BodyExt;
 use precis::backend::fake::FakeBackend;
 use precis::backend::Backend;
 use precis::engine::{Engine, EngineError, ModelLoader, Routing};
-use precis::http::{router, AppState, ServerLimits};
+use precis::http::{router, ApiKeys, AppState, ServerLimits};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -20,7 +20,7 @@ struct FakeLoader;
 
 impl ModelLoader for FakeLoader {
     fn canonical(&self, name: &str) -> Option<String> {
-        ["fake", "fake-2", "broken"]
+        ["fake", "fake-2", "fake-cancel", "broken"]
             .contains(&name)
             .then(|| name.to_string())
     }
@@ -35,7 +35,7 @@ impl ModelLoader for FakeLoader {
     }
 }
 
-fn app() -> axum::Router {
+fn engine() -> Arc<Engine> {
     let engine = Engine::new(
         Arc::new(FakeLoader),
         Routing {
@@ -44,14 +44,23 @@ fn app() -> axum::Router {
         },
     );
     engine.load_routed().unwrap();
-    router(AppState {
-        engine: Arc::new(engine),
-        limits: ServerLimits {
-            max_body_bytes: 1024 * 1024,
-            max_chars: 20_000,
-        },
-        default_targets: vec!["ru".into(), "hi".into()],
-    })
+    Arc::new(engine)
+}
+
+fn limits() -> ServerLimits {
+    ServerLimits {
+        max_body_bytes: 1024 * 1024,
+        max_chars: 20_000,
+        ..ServerLimits::default()
+    }
+}
+
+fn state(limits: ServerLimits) -> AppState {
+    AppState::new(engine(), limits, vec!["ru".into(), "hi".into()])
+}
+
+fn app() -> axum::Router {
+    router(state(limits()))
 }
 
 async fn call(app: &axum::Router, method: &str, uri: &str, body: Vec<u8>) -> (StatusCode, Value) {
@@ -364,4 +373,268 @@ async fn concurrent_requests_queue_instead_of_failing() {
         let (status, v) = h.await.unwrap();
         assert_eq!(status, StatusCode::OK, "{v}");
     }
+}
+
+/// A request and its whole answer: status, headers, body as JSON (or
+/// `null` when the body is not JSON).
+async fn send(
+    app: &axum::Router,
+    req: Request<Body>,
+) -> (StatusCode, axum::http::HeaderMap, Value) {
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let (parts, body) = resp.into_parts();
+    let bytes = body.collect().await.unwrap().to_bytes();
+    let value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    (parts.status, parts.headers, value)
+}
+
+fn summarize_request(text: &str) -> Request<Body> {
+    Request::builder()
+        .method("POST")
+        .uri("/v1/summarize")
+        .header("content-type", "application/json")
+        .body(Body::from(
+            serde_json::to_vec(&json!({ "text": text })).unwrap(),
+        ))
+        .unwrap()
+}
+
+/// An article whose summary takes the fake model `words` × 50 ms.
+fn slow_article(words: usize) -> String {
+    let sentence: Vec<String> = (0..words).map(|i| format!("w{i}")).collect();
+    format!("FAKE_SLOW start.\n\nFAKE_SLOW {}.", sentence.join(" "))
+}
+
+#[tokio::test]
+async fn a_burst_past_the_queue_gets_429_with_retry_after_and_no_5xx() {
+    let app = router(state(ServerLimits {
+        max_concurrency: 1,
+        queue_depth: 1,
+        ..limits()
+    }));
+    let mut handles = Vec::new();
+    for _ in 0..6 {
+        let app = app.clone();
+        handles.push(tokio::spawn(async move {
+            send(&app, summarize_request(&slow_article(4))).await
+        }));
+    }
+    let mut counts = std::collections::BTreeMap::new();
+    for h in handles {
+        let (status, headers, v) = h.await.unwrap();
+        *counts.entry(status.as_u16()).or_insert(0) += 1;
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            assert_eq!(code(&v), "queue_full");
+            let after: u64 = headers["retry-after"].to_str().unwrap().parse().unwrap();
+            assert!(after >= 1);
+        } else {
+            assert_eq!(status, StatusCode::OK, "{v}");
+        }
+    }
+    // One at work and one waiting are answered; the other four are refused.
+    assert_eq!(counts.get(&200), Some(&2), "{counts:?}");
+    assert_eq!(counts.get(&429), Some(&4), "{counts:?}");
+    // And the server serves on.
+    let (status, _, _) = send(&app, summarize_request("One more. Fine.")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_request_past_its_deadline_is_504_and_its_slot_comes_back() {
+    let app = router(state(ServerLimits {
+        max_concurrency: 1,
+        timeout: std::time::Duration::from_millis(300),
+        ..limits()
+    }));
+    let started = std::time::Instant::now();
+    let (status, _, v) = send(&app, summarize_request(&slow_article(200))).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT, "{v}");
+    assert_eq!(code(&v), "timeout");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    // The cancelled work gives its slot back within a step of the model.
+    let (status, _, v) = send(&app, summarize_request("Short one. Done.")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+fn tokens_generated(metrics: &str, model: &str) -> u64 {
+    let prefix = format!("precis_tokens_generated_total{{model=\"{model}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map_or(0, |v| v.trim().parse().unwrap())
+}
+
+async fn metrics_text(app: &axum::Router) -> String {
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8(bytes.to_vec()).unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_goes_away_stops_its_generation_and_frees_its_slot() {
+    let app = router(state(ServerLimits {
+        max_concurrency: 1,
+        queue_depth: 1,
+        ..limits()
+    }));
+    let before = tokens_generated(&metrics_text(&app).await, "fake-cancel");
+    // 200 words at 50 ms: 10 s if nothing stopped it.
+    let body = json!({"text": slow_article(200), "model": "fake-cancel"});
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/summarize")
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    let client = tokio::spawn({
+        let app = app.clone();
+        async move { app.oneshot(req).await }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    // The client disconnects: hyper drops the request's future, as this does.
+    client.abort();
+    let started = std::time::Instant::now();
+    let (status, _, v) = send(&app, summarize_request("Next in line. Done.")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the next request waited {:?}: the slot was not freed",
+        started.elapsed()
+    );
+    let stopped = tokens_generated(&metrics_text(&app).await, "fake-cancel") - before;
+    assert!(stopped < 200, "{stopped} tokens: generation did not stop");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let later = tokens_generated(&metrics_text(&app).await, "fake-cancel") - before;
+    assert_eq!(later, stopped, "tokens kept coming after the client left");
+}
+
+#[tokio::test]
+async fn metrics_are_prometheus_text_with_requests_latency_and_queue() {
+    let app = app();
+    let (status, _) = post(&app, "/v1/summarize", json!({"text": "A thing. B."})).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics_text(&app).await;
+    for name in [
+        "# TYPE precis_http_requests_total counter",
+        "# TYPE precis_http_request_duration_seconds histogram",
+        "precis_http_requests_total{route=\"/v1/summarize\",method=\"POST\",status=\"200\"}",
+        "precis_http_request_duration_seconds_bucket{route=\"/v1/summarize\",le=\"",
+        "# TYPE precis_requests_in_flight gauge",
+        "precis_tokens_generated_total{model=\"fake\"}",
+        "precis_model_load_seconds{model=\"fake\"}",
+    ] {
+        assert!(text.contains(name), "no `{name}` in:\n{text}");
+    }
+    for line in text
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
+        let value = line.rsplit(' ').next().unwrap();
+        assert!(value.parse::<f64>().is_ok(), "not a sample line: {line}");
+    }
+}
+
+#[tokio::test]
+async fn ready_is_503_until_the_models_are_loaded_and_work_waits_for_it() {
+    let s = state(limits());
+    s.ready.set(false);
+    let app = router(s.clone());
+    let (status, v) = call(&app, "GET", "/ready", Vec::new()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(v["status"], "not_ready");
+    let (status, _) = call(&app, "GET", "/health", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, v) = post(&app, "/v1/summarize", json!({"text": "A. B."})).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(code(&v), "not_ready");
+    s.ready.set(true);
+    let (status, v) = call(&app, "GET", "/ready", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["status"], "ready");
+}
+
+#[tokio::test]
+async fn api_keys_are_required_when_set_except_for_probes() {
+    let mut s = state(limits());
+    s.api_keys = ApiKeys::new(["k-one", "k-two"]);
+    let app = router(s);
+    let with = |key: Option<&str>| {
+        let mut b = Request::builder()
+            .method("POST")
+            .uri("/v1/summarize")
+            .header("content-type", "application/json");
+        if let Some(k) = key {
+            b = b.header("authorization", format!("Bearer {k}"));
+        }
+        b.body(Body::from(r#"{"text": "A thing. B."}"#)).unwrap()
+    };
+    let (status, headers, v) = send(&app, with(None)).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert_eq!(code(&v), "unauthorized");
+    assert_eq!(headers["www-authenticate"], "Bearer");
+    let (status, _, v) = send(&app, with(Some("k-three"))).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!v.to_string().contains("k-three"));
+    let (status, _, _) = send(&app, with(Some("k-two"))).await;
+    assert_eq!(status, StatusCode::OK);
+    for open in ["/health", "/ready"] {
+        let (status, _) = call(&app, "GET", open, Vec::new()).await;
+        assert_eq!(status, StatusCode::OK, "{open}");
+    }
+    let (status, _) = call(&app, "GET", "/metrics", Vec::new()).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn request_ids_are_echoed_or_made() {
+    let app = app();
+    let req = Request::builder()
+        .uri("/health")
+        .header("x-request-id", "abc-123")
+        .body(Body::empty())
+        .unwrap();
+    let (_, headers, _) = send(&app, req).await;
+    assert_eq!(headers["x-request-id"], "abc-123");
+    let req = Request::builder()
+        .uri("/health")
+        .body(Body::empty())
+        .unwrap();
+    let (_, headers, _) = send(&app, req).await;
+    let made = headers["x-request-id"].to_str().unwrap();
+    assert_eq!(made.len(), 36, "{made}");
+}
+
+#[tokio::test]
+async fn cors_allows_the_configured_origins_only() {
+    let mut s = state(limits());
+    s.cors_origins = vec!["https://news.example".into()];
+    let app = router(s);
+    let preflight = |origin: &str| {
+        Request::builder()
+            .method("OPTIONS")
+            .uri("/v1/summarize")
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .body(Body::empty())
+            .unwrap()
+    };
+    let (_, headers, _) = send(&app, preflight("https://news.example")).await;
+    assert_eq!(
+        headers["access-control-allow-origin"],
+        "https://news.example"
+    );
+    let (_, headers, _) = send(&app, preflight("https://evil.example")).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
+    // Without origins configured, no CORS headers at all.
+    let (_, headers, _) = send(&crate::app(), preflight("https://news.example")).await;
+    assert!(headers.get("access-control-allow-origin").is_none());
 }

@@ -196,24 +196,18 @@ pub enum ModelsCommand {
 /// `precis serve`.
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on [default: 127.0.0.1:8080].
-    #[arg(long, env = "PRECIS_ADDR", hide_env_values = true)]
-    addr: Option<String>,
     /// Default model [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
     #[arg(long, short, env = "PRECIS_MODEL", hide_env_values = true)]
     model: Option<String>,
     /// Do not fetch or load models at start-up; load present ones on first use (never downloads).
     #[arg(long)]
     lazy: bool,
-    /// Largest request body in bytes [default: 2097152].
-    #[arg(long)]
-    max_body_bytes: Option<usize>,
-    /// Most characters per article [default: 100000].
-    #[arg(long)]
-    max_chars: Option<usize>,
     /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
     #[arg(long)]
     cuda: bool,
+    /// Server settings (each also a `[server]` key of the config file).
+    #[command(flatten)]
+    server: crate::config::ServerConfig,
 }
 
 /// Exit code: everything done.
@@ -602,11 +596,14 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
 }
 
 fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Result<i32> {
-    let addr: std::net::SocketAddr = a
-        .addr
-        .or_else(|| config.server.addr.clone())
-        .unwrap_or_else(|| "127.0.0.1:8080".into())
-        .parse()?;
+    let settings = a.server.or(&config.server);
+    let addr_text = settings.addr.as_deref().unwrap_or("127.0.0.1:8080");
+    let addr: std::net::SocketAddr = addr_text.parse().map_err(|e| {
+        anyhow::anyhow!("--addr {addr_text}: {e} (give an address and port, e.g. 127.0.0.1:8080)")
+    })?;
+    let limits = crate::http::ServerLimits::from_config(&settings);
+    let api_keys = api_keys(&settings)?;
+    let grace = std::time::Duration::from_secs(settings.shutdown_grace_secs.unwrap_or(30));
     let choice = Choice {
         model: a.model.as_deref(),
         ..Choice::default()
@@ -619,38 +616,93 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
         .cloned()
         .collect();
     let configured_translators = routing.translators.clone();
-    let store_for_targets = Arc::clone(&store);
+    let targets = manifest_targets(&store, &configured_translators);
     let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
     let engine = Arc::new(Engine::new(loader.clone(), routing));
-    if !a.lazy {
-        if let Err(e) = engine.load_routed() {
-            eprintln!("error: {e}");
-            return Ok(EXIT_MODEL);
-        }
+    let mut state = crate::http::AppState::new(Arc::clone(&engine), limits, targets);
+    state.api_keys = api_keys;
+    state.cors_origins = settings.cors_origins.clone().unwrap_or_default();
+    if let Some(keys) = &state.api_keys {
+        tracing::info!(keys = keys.len(), "API keys required");
     }
-    // From here on no request may trigger a download.
-    loader.forbid_fetch();
-    let default_targets = if a.lazy {
-        manifest_targets(&store_for_targets, &configured_translators)
-    } else {
-        default_targets(&engine)
-    };
-    let limits = crate::http::ServerLimits {
-        max_body_bytes: a
-            .max_body_bytes
-            .or(config.server.max_body_bytes)
-            .unwrap_or(crate::http::ServerLimits::default().max_body_bytes),
-        max_chars: a
-            .max_chars
-            .or(config.server.max_chars)
-            .unwrap_or(crate::http::ServerLimits::default().max_chars),
-    };
-    let state = crate::http::AppState {
-        engine,
-        limits,
-        default_targets,
-    };
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(crate::http::serve(state, addr))?;
+    let listener = rt
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
+    // Serve at once (/health answers, /ready says 503) while the models
+    // load; a model that cannot be loaded stops the server with EXIT_MODEL.
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
+    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    if a.lazy {
+        loader.forbid_fetch();
+    } else {
+        state.ready.set(false);
+        let (ready, targets, failed) = (
+            state.ready.clone(),
+            Arc::clone(&state.default_targets),
+            Arc::clone(&failed),
+        );
+        rt.spawn_blocking(move || {
+            match engine.load_routed() {
+                Ok(()) => {
+                    // From here on no request may trigger a download.
+                    loader.forbid_fetch();
+                    if let Ok(mut t) = targets.write() {
+                        *t = default_targets(&engine);
+                    }
+                    ready.set(true);
+                    tracing::info!("models loaded; ready");
+                }
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let _ = failed_tx.send(());
+                }
+            }
+        });
+    }
+    let stop = async move {
+        // Resolves only when loading failed (a dropped sender means it
+        // succeeded or never ran).
+        if failed_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    rt.block_on(crate::http::serve(state, listener, grace, stop))?;
+    // Work still running past the grace period is not waited for.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+        return Ok(EXIT_MODEL);
+    }
     Ok(EXIT_OK)
+}
+
+/// The API keys `settings` name: the lines of `api_keys_file` and the
+/// comma-separated `PRECIS_API_KEYS`; `None` when neither gives one.
+fn api_keys(
+    settings: &crate::config::ServerConfig,
+) -> anyhow::Result<Option<crate::http::ApiKeys>> {
+    let mut keys: Vec<String> = Vec::new();
+    if let Some(path) = &settings.api_keys_file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            anyhow::anyhow!("cannot read the API keys file {}: {e}", path.display())
+        })?;
+        let found = crate::http::ApiKeys::parse_file(&text);
+        if found.is_none() {
+            anyhow::bail!(
+                "the API keys file {} holds no key (one a line; `#` starts a comment)",
+                path.display()
+            );
+        }
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    if let Ok(list) = std::env::var("PRECIS_API_KEYS") {
+        keys.extend(list.split(',').map(|k| k.trim().to_string()));
+    }
+    Ok(crate::http::ApiKeys::new(keys.iter().map(String::as_str)))
 }

@@ -46,8 +46,18 @@ pub enum ErrorCode {
     UnknownModel,
     /// 422: strict mode and the output was flagged.
     Flagged,
+    /// 401: no API key, or one the server does not know.
+    Unauthorized,
+    /// 429: every slot is busy and the queue is full (`Retry-After` says
+    /// when to try again).
+    QueueFull,
     /// 503: a known model cannot be loaded.
     ModelUnavailable,
+    /// 503: the server is starting (models loading) or shutting down.
+    NotReady,
+    /// 504: the request ran past the server's time limit; its work was
+    /// cancelled.
+    Timeout,
     /// 500: something failed inside the server.
     Internal,
 }
@@ -72,7 +82,10 @@ impl ErrorCode {
             UnknownField | InvalidRequest | EmptyText | TextTooLong | InputTooLong
             | UnsupportedLanguage | DuplicateLanguage | NoTargetLanguage | UnknownModel
             | Flagged => StatusCode::UNPROCESSABLE_ENTITY,
-            ModelUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Unauthorized => StatusCode::UNAUTHORIZED,
+            QueueFull => StatusCode::TOO_MANY_REQUESTS,
+            ModelUnavailable | NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Timeout => StatusCode::GATEWAY_TIMEOUT,
             Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -85,6 +98,8 @@ pub struct ApiError {
     pub code: ErrorCode,
     /// A message for the caller: what went wrong and what to do.
     pub message: String,
+    /// Seconds to wait before retrying (sent as `Retry-After`).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -93,6 +108,7 @@ impl ApiError {
         Self {
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 }
@@ -116,7 +132,13 @@ impl IntoResponse for ApiError {
                 message: &self.message,
             },
         };
-        (self.code.status(), Json(body)).into_response()
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if let Some(after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, after.into());
+        }
+        response
     }
 }
 

@@ -1,24 +1,32 @@
-//! The REST API (axum only here): JSON in and out, one error format, a body
-//! size limit, and the engine behind it. Work runs on blocking threads; a
-//! client that goes away cancels its work.
+//! The REST API (axum only here): JSON in and out, one error format, limits,
+//! admission (slots and a bounded queue), API keys, CORS, request ids,
+//! metrics, and the engine behind it. Work runs on blocking threads; a
+//! client that goes away, or a request past its deadline, cancels its work.
 //!
 //! Routes: `POST /v1/summarize`, `POST /v1/translate`, `POST /v1/digest`,
-//! `GET /v1/models`, `GET /health`.
+//! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
 
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
 
 pub mod error;
+pub mod ops;
 
 pub use error::{ApiError, ErrorCode};
+pub use ops::{Admission, ApiKeys, Readiness};
 
 use crate::backend::ModelInfo;
 use crate::engine::Engine;
@@ -27,20 +35,53 @@ use crate::task::{
     TaskResult,
 };
 
-/// Server limits.
+/// Server limits (see [`crate::config::ServerConfig`] for how they are set).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Largest request body, in bytes.
     pub max_body_bytes: usize,
     /// Most characters in one article's text.
     pub max_chars: usize,
+    /// Most characters in one request (a batch's articles together).
+    pub max_request_chars: usize,
+    /// Most articles in one batch request.
+    pub max_batch: usize,
+    /// Requests worked on at once.
+    pub max_concurrency: usize,
+    /// Requests that may wait for a slot.
+    pub queue_depth: usize,
+    /// Time a request may take, queueing included.
+    pub timeout: Duration,
 }
 
 impl Default for ServerLimits {
+    /// Sized for a small machine (2 cores): two requests at work (the
+    /// model worker batches what they send), eight waiting.
     fn default() -> Self {
         Self {
             max_body_bytes: 2 * 1024 * 1024,
             max_chars: 100_000,
+            max_request_chars: 400_000,
+            max_batch: 64,
+            max_concurrency: 2,
+            queue_depth: 8,
+            timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+impl ServerLimits {
+    /// The limits `config` sets, defaults for the rest.
+    pub fn from_config(config: &crate::config::ServerConfig) -> Self {
+        let d = Self::default();
+        Self {
+            max_body_bytes: config.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_chars: config.max_chars.unwrap_or(d.max_chars),
+            max_request_chars: config.max_request_chars.unwrap_or(d.max_request_chars),
+            max_batch: config.max_batch.unwrap_or(d.max_batch),
+            max_concurrency: config.max_concurrency.unwrap_or(d.max_concurrency),
+            queue_depth: config.queue_depth.unwrap_or(d.queue_depth),
+            timeout: config.timeout_secs.map_or(d.timeout, Duration::from_secs),
         }
     }
 }
@@ -52,15 +93,44 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Limits.
     pub limits: ServerLimits,
-    /// Targets of a digest whose request has no `to`.
-    pub default_targets: Vec<String>,
+    /// Targets of a digest whose request has no `to` (known once the
+    /// translators are loaded).
+    pub default_targets: Arc<RwLock<Vec<String>>>,
+    /// Slots and queue (sized from `limits`).
+    pub admission: Arc<Admission>,
+    /// Whether the models are loaded and the server is not shutting down.
+    pub ready: Readiness,
+    /// Keys a request must carry; `None`: no key needed.
+    pub api_keys: Option<ApiKeys>,
+    /// Origins allowed by CORS (`*`: any); empty: no CORS headers.
+    pub cors_origins: Vec<String>,
+}
+
+impl AppState {
+    /// A ready server over `engine` with `limits`, no keys and no CORS.
+    pub fn new(engine: Arc<Engine>, limits: ServerLimits, default_targets: Vec<String>) -> Self {
+        Self {
+            admission: Admission::new(limits.max_concurrency, limits.queue_depth),
+            engine,
+            limits,
+            default_targets: Arc::new(RwLock::new(default_targets)),
+            ready: Readiness::new(true),
+            api_keys: None,
+            cors_origins: Vec::new(),
+        }
+    }
 }
 
 /// Builds the router.
 pub fn router(state: AppState) -> Router {
+    ops::prometheus();
     let limit = state.limits.max_body_bytes;
-    Router::new()
+    let keys = state.api_keys.clone();
+    let cors = cors_layer(&state.cors_origins);
+    let mut app = Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
+        .route("/metrics", get(ops::metrics_text))
         .route("/v1/models", get(models))
         .route("/v1/summarize", post(summarize))
         .route("/v1/translate", post(translate))
@@ -68,7 +138,59 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(state)
+        .with_state(state);
+    if let Some(keys) = keys {
+        app = app.layer(middleware::from_fn_with_state(keys, ops::authorize));
+    }
+    app = app.layer(middleware::from_fn(ops::track));
+    if let Some(cors) = cors {
+        app = app.layer(cors);
+    }
+    let request_id = HeaderName::from_static("x-request-id");
+    app.layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+}
+
+/// CORS for `origins` (`*`: any); `None` when there are none.
+fn cors_layer(origins: &[String]) -> Option<CorsLayer> {
+    if origins.is_empty() {
+        return None;
+    }
+    let base = CorsLayer::new()
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            axum::http::header::CONTENT_TYPE,
+            axum::http::header::AUTHORIZATION,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([
+            HeaderName::from_static("x-request-id"),
+            axum::http::header::RETRY_AFTER,
+        ]);
+    if origins.iter().any(|o| o == "*") {
+        return Some(base.allow_origin(AllowOrigin::any()));
+    }
+    let list: Vec<HeaderValue> = origins
+        .iter()
+        .filter_map(|o| match HeaderValue::from_str(o.trim()) {
+            Ok(v) => Some(v),
+            Err(_) => {
+                tracing::warn!(origin = %o, "CORS origin is not a valid header value; left out");
+                None
+            }
+        })
+        .collect();
+    Some(base.allow_origin(AllowOrigin::list(list)))
 }
 
 async fn not_found() -> ApiError {
@@ -271,10 +393,21 @@ async fn run_job(state: AppState, job: Job) -> Result<Json<TaskResult>, ApiError
             ));
         }
     }
+    if !state.ready.get() {
+        return Err(ApiError::new(
+            ErrorCode::NotReady,
+            "the server is not ready (models loading, or shutting down); GET /ready says when it is",
+        ));
+    }
+    let deadline = ops::deadline(state.limits.timeout);
+    let slot = state.admission.enter(deadline).await?;
     let cancel = CancelToken::new();
     let guard = CancelOnDrop(cancel.clone());
     let engine = Arc::clone(&state.engine);
-    let result = tokio::task::spawn_blocking(move || {
+    // The slot goes with the work: it is free again when the work has
+    // stopped, not when the client has gone.
+    let work = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
         engine.run(
             job.task,
             &job.article,
@@ -283,15 +416,17 @@ async fn run_job(state: AppState, job: Job) -> Result<Json<TaskResult>, ApiError
             &cancel,
             &|_| {},
         )
-    })
-    .await
-    .map_err(|e| {
-        tracing::error!("task thread failed: {e}");
-        ApiError::new(
-            ErrorCode::Internal,
-            "the request failed inside the server; see the server log",
-        )
-    })?;
+    });
+    let result = tokio::time::timeout_at(deadline, work)
+        .await
+        .map_err(|_| ops::timed_out())?
+        .map_err(|e| {
+            tracing::error!("task thread failed: {e}");
+            ApiError::new(
+                ErrorCode::Internal,
+                "the request failed inside the server; see the server log",
+            )
+        })?;
     drop(guard);
     Ok(Json(result?))
 }
@@ -355,7 +490,11 @@ async fn digest(
     let mut opts = options(req.clean, req.strict, req.generation);
     opts.to = match &req.to {
         Some(to) => normalise_languages(to),
-        None => state.default_targets.clone(),
+        None => state
+            .default_targets
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_default(),
     };
     opts.length = req.length;
     opts.full = req.full.unwrap_or(false);
@@ -377,8 +516,16 @@ struct Health {
     status: &'static str,
 }
 
+/// `GET /health`: 200 while the process serves.
 async fn health() -> impl IntoResponse {
     Json(Health { status: "ok" })
+}
+
+/// `GET /ready`: 200 once the models are loaded, 503 before and while
+/// shutting down.
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let (status, word) = ops::readiness_answer(state.ready.get());
+    (status, Json(Health { status: word }))
 }
 
 /// `GET /v1/models` answer.
@@ -393,17 +540,50 @@ pub struct ModelsResponse {
 async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
     Json(ModelsResponse {
         models: state.engine.loaded(),
-        default_targets: state.default_targets.clone(),
+        default_targets: state
+            .default_targets
+            .read()
+            .map(|t| t.clone())
+            .unwrap_or_default(),
     })
 }
 
-/// Serves the router on `addr` until SIGINT or SIGTERM, then finishes in-flight requests.
-pub async fn serve(state: AppState, addr: std::net::SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+/// Serves the router on `listener` until SIGINT or SIGTERM (or `stop`
+/// resolves); then stops taking connections, answers /ready with 503, and
+/// lets the requests in flight finish for up to `grace` before returning.
+pub async fn serve(
+    state: AppState,
+    listener: tokio::net::TcpListener,
+    grace: Duration,
+    stop: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await
+    let ready = state.ready.clone();
+    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown_signal() => {},
+            _ = stop => {},
+        }
+        tracing::info!(
+            grace_secs = grace.as_secs(),
+            "shutting down: no new connections; finishing requests in flight"
+        );
+        ready.set(false);
+        let _ = tx.send(true);
+    };
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
+    let deadline = async move {
+        let _ = rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    tokio::select! {
+        r = std::future::IntoFuture::into_future(server) => r,
+        _ = deadline => {
+            tracing::warn!("shutdown grace period over; exiting with requests still in flight");
+            Ok(())
+        }
+    }
 }
 
 async fn shutdown_signal() {
@@ -425,5 +605,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {},
         _ = term => {},
     }
-    tracing::info!("shutting down: finishing requests in flight");
 }

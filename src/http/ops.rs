@@ -1,0 +1,370 @@
+//! What running the API as a service needs around the handlers: admission
+//! (a fixed number of slots and a bounded queue), API keys, Prometheus
+//! metrics, and readiness.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use super::{ApiError, ErrorCode};
+
+/// Slots for requests in flight, and a bounded queue in front of them.
+#[derive(Debug)]
+pub struct Admission {
+    slots: Arc<Semaphore>,
+    capacity: usize,
+    waiting: AtomicUsize,
+    queue_depth: usize,
+    /// How long requests held their slot lately (ms, smoothed): what
+    /// `Retry-After` is worked out from.
+    recent_ms: AtomicU64,
+}
+
+/// A request's slot, held while its work runs (also on a worker thread,
+/// after the client has gone, until the work has stopped).
+#[derive(Debug)]
+pub struct Slot {
+    _permit: OwnedSemaphorePermit,
+    admission: Arc<Admission>,
+    since: Instant,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let ms = self.since.elapsed().as_millis() as u64;
+        // A running mean over about the last eight requests.
+        let old = self.admission.recent_ms.load(Ordering::Relaxed);
+        let new = if old == 0 { ms } else { (old * 7 + ms) / 8 };
+        self.admission.recent_ms.store(new, Ordering::Relaxed);
+        metrics::gauge!("precis_requests_in_flight").decrement(1.0);
+    }
+}
+
+/// Counts a request out of the queue however it leaves it.
+struct Waiting<'a>(&'a AtomicUsize);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+        metrics::gauge!("precis_queue_depth").decrement(1.0);
+    }
+}
+
+impl Admission {
+    /// `max_concurrency` slots (at least one) and room for `queue_depth`
+    /// waiting requests.
+    pub fn new(max_concurrency: usize, queue_depth: usize) -> Arc<Self> {
+        let capacity = max_concurrency.max(1);
+        Arc::new(Self {
+            slots: Arc::new(Semaphore::new(capacity)),
+            capacity,
+            waiting: AtomicUsize::new(0),
+            queue_depth,
+            recent_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot: at once when one is free, else after waiting in the queue
+    /// until `deadline` (504 past it); 429 with `Retry-After` when the queue
+    /// is full.
+    pub async fn enter(self: &Arc<Self>, deadline: Instant) -> Result<Slot, ApiError> {
+        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue_depth {
+                    self.waiting.fetch_sub(1, Ordering::SeqCst);
+                    return Err(self.queue_full());
+                }
+                metrics::gauge!("precis_queue_depth").increment(1.0);
+                let _waiting = Waiting(&self.waiting);
+                let wait = Arc::clone(&self.slots).acquire_owned();
+                match tokio::time::timeout_at(deadline, wait).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(ApiError::new(ErrorCode::Internal, "closed")),
+                    Err(_) => return Err(timed_out()),
+                }
+            }
+        };
+        metrics::gauge!("precis_requests_in_flight").increment(1.0);
+        Ok(Slot {
+            _permit: permit,
+            admission: Arc::clone(self),
+            since: Instant::now(),
+        })
+    }
+
+    /// Seconds a client should wait before trying again: about how long
+    /// the queue ahead of it takes to drain, at least one.
+    pub fn retry_after(&self) -> u64 {
+        let per_request = self.recent_ms.load(Ordering::Relaxed).max(1000);
+        let rounds = (self.queue_depth / self.capacity).max(1) as u64;
+        (per_request * rounds).div_ceil(1000)
+    }
+
+    fn queue_full(&self) -> ApiError {
+        let after = self.retry_after();
+        let mut e = ApiError::new(
+            ErrorCode::QueueFull,
+            format!(
+                "the server is busy: {} requests in flight and {} waiting (--max-concurrency, --queue-depth); retry in {after} s",
+                self.capacity, self.queue_depth
+            ),
+        );
+        e.retry_after = Some(after);
+        e
+    }
+}
+
+/// The answer when a request ran past its deadline.
+pub fn timed_out() -> ApiError {
+    ApiError::new(
+        ErrorCode::Timeout,
+        "the request took longer than this server allows (--timeout-secs); its work was cancelled: send a shorter text or raise the limit",
+    )
+}
+
+/// API keys, kept as SHA-256 digests (the keys themselves are never logged
+/// nor kept).
+#[derive(Clone)]
+pub struct ApiKeys(Arc<Vec<[u8; 32]>>);
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ApiKeys({} keys)", self.0.len())
+    }
+}
+
+impl ApiKeys {
+    /// The non-empty keys given; `None` when there are none.
+    pub fn new<'a>(keys: impl IntoIterator<Item = &'a str>) -> Option<Self> {
+        let digests: Vec<[u8; 32]> = keys
+            .into_iter()
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+            .map(|k| Sha256::digest(k.as_bytes()).into())
+            .collect();
+        (!digests.is_empty()).then(|| Self(Arc::new(digests)))
+    }
+
+    /// Keys from a file's text: one a line, blank lines and `#` comments
+    /// skipped.
+    pub fn parse_file(text: &str) -> Option<Self> {
+        Self::new(text.lines().map(str::trim).filter(|l| !l.starts_with('#')))
+    }
+
+    /// How many keys there are.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Never true: a set of keys has at least one.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Whether `key` is one of them (compared in constant time per key).
+    pub fn accepts(&self, key: &str) -> bool {
+        let d: [u8; 32] = Sha256::digest(key.as_bytes()).into();
+        self.0.iter().fold(false, |found, k| {
+            let diff = k.iter().zip(&d).fold(0u8, |acc, (a, b)| acc | (a ^ b));
+            found | (diff == 0)
+        })
+    }
+}
+
+/// Routes open without a key: what load balancers and orchestrators probe.
+fn open_route(path: &str) -> bool {
+    matches!(path, "/health" | "/ready")
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+/// Middleware: requires `Authorization: Bearer KEY` with a known key (401
+/// otherwise) on every route but /health and /ready.
+pub async fn authorize(State(keys): State<ApiKeys>, req: Request, next: Next) -> Response {
+    if open_route(req.uri().path()) {
+        return next.run(req).await;
+    }
+    match bearer(req.headers()) {
+        Some(key) if keys.accepts(key) => next.run(req).await,
+        given => {
+            let message = if given.is_some() {
+                "the API key is not valid"
+            } else {
+                "this server needs an API key: send `Authorization: Bearer KEY`"
+            };
+            let mut r = ApiError::new(ErrorCode::Unauthorized, message).into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("valid"));
+            r
+        }
+    }
+}
+
+/// The process's Prometheus recorder (one per process: every router built
+/// in it reports there).
+pub fn prometheus() -> &'static PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE.get_or_init(|| {
+        let buckets = [
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0,
+        ];
+        let recorder = PrometheusBuilder::new()
+            .set_buckets(&buckets)
+            .expect("buckets are not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        // Another recorder may be installed already (an embedding
+        // program's); then this one only renders what it is given.
+        let _ = metrics::set_global_recorder(recorder);
+        describe();
+        handle
+    })
+}
+
+fn describe() {
+    metrics::describe_counter!(
+        "precis_http_requests_total",
+        "HTTP requests answered, by route, method and status"
+    );
+    metrics::describe_histogram!(
+        "precis_http_request_duration_seconds",
+        metrics::Unit::Seconds,
+        "time to answer HTTP requests, by route"
+    );
+    metrics::describe_gauge!("precis_requests_in_flight", "requests holding a slot");
+    metrics::describe_gauge!("precis_queue_depth", "requests waiting for a slot");
+    metrics::describe_counter!(
+        "precis_tokens_generated_total",
+        "tokens generated, by model"
+    );
+    metrics::describe_gauge!(
+        "precis_model_load_seconds",
+        metrics::Unit::Seconds,
+        "time the model took to load, by model"
+    );
+}
+
+/// Middleware: counts every answer by route, method and status, and times it.
+pub async fn track(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().to_string();
+    let started = Instant::now();
+    let response = next.run(req).await;
+    let status = response.status().as_u16().to_string();
+    metrics::counter!("precis_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
+        .increment(1);
+    metrics::histogram!("precis_http_request_duration_seconds", "route" => route)
+        .record(started.elapsed().as_secs_f64());
+    response
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics_text() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        prometheus().render(),
+    )
+        .into_response()
+}
+
+/// Whether the server takes work: its models are loaded and it is not
+/// shutting down.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness(Arc<AtomicBool>);
+
+impl Readiness {
+    /// Ready (`true`) or not.
+    pub fn new(ready: bool) -> Self {
+        Self(Arc::new(AtomicBool::new(ready)))
+    }
+
+    /// Sets it.
+    pub fn set(&self, ready: bool) {
+        self.0.store(ready, Ordering::SeqCst);
+    }
+
+    /// Whether it is ready.
+    pub fn get(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// `ready` or `not_ready` with its status.
+pub fn readiness_answer(ready: bool) -> (StatusCode, &'static str) {
+    if ready {
+        (StatusCode::OK, "ready")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not_ready")
+    }
+}
+
+/// A deadline `timeout` from now.
+pub fn deadline(timeout: Duration) -> Instant {
+    Instant::now() + timeout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_come_from_lines_without_comments_and_match_exactly() {
+        let keys = ApiKeys::parse_file("# ops team\nalpha-1\n\n  beta-2  \n").unwrap();
+        assert_eq!(keys.len(), 2);
+        assert!(keys.accepts("alpha-1") && keys.accepts("beta-2"));
+        assert!(!keys.accepts("alpha-") && !keys.accepts("# ops team") && !keys.accepts(""));
+        assert!(ApiKeys::parse_file("# nothing\n\n").is_none());
+        assert!(!format!("{keys:?}").contains("alpha"));
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_case_insensitively() {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, "bearer k1".parse().unwrap());
+        assert_eq!(bearer(&h), Some("k1"));
+        h.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
+        assert_eq!(bearer(&h), None);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_with_a_retry_time() {
+        let a = Admission::new(1, 1);
+        let far = deadline(Duration::from_secs(60));
+        let first = a.enter(far).await.unwrap();
+        let a2 = Arc::clone(&a);
+        let queued = tokio::spawn(async move { a2.enter(far).await.map(|_| ()) });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let e = a.enter(far).await.unwrap_err();
+        assert_eq!(e.code, ErrorCode::QueueFull);
+        assert!(e.retry_after.unwrap() >= 1);
+        drop(first);
+        queued.await.unwrap().unwrap();
+        // A wait past the deadline is a timeout.
+        let _held = a.enter(far).await.unwrap();
+        let e = a
+            .enter(deadline(Duration::from_millis(20)))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code, ErrorCode::Timeout);
+    }
+}
