@@ -638,3 +638,255 @@ async fn cors_allows_the_configured_origins_only() {
     let (_, headers, _) = send(&crate::app(), preflight("https://news.example")).await;
     assert!(headers.get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test]
+async fn a_batch_answers_every_article_in_order_each_with_its_own_error() {
+    let app = app();
+    let body = json!([
+        {"text": "First story happened. More.", "id": "a"},
+        {"text": ""},
+        {"text": "Third story. Yes.", "colour": "red"},
+        "not an object",
+        {"text": "Fifth story FAKE_PANIC. End."},
+        {"text": "Sixth story happened. Done.", "id": "f"}
+    ]);
+    let (status, v) = post(&app, "/v1/summarize", body).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.len(), 6);
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i);
+    }
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(results[0]["result"]["id"], "a");
+    assert!(results[0]["result"]["summary"]["text"]
+        .as_str()
+        .unwrap()
+        .contains("First"));
+    assert_eq!(results[1]["status"], 422);
+    assert_eq!(results[1]["error"]["code"], "empty_text");
+    assert_eq!(results[2]["error"]["code"], "unknown_field");
+    assert_eq!(results[3]["error"]["code"], "invalid_request");
+    assert_eq!(results[4]["status"], 500);
+    assert_eq!(results[4]["error"]["code"], "internal");
+    assert_eq!(results[5]["status"], 200);
+    assert_eq!(results[5]["result"]["id"], "f");
+    // Translate and digest take arrays too.
+    let (status, v) = post(
+        &app,
+        "/v1/translate",
+        json!([{"text": "Hello there.", "to": ["ru"]}, {"text": "Bye.", "to": ["xx"]}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["results"][0]["status"], 200);
+    assert_eq!(v["results"][1]["error"]["code"], "unsupported_language");
+    let (status, v) = post(
+        &app,
+        "/v1/digest",
+        json!([{"text": "A thing happened. B."}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v["results"][0]["result"]["translations"][0]["language"],
+        "ru"
+    );
+}
+
+#[tokio::test]
+async fn batch_limits_name_themselves() {
+    let app = router(state(ServerLimits {
+        max_batch: 2,
+        max_request_chars: 50,
+        ..limits()
+    }));
+    let (status, v) = post(&app, "/v1/summarize", json!([])).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "empty_batch");
+    let (status, v) = post(
+        &app,
+        "/v1/summarize",
+        json!([{"text": "A."}, {"text": "B."}, {"text": "C."}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "batch_too_large");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-batch"));
+    let long = "x".repeat(30);
+    let (status, v) = post(
+        &app,
+        "/v1/summarize",
+        json!([{"text": long}, {"text": long}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "request_too_long");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-request-chars"));
+}
+
+#[tokio::test]
+async fn bodies_of_the_wrong_type_are_422_and_the_server_serves_on() {
+    let app = app();
+    for body in [
+        json!(42),
+        json!("text"),
+        json!(null),
+        json!(true),
+        json!({"text": 5}),
+        json!({"text": ["a"]}),
+        json!({"text": "A.", "to": "ru"}),
+        json!({"text": "A.", "length": {"sentences": "three"}}),
+        json!({"text": "A.", "generation": {"max_new_tokens": -1}}),
+    ] {
+        let (status, v) = post(&app, "/v1/translate", body.clone()).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert!(
+            ["invalid_request", "unknown_field"].contains(&code(&v)),
+            "{body}: {v}"
+        );
+    }
+    let huge = "word ".repeat(5_000);
+    let (status, v) = post(&app, "/v1/summarize", json!({ "text": huge })).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "text_too_long");
+    let (status, _) = call(&app, "GET", "/health", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+/// Every route the router serves, with its method.
+const ROUTES: [(&str, &str); 9] = [
+    ("post", "/v1/summarize"),
+    ("post", "/v1/translate"),
+    ("post", "/v1/digest"),
+    ("get", "/v1/models"),
+    ("get", "/health"),
+    ("get", "/ready"),
+    ("get", "/metrics"),
+    ("get", "/openapi.json"),
+    ("get", "/docs"),
+];
+
+/// Every `$ref` in `v`.
+fn refs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(m) => {
+            if let Some(Value::String(r)) = m.get("$ref") {
+                out.push(r.clone());
+            }
+            m.values().for_each(|x| refs(x, out));
+        }
+        Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
+        _ => {}
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_lists_every_route_and_resolves_every_reference() {
+    let app = app();
+    let (status, doc) = call(&app, "GET", "/openapi.json", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    assert_eq!(doc["info"]["title"], "precis");
+    assert!(doc["info"]["version"].is_string());
+    let paths = doc["paths"].as_object().unwrap();
+    for (method, path) in ROUTES {
+        let op = &paths
+            .get(path)
+            .unwrap_or_else(|| panic!("{path} is not in the document"))[method];
+        assert!(op.is_object(), "{method} {path} is not in the document");
+        assert!(op["responses"]["200"].is_object(), "{method} {path}");
+    }
+    let documented: usize = paths.values().map(|p| p.as_object().unwrap().len()).sum();
+    assert_eq!(
+        documented,
+        ROUTES.len(),
+        "the document has routes the router lacks"
+    );
+    // Every documented route exists on the router.
+    for (method, path) in ROUTES {
+        let req = Request::builder()
+            .method(method.to_uppercase().as_str())
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(Body::from("{}"))
+            .unwrap();
+        let (status, _, _) = send(&app, req).await;
+        assert!(
+            status != StatusCode::NOT_FOUND && status != StatusCode::METHOD_NOT_ALLOWED,
+            "{method} {path}: {status}"
+        );
+    }
+    let schemas = doc["components"]["schemas"].as_object().unwrap();
+    let mut all = Vec::new();
+    refs(&doc, &mut all);
+    assert!(!all.is_empty());
+    for r in all {
+        let name = r
+            .strip_prefix("#/components/schemas/")
+            .expect("a schema reference");
+        assert!(schemas.contains_key(name), "{r} does not resolve");
+    }
+    // Request and response types carry examples.
+    for name in [
+        "SummarizeRequest",
+        "TranslateRequest",
+        "DigestRequest",
+        "BatchResponse",
+        "ErrorBody",
+        "ModelsResponse",
+    ] {
+        assert!(
+            schemas[name]["example"].is_object(),
+            "{name} has no example"
+        );
+    }
+    // The error codes the document lists are the ones the server uses.
+    let codes: Vec<&str> = schemas["ErrorCode"]["enum"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap())
+        .collect();
+    for c in [
+        "queue_full",
+        "timeout",
+        "unauthorized",
+        "not_ready",
+        "empty_batch",
+    ] {
+        assert!(codes.contains(&c), "{c}");
+    }
+}
+
+#[tokio::test]
+async fn the_docs_page_describes_every_route_and_needs_nothing_from_elsewhere() {
+    let app = app();
+    let req = Request::builder().uri("/docs").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    for (_, path) in ROUTES {
+        assert!(page.contains(&format!("<code>{path}</code>")), "{path}");
+    }
+    assert!(page.contains("id=\"schema-TaskResult\""));
+    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+}

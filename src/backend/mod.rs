@@ -58,7 +58,7 @@ impl ChatMessage {
 }
 
 /// How to generate. Serialised into every result so a reader knows what produced it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationParams {
     /// Hard limit on generated tokens.
@@ -163,7 +163,7 @@ pub enum Flow {
 }
 
 /// How a model is asked for text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ModelKind {
     /// A chat model: requests are prompts, rendered with its chat template.
@@ -180,7 +180,7 @@ pub enum ModelKind {
 }
 
 /// What a loaded model is.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
     /// How it is asked for text.
     pub kind: ModelKind,

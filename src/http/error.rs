@@ -12,7 +12,7 @@ use crate::engine::EngineError;
 use crate::task::TaskError;
 
 /// Error codes, with their HTTP status. The README's catalogue lists the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum ErrorCode {
@@ -34,6 +34,12 @@ pub enum ErrorCode {
     EmptyText,
     /// 422: the text has more characters than allowed.
     TextTooLong,
+    /// 422: a batch's articles have more characters together than allowed.
+    RequestTooLong,
+    /// 422: a batch (array) with no articles.
+    EmptyBatch,
+    /// 422: a batch with more articles than allowed.
+    BatchTooLarge,
     /// 422: the input does not fit the model and cannot be split.
     InputTooLong,
     /// 422: no present model writes this language.
@@ -79,9 +85,11 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnknownField | InvalidRequest | EmptyText | TextTooLong | InputTooLong
-            | UnsupportedLanguage | DuplicateLanguage | NoTargetLanguage | UnknownModel
-            | Flagged => StatusCode::UNPROCESSABLE_ENTITY,
+            UnknownField | InvalidRequest | EmptyText | TextTooLong | RequestTooLong
+            | EmptyBatch | BatchTooLarge | InputTooLong | UnsupportedLanguage
+            | DuplicateLanguage | NoTargetLanguage | UnknownModel | Flagged => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Unauthorized => StatusCode::UNAUTHORIZED,
             QueueFull => StatusCode::TOO_MANY_REQUESTS,
             ModelUnavailable | NotReady => StatusCode::SERVICE_UNAVAILABLE,
@@ -113,24 +121,37 @@ impl ApiError {
     }
 }
 
-#[derive(Serialize)]
-struct Body<'a> {
-    error: Inner<'a>,
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"error": {"code": "unsupported_language", "message": "unsupported language `xx`; supported: ru (Russian), hi (Hindi)"}}))]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
 }
 
-#[derive(Serialize)]
-struct Inner<'a> {
-    code: ErrorCode,
-    message: &'a str,
+/// What an error body holds: its code and message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// The code.
+    pub code: ErrorCode,
+    /// The message.
+    pub message: String,
+}
+
+impl ApiError {
+    /// The code and message, as an error body holds them.
+    pub fn detail(&self) -> ErrorDetail {
+        ErrorDetail {
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body = Body {
-            error: Inner {
-                code: self.code,
-                message: &self.message,
-            },
+        let body = ErrorBody {
+            error: self.detail(),
         };
         let mut response = (self.code.status(), Json(body)).into_response();
         if let Some(after) = self.retry_after {

@@ -18,15 +18,17 @@ use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
+use tokio::time::Instant;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub mod docs;
 pub mod error;
 pub mod ops;
 
 pub use error::{ApiError, ErrorCode};
-pub use ops::{Admission, ApiKeys, Readiness};
+pub use ops::{Admission, ApiKeys, Readiness, Slot};
 
 use crate::backend::ModelInfo;
 use crate::engine::Engine;
@@ -131,6 +133,8 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(health))
         .route("/ready", get(ready))
         .route("/metrics", get(ops::metrics_text))
+        .route("/openapi.json", get(docs::openapi_json))
+        .route("/docs", get(docs::docs_page))
         .route("/v1/models", get(models))
         .route("/v1/summarize", post(summarize))
         .route("/v1/translate", post(translate))
@@ -207,33 +211,60 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// A JSON body with the API's own errors: invalid UTF-8 and malformed JSON are
-/// 400, unknown fields and wrong types 422, an oversized body 413.
-pub struct ApiJson<T>(pub T);
+/// Reads a request's body, with the API's errors (413 past the limit).
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state).await.map_err(|e| {
+        if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                "the request body is larger than this server accepts (see --max-body-bytes)",
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::MalformedJson,
+                format!("cannot read the body: {e}"),
+            )
+        }
+    })
+}
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+/// A job route's body: one request object, or an array of them (a batch),
+/// whose items are read one by one so that a bad item fails alone.
+pub enum OneOrMany<T> {
+    /// A single request.
+    One(T),
+    /// A batch: each item, or why it cannot be read.
+    Many(Vec<Result<T, ApiError>>),
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OneOrMany<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
-            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    "the request body is larger than this server accepts (see --max-body-bytes)",
-                )
-            } else {
-                ApiError::new(
-                    ErrorCode::MalformedJson,
-                    format!("cannot read the body: {e}"),
-                )
-            }
-        })?;
-        parse_body(&bytes).map(ApiJson)
+        parse_one_or_many(&read_body(req, state).await?)
     }
 }
 
-/// Parses a request body into `T`, with the API's error codes.
+/// Parses a job route's body: an object, or an array of objects (see
+/// [`OneOrMany`]).
+pub fn parse_one_or_many<T: DeserializeOwned>(bytes: &[u8]) -> Result<OneOrMany<T>, ApiError> {
+    match parse_value(bytes)? {
+        serde_json::Value::Array(items) => {
+            Ok(OneOrMany::Many(items.into_iter().map(shape).collect()))
+        }
+        value => shape(value).map(OneOrMany::One),
+    }
+}
+
+/// Parses a request body into `T`, with the API's error codes: invalid
+/// UTF-8 and malformed JSON are 400, unknown fields and wrong types 422.
 pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    shape(parse_value(bytes)?)
+}
+
+/// The body as a JSON document: 400 unless it is UTF-8 and well-formed
+/// JSON, whatever its shape.
+fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
     if let Err(e) = std::str::from_utf8(bytes) {
         return Err(ApiError::new(
             ErrorCode::InvalidUtf8,
@@ -243,15 +274,16 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             ),
         ));
     }
-    // Syntax first, as a whole document, so malformed JSON is always a 400
-    // whatever the shape; then the shape, so a well-formed body of the wrong
-    // shape is a 422.
-    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| {
+    serde_json::from_slice(bytes).map_err(|e| {
         ApiError::new(
             ErrorCode::MalformedJson,
             format!("the body is not valid JSON: {e}"),
         )
-    })?;
+    })
+}
+
+/// A well-formed document of the wrong shape is a 422.
+fn shape<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     serde_json::from_value(value).map_err(|e| {
         let msg = e.to_string();
         if msg.starts_with("unknown field") {
@@ -263,8 +295,9 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 }
 
 /// `POST /v1/summarize` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "id": "story-1", "length": {"sentences": 2}}))]
 pub struct SummarizeRequest {
     /// The article text.
     pub text: String,
@@ -295,8 +328,9 @@ pub struct SummarizeRequest {
 }
 
 /// `POST /v1/translate` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "The talks ended without a joint statement.", "to": ["ru", "hi"]}))]
 pub struct TranslateRequest {
     /// The article text.
     pub text: String,
@@ -324,8 +358,9 @@ pub struct TranslateRequest {
 }
 
 /// `POST /v1/digest` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default)]
+#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "to": ["ru"], "length": {"words": 40}}))]
 pub struct DigestRequest {
     /// The article text.
     pub text: String,
@@ -374,7 +409,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
-async fn run_job(state: AppState, job: Job) -> Result<Json<TaskResult>, ApiError> {
+/// Refuses a job the server would not run: too many characters, a model
+/// it does not know.
+fn check_job(state: &AppState, job: &Job) -> Result<(), ApiError> {
     let chars = job.article.text.chars().count();
     if chars > state.limits.max_chars {
         return Err(ApiError::new(
@@ -393,6 +430,12 @@ async fn run_job(state: AppState, job: Job) -> Result<Json<TaskResult>, ApiError
             ));
         }
     }
+    Ok(())
+}
+
+/// A slot for a request, and its deadline: 503 when not ready, 429 when
+/// the queue is full, 504 when the wait outlasts the deadline.
+async fn admit(state: &AppState) -> Result<(Arc<Slot>, Instant), ApiError> {
     if !state.ready.get() {
         return Err(ApiError::new(
             ErrorCode::NotReady,
@@ -401,11 +444,22 @@ async fn run_job(state: AppState, job: Job) -> Result<Json<TaskResult>, ApiError
     }
     let deadline = ops::deadline(state.limits.timeout);
     let slot = state.admission.enter(deadline).await?;
+    Ok((Arc::new(slot), deadline))
+}
+
+/// Runs `job` on a blocking thread until `deadline` (504 past it). The
+/// work is cancelled when this future is dropped (the client went away) or
+/// times out; `slot` is held by the work, so it is free again when the work
+/// has stopped, not when the client has gone.
+async fn execute(
+    state: &AppState,
+    job: Job,
+    deadline: Instant,
+    slot: Arc<Slot>,
+) -> Result<TaskResult, ApiError> {
     let cancel = CancelToken::new();
     let guard = CancelOnDrop(cancel.clone());
     let engine = Arc::clone(&state.engine);
-    // The slot goes with the work: it is free again when the work has
-    // stopped, not when the client has gone.
     let work = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         engine.run(
@@ -422,13 +476,147 @@ async fn run_job(state: AppState, job: Job) -> Result<Json<TaskResult>, ApiError
         .map_err(|_| ops::timed_out())?
         .map_err(|e| {
             tracing::error!("task thread failed: {e}");
-            ApiError::new(
-                ErrorCode::Internal,
-                "the request failed inside the server; see the server log",
-            )
+            internal()
         })?;
     drop(guard);
-    Ok(Json(result?))
+    Ok(result?)
+}
+
+fn internal() -> ApiError {
+    ApiError::new(
+        ErrorCode::Internal,
+        "the request failed inside the server; see the server log",
+    )
+}
+
+/// The fields of a job route's request, made into the job.
+trait IntoJob: DeserializeOwned + Send + 'static {
+    fn into_job(self, state: &AppState) -> Job;
+}
+
+/// Answers a job route: one result, or a batch's results in order.
+async fn serve_jobs<T: IntoJob>(
+    state: AppState,
+    body: OneOrMany<T>,
+) -> Result<axum::response::Response, ApiError> {
+    match body {
+        OneOrMany::One(req) => {
+            let job = req.into_job(&state);
+            check_job(&state, &job)?;
+            let (slot, deadline) = admit(&state).await?;
+            let result = execute(&state, job, deadline, slot).await?;
+            Ok(Json(result).into_response())
+        }
+        OneOrMany::Many(items) => Ok(run_batch(state, items).await?.into_response()),
+    }
+}
+
+/// One article of a batch: its result or its error.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"index": 1, "status": 422, "error": {"code": "empty_text", "message": "the article is empty: give it some text"}}))]
+pub struct BatchItem {
+    /// The article's position in the request's array.
+    pub index: usize,
+    /// The status the article alone would have got.
+    pub status: u16,
+    /// The result, when it worked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<TaskResult>,
+    /// The error, when it did not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<error::ErrorDetail>,
+}
+
+/// A batch's answer: one item per article, in the request's order.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"results": [{"index": 0, "status": 200, "result": {"schema_version": 1, "task": "summarize"}}, {"index": 1, "status": 422, "error": {"code": "empty_text", "message": "the article is empty: give it some text"}}]}))]
+pub struct BatchResponse {
+    /// The articles' results and errors.
+    pub results: Vec<BatchItem>,
+}
+
+/// Runs a batch under one slot: every article at once (the model's worker
+/// batches them), each with its own result or error.
+async fn run_batch<T: IntoJob>(
+    state: AppState,
+    items: Vec<Result<T, ApiError>>,
+) -> Result<Json<BatchResponse>, ApiError> {
+    if items.is_empty() {
+        return Err(ApiError::new(
+            ErrorCode::EmptyBatch,
+            "the array has no articles: send at least one",
+        ));
+    }
+    if items.len() > state.limits.max_batch {
+        return Err(ApiError::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "the array has {} articles; this server accepts at most {} per request (--max-batch): split it",
+                items.len(),
+                state.limits.max_batch
+            ),
+        ));
+    }
+    let jobs: Vec<Result<Job, ApiError>> = items
+        .into_iter()
+        .map(|item| {
+            let job = item?.into_job(&state);
+            check_job(&state, &job)?;
+            Ok(job)
+        })
+        .collect();
+    let chars: usize = jobs
+        .iter()
+        .flatten()
+        .map(|j| j.article.text.chars().count())
+        .sum();
+    if chars > state.limits.max_request_chars {
+        return Err(ApiError::new(
+            ErrorCode::RequestTooLong,
+            format!(
+                "the articles have {chars} characters together; this server accepts at most {} per request (--max-request-chars): split the array",
+                state.limits.max_request_chars
+            ),
+        ));
+    }
+    let (slot, deadline) = admit(&state).await?;
+    // Dropping the set (the client went away) aborts every article's task,
+    // which cancels its work.
+    let mut set = tokio::task::JoinSet::new();
+    for (index, job) in jobs.into_iter().enumerate() {
+        let (state, slot) = (state.clone(), Arc::clone(&slot));
+        set.spawn(async move {
+            let result = match job {
+                Ok(job) => execute(&state, job, deadline, slot).await,
+                Err(e) => Err(e),
+            };
+            (index, result)
+        });
+    }
+    drop(slot);
+    let mut results = Vec::new();
+    while let Some(done) = set.join_next().await {
+        let (index, result) = done.map_err(|e| {
+            tracing::error!("batch task failed: {e}");
+            internal()
+        })?;
+        results.push(match result {
+            Ok(r) => BatchItem {
+                index,
+                status: 200,
+                result: Some(r),
+                error: None,
+            },
+            Err(e) => BatchItem {
+                index,
+                status: e.code.status().as_u16(),
+                result: None,
+                error: Some(e.detail()),
+            },
+        });
+    }
+    results.sort_by_key(|item| item.index);
+    Ok(Json(BatchResponse { results }))
 }
 
 fn options(
@@ -444,92 +632,130 @@ fn options(
     }
 }
 
+impl IntoJob for SummarizeRequest {
+    fn into_job(self, _: &AppState) -> Job {
+        let mut options = options(self.clean, self.strict, self.generation);
+        options.length = self.length;
+        options.summary_language = self.language.map(|l| l.trim().to_ascii_lowercase());
+        Job {
+            task: Task::Summarize,
+            article: Article {
+                id: self.id,
+                title: self.title,
+                text: self.text,
+            },
+            options,
+            model: self.model,
+        }
+    }
+}
+
+impl IntoJob for TranslateRequest {
+    fn into_job(self, _: &AppState) -> Job {
+        let mut options = options(self.clean, self.strict, self.generation);
+        options.to = normalise_languages(&self.to);
+        Job {
+            task: Task::Translate,
+            article: Article {
+                id: self.id,
+                title: self.title,
+                text: self.text,
+            },
+            options,
+            model: self.model,
+        }
+    }
+}
+
+impl IntoJob for DigestRequest {
+    fn into_job(self, state: &AppState) -> Job {
+        let mut options = options(self.clean, self.strict, self.generation);
+        options.to = match &self.to {
+            Some(to) => normalise_languages(to),
+            None => state
+                .default_targets
+                .read()
+                .map(|t| t.clone())
+                .unwrap_or_default(),
+        };
+        options.length = self.length;
+        options.full = self.full.unwrap_or(false);
+        Job {
+            task: Task::Digest,
+            article: Article {
+                id: self.id,
+                title: self.title,
+                text: self.text,
+            },
+            options,
+            model: self.model,
+        }
+    }
+}
+
+/// Summarizes an article, or each article of an array.
+#[utoipa::path(post, path = "/v1/summarize", tag = "jobs",
+    request_body(content = docs::SummarizeBody, description = "one article, or an array of them (a batch)"),
+    responses(docs::JobResponses))]
 async fn summarize(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<SummarizeRequest>,
-) -> Result<Json<TaskResult>, ApiError> {
-    let mut opts = options(req.clean, req.strict, req.generation);
-    opts.length = req.length;
-    opts.summary_language = req.language.map(|l| l.trim().to_ascii_lowercase());
-    let job = Job {
-        task: Task::Summarize,
-        article: Article {
-            id: req.id,
-            title: req.title,
-            text: req.text,
-        },
-        options: opts,
-        model: req.model,
-    };
-    run_job(state, job).await
+    body: OneOrMany<SummarizeRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    serve_jobs(state, body).await
 }
 
+/// Translates an article paragraph by paragraph, or each article of an array.
+#[utoipa::path(post, path = "/v1/translate", tag = "jobs",
+    request_body(content = docs::TranslateBody, description = "one article, or an array of them (a batch)"),
+    responses(docs::JobResponses))]
 async fn translate(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<TranslateRequest>,
-) -> Result<Json<TaskResult>, ApiError> {
-    let mut opts = options(req.clean, req.strict, req.generation);
-    opts.to = normalise_languages(&req.to);
-    let job = Job {
-        task: Task::Translate,
-        article: Article {
-            id: req.id,
-            title: req.title,
-            text: req.text,
-        },
-        options: opts,
-        model: req.model,
-    };
-    run_job(state, job).await
+    body: OneOrMany<TranslateRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    serve_jobs(state, body).await
 }
 
+/// Summarizes an article and translates the summary (and, with `full`, the
+/// article), or does so for each article of an array.
+#[utoipa::path(post, path = "/v1/digest", tag = "jobs",
+    request_body(content = docs::DigestBody, description = "one article, or an array of them (a batch)"),
+    responses(docs::JobResponses))]
 async fn digest(
     State(state): State<AppState>,
-    ApiJson(req): ApiJson<DigestRequest>,
-) -> Result<Json<TaskResult>, ApiError> {
-    let mut opts = options(req.clean, req.strict, req.generation);
-    opts.to = match &req.to {
-        Some(to) => normalise_languages(to),
-        None => state
-            .default_targets
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_default(),
-    };
-    opts.length = req.length;
-    opts.full = req.full.unwrap_or(false);
-    let job = Job {
-        task: Task::Digest,
-        article: Article {
-            id: req.id,
-            title: req.title,
-            text: req.text,
-        },
-        options: opts,
-        model: req.model,
-    };
-    run_job(state, job).await
+    body: OneOrMany<DigestRequest>,
+) -> Result<axum::response::Response, ApiError> {
+    serve_jobs(state, body).await
 }
 
-#[derive(Serialize)]
+/// The state of the process (`/health`) or of its models (`/ready`).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"status": "ok"}))]
 struct Health {
     status: &'static str,
 }
 
-/// `GET /health`: 200 while the process serves.
+/// Whether the process serves: 200 while it does.
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses((status = 200, description = "the process serves", body = Health)))]
 async fn health() -> impl IntoResponse {
     Json(Health { status: "ok" })
 }
 
-/// `GET /ready`: 200 once the models are loaded, 503 before and while
-/// shutting down.
+/// Whether the server takes work: 200 once the models are loaded, 503
+/// while they load and while shutting down.
+#[utoipa::path(get, path = "/ready", tag = "operations",
+    responses(
+        (status = 200, description = "ready", body = Health, example = json!({"status": "ready"})),
+        (status = 503, description = "loading or shutting down", body = Health, example = json!({"status": "not_ready"})),
+    ))]
 async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     let (status, word) = ops::readiness_answer(state.ready.get());
     (status, Json(Health { status: word }))
 }
 
 /// `GET /v1/models` answer.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"models": [{"kind": "chat", "id": "qwen2.5-coder-1.5b-instruct-q4_k_m", "revision": "main", "family": "gguf-qwen2", "context_length": 32768, "target_languages": ["en", "ru", "hi"]}], "default_targets": ["ru", "hi"]}))]
 pub struct ModelsResponse {
     /// Loaded models.
     pub models: Vec<ModelInfo>,
@@ -537,6 +763,9 @@ pub struct ModelsResponse {
     pub default_targets: Vec<String>,
 }
 
+/// The loaded models and the languages a digest translates into by default.
+#[utoipa::path(get, path = "/v1/models", tag = "models",
+    responses((status = 200, description = "loaded models", body = ModelsResponse)))]
 async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
     Json(ModelsResponse {
         models: state.engine.loaded(),

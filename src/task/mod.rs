@@ -38,7 +38,7 @@ pub struct Article {
 }
 
 /// The jobs precis does. Closed: adding one makes every `match` on it fail to compile.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Task {
     /// A short English summary (or one in another language).
@@ -61,7 +61,7 @@ impl Task {
 }
 
 /// Requested summary length.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum Length {
     /// About this many sentences.
@@ -77,7 +77,7 @@ impl Default for Length {
 }
 
 /// Optional overrides of generation settings, applied on top of each task's defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerationOverrides {
     /// Cap on new tokens for every generation call.
@@ -201,7 +201,7 @@ pub struct Progress {
 pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
 
 /// The model that produced an output, and why it was picked.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelUsed {
     /// Manifest id (or the path / repo it was named by).
     pub id: String,
@@ -222,7 +222,7 @@ impl From<&ModelInfo> for ModelUsed {
 }
 
 /// Token counts of one output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, utoipa::ToSchema)]
 pub struct TokenStats {
     /// Prompt tokens over all generation calls.
     pub prompt: usize,
@@ -238,7 +238,7 @@ impl TokenStats {
 }
 
 /// A summary.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Summary {
     /// Language it is written in.
     pub language: String,
@@ -268,6 +268,7 @@ pub struct Summary {
     /// Token counts.
     pub tokens: TokenStats,
     /// Quality flags (see the README's table of thresholds).
+    #[schema(value_type = Vec<quality::FlagRepr>)]
     pub flags: Vec<QualityFlag>,
 }
 
@@ -276,7 +277,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// One chunk of an article that a dedicated summarizer took in pieces.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct ChunkReport {
     /// First paragraph in the chunk (0-based, among the kept paragraphs).
     pub first_paragraph: usize,
@@ -285,13 +286,14 @@ pub struct ChunkReport {
     /// When a paragraph longer than the limit was split at sentences: this
     /// chunk's part and the number of parts, `[k, n]` (1-based).
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Vec<usize>>, min_items = 2, max_items = 2)]
     pub part: Option<[usize; 2]>,
     /// Tokens the chunk takes as the model's input.
     pub tokens: usize,
 }
 
 /// What was translated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TranslationSource {
     /// The summary.
@@ -301,7 +303,7 @@ pub enum TranslationSource {
 }
 
 /// A translation of the summary or of the whole article.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct Translation {
     /// Target language code.
     pub language: String,
@@ -320,11 +322,12 @@ pub struct Translation {
     /// Token counts.
     pub tokens: TokenStats,
     /// Quality flags (see the README's table of thresholds).
+    #[schema(value_type = Vec<quality::FlagRepr>)]
     pub flags: Vec<QualityFlag>,
 }
 
 /// What clean-up did to the input.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct InputReport {
     /// Headline separated from the text (or the given title).
     pub headline: Option<String>,
@@ -339,7 +342,7 @@ pub struct InputReport {
 }
 
 /// The result of one task on one article.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct TaskResult {
     /// Version of this schema.
     pub schema_version: u32,

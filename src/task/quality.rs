@@ -96,9 +96,13 @@ impl QualityFlag {
 }
 
 /// The serialised shape of a flag: `code` tag, fields, message.
-#[derive(serde::Serialize)]
+///
+/// A quality flag as results show it: its `code`, the figures behind it and
+/// a `message` for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(tag = "code", rename_all = "snake_case")]
-enum FlagRepr<'a> {
+#[schema(as = QualityFlag)]
+pub(crate) enum FlagRepr<'a> {
     ScriptShareLow {
         language: &'a str,
         share: f32,

@@ -1,0 +1,333 @@
+//! The API's description: an OpenAPI 3 document generated from the
+//! handlers and types (utoipa) at `GET /openapi.json`, and a page for people
+//! at `GET /docs`, rendered here from that document (self-contained: no
+//! scripts or styles fetched from anywhere, so it works offline).
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+
+use axum::http::header;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::OpenApi;
+
+use super::error::{ErrorBody, ErrorCode, ErrorDetail};
+use super::{
+    BatchItem, BatchResponse, DigestRequest, Health, ModelsResponse, SummarizeRequest,
+    TranslateRequest,
+};
+use crate::task::TaskResult;
+
+/// `POST /v1/summarize`'s body: one request, or an array of them.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum SummarizeBody {
+    /// One article.
+    One(SummarizeRequest),
+    /// A batch: answered with `results`, one per article, in order.
+    Many(Vec<SummarizeRequest>),
+}
+
+/// `POST /v1/translate`'s body: one request, or an array of them.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum TranslateBody {
+    /// One article.
+    One(TranslateRequest),
+    /// A batch: answered with `results`, one per article, in order.
+    Many(Vec<TranslateRequest>),
+}
+
+/// `POST /v1/digest`'s body: one request, or an array of them.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum DigestBody {
+    /// One article.
+    One(DigestRequest),
+    /// A batch: answered with `results`, one per article, in order.
+    Many(Vec<DigestRequest>),
+}
+
+/// A job route's answer: the result of one article, or a batch's results.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum JobAnswer {
+    /// The answer to one article.
+    One(Box<TaskResult>),
+    /// The answer to an array.
+    Many(BatchResponse),
+}
+
+/// What a job route answers.
+#[derive(utoipa::IntoResponses)]
+#[allow(dead_code)] // a description for the document, never built
+pub enum JobResponses {
+    /// The result: an object for one article; `results` for an array.
+    #[response(status = 200)]
+    Done(JobAnswer),
+    /// Not UTF-8, or not JSON.
+    #[response(status = 400)]
+    BadBody(ErrorBody),
+    /// API keys are on and no valid one was sent.
+    #[response(status = 401)]
+    Unauthorized(ErrorBody),
+    /// The body is over --max-body-bytes.
+    #[response(status = 413)]
+    TooLarge(ErrorBody),
+    /// A field, a language, a limit or the text is not acceptable (see the code).
+    #[response(status = 422)]
+    Unacceptable(ErrorBody),
+    /// The queue is full; see Retry-After.
+    #[response(status = 429)]
+    Busy(ErrorBody),
+    /// Not ready, or the model cannot be loaded.
+    #[response(status = 503)]
+    Unavailable(ErrorBody),
+    /// Past --timeout-secs; the work was cancelled.
+    #[response(status = 504)]
+    Timeout(ErrorBody),
+}
+
+/// The document.
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "precis",
+        description = "Summaries of news articles, and their Russian and Hindi translations, from open models run on CPU or GPU. Errors are `{\"error\": {\"code\", \"message\"}}`; with API keys on, every route but /health and /ready needs `Authorization: Bearer KEY`."
+    ),
+    paths(
+        super::summarize,
+        super::translate,
+        super::digest,
+        super::models,
+        super::health,
+        super::ready,
+        super::ops::metrics_text,
+        openapi_json,
+        docs_page,
+    ),
+    components(schemas(
+        SummarizeBody,
+        TranslateBody,
+        DigestBody,
+        JobAnswer,
+        BatchItem,
+        BatchResponse,
+        ErrorBody,
+        ErrorDetail,
+        ErrorCode,
+        Health,
+        ModelsResponse,
+    )),
+    tags(
+        (name = "jobs", description = "summarize, translate, digest: one article or an array"),
+        (name = "models", description = "what the server runs"),
+        (name = "operations", description = "probes, metrics and this description"),
+    )
+)]
+pub struct ApiDoc;
+
+/// The document as JSON, built once.
+pub fn document() -> &'static Value {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    DOC.get_or_init(|| serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null))
+}
+
+/// This API's OpenAPI 3 document.
+#[utoipa::path(get, path = "/openapi.json", tag = "operations",
+    responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json", body = Object)))]
+pub async fn openapi_json() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        document().to_string(),
+    )
+        .into_response()
+}
+
+/// A page describing every route and type, made from the OpenAPI document.
+#[utoipa::path(get, path = "/docs", tag = "operations",
+    responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
+pub async fn docs_page() -> Html<String> {
+    static PAGE: OnceLock<String> = OnceLock::new();
+    Html(PAGE.get_or_init(|| render(document())).clone())
+}
+
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            _ => out.push(c),
+        }
+    }
+    out
+}
+
+/// The last part of a `$ref`, e.g. `TaskResult`.
+fn ref_name(v: &Value) -> Option<&str> {
+    v.get("$ref")?.as_str()?.rsplit('/').next()
+}
+
+/// A schema in a few words: a link to a named one, `array of …`, or its type.
+fn type_words(v: &Value) -> String {
+    if let Some(name) = ref_name(v) {
+        return format!("<a href=\"#schema-{0}\">{0}</a>", escape(name));
+    }
+    for key in ["oneOf", "anyOf", "allOf"] {
+        if let Some(list) = v.get(key).and_then(Value::as_array) {
+            let parts: Vec<String> = list
+                .iter()
+                .map(type_words)
+                .filter(|w| w != "null")
+                .collect();
+            return parts.join(" or ");
+        }
+    }
+    let ty = match v.get("type") {
+        Some(Value::String(t)) => t.clone(),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .filter_map(Value::as_str)
+            .filter(|t| *t != "null")
+            .collect::<Vec<_>>()
+            .join(" or "),
+        _ => String::new(),
+    };
+    if ty == "array" {
+        return format!(
+            "array of {}",
+            v.get("items").map_or_else(String::new, type_words)
+        );
+    }
+    if let Some(values) = v.get("enum").and_then(Value::as_array) {
+        let names: Vec<String> = values
+            .iter()
+            .filter_map(Value::as_str)
+            .map(|s| format!("<code>{}</code>", escape(s)))
+            .collect();
+        return format!("one of {}", names.join(", "));
+    }
+    if ty.is_empty() {
+        "any".into()
+    } else {
+        escape(&ty)
+    }
+}
+
+fn example_block(out: &mut String, example: Option<&Value>) {
+    if let Some(e) = example {
+        let pretty = serde_json::to_string_pretty(e).unwrap_or_default();
+        let _ = write!(out, "<pre>{}</pre>", escape(&pretty));
+    }
+}
+
+/// The page.
+fn render(doc: &Value) -> String {
+    let mut out = String::from(
+        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>precis API</title>\
+         <style>body{font:15px/1.5 system-ui,sans-serif;max-width:60rem;margin:2rem auto;padding:0 1rem}\
+         code,pre{font-family:ui-monospace,monospace}pre{background:#f4f4f4;padding:.6rem;overflow:auto}\
+         table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.2rem .5rem;text-align:left;vertical-align:top}\
+         .m{font-weight:bold;text-transform:uppercase}</style></head><body>",
+    );
+    let info = &doc["info"];
+    let _ = write!(
+        out,
+        "<h1>{} {}</h1><p>{}</p><p>The machine-readable description: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI {}).</p><h2>Routes</h2>",
+        escape(info["title"].as_str().unwrap_or("precis")),
+        escape(info["version"].as_str().unwrap_or("")),
+        escape(info["description"].as_str().unwrap_or("")),
+        escape(doc["openapi"].as_str().unwrap_or("3")),
+    );
+    if let Some(paths) = doc["paths"].as_object() {
+        for (path, item) in paths {
+            let Some(ops) = item.as_object() else {
+                continue;
+            };
+            for (method, op) in ops {
+                let _ = write!(
+                    out,
+                    "<h3><span class=\"m\">{}</span> <code>{}</code></h3>",
+                    escape(method),
+                    escape(path)
+                );
+                for key in ["summary", "description"] {
+                    if let Some(t) = op[key].as_str() {
+                        let _ = write!(out, "<p>{}</p>", escape(t));
+                    }
+                }
+                if let Some(body) = op["requestBody"]["content"].as_object() {
+                    for (mime, media) in body {
+                        let _ = write!(
+                            out,
+                            "<p>Body (<code>{}</code>): {}</p>",
+                            escape(mime),
+                            type_words(&media["schema"])
+                        );
+                    }
+                }
+                if let Some(responses) = op["responses"].as_object() {
+                    out.push_str("<table><tr><th>status</th><th>when</th><th>body</th></tr>");
+                    for (status, r) in responses {
+                        let body = r["content"]
+                            .as_object()
+                            .and_then(|c| c.values().next())
+                            .map_or_else(String::new, |m| type_words(&m["schema"]));
+                        let _ = write!(
+                            out,
+                            "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
+                            escape(status),
+                            escape(r["description"].as_str().unwrap_or("")),
+                            body
+                        );
+                    }
+                    out.push_str("</table>");
+                }
+            }
+        }
+    }
+    out.push_str("<h2>Types</h2>");
+    if let Some(schemas) = doc["components"]["schemas"].as_object() {
+        for (name, schema) in schemas {
+            let _ = write!(
+                out,
+                "<h3 id=\"schema-{0}\"><code>{0}</code></h3>",
+                escape(name)
+            );
+            if let Some(t) = schema["description"].as_str() {
+                let _ = write!(out, "<p>{}</p>", escape(t));
+            }
+            if let Some(props) = schema["properties"].as_object() {
+                let required: Vec<&str> = schema["required"]
+                    .as_array()
+                    .map(|r| r.iter().filter_map(Value::as_str).collect())
+                    .unwrap_or_default();
+                out.push_str("<table><tr><th>field</th><th>type</th><th>what</th></tr>");
+                for (field, p) in props {
+                    let _ = write!(
+                        out,
+                        "<tr><td><code>{}</code>{}</td><td>{}</td><td>{}</td></tr>",
+                        escape(field),
+                        if required.contains(&field.as_str()) {
+                            " (required)"
+                        } else {
+                            ""
+                        },
+                        type_words(p),
+                        escape(p["description"].as_str().unwrap_or(""))
+                    );
+                }
+                out.push_str("</table>");
+            } else {
+                let _ = write!(out, "<p>{}</p>", type_words(schema));
+            }
+            example_block(&mut out, schema.get("example"));
+        }
+    }
+    out.push_str("</body></html>");
+    out
+}
