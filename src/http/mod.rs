@@ -400,6 +400,17 @@ struct Job {
     model: Option<String>,
 }
 
+impl Job {
+    fn new(task: Task, article: Article, options: TaskOptions, model: Option<String>) -> Self {
+        Self {
+            task,
+            article,
+            options,
+            model,
+        }
+    }
+}
+
 /// Cancels the job's token when the handler is dropped (the client went away).
 struct CancelOnDrop(CancelToken);
 
@@ -637,16 +648,12 @@ impl IntoJob for SummarizeRequest {
         let mut options = options(self.clean, self.strict, self.generation);
         options.length = self.length;
         options.summary_language = self.language.map(|l| l.trim().to_ascii_lowercase());
-        Job {
-            task: Task::Summarize,
-            article: Article {
-                id: self.id,
-                title: self.title,
-                text: self.text,
-            },
-            options,
-            model: self.model,
-        }
+        let article = Article {
+            id: self.id,
+            title: self.title,
+            text: self.text,
+        };
+        Job::new(Task::Summarize, article, options, self.model)
     }
 }
 
@@ -654,16 +661,12 @@ impl IntoJob for TranslateRequest {
     fn into_job(self, _: &AppState) -> Job {
         let mut options = options(self.clean, self.strict, self.generation);
         options.to = normalise_languages(&self.to);
-        Job {
-            task: Task::Translate,
-            article: Article {
-                id: self.id,
-                title: self.title,
-                text: self.text,
-            },
-            options,
-            model: self.model,
-        }
+        let article = Article {
+            id: self.id,
+            title: self.title,
+            text: self.text,
+        };
+        Job::new(Task::Translate, article, options, self.model)
     }
 }
 
@@ -680,16 +683,12 @@ impl IntoJob for DigestRequest {
         };
         options.length = self.length;
         options.full = self.full.unwrap_or(false);
-        Job {
-            task: Task::Digest,
-            article: Article {
-                id: self.id,
-                title: self.title,
-                text: self.text,
-            },
-            options,
-            model: self.model,
-        }
+        let article = Article {
+            id: self.id,
+            title: self.title,
+            text: self.text,
+        };
+        Job::new(Task::Digest, article, options, self.model)
     }
 }
 
