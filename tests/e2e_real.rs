@@ -8,10 +8,11 @@
 //! CPU cores; outputs cut by the cap carry the `token_limit_reached` flag.
 
 mod common;
+#[path = "common/load.rs"]
+mod load;
 
 use std::io::Write;
-use std::net::TcpListener;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -212,46 +213,19 @@ fn cli_summarize_jsonl_and_markdown() {
     assert!(md.contains(common::SMALLEST));
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn server_digest_bad_input_and_graceful_shutdown() {
-    let port = free_port();
-    let mut child = precis()
-        .args(["serve", "--quiet", "--model", common::SMALLEST, "--addr"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("server starts");
-    let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(600))
-        .build()
-        .unwrap();
-    let started = Instant::now();
-    loop {
-        // /health answers while the model loads; /ready once it has.
-        if client
-            .get(format!("{base}/ready"))
-            .send()
-            .is_ok_and(|r| r.status() == 200)
-        {
-            break;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(120),
-            "server did not come up"
-        );
-        assert!(child.try_wait().unwrap().is_none(), "server exited early");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    // Fetched first, so a failure to fetch names the model.
+    common::real_model_file(common::SMALLEST, None);
+    // /health answers while the model loads; this waits for /ready.
+    let mut server = load::Server::start(
+        env!("CARGO_BIN_EXE_precis").as_ref(),
+        &["--model", common::SMALLEST],
+        Duration::from_secs(120),
+    )
+    .expect("server starts");
+    let base = server.base.clone();
+    let client = load::client(Duration::from_secs(600));
 
     let models: Value = client
         .get(format!("{base}/v1/models"))
@@ -348,22 +322,9 @@ fn server_digest_bad_input_and_graceful_shutdown() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let started = Instant::now();
-    let exit = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "server did not stop"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let exit = server
+        .terminate()
+        .expect("the server stops within 30 s of SIGTERM");
     assert!(exit.success(), "server exit status {exit:?}");
     let (status, body) = in_flight
         .join()

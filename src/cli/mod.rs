@@ -631,17 +631,13 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
     // Serve at once (/health answers, /ready says 503) while the models
     // load; a model that cannot be loaded stops the server with EXIT_MODEL.
-    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel::<()>();
-    let failed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (failed_tx, mut failed_rx) = tokio::sync::watch::channel(false);
+    let failed = failed_rx.clone();
     if a.lazy {
         loader.forbid_fetch();
     } else {
         state.ready.set(false);
-        let (ready, targets, failed) = (
-            state.ready.clone(),
-            Arc::clone(&state.default_targets),
-            Arc::clone(&failed),
-        );
+        let (ready, targets) = (state.ready.clone(), Arc::clone(&state.default_targets));
         rt.spawn_blocking(move || {
             match engine.load_routed() {
                 Ok(()) => {
@@ -655,8 +651,7 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
                 }
                 Err(e) => {
                     eprintln!("error: {e}");
-                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    let _ = failed_tx.send(());
+                    let _ = failed_tx.send(true);
                 }
             }
         });
@@ -664,14 +659,14 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
     let stop = async move {
         // Resolves only when loading failed (a dropped sender means it
         // succeeded or never ran).
-        if failed_rx.await.is_err() {
+        if failed_rx.wait_for(|failed| *failed).await.is_err() {
             std::future::pending::<()>().await;
         }
     };
     rt.block_on(crate::http::serve(state, listener, grace, stop))?;
     // Work still running past the grace period is not waited for.
     rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    if failed.load(std::sync::atomic::Ordering::SeqCst) {
+    if *failed.borrow() {
         return Ok(EXIT_MODEL);
     }
     Ok(EXIT_OK)
@@ -687,19 +682,13 @@ fn api_keys(
         let text = std::fs::read_to_string(path).map_err(|e| {
             anyhow::anyhow!("cannot read the API keys file {}: {e}", path.display())
         })?;
-        let found = crate::http::ApiKeys::parse_file(&text);
-        if found.is_none() {
+        keys.extend(crate::http::ops::key_lines(&text).map(str::to_string));
+        if keys.is_empty() {
             anyhow::bail!(
                 "the API keys file {} holds no key (one a line; `#` starts a comment)",
                 path.display()
             );
         }
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_string),
-        );
     }
     if let Ok(list) = std::env::var("PRECIS_API_KEYS") {
         keys.extend(list.split(',').map(|k| k.trim().to_string()));

@@ -421,8 +421,8 @@ impl Drop for CancelOnDrop {
 }
 
 /// Refuses a job the server would not run: too many characters, a model
-/// it does not know.
-fn check_job(state: &AppState, job: &Job) -> Result<(), ApiError> {
+/// it does not know. Gives the text's characters.
+fn check_job(state: &AppState, job: &Job) -> Result<usize, ApiError> {
     let chars = job.article.text.chars().count();
     if chars > state.limits.max_chars {
         return Err(ApiError::new(
@@ -441,7 +441,7 @@ fn check_job(state: &AppState, job: &Job) -> Result<(), ApiError> {
             ));
         }
     }
-    Ok(())
+    Ok(chars)
 }
 
 /// A slot for a request, and its deadline: 503 when not ready, 429 when
@@ -568,19 +568,15 @@ async fn run_batch<T: IntoJob>(
             ),
         ));
     }
+    let mut chars = 0;
     let jobs: Vec<Result<Job, ApiError>> = items
         .into_iter()
         .map(|item| {
             let job = item?.into_job(&state);
-            check_job(&state, &job)?;
+            chars += check_job(&state, &job)?;
             Ok(job)
         })
         .collect();
-    let chars: usize = jobs
-        .iter()
-        .flatten()
-        .map(|j| j.article.text.chars().count())
-        .sum();
     if chars > state.limits.max_request_chars {
         return Err(ApiError::new(
             ErrorCode::RequestTooLong,

@@ -155,10 +155,9 @@ impl ApiKeys {
         (!digests.is_empty()).then(|| Self(Arc::new(digests)))
     }
 
-    /// Keys from a file's text: one a line, blank lines and `#` comments
-    /// skipped.
+    /// Keys from a file's text (see [`key_lines`]).
     pub fn parse_file(text: &str) -> Option<Self> {
-        Self::new(text.lines().map(str::trim).filter(|l| !l.starts_with('#')))
+        Self::new(key_lines(text))
     }
 
     /// How many keys there are.
@@ -179,6 +178,14 @@ impl ApiKeys {
             found | (diff == 0)
         })
     }
+}
+
+/// The keys of a keys file's text: one a line, trimmed; blank lines and
+/// `#` comments skipped.
+pub fn key_lines(text: &str) -> impl Iterator<Item = &str> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
 /// Routes open without a key: what load balancers and orchestrators probe.
