@@ -23,8 +23,8 @@ use crate::backend::{
 };
 use crate::store::{LocatedModel, ModelFamily, ModelSpec, ModelStore, SpecOrigin};
 use crate::task::{
-    self, language_name, Article, CancelToken, ModelRouter, ProgressFn, Task, TaskError,
-    TaskOptions, TaskResult, TextModel,
+    self, language_name, Article, CancelToken, EventFn, ModelRouter, Task, TaskError, TaskOptions,
+    TaskResult, TextModel, TextSink,
 };
 
 /// Why the engine could not serve a request.
@@ -60,8 +60,18 @@ enum Job {
     Generate {
         requests: Vec<GenerationRequest>,
         cancel: CancelToken,
-        reply: mpsc::Sender<Vec<Result<Generation, BackendError>>>,
+        /// Whether the caller wants the text as it is produced.
+        stream: bool,
+        reply: mpsc::Sender<Reply>,
     },
+}
+
+/// What the worker sends back for a job.
+enum Reply {
+    /// New text of the job's request `usize` (streaming jobs only).
+    Text(usize, String),
+    /// The job's results, in order; nothing follows.
+    Done(Vec<Result<Generation, BackendError>>),
 }
 
 /// A loaded model: its worker thread and the channel to it.
@@ -134,16 +144,28 @@ fn crashed(n: usize) -> Vec<Result<Generation, BackendError>> {
         .collect()
 }
 
-/// Runs one batch; `None` when the model panicked (logged).
+/// Runs one batch; `None` when the model panicked (logged). Request `i`
+/// is request `locals[i]` of job `owners[i]`; its text goes to the job as
+/// it comes when the job streams.
 fn generate_guarded(
     backend: &mut dyn Backend,
     requests: &[GenerationRequest],
     owners: &[usize],
-    cancels: &[&CancelToken],
+    locals: &[usize],
+    jobs: &[Job],
 ) -> Option<Vec<Result<Generation, BackendError>>> {
     let result = catch_unwind(AssertUnwindSafe(|| {
-        backend.generate(requests, &mut |i, _| {
-            if cancels[owners[i]].is_cancelled() {
+        backend.generate(requests, &mut |i, piece| {
+            let Job::Generate {
+                cancel,
+                stream,
+                reply,
+                ..
+            } = &jobs[owners[i]];
+            if *stream && !piece.is_empty() {
+                let _ = reply.send(Reply::Text(locals[i], piece.to_string()));
+            }
+            if cancel.is_cancelled() {
                 Flow::Stop
             } else {
                 Flow::Continue
@@ -159,31 +181,30 @@ fn generate_guarded(
 fn run_jobs(backend: &mut dyn Backend, jobs: Vec<Job>) {
     let mut requests = Vec::new();
     let mut owners = Vec::new(); // job index of each request
+    let mut locals = Vec::new(); // its index within the job
     let mut live = Vec::new();
     for (j, job) in jobs.iter().enumerate() {
         let Job::Generate {
             requests: reqs,
             cancel,
             reply,
+            ..
         } = job;
         if cancel.is_cancelled() {
-            let _ = reply.send(Vec::new());
+            let _ = reply.send(Reply::Done(Vec::new()));
             continue;
         }
         live.push(j);
-        for r in reqs {
+        for (k, r) in reqs.iter().enumerate() {
             requests.push(r.clone());
             owners.push(j);
+            locals.push(k);
         }
     }
     if live.is_empty() {
         return;
     }
-    let cancels: Vec<&CancelToken> = jobs
-        .iter()
-        .map(|Job::Generate { cancel, .. }| cancel)
-        .collect();
-    let mut out = match generate_guarded(backend, &requests, &owners, &cancels) {
+    let mut out = match generate_guarded(backend, &requests, &owners, &locals, &jobs) {
         Some(out) => out,
         // A panic in a shared batch: run each job on its own, so only the job
         // whose input crashes the model fails.
@@ -194,8 +215,9 @@ fn run_jobs(backend: &mut dyn Backend, jobs: Vec<Job>) {
                 let reqs: Vec<GenerationRequest> =
                     idx.iter().map(|&i| requests[i].clone()).collect();
                 let own = vec![j; reqs.len()];
+                let local: Vec<usize> = idx.iter().map(|&i| locals[i]).collect();
                 out.extend(
-                    generate_guarded(backend, &reqs, &own, &cancels)
+                    generate_guarded(backend, &reqs, &own, &local, &jobs)
                         .unwrap_or_else(|| crashed(reqs.len())),
                 );
             }
@@ -219,7 +241,7 @@ fn run_jobs(backend: &mut dyn Backend, jobs: Vec<Job>) {
     }
     for j in live {
         let Job::Generate { reply, .. } = &jobs[j];
-        let _ = reply.send(std::mem::take(&mut per_job[j]));
+        let _ = reply.send(Reply::Done(std::mem::take(&mut per_job[j])));
     }
 }
 
@@ -236,6 +258,7 @@ impl TextModel for ModelHandle {
         &self,
         requests: Vec<GenerationRequest>,
         cancel: &CancelToken,
+        mut on_text: Option<TextSink<'_>>,
     ) -> Vec<Result<Generation, BackendError>> {
         let n = requests.len();
         let (reply, rx) = mpsc::channel();
@@ -243,6 +266,7 @@ impl TextModel for ModelHandle {
             tx.send(Job::Generate {
                 requests,
                 cancel: cancel.clone(),
+                stream: on_text.is_some(),
                 reply,
             })
             .map_err(|_| ())
@@ -255,7 +279,17 @@ impl TextModel for ModelHandle {
         if sent.is_err() {
             return stopped();
         }
-        rx.recv().unwrap_or_else(|_| stopped())
+        loop {
+            match rx.recv() {
+                Ok(Reply::Text(i, piece)) => {
+                    if let Some(f) = on_text.as_mut() {
+                        f(i, &piece);
+                    }
+                }
+                Ok(Reply::Done(results)) => return results,
+                Err(_) => return stopped(),
+            }
+        }
     }
 }
 
@@ -347,16 +381,34 @@ impl Engine {
         options: &TaskOptions,
         model: Option<&str>,
         cancel: &CancelToken,
-        progress: ProgressFn<'_>,
+        events: EventFn<'_>,
     ) -> Result<TaskResult, EngineError> {
         let forced = model.map(|m| self.model(m)).transpose()?;
         let router = RequestRouter {
             engine: self,
             forced,
         };
-        Ok(task::run(
-            task, article, options, &router, cancel, progress,
-        )?)
+        Ok(task::run(task, article, options, &router, cancel, events)?)
+    }
+
+    /// Refuses what [`run`](Self::run) would refuse before generating
+    /// anything: no text, nothing left after cleaning, a language no model
+    /// writes, a model that cannot be loaded.
+    pub fn check(
+        &self,
+        task: Task,
+        article: &Article,
+        options: &TaskOptions,
+        model: Option<&str>,
+    ) -> Result<(), EngineError> {
+        let forced = model.map(|m| self.model(m)).transpose()?;
+        let router = RequestRouter {
+            engine: self,
+            forced,
+        };
+        task::prepare(article, options)?;
+        task::validate_languages(task, options, &router)?;
+        Ok(())
     }
 
     fn pick(

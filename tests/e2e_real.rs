@@ -10,6 +10,8 @@
 mod common;
 #[path = "common/load.rs"]
 mod load;
+#[path = "common/sse.rs"]
+mod sse;
 
 use std::io::Write;
 use std::process::Command;
@@ -248,6 +250,35 @@ fn server_digest_bad_input_and_graceful_shutdown() {
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().unwrap();
     assert_digest_shape(&v);
+
+    // Streamed: the summary token by token, then its translation, then the result.
+    let resp = client
+        .post(format!("{base}/v1/digest"))
+        .json(&json!({"text": text, "to": ["ru"], "stream": true, "generation": {"max_new_tokens": 24}}))
+        .send()
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let events = sse::parse_events(&resp.text().unwrap());
+    let names: Vec<&str> = events.iter().map(|e| e.event.as_str()).collect();
+    let summary_events = names.iter().filter(|n| **n == "summary").count();
+    assert!(summary_events > 5, "{names:?}");
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "result", "{names:?}");
+    assert_eq!(last.data["translations"][0]["language"], "ru");
+    let paragraphs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e.event == "paragraph")
+        .map(|e| &e.data)
+        .collect();
+    let translation = &last.data["translations"][0];
+    assert_eq!(
+        paragraphs.last().unwrap()["text"],
+        translation["paragraphs"][0]
+    );
 
     // Bad input gets a 4xx JSON error and the server keeps serving.
     let bad: [(Vec<u8>, u16, &str); 4] = [

@@ -14,13 +14,17 @@ use precis::http::{router, ApiKeys, AppState, ServerLimits};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
+#[path = "common/sse.rs"]
+mod sse;
+use sse::{parse_events, Sse};
+
 const SAMPLE: &str = include_str!("../examples/sample-article.txt");
 
 struct FakeLoader;
 
 impl ModelLoader for FakeLoader {
     fn canonical(&self, name: &str) -> Option<String> {
-        ["fake", "fake-2", "fake-cancel", "broken"]
+        ["fake", "fake-2", "fake-cancel", "fake-stream", "broken"]
             .contains(&name)
             .then(|| name.to_string())
     }
@@ -389,13 +393,34 @@ async fn send(
 }
 
 fn summarize_request(text: &str) -> Request<Body> {
+    json_request("/v1/summarize", &json!({ "text": text }))
+}
+/// After a client left mid-generation on `model` (whose token count was
+/// `before`): the next request gets the slot at once, and the abandoned
+/// generation stopped and stays stopped.
+async fn assert_abandoned_work_stopped(app: &axum::Router, model: &str, before: u64) {
+    let started = std::time::Instant::now();
+    let (status, _, v) = send(app, summarize_request("Next in line. Done.")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "the next request waited {:?}: the slot was not freed",
+        started.elapsed()
+    );
+    let stopped = tokens_generated(&metrics_text(app).await, model) - before;
+    assert!(stopped < 200, "{stopped} tokens: generation did not stop");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let later = tokens_generated(&metrics_text(app).await, model) - before;
+    assert_eq!(later, stopped, "tokens kept coming after the client left");
+}
+
+/// A POST of `body` as JSON.
+fn json_request(uri: &str, body: &Value) -> Request<Body> {
     Request::builder()
         .method("POST")
-        .uri("/v1/summarize")
+        .uri(uri)
         .header("content-type", "application/json")
-        .body(Body::from(
-            serde_json::to_vec(&json!({ "text": text })).unwrap(),
-        ))
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
         .unwrap()
 }
 
@@ -489,12 +514,7 @@ async fn a_client_that_goes_away_stops_its_generation_and_frees_its_slot() {
     let before = tokens_generated(&metrics_text(&app).await, "fake-cancel");
     // 200 words at 50 ms: 10 s if nothing stopped it.
     let body = json!({"text": slow_article(200), "model": "fake-cancel"});
-    let req = Request::builder()
-        .method("POST")
-        .uri("/v1/summarize")
-        .header("content-type", "application/json")
-        .body(Body::from(serde_json::to_vec(&body).unwrap()))
-        .unwrap();
+    let req = json_request("/v1/summarize", &body);
     let client = tokio::spawn({
         let app = app.clone();
         async move { app.oneshot(req).await }
@@ -502,19 +522,7 @@ async fn a_client_that_goes_away_stops_its_generation_and_frees_its_slot() {
     tokio::time::sleep(std::time::Duration::from_millis(400)).await;
     // The client disconnects: hyper drops the request's future, as this does.
     client.abort();
-    let started = std::time::Instant::now();
-    let (status, _, v) = send(&app, summarize_request("Next in line. Done.")).await;
-    assert_eq!(status, StatusCode::OK, "{v}");
-    assert!(
-        started.elapsed() < std::time::Duration::from_secs(3),
-        "the next request waited {:?}: the slot was not freed",
-        started.elapsed()
-    );
-    let stopped = tokens_generated(&metrics_text(&app).await, "fake-cancel") - before;
-    assert!(stopped < 200, "{stopped} tokens: generation did not stop");
-    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-    let later = tokens_generated(&metrics_text(&app).await, "fake-cancel") - before;
-    assert_eq!(later, stopped, "tokens kept coming after the client left");
+    assert_abandoned_work_stopped(&app, "fake-cancel", before).await;
 }
 
 #[tokio::test]
@@ -841,11 +849,31 @@ async fn the_openapi_document_lists_every_route_and_resolves_every_reference() {
         "BatchResponse",
         "ErrorBody",
         "ModelsResponse",
+        "SummaryTextEvent",
+        "ParagraphEvent",
+        "ProgressEvent",
+        "StreamError",
     ] {
         assert!(
             schemas[name]["example"].is_object(),
             "{name} has no example"
         );
+    }
+    // The job routes document their streamed answer, and the `stream` field.
+    for path in ["/v1/summarize", "/v1/translate", "/v1/digest"] {
+        let content = &paths[path]["post"]["responses"]["200"]["content"];
+        assert!(content["application/json"].is_object(), "{path}");
+        let events = &content["text/event-stream"];
+        assert!(
+            events["example"]
+                .as_str()
+                .unwrap()
+                .contains("event: result"),
+            "{path}"
+        );
+    }
+    for name in ["SummarizeRequest", "TranslateRequest", "DigestRequest"] {
+        assert!(schemas[name]["properties"]["stream"].is_object(), "{name}");
     }
     // The error codes the document lists are the ones the server uses.
     let codes: Vec<&str> = schemas["ErrorCode"]["enum"]
@@ -889,4 +917,325 @@ async fn the_docs_page_describes_every_route_and_needs_nothing_from_elsewhere() 
     }
     assert!(page.contains("id=\"schema-TaskResult\""));
     assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+}
+
+/// A streamed request's status, content type and events.
+async fn stream(
+    app: &axum::Router,
+    uri: &str,
+    accept: Option<&str>,
+    body: Value,
+) -> (StatusCode, String, Vec<Sse>) {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", "application/json");
+    if let Some(a) = accept {
+        req = req.header("accept", a);
+    }
+    let req = req
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let ctype = resp
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let text = String::from_utf8(bytes.to_vec()).unwrap();
+    let events = if ctype.starts_with("text/event-stream") {
+        parse_events(&text)
+    } else {
+        Vec::new()
+    };
+    (status, ctype, events)
+}
+
+/// Checks the stream ends with exactly one `result` and gives it.
+fn final_result(events: &[Sse]) -> &Value {
+    let last = events.last().expect("no events");
+    assert_eq!(last.event, "result", "{events:?}");
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| e.event == "result" || e.event == "error")
+            .count(),
+        1,
+        "{events:?}"
+    );
+    &last.data
+}
+
+/// Progress events count up, by one, to their total.
+fn check_progress(events: &[Sse]) {
+    let steps: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e.event == "progress")
+        .map(|e| {
+            (
+                e.data["done"].as_u64().unwrap(),
+                e.data["total"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert!(!steps.is_empty(), "{events:?}");
+    for (k, (done, total)) in steps.iter().enumerate() {
+        assert_eq!(*done, k as u64 + 1, "{steps:?}");
+        assert_eq!(*total, steps.len() as u64, "{steps:?}");
+    }
+}
+
+#[tokio::test]
+async fn summarize_streams_the_summary_as_it_is_written_then_the_result() {
+    let app = app();
+    let (status, ctype, events) = stream(
+        &app,
+        "/v1/summarize",
+        None,
+        json!({"text": SAMPLE, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    let result = final_result(&events);
+    assert_eq!(result["task"], "summarize");
+    let pieces: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "summary")
+        .map(|e| {
+            assert_eq!(e.data["language"], "en");
+            e.data["text"].as_str().unwrap()
+        })
+        .collect();
+    // The fake writes a word at a time: one event per word.
+    let summary = result["summary"]["text"].as_str().unwrap();
+    assert_eq!(
+        pieces.len(),
+        summary.split_whitespace().count(),
+        "{pieces:?}"
+    );
+    assert_eq!(pieces.concat().trim(), summary);
+    check_progress(&events);
+    // The text came before the result.
+    let first_text = events.iter().position(|e| e.event == "summary").unwrap();
+    assert!(first_text < events.len() - 1);
+}
+
+#[tokio::test]
+async fn translate_streams_each_paragraph_when_the_client_accepts_events() {
+    let app = app();
+    let text = "First paragraph here.\n\nSecond paragraph here.\n\nThird one.";
+    let (status, ctype, events) = stream(
+        &app,
+        "/v1/translate",
+        Some("text/event-stream"),
+        json!({"text": text, "title": "A headline", "to": ["ru", "hi"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    let result = final_result(&events);
+    // Every headline and paragraph, in order, as in the result.
+    let mut expected = Vec::new();
+    for t in result["translations"].as_array().unwrap() {
+        let lang = t["language"].as_str().unwrap().to_string();
+        expected.push((
+            lang.clone(),
+            "headline".to_string(),
+            None,
+            t["title"].as_str().unwrap().to_string(),
+        ));
+        for (i, p) in t["paragraphs"].as_array().unwrap().iter().enumerate() {
+            expected.push((
+                lang.clone(),
+                "paragraph".into(),
+                Some(i as u64),
+                p.as_str().unwrap().to_string(),
+            ));
+        }
+    }
+    let got: Vec<(String, String, Option<u64>, String)> = events
+        .iter()
+        .filter(|e| e.event == "paragraph")
+        .map(|e| {
+            assert_eq!(e.data["source"], "article");
+            (
+                e.data["language"].as_str().unwrap().to_string(),
+                e.data["part"].as_str().unwrap().to_string(),
+                e.data["index"].as_u64(),
+                e.data["text"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(got.len(), 8);
+    assert_eq!(got, expected);
+    check_progress(&events);
+    // Accept lists with parameters and other types count too.
+    let (_, ctype, events) = stream(
+        &app,
+        "/v1/translate",
+        Some("application/json;q=0.5, text/event-stream;q=1"),
+        json!({"text": text, "to": ["ru"]}),
+    )
+    .await;
+    assert!(ctype.starts_with("text/event-stream"), "{ctype}");
+    final_result(&events);
+    // `"stream": false` wins over the header.
+    let (status, ctype, _) = stream(
+        &app,
+        "/v1/translate",
+        Some("text/event-stream"),
+        json!({"text": text, "to": ["ru"], "stream": false}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(ctype.starts_with("application/json"), "{ctype}");
+}
+
+#[tokio::test]
+async fn digest_streams_the_summary_then_its_translations() {
+    let app = app();
+    let (status, _, events) = stream(
+        &app,
+        "/v1/digest",
+        None,
+        json!({"text": SAMPLE, "to": ["ru", "hi"], "stream": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let result = final_result(&events);
+    assert_eq!(result["task"], "digest");
+    let last_summary = events.iter().rposition(|e| e.event == "summary").unwrap();
+    let first_paragraph = events.iter().position(|e| e.event == "paragraph").unwrap();
+    assert!(last_summary < first_paragraph);
+    let langs: Vec<&str> = events
+        .iter()
+        .filter(|e| e.event == "paragraph" && e.data["part"] == "paragraph")
+        .map(|e| {
+            assert_eq!(e.data["source"], "summary");
+            e.data["language"].as_str().unwrap()
+        })
+        .collect();
+    assert_eq!(langs, ["ru", "hi"]);
+    check_progress(&events);
+}
+
+#[tokio::test]
+async fn streams_refuse_up_front_what_they_can_and_end_with_an_error_event_otherwise() {
+    let app = app();
+    // Refused before streaming: plain JSON errors.
+    let (status, v) = post(&app, "/v1/summarize", json!({"text": " ", "stream": true})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "empty_text");
+    let body = json!({"text": "One. Two.", "to": ["xx"], "stream": true});
+    let (status, v) = post(&app, "/v1/translate", body).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "unsupported_language");
+    let (status, v) = post(
+        &app,
+        "/v1/summarize",
+        json!([{"text": "One. Two.", "stream": true}, {"text": "Three. Four."}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(code(&v), "invalid_request");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("one article"));
+    let (status, ctype, _) = stream(
+        &app,
+        "/v1/summarize",
+        Some("text/event-stream"),
+        json!([{"text": "One. Two."}]),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(ctype.starts_with("application/json"));
+    // Failing once under way: the last event is the error, with its status.
+    let (status, _, events) = stream(
+        &app,
+        "/v1/summarize",
+        None,
+        json!({"text": "The talks went on. FAKE_LOOP", "strict": true, "stream": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.data["status"], 422);
+    assert_eq!(last.data["error"]["code"], "flagged");
+    assert!(events.iter().all(|e| e.event != "result"));
+    let (_, _, events) = stream(
+        &app,
+        "/v1/translate",
+        None,
+        json!({"text": "Fine first.\n\nThis one FAKE_ERROR.", "to": ["ru"], "stream": true}),
+    )
+    .await;
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.data["status"], 500);
+    // The paragraph before the failure was delivered.
+    assert_eq!(
+        events.iter().filter(|e| e.event == "paragraph").count(),
+        1,
+        "{events:?}"
+    );
+    // And the server serves on.
+    let (status, _) = post(&app, "/v1/summarize", json!({"text": "One more. Fine."})).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_stream_past_its_deadline_ends_with_a_timeout_event() {
+    let app = router(state(ServerLimits {
+        max_concurrency: 1,
+        timeout: std::time::Duration::from_millis(300),
+        ..limits()
+    }));
+    let started = std::time::Instant::now();
+    let (status, _, events) = stream(
+        &app,
+        "/v1/summarize",
+        None,
+        json!({"text": slow_article(200), "stream": true}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let last = events.last().unwrap();
+    assert_eq!(last.event, "error", "{events:?}");
+    assert_eq!(last.data["status"], 504);
+    assert_eq!(last.data["error"]["code"], "timeout");
+    assert!(events.iter().any(|e| e.event == "summary"), "{events:?}");
+    let (status, _, v) = send(&app, summarize_request("Short one. Done.")).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn a_client_that_closes_its_stream_stops_its_generation_and_frees_its_slot() {
+    let app = router(state(ServerLimits {
+        max_concurrency: 1,
+        queue_depth: 1,
+        ..limits()
+    }));
+    let before = tokens_generated(&metrics_text(&app).await, "fake-stream");
+    let body = json!({"text": slow_article(200), "model": "fake-stream", "stream": true});
+    let req = json_request("/v1/summarize", &body);
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let mut body = resp.into_body();
+    // Read until some summary text has arrived, then hang up.
+    let mut seen = String::new();
+    while !seen.contains("event: summary") {
+        let frame = body.frame().await.unwrap().unwrap();
+        if let Ok(data) = frame.into_data() {
+            seen.push_str(std::str::from_utf8(&data).unwrap());
+        }
+    }
+    drop(body);
+    assert_abandoned_work_stopped(&app, "fake-stream", before).await;
 }

@@ -18,7 +18,7 @@ pub mod output;
 use crate::config::{Config, DEFAULT_MODEL};
 use crate::engine::{Engine, EngineError, Routing, StoreLoader};
 use crate::store::{ModelSpec, ModelStore, StoreConfig};
-use crate::task::{CancelToken, GenerationOverrides, Length, Progress, Task, TaskOptions};
+use crate::task::{CancelToken, GenerationOverrides, Length, Task, TaskEvent, TaskOptions};
 use output::{ErrorBody, Format, Outcome};
 
 /// Summaries of news articles, and their Russian and Hindi versions, with open models.
@@ -382,8 +382,8 @@ fn run_job(
                 } else {
                     Some(progress_bar(1, &item.origin))
                 };
-                let report = |p: Progress| {
-                    if let Some(b) = &step_bar {
+                let report = |event: TaskEvent<'_>| {
+                    if let (Some(b), TaskEvent::Progress(p)) = (&step_bar, event) {
                         b.set_length(p.total as u64);
                         b.set_position(p.done as u64);
                     }

@@ -13,6 +13,7 @@ use serde_json::Value;
 use utoipa::OpenApi;
 
 use super::error::{ErrorBody, ErrorCode, ErrorDetail};
+use super::stream::{ParagraphEvent, ProgressEvent, StreamError, SummaryTextEvent};
 use super::{
     BatchItem, BatchResponse, DigestRequest, Health, ModelsResponse, SummarizeRequest,
     TranslateRequest,
@@ -63,7 +64,8 @@ pub enum JobAnswer {
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)] // a description for the document, never built
 pub enum JobResponses {
-    /// The result: an object for one article; `results` for an array.
+    /// The result: an object for one article; `results` for an array; a
+    /// stream of events (`text/event-stream`) when asked for one.
     #[response(status = 200)]
     Done(JobAnswer),
     /// Not UTF-8, or not JSON.
@@ -119,6 +121,10 @@ pub enum JobResponses {
         ErrorCode,
         Health,
         ModelsResponse,
+        SummaryTextEvent,
+        ParagraphEvent,
+        ProgressEvent,
+        StreamError,
     )),
     tags(
         (name = "jobs", description = "summarize, translate, digest: one article or an array"),
@@ -131,7 +137,34 @@ pub struct ApiDoc;
 /// The document as JSON, built once.
 pub fn document() -> &'static Value {
     static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null))
+    DOC.get_or_init(|| {
+        let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
+        add_event_streams(&mut doc);
+        doc
+    })
+}
+
+/// The job routes' streamed answer, which utoipa cannot derive: a second
+/// content type of their 200 response.
+fn add_event_streams(doc: &mut Value) {
+    let stream = serde_json::json!({
+        "schema": {
+            "type": "string",
+            "description": "Server-Sent Events, each a JSON object in `data`: `summary` (SummaryTextEvent) as the summary is written, `paragraph` (ParagraphEvent) as each headline or paragraph is translated, `progress` (ProgressEvent) after each step, then one `result` (the object a plain request gets) or `error` (StreamError), and the stream ends. Asked for with `\"stream\": true` or `Accept: text/event-stream`; one article only.",
+        },
+        "example": "event: summary\ndata: {\"language\":\"en\",\"text\":\"G20\"}\n\nevent: summary\ndata: {\"language\":\"en\",\"text\":\" ministers met\"}\n\nevent: progress\ndata: {\"done\":1,\"total\":1}\n\nevent: result\ndata: {\"schema_version\":1,\"task\":\"summarize\"}\n\n",
+    });
+    for path in ["/v1/summarize", "/v1/translate", "/v1/digest"] {
+        if let Some(content) = doc
+            .pointer_mut(&format!(
+                "/paths/{}/post/responses/200/content",
+                path.replace('/', "~1")
+            ))
+            .and_then(Value::as_object_mut)
+        {
+            content.insert("text/event-stream".into(), stream.clone());
+        }
+    }
 }
 
 /// This API's OpenAPI 3 document.
@@ -273,10 +306,20 @@ fn render(doc: &Value) -> String {
                 if let Some(responses) = op["responses"].as_object() {
                     out.push_str("<table><tr><th>status</th><th>when</th><th>body</th></tr>");
                     for (status, r) in responses {
-                        let body = r["content"]
-                            .as_object()
-                            .and_then(|c| c.values().next())
-                            .map_or_else(String::new, |m| type_words(&m["schema"]));
+                        let body = r["content"].as_object().map_or_else(String::new, |c| {
+                            let words: Vec<String> = c
+                                .iter()
+                                .map(|(mime, m)| {
+                                    let words = type_words(&m["schema"]);
+                                    if c.len() == 1 {
+                                        words
+                                    } else {
+                                        format!("<code>{}</code>: {words}", escape(mime))
+                                    }
+                                })
+                                .collect();
+                            words.join("<br>")
+                        });
                         let _ = write!(
                             out,
                             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",

@@ -3,14 +3,15 @@
 //! metrics, and the engine behind it. Work runs on blocking threads; a
 //! client that goes away, or a request past its deadline, cancels its work.
 //!
-//! Routes: `POST /v1/summarize`, `POST /v1/translate`, `POST /v1/digest`,
+//! Routes: `POST /v1/summarize`, `POST /v1/translate`, `POST /v1/digest`
+//! (one article, an array of them, or a stream of events: see [`stream`]),
 //! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
 
 use std::sync::{Arc, RwLock};
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
-use axum::http::{HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
@@ -26,6 +27,7 @@ use tower_http::trace::TraceLayer;
 pub mod docs;
 pub mod error;
 pub mod ops;
+pub mod stream;
 
 pub use error::{ApiError, ErrorCode};
 pub use ops::{Admission, ApiKeys, Readiness, Slot};
@@ -322,6 +324,10 @@ pub struct SummarizeRequest {
     /// Fail instead of returning flagged output.
     #[serde(default)]
     pub strict: Option<bool>,
+    /// Answer with Server-Sent Events as the work goes (as does
+    /// `Accept: text/event-stream`); one article only.
+    #[serde(default)]
+    pub stream: Option<bool>,
     /// Generation overrides.
     #[serde(default)]
     pub generation: Option<GenerationOverrides>,
@@ -352,6 +358,10 @@ pub struct TranslateRequest {
     /// Fail instead of returning flagged output.
     #[serde(default)]
     pub strict: Option<bool>,
+    /// Answer with Server-Sent Events as the work goes (as does
+    /// `Accept: text/event-stream`); one article only.
+    #[serde(default)]
+    pub stream: Option<bool>,
     /// Generation overrides.
     #[serde(default)]
     pub generation: Option<GenerationOverrides>,
@@ -388,6 +398,10 @@ pub struct DigestRequest {
     /// Fail instead of returning flagged output.
     #[serde(default)]
     pub strict: Option<bool>,
+    /// Answer with Server-Sent Events as the work goes (as does
+    /// `Accept: text/event-stream`); one article only.
+    #[serde(default)]
+    pub stream: Option<bool>,
     /// Generation overrides.
     #[serde(default)]
     pub generation: Option<GenerationOverrides>,
@@ -398,15 +412,24 @@ struct Job {
     article: Article,
     options: TaskOptions,
     model: Option<String>,
+    /// The request's `stream` field.
+    stream: Option<bool>,
 }
 
 impl Job {
-    fn new(task: Task, article: Article, options: TaskOptions, model: Option<String>) -> Self {
+    fn new(
+        task: Task,
+        article: Article,
+        options: TaskOptions,
+        model: Option<String>,
+        stream: Option<bool>,
+    ) -> Self {
         Self {
             task,
             article,
             options,
             model,
+            stream,
         }
     }
 }
@@ -503,22 +526,42 @@ fn internal() -> ApiError {
 /// The fields of a job route's request, made into the job.
 trait IntoJob: DeserializeOwned + Send + 'static {
     fn into_job(self, state: &AppState) -> Job;
+    /// The request's `stream` field.
+    fn stream(&self) -> Option<bool>;
 }
 
-/// Answers a job route: one result, or a batch's results in order.
+/// Answers a job route: one result, its stream of events, or a batch's
+/// results in order.
 async fn serve_jobs<T: IntoJob>(
     state: AppState,
+    headers: HeaderMap,
     body: OneOrMany<T>,
 ) -> Result<axum::response::Response, ApiError> {
     match body {
         OneOrMany::One(req) => {
             let job = req.into_job(&state);
             check_job(&state, &job)?;
+            let streamed = stream::wanted(&headers, job.stream);
             let (slot, deadline) = admit(&state).await?;
+            if streamed {
+                let engine = Arc::clone(&state.engine);
+                return stream::respond(engine, job, deadline, slot).await;
+            }
             let result = execute(&state, job, deadline, slot).await?;
             Ok(Json(result).into_response())
         }
-        OneOrMany::Many(items) => Ok(run_batch(state, items).await?.into_response()),
+        OneOrMany::Many(items) => {
+            let asked = items
+                .iter()
+                .any(|item| matches!(item, Ok(req) if req.stream() == Some(true)));
+            if asked || (stream::wanted(&headers, None) && !items.is_empty()) {
+                return Err(ApiError::new(
+                    ErrorCode::InvalidRequest,
+                    "streaming answers one article at a time: send the array without `stream` and without Accept: text/event-stream, or stream each article on its own",
+                ));
+            }
+            Ok(run_batch(state, items).await?.into_response())
+        }
     }
 }
 
@@ -640,6 +683,10 @@ fn options(
 }
 
 impl IntoJob for SummarizeRequest {
+    fn stream(&self) -> Option<bool> {
+        self.stream
+    }
+
     fn into_job(self, _: &AppState) -> Job {
         let mut options = options(self.clean, self.strict, self.generation);
         options.length = self.length;
@@ -649,11 +696,15 @@ impl IntoJob for SummarizeRequest {
             title: self.title,
             text: self.text,
         };
-        Job::new(Task::Summarize, article, options, self.model)
+        Job::new(Task::Summarize, article, options, self.model, self.stream)
     }
 }
 
 impl IntoJob for TranslateRequest {
+    fn stream(&self) -> Option<bool> {
+        self.stream
+    }
+
     fn into_job(self, _: &AppState) -> Job {
         let mut options = options(self.clean, self.strict, self.generation);
         options.to = normalise_languages(&self.to);
@@ -662,11 +713,15 @@ impl IntoJob for TranslateRequest {
             title: self.title,
             text: self.text,
         };
-        Job::new(Task::Translate, article, options, self.model)
+        Job::new(Task::Translate, article, options, self.model, self.stream)
     }
 }
 
 impl IntoJob for DigestRequest {
+    fn stream(&self) -> Option<bool> {
+        self.stream
+    }
+
     fn into_job(self, state: &AppState) -> Job {
         let mut options = options(self.clean, self.strict, self.generation);
         options.to = match &self.to {
@@ -684,7 +739,7 @@ impl IntoJob for DigestRequest {
             title: self.title,
             text: self.text,
         };
-        Job::new(Task::Digest, article, options, self.model)
+        Job::new(Task::Digest, article, options, self.model, self.stream)
     }
 }
 
@@ -694,9 +749,10 @@ impl IntoJob for DigestRequest {
     responses(docs::JobResponses))]
 async fn summarize(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: OneOrMany<SummarizeRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    serve_jobs(state, body).await
+    serve_jobs(state, headers, body).await
 }
 
 /// Translates an article paragraph by paragraph, or each article of an array.
@@ -705,9 +761,10 @@ async fn summarize(
     responses(docs::JobResponses))]
 async fn translate(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: OneOrMany<TranslateRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    serve_jobs(state, body).await
+    serve_jobs(state, headers, body).await
 }
 
 /// Summarizes an article and translates the summary (and, with `full`, the
@@ -717,9 +774,10 @@ async fn translate(
     responses(docs::JobResponses))]
 async fn digest(
     State(state): State<AppState>,
+    headers: HeaderMap,
     body: OneOrMany<DigestRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    serve_jobs(state, body).await
+    serve_jobs(state, headers, body).await
 }
 
 /// The state of the process (`/health`) or of its models (`/ready`).

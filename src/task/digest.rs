@@ -4,7 +4,7 @@
 use super::summarize::summarize;
 use super::translate::{steps, translate_texts, StepCounter, TranslationInput};
 use super::{
-    CancelToken, ModelRouter, PreparedArticle, Progress, ProgressFn, Summary, TaskError,
+    CancelToken, EventFn, ModelRouter, PreparedArticle, Progress, Summary, TaskError, TaskEvent,
     TaskOptions, Translation, TranslationSource,
 };
 
@@ -14,7 +14,7 @@ pub fn digest(
     options: &TaskOptions,
     models: &dyn ModelRouter,
     cancel: &CancelToken,
-    progress: ProgressFn<'_>,
+    events: EventFn<'_>,
 ) -> Result<(Summary, Vec<Translation>), TaskError> {
     let summary_steps = 1;
     let title = article.headline.as_deref();
@@ -26,8 +26,8 @@ pub fn digest(
         0
     };
     let total = summary_steps + options.to.len() * (per_language_summary + per_language_full);
-    let summary = summarize(article, "en", options, models, cancel)?;
-    progress(Progress { done: 1, total });
+    let summary = summarize(article, "en", options, models, cancel, events)?;
+    events(TaskEvent::Progress(Progress { done: 1, total }));
     let summary_paragraphs = vec![summary.text.clone()];
     let mut translations = Vec::new();
     let mut offset = summary_steps;
@@ -35,7 +35,7 @@ pub fn digest(
         let counter = StepCounter {
             offset,
             total,
-            progress,
+            events,
         };
         translations.push(translate_texts(
             &TranslationInput {
@@ -56,7 +56,7 @@ pub fn digest(
             let counter = StepCounter {
                 offset,
                 total,
-                progress,
+                events,
             };
             translations.push(translate_texts(
                 &TranslationInput {

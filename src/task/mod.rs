@@ -166,6 +166,9 @@ impl CancelToken {
     }
 }
 
+/// Where a model hands text as it is produced: `(request index, new text)`.
+pub type TextSink<'a> = &'a mut dyn FnMut(usize, &str);
+
 /// A model as tasks see it: generate text, count tokens. The engine implements it.
 pub trait TextModel: Send + Sync {
     /// What the model is.
@@ -173,10 +176,14 @@ pub trait TextModel: Send + Sync {
     /// Tokens the text takes in this model's tokenizer.
     fn count_tokens(&self, text: &str) -> Result<usize, BackendError>;
     /// Generates for each request, in order. Stops early when `cancel` is set.
+    /// When given, `on_text(i, piece)` receives request `i`'s text as it is
+    /// produced (a token at a time where the model decodes that way, the
+    /// whole text at once where it searches beams).
     fn generate(
         &self,
         requests: Vec<GenerationRequest>,
         cancel: &CancelToken,
+        on_text: Option<TextSink<'_>>,
     ) -> Vec<Result<Generation, BackendError>>;
 }
 
@@ -197,8 +204,36 @@ pub struct Progress {
     pub total: usize,
 }
 
-/// Where a task reports progress (the CLI draws a bar from it).
-pub type ProgressFn<'a> = &'a (dyn Fn(Progress) + Sync);
+/// What a running task reports as it goes: the CLI draws a progress bar
+/// from it, the server streams it (Server-Sent Events).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TaskEvent<'a> {
+    /// A step (the summary, a translated paragraph) finished.
+    Progress(Progress),
+    /// Summary text as the model writes it, a token (or, from a beam-search
+    /// summarizer, the whole text) at a time. It is the model's raw output:
+    /// the finished [`Summary`] is tidied (labels and quotes removed).
+    SummaryText {
+        /// Language of the summary.
+        language: &'a str,
+        /// The new text.
+        text: &'a str,
+    },
+    /// A translated headline or paragraph, in its final form.
+    Paragraph {
+        /// Target language.
+        language: &'a str,
+        /// Whether the summary or the article is being translated.
+        source: TranslationSource,
+        /// Position among the paragraphs; `None` for the headline.
+        index: Option<usize>,
+        /// The translation.
+        text: &'a str,
+    },
+}
+
+/// Where a task reports [`TaskEvent`]s.
+pub type EventFn<'a> = &'a (dyn Fn(TaskEvent<'_>) + Sync);
 
 /// The model that produced an output, and why it was picked.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
@@ -425,7 +460,7 @@ pub fn run(
     options: &TaskOptions,
     models: &dyn ModelRouter,
     cancel: &CancelToken,
-    progress: ProgressFn<'_>,
+    events: EventFn<'_>,
 ) -> Result<TaskResult, TaskError> {
     let prepared = prepare(article, options)?;
     validate_languages(task, options, models)?;
@@ -439,16 +474,16 @@ pub fn run(
     let (summary, translations) = match task {
         Task::Summarize => {
             let language = options.summary_language.as_deref().unwrap_or("en");
-            let s = summarize::summarize(&prepared, language, options, models, cancel)?;
-            progress(Progress { done: 1, total: 1 });
+            let s = summarize::summarize(&prepared, language, options, models, cancel, events)?;
+            events(TaskEvent::Progress(Progress { done: 1, total: 1 }));
             (Some(s), Vec::new())
         }
         Task::Translate => {
-            let t = translate::translate_article(&prepared, options, models, cancel, progress)?;
+            let t = translate::translate_article(&prepared, options, models, cancel, events)?;
             (None, t)
         }
         Task::Digest => {
-            let (s, t) = digest::digest(&prepared, options, models, cancel, progress)?;
+            let (s, t) = digest::digest(&prepared, options, models, cancel, events)?;
             (Some(s), t)
         }
     };
@@ -539,7 +574,24 @@ fn generate_all(
     requests: Vec<GenerationRequest>,
     cancel: &CancelToken,
 ) -> Result<Vec<Generation>, TaskError> {
-    let out = model.generate(requests, cancel);
+    finish_generation(model.generate(requests, cancel, None), cancel)
+}
+
+/// [`generate_all`], handing the text to `on_text` as it is produced.
+fn generate_streamed(
+    model: &dyn TextModel,
+    requests: Vec<GenerationRequest>,
+    cancel: &CancelToken,
+    on_text: TextSink<'_>,
+) -> Result<Vec<Generation>, TaskError> {
+    finish_generation(model.generate(requests, cancel, Some(on_text)), cancel)
+}
+
+/// A model's results, or [`TaskError::Cancelled`] when `cancel` was set.
+fn finish_generation(
+    out: Vec<Result<Generation, BackendError>>,
+    cancel: &CancelToken,
+) -> Result<Vec<Generation>, TaskError> {
     if cancel.is_cancelled() {
         return Err(TaskError::Cancelled);
     }

@@ -20,23 +20,38 @@ use super::clean::split_sentences;
 use super::quality::{self, OutputKind, QualityInput, QualityThresholds};
 use super::translate::split_to_fit;
 use super::{
-    budget, generate_all, prompt, CancelToken, ChunkReport, Length, ModelRouter, ModelUsed,
-    PreparedArticle, Summary, TaskError, TaskOptions, TextModel, TokenStats,
+    budget, generate_all, generate_streamed, prompt, CancelToken, ChunkReport, EventFn, Length,
+    ModelRouter, ModelUsed, PreparedArticle, Summary, TaskError, TaskEvent, TaskOptions, TextModel,
+    TextSink, TokenStats,
 };
 use crate::backend::seq2seq::GenerationOverrides as Seq2SeqOverrides;
 use crate::backend::{ChatMessage, FinishReason, GenerationParams, GenerationRequest, ModelKind};
 
-/// Summarizes a prepared article in `language`.
+/// Summarizes a prepared article in `language`, reporting the text as it
+/// is written ([`TaskEvent::SummaryText`]).
 pub fn summarize(
     article: &PreparedArticle,
     language: &str,
     options: &TaskOptions,
     models: &dyn ModelRouter,
     cancel: &CancelToken,
+    events: EventFn<'_>,
 ) -> Result<Summary, TaskError> {
     let model = models.summarizer(language)?;
+    let mut on_text = |_: usize, text: &str| {
+        if !text.is_empty() {
+            events(TaskEvent::SummaryText { language, text });
+        }
+    };
     if model.info().kind == ModelKind::Summarizer {
-        return summarize_dedicated(article, language, options, model.as_ref(), cancel);
+        return summarize_dedicated(
+            article,
+            language,
+            options,
+            model.as_ref(),
+            cancel,
+            &mut on_text,
+        );
     }
     let length = options.length.unwrap_or_default();
     let messages = prompt::summary(article, language, length);
@@ -61,7 +76,7 @@ pub fn summarize(
         params: params.clone(),
         seq2seq: None,
     };
-    let generation = generate_all(model.as_ref(), vec![request], cancel)?
+    let generation = generate_streamed(model.as_ref(), vec![request], cancel, &mut on_text)?
         .pop()
         .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
     let text = tidy_summary(&generation.text);
@@ -98,12 +113,14 @@ const MAX_REDUCE_ROUNDS: usize = 8;
 
 /// Summarizes with a dedicated summarizer, in pieces when the article is
 /// longer than the model's input limit (see the module's documentation).
+/// Only the last round's text goes to `on_text`.
 fn summarize_dedicated(
     article: &PreparedArticle,
     language: &str,
     options: &TaskOptions,
     model: &dyn TextModel,
     cancel: &CancelToken,
+    on_text: TextSink<'_>,
 ) -> Result<Summary, TaskError> {
     let limit = model.info().context_length;
     let count = |text: &str| model.count_tokens(text).map_err(TaskError::from);
@@ -144,7 +161,7 @@ fn summarize_dedicated(
         }
     }
     let text = &pieces[0].text;
-    let generation = generate_all(model, vec![request(text, last_round)], cancel)?
+    let generation = generate_streamed(model, vec![request(text, last_round)], cancel, on_text)?
         .pop()
         .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
     tokens.add(&generation);

@@ -9,8 +9,9 @@
 use super::clean::split_sentences;
 use super::quality::{self, OutputKind, QualityInput, QualityThresholds};
 use super::{
-    budget, generate_all, prompt, CancelToken, ModelRouter, ModelUsed, PreparedArticle, Progress,
-    ProgressFn, TaskError, TaskOptions, TextModel, TokenStats, Translation, TranslationSource,
+    budget, generate_all, prompt, CancelToken, EventFn, ModelRouter, ModelUsed, PreparedArticle,
+    Progress, TaskError, TaskEvent, TaskOptions, TextModel, TokenStats, Translation,
+    TranslationSource,
 };
 use crate::backend::{FinishReason, GenerationParams, GenerationRequest, ModelKind};
 
@@ -25,7 +26,7 @@ pub fn translate_article(
     options: &TaskOptions,
     models: &dyn ModelRouter,
     cancel: &CancelToken,
-    progress: ProgressFn<'_>,
+    events: EventFn<'_>,
 ) -> Result<Vec<Translation>, TaskError> {
     let per_language = steps(article.headline.as_deref(), &article.paragraphs);
     let total = per_language * options.to.len();
@@ -34,7 +35,7 @@ pub fn translate_article(
         let counter = StepCounter {
             offset: i * per_language,
             total,
-            progress,
+            events,
         };
         out.push(translate_texts(
             &TranslationInput {
@@ -71,7 +72,30 @@ pub struct StepCounter<'a> {
     /// Steps in the whole task.
     pub total: usize,
     /// Where to report.
-    pub progress: ProgressFn<'a>,
+    pub events: EventFn<'a>,
+}
+
+impl StepCounter<'_> {
+    /// Reports a translated headline (`index` `None`) or paragraph, which
+    /// is step `done` of the task.
+    fn paragraph(
+        &self,
+        input: &TranslationInput<'_>,
+        index: Option<usize>,
+        text: &str,
+        done: usize,
+    ) {
+        (self.events)(TaskEvent::Paragraph {
+            language: input.language,
+            source: input.source,
+            index,
+            text,
+        });
+        (self.events)(TaskEvent::Progress(Progress {
+            done,
+            total: self.total,
+        }));
+    }
 }
 
 /// Translates a title and paragraphs into one language.
@@ -94,9 +118,13 @@ pub fn translate_texts(
         ..GenerationParams::default()
     };
     let mut done = steps.offset;
-    let mut translate_one = |text: &str, what: &str| -> Result<String, TaskError> {
+    let mut translate_one = |text: &str, index: Option<usize>| -> Result<String, TaskError> {
+        let what = match index {
+            Some(i) => format!("paragraph {}", i + 1),
+            None => "the headline".to_string(),
+        };
         let mut pieces = Vec::new();
-        for chunk in chunks_that_fit(model.as_ref(), text, input.language, options, what)? {
+        for chunk in chunks_that_fit(model.as_ref(), text, input.language, options, &what)? {
             let params = params_for(model.as_ref(), &chunk, input.language, options)?;
             if params.max_new_tokens > largest.max_new_tokens {
                 largest = params.clone();
@@ -117,20 +145,18 @@ pub fn translate_texts(
             hit_limit |= g.finish == FinishReason::Length;
             pieces.push(one_paragraph(&g.text));
         }
+        let out = pieces.join(" ");
         done += 1;
-        (steps.progress)(Progress {
-            done,
-            total: steps.total,
-        });
-        Ok(pieces.join(" "))
+        steps.paragraph(input, index, &out, done);
+        Ok(out)
     };
     let title = match input.title {
-        Some(t) => Some(translate_one(t, "the headline")?),
+        Some(t) => Some(translate_one(t, None)?),
         None => None,
     };
     let mut paragraphs = Vec::with_capacity(input.paragraphs.len());
     for (i, p) in input.paragraphs.iter().enumerate() {
-        paragraphs.push(translate_one(p, &format!("paragraph {}", i + 1))?);
+        paragraphs.push(translate_one(p, Some(i))?);
     }
     Ok(finish(
         input,
@@ -202,7 +228,7 @@ fn translate_sentences(
     let mut tokens = TokenStats::default();
     let mut hit_limit = false;
     let mut done = steps.offset;
-    let mut translate_one = |text: &str| -> Result<String, TaskError> {
+    let mut translate_one = |text: &str, index: Option<usize>| -> Result<String, TaskError> {
         let mut pieces = Vec::new();
         for sentence in split_sentences(text) {
             pieces.extend(split_to_fit(&sentence, &mut |t| {
@@ -220,20 +246,18 @@ fn translate_sentences(
                 parts.push(t);
             }
         }
+        let out = parts.join(" ");
         done += 1;
-        (steps.progress)(Progress {
-            done,
-            total: steps.total,
-        });
-        Ok(parts.join(" "))
+        steps.paragraph(input, index, &out, done);
+        Ok(out)
     };
     let title = match input.title {
-        Some(t) => Some(translate_one(t)?),
+        Some(t) => Some(translate_one(t, None)?),
         None => None,
     };
     let mut paragraphs = Vec::with_capacity(input.paragraphs.len());
-    for p in input.paragraphs {
-        paragraphs.push(translate_one(p)?);
+    for (i, p) in input.paragraphs.iter().enumerate() {
+        paragraphs.push(translate_one(p, Some(i))?);
     }
     // The translator runs its checkpoint's own generation settings; these
     // record that no sampling was involved.
