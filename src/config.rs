@@ -22,6 +22,12 @@
 //! shutdown_grace_secs = 30
 //! api_keys_file = "/etc/precis/keys"
 //! cors_origins = ["https://news.example"]
+//!
+//! [cache]                        # each also a flag (--cache, --no-cache, --cache-max-mb, ...) and a PRECIS_* variable
+//! path = "/var/cache/precis/results.sqlite3"
+//! no_cache = false
+//! max_mb = 1024
+//! max_age_days = 90
 //! ```
 
 use std::path::{Path, PathBuf};
@@ -49,6 +55,85 @@ pub struct Config {
     /// Server settings.
     #[serde(default)]
     pub server: ServerConfig,
+    /// Result cache settings.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// The result cache's settings: the `[cache]` table of the configuration
+/// file, and the same as flags of the jobs, `serve` and `cache`, and
+/// `PRECIS_*` variables (a flag or variable wins over the file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Result cache file, shared by runs and by the server [default: precis/results.sqlite3 in the user cache dir].
+    #[arg(
+        long = "cache",
+        global = true,
+        env = "PRECIS_CACHE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    pub path: Option<PathBuf>,
+    /// Do not use the result cache: every article runs its model, nothing is stored.
+    #[arg(
+        long,
+        global = true,
+        env = "PRECIS_NO_CACHE",
+        hide_env_values = true,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Largest size of the cached results, in MB; the least recently used go first [default: 1024].
+    #[arg(
+        long = "cache-max-mb",
+        global = true,
+        env = "PRECIS_CACHE_MAX_MB",
+        hide_env_values = true,
+        value_name = "MB"
+    )]
+    pub max_mb: Option<u64>,
+    /// Cached results unused for this many days are dropped [default: 90].
+    #[arg(
+        long = "cache-max-age-days",
+        global = true,
+        env = "PRECIS_CACHE_MAX_AGE_DAYS",
+        hide_env_values = true,
+        value_name = "DAYS"
+    )]
+    pub max_age_days: Option<u64>,
+}
+
+impl CacheConfig {
+    /// These settings, each unset one taken from `file`.
+    pub fn or(self, file: &CacheConfig) -> CacheConfig {
+        let file = file.clone();
+        CacheConfig {
+            path: self.path.or(file.path),
+            no_cache: self.no_cache || file.no_cache,
+            max_mb: self.max_mb.or(file.max_mb),
+            max_age_days: self.max_age_days.or(file.max_age_days),
+        }
+    }
+
+    /// The size and age limits, defaults filled in.
+    pub fn limits(&self) -> crate::cache::CacheLimits {
+        let default = crate::cache::CacheLimits::default();
+        crate::cache::CacheLimits {
+            max_bytes: self
+                .max_mb
+                .map_or(default.max_bytes, |mb| mb.saturating_mul(1024 * 1024)),
+            max_age: self.max_age_days.map_or(default.max_age, |d| {
+                std::time::Duration::from_secs(d.saturating_mul(86_400))
+            }),
+        }
+    }
+
+    /// The cache file, default filled in.
+    pub fn file(&self) -> PathBuf {
+        self.path.clone().unwrap_or_else(crate::cache::default_path)
+    }
 }
 
 /// The server's settings: the `[server]` table of the configuration file,
@@ -182,6 +267,8 @@ manifest_dirs = ["/x"]
 [server]
 addr = "127.0.0.1:9"
 max_chars = 10
+[cache]
+max_mb = 5
 "#,
         )
         .unwrap();
@@ -189,6 +276,8 @@ max_chars = 10
         assert_eq!(c.translator.as_deref(), Some("t"));
         assert_eq!(c.summarizer, None);
         assert_eq!(c.server.max_chars, Some(10));
+        assert_eq!(c.cache.limits().max_bytes, 5 * 1024 * 1024);
+        assert!(!c.cache.no_cache);
     }
 
     #[test]

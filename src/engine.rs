@@ -19,8 +19,10 @@ use crate::backend::seq2seq::backend::{
     target_language, Architecture, Seq2SeqBackend, Seq2SeqOptions,
 };
 use crate::backend::{
-    Backend, BackendError, Flow, Generation, GenerationRequest, ModelInfo, ModelKind, TokenCounter,
+    Backend, BackendError, Cached, FinishReason, Flow, Generation, GenerationRequest, ModelInfo,
+    ModelKind, TokenCounter,
 };
+use crate::cache::{CacheKey, ResultCache};
 use crate::store::{LocatedModel, ModelFamily, ModelSpec, ModelStore, SpecOrigin};
 use crate::task::{
     self, language_name, Article, CancelToken, EventFn, ModelRouter, Task, TaskError, TaskOptions,
@@ -54,6 +56,12 @@ pub trait ModelLoader: Send + Sync {
     fn canonical(&self, name: &str) -> Option<String>;
     /// Loads the model (never downloads when `allow_fetch` is false).
     fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError>;
+    /// What identifies the loaded model's files beyond its id and revision
+    /// (for a local checkpoint, whose revision says nothing): part of its
+    /// result-cache keys.
+    fn fingerprint(&self, _id: &str) -> String {
+        String::new()
+    }
 }
 
 enum Job {
@@ -74,16 +82,27 @@ enum Reply {
     Done(Vec<Result<Generation, BackendError>>),
 }
 
-/// A loaded model: its worker thread and the channel to it.
+/// A loaded model: its worker thread and the channel to it, and the result
+/// cache it consults first.
 pub struct ModelHandle {
     info: ModelInfo,
     counter: TokenCounter,
     tx: Mutex<mpsc::Sender<Job>>,
+    cache: Option<(Arc<ResultCache>, String)>,
 }
 
 impl ModelHandle {
     /// Starts a worker thread that owns `backend`.
     pub fn spawn(backend: Box<dyn Backend>) -> Arc<Self> {
+        Self::spawn_cached(backend, None)
+    }
+
+    /// Starts a worker thread that owns `backend`; generations are looked up
+    /// in and added to `cache` (with the model's file fingerprint) when given.
+    pub fn spawn_cached(
+        backend: Box<dyn Backend>,
+        cache: Option<(Arc<ResultCache>, String)>,
+    ) -> Arc<Self> {
         let info = backend.info().clone();
         let counter = backend.token_counter();
         let (tx, rx) = mpsc::channel::<Job>();
@@ -98,6 +117,7 @@ impl ModelHandle {
             info,
             counter,
             tx: Mutex::new(tx),
+            cache,
         })
     }
 }
@@ -260,6 +280,77 @@ impl TextModel for ModelHandle {
         cancel: &CancelToken,
         mut on_text: Option<TextSink<'_>>,
     ) -> Vec<Result<Generation, BackendError>> {
+        let Some((cache, fingerprint)) = &self.cache else {
+            return self.run_on_worker(requests, cancel, on_text);
+        };
+        // Hits are answered here; the misses go to the model, and each one
+        // finished is stored at once (a run killed later keeps it).
+        let keys: Vec<CacheKey> = requests
+            .iter()
+            .map(|r| CacheKey::new(&self.info, fingerprint, r))
+            .collect();
+        let mut results: Vec<Option<Result<Generation, BackendError>>> = Vec::new();
+        let mut missing = Vec::new();
+        let mut to_run = Vec::new();
+        for (i, (request, key)) in requests.into_iter().zip(&keys).enumerate() {
+            match cache.get(key) {
+                Some(mut g) => {
+                    g.cache = Cached::Hit;
+                    if let Some(f) = on_text.as_mut() {
+                        f(i, &g.text);
+                    }
+                    results.push(Some(Ok(g)));
+                }
+                None => {
+                    results.push(None);
+                    missing.push(i);
+                    to_run.push(request);
+                }
+            }
+        }
+        let model = self.info.id.clone();
+        metrics::counter!("precis_cache_hits_total", "model" => model.clone())
+            .increment((keys.len() - missing.len()) as u64);
+        metrics::counter!("precis_cache_misses_total", "model" => model)
+            .increment(missing.len() as u64);
+        if !missing.is_empty() {
+            let mut sink = |k: usize, piece: &str| {
+                if let Some(f) = on_text.as_mut() {
+                    f(missing[k], piece);
+                }
+            };
+            let sink: Option<TextSink<'_>> = Some(&mut sink);
+            let out = self.run_on_worker(to_run, cancel, sink);
+            for (k, mut r) in out.into_iter().enumerate() {
+                if let Ok(g) = &mut r {
+                    g.cache = Cached::Miss;
+                    if g.finish != FinishReason::Cancelled && !cancel.is_cancelled() {
+                        cache.put(&keys[missing[k]], &self.info.id, g);
+                    }
+                }
+                results[missing[k]] = Some(r);
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(BackendError::Runtime("the model returned no result".into()))
+                })
+            })
+            .collect()
+    }
+}
+
+impl ModelHandle {
+    /// Sends `requests` to the model's worker and waits for the results,
+    /// handing text to `on_text` as it comes.
+    fn run_on_worker(
+        &self,
+        requests: Vec<GenerationRequest>,
+        cancel: &CancelToken,
+        mut on_text: Option<TextSink<'_>>,
+    ) -> Vec<Result<Generation, BackendError>> {
         let n = requests.len();
         let (reply, rx) = mpsc::channel();
         let sent = self.tx.lock().map_err(|_| ()).and_then(|tx| {
@@ -307,6 +398,7 @@ pub struct Engine {
     loader: Arc<dyn ModelLoader>,
     models: Mutex<Vec<Arc<ModelHandle>>>,
     routing: Routing,
+    cache: Option<Arc<ResultCache>>,
 }
 
 impl Engine {
@@ -316,7 +408,19 @@ impl Engine {
             loader,
             models: Mutex::new(Vec::new()),
             routing,
+            cache: None,
         }
+    }
+
+    /// The same engine, with every model it loads consulting `cache` first.
+    pub fn with_cache(mut self, cache: Option<Arc<ResultCache>>) -> Self {
+        self.cache = cache;
+        self
+    }
+
+    /// The result cache, when there is one.
+    pub fn cache(&self) -> Option<&Arc<ResultCache>> {
+        self.cache.as_ref()
     }
 
     /// Loads every model the routing names (the server does this at start-up).
@@ -355,7 +459,11 @@ impl Engine {
         tracing::info!(model = %id, seconds = started.elapsed().as_secs_f32(), "model loaded");
         metrics::gauge!("precis_model_load_seconds", "model" => id.clone())
             .set(started.elapsed().as_secs_f64());
-        let handle = ModelHandle::spawn(backend);
+        let cache = self
+            .cache
+            .as_ref()
+            .map(|c| (Arc::clone(c), self.loader.fingerprint(&id)));
+        let handle = ModelHandle::spawn_cached(backend, cache);
         models.push(Arc::clone(&handle));
         Ok(handle)
     }
@@ -637,7 +745,36 @@ fn seq2seq_dir(located: &LocatedModel) -> Option<(std::path::PathBuf, Architectu
     Some((dir, arch))
 }
 
+/// Names, sizes and modification times of a model's files, hashed: what
+/// changes when a checkpoint is replaced in place or re-downloaded.
+fn files_fingerprint(located: &LocatedModel) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    for (name, path) in &located.files {
+        let meta = std::fs::metadata(path).ok();
+        let modified = meta
+            .as_ref()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos());
+        hash.update(format!(
+            "{name}\0{}\0{modified}\0",
+            meta.map_or(0, |m| m.len())
+        ));
+    }
+    hash.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 impl ModelLoader for StoreLoader {
+    fn fingerprint(&self, id: &str) -> String {
+        self.resolve(id)
+            .and_then(|spec| self.store.locate(&spec).map_err(|e| e.to_string()))
+            .map_or_else(|_| String::new(), |located| files_fingerprint(&located))
+    }
+
     fn canonical(&self, name: &str) -> Option<String> {
         if self.open || self.configured.iter().any(|c| c == name) {
             // Any name goes; one that does not resolve fails at load with the store's reason.

@@ -9,6 +9,7 @@
 //! - [`backend`]: candle models behind one small trait, [`tokenizer`], [`store`] (model files).
 
 pub mod backend;
+pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;

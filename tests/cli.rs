@@ -11,7 +11,8 @@ fn precis(home: Option<&Path>) -> Command {
     cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
         .env("COLUMNS", "100")
         .env_remove("PRECIS_MODEL")
-        .env_remove("PRECIS_CONFIG");
+        .env_remove("PRECIS_CONFIG")
+        .env("PRECIS_NO_CACHE", "1");
     if let Some(home) = home {
         cmd.env("PRECIS_HOME", home)
             .env("HF_HOME", home.join("hf"))

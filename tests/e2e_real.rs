@@ -26,7 +26,10 @@ fn precis() -> Command {
     // Fetch (once) before the binary needs it, so a failure to fetch names the model.
     common::real_model_file(common::SMALLEST, None);
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_precis"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"));
+    // Every test runs the model unless it asks for a cache of its own.
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("PRECIS_NO_CACHE", "1")
+        .env_remove("PRECIS_CACHE");
     cmd
 }
 
@@ -362,4 +365,101 @@ fn server_digest_bad_input_and_graceful_shutdown() {
         .unwrap()
         .expect("the request in flight was answered");
     assert_eq!(status, 200, "{body}");
+}
+
+/// Stored generations in the cache file (0 before it exists).
+fn cache_entries(path: &std::path::Path) -> u64 {
+    if !path.exists() {
+        return 0;
+    }
+    let db =
+        rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .unwrap();
+    db.busy_timeout(Duration::from_secs(5)).unwrap();
+    db.query_row("SELECT COUNT(*) FROM generations", [], |r| {
+        r.get::<_, i64>(0)
+    })
+    .map_or(0, |n| n as u64)
+}
+
+#[test]
+fn a_run_killed_midway_resumes_without_recomputing_what_finished() {
+    let dir = tempfile::tempdir().unwrap();
+    // 20 short articles: consecutive sentence pairs of the sample.
+    let text = std::fs::read_to_string(SAMPLE).unwrap();
+    let sentences: Vec<&str> = text
+        .split_inclusive(['.', '!', '?'])
+        .map(str::trim)
+        .filter(|s| s.split_whitespace().count() > 5)
+        .collect();
+    assert!(sentences.len() >= 21, "{}", sentences.len());
+    let items = dir.path().join("items.jsonl");
+    let lines: Vec<String> = (0..20)
+        .map(|i| {
+            let text = format!("{} {}", sentences[i], sentences[i + 1]);
+            json!({"id": format!("item-{i}"), "text": text}).to_string()
+        })
+        .collect();
+    std::fs::write(&items, lines.join("\n") + "\n").unwrap();
+    let cache = dir.path().join("cache.sqlite3");
+    let out = dir.path().join("out.jsonl");
+    let run = || {
+        let mut cmd = precis();
+        cmd.env_remove("PRECIS_NO_CACHE")
+            .args(["summarize", "--quiet", "--model", common::SMALLEST])
+            .args(["--max-new-tokens", "8", "--format", "jsonl"])
+            .arg("--cache")
+            .arg(&cache)
+            .arg("--out")
+            .arg(&out)
+            .arg(&items);
+        cmd
+    };
+    let mut child = run()
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while cache_entries(&cache) < 5 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it could be killed"
+        );
+        assert!(started.elapsed() < Duration::from_secs(300), "no progress");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let done = cache_entries(&cache);
+    assert!(
+        (5..20).contains(&done),
+        "{done} of 20 were done at the kill"
+    );
+    assert!(!out.exists(), "a killed run left a partial output file");
+
+    let rerun = run().output().unwrap();
+    assert!(
+        rerun.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rerun.stderr)
+    );
+    let results: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 20);
+    // Articles run in order: those finished before the kill are all hits,
+    // the rest ran once each.
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["id"], format!("item-{i}"));
+        let expected = if (i as u64) < done {
+            json!({"hits": 1, "misses": 0})
+        } else {
+            json!({"hits": 0, "misses": 1})
+        };
+        assert_eq!(r["cache"], expected, "item {i}");
+    }
+    assert_eq!(cache_entries(&cache), 20);
 }

@@ -24,9 +24,16 @@ struct FakeLoader;
 
 impl ModelLoader for FakeLoader {
     fn canonical(&self, name: &str) -> Option<String> {
-        ["fake", "fake-2", "fake-cancel", "fake-stream", "broken"]
-            .contains(&name)
-            .then(|| name.to_string())
+        [
+            "fake",
+            "fake-2",
+            "fake-cancel",
+            "fake-stream",
+            "fake-cached",
+            "broken",
+        ]
+        .contains(&name)
+        .then(|| name.to_string())
     }
     fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError> {
         if id == "broken" {
@@ -987,28 +994,30 @@ fn check_progress(events: &[Sse]) {
     }
 }
 
-#[tokio::test]
-async fn summarize_streams_the_summary_as_it_is_written_then_the_result() {
-    let app = app();
-    let (status, ctype, events) = stream(
-        &app,
-        "/v1/summarize",
-        None,
-        json!({"text": SAMPLE, "stream": true}),
-    )
-    .await;
+/// The sample article's summary, streamed: the events, and the text of
+/// the `summary` events in order.
+async fn streamed_sample_summary(app: &axum::Router) -> (Vec<Sse>, Vec<String>) {
+    let body = json!({"text": SAMPLE, "stream": true});
+    let (status, ctype, events) = stream(app, "/v1/summarize", None, body).await;
     assert_eq!(status, StatusCode::OK);
     assert!(ctype.starts_with("text/event-stream"), "{ctype}");
-    let result = final_result(&events);
-    assert_eq!(result["task"], "summarize");
-    let pieces: Vec<&str> = events
+    let pieces = events
         .iter()
         .filter(|e| e.event == "summary")
         .map(|e| {
             assert_eq!(e.data["language"], "en");
-            e.data["text"].as_str().unwrap()
+            e.data["text"].as_str().unwrap().to_string()
         })
         .collect();
+    (events, pieces)
+}
+
+#[tokio::test]
+async fn summarize_streams_the_summary_as_it_is_written_then_the_result() {
+    let app = app();
+    let (events, pieces) = streamed_sample_summary(&app).await;
+    let result = final_result(&events);
+    assert_eq!(result["task"], "summarize");
     // The fake writes a word at a time: one event per word.
     let summary = result["summary"]["text"].as_str().unwrap();
     assert_eq!(
@@ -1238,4 +1247,69 @@ async fn a_client_that_closes_its_stream_stops_its_generation_and_frees_its_slot
     }
     drop(body);
     assert_abandoned_work_stopped(&app, "fake-stream", before).await;
+}
+
+#[tokio::test]
+async fn the_result_cache_answers_repeated_work_without_running_the_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = precis::cache::ResultCache::open(
+        &dir.path().join("results.sqlite3"),
+        precis::cache::CacheLimits::default(),
+    )
+    .unwrap();
+    let engine = Engine::new(
+        Arc::new(FakeLoader),
+        Routing {
+            summarizers: vec!["fake-cached".into()],
+            translators: vec!["fake-cached".into()],
+        },
+    )
+    .with_cache(Some(Arc::new(cache)));
+    engine.load_routed().unwrap();
+    let app = router(AppState::new(Arc::new(engine), limits(), vec!["ru".into()]));
+    let tokens = |m: &str| tokens_generated(m, "fake-cached");
+    let body = json!({"text": SAMPLE, "to": ["ru", "hi"]});
+    let before = tokens(&metrics_text(&app).await);
+    let (status, first) = post(&app, "/v1/digest", body.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    // The summary, and the headline and summary in two languages: 5 calls.
+    assert_eq!(first["cache"], json!({"hits": 0, "misses": 5}));
+    let metrics = metrics_text(&app).await;
+    let ran = tokens(&metrics);
+    assert!(ran > before);
+    assert!(
+        metrics.contains("precis_cache_misses_total{model=\"fake-cached\"} 5"),
+        "{metrics}"
+    );
+    // The same again: all from the cache, no token generated, the same result.
+    let (status, second) = post(&app, "/v1/digest", body).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(second["cache"], json!({"hits": 5, "misses": 0}));
+    let metrics = metrics_text(&app).await;
+    assert_eq!(tokens(&metrics), ran);
+    assert!(
+        metrics.contains("precis_cache_hits_total{model=\"fake-cached\"} 5"),
+        "{metrics}"
+    );
+    let strip = |mut v: Value| {
+        v.as_object_mut().unwrap().remove("cache");
+        v
+    };
+    assert_eq!(strip(first.clone()), strip(second));
+    // A changed parameter misses: the summary runs again. The fake writes
+    // the same summary at this length, so its translation (and the
+    // headline's) are hits.
+    let (_, third) = post(
+        &app,
+        "/v1/digest",
+        json!({"text": SAMPLE, "to": ["ru"], "length": {"words": 20}}),
+    )
+    .await;
+    assert_eq!(third["summary"]["text"], first["summary"]["text"]);
+    assert_eq!(third["cache"], json!({"hits": 2, "misses": 1}), "{third}");
+    // A streamed request answered from the cache still streams its text.
+    let (events, pieces) = streamed_sample_summary(&app).await;
+    let result = final_result(&events);
+    assert_eq!(result["cache"], json!({"hits": 1, "misses": 0}));
+    assert_eq!(pieces.concat(), first["summary"]["text"].as_str().unwrap());
 }

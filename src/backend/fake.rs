@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Backend, BackendError, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
+    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
     ModelInfo, Role, TokenCounter,
 };
 
@@ -206,6 +206,7 @@ impl Backend for FakeBackend {
                     prompt_tokens,
                     generated_tokens: count,
                     finish,
+                    cache: Cached::Off,
                 })
             })
             .collect()

@@ -29,7 +29,7 @@ use super::decoder::{Decoder, KvCache, SeqInput};
 use super::generation::{loop_cut, IncrementalText, Sampler};
 use super::weights::GgufFile;
 use super::{
-    Backend, BackendError, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
+    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
     ModelInfo, TokenCounter,
 };
 use crate::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
@@ -347,6 +347,7 @@ impl GgufModel {
             prompt_tokens: seq.prompt_len,
             generated_tokens: seq.generated.len(),
             finish: seq.finish.unwrap_or(FinishReason::Length),
+            cache: Cached::Off,
         })
     }
 
@@ -508,6 +509,7 @@ impl GgufModel {
             prompt_tokens: prompt_ids.len(),
             generated_tokens: generated.len(),
             finish,
+            cache: Cached::Off,
         })
     }
 }

@@ -141,16 +141,31 @@ pub enum FinishReason {
 }
 
 /// What a model produced for one request.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
     /// The generated text, without the prompt and without end tokens.
     pub text: String,
     /// Tokens in the rendered prompt.
     pub prompt_tokens: usize,
-    /// Tokens generated.
+    /// Tokens generated (when it was generated, for a cached one).
     pub generated_tokens: usize,
     /// Why generation ended.
     pub finish: FinishReason,
+    /// Whether it came from the result cache.
+    #[serde(skip)]
+    pub cache: Cached,
+}
+
+/// Where a generation came from, as far as the result cache is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cached {
+    /// No cache was consulted.
+    #[default]
+    Off,
+    /// Taken from the cache; no model ran.
+    Hit,
+    /// Not in the cache: generated (and kept).
+    Miss,
 }
 
 /// What the streaming callback tells the backend.

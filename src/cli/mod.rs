@@ -15,6 +15,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub mod input;
 pub mod output;
 
+use crate::cache::ResultCache;
 use crate::config::{Config, DEFAULT_MODEL};
 use crate::engine::{Engine, EngineError, Routing, StoreLoader};
 use crate::store::{ModelSpec, ModelStore, StoreConfig};
@@ -65,6 +66,34 @@ pub enum Command {
     Models(ModelsCommand),
     /// Run the REST API.
     Serve(ServeArgs),
+    /// Inspect and tidy the result cache.
+    Cache(CacheArgs),
+}
+
+/// `precis cache`.
+#[derive(Debug, Args)]
+pub struct CacheArgs {
+    /// What to do.
+    #[command(subcommand)]
+    command: CacheCommand,
+    /// Which cache, and its limits.
+    #[command(flatten)]
+    cache: crate::config::CacheConfig,
+}
+
+/// `precis cache ...`.
+#[derive(Debug, Subcommand)]
+pub enum CacheCommand {
+    /// Where the cache is, what it holds, and its limits.
+    Stats {
+        /// As JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drop what is past the age limit, then the least recently used past the size limit.
+    Prune,
+    /// Remove every cached result.
+    Clear,
 }
 
 /// Options shared by the three jobs.
@@ -115,6 +144,9 @@ pub struct JobArgs {
     /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
     #[arg(long)]
     pub cuda: bool,
+    /// Result cache settings.
+    #[command(flatten)]
+    pub cache: crate::config::CacheConfig,
 }
 
 /// Summary length flags.
@@ -208,6 +240,9 @@ pub struct ServeArgs {
     /// Server settings (each also a `[server]` key of the config file).
     #[command(flatten)]
     server: crate::config::ServerConfig,
+    /// Result cache settings (each also a `[cache]` key of the config file).
+    #[command(flatten)]
+    cache: crate::config::CacheConfig,
 }
 
 /// Exit code: everything done.
@@ -246,8 +281,91 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
             run_job(Task::Digest, &a.job, opts, &config, store, cli.quiet)
         }
         Command::Models(m) => models_command(m, &store),
-        Command::Serve(a) => serve(a, &config, store),
+        Command::Serve(a) => {
+            let cache = a.cache.clone().or(&config.cache);
+            serve(a, &config, store, &cache)
+        }
+        Command::Cache(c) => cache_command(c.command, &c.cache.or(&config.cache)),
     }
+}
+
+/// The result cache the settings ask for: `None` with `--no-cache`, or when
+/// it cannot be opened (said on stderr: the work goes on without it).
+fn open_cache(settings: &crate::config::CacheConfig) -> Option<Arc<ResultCache>> {
+    if settings.no_cache {
+        return None;
+    }
+    match ResultCache::open(&settings.file(), settings.limits()) {
+        Ok(cache) => Some(Arc::new(cache)),
+        Err(e) => {
+            eprintln!("warning: {e}; running without the cache");
+            None
+        }
+    }
+}
+
+fn megabytes(bytes: u64) -> String {
+    if bytes < 1024 * 1024 {
+        format!("{:.1} KB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MB", bytes as f64 / (1024.0 * 1024.0))
+    }
+}
+
+fn cache_command(cmd: CacheCommand, settings: &crate::config::CacheConfig) -> anyhow::Result<i32> {
+    let cache = match ResultCache::open_unpruned(&settings.file(), settings.limits()) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    match cmd {
+        CacheCommand::Stats { json } => {
+            let stats = cache.stats()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(EXIT_OK);
+            }
+            println!("cache:   {}", stats.path.display());
+            println!(
+                "entries: {} ({} of results; {} on disk)",
+                stats.entries,
+                megabytes(stats.bytes),
+                megabytes(stats.file_bytes)
+            );
+            println!(
+                "limits:  {}, entries unused for {} days dropped",
+                megabytes(stats.max_bytes),
+                stats.max_age_days
+            );
+            if let Some(secs) = stats.oldest_use_secs {
+                println!("oldest:  last used {} days ago", secs / 86_400);
+            }
+            for m in &stats.models {
+                println!("  {:>8}  {}", m.entries, m.model);
+            }
+        }
+        CacheCommand::Prune => {
+            let report = cache.prune()?;
+            let stats = cache.stats()?;
+            println!(
+                "removed {} unused past the age limit and {} past the size limit; {} entries ({} of results) left",
+                report.expired,
+                report.evicted,
+                stats.entries,
+                megabytes(stats.bytes)
+            );
+        }
+        CacheCommand::Clear => {
+            let removed = cache.clear()?;
+            println!(
+                "removed {removed} cached results from {}",
+                cache.path().display()
+            );
+        }
+    }
+    Ok(EXIT_OK)
 }
 
 fn open_store(cli: &Cli, config: &Config) -> anyhow::Result<ModelStore> {
@@ -354,7 +472,8 @@ fn run_job(
     };
     let routing = routing(config, choice, &store);
     let loader = Arc::new(StoreLoader::open(store, true, job.cuda));
-    let engine = Engine::new(loader, routing);
+    let cache = job.cache.clone().or(&config.cache);
+    let engine = Engine::new(loader, routing).with_cache(open_cache(&cache));
     if let Err(e) = engine.load_routed() {
         eprintln!("error: {e}");
         return Ok(EXIT_MODEL);
@@ -418,6 +537,23 @@ fn run_job(
     match &job.out {
         Some(path) => write_atomically(path, &text)?,
         None => print!("{text}"),
+    }
+    if !quiet && engine.cache().is_some() {
+        let uses: Vec<crate::task::CacheUse> = outcomes
+            .iter()
+            .filter_map(|o| match o {
+                Outcome::Ok(r) => r.cache,
+                Outcome::Failed { .. } => None,
+            })
+            .collect();
+        let whole = uses.iter().filter(|c| c.misses == 0).count();
+        let (hits, misses) = uses
+            .iter()
+            .fold((0, 0), |(h, m), c| (h + c.hits, m + c.misses));
+        eprintln!(
+            "cache: {whole} of {} articles entirely from the cache ({hits} generations reused, {misses} run)",
+            outcomes.len()
+        );
     }
     if failed.is_empty() {
         Ok(EXIT_OK)
@@ -595,7 +731,12 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
     }
 }
 
-fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Result<i32> {
+fn serve(
+    a: ServeArgs,
+    config: &Config,
+    store: Arc<ModelStore>,
+    cache: &crate::config::CacheConfig,
+) -> anyhow::Result<i32> {
     let settings = a.server.or(&config.server);
     let addr_text = settings.addr.as_deref().unwrap_or("127.0.0.1:8080");
     let addr: std::net::SocketAddr = addr_text.parse().map_err(|e| {
@@ -618,7 +759,7 @@ fn serve(a: ServeArgs, config: &Config, store: Arc<ModelStore>) -> anyhow::Resul
     let configured_translators = routing.translators.clone();
     let targets = manifest_targets(&store, &configured_translators);
     let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
-    let engine = Arc::new(Engine::new(loader.clone(), routing));
+    let engine = Arc::new(Engine::new(loader.clone(), routing).with_cache(open_cache(cache)));
     let mut state = crate::http::AppState::new(Arc::clone(&engine), limits, targets);
     state.api_keys = api_keys;
     state.cors_origins = settings.cors_origins.clone().unwrap_or_default();

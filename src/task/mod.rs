@@ -10,7 +10,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::backend::{BackendError, Generation, GenerationParams, GenerationRequest, ModelInfo};
+use crate::backend::{
+    BackendError, Cached, Generation, GenerationParams, GenerationRequest, ModelInfo,
+};
 
 pub mod budget;
 pub mod clean;
@@ -261,15 +263,37 @@ impl From<&ModelInfo> for ModelUsed {
 pub struct TokenStats {
     /// Prompt tokens over all generation calls.
     pub prompt: usize,
-    /// Generated tokens over all generation calls.
+    /// Generated tokens over all generation calls (when they were
+    /// generated, for results taken from the cache).
     pub generated: usize,
+    /// Generation calls answered from the result cache.
+    #[serde(skip)]
+    pub cache_hits: usize,
+    /// Generation calls the cache did not have.
+    #[serde(skip)]
+    pub cache_misses: usize,
 }
 
 impl TokenStats {
     fn add(&mut self, g: &Generation) {
         self.prompt += g.prompt_tokens;
         self.generated += g.generated_tokens;
+        match g.cache {
+            Cached::Hit => self.cache_hits += 1,
+            Cached::Miss => self.cache_misses += 1,
+            Cached::Off => {}
+        }
     }
+}
+
+/// How the result cache served a task: generation calls answered from it,
+/// and calls that ran a model (and were then stored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, utoipa::ToSchema)]
+pub struct CacheUse {
+    /// Calls answered from the cache.
+    pub hits: usize,
+    /// Calls that ran the model.
+    pub misses: usize,
 }
 
 /// A summary.
@@ -395,6 +419,9 @@ pub struct TaskResult {
     /// Translations (translate, digest), in the order of `to`.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub translations: Vec<Translation>,
+    /// How the result cache served it (absent when there is no cache).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<CacheUse>,
 }
 
 /// Why a task failed.
@@ -503,6 +530,15 @@ pub fn run(
             return Err(TaskError::Flagged(flagged.join("; ")));
         }
     }
+    let stats = summary
+        .iter()
+        .map(|s| &s.tokens)
+        .chain(translations.iter().map(|t| &t.tokens));
+    let cache = stats.fold(CacheUse::default(), |acc, t| CacheUse {
+        hits: acc.hits + t.cache_hits,
+        misses: acc.misses + t.cache_misses,
+    });
+    let cache = (cache.hits + cache.misses > 0).then_some(cache);
     Ok(TaskResult {
         schema_version: SCHEMA_VERSION,
         task,
@@ -511,6 +547,7 @@ pub fn run(
         input,
         summary,
         translations,
+        cache,
     })
 }
 

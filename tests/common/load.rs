@@ -32,9 +32,11 @@ impl Server {
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
+        // Without the result cache: every request runs the model.
         let child = Command::new(binary)
             .arg("serve")
             .arg("--quiet")
+            .arg("--no-cache")
             .args(args)
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"))

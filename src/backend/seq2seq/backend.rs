@@ -23,7 +23,7 @@ use super::bart::Bart;
 use super::t5::T5;
 use super::{generate, EncoderDecoder, GenerationOverrides, GenerationSettings, Seq2SeqConfig};
 use crate::backend::{
-    Backend, BackendError, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
+    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
     ModelInfo, ModelKind, TokenCounter,
 };
 use crate::tokenizer::checkpoint::{CheckpointTokenizer, Family};
@@ -518,6 +518,7 @@ impl Seq2SeqBackend {
                 prompt_tokens: ids.len(),
                 generated_tokens: out.len().saturating_sub(1),
                 finish,
+                cache: Cached::Off,
             }));
         }
     }
