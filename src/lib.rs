@@ -14,6 +14,8 @@ pub mod cli;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod markup;
+pub mod sources;
 pub mod store;
 pub mod task;
 pub mod tokenizer;

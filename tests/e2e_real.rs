@@ -463,3 +463,45 @@ fn a_run_killed_midway_resumes_without_recomputing_what_finished() {
     }
     assert_eq!(cache_entries(&cache), 20);
 }
+
+#[test]
+fn a_feed_gives_markdown_and_html_digests_and_a_rerun_runs_no_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache.sqlite3");
+    let digest = |format: &str| {
+        let out = precis()
+            .env_remove("PRECIS_NO_CACHE")
+            .args(["digest", "--model", common::SMALLEST, "--to", "ru,hi"])
+            .args(["--max-new-tokens", "16", "--format", format])
+            .arg("--cache")
+            .arg(&cache)
+            .arg("examples/feeds/basin-weekly.rss")
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        );
+        assert!(out.status.success(), "{stderr}");
+        (stdout, stderr)
+    };
+    let (md, stderr) = digest("markdown");
+    assert!(stderr.contains("cache: 0 of 3 articles"), "{stderr}");
+    assert_eq!(
+        md.matches("\n## [").count() + usize::from(md.starts_with("## [")),
+        3,
+        "{md}"
+    );
+    assert!(md.contains("](<https://news.example/2024/05/vessa-next>)"));
+    assert_eq!(md.matches("### Русский (Russian)").count(), 3);
+    assert_eq!(md.matches("### हिन्दी (Hindi)").count(), 3);
+    // The same feed again: every generation from the cache.
+    let (html, stderr) = digest("html");
+    assert!(
+        stderr.contains("cache: 3 of 3 articles entirely from the cache")
+            && stderr.contains(", 0 run)"),
+        "{stderr}"
+    );
+    assert_eq!(html.matches("<article>").count(), 3);
+    assert_eq!(html.matches("<section lang=\"ru\">").count(), 3);
+}

@@ -1,34 +1,66 @@
-//! Reading articles from what the user names: files, folders, `-` for stdin,
-//! and JSON Lines (`{"id", "title", "text"}` per line). Each input becomes one
-//! item; an input that cannot be read becomes an item that carries its error,
-//! so the other articles still go through and the error is reported in order.
+//! Reading articles from what the user names: files, folders, `-` for stdin.
+//! A file is read by what it holds: a feed (RSS 2.0, Atom, JSON Feed) gives
+//! one item per entry; `.html` a page reduced to its main text; `.md`
+//! Markdown reduced to plain paragraphs; `.jsonl` (or `--jsonl`) one
+//! article per line (`{"id", "title", "text" | "html", "url", "language"}`);
+//! anything else is plain text. An input that cannot be read becomes an item
+//! that carries its error, so the other articles still go through and the
+//! error is reported in order.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::sources;
+pub use crate::sources::SourceItem as InputItem;
 use crate::task::Article;
-
-/// One article to process, or why it could not be read.
-#[derive(Debug)]
-pub struct InputItem {
-    /// Where it came from (file path, `stdin`, `file.jsonl:3`).
-    pub origin: String,
-    /// The article, or the reason it could not be read.
-    pub article: Result<Article, String>,
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct JsonLine {
     id: Option<serde_json::Value>,
     title: Option<String>,
-    text: String,
+    text: Option<String>,
+    html: Option<String>,
+    url: Option<String>,
+    language: Option<String>,
+}
+
+impl JsonLine {
+    fn article(self) -> Result<Article, String> {
+        let id = self.id.map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        });
+        let (title, text, language) = match (self.text, self.html) {
+            (Some(text), None) => (self.title, text, self.language),
+            (None, Some(html)) if sources::is_page(&html) => {
+                let page = sources::page_text(&html, self.url.as_deref())?;
+                (
+                    self.title.or(page.title),
+                    page.text,
+                    self.language.or(page.language),
+                )
+            }
+            (None, Some(html)) => (self.title, sources::fragment_text(&html), self.language),
+            (Some(_), Some(_)) => return Err("give `text` or `html`, not both".into()),
+            (None, None) => return Err("the record has neither `text` nor `html`".into()),
+        };
+        Ok(Article {
+            id,
+            title,
+            text,
+            url: self.url,
+            language,
+        })
+    }
 }
 
 /// File extensions read from a folder.
-pub const FOLDER_EXTENSIONS: &[&str] = &["txt", "md", "jsonl"];
+pub const FOLDER_EXTENSIONS: &[&str] = &[
+    "txt", "md", "markdown", "jsonl", "html", "htm", "xml", "rss", "atom", "json",
+];
 
 /// Expands the user's inputs into items, in order. `jsonl` forces JSON Lines
 /// for stdin and for files without the `.jsonl` extension.
@@ -58,8 +90,9 @@ pub fn read_inputs(inputs: &[PathBuf], jsonl: bool) -> Result<Vec<InputItem>, St
             files.sort();
             if files.is_empty() {
                 return Err(format!(
-                    "folder {} has no .txt, .md or .jsonl files",
-                    input.display()
+                    "folder {} has no files precis reads (.{})",
+                    input.display(),
+                    FOLDER_EXTENSIONS.join(", .")
                 ));
             }
             for f in files {
@@ -107,30 +140,69 @@ fn push_bytes(items: &mut Vec<InputItem>, origin: &str, bytes: Vec<u8>, jsonl: b
             }
             let origin = format!("{origin}:{}", n + 1);
             let article = serde_json::from_str::<JsonLine>(line)
-                .map(|l| Article {
-                    id: l.id.map(|v| match v {
-                        serde_json::Value::String(s) => s,
-                        other => other.to_string(),
-                    }),
-                    title: l.title,
-                    text: l.text,
-                })
-                .map_err(|e| format!("{origin}: not a valid JSON Lines record {{\"id\", \"title\", \"text\"}}: {e}"));
+                .map_err(|e| format!("not a valid JSON Lines record {{\"id\", \"title\", \"text\" | \"html\", \"url\", \"language\"}}: {e}"))
+                .and_then(JsonLine::article)
+                .map_err(|e| format!("{origin}: {e}"));
             items.push(InputItem { origin, article });
         }
-    } else {
-        let id = Path::new(origin)
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned());
-        items.push(InputItem {
-            origin: origin.to_string(),
-            article: Ok(Article {
-                id,
-                title: None,
-                text,
-            }),
-        });
+        return;
     }
+    if sources::looks_like_feed(text.as_bytes()) {
+        match sources::parse_feed(text.as_bytes(), origin) {
+            Ok(entries) if entries.is_empty() => items.push(InputItem {
+                origin: origin.to_string(),
+                article: Err(format!("{origin}: the feed has no items")),
+            }),
+            Ok(entries) => items.extend(entries),
+            Err(e) => items.push(InputItem {
+                origin: origin.to_string(),
+                article: Err(e),
+            }),
+        }
+        return;
+    }
+    let path = Path::new(origin);
+    let extension = path
+        .extension()
+        .and_then(|x| x.to_str())
+        .map(str::to_ascii_lowercase);
+    let id = path.file_stem().map(|s| s.to_string_lossy().into_owned());
+    let article = match extension.as_deref() {
+        Some("html" | "htm") => sources::page_text(&text, None)
+            .map(|page| Article {
+                id,
+                title: page.title,
+                text: page.text,
+                url: None,
+                language: page.language,
+            })
+            .map_err(|e| format!("{origin}: {e}")),
+        Some("md" | "markdown") => {
+            let (title, text) = sources::markdown_article(&text);
+            Ok(Article {
+                id,
+                title,
+                text,
+                ..Article::default()
+            })
+        }
+        Some("json") => Err(format!(
+            "{origin}: a .json file is read as a JSON Feed, and this is not one (for articles use JSON Lines: .jsonl)"
+        )),
+        Some("xml" | "rss" | "atom") => Err(format!(
+            "{origin} is not an RSS or Atom feed (its root element is not <rss>, <feed> or <rdf:RDF>)"
+        )),
+        _ => Ok(Article {
+            id,
+            title: None,
+            text,
+            ..Article::default()
+        }),
+    };
+    items.push(InputItem {
+        origin: origin.to_string(),
+        article,
+    });
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use output::{ErrorBody, Format, Outcome};
 
 /// Summaries of news articles, and their Russian and Hindi versions, with open models.
 #[derive(Debug, Parser)]
-#[command(name = "precis", version, about, long_about = None, after_help = "Examples:\n  precis digest --to ru,hi examples/sample-article.txt\n  precis summarize --sentences 2 --format markdown articles/\n  cat feed.jsonl | precis translate --to ru --format jsonl --jsonl -\n  precis serve --addr 127.0.0.1:8080")]
+#[command(name = "precis", version, about, long_about = None, after_help = "Examples:\n  precis digest --to ru,hi examples/sample-article.txt\n  precis summarize --sentences 2 --format markdown articles/\n  precis digest --to ru,hi --format html --out digest.html examples/feeds/basin-weekly.rss\n  cat feed.jsonl | precis translate --to ru --format jsonl --jsonl -\n  precis serve --addr 127.0.0.1:8080")]
 pub struct Cli {
     /// Configuration file (TOML); see the README.
     #[arg(
@@ -99,10 +99,10 @@ pub enum CacheCommand {
 /// Options shared by the three jobs.
 #[derive(Debug, Args)]
 pub struct JobArgs {
-    /// Articles: files, folders (their .txt, .md and .jsonl files), or `-` for stdin.
+    /// Articles: files, folders (their .txt, .md, .html, .jsonl and feed files), or `-` for stdin. A feed (RSS 2.0, Atom, JSON Feed 1.1) gives one article per item; an .html page its main text.
     #[arg(value_name = "INPUT", required = true)]
     pub inputs: Vec<PathBuf>,
-    /// Read inputs as JSON Lines ({"id", "title", "text"} per line); implied for *.jsonl files.
+    /// Read inputs as JSON Lines ({"id", "title", "text" or "html", "url", "language"} per line); implied for *.jsonl files.
     #[arg(long)]
     pub jsonl: bool,
     /// Output format.
@@ -138,9 +138,12 @@ pub struct JobArgs {
     /// Repetition penalty (1.0 = none; default 1.1).
     #[arg(long)]
     pub repetition_penalty: Option<f32>,
-    /// Write the output to this file instead of stdout.
+    /// Write the output to this file instead of stdout (atomically: a temporary file, then renamed).
     #[arg(long, short, value_name = "FILE")]
     pub out: Option<PathBuf>,
+    /// Write the output into this folder: `<job>.<ext>`, or for --format jsonfeed one `<job>.<language>.json` per language; each file atomically.
+    #[arg(long, value_name = "DIR", conflicts_with = "out")]
+    pub out_dir: Option<PathBuf>,
     /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
     #[arg(long)]
     pub cuda: bool,
@@ -450,6 +453,31 @@ fn routing(config: &Config, choice: Choice<'_>, store: &ModelStore) -> Routing {
     }
 }
 
+/// Writes the outcomes where the job says: stdout, `--out`, or files in `--out-dir`.
+fn write_output(task: Task, job: &JobArgs, outcomes: &[Outcome]) -> anyhow::Result<()> {
+    let name = task.name();
+    if let Some(dir) = &job.out_dir {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
+        if job.format == Format::Jsonfeed {
+            for (lang, text) in output::json_feeds(outcomes, &format!("precis {name}")) {
+                write_atomically(&dir.join(format!("{name}.{lang}.json")), &text)?;
+            }
+            return Ok(());
+        }
+        let path = dir.join(format!("{name}.{}", job.format.extension()));
+        return write_atomically(&path, &output::render(outcomes, job.format));
+    }
+    let text = output::render(outcomes, job.format);
+    match &job.out {
+        Some(path) => write_atomically(path, &text),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    }
+}
+
 fn run_job(
     task: Task,
     job: &JobArgs,
@@ -458,6 +486,10 @@ fn run_job(
     store: Arc<ModelStore>,
     quiet: bool,
 ) -> anyhow::Result<i32> {
+    if job.format == Format::Jsonfeed && job.out_dir.is_none() {
+        eprintln!("error: --format jsonfeed writes one feed per language: give --out-dir DIR");
+        return Ok(EXIT_USAGE);
+    }
     let items = match input::read_inputs(&job.inputs, job.jsonl) {
         Ok(items) => items,
         Err(e) => {
@@ -481,14 +513,18 @@ fn run_job(
     if task == Task::Digest && options.to.is_empty() {
         options.to = default_targets(&engine);
     }
-    let bar = if quiet || items.len() < 2 {
+    let total = items.len();
+    let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let bar = if quiet || total < 2 || !terminal {
         None
     } else {
-        Some(progress_bar(items.len() as u64, "articles"))
+        Some(progress_bar(total as u64, "articles"))
     };
+    let lines = !quiet && total >= 2 && !terminal;
     let mut outcomes = Vec::new();
     let mut failed = Vec::new();
     for item in items {
+        let origin = item.origin.clone();
         let id = item.article.as_ref().ok().and_then(|a| a.id.clone());
         let result = match item.article {
             Err(message) => Err(ErrorBody {
@@ -496,7 +532,7 @@ fn run_job(
                 message,
             }),
             Ok(article) => {
-                let step_bar = if quiet {
+                let step_bar = if quiet || !terminal {
                     None
                 } else {
                     Some(progress_bar(1, &item.origin))
@@ -529,15 +565,19 @@ fn run_job(
         if let Some(b) = &bar {
             b.inc(1);
         }
+        if lines {
+            // No terminal to draw a bar on (a log, a CI job): a line per article.
+            let state = match outcomes.last() {
+                Some(Outcome::Failed { .. }) => "failed",
+                _ => "done",
+            };
+            eprintln!("[{}/{total}] {state}: {origin}", outcomes.len());
+        }
     }
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    let text = output::render(&outcomes, job.format);
-    match &job.out {
-        Some(path) => write_atomically(path, &text)?,
-        None => print!("{text}"),
-    }
+    write_output(task, job, &outcomes)?;
     if !quiet && engine.cache().is_some() {
         let uses: Vec<crate::task::CacheUse> = outcomes
             .iter()
@@ -612,9 +652,11 @@ fn manifest_targets(store: &ModelStore, translators: &[String]) -> Vec<String> {
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
     let bar = ProgressBar::new(len);
     bar.set_style(
-        ProgressStyle::with_template("{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed}")
-            .unwrap_or_else(|_| ProgressStyle::default_bar())
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar())
+        .progress_chars("=> "),
     );
     bar.set_message(what.to_string());
     bar.enable_steady_tick(std::time::Duration::from_millis(200));

@@ -18,6 +18,7 @@ use super::{
     BatchItem, BatchResponse, DigestRequest, Health, ModelsResponse, SummarizeRequest,
     TranslateRequest,
 };
+use crate::markup::escape_html;
 use crate::task::TaskResult;
 
 /// `POST /v1/summarize`'s body: one request, or an array of them.
@@ -186,20 +187,6 @@ pub async fn docs_page() -> Html<String> {
     Html(PAGE.get_or_init(|| render(document())).clone())
 }
 
-fn escape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 /// The last part of a `$ref`, e.g. `TaskResult`.
 fn ref_name(v: &Value) -> Option<&str> {
     v.get("$ref")?.as_str()?.rsplit('/').next()
@@ -208,7 +195,7 @@ fn ref_name(v: &Value) -> Option<&str> {
 /// A schema in a few words: a link to a named one, `array of …`, or its type.
 fn type_words(v: &Value) -> String {
     if let Some(name) = ref_name(v) {
-        return format!("<a href=\"#schema-{0}\">{0}</a>", escape(name));
+        return format!("<a href=\"#schema-{0}\">{0}</a>", escape_html(name));
     }
     for key in ["oneOf", "anyOf", "allOf"] {
         if let Some(list) = v.get(key).and_then(Value::as_array) {
@@ -240,21 +227,21 @@ fn type_words(v: &Value) -> String {
         let names: Vec<String> = values
             .iter()
             .filter_map(Value::as_str)
-            .map(|s| format!("<code>{}</code>", escape(s)))
+            .map(|s| format!("<code>{}</code>", escape_html(s)))
             .collect();
         return format!("one of {}", names.join(", "));
     }
     if ty.is_empty() {
         "any".into()
     } else {
-        escape(&ty)
+        escape_html(&ty)
     }
 }
 
 fn example_block(out: &mut String, example: Option<&Value>) {
     if let Some(e) = example {
         let pretty = serde_json::to_string_pretty(e).unwrap_or_default();
-        let _ = write!(out, "<pre>{}</pre>", escape(&pretty));
+        let _ = write!(out, "<pre>{}</pre>", escape_html(&pretty));
     }
 }
 
@@ -271,10 +258,10 @@ fn render(doc: &Value) -> String {
     let _ = write!(
         out,
         "<h1>{} {}</h1><p>{}</p><p>The machine-readable description: <a href=\"/openapi.json\">/openapi.json</a> (OpenAPI {}).</p><h2>Routes</h2>",
-        escape(info["title"].as_str().unwrap_or("precis")),
-        escape(info["version"].as_str().unwrap_or("")),
-        escape(info["description"].as_str().unwrap_or("")),
-        escape(doc["openapi"].as_str().unwrap_or("3")),
+        escape_html(info["title"].as_str().unwrap_or("precis")),
+        escape_html(info["version"].as_str().unwrap_or("")),
+        escape_html(info["description"].as_str().unwrap_or("")),
+        escape_html(doc["openapi"].as_str().unwrap_or("3")),
     );
     if let Some(paths) = doc["paths"].as_object() {
         for (path, item) in paths {
@@ -285,12 +272,12 @@ fn render(doc: &Value) -> String {
                 let _ = write!(
                     out,
                     "<h3><span class=\"m\">{}</span> <code>{}</code></h3>",
-                    escape(method),
-                    escape(path)
+                    escape_html(method),
+                    escape_html(path)
                 );
                 for key in ["summary", "description"] {
                     if let Some(t) = op[key].as_str() {
-                        let _ = write!(out, "<p>{}</p>", escape(t));
+                        let _ = write!(out, "<p>{}</p>", escape_html(t));
                     }
                 }
                 if let Some(body) = op["requestBody"]["content"].as_object() {
@@ -298,7 +285,7 @@ fn render(doc: &Value) -> String {
                         let _ = write!(
                             out,
                             "<p>Body (<code>{}</code>): {}</p>",
-                            escape(mime),
+                            escape_html(mime),
                             type_words(&media["schema"])
                         );
                     }
@@ -314,7 +301,7 @@ fn render(doc: &Value) -> String {
                                     if c.len() == 1 {
                                         words
                                     } else {
-                                        format!("<code>{}</code>: {words}", escape(mime))
+                                        format!("<code>{}</code>: {words}", escape_html(mime))
                                     }
                                 })
                                 .collect();
@@ -323,8 +310,8 @@ fn render(doc: &Value) -> String {
                         let _ = write!(
                             out,
                             "<tr><td>{}</td><td>{}</td><td>{}</td></tr>",
-                            escape(status),
-                            escape(r["description"].as_str().unwrap_or("")),
+                            escape_html(status),
+                            escape_html(r["description"].as_str().unwrap_or("")),
                             body
                         );
                     }
@@ -339,10 +326,10 @@ fn render(doc: &Value) -> String {
             let _ = write!(
                 out,
                 "<h3 id=\"schema-{0}\"><code>{0}</code></h3>",
-                escape(name)
+                escape_html(name)
             );
             if let Some(t) = schema["description"].as_str() {
-                let _ = write!(out, "<p>{}</p>", escape(t));
+                let _ = write!(out, "<p>{}</p>", escape_html(t));
             }
             if let Some(props) = schema["properties"].as_object() {
                 let required: Vec<&str> = schema["required"]
@@ -354,14 +341,14 @@ fn render(doc: &Value) -> String {
                     let _ = write!(
                         out,
                         "<tr><td><code>{}</code>{}</td><td>{}</td><td>{}</td></tr>",
-                        escape(field),
+                        escape_html(field),
                         if required.contains(&field.as_str()) {
                             " (required)"
                         } else {
                             ""
                         },
                         type_words(p),
-                        escape(p["description"].as_str().unwrap_or(""))
+                        escape_html(p["description"].as_str().unwrap_or(""))
                     );
                 }
                 out.push_str("</table>");

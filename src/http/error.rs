@@ -32,6 +32,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// 422: the text is empty (or only non-story paragraphs).
     EmptyText,
+    /// 422: the article is not in English (declared by its source, or detected).
+    NotEnglish,
     /// 422: the text has more characters than allowed.
     TextTooLong,
     /// 422: a batch's articles have more characters together than allowed.
@@ -85,8 +87,8 @@ impl ErrorCode {
             NotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            UnknownField | InvalidRequest | EmptyText | TextTooLong | RequestTooLong
-            | EmptyBatch | BatchTooLarge | InputTooLong | UnsupportedLanguage
+            UnknownField | InvalidRequest | EmptyText | NotEnglish | TextTooLong
+            | RequestTooLong | EmptyBatch | BatchTooLarge | InputTooLong | UnsupportedLanguage
             | DuplicateLanguage | NoTargetLanguage | UnknownModel | Flagged => {
                 StatusCode::UNPROCESSABLE_ENTITY
             }
@@ -167,6 +169,7 @@ impl IntoResponse for ApiError {
 pub fn task_error_code(e: &TaskError) -> ErrorCode {
     match e {
         TaskError::EmptyText | TaskError::NothingLeft { .. } => ErrorCode::EmptyText,
+        TaskError::NotEnglish { .. } => ErrorCode::NotEnglish,
         TaskError::UnsupportedLanguage { .. } | TaskError::SameLanguage(_) => {
             ErrorCode::UnsupportedLanguage
         }

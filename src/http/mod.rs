@@ -695,6 +695,7 @@ impl IntoJob for SummarizeRequest {
             id: self.id,
             title: self.title,
             text: self.text,
+            ..Article::default()
         };
         Job::new(Task::Summarize, article, options, self.model, self.stream)
     }
@@ -712,6 +713,7 @@ impl IntoJob for TranslateRequest {
             id: self.id,
             title: self.title,
             text: self.text,
+            ..Article::default()
         };
         Job::new(Task::Translate, article, options, self.model, self.stream)
     }
@@ -738,6 +740,7 @@ impl IntoJob for DigestRequest {
             id: self.id,
             title: self.title,
             text: self.text,
+            ..Article::default()
         };
         Job::new(Task::Digest, article, options, self.model, self.stream)
     }

@@ -37,6 +37,13 @@ pub struct Article {
     pub title: Option<String>,
     /// The article text: paragraphs separated by blank lines.
     pub text: String,
+    /// Where it was published (a feed item's link), echoed in the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// The language its source declares (a feed's, a page's); precis works
+    /// on English articles, so another one is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<String>,
 }
 
 /// The jobs precis does. Closed: adding one makes every `match` on it fail to compile.
@@ -411,6 +418,9 @@ pub struct TaskResult {
     pub id: Option<String>,
     /// The article's title (given or found).
     pub title: Option<String>,
+    /// Where the article was published, when known (a feed item's link).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
     /// What clean-up did.
     pub input: InputReport,
     /// The summary (summarize, digest).
@@ -431,6 +441,16 @@ pub enum TaskError {
     /// Nothing to work on.
     #[error("the article is empty: give it some text")]
     EmptyText,
+    /// The article is not in English.
+    #[error(
+        "the article is in {language} ({how}); precis summarizes and translates English articles"
+    )]
+    NotEnglish {
+        /// The language, in words (or the declared code).
+        language: String,
+        /// `declared by its source` or `detected`.
+        how: &'static str,
+    },
     /// Clean-up left no story paragraph.
     #[error("the article has no story text left after clean-up ({dropped} non-story paragraphs dropped); pass --no-clean / \"clean\": false to keep them")]
     NothingLeft {
@@ -544,6 +564,7 @@ pub fn run(
         task,
         id: article.id.clone(),
         title: prepared.headline.clone(),
+        url: article.url.clone(),
         input,
         summary,
         translations,
@@ -571,7 +592,43 @@ pub fn prepare(article: &Article, options: &TaskOptions) -> Result<PreparedArtic
             dropped: prepared.dropped.len(),
         });
     }
+    check_english(
+        article.language.as_deref(),
+        &prepared.paragraphs.join("\n\n"),
+    )?;
     Ok(prepared)
+}
+
+/// Refuses an article its source declares, or detection finds reliably, to
+/// be in another language than English (text too short to tell passes).
+pub fn check_english(declared: Option<&str>, text: &str) -> Result<(), TaskError> {
+    if let Some(code) = declared {
+        let primary = code
+            .trim()
+            .split(['-', '_'])
+            .next()
+            .unwrap_or("")
+            .to_ascii_lowercase();
+        if !primary.is_empty() && primary != "en" && primary != "eng" {
+            return Err(TaskError::NotEnglish {
+                language: language_name(&primary)
+                    .map_or_else(|| format!("`{}`", code.trim()), str::to_string),
+                how: "declared by its source",
+            });
+        }
+        if !primary.is_empty() {
+            return Ok(());
+        }
+    }
+    match whatlang::detect(text) {
+        Some(info) if info.is_reliable() && info.lang() != whatlang::Lang::Eng => {
+            Err(TaskError::NotEnglish {
+                language: info.lang().eng_name().to_string(),
+                how: "detected",
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Checks the target languages of a request: none twice, each served by a present model.

@@ -1,0 +1,209 @@
+//! The newsletter path without a real model: the example feeds (RSS 2.0,
+//! Atom, JSON Feed 1.1) read into articles, a digest of each article by the
+//! deterministic fake model, and the Markdown, HTML and JSON Feed outputs
+//! pinned by snapshots. Feed parsing failures are checked item by item.
+
+use std::sync::Arc;
+
+use precis::backend::fake::FakeBackend;
+use precis::backend::Backend;
+use precis::cli::input::read_inputs;
+use precis::cli::output::{json_feeds, render, ErrorBody, Format, Outcome};
+use precis::engine::{Engine, EngineError, ModelLoader, Routing};
+use precis::sources::parse_feed;
+use precis::task::{CancelToken, Task, TaskOptions};
+
+struct FakeLoader;
+
+impl ModelLoader for FakeLoader {
+    fn canonical(&self, name: &str) -> Option<String> {
+        (name == "fake").then(|| name.to_string())
+    }
+    fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError> {
+        Ok(Box::new(FakeBackend::new(id)))
+    }
+}
+
+fn feed(name: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("examples/feeds")
+        .join(name)
+}
+
+/// The digests (into ru and hi) of every item of `input`, as the CLI writes them.
+fn digests(input: &std::path::Path) -> Vec<Outcome> {
+    let engine = Engine::new(
+        Arc::new(FakeLoader),
+        Routing {
+            summarizers: vec!["fake".into()],
+            translators: vec!["fake".into()],
+        },
+    );
+    let options = TaskOptions {
+        to: vec!["ru".into(), "hi".into()],
+        ..TaskOptions::default()
+    };
+    read_inputs(&[input.to_path_buf()], false)
+        .unwrap()
+        .into_iter()
+        .map(|item| {
+            let run = item.article.map_err(|message| ErrorBody {
+                code: "unreadable_input".into(),
+                message,
+            });
+            match run.and_then(|article| {
+                engine
+                    .run(
+                        Task::Digest,
+                        &article,
+                        &options,
+                        None,
+                        &CancelToken::new(),
+                        &|_| {},
+                    )
+                    .map_err(|e| ErrorBody {
+                        code: "failed".into(),
+                        message: e.to_string(),
+                    })
+            }) {
+                Ok(r) => Outcome::Ok(Box::new(r)),
+                Err(error) => Outcome::Failed {
+                    origin: item.origin,
+                    id: None,
+                    error,
+                },
+            }
+        })
+        .collect()
+}
+
+fn titles(outcomes: &[Outcome]) -> Vec<String> {
+    outcomes
+        .iter()
+        .map(|o| match o {
+            Outcome::Ok(r) => r.title.clone().unwrap_or_default(),
+            Outcome::Failed { error, .. } => format!("failed: {}", error.message),
+        })
+        .collect()
+}
+
+#[test]
+fn the_three_feed_formats_give_the_same_three_articles() {
+    let rss = digests(&feed("basin-weekly.rss"));
+    assert_eq!(
+        titles(&rss),
+        [
+            "Four river nations strike a stopgap deal on sharing the shrinking Vessa",
+            "Dry years on the Vessa cut rice planting and barge traffic",
+            "Critics say the Vessa accord ignores groundwater as treaty talks loom",
+        ]
+    );
+    for other in ["basin-weekly.atom", "basin-weekly.json"] {
+        assert_eq!(titles(&digests(&feed(other))), titles(&rss), "{other}");
+    }
+    // Links and ids come through; every paragraph of an item's HTML is kept.
+    let Outcome::Ok(first) = &rss[0] else {
+        panic!("the first item failed")
+    };
+    assert_eq!(first.id.as_deref(), Some("vessa-deal"));
+    assert_eq!(
+        first.url.as_deref(),
+        Some("https://news.example/2024/05/vessa-deal")
+    );
+    assert_eq!(first.input.paragraphs_kept, 4);
+}
+
+#[test]
+fn markdown_newsletter_snapshot() {
+    let outcomes = digests(&feed("basin-weekly.rss"));
+    insta::assert_snapshot!(render(&outcomes, Format::Markdown));
+}
+
+#[test]
+fn html_newsletter_snapshot() {
+    let outcomes = digests(&feed("basin-weekly.rss"));
+    let html = render(&outcomes, Format::Html);
+    assert_eq!(html.matches("<article>").count(), 3);
+    // Self-contained: nothing fetched from elsewhere, no script.
+    assert!(!html.contains("<script"));
+    assert!(!html.contains("src="));
+    assert!(!html.contains("<link"));
+    insta::assert_snapshot!(html);
+}
+
+#[test]
+fn json_feed_snapshot_one_feed_per_language() {
+    let outcomes = digests(&feed("basin-weekly.json"));
+    let feeds = json_feeds(&outcomes, "precis digest");
+    let languages: Vec<&str> = feeds.iter().map(|(l, _)| l.as_str()).collect();
+    assert_eq!(languages, ["en", "ru", "hi"]);
+    for (lang, text) in &feeds {
+        let v: serde_json::Value = serde_json::from_str(text).unwrap();
+        assert_eq!(v["version"], "https://jsonfeed.org/version/1.1");
+        assert_eq!(v["language"], lang.as_str());
+        assert_eq!(v["items"].as_array().unwrap().len(), 3);
+        for item in v["items"].as_array().unwrap() {
+            assert!(item["summary"].is_string());
+            assert_eq!(item["language"], lang.as_str());
+        }
+    }
+    insta::assert_snapshot!(feeds[1].1);
+}
+
+#[test]
+fn text_from_a_feed_is_escaped_in_html_and_markdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("evil.rss");
+    std::fs::write(
+        &path,
+        r#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+<item><title>&lt;script&gt;alert(1)&lt;/script&gt; Talks resume</title>
+<link>javascript:alert(2)</link><guid>x</guid>
+<description>Ministers met on Tuesday &amp; agreed to &lt;b&gt;talk&lt;/b&gt; again. The talks will resume in June.</description></item>
+</channel></rss>"#,
+    )
+    .unwrap();
+    let outcomes = digests(&path);
+    let html = render(&outcomes, Format::Html);
+    assert!(!html.contains("<script>alert"), "{html}");
+    assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt; Talks resume"));
+    assert!(!html.contains("javascript:"), "{html}");
+    let md = render(&outcomes, Format::Markdown);
+    assert!(!md.contains("<script>"), "{md}");
+    assert!(!md.contains("javascript:"), "{md}");
+}
+
+#[test]
+fn malformed_feeds_and_items_are_errors_that_name_them() {
+    // Not a feed at all.
+    let e = parse_feed(b"<rss version=\"2.0\"><channel><item>", "broken.rss").unwrap_err();
+    assert!(e.starts_with("broken.rss is not a valid RSS"), "{e}");
+    let e = parse_feed(
+        b"{\"version\": \"https://jsonfeed.org/version/1.1\", \"items\": 5}",
+        "f.json",
+    )
+    .unwrap_err();
+    assert!(e.contains("f.json"), "{e}");
+    // An item without text fails alone, named by position and title; a
+    // Russian item is refused when run, not translated.
+    let feed = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>
+<item><title>Empty one</title><link>https://news.example/a</link></item>
+<item><title>Fine</title><description>Ministers from four countries met on Tuesday and agreed to share the river's water through the dry season.</description></item>
+<item><title>Русская новость</title><description>Министры четырёх стран договорились во вторник о временном плане раздела воды реки на время засушливого сезона.</description></item>
+</channel></rss>"#;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mixed.rss");
+    std::fs::write(&path, feed).unwrap();
+    let outcomes = digests(&path);
+    assert_eq!(outcomes.len(), 3);
+    let Outcome::Failed { origin, error, .. } = &outcomes[0] else {
+        panic!("the empty item did not fail")
+    };
+    assert!(origin.ends_with("mixed.rss#1 (\"Empty one\")"), "{origin}");
+    assert!(error.message.contains("has no text"), "{}", error.message);
+    assert!(matches!(outcomes[1], Outcome::Ok(_)));
+    let Outcome::Failed { error, .. } = &outcomes[2] else {
+        panic!("the Russian item was not refused")
+    };
+    assert!(error.message.contains("Russian"), "{}", error.message);
+}
