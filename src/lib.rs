@@ -13,6 +13,7 @@ pub mod cache;
 pub mod cli;
 pub mod config;
 pub mod engine;
+pub mod fetch;
 pub mod http;
 pub mod markup;
 pub mod sources;

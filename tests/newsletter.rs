@@ -207,3 +207,143 @@ fn malformed_feeds_and_items_are_errors_that_name_them() {
     };
     assert!(error.message.contains("Russian"), "{}", error.message);
 }
+
+/// A local web server for the fetch tests: a feed of teasers whose links
+/// point at article pages, redirect chains, a large body and a slow one.
+/// Gives its base URL; it runs until the test process ends.
+fn web_server() -> String {
+    use axum::response::{Html, IntoResponse, Redirect};
+    use axum::routing::get;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let sample = include_str!("../examples/sample-article.txt");
+    let paragraphs: Vec<String> = sample
+        .split("\n\n")
+        .skip(1)
+        .map(|p| format!("<p>{}</p>", p.trim()))
+        .collect();
+    let page = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><title>Vessa deal</title></head><body>\
+         <nav><a href=\"/\">Home</a> <a href=\"/world\">World</a></nav>\
+         <article><h1>Four river nations strike a stopgap deal</h1>{}</article>\
+         <footer>Subscribe to our newsletter.</footer></body></html>",
+        paragraphs.join("")
+    );
+    let feed = format!(
+        r#"<?xml version="1.0"?><rss version="2.0"><channel><title>Local</title>
+<item><title>Deal struck</title><link>{base}/a/1</link><guid>a1</guid><description>Ministers agreed on a stopgap plan.</description></item>
+<item><title>Gone</title><link>{base}/missing</link><guid>a2</guid><description>A teaser whose page is gone.</description></item>
+</channel></rss>"#
+    );
+    let app = axum::Router::new()
+        .route(
+            "/feed.rss",
+            get(move || async move { ([("content-type", "application/rss+xml")], feed) }),
+        )
+        .route("/a/1", get(move || async move { Html(page) }))
+        .route(
+            "/r/{n}",
+            get(
+                |axum::extract::Path(n): axum::extract::Path<u32>| async move {
+                    if n == 0 {
+                        "arrived".into_response()
+                    } else {
+                        Redirect::temporary(&format!("/r/{}", n - 1)).into_response()
+                    }
+                },
+            ),
+        )
+        .route("/big", get(|| async { "x".repeat(64 * 1024) }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+                "late"
+            }),
+        );
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    base
+}
+
+fn loopback_allowed() -> precis::fetch::FetchPolicy {
+    precis::fetch::FetchPolicy {
+        allow: vec!["127.0.0.1".parse().unwrap()],
+        ..precis::fetch::FetchPolicy::default()
+    }
+}
+
+#[test]
+fn fetching_refuses_private_addresses_unless_allowed_and_keeps_its_limits() {
+    use precis::fetch::{fetch_blocking, FetchError, FetchPolicy};
+    let base = web_server();
+    // Loopback is refused by default, and the message says how to allow it.
+    let e = fetch_blocking(&format!("{base}/feed.rss"), &FetchPolicy::default()).unwrap_err();
+    assert!(matches!(e, FetchError::Forbidden { .. }), "{e}");
+    assert!(e.to_string().contains("--allow-address 127.0.0.1"), "{e}");
+    let e = fetch_blocking("file:///etc/passwd", &loopback_allowed()).unwrap_err();
+    assert!(matches!(e, FetchError::BadUrl(_)), "{e}");
+    // Allowed, it is fetched.
+    let feed = fetch_blocking(&format!("{base}/feed.rss"), &loopback_allowed()).unwrap();
+    assert!(String::from_utf8_lossy(&feed.body).contains("Deal struck"));
+    // Five redirects are followed, a sixth is not.
+    let ok = fetch_blocking(&format!("{base}/r/5"), &loopback_allowed()).unwrap();
+    assert_eq!(ok.body, b"arrived");
+    assert!(ok.url.ends_with("/r/0"));
+    let e = fetch_blocking(&format!("{base}/r/6"), &loopback_allowed()).unwrap_err();
+    assert!(matches!(e, FetchError::TooManyRedirects(_)), "{e}");
+    // Size and time limits.
+    let small = FetchPolicy {
+        max_bytes: 1000,
+        ..loopback_allowed()
+    };
+    let e = fetch_blocking(&format!("{base}/big"), &small).unwrap_err();
+    assert!(matches!(e, FetchError::TooLarge { .. }), "{e}");
+    let quick = FetchPolicy {
+        timeout: std::time::Duration::from_millis(300),
+        ..loopback_allowed()
+    };
+    let e = fetch_blocking(&format!("{base}/slow"), &quick).unwrap_err();
+    assert!(matches!(e, FetchError::Timeout(_)), "{e}");
+    let e = fetch_blocking(&format!("{base}/missing"), &loopback_allowed()).unwrap_err();
+    assert!(matches!(e, FetchError::Status { status: 404, .. }), "{e}");
+}
+
+#[test]
+fn a_feed_url_with_teasers_is_summarized_from_the_linked_articles() {
+    use precis::cli::input::{fetch_articles, read_sources};
+    let base = web_server();
+    let policy = loopback_allowed();
+    let mut items = read_sources(&[format!("{base}/feed.rss").into()], false, &policy).unwrap();
+    assert_eq!(items.len(), 2);
+    let teaser = items[0].article.as_ref().unwrap().text.clone();
+    assert_eq!(teaser, "Ministers agreed on a stopgap plan.");
+    fetch_articles(&mut items, &policy);
+    // The linked page's main text, without its navigation and footer.
+    let article = items[0].article.as_ref().unwrap();
+    assert_eq!(article.title.as_deref(), Some("Deal struck"));
+    assert!(article.text.contains("Under the interim accord, Belmora"));
+    assert!(!article.text.contains("Subscribe to our newsletter"));
+    assert!(!article.text.contains("World"));
+    assert!(article.text.split_whitespace().count() > 500);
+    // The item whose page is gone fails alone, naming itself and the page.
+    let e = items[1].article.as_ref().unwrap_err();
+    assert!(
+        e.contains("#2 (\"Gone\")") && e.contains("/missing") && e.contains("404"),
+        "{e}"
+    );
+    // A page URL as an input is read as an article.
+    let items = read_sources(&[format!("{base}/a/1").into()], false, &policy).unwrap();
+    let article = items[0].article.as_ref().unwrap();
+    assert_eq!(article.url.as_deref(), Some(format!("{base}/a/1").as_str()));
+    assert!(article.text.contains("Belmora"));
+}

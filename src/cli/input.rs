@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
+use crate::fetch::{fetch_blocking, FetchPolicy};
 use crate::sources;
 pub use crate::sources::SourceItem as InputItem;
 use crate::task::Article;
@@ -65,12 +66,37 @@ pub const FOLDER_EXTENSIONS: &[&str] = &[
 /// Expands the user's inputs into items, in order. `jsonl` forces JSON Lines
 /// for stdin and for files without the `.jsonl` extension.
 pub fn read_inputs(inputs: &[PathBuf], jsonl: bool) -> Result<Vec<InputItem>, String> {
+    read_sources(inputs, jsonl, &FetchPolicy::default())
+}
+
+/// [`read_inputs`], where an input may also be an `http(s)://` URL of a
+/// feed, a page or a text, fetched under `policy`.
+pub fn read_sources(
+    inputs: &[PathBuf],
+    jsonl: bool,
+    policy: &FetchPolicy,
+) -> Result<Vec<InputItem>, String> {
     let mut items = Vec::new();
     if inputs.is_empty() {
         return Err("no input given: name files or folders, or `-` to read stdin".into());
     }
     for input in inputs {
-        if input.as_os_str() == "-" {
+        let name = input.to_string_lossy();
+        if name.starts_with("http://") || name.starts_with("https://") {
+            match fetch_blocking(&name, policy) {
+                Ok(fetched) => {
+                    let html = fetched
+                        .content_type
+                        .as_deref()
+                        .is_some_and(|t| t.contains("html"));
+                    push_fetched(&mut items, &name, fetched.body, html, jsonl);
+                }
+                Err(e) => items.push(InputItem {
+                    origin: name.to_string(),
+                    article: Err(e.to_string()),
+                }),
+            }
+        } else if input.as_os_str() == "-" {
             let mut buf = Vec::new();
             std::io::stdin()
                 .read_to_end(&mut buf)
@@ -116,6 +142,61 @@ fn push_file(items: &mut Vec<InputItem>, path: &Path, jsonl: bool) {
             article: Err(format!("cannot read {origin}: {e}")),
             origin,
         }),
+    }
+}
+
+/// A fetched document: read like a file, a page when its type says HTML.
+fn push_fetched(items: &mut Vec<InputItem>, url: &str, bytes: Vec<u8>, html: bool, jsonl: bool) {
+    if html && !sources::looks_like_feed(&bytes) {
+        let text = String::from_utf8_lossy(&bytes);
+        let article = sources::page_text(&text, Some(url))
+            .map(|page| Article {
+                id: Some(url.to_string()),
+                title: page.title,
+                text: page.text,
+                url: Some(url.to_string()),
+                language: page.language,
+            })
+            .map_err(|e| format!("{url}: {e}"));
+        items.push(InputItem {
+            origin: url.to_string(),
+            article,
+        });
+        return;
+    }
+    push_bytes(items, url, bytes, jsonl);
+}
+
+/// Words below which a feed item's text is taken for a teaser.
+pub const TEASER_WORDS: usize = 150;
+
+/// Replaces the text of each item that is a teaser (fewer than
+/// [`TEASER_WORDS`] words) and has a link with the main text of the linked
+/// page. An item whose page cannot be had fails alone, naming the page.
+pub fn fetch_articles(items: &mut [InputItem], policy: &FetchPolicy) {
+    for item in items.iter_mut() {
+        let Ok(article) = &item.article else { continue };
+        let Some(url) = article.url.clone() else {
+            continue;
+        };
+        if article.text.split_whitespace().count() >= TEASER_WORDS {
+            continue;
+        }
+        let page = fetch_blocking(&url, policy)
+            .map_err(|e| e.to_string())
+            .and_then(|f| sources::page_text(&String::from_utf8_lossy(&f.body), Some(&f.url)));
+        item.article = match page {
+            Ok(page) => item.article.clone().map(|a| Article {
+                title: a.title.or(page.title),
+                text: page.text,
+                language: a.language.or(page.language),
+                ..a
+            }),
+            Err(e) => Err(format!(
+                "{}: its text is a teaser and its article ({url}) cannot be read: {e}",
+                item.origin
+            )),
+        };
     }
 }
 

@@ -99,7 +99,7 @@ pub enum CacheCommand {
 /// Options shared by the three jobs.
 #[derive(Debug, Args)]
 pub struct JobArgs {
-    /// Articles: files, folders (their .txt, .md, .html, .jsonl and feed files), or `-` for stdin. A feed (RSS 2.0, Atom, JSON Feed 1.1) gives one article per item; an .html page its main text.
+    /// Articles: files, folders (their .txt, .md, .html, .jsonl and feed files), http(s) URLs, or `-` for stdin. A feed (RSS 2.0, Atom, JSON Feed 1.1) gives one article per item; an HTML page its main text.
     #[arg(value_name = "INPUT", required = true)]
     pub inputs: Vec<PathBuf>,
     /// Read inputs as JSON Lines ({"id", "title", "text" or "html", "url", "language"} per line); implied for *.jsonl files.
@@ -147,6 +147,18 @@ pub struct JobArgs {
     /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
     #[arg(long)]
     pub cuda: bool,
+    /// For feed items whose text is a teaser (under 150 words) with a link: fetch the linked page and work on its main text.
+    #[arg(long)]
+    pub fetch_articles: bool,
+    /// Hosts or networks that may be fetched although not public (feeds and pages are otherwise fetched from public addresses only), comma separated: 127.0.0.1, 10.0.0.0/8, intranet.example.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        env = "PRECIS_ALLOW_ADDRESSES",
+        hide_env_values = true,
+        value_name = "HOSTS"
+    )]
+    pub allow_address: Vec<crate::fetch::AllowEntry>,
     /// Result cache settings.
     #[command(flatten)]
     pub cache: crate::config::CacheConfig,
@@ -490,8 +502,17 @@ fn run_job(
         eprintln!("error: --format jsonfeed writes one feed per language: give --out-dir DIR");
         return Ok(EXIT_USAGE);
     }
-    let items = match input::read_inputs(&job.inputs, job.jsonl) {
-        Ok(items) => items,
+    let policy = crate::fetch::FetchPolicy {
+        allow: job.allow_address.clone(),
+        ..crate::fetch::FetchPolicy::default()
+    };
+    let items = match input::read_sources(&job.inputs, job.jsonl, &policy) {
+        Ok(mut items) => {
+            if job.fetch_articles {
+                input::fetch_articles(&mut items, &policy);
+            }
+            items
+        }
         Err(e) => {
             eprintln!("error: {e}");
             return Ok(EXIT_USAGE);

@@ -1,0 +1,367 @@
+//! Fetching feeds and article pages over HTTP: a plain GET with a time
+//! limit, a size limit and at most [`MAX_REDIRECTS`] redirects, each hop's
+//! address checked before anything is sent to it.
+//!
+//! **Address rules.** By default only public addresses are fetched: a name
+//! that resolves to a loopback, private (RFC 1918, unique-local), link-local,
+//! carrier-grade NAT, multicast, unspecified or otherwise non-global address
+//! is refused, so a feed URL or a redirect cannot make precis read an
+//! intranet service or a cloud metadata endpoint. The connection goes to the
+//! address that was checked (no second lookup a DNS answer could change).
+//! An allow-list (`--allow-address`, for tests and intranets) names hosts or
+//! networks (`127.0.0.1`, `10.0.0.0/8`, `intranet.example`) that may be
+//! fetched anyway.
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+/// Most redirects followed for one fetch.
+pub const MAX_REDIRECTS: usize = 5;
+
+/// What may be fetched, and how much.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchPolicy {
+    /// Time for the whole fetch, redirects included.
+    pub timeout: Duration,
+    /// Most bytes of a body.
+    pub max_bytes: u64,
+    /// Hosts and networks allowed although not public.
+    pub allow: Vec<AllowEntry>,
+}
+
+impl Default for FetchPolicy {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(20),
+            max_bytes: 10 * 1024 * 1024,
+            allow: Vec::new(),
+        }
+    }
+}
+
+/// An allow-list entry: a network (an address is a /32 or /128) or a host name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowEntry {
+    /// Addresses in this network.
+    Net(IpNet),
+    /// This host name (as written in URLs), whatever it resolves to.
+    Host(String),
+}
+
+impl std::str::FromStr for AllowEntry {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("an empty allow-list entry".into());
+        }
+        if let Ok(net) = s.parse::<IpNet>() {
+            return Ok(AllowEntry::Net(net));
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(AllowEntry::Net(IpNet::from(ip)));
+        }
+        if s.contains('/') || s.contains(':') {
+            return Err(format!(
+                "`{s}` is neither an address, a network (10.0.0.0/8) nor a host name"
+            ));
+        }
+        Ok(AllowEntry::Host(s.to_ascii_lowercase()))
+    }
+}
+
+/// Why a fetch failed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FetchError {
+    /// Not an http(s) URL.
+    #[error("`{0}` is not an http:// or https:// URL")]
+    BadUrl(String),
+    /// The address is not public and not allowed.
+    #[error("{url}: {host} resolves to {address}, which is not a public address; precis does not fetch loopback, private or link-local addresses unless allowed (--allow-address {host})")]
+    Forbidden {
+        /// The URL.
+        url: String,
+        /// Its host.
+        host: String,
+        /// The address refused.
+        address: IpAddr,
+    },
+    /// The name does not resolve.
+    #[error("{url}: cannot resolve {host}: {reason}")]
+    Resolve {
+        /// The URL.
+        url: String,
+        /// Its host.
+        host: String,
+        /// Why.
+        reason: String,
+    },
+    /// Too many redirects.
+    #[error("{0}: more than {MAX_REDIRECTS} redirects")]
+    TooManyRedirects(String),
+    /// The body is larger than allowed.
+    #[error("{url}: the response is larger than {max} bytes")]
+    TooLarge {
+        /// The URL.
+        url: String,
+        /// The limit.
+        max: u64,
+    },
+    /// The fetch took too long.
+    #[error("{0}: no complete answer within the time limit")]
+    Timeout(String),
+    /// Not a success status.
+    #[error("{url}: the server answered {status}")]
+    Status {
+        /// The URL.
+        url: String,
+        /// The status.
+        status: u16,
+    },
+    /// Anything else on the way.
+    #[error("{url}: {reason}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// A fetched document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fetched {
+    /// The URL it was finally read from (after redirects).
+    pub url: String,
+    /// Its `Content-Type`, when given.
+    pub content_type: Option<String>,
+    /// Its bytes.
+    pub body: Vec<u8>,
+}
+
+/// Whether an address is one anybody on the internet could reach: not
+/// loopback, private, link-local, shared (CGNAT), multicast, documentation
+/// or unspecified.
+pub fn is_public(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || v4.is_multicast()
+                || v4.is_documentation()
+                || o[0] == 0
+                || (o[0] == 100 && (o[1] & 0xc0) == 64) // 100.64.0.0/10
+                || (o[0] == 192 && o[1] == 0 && o[2] == 0) // 192.0.0.0/24
+                || (o[0] == 198 && (o[1] & 0xfe) == 18) // 198.18.0.0/15
+                || o[0] >= 240)
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                return is_public(IpAddr::V4(v4));
+            }
+            let s = v6.segments();
+            !(v6.is_loopback()
+                || v6.is_unspecified()
+                || v6.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00 // unique local
+                || (s[0] & 0xffc0) == 0xfe80 // link local
+                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
+        }
+    }
+}
+
+impl FetchPolicy {
+    /// Whether `host` (resolving to `ip`) may be fetched.
+    fn allows(&self, host: &str, ip: IpAddr) -> bool {
+        is_public(ip)
+            || self.allow.iter().any(|a| match a {
+                AllowEntry::Net(net) => net.contains(&ip),
+                AllowEntry::Host(h) => h.eq_ignore_ascii_case(host),
+            })
+    }
+
+    /// The checked address to connect to for `url`.
+    async fn vet(&self, url: &reqwest::Url) -> Result<SocketAddr, FetchError> {
+        let host = url
+            .host_str()
+            .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = url.port_or_known_default().unwrap_or(80);
+        let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), port))
+            .await
+            .map_err(|e| FetchError::Resolve {
+                url: url.to_string(),
+                host: host.clone(),
+                reason: e.to_string(),
+            })?
+            .collect();
+        // Every address the name has must be allowed: which one a
+        // connection would use is not ours to choose.
+        if let Some(bad) = addrs.iter().find(|a| !self.allows(&host, a.ip())) {
+            return Err(FetchError::Forbidden {
+                url: url.to_string(),
+                host,
+                address: bad.ip(),
+            });
+        }
+        addrs.first().copied().ok_or_else(|| FetchError::Resolve {
+            url: url.to_string(),
+            host,
+            reason: "no address".into(),
+        })
+    }
+}
+
+/// Fetches `url` under `policy` (see the module's documentation).
+pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
+    match tokio::time::timeout(policy.timeout, fetch_within(url, policy)).await {
+        Ok(r) => r,
+        Err(_) => Err(FetchError::Timeout(url.to_string())),
+    }
+}
+
+/// [`fetch`] from synchronous code (the CLI).
+pub fn fetch_blocking(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
+    let http = |reason: String| FetchError::Http {
+        url: url.to_string(),
+        reason,
+    };
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| http(format!("cannot start the fetch runtime: {e}")))?
+        .block_on(fetch(url, policy))
+}
+
+async fn fetch_within(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
+    let mut current = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https"))
+        .ok_or_else(|| FetchError::BadUrl(url.to_string()))?;
+    for _ in 0..=MAX_REDIRECTS {
+        let addr = policy.vet(&current).await?;
+        let http = |reason: String, at: &reqwest::Url| FetchError::Http {
+            url: at.to_string(),
+            reason,
+        };
+        let host = current.host_str().unwrap_or_default().to_string();
+        let client = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .resolve(&host, addr)
+            .user_agent(concat!("precis/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| http(e.to_string(), &current))?;
+        let response = client
+            .get(current.clone())
+            .send()
+            .await
+            .map_err(|e| http(e.to_string(), &current))?;
+        let status = response.status();
+        if status.is_redirection() {
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .ok_or_else(|| http(format!("{status} without a Location"), &current))?;
+            current = current
+                .join(location)
+                .ok()
+                .filter(|u| matches!(u.scheme(), "http" | "https"))
+                .ok_or_else(|| FetchError::BadUrl(location.to_string()))?;
+            continue;
+        }
+        if !status.is_success() {
+            return Err(FetchError::Status {
+                url: current.to_string(),
+                status: status.as_u16(),
+            });
+        }
+        let too_large = || FetchError::TooLarge {
+            url: current.to_string(),
+            max: policy.max_bytes,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > policy.max_bytes)
+        {
+            return Err(too_large());
+        }
+        let content_type = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        let mut response = response;
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| http(e.to_string(), &current))?
+        {
+            if body.len() as u64 + chunk.len() as u64 > policy.max_bytes {
+                return Err(too_large());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        return Ok(Fetched {
+            url: current.to_string(),
+            content_type,
+            body,
+        });
+    }
+    Err(FetchError::TooManyRedirects(url.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_public_addresses_are_public() {
+        for private in [
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.169.254",
+            "100.64.0.1",
+            "0.0.0.0",
+            "::1",
+            "fe80::1",
+            "fd00::1",
+            "::ffff:127.0.0.1",
+            "224.0.0.1",
+        ] {
+            assert!(!is_public(private.parse().unwrap()), "{private}");
+        }
+        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+            assert!(is_public(public.parse().unwrap()), "{public}");
+        }
+    }
+
+    #[test]
+    fn allow_entries_parse_and_match() {
+        let policy = FetchPolicy {
+            allow: vec![
+                "127.0.0.1".parse().unwrap(),
+                "10.0.0.0/8".parse().unwrap(),
+                "Intranet.Example".parse().unwrap(),
+            ],
+            ..FetchPolicy::default()
+        };
+        assert!(policy.allows("x", "127.0.0.1".parse().unwrap()));
+        assert!(!policy.allows("x", "127.0.0.2".parse().unwrap()));
+        assert!(policy.allows("x", "10.9.9.9".parse().unwrap()));
+        assert!(policy.allows("intranet.example", "192.168.0.5".parse().unwrap()));
+        assert!("10.0.0.0/99".parse::<AllowEntry>().is_err());
+    }
+}
