@@ -93,6 +93,22 @@ pub fn default_path() -> PathBuf {
         .join(FILE_NAME)
 }
 
+/// Opens (creating it and its folder when missing) the SQLite database the
+/// result cache and the batch jobs share: WAL journal, so that a commit
+/// survives the process being killed and readers do not block the writer,
+/// and a wait of up to 10 s for another process's lock.
+pub fn open_database(path: &Path) -> Result<Connection, String> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+    }
+    let conn = Connection::open(path).map_err(|e| e.to_string())?;
+    conn.busy_timeout(Duration::from_secs(10))
+        .map_err(|e| e.to_string())?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
+        .map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
 /// A generation's key (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CacheKey([u8; 32]);
@@ -206,12 +222,7 @@ impl ResultCache {
             path: path.to_path_buf(),
             reason,
         };
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| fail(e.to_string()))?;
-        }
-        let conn = Connection::open(path).map_err(|e| fail(e.to_string()))?;
-        conn.busy_timeout(Duration::from_secs(10))
-            .map_err(|e| fail(e.to_string()))?;
+        let conn = open_database(path).map_err(fail)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(|e| fail(e.to_string()))?;
@@ -221,9 +232,7 @@ impl ResultCache {
             )));
         }
         conn.execute_batch(
-            "PRAGMA journal_mode = WAL;
-             PRAGMA synchronous = NORMAL;
-             CREATE TABLE IF NOT EXISTS generations (
+            "CREATE TABLE IF NOT EXISTS generations (
                  key TEXT PRIMARY KEY,
                  model TEXT NOT NULL,
                  value TEXT NOT NULL,

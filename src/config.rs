@@ -22,6 +22,8 @@
 //! shutdown_grace_secs = 30
 //! api_keys_file = "/etc/precis/keys"
 //! cors_origins = ["https://news.example"]
+//! webhook_secret = "..."           # signs batch jobs' webhook calls
+//! allow_addresses = ["10.0.0.0/8"] # non-public hosts jobs may fetch from or call
 //!
 //! [cache]                        # each also a flag (--cache, --no-cache, --cache-max-mb, ...) and a PRECIS_* variable
 //! path = "/var/cache/precis/results.sqlite3"
@@ -190,6 +192,19 @@ pub struct ServerConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Option<Vec<String>>,
+    /// Key that signs batch jobs' webhook calls (`X-Precis-Signature:
+    /// sha256=HMAC`); without it they are not signed.
+    #[arg(long, env = "PRECIS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Hosts or networks that jobs' feed URLs and webhooks may reach
+    /// although not public, comma separated [default: public addresses only].
+    #[arg(
+        long,
+        env = "PRECIS_ALLOW_ADDRESSES",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub allow_addresses: Option<Vec<String>>,
 }
 
 impl ServerConfig {
@@ -208,6 +223,8 @@ impl ServerConfig {
             shutdown_grace_secs: self.shutdown_grace_secs.or(file.shutdown_grace_secs),
             api_keys_file: self.api_keys_file.or(file.api_keys_file),
             cors_origins: self.cors_origins.or(file.cors_origins),
+            webhook_secret: self.webhook_secret.or(file.webhook_secret),
+            allow_addresses: self.allow_addresses.or(file.allow_addresses),
         }
     }
 }

@@ -221,6 +221,15 @@ impl FetchPolicy {
     }
 }
 
+/// The address to connect to for `url`, once checked under `policy` (for
+/// requests that are not plain fetches, such as webhooks).
+pub async fn vet_url(url: &reqwest::Url, policy: &FetchPolicy) -> Result<SocketAddr, FetchError> {
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(FetchError::BadUrl(url.to_string()));
+    }
+    policy.vet(url).await
+}
+
 /// Fetches `url` under `policy` (see the module's documentation).
 pub async fn fetch(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchError> {
     match tokio::time::timeout(policy.timeout, fetch_within(url, policy)).await {

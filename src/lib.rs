@@ -15,6 +15,7 @@ pub mod config;
 pub mod engine;
 pub mod fetch;
 pub mod http;
+pub mod jobs;
 pub mod markup;
 pub mod sources;
 pub mod store;

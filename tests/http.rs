@@ -776,10 +776,12 @@ async fn bodies_of_the_wrong_type_are_422_and_the_server_serves_on() {
 }
 
 /// Every route the router serves, with its method.
-const ROUTES: [(&str, &str); 9] = [
+const ROUTES: [(&str, &str); 11] = [
     ("post", "/v1/summarize"),
     ("post", "/v1/translate"),
     ("post", "/v1/digest"),
+    ("post", "/v1/jobs"),
+    ("get", "/v1/jobs/{id}"),
     ("get", "/v1/models"),
     ("get", "/health"),
     ("get", "/ready"),
@@ -923,7 +925,11 @@ async fn the_docs_page_describes_every_route_and_needs_nothing_from_elsewhere() 
         assert!(page.contains(&format!("<code>{path}</code>")), "{path}");
     }
     assert!(page.contains("id=\"schema-TaskResult\""));
-    assert!(!page.contains("<script") && !page.contains("http://") && !page.contains("https://"));
+    // Nothing loaded from elsewhere (examples may show URLs as text).
+    assert!(!page.contains("<script") && !page.contains("<link"));
+    for attr in ["src=\"", "href=\"http", "url("] {
+        assert!(!page.contains(attr), "{attr}");
+    }
 }
 
 /// A streamed request's status, content type and events.
@@ -1312,4 +1318,267 @@ async fn the_result_cache_answers_repeated_work_without_running_the_model() {
     let result = final_result(&events);
     assert_eq!(result["cache"], json!({"hits": 1, "misses": 0}));
     assert_eq!(pieces.concat(), first["summary"]["text"].as_str().unwrap());
+}
+
+/// A server with batch jobs kept in `db`, its webhooks retried after 50 ms
+/// and signed with `s3cret`, loopback allowed for feeds and webhooks.
+fn jobs_app(db: &std::path::Path) -> axum::Router {
+    let mut state = state(limits());
+    let store = Arc::new(precis::jobs::JobStore::open(db).unwrap());
+    let settings = precis::jobs::JobSettings {
+        parallel: 2,
+        fetch: precis::fetch::FetchPolicy {
+            allow: vec!["127.0.0.1".parse().unwrap()],
+            ..precis::fetch::FetchPolicy::default()
+        },
+        webhook_secret: Some("s3cret".into()),
+        retry_delay: std::time::Duration::from_millis(50),
+        default_targets: Arc::clone(&state.default_targets),
+    };
+    state.jobs = Some(precis::jobs::JobQueue::start(
+        store,
+        Arc::clone(&state.engine),
+        settings,
+    ));
+    router(state)
+}
+
+/// Posts a job; gives the status, the `Location` and the answer.
+async fn post_job(
+    app: &axum::Router,
+    body: Value,
+    key: Option<&str>,
+) -> (StatusCode, String, Value) {
+    let mut req = Request::builder()
+        .method("POST")
+        .uri("/v1/jobs")
+        .header("content-type", "application/json");
+    if let Some(k) = key {
+        req = req.header("idempotency-key", k);
+    }
+    let req = req
+        .body(Body::from(serde_json::to_vec(&body).unwrap()))
+        .unwrap();
+    let (status, headers, v) = send(app, req).await;
+    let location = headers
+        .get("location")
+        .map(|l| l.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    (status, location, v)
+}
+
+/// Polls a job until it has ended (10 s at most).
+async fn finished_job(app: &axum::Router, id: &str) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, v) = call(app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        if v["state"] == "done" || v["state"] == "failed" {
+            return v;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_job_runs_in_the_background_once_per_idempotency_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    let body = json!({"task": "summarize", "items": [
+        {"text": "Ministers met on Tuesday. They agreed on a plan.", "id": "a"},
+        {"text": "  "},
+        {"text": "The talks resume in June. Both sides said so.", "id": "c"},
+    ]});
+    let (status, location, v) = post_job(&app, body.clone(), Some("weekly-42")).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    assert_eq!(location, format!("/v1/jobs/{id}"));
+    assert_eq!(v["progress"]["total"], 3);
+    // The same key again: the same job, nothing new.
+    let (status, _, again) = post_job(&app, body.clone(), Some("weekly-42")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], id.as_str());
+    let done = finished_job(&app, &id).await;
+    let results = done["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    assert_eq!(results[0]["status"], 200);
+    assert_eq!(results[0]["result"]["id"], "a");
+    assert_eq!(results[1]["status"], 422);
+    assert_eq!(results[1]["error"]["code"], "empty_text");
+    assert_eq!(results[2]["result"]["id"], "c");
+    let db = rusqlite::Connection::open(dir.path().join("precis.sqlite3")).unwrap();
+    let jobs: i64 = db
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(jobs, 1, "the repeated post made a second job");
+    // Another key (or none) is another job.
+    let (status, _, other) = post_job(&app, body, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_ne!(other["id"], id.as_str());
+}
+
+#[tokio::test]
+async fn accepted_jobs_survive_a_restart_and_resume() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("precis.sqlite3");
+    // Accepted by a server that stopped before working on it.
+    let store = precis::jobs::JobStore::open(&db).unwrap();
+    let request: precis::jobs::JobRequest =
+        serde_json::from_value(json!({"task": "summarize"})).unwrap();
+    let articles = vec![
+        Ok(precis::task::Article {
+            text: "Ministers met on Tuesday. They agreed on a plan.".into(),
+            ..Default::default()
+        }),
+        Ok(precis::task::Article {
+            text: "The talks resume in June. Both sides said so.".into(),
+            ..Default::default()
+        }),
+    ];
+    let (id, created) = store.create(&request, articles, None).unwrap();
+    assert!(created);
+    drop(store);
+    // A new server on the same database takes it up.
+    let app = jobs_app(&db);
+    let done = finished_job(&app, &id).await;
+    assert_eq!(done["state"], "done");
+    assert_eq!(done["progress"], json!({"done": 2, "total": 2}));
+    assert!(done["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == 200));
+    // And the next server still knows it.
+    let app = jobs_app(&db);
+    let (status, v) = call(&app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["state"], "done");
+}
+
+/// The webhook calls a test server received: signature header and body.
+type HookCalls = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A local server: a feed at /feed.rss, and a webhook at /hook that fails
+/// its first call with 500 and records every call's signature and body.
+async fn hook_server() -> (String, HookCalls) {
+    use axum::routing::{get, post};
+    let calls: HookCalls = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let feed = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/examples/feeds/basin-weekly.rss"
+    ))
+    .unwrap();
+    let recorded = Arc::clone(&calls);
+    let app = axum::Router::new()
+        .route("/feed.rss", get(move || async move { feed }))
+        .route(
+            "/hook",
+            post(
+                move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
+                    let signature = headers
+                        .get("x-precis-signature")
+                        .map(|v| v.to_str().unwrap().to_string())
+                        .unwrap_or_default();
+                    let mut calls = recorded.lock().unwrap();
+                    calls.push((signature, body.to_vec()));
+                    if calls.len() == 1 {
+                        StatusCode::INTERNAL_SERVER_ERROR
+                    } else {
+                        StatusCode::NO_CONTENT
+                    }
+                },
+            ),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (base, calls)
+}
+
+#[tokio::test]
+async fn a_feed_job_ends_with_a_signed_webhook_retried_after_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    let (base, calls) = hook_server().await;
+    let (status, _, v) = post_job(
+        &app,
+        json!({"feed_url": format!("{base}/feed.rss"), "to": ["ru"], "webhook": format!("{base}/hook")}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    let done = finished_job(&app, &id).await;
+    assert_eq!(done["task"], "digest");
+    assert_eq!(done["progress"]["total"], 3);
+    // Delivered on the second try.
+    let started = std::time::Instant::now();
+    loop {
+        let (_, v) = call(&app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
+        if v["webhook"]["delivered"] == true {
+            assert_eq!(v["webhook"]["attempts"], 2, "{v}");
+            break;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let calls = calls.lock().unwrap().clone();
+    assert_eq!(calls.len(), 2);
+    for (signature, body) in &calls {
+        assert_eq!(signature, &precis::jobs::signature("s3cret", body));
+        let sent: Value = serde_json::from_slice(body).unwrap();
+        assert_eq!(sent["id"], id.as_str());
+        assert_eq!(sent["state"], "done");
+        assert_eq!(sent["results"].as_array().unwrap().len(), 3);
+    }
+}
+
+#[tokio::test]
+async fn bad_jobs_are_refused_and_unknown_ones_are_404() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    for (body, code_for) in [
+        (
+            json!({"items": [{"text": "x"}], "feed_url": "https://news.example/f"}),
+            "invalid_request",
+        ),
+        (json!({}), "invalid_request"),
+        (json!({"items": []}), "empty_batch"),
+        (
+            json!({"items": [{"text": "x"}], "webhook": "ftp://x/y"}),
+            "invalid_request",
+        ),
+        (json!({"feed_url": "file:///etc/passwd"}), "invalid_request"),
+        (
+            json!({"task": "translate", "items": [{"text": "x"}]}),
+            "no_target_language",
+        ),
+        (json!({"items": [{"txt": "x"}]}), "unknown_field"),
+    ] {
+        let expected = code_for;
+        let (status, _, v) = post_job(&app, body.clone(), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        assert_eq!(code(&v), expected, "{body}");
+    }
+    let (status, v) = call(&app, "GET", "/v1/jobs/nope", Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&v), "not_found");
+    // A feed on a private address, not allowed here: the job fails and says why.
+    let (_, _, v) = post_job(&app, json!({"feed_url": "http://10.255.255.1/feed"}), None).await;
+    let done = finished_job(&app, v["id"].as_str().unwrap()).await;
+    assert_eq!(done["state"], "failed");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a public address"),
+        "{done}"
+    );
 }

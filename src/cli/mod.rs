@@ -824,12 +824,44 @@ fn serve(
     let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
     let engine = Arc::new(Engine::new(loader.clone(), routing).with_cache(open_cache(cache)));
     let mut state = crate::http::AppState::new(Arc::clone(&engine), limits, targets);
+    let allow = settings
+        .allow_addresses
+        .iter()
+        .flatten()
+        .map(|a| a.parse::<crate::fetch::AllowEntry>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!("--allow-addresses: {e}"))?;
+    let job_settings = crate::jobs::JobSettings {
+        parallel: state.limits.max_concurrency,
+        fetch: crate::fetch::FetchPolicy {
+            allow,
+            ..crate::fetch::FetchPolicy::default()
+        },
+        webhook_secret: settings.webhook_secret.clone(),
+        retry_delay: std::time::Duration::from_secs(5),
+        default_targets: Arc::clone(&state.default_targets),
+    };
+    let job_store = match crate::jobs::JobStore::open(&cache.file()) {
+        Ok(store) => Some(Arc::new(store)),
+        Err(e) => {
+            eprintln!("warning: {e}; batch jobs (/v1/jobs) are off");
+            None
+        }
+    };
     state.api_keys = api_keys;
     state.cors_origins = settings.cors_origins.clone().unwrap_or_default();
     if let Some(keys) = &state.api_keys {
         tracing::info!(keys = keys.len(), "API keys required");
     }
     let rt = tokio::runtime::Runtime::new()?;
+    if let Some(store) = job_store {
+        let _runtime = rt.enter();
+        state.jobs = Some(crate::jobs::JobQueue::start(
+            store,
+            Arc::clone(&engine),
+            job_settings,
+        ));
+    }
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;

@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 
 pub mod docs;
 pub mod error;
+pub mod jobs;
 pub mod ops;
 pub mod stream;
 
@@ -108,6 +109,8 @@ pub struct AppState {
     pub api_keys: Option<ApiKeys>,
     /// Origins allowed by CORS (`*`: any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
+    /// Batch jobs; `None`: this server keeps none (`/v1/jobs` is 404).
+    pub jobs: Option<crate::jobs::JobQueue>,
 }
 
 impl AppState {
@@ -121,6 +124,7 @@ impl AppState {
             ready: Readiness::new(true),
             api_keys: None,
             cors_origins: Vec::new(),
+            jobs: None,
         }
     }
 }
@@ -141,6 +145,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/summarize", post(summarize))
         .route("/v1/translate", post(translate))
         .route("/v1/digest", post(digest))
+        .route("/v1/jobs", post(jobs::create))
+        .route("/v1/jobs/{id}", get(jobs::show))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

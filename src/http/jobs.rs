@@ -1,0 +1,175 @@
+//! `POST /v1/jobs` and `GET /v1/jobs/{id}`: batch jobs, worked on in the
+//! background and kept in the database (see [`crate::jobs`]).
+
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use super::error::{ApiError, ErrorCode};
+use super::{internal, read_body, AppState};
+use crate::jobs::{JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
+use crate::task::{Article, Task};
+
+fn queue(state: &AppState) -> Result<&JobQueue, ApiError> {
+    state.jobs.as_ref().ok_or_else(|| {
+        ApiError::new(
+            ErrorCode::NotReady,
+            "batch jobs are off on this server: its database could not be opened (see its log)",
+        )
+    })
+}
+
+fn invalid(message: impl Into<String>) -> ApiError {
+    ApiError::new(ErrorCode::InvalidRequest, message)
+}
+
+fn web_url(url: &str, what: &str) -> Result<(), ApiError> {
+    match reqwest::Url::parse(url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
+        _ => Err(invalid(format!(
+            "`{what}` must be an http:// or https:// URL"
+        ))),
+    }
+}
+
+/// The request's articles, each checked alone (too long: that item fails).
+fn check(state: &AppState, request: &JobRequest) -> Result<Vec<Result<Article, String>>, ApiError> {
+    if request.task == Some(Task::Translate) && request.to.as_ref().is_none_or(Vec::is_empty) {
+        return Err(ApiError::new(
+            ErrorCode::NoTargetLanguage,
+            "a translate job needs `to`, e.g. [\"ru\", \"hi\"]",
+        ));
+    }
+    if let Some(hook) = &request.webhook {
+        web_url(hook, "webhook")?;
+    }
+    match (&request.items, &request.feed_url) {
+        (Some(_), Some(_)) => Err(invalid("give `items` or `feed_url`, not both")),
+        (None, None) => Err(invalid("a job needs `items` (articles) or a `feed_url`")),
+        (None, Some(url)) => web_url(url, "feed_url").map(|()| Vec::new()),
+        (Some(items), None) => {
+            if items.is_empty() {
+                return Err(ApiError::new(
+                    ErrorCode::EmptyBatch,
+                    "`items` is empty: give at least one article",
+                ));
+            }
+            if items.len() > MAX_JOB_ITEMS {
+                return Err(ApiError::new(
+                    ErrorCode::BatchTooLarge,
+                    format!(
+                        "the job has {} articles; a job takes at most {MAX_JOB_ITEMS}: split it",
+                        items.len()
+                    ),
+                ));
+            }
+            Ok(items
+                .iter()
+                .cloned()
+                .map(|a| {
+                    let chars = a.text.chars().count();
+                    if chars > state.limits.max_chars {
+                        Err(format!(
+                            "the text has {chars} characters; this server accepts at most {} per article (--max-chars)",
+                            state.limits.max_chars
+                        ))
+                    } else {
+                        Ok(Article::from(a))
+                    }
+                })
+                .collect())
+        }
+    }
+}
+
+fn answer(status: StatusCode, view: JobView) -> Response {
+    let location = format!("/v1/jobs/{}", view.id);
+    (status, [(header::LOCATION, location)], Json(view)).into_response()
+}
+
+/// Accepts a batch job: articles, or a feed URL whose items are the
+/// articles. Answers 202 with the job at once; `GET /v1/jobs/{id}` follows
+/// it. With an `Idempotency-Key` header used before, the job made then is
+/// answered (200) and nothing new runs.
+#[utoipa::path(post, path = "/v1/jobs", tag = "jobs",
+    request_body = JobRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "the same key gets the same job, once")),
+    responses(
+        (status = 202, description = "accepted; `Location` names it", body = JobView),
+        (status = 200, description = "a job with this Idempotency-Key exists", body = JobView),
+        (status = 422, description = "a field is not acceptable (see the code)", body = super::error::ErrorBody),
+    ))]
+pub(super) async fn create(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    req: axum::extract::Request,
+) -> Result<Response, ApiError> {
+    let queue = queue(&state)?.clone();
+    let bytes = read_body(req, &state).await?;
+    let request: JobRequest = super::parse_body(&bytes)?;
+    let key = match headers.get("idempotency-key") {
+        Some(v) => Some(
+            v.to_str()
+                .ok()
+                .filter(|k| !k.is_empty() && k.len() <= 255)
+                .ok_or_else(|| invalid("Idempotency-Key must be 1 to 255 visible characters"))?
+                .to_string(),
+        ),
+        None => None,
+    };
+    let items = check(&state, &request)?;
+    let store = std::sync::Arc::clone(&queue.store);
+    let (id, created) =
+        tokio::task::spawn_blocking(move || store.create(&request, items, key.as_deref()))
+            .await
+            .map_err(|_| internal())?
+            .map_err(|e| {
+                tracing::error!("{e}");
+                internal()
+            })?;
+    if created {
+        queue.submit(&id);
+    }
+    let view = queue
+        .store
+        .view(&id)
+        .map_err(|e| {
+            tracing::error!("{e}");
+            internal()
+        })?
+        .ok_or_else(internal)?;
+    Ok(answer(
+        if created {
+            StatusCode::ACCEPTED
+        } else {
+            StatusCode::OK
+        },
+        view,
+    ))
+}
+
+/// A job: its state, progress, and the results of its finished items.
+#[utoipa::path(get, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "the job's id")),
+    responses(
+        (status = 200, description = "the job", body = JobView),
+        (status = 404, description = "no such job", body = super::error::ErrorBody),
+    ))]
+pub(super) async fn show(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let queue = queue(&state)?;
+    match queue.store.view(&id) {
+        Ok(Some(view)) => Ok(answer(StatusCode::OK, view)),
+        Ok(None) => Err(ApiError::new(
+            ErrorCode::NotFound,
+            format!("no job `{id}` on this node (jobs are kept per node)"),
+        )),
+        Err(e) => {
+            tracing::error!("{e}");
+            Err(internal())
+        }
+    }
+}
