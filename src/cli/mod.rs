@@ -147,6 +147,9 @@ pub struct JobArgs {
     /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
     #[arg(long)]
     pub cuda: bool,
+    /// Articles worked on at once; the model batches their generations together.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
     /// For feed items whose text is a teaser (under 150 words) with a link: fetch the linked page and work on its main text.
     #[arg(long)]
     pub fetch_articles: bool,
@@ -465,6 +468,50 @@ fn routing(config: &Config, choice: Choice<'_>, store: &ModelStore) -> Routing {
     }
 }
 
+/// An article's outcome and where it came from.
+type InputItemOutcome = (Outcome, String);
+
+/// Runs one input item (with its own progress bar when `step_bar`).
+fn run_item(
+    engine: &Engine,
+    task: Task,
+    options: &TaskOptions,
+    item: input::InputItem,
+    step_bar: bool,
+) -> InputItemOutcome {
+    let origin = item.origin;
+    let id = item.article.as_ref().ok().and_then(|a| a.id.clone());
+    let result = match item.article {
+        Err(message) => Err(ErrorBody {
+            code: "unreadable_input".into(),
+            message,
+        }),
+        Ok(article) => {
+            let bar = step_bar.then(|| progress_bar(1, &origin));
+            let report = |event: TaskEvent<'_>| {
+                if let (Some(b), TaskEvent::Progress(p)) = (&bar, event) {
+                    b.set_length(p.total as u64);
+                    b.set_position(p.done as u64);
+                }
+            };
+            let r = engine.run(task, &article, options, None, &CancelToken::new(), &report);
+            if let Some(b) = bar {
+                b.finish_and_clear();
+            }
+            r.map(Box::new).map_err(|e| error_body(&e))
+        }
+    };
+    let outcome = match result {
+        Ok(r) => Outcome::Ok(r),
+        Err(error) => Outcome::Failed {
+            origin: origin.clone(),
+            id,
+            error,
+        },
+    };
+    (outcome, origin)
+}
+
 /// Writes the outcomes where the job says: stdout, `--out`, or files in `--out-dir`.
 fn write_output(task: Task, job: &JobArgs, outcomes: &[Outcome]) -> anyhow::Result<()> {
     let name = task.name();
@@ -542,57 +589,55 @@ fn run_job(
         Some(progress_bar(total as u64, "articles"))
     };
     let lines = !quiet && total >= 2 && !terminal;
-    let mut outcomes = Vec::new();
-    let mut failed = Vec::new();
-    for item in items {
-        let origin = item.origin.clone();
-        let id = item.article.as_ref().ok().and_then(|a| a.id.clone());
-        let result = match item.article {
-            Err(message) => Err(ErrorBody {
-                code: "unreadable_input".into(),
-                message,
-            }),
-            Ok(article) => {
-                let step_bar = if quiet || !terminal {
-                    None
-                } else {
-                    Some(progress_bar(1, &item.origin))
+    // Articles are worked on `--parallel` at a time: the model's worker
+    // batches the generations of those in flight together.
+    let parallel = usize::from(job.parallel).clamp(1, total.max(1));
+    let step_bars = !quiet && terminal && parallel == 1;
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let finished = std::sync::atomic::AtomicUsize::new(0);
+    let slots: Vec<std::sync::Mutex<Option<InputItemOutcome>>> =
+        items.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    let items: Vec<std::sync::Mutex<Option<input::InputItem>>> = items
+        .into_iter()
+        .map(|i| std::sync::Mutex::new(Some(i)))
+        .collect();
+    std::thread::scope(|scope| {
+        for _ in 0..parallel {
+            scope.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(item) = items.get(i).and_then(|m| m.lock().ok()?.take()) else {
+                    break;
                 };
-                let report = |event: TaskEvent<'_>| {
-                    if let (Some(b), TaskEvent::Progress(p)) = (&step_bar, event) {
-                        b.set_length(p.total as u64);
-                        b.set_position(p.done as u64);
-                    }
-                };
-                let r = engine.run(task, &article, &options, None, &CancelToken::new(), &report);
-                if let Some(b) = step_bar {
-                    b.finish_and_clear();
+                let outcome = run_item(&engine, task, &options, item, step_bars);
+                let k = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                if let Some(b) = &bar {
+                    b.inc(1);
                 }
-                r.map(Box::new).map_err(|e| error_body(&e))
-            }
-        };
-        match result {
-            Ok(r) => outcomes.push(Outcome::Ok(r)),
-            Err(error) => {
-                eprintln!("error: {}: {}", item.origin, error.message);
-                failed.push(item.origin.clone());
-                outcomes.push(Outcome::Failed {
-                    origin: item.origin,
-                    id,
-                    error,
-                });
-            }
+                if let Outcome::Failed { origin, error, .. } = &outcome.0 {
+                    eprintln!("error: {origin}: {}", error.message);
+                }
+                if lines {
+                    // No terminal to draw a bar on (a log, a CI job): a line per article.
+                    let state = match &outcome.0 {
+                        Outcome::Failed { .. } => "failed",
+                        Outcome::Ok(_) => "done",
+                    };
+                    eprintln!("[{k}/{total}] {state}: {}", outcome.1);
+                }
+                if let Ok(mut slot) = slots[i].lock() {
+                    *slot = Some(outcome);
+                }
+            });
         }
-        if let Some(b) = &bar {
-            b.inc(1);
-        }
-        if lines {
-            // No terminal to draw a bar on (a log, a CI job): a line per article.
-            let state = match outcomes.last() {
-                Some(Outcome::Failed { .. }) => "failed",
-                _ => "done",
-            };
-            eprintln!("[{}/{total}] {state}: {origin}", outcomes.len());
+    });
+    let mut outcomes = Vec::with_capacity(total);
+    let mut failed = Vec::new();
+    for slot in slots {
+        if let Some((outcome, origin)) = slot.into_inner().ok().flatten() {
+            if matches!(outcome, Outcome::Failed { .. }) {
+                failed.push(origin);
+            }
+            outcomes.push(outcome);
         }
     }
     if let Some(b) = bar {
