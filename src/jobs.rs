@@ -18,10 +18,11 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use crate::cli::output::{json_feeds, render, ErrorBody, Format, Outcome};
 use crate::engine::Engine;
 use crate::fetch::{fetch, FetchPolicy};
 use crate::http::error::{engine_error_code, ErrorDetail};
-use crate::task::{Article, CancelToken, Length, Task, TaskOptions};
+use crate::task::{Article, CancelToken, Length, Task, TaskOptions, TaskResult};
 
 /// Most articles one job may hold.
 pub const MAX_JOB_ITEMS: usize = 1000;
@@ -87,6 +88,11 @@ pub struct JobRequest {
     /// Drop non-story paragraphs (default true).
     #[serde(default)]
     pub clean: Option<bool>,
+    /// Also render the results as `markdown`, `html`, `jsonl`, `json` or
+    /// `jsonfeed` (one feed per language) in the answer's `output` once
+    /// the job is done.
+    #[serde(default)]
+    pub format: Option<Format>,
     /// URL that receives the job's answer when it ends (POST, JSON, signed).
     #[serde(default)]
     pub webhook: Option<String>,
@@ -142,7 +148,7 @@ pub struct JobItem {
     pub index: usize,
     /// The status the item alone would have got.
     pub status: u16,
-    /// The result ([`TaskResult`](crate::task::TaskResult)), when it worked.
+    /// The result ([`TaskResult`]), when it worked.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<Object>)]
     pub result: Option<serde_json::Value>,
@@ -199,6 +205,59 @@ pub struct JobView {
     /// The webhook and its delivery.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub webhook: Option<WebhookState>,
+    /// The results rendered in the requested `format`, once done: a string,
+    /// or for `jsonfeed` an object of feeds by language.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub output: Option<serde_json::Value>,
+}
+
+/// The job's results in `format`, as [`JobView::output`] holds them.
+fn render_output(format: Format, items: &[JobItem]) -> serde_json::Value {
+    let outcomes: Vec<Outcome> = items
+        .iter()
+        .map(|item| {
+            let result = item
+                .result
+                .clone()
+                .and_then(|r| serde_json::from_value::<TaskResult>(r).ok());
+            match result {
+                Some(r) => Outcome::Ok(Box::new(r)),
+                None => Outcome::Failed {
+                    origin: format!("item {}", item.index),
+                    id: None,
+                    error: ErrorBody {
+                        code: item
+                            .error
+                            .as_ref()
+                            .and_then(|e| e["code"].as_str())
+                            .unwrap_or("internal")
+                            .to_string(),
+                        message: item
+                            .error
+                            .as_ref()
+                            .and_then(|e| e["message"].as_str())
+                            .unwrap_or("the result could not be read")
+                            .to_string(),
+                    },
+                },
+            }
+        })
+        .collect();
+    match format {
+        Format::Jsonfeed => serde_json::Value::Object(
+            json_feeds(&outcomes, "precis job")
+                .into_iter()
+                .map(|(lang, text)| {
+                    (
+                        lang,
+                        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+                    )
+                })
+                .collect(),
+        ),
+        other => serde_json::Value::String(render(&outcomes, other)),
+    }
 }
 
 /// Why the job store failed.
@@ -445,9 +504,14 @@ impl JobStore {
             .flatten()
             .filter_map(|o| serde_json::from_str(o).ok())
             .collect();
+        let state = JobState::parse(&state);
+        let output = request
+            .format
+            .filter(|_| state == JobState::Done)
+            .map(|f| render_output(f, &results));
         Ok(Some(JobView {
             id: id.to_string(),
-            state: JobState::parse(&state),
+            state,
             task: request.task.unwrap_or(Task::Digest),
             created,
             progress: JobProgress {
@@ -462,6 +526,7 @@ impl JobStore {
                 attempts,
                 last_error: webhook_error,
             }),
+            output,
         }))
     }
 }

@@ -1403,6 +1403,7 @@ async fn a_job_runs_in_the_background_once_per_idempotency_key() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(again["id"], id.as_str());
     let done = finished_job(&app, &id).await;
+    assert!(done.get("output").is_none(), "no format was asked for");
     let results = done["results"].as_array().unwrap();
     assert_eq!(results.len(), 3);
     assert_eq!(results[0]["status"], 200);
@@ -1506,7 +1507,7 @@ async fn a_feed_job_ends_with_a_signed_webhook_retried_after_a_failure() {
     let (base, calls) = hook_server().await;
     let (status, _, v) = post_job(
         &app,
-        json!({"feed_url": format!("{base}/feed.rss"), "to": ["ru"], "webhook": format!("{base}/hook")}),
+        json!({"feed_url": format!("{base}/feed.rss"), "to": ["ru"], "webhook": format!("{base}/hook"), "format": "html"}),
         None,
     )
     .await;
@@ -1515,6 +1516,10 @@ async fn a_feed_job_ends_with_a_signed_webhook_retried_after_a_failure() {
     let done = finished_job(&app, &id).await;
     assert_eq!(done["task"], "digest");
     assert_eq!(done["progress"]["total"], 3);
+    // The newsletter, rendered from the stored results.
+    let html = done["output"].as_str().unwrap();
+    assert_eq!(html.matches("<article>").count(), 3, "{html}");
+    assert_eq!(html.matches("<section lang=\"ru\">").count(), 3);
     // Delivered on the second try.
     let started = std::time::Instant::now();
     loop {

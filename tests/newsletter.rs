@@ -114,6 +114,19 @@ fn the_three_feed_formats_give_the_same_three_articles() {
 }
 
 #[test]
+fn results_read_back_from_json_are_the_same_results() {
+    for outcome in digests(&feed("basin-weekly.rss")) {
+        let Outcome::Ok(result) = outcome else {
+            panic!("an item failed")
+        };
+        let json = serde_json::to_value(&result).unwrap();
+        let back: precis::task::TaskResult = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(&back, result.as_ref());
+        assert_eq!(serde_json::to_value(&back).unwrap(), json);
+    }
+}
+
+#[test]
 fn markdown_newsletter_snapshot() {
     let outcomes = digests(&feed("basin-weekly.rss"));
     insta::assert_snapshot!(render(&outcomes, Format::Markdown));

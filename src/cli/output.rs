@@ -12,7 +12,19 @@ use crate::markup::escape_html;
 use crate::task::{language_name, Summary, TaskResult, Translation, TranslationSource};
 
 /// How results are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Default)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    Default,
+    Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Pretty JSON: one object, or an array when there are several articles.
     #[default]

@@ -77,7 +77,7 @@ impl PreparedArticle {
 }
 
 /// A paragraph that clean-up removed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct DroppedParagraph {
     /// 0-based position among the input's body paragraphs, the headline not
     /// counted (so `index < paragraphs_in`). With the headline on the first
@@ -90,7 +90,9 @@ pub struct DroppedParagraph {
 }
 
 /// Why a paragraph is not story text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum DropReason {

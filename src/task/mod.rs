@@ -245,7 +245,7 @@ pub enum TaskEvent<'a> {
 pub type EventFn<'a> = &'a (dyn Fn(TaskEvent<'_>) + Sync);
 
 /// The model that produced an output, and why it was picked.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ModelUsed {
     /// Manifest id (or the path / repo it was named by).
     pub id: String,
@@ -266,7 +266,7 @@ impl From<&ModelInfo> for ModelUsed {
 }
 
 /// Token counts of one output.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct TokenStats {
     /// Prompt tokens over all generation calls.
     pub prompt: usize,
@@ -295,7 +295,7 @@ impl TokenStats {
 
 /// How the result cache served a task: generation calls answered from it,
 /// and calls that ran a model (and were then stored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, utoipa::ToSchema)]
 pub struct CacheUse {
     /// Calls answered from the cache.
     pub hits: usize,
@@ -304,7 +304,7 @@ pub struct CacheUse {
 }
 
 /// A summary.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Summary {
     /// Language it is written in.
     pub language: String,
@@ -326,10 +326,10 @@ pub struct Summary {
     /// A dedicated summarizer's pieces of the article when it did not fit
     /// the model's input limit at once: each chunk was summarized, then the
     /// chunk summaries together (in `reduce_rounds` rounds).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub chunks: Vec<ChunkReport>,
     /// Rounds of summarizing summaries (0: the article fitted at once).
-    #[serde(skip_serializing_if = "is_zero")]
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub reduce_rounds: usize,
     /// Token counts.
     pub tokens: TokenStats,
@@ -343,7 +343,7 @@ fn is_zero(n: &usize) -> bool {
 }
 
 /// One chunk of an article that a dedicated summarizer took in pieces.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChunkReport {
     /// First paragraph in the chunk (0-based, among the kept paragraphs).
     pub first_paragraph: usize,
@@ -359,7 +359,7 @@ pub struct ChunkReport {
 }
 
 /// What was translated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TranslationSource {
     /// The summary.
@@ -369,7 +369,7 @@ pub enum TranslationSource {
 }
 
 /// A translation of the summary or of the whole article.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Translation {
     /// Target language code.
     pub language: String,
@@ -393,7 +393,7 @@ pub struct Translation {
 }
 
 /// What clean-up did to the input.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InputReport {
     /// Headline separated from the text (or the given title).
     pub headline: Option<String>,
@@ -408,7 +408,7 @@ pub struct InputReport {
 }
 
 /// The result of one task on one article.
-#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TaskResult {
     /// Version of this schema.
     pub schema_version: u32,
@@ -427,7 +427,7 @@ pub struct TaskResult {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub summary: Option<Summary>,
     /// Translations (translate, digest), in the order of `to`.
-    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub translations: Vec<Translation>,
     /// How the result cache served it (absent when there is no cache).
     #[serde(skip_serializing_if = "Option::is_none")]

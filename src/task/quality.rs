@@ -159,6 +159,49 @@ impl Serialize for QualityFlag {
     }
 }
 
+/// A flag as read back from a stored result (its `message` is made again).
+#[derive(serde::Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+enum FlagData {
+    ScriptShareLow {
+        language: String,
+        share: f32,
+        threshold: f32,
+    },
+    LoopDetected {},
+    TokenLimitReached {},
+    NumbersNotInSource {
+        numbers: Vec<String>,
+    },
+    LengthRatioOutOfRange {
+        ratio: f32,
+        min: f32,
+        max: f32,
+    },
+}
+
+impl<'de> serde::Deserialize<'de> for QualityFlag {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(match FlagData::deserialize(deserializer)? {
+            FlagData::ScriptShareLow {
+                language,
+                share,
+                threshold,
+            } => QualityFlag::ScriptShareLow {
+                language,
+                share,
+                threshold,
+            },
+            FlagData::LoopDetected {} => QualityFlag::LoopDetected,
+            FlagData::TokenLimitReached {} => QualityFlag::TokenLimitReached,
+            FlagData::NumbersNotInSource { numbers } => QualityFlag::NumbersNotInSource { numbers },
+            FlagData::LengthRatioOutOfRange { ratio, min, max } => {
+                QualityFlag::LengthRatioOutOfRange { ratio, min, max }
+            }
+        })
+    }
+}
+
 /// Thresholds of the checks [`assess`] runs.
 ///
 /// | code | fires when | default |
