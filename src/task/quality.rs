@@ -18,7 +18,8 @@ use serde::Deserialize;
 /// Serialised as an object with a snake_case `code`, the variant's fields and
 /// a human `message`, e.g.
 /// `{"code":"loop_detected","message":"generation stopped because the output began repeating itself"}`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
 #[non_exhaustive]
 pub enum QualityFlag {
     /// Too few of the output's letters are in the target language's script.
@@ -156,49 +157,6 @@ impl Serialize for QualityFlag {
             }
         };
         repr.serialize(serializer)
-    }
-}
-
-/// A flag as read back from a stored result (its `message` is made again).
-#[derive(serde::Deserialize)]
-#[serde(tag = "code", rename_all = "snake_case")]
-enum FlagData {
-    ScriptShareLow {
-        language: String,
-        share: f32,
-        threshold: f32,
-    },
-    LoopDetected {},
-    TokenLimitReached {},
-    NumbersNotInSource {
-        numbers: Vec<String>,
-    },
-    LengthRatioOutOfRange {
-        ratio: f32,
-        min: f32,
-        max: f32,
-    },
-}
-
-impl<'de> serde::Deserialize<'de> for QualityFlag {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        Ok(match FlagData::deserialize(deserializer)? {
-            FlagData::ScriptShareLow {
-                language,
-                share,
-                threshold,
-            } => QualityFlag::ScriptShareLow {
-                language,
-                share,
-                threshold,
-            },
-            FlagData::LoopDetected {} => QualityFlag::LoopDetected,
-            FlagData::TokenLimitReached {} => QualityFlag::TokenLimitReached,
-            FlagData::NumbersNotInSource { numbers } => QualityFlag::NumbersNotInSource { numbers },
-            FlagData::LengthRatioOutOfRange { ratio, min, max } => {
-                QualityFlag::LengthRatioOutOfRange { ratio, min, max }
-            }
-        })
     }
 }
 
@@ -620,6 +578,33 @@ fn numbers_not_in_source(source: &str, output: &str) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_flag_reads_back_as_written() {
+        let flags = [
+            QualityFlag::ScriptShareLow {
+                language: "ru".into(),
+                share: 0.25,
+                threshold: 0.6,
+            },
+            QualityFlag::LoopDetected,
+            QualityFlag::TokenLimitReached,
+            QualityFlag::NumbersNotInSource {
+                numbers: vec!["410".into()],
+            },
+            QualityFlag::LengthRatioOutOfRange {
+                ratio: 3.5,
+                min: 0.5,
+                max: 3.0,
+            },
+        ];
+        for flag in flags {
+            let json = serde_json::to_value(&flag).unwrap();
+            assert!(json["message"].is_string());
+            let back: QualityFlag = serde_json::from_value(json).unwrap();
+            assert_eq!(back, flag);
+        }
+    }
     use proptest::prelude::*;
 
     const SAMPLE: &str = include_str!("../../examples/sample-article.txt");
