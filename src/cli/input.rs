@@ -317,6 +317,36 @@ mod tests {
     }
 
     #[test]
+    fn json_lines_take_html_urls_and_languages() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("items.jsonl");
+        std::fs::write(
+            &path,
+            concat!(
+                r#"{"id": "h", "html": "<p>First <i>one</i>.</p><p>Second.</p>", "url": "https://news.example/h", "language": "en"}"#,
+                "\n",
+                r#"{"id": "both", "text": "x", "html": "<p>y</p>"}"#,
+                "\n",
+                r#"{"id": "none", "title": "t"}"#,
+                "\n",
+            ),
+        )
+        .unwrap();
+        let items = read_inputs(&[path], false).unwrap();
+        let first = items[0].article.as_ref().unwrap();
+        assert_eq!(first.text, "First one.\n\nSecond.");
+        assert_eq!(first.url.as_deref(), Some("https://news.example/h"));
+        assert_eq!(first.language.as_deref(), Some("en"));
+        let both = items[1].article.as_ref().unwrap_err();
+        assert!(
+            both.contains("items.jsonl:2") && both.contains("not both"),
+            "{both}"
+        );
+        let none = items[2].article.as_ref().unwrap_err();
+        assert!(none.contains("neither"), "{none}");
+    }
+
+    #[test]
     fn no_input_is_an_error() {
         assert!(read_inputs(&[], false).is_err());
     }
