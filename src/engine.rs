@@ -314,13 +314,14 @@ impl TextModel for ModelHandle {
         metrics::counter!("precis_cache_misses_total", "model" => model)
             .increment(missing.len() as u64);
         if !missing.is_empty() {
-            let mut sink = |k: usize, piece: &str| {
-                if let Some(f) = on_text.as_mut() {
-                    f(missing[k], piece);
+            // The worker sends text back only when someone takes it.
+            let out = match on_text {
+                Some(f) => {
+                    let mut sink = |k: usize, piece: &str| f(missing[k], piece);
+                    self.run_on_worker(to_run, cancel, Some(&mut sink))
                 }
+                None => self.run_on_worker(to_run, cancel, None),
             };
-            let sink: Option<TextSink<'_>> = Some(&mut sink);
-            let out = self.run_on_worker(to_run, cancel, sink);
             for (k, mut r) in out.into_iter().enumerate() {
                 if let Ok(g) = &mut r {
                     g.cache = Cached::Miss;
