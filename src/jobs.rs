@@ -724,9 +724,6 @@ async fn read_feed(
 ) -> Result<Vec<Result<Article, String>>, String> {
     let fetched = fetch(url, policy).await.map_err(|e| e.to_string())?;
     let items = crate::sources::parse_feed(&fetched.body, url)?;
-    if items.is_empty() {
-        return Err(format!("{url}: the feed has no items"));
-    }
     if items.len() > MAX_JOB_ITEMS {
         return Err(format!(
             "{url}: the feed has {} items; a job takes at most {MAX_JOB_ITEMS}",

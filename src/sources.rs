@@ -42,10 +42,14 @@ pub fn looks_like_feed(bytes: &[u8]) -> bool {
 }
 
 /// The entries of a feed, in feed order, each an article or the reason it
-/// cannot be one. A document that is not a feed at all is an error.
+/// cannot be one. A document that is not a feed at all, or a feed without
+/// entries, is an error.
 pub fn parse_feed(bytes: &[u8], origin: &str) -> Result<Vec<SourceItem>, String> {
     let feed = feed_rs::parser::parse(bytes)
         .map_err(|e| format!("{origin} is not a valid RSS, Atom or JSON Feed document: {e}"))?;
+    if feed.entries.is_empty() {
+        return Err(format!("{origin}: the feed has no items"));
+    }
     let feed_language = feed.language.clone();
     Ok(feed
         .entries

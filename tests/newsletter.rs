@@ -197,6 +197,12 @@ fn malformed_feeds_and_items_are_errors_that_name_them() {
     )
     .unwrap_err();
     assert!(e.contains("f.json"), "{e}");
+    let e = parse_feed(
+        br#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title></channel></rss>"#,
+        "empty.rss",
+    )
+    .unwrap_err();
+    assert_eq!(e, "empty.rss: the feed has no items");
     // An item without text fails alone, named by position and title; a
     // Russian item is refused when run, not translated.
     let feed = r#"<?xml version="1.0"?><rss version="2.0"><channel><title>t</title>

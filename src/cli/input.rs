@@ -230,10 +230,6 @@ fn push_bytes(items: &mut Vec<InputItem>, origin: &str, bytes: Vec<u8>, jsonl: b
     }
     if sources::looks_like_feed(text.as_bytes()) {
         match sources::parse_feed(text.as_bytes(), origin) {
-            Ok(entries) if entries.is_empty() => items.push(InputItem {
-                origin: origin.to_string(),
-                article: Err(format!("{origin}: the feed has no items")),
-            }),
             Ok(entries) => items.extend(entries),
             Err(e) => items.push(InputItem {
                 origin: origin.to_string(),
