@@ -497,9 +497,19 @@ async fn execute(
     deadline: Instant,
     slot: Arc<Slot>,
 ) -> Result<TaskResult, ApiError> {
+    run_job(Arc::clone(&state.engine), job, deadline, slot, |_| {}).await
+}
+
+/// [`execute`], reporting the task's events to `events` as they come.
+async fn run_job(
+    engine: Arc<Engine>,
+    job: Job,
+    deadline: Instant,
+    slot: Arc<Slot>,
+    events: impl Fn(crate::task::TaskEvent<'_>) + Send + Sync + 'static,
+) -> Result<TaskResult, ApiError> {
     let cancel = CancelToken::new();
     let guard = CancelOnDrop(cancel.clone());
-    let engine = Arc::clone(&state.engine);
     let work = tokio::task::spawn_blocking(move || {
         let _slot = slot;
         engine.run(
@@ -508,7 +518,7 @@ async fn execute(
             &job.options,
             job.model.as_deref(),
             &cancel,
-            &|_| {},
+            &events,
         )
     });
     let result = tokio::time::timeout_at(deadline, work)

@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::error::{ApiError, ErrorDetail};
-use super::ops::{self, Slot};
-use super::{internal, CancelOnDrop, Job};
+use super::ops::Slot;
+use super::{internal, run_job, Job};
 use crate::engine::Engine;
-use crate::task::{CancelToken, TaskEvent, TranslationSource};
+use crate::task::{TaskEvent, TranslationSource};
 
 /// Whether the client asked for a stream: the body's `stream`, else its
 /// `Accept` header naming `text/event-stream`.
@@ -96,6 +96,15 @@ pub struct StreamError {
     pub status: u16,
     /// The error.
     pub error: ErrorDetail,
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One message to the client; `last` ends the stream.
@@ -174,50 +183,29 @@ pub(super) async fn respond(
         internal()
     })??;
     let (tx, rx) = mpsc::unbounded_channel::<Message>();
-    let cancel = CancelToken::new();
-    // Held by the stream: a client that goes away drops it, which cancels the work.
-    let guard = CancelOnDrop(cancel.clone());
     let events = tx.clone();
-    let token = cancel.clone();
-    let work = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
-        let send = |e: TaskEvent<'_>| {
-            let _ = events.send(Message {
-                event: task_event(e),
-                last: false,
-            });
-        };
-        engine.run(
-            job.task,
-            &job.article,
-            &job.options,
-            job.model.as_deref(),
-            &token,
-            &send,
-        )
-    });
-    tokio::spawn(async move {
-        let last = match tokio::time::timeout_at(deadline, work).await {
-            Err(_) => {
-                cancel.cancel();
-                error_event(&ops::timed_out())
-            }
-            Ok(Err(e)) => {
-                tracing::error!("task thread failed: {e}");
-                error_event(&internal())
-            }
-            Ok(Ok(Err(e))) => error_event(&ApiError::from(e)),
-            Ok(Ok(Ok(result))) => event("result", &result),
+    let send = move |e: TaskEvent<'_>| {
+        let _ = events.send(Message {
+            event: task_event(e),
+            last: false,
+        });
+    };
+    // The stream holds the driver: a client that goes away drops the
+    // stream, which aborts the driver, whose work is then cancelled.
+    let driver = AbortOnDrop(tokio::spawn(async move {
+        let last = match run_job(engine, job, deadline, slot, send).await {
+            Ok(result) => event("result", &result),
+            Err(e) => error_event(&e),
         };
         let _ = tx.send(Message {
             event: last,
             last: true,
         });
-    });
-    let stream = futures_util::stream::unfold(Some((rx, guard)), |state| async move {
-        let (mut rx, guard) = state?;
+    }));
+    let stream = futures_util::stream::unfold(Some((rx, driver)), |state| async move {
+        let (mut rx, driver) = state?;
         let message = rx.recv().await?;
-        let next = (!message.last).then_some((rx, guard));
+        let next = (!message.last).then_some((rx, driver));
         Some((Ok::<_, Infallible>(message.event), next))
     });
     Ok(Sse::new(stream)
