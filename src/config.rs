@@ -197,14 +197,16 @@ pub struct ServerConfig {
     #[arg(long, env = "PRECIS_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
     /// Hosts or networks that jobs' feed URLs and webhooks may reach
-    /// although not public, comma separated [default: public addresses only].
+    /// although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
+    /// intranet.example [default: public addresses only].
     #[arg(
-        long,
+        long = "allow-address",
         env = "PRECIS_ALLOW_ADDRESSES",
         hide_env_values = true,
-        value_delimiter = ','
+        value_delimiter = ',',
+        value_name = "HOSTS"
     )]
-    pub allow_addresses: Option<Vec<String>>,
+    pub allow_addresses: Option<Vec<crate::fetch::AllowEntry>>,
 }
 
 impl ServerConfig {
@@ -284,6 +286,7 @@ manifest_dirs = ["/x"]
 [server]
 addr = "127.0.0.1:9"
 max_chars = 10
+allow_addresses = ["10.0.0.0/8", "intranet.example"]
 [cache]
 max_mb = 5
 "#,
@@ -293,6 +296,15 @@ max_mb = 5
         assert_eq!(c.translator.as_deref(), Some("t"));
         assert_eq!(c.summarizer, None);
         assert_eq!(c.server.max_chars, Some(10));
+        assert_eq!(
+            c.server.allow_addresses,
+            Some(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "intranet.example".parse().unwrap()
+            ])
+        );
+        let e = Config::parse("[server]\nallow_addresses = [\"10.0.0.0/99\"]").unwrap_err();
+        assert!(e.contains("10.0.0.0/99"), "{e}");
         assert_eq!(c.cache.limits().max_bytes, 5 * 1024 * 1024);
         assert!(!c.cache.no_cache);
     }

@@ -41,13 +41,23 @@ impl Default for FetchPolicy {
     }
 }
 
-/// An allow-list entry: a network (an address is a /32 or /128) or a host name.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// An allow-list entry: a network (an address is a /32 or /128) or a host
+/// name. Read from the same text on the command line and in the config file.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize)]
+#[serde(try_from = "String")]
 pub enum AllowEntry {
     /// Addresses in this network.
     Net(IpNet),
     /// This host name (as written in URLs), whatever it resolves to.
     Host(String),
+}
+
+impl TryFrom<String> for AllowEntry {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        s.parse()
+    }
 }
 
 impl std::str::FromStr for AllowEntry {

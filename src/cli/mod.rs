@@ -869,17 +869,10 @@ fn serve(
     let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
     let engine = Arc::new(Engine::new(loader.clone(), routing).with_cache(open_cache(cache)));
     let mut state = crate::http::AppState::new(Arc::clone(&engine), limits, targets);
-    let allow = settings
-        .allow_addresses
-        .iter()
-        .flatten()
-        .map(|a| a.parse::<crate::fetch::AllowEntry>())
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| anyhow::anyhow!("--allow-addresses: {e}"))?;
     let job_settings = crate::jobs::JobSettings {
         parallel: state.limits.max_concurrency,
         fetch: crate::fetch::FetchPolicy {
-            allow,
+            allow: settings.allow_addresses.clone().unwrap_or_default(),
             ..crate::fetch::FetchPolicy::default()
         },
         webhook_secret: settings.webhook_secret.clone(),
