@@ -131,6 +131,15 @@ fn md_text(text: &str) -> String {
     out
 }
 
+/// What a translation's heading adds after the language: nothing for the
+/// summary's, a note for the whole article's.
+fn source_note(source: TranslationSource) -> &'static str {
+    match source {
+        TranslationSource::Summary => "",
+        TranslationSource::Article => " — full article",
+    }
+}
+
 /// The title a newsletter shows for a result.
 fn display_title(r: &TaskResult) -> String {
     r.title.clone().or_else(|| r.id.clone()).unwrap_or_default()
@@ -193,10 +202,7 @@ fn markdown(outcome: &Outcome) -> String {
         out.push_str("\n\n");
     }
     for t in &r.translations {
-        let what = match t.source {
-            TranslationSource::Summary => "",
-            TranslationSource::Article => " — full article",
-        };
+        let what = source_note(t.source);
         out.push_str(&format!("### {}{what}\n\n", language_label(&t.language)));
         if let Some(title) = &t.title {
             out.push_str(&format!("**{}**\n\n", md_text(title)));
@@ -267,10 +273,7 @@ fn html_article(outcome: &Outcome) -> String {
         ));
     }
     for t in &r.translations {
-        let what = match t.source {
-            TranslationSource::Summary => "",
-            TranslationSource::Article => " — full article",
-        };
+        let what = source_note(t.source);
         out.push_str(&format!(
             "<section lang=\"{}\">\n<h3>{}{what}</h3>\n",
             escape_html(&t.language),
