@@ -1,4 +1,4 @@
-//! Throughput of the quantized matmul kernels (`precis::backend::kernels`).
+//! Throughput of the quantized matmul kernels (`precis_backend::kernels`).
 //!
 //! For each weight type in our model files: a decode-shaped product (one
 //! token; memory bound, reported as weight bytes per second, the weights
@@ -20,7 +20,7 @@
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use half::f16;
-use precis::backend::kernels::{self, Activations, QMatrix, QType};
+use precis_backend::kernels::{self, Activations, QMatrix, QType};
 
 const ROWS: usize = 8960;
 const COLS: usize = 1536;

@@ -27,7 +27,7 @@ Two modes:
 Greedy means pure arg-max of the last position's logits (numpy's argmax: the
 lowest id wins a tie), no repetition penalty, no sampler. Generation ends
 after the first stop token, which is kept in the ids (the fixtures' rule).
-The stop tokens are precis's (src/tokenizer.rs `stop_ids`), read from the GGUF
+The stop tokens are precis's (crates/backend/src/tokenizer.rs `stop_ids`), read from the GGUF
 file's own metadata: the EOS, EOT and EOM ids, plus every token whose text is
 one of the end-of-turn texts precis knows (`<|im_end|>`, `<|endoftext|>`,
 `<|eot_id|>`, ...) and whose token type in the file is CONTROL. For Qwen2.5
@@ -90,7 +90,7 @@ def cpu_seconds() -> float:
 
 
 # End-of-turn texts that stop generation when they are control tokens: the
-# list of src/tokenizer.rs (STOP_TOKENS).
+# list of crates/backend/src/tokenizer.rs (STOP_TOKENS).
 STOP_TEXTS = ["<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|eom_id|>",
               "<|end_of_text|>", "<|end|>", "<end_of_turn>", "</s>"]
 # tokenizer.ggml.token_type value of control tokens.

@@ -47,10 +47,10 @@ use common::{cpu_seconds, env_usize, peak_rss_mb, proc_status_field};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use precis::backend::gguf::{GgufModel, GgufOptions};
-use precis::backend::{Backend, ChatMessage, Flow, GenerationParams, GenerationRequest};
-use precis::store::{ModelStore, StoreConfig};
-use precis::task::{clean, prompt, Length};
+use precis_backend::gguf::{GgufModel, GgufOptions};
+use precis_backend::store::{ModelStore, StoreConfig};
+use precis_backend::{Backend, ChatMessage, Flow, GenerationParams, GenerationRequest};
+use precis_core::task::{clean, prompt, Length};
 
 fn main() -> anyhow::Result<()> {
     let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);

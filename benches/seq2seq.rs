@@ -66,14 +66,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use candle_core::Device;
-use precis::backend::seq2seq::backend::checkpoint_generation;
-use precis::backend::seq2seq::bart::{Bart, BartState};
-use precis::backend::seq2seq::{
-    generate, pad_outputs, EncoderDecoder, GenerationOverrides, GenerationSettings, Seq2SeqConfig,
+use precis_backend::seq2seq::backend::checkpoint_generation;
+use precis_backend::seq2seq::bart::{Bart, BartState};
+use precis_backend::seq2seq::{
+    generate, pad_outputs, EncoderDecoder, GenerationConfig, GenerationSettings, Seq2SeqConfig,
 };
-use precis::backend::BackendError;
-use precis::tokenizer::checkpoint::{CheckpointTokenizer, Family};
-use precis::tokenizer::marian::MarianTokenizer;
+use precis_backend::tokenizer::checkpoint::{CheckpointTokenizer, Family};
+use precis_backend::tokenizer::marian::MarianTokenizer;
+use precis_backend::BackendError;
 
 /// Jiffies of the whole machine so far: (all, idle + iowait).
 fn machine_jiffies() -> Option<(u64, u64)> {
@@ -354,11 +354,11 @@ fn main() -> anyhow::Result<()> {
 
     let mut runs = Vec::new();
     for &num_beams in &beams {
-        let overrides = checkpoint.clone().then(&GenerationOverrides {
+        let overrides = checkpoint.clone().then(&GenerationConfig {
             num_beams: Some(num_beams),
             min_new_tokens: Some(tokens),
             max_new_tokens: Some(tokens),
-            ..GenerationOverrides::default()
+            ..GenerationConfig::default()
         });
         let settings =
             GenerationSettings::resolve(&overrides, &cfg).map_err(|e| anyhow::anyhow!(e))?;

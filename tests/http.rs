@@ -7,10 +7,10 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use precis::backend::fake::FakeBackend;
-use precis::backend::Backend;
-use precis::engine::{Engine, EngineError, ModelLoader, Routing};
 use precis::http::{router, ApiKeys, AppState, ServerLimits};
+use precis_backend::fake::FakeBackend;
+use precis_backend::Backend;
+use precis_core::engine::{Engine, EngineError, ModelLoader, Routing};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -776,12 +776,13 @@ async fn bodies_of_the_wrong_type_are_422_and_the_server_serves_on() {
 }
 
 /// Every route the router serves, with its method.
-const ROUTES: [(&str, &str); 11] = [
+const ROUTES: [(&str, &str); 12] = [
     ("post", "/v1/summarize"),
     ("post", "/v1/translate"),
     ("post", "/v1/digest"),
     ("post", "/v1/jobs"),
     ("get", "/v1/jobs/{id}"),
+    ("delete", "/v1/jobs/{id}"),
     ("get", "/v1/models"),
     ("get", "/health"),
     ("get", "/ready"),
@@ -1258,9 +1259,9 @@ async fn a_client_that_closes_its_stream_stops_its_generation_and_frees_its_slot
 #[tokio::test]
 async fn the_result_cache_answers_repeated_work_without_running_the_model() {
     let dir = tempfile::tempdir().unwrap();
-    let cache = precis::cache::ResultCache::open(
+    let cache = precis_core::cache::ResultCache::open(
         &dir.path().join("results.sqlite3"),
-        precis::cache::CacheLimits::default(),
+        precis_core::cache::CacheLimits::default(),
     )
     .unwrap();
     let engine = Engine::new(
@@ -1323,19 +1324,26 @@ async fn the_result_cache_answers_repeated_work_without_running_the_model() {
 /// A server with batch jobs kept in `db`, its webhooks retried after 50 ms
 /// and signed with `s3cret`, loopback allowed for feeds and webhooks.
 fn jobs_app(db: &std::path::Path) -> axum::Router {
-    let mut state = state(limits());
-    let store = Arc::new(precis::jobs::JobStore::open(db).unwrap());
-    let settings = precis::jobs::JobSettings {
+    jobs_app_with(db, limits())
+}
+
+/// [`jobs_app`] under other limits.
+fn jobs_app_with(db: &std::path::Path, limits: ServerLimits) -> axum::Router {
+    let mut state = state(limits);
+    let store = Arc::new(precis_service::jobs::JobStore::open(db).unwrap());
+    let settings = precis_service::jobs::JobSettings {
         parallel: 2,
-        fetch: precis::fetch::FetchPolicy {
+        admission: Arc::clone(&state.admission),
+        item_timeout: state.limits.timeout,
+        fetch: precis_service::fetch::FetchPolicy {
             allow: vec!["127.0.0.1".parse().unwrap()],
-            ..precis::fetch::FetchPolicy::default()
+            ..precis_service::fetch::FetchPolicy::default()
         },
         webhook_secret: Some("s3cret".into()),
         retry_delay: std::time::Duration::from_millis(50),
         default_targets: Arc::clone(&state.default_targets),
     };
-    state.jobs = Some(precis::jobs::JobQueue::start(
+    state.jobs = Some(precis_service::jobs::JobQueue::start(
         store,
         Arc::clone(&state.engine),
         settings,
@@ -1369,19 +1377,10 @@ async fn post_job(
 
 /// Polls a job until it has ended (10 s at most).
 async fn finished_job(app: &axum::Router, id: &str) -> Value {
-    let started = std::time::Instant::now();
-    loop {
-        let (status, v) = call(app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
-        assert_eq!(status, StatusCode::OK, "{v}");
-        if v["state"] == "done" || v["state"] == "failed" {
-            return v;
-        }
-        assert!(
-            started.elapsed() < std::time::Duration::from_secs(10),
-            "{v}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    job_when(app, id, |v| {
+        ["done", "failed", "cancelled"].contains(&v["state"].as_str().unwrap_or_default())
+    })
+    .await
 }
 
 #[tokio::test]
@@ -1427,15 +1426,15 @@ async fn accepted_jobs_survive_a_restart_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("precis.sqlite3");
     // Accepted by a server that stopped before working on it.
-    let store = precis::jobs::JobStore::open(&db).unwrap();
-    let request: precis::jobs::JobRequest =
+    let store = precis_service::jobs::JobStore::open(&db).unwrap();
+    let request: precis_service::jobs::JobRequest =
         serde_json::from_value(json!({"task": "summarize"})).unwrap();
     let articles = vec![
-        Ok(precis::task::Article {
+        Ok(precis_core::task::Article {
             text: "Ministers met on Tuesday. They agreed on a plan.".into(),
             ..Default::default()
         }),
-        Ok(precis::task::Article {
+        Ok(precis_core::task::Article {
             text: "The talks resume in June. Both sides said so.".into(),
             ..Default::default()
         }),
@@ -1537,7 +1536,7 @@ async fn a_feed_job_ends_with_a_signed_webhook_retried_after_a_failure() {
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
     for (signature, body) in &calls {
-        assert_eq!(signature, &precis::jobs::signature("s3cret", body));
+        assert_eq!(signature, &precis_service::jobs::signature("s3cret", body));
         let sent: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(sent["id"], id.as_str());
         assert_eq!(sent["state"], "done");
@@ -1586,4 +1585,133 @@ async fn bad_jobs_are_refused_and_unknown_ones_are_404() {
             .contains("not a public address"),
         "{done}"
     );
+}
+
+/// Polls a job until `ready` holds for it (10 s at most).
+async fn job_when(app: &axum::Router, id: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    let started = std::time::Instant::now();
+    loop {
+        let (status, v) = call(app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
+        assert_eq!(status, StatusCode::OK, "{v}");
+        if ready(&v) {
+            return v;
+        }
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{v}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_webhook_that_never_answers_delays_no_other_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    // Accepts connections and never answers (the webhook call hangs until
+    // the fetch time limit, 20 s, four times).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hook = format!("http://{}/hook", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let article = json!({"text": "Ministers met on Tuesday. They agreed on a plan."});
+    let (status, _, v) = post_job(
+        &app,
+        json!({"task": "summarize", "items": [article], "webhook": hook}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let first = v["id"].as_str().unwrap().to_string();
+    assert_eq!(finished_job(&app, &first).await["state"], "done");
+    let started = std::time::Instant::now();
+    let (_, _, v) = post_job(&app, json!({"task": "summarize", "items": [article]}), None).await;
+    let second = finished_job(&app, v["id"].as_str().unwrap()).await;
+    assert_eq!(second["state"], "done");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(5),
+        "the second job waited {:?} for the first one's webhook",
+        started.elapsed()
+    );
+    let (_, first) = call(&app, "GET", &format!("/v1/jobs/{first}"), Vec::new()).await;
+    assert_eq!(first["webhook"]["delivered"], false, "{first}");
+}
+
+#[tokio::test]
+async fn an_interactive_request_is_served_while_a_batch_job_holds_every_slot() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app_with(
+        &dir.path().join("precis.sqlite3"),
+        ServerLimits {
+            max_concurrency: 1,
+            ..limits()
+        },
+    );
+    // 16 items of about 250 ms each, on the server's one slot.
+    let items: Vec<Value> = (0..16).map(|_| json!({"text": slow_article(4)})).collect();
+    let (status, _, v) = post_job(&app, json!({"task": "summarize", "items": items}), None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let id = v["id"].as_str().unwrap().to_string();
+    job_when(&app, &id, |v| v["progress"]["done"].as_u64() >= Some(1)).await;
+    let started = std::time::Instant::now();
+    let (status, v) = call(
+        &app,
+        "POST",
+        "/v1/summarize",
+        serde_json::to_vec(&json!({"text": "Ministers met on Tuesday. They agreed on a plan."}))
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let waited = started.elapsed();
+    let (_, job) = call(&app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
+    assert_eq!(
+        job["state"], "running",
+        "the request waited for the whole job ({waited:?})"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(2),
+        "the request waited {waited:?} behind batch items"
+    );
+    // The job still ends, every item done.
+    let done = finished_job(&app, &id).await;
+    assert_eq!(done["progress"], json!({"done": 16, "total": 16}));
+}
+
+#[tokio::test]
+async fn a_cancelled_job_keeps_its_finished_items_and_runs_no_more() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    let items: Vec<Value> = (0..12).map(|_| json!({"text": slow_article(4)})).collect();
+    let (_, _, v) = post_job(&app, json!({"task": "summarize", "items": items}), None).await;
+    let id = v["id"].as_str().unwrap().to_string();
+    job_when(&app, &id, |v| v["progress"]["done"].as_u64() >= Some(1)).await;
+    let (status, v) = call(&app, "DELETE", &format!("/v1/jobs/{id}"), Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["state"], "cancelled");
+    let kept = v["progress"]["done"].as_u64().unwrap();
+    assert!((1..12).contains(&kept), "{v}");
+    // Nothing more runs: the count stays where the cancellation left it
+    // (an item finishing in the same instant may still be recorded).
+    tokio::time::sleep(std::time::Duration::from_millis(700)).await;
+    let (_, later) = call(&app, "GET", &format!("/v1/jobs/{id}"), Vec::new()).await;
+    assert_eq!(later["state"], "cancelled");
+    let after = later["progress"]["done"].as_u64().unwrap();
+    assert!(after <= kept + 2 && after < 12, "{later}");
+    assert!(later["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["status"] == 200));
+    // Again: shown unchanged. Unknown: 404.
+    let (status, again) = call(&app, "DELETE", &format!("/v1/jobs/{id}"), Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["state"], "cancelled");
+    let (status, v) = call(&app, "DELETE", "/v1/jobs/nope", Vec::new()).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(code(&v), "not_found");
 }

@@ -23,8 +23,8 @@
 
 mod common;
 
-use precis::backend::decoder::SeqInput;
-use precis::backend::gguf::{GgufModel, GgufOptions};
+use precis_backend::decoder::SeqInput;
+use precis_backend::gguf::{GgufModel, GgufOptions};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -17,9 +17,9 @@ use candle_core::Device;
 use parity::{
     check_alone_equals_batched, check_forward, check_generation, cli, ids, reference, StdinText,
 };
-use precis::backend::seq2seq::bart::Bart;
-use precis::backend::seq2seq::GenerationOverrides;
-use precis::tokenizer::marian::MarianTokenizer;
+use precis_backend::seq2seq::bart::Bart;
+use precis_backend::seq2seq::GenerationConfig;
+use precis_backend::tokenizer::marian::MarianTokenizer;
 
 const CHECKPOINTS: [&str; 2] = ["tiny-en-ru", "tiny-en-hi"];
 
@@ -100,9 +100,9 @@ fn encoder_states_and_decoder_logits_match_transformers() {
     }
 }
 
-fn checkpoint_generation_config(name: &str) -> GenerationOverrides {
+fn checkpoint_generation_config(name: &str) -> GenerationConfig {
     let text = std::fs::read_to_string(dir(name).join("generation_config.json")).unwrap();
-    GenerationOverrides::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+    GenerationConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
 }
 
 #[test]

@@ -5,13 +5,13 @@
 
 use std::sync::Arc;
 
-use precis::backend::fake::FakeBackend;
-use precis::backend::Backend;
 use precis::cli::input::read_inputs;
-use precis::cli::output::{json_feeds, render, ErrorBody, Format, Outcome};
-use precis::engine::{Engine, EngineError, ModelLoader, Routing};
-use precis::sources::parse_feed;
-use precis::task::{CancelToken, Task, TaskOptions};
+use precis_backend::fake::FakeBackend;
+use precis_backend::Backend;
+use precis_core::engine::{Engine, EngineError, ModelLoader, Routing};
+use precis_core::task::{CancelToken, Task, TaskOptions};
+use precis_service::render::{json_feeds, render, ErrorBody, Format, Outcome};
+use precis_service::sources::parse_feed;
 
 struct FakeLoader;
 
@@ -120,7 +120,7 @@ fn results_read_back_from_json_are_the_same_results() {
             panic!("an item failed")
         };
         let json = serde_json::to_value(&result).unwrap();
-        let back: precis::task::TaskResult = serde_json::from_value(json.clone()).unwrap();
+        let back: precis_core::task::TaskResult = serde_json::from_value(json.clone()).unwrap();
         assert_eq!(&back, result.as_ref());
         assert_eq!(serde_json::to_value(&back).unwrap(), json);
     }
@@ -294,16 +294,16 @@ fn web_server() -> String {
     base
 }
 
-fn loopback_allowed() -> precis::fetch::FetchPolicy {
-    precis::fetch::FetchPolicy {
+fn loopback_allowed() -> precis_service::fetch::FetchPolicy {
+    precis_service::fetch::FetchPolicy {
         allow: vec!["127.0.0.1".parse().unwrap()],
-        ..precis::fetch::FetchPolicy::default()
+        ..precis_service::fetch::FetchPolicy::default()
     }
 }
 
 #[test]
 fn fetching_refuses_private_addresses_unless_allowed_and_keeps_its_limits() {
-    use precis::fetch::{fetch_blocking, FetchError, FetchPolicy};
+    use precis_service::fetch::{fetch_blocking, FetchError, FetchPolicy};
     let base = web_server();
     // Loopback is refused by default, and the message says how to allow it.
     let e = fetch_blocking(&format!("{base}/feed.rss"), &FetchPolicy::default()).unwrap_err();

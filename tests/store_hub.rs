@@ -17,7 +17,9 @@ use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use precis::store::{hash_file, FileSource, ModelStore, StoreConfig, StoreError, Verification};
+use precis_backend::store::{
+    hash_file, FileSource, ModelStore, StoreConfig, StoreError, Verification,
+};
 use sha2::{Digest, Sha256};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -448,9 +450,9 @@ async fn load_and_generate(
     store: &Arc<ModelStore>,
     id: &str,
     source: &str,
-) -> (precis::backend::ModelInfo, String) {
-    use precis::backend::{Flow, GenerationRequest};
-    use precis::engine::{ModelLoader, StoreLoader};
+) -> (precis_backend::ModelInfo, String) {
+    use precis_backend::{Flow, GenerationRequest};
+    use precis_core::engine::{ModelLoader, StoreLoader};
 
     let loader = StoreLoader::open(Arc::clone(store), true, false);
     let (id, source) = (id.to_string(), source.to_string());
@@ -503,7 +505,7 @@ async fn marian_checkpoints_load_by_hub_id() {
 /// with the checkpoint's settings.
 #[tokio::test]
 async fn summarizer_manifests_load_by_hub_id() {
-    use precis::backend::ModelKind;
+    use precis_backend::ModelKind;
 
     let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let cases = [

@@ -17,10 +17,10 @@ use parity::{
     check_alone_equals_batched, check_forward, check_generation, cli, ids, reference, strings,
     StdinText,
 };
-use precis::backend::seq2seq::backend::checkpoint_generation;
-use precis::backend::seq2seq::bart::Bart;
-use precis::backend::seq2seq::t5::T5;
-use precis::tokenizer::checkpoint::{CheckpointTokenizer, Family};
+use precis_backend::seq2seq::backend::checkpoint_generation;
+use precis_backend::seq2seq::bart::Bart;
+use precis_backend::seq2seq::t5::T5;
+use precis_backend::tokenizer::checkpoint::{CheckpointTokenizer, Family};
 use serde_json::Value;
 
 /// Every fixture checkpoint: (family directory, name, tokenizer family).

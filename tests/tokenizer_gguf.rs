@@ -19,7 +19,7 @@ use std::fs::File;
 use std::sync::OnceLock;
 
 use candle_core::quantized::gguf_file::Content;
-use precis::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
+use precis_backend::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 use serde::Deserialize;
 
 /// A GGUF file that these tests read, and where to look for it.

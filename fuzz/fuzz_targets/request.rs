@@ -5,20 +5,20 @@
 
 use libfuzzer_sys::fuzz_target;
 use precis::http::{
-    parse_one_or_many, DigestRequest, OneOrMany, SummarizeRequest, TranslateRequest,
+    parse_single_or_batch, DigestRequest, SingleOrBatch, SummarizeRequest, TranslateRequest,
 };
 
 fn check<T: serde::de::DeserializeOwned>(data: &[u8]) {
-    match parse_one_or_many::<T>(data) {
-        Ok(OneOrMany::One(_)) => {}
-        Ok(OneOrMany::Many(items)) => {
+    match parse_single_or_batch::<T>(data) {
+        Ok(SingleOrBatch::Single(_)) => {}
+        Ok(SingleOrBatch::Batch(items)) => {
             for item in items {
                 if let Err(e) = item {
-                    assert!(e.code.status().is_client_error(), "{e:?}");
+                    assert!(precis::http::error::status(e.code).is_client_error(), "{e:?}");
                 }
             }
         }
-        Err(e) => assert!(e.code.status().is_client_error(), "{e:?}"),
+        Err(e) => assert!(precis::http::error::status(e.code).is_client_error(), "{e:?}"),
     }
 }
 

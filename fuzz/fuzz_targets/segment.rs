@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use precis::task::clean::{prepare, split_sentences, CleanOptions};
+use precis_core::task::clean::{prepare, split_sentences, CleanOptions};
 
 fn words(text: &str) -> String {
     text.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -12,10 +12,10 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::fetch::{fetch_blocking, FetchPolicy};
-use crate::sources;
-pub use crate::sources::SourceItem as InputItem;
-use crate::task::Article;
+use precis_core::task::Article;
+use precis_service::fetch::{fetch_blocking, FetchPolicy};
+use precis_service::sources;
+pub use precis_service::sources::SourceItem as InputItem;
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

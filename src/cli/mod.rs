@@ -12,15 +12,15 @@ use std::sync::Arc;
 use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 
+pub mod config;
 pub mod input;
-pub mod output;
 
-use crate::cache::ResultCache;
-use crate::config::{Config, DEFAULT_MODEL};
-use crate::engine::{Engine, EngineError, Routing, StoreLoader};
-use crate::store::{ModelSpec, ModelStore, StoreConfig};
-use crate::task::{CancelToken, GenerationOverrides, Length, Task, TaskEvent, TaskOptions};
-use output::{ErrorBody, Format, Outcome};
+use crate::cli::config::{Config, DEFAULT_MODEL};
+use precis_backend::store::{ModelSpec, ModelStore, StoreConfig};
+use precis_core::cache::ResultCache;
+use precis_core::engine::{Engine, EngineError, Routing, StoreLoader};
+use precis_core::task::{CancelToken, GenerationOverrides, Length, Task, TaskEvent, TaskOptions};
+use precis_service::render::{self, ErrorBody, Format, Outcome};
 
 /// Summaries of news articles, and their Russian and Hindi versions, with open models.
 #[derive(Debug, Parser)]
@@ -78,7 +78,7 @@ pub struct CacheArgs {
     command: CacheCommand,
     /// Which cache, and its limits.
     #[command(flatten)]
-    cache: crate::config::CacheConfig,
+    cache: crate::cli::config::CacheConfig,
 }
 
 /// `precis cache ...`.
@@ -96,9 +96,16 @@ pub enum CacheCommand {
     Clear,
 }
 
-/// Options shared by the three jobs.
+/// `--format`'s values and their help, from the formats themselves.
+fn format_parser() -> impl clap::builder::TypedValueParser<Value = Format> {
+    use clap::builder::{PossibleValue, PossibleValuesParser, TypedValueParser};
+    PossibleValuesParser::new(Format::ALL.map(|f| PossibleValue::new(f.name()).help(f.about())))
+        .try_map(|name| name.parse::<Format>())
+}
+
+/// Options shared by the three tasks.
 #[derive(Debug, Args)]
-pub struct JobArgs {
+pub struct TaskArgs {
     /// Articles: files, folders (their .txt, .md, .html, .jsonl and feed files), http(s) URLs, or `-` for stdin. A feed (RSS 2.0, Atom, JSON Feed 1.1) gives one article per item; an HTML page its main text.
     #[arg(value_name = "INPUT", required = true)]
     pub inputs: Vec<PathBuf>,
@@ -106,7 +113,7 @@ pub struct JobArgs {
     #[arg(long)]
     pub jsonl: bool,
     /// Output format.
-    #[arg(long, short, value_enum, default_value_t = Format::Json)]
+    #[arg(long, short, value_parser = format_parser(), default_value = "json")]
     pub format: Format,
     /// Model for every job: a manifest id, a hub repo id, a local .gguf file, or a checkpoint directory (Marian, BART, T5) [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
     #[arg(long, short, env = "PRECIS_MODEL", hide_env_values = true)]
@@ -161,10 +168,10 @@ pub struct JobArgs {
         hide_env_values = true,
         value_name = "HOSTS"
     )]
-    pub allow_address: Vec<crate::fetch::AllowEntry>,
+    pub allow_address: Vec<precis_service::fetch::AllowEntry>,
     /// Result cache settings.
     #[command(flatten)]
-    pub cache: crate::config::CacheConfig,
+    pub cache: crate::cli::config::CacheConfig,
 }
 
 /// Summary length flags.
@@ -193,7 +200,7 @@ impl LengthArgs {
 #[derive(Debug, Args)]
 pub struct SummarizeArgs {
     #[command(flatten)]
-    job: JobArgs,
+    args: TaskArgs,
     #[command(flatten)]
     length: LengthArgs,
     /// Write the summary in this language (en, ru, hi).
@@ -205,7 +212,7 @@ pub struct SummarizeArgs {
 #[derive(Debug, Args)]
 pub struct TranslateArgs {
     #[command(flatten)]
-    job: JobArgs,
+    args: TaskArgs,
     /// Target languages, comma separated (e.g. ru,hi).
     #[arg(long, value_delimiter = ',', required = true, value_name = "CODES")]
     to: Vec<String>,
@@ -215,7 +222,7 @@ pub struct TranslateArgs {
 #[derive(Debug, Args)]
 pub struct DigestArgs {
     #[command(flatten)]
-    job: JobArgs,
+    args: TaskArgs,
     #[command(flatten)]
     length: LengthArgs,
     /// Target languages, comma separated [default: every language the model translates into].
@@ -257,10 +264,10 @@ pub struct ServeArgs {
     cuda: bool,
     /// Server settings (each also a `[server]` key of the config file).
     #[command(flatten)]
-    server: crate::config::ServerConfig,
+    server: crate::cli::config::ServerConfig,
     /// Result cache settings (each also a `[cache]` key of the config file).
     #[command(flatten)]
-    cache: crate::config::CacheConfig,
+    cache: crate::cli::config::CacheConfig,
 }
 
 /// Exit code: everything done.
@@ -281,22 +288,22 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
     let store = Arc::new(open_store(&cli, &config)?);
     match cli.command {
         Command::Summarize(a) => {
-            let mut opts = job_options(&a.job);
+            let mut opts = task_options(&a.args);
             opts.length = a.length.length();
             opts.summary_language = a.language.map(|l| l.trim().to_ascii_lowercase());
-            run_job(Task::Summarize, &a.job, opts, &config, store, cli.quiet)
+            run_task(Task::Summarize, &a.args, opts, &config, store, cli.quiet)
         }
         Command::Translate(a) => {
-            let mut opts = job_options(&a.job);
-            opts.to = crate::task::normalise_languages(&a.to);
-            run_job(Task::Translate, &a.job, opts, &config, store, cli.quiet)
+            let mut opts = task_options(&a.args);
+            opts.to = precis_core::task::normalise_languages(&a.to);
+            run_task(Task::Translate, &a.args, opts, &config, store, cli.quiet)
         }
         Command::Digest(a) => {
-            let mut opts = job_options(&a.job);
-            opts.to = crate::task::normalise_languages(&a.to);
+            let mut opts = task_options(&a.args);
+            opts.to = precis_core::task::normalise_languages(&a.to);
             opts.length = a.length.length();
             opts.full = a.full;
-            run_job(Task::Digest, &a.job, opts, &config, store, cli.quiet)
+            run_task(Task::Digest, &a.args, opts, &config, store, cli.quiet)
         }
         Command::Models(m) => models_command(m, &store),
         Command::Serve(a) => {
@@ -309,7 +316,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
 
 /// The result cache the settings ask for: `None` with `--no-cache`, or when
 /// it cannot be opened (said on stderr: the work goes on without it).
-fn open_cache(settings: &crate::config::CacheConfig) -> Option<Arc<ResultCache>> {
+fn open_cache(settings: &crate::cli::config::CacheConfig) -> Option<Arc<ResultCache>> {
     if settings.no_cache {
         return None;
     }
@@ -330,7 +337,10 @@ fn megabytes(bytes: u64) -> String {
     }
 }
 
-fn cache_command(cmd: CacheCommand, settings: &crate::config::CacheConfig) -> anyhow::Result<i32> {
+fn cache_command(
+    cmd: CacheCommand,
+    settings: &crate::cli::config::CacheConfig,
+) -> anyhow::Result<i32> {
     let cache = match ResultCache::open_unpruned(&settings.file(), settings.limits()) {
         Ok(c) => c,
         Err(e) => {
@@ -397,7 +407,7 @@ fn open_store(cli: &Cli, config: &Config) -> anyhow::Result<ModelStore> {
     Ok(ModelStore::open(sc)?)
 }
 
-fn job_options(a: &JobArgs) -> TaskOptions {
+fn task_options(a: &TaskArgs) -> TaskOptions {
     TaskOptions {
         clean: !a.no_clean,
         strict: a.strict,
@@ -414,7 +424,7 @@ fn job_options(a: &JobArgs) -> TaskOptions {
 
 /// Dedicated models of `families` (manifests) whose files are all present:
 /// they work before the LLM does, for the languages they write.
-fn present(store: &ModelStore, families: &[crate::store::ModelFamily]) -> Vec<String> {
+fn present(store: &ModelStore, families: &[precis_backend::store::ModelFamily]) -> Vec<String> {
     store
         .manifests()
         .iter()
@@ -433,7 +443,7 @@ struct Choice<'a> {
 }
 
 fn routing(config: &Config, choice: Choice<'_>, store: &ModelStore) -> Routing {
-    use crate::store::ModelFamily;
+    use precis_backend::store::ModelFamily;
     let default = choice
         .model
         .map(str::to_string)
@@ -512,23 +522,23 @@ fn run_item(
     (outcome, origin)
 }
 
-/// Writes the outcomes where the job says: stdout, `--out`, or files in `--out-dir`.
-fn write_output(task: Task, job: &JobArgs, outcomes: &[Outcome]) -> anyhow::Result<()> {
+/// Writes the outcomes where the arguments say: stdout, `--out`, or files in `--out-dir`.
+fn write_output(task: Task, args: &TaskArgs, outcomes: &[Outcome]) -> anyhow::Result<()> {
     let name = task.name();
-    if let Some(dir) = &job.out_dir {
+    if let Some(dir) = &args.out_dir {
         std::fs::create_dir_all(dir)
             .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;
-        if job.format == Format::Jsonfeed {
-            for (lang, text) in output::json_feeds(outcomes, &format!("precis {name}")) {
+        if args.format == Format::Jsonfeed {
+            for (lang, text) in render::json_feeds(outcomes, &format!("precis {name}")) {
                 write_atomically(&dir.join(format!("{name}.{lang}.json")), &text)?;
             }
             return Ok(());
         }
-        let path = dir.join(format!("{name}.{}", job.format.extension()));
-        return write_atomically(&path, &output::render(outcomes, job.format));
+        let path = dir.join(format!("{name}.{}", args.format.extension()));
+        return write_atomically(&path, &render::render(outcomes, args.format));
     }
-    let text = output::render(outcomes, job.format);
-    match &job.out {
+    let text = render::render(outcomes, args.format);
+    match &args.out {
         Some(path) => write_atomically(path, &text),
         None => {
             print!("{text}");
@@ -537,25 +547,25 @@ fn write_output(task: Task, job: &JobArgs, outcomes: &[Outcome]) -> anyhow::Resu
     }
 }
 
-fn run_job(
+fn run_task(
     task: Task,
-    job: &JobArgs,
+    args: &TaskArgs,
     mut options: TaskOptions,
     config: &Config,
     store: Arc<ModelStore>,
     quiet: bool,
 ) -> anyhow::Result<i32> {
-    if job.format == Format::Jsonfeed && job.out_dir.is_none() {
+    if args.format == Format::Jsonfeed && args.out_dir.is_none() {
         eprintln!("error: --format jsonfeed writes one feed per language: give --out-dir DIR");
         return Ok(EXIT_USAGE);
     }
-    let policy = crate::fetch::FetchPolicy {
-        allow: job.allow_address.clone(),
-        ..crate::fetch::FetchPolicy::default()
+    let policy = precis_service::fetch::FetchPolicy {
+        allow: args.allow_address.clone(),
+        ..precis_service::fetch::FetchPolicy::default()
     };
-    let items = match input::read_sources(&job.inputs, job.jsonl, &policy) {
+    let items = match input::read_sources(&args.inputs, args.jsonl, &policy) {
         Ok(mut items) => {
-            if job.fetch_articles {
+            if args.fetch_articles {
                 input::fetch_articles(&mut items, &policy);
             }
             items
@@ -566,13 +576,13 @@ fn run_job(
         }
     };
     let choice = Choice {
-        model: job.model.as_deref(),
-        summarizer: job.summarizer.as_deref(),
-        translator: job.translator.as_deref(),
+        model: args.model.as_deref(),
+        summarizer: args.summarizer.as_deref(),
+        translator: args.translator.as_deref(),
     };
     let routing = routing(config, choice, &store);
-    let loader = Arc::new(StoreLoader::open(store, true, job.cuda));
-    let cache = job.cache.clone().or(&config.cache);
+    let loader = Arc::new(StoreLoader::open(store, true, args.cuda));
+    let cache = args.cache.clone().or(&config.cache);
     let engine = Engine::new(loader, routing).with_cache(open_cache(&cache));
     if let Err(e) = engine.load_routed() {
         eprintln!("error: {e}");
@@ -591,7 +601,7 @@ fn run_job(
     let lines = !quiet && total >= 2 && !terminal;
     // Articles are worked on `--parallel` at a time: the model's worker
     // batches the generations of those in flight together.
-    let parallel = usize::from(job.parallel).clamp(1, total.max(1));
+    let parallel = usize::from(args.parallel).clamp(1, total.max(1));
     let step_bars = !quiet && terminal && parallel == 1;
     let next = std::sync::atomic::AtomicUsize::new(0);
     let finished = std::sync::atomic::AtomicUsize::new(0);
@@ -643,9 +653,9 @@ fn run_job(
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    write_output(task, job, &outcomes)?;
+    write_output(task, args, &outcomes)?;
     if !quiet && engine.cache().is_some() {
-        let uses: Vec<crate::task::CacheUse> = outcomes
+        let uses: Vec<precis_core::task::CacheUse> = outcomes
             .iter()
             .filter_map(|o| match o {
                 Outcome::Ok(r) => r.cache,
@@ -677,7 +687,7 @@ fn run_job(
 fn error_body(e: &EngineError) -> ErrorBody {
     // The CLI user is the operator: the message carries the whole reason.
     ErrorBody {
-        code: crate::http::error::engine_error_code(e).name(),
+        code: e.code().name(),
         message: e.to_string(),
     }
 }
@@ -757,7 +767,7 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
                         _ => format!("not fetched (precis models fetch {})", m.id),
                     };
                     let state = match &f.verification {
-                        crate::store::Verification::Missing => "missing".to_string(),
+                        precis_backend::store::Verification::Missing => "missing".to_string(),
                         v => v.to_string(),
                     };
                     println!(
@@ -843,14 +853,14 @@ fn serve(
     a: ServeArgs,
     config: &Config,
     store: Arc<ModelStore>,
-    cache: &crate::config::CacheConfig,
+    cache: &crate::cli::config::CacheConfig,
 ) -> anyhow::Result<i32> {
     let settings = a.server.or(&config.server);
     let addr_text = settings.addr.as_deref().unwrap_or("127.0.0.1:8080");
     let addr: std::net::SocketAddr = addr_text.parse().map_err(|e| {
         anyhow::anyhow!("--addr {addr_text}: {e} (give an address and port, e.g. 127.0.0.1:8080)")
     })?;
-    let limits = crate::http::ServerLimits::from_config(&settings);
+    let limits = settings.limits();
     let api_keys = api_keys(&settings)?;
     let grace = std::time::Duration::from_secs(settings.shutdown_grace_secs.unwrap_or(30));
     let choice = Choice {
@@ -869,17 +879,19 @@ fn serve(
     let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
     let engine = Arc::new(Engine::new(loader.clone(), routing).with_cache(open_cache(cache)));
     let mut state = crate::http::AppState::new(Arc::clone(&engine), limits, targets);
-    let job_settings = crate::jobs::JobSettings {
+    let job_settings = precis_service::jobs::JobSettings {
         parallel: state.limits.max_concurrency,
-        fetch: crate::fetch::FetchPolicy {
+        admission: Arc::clone(&state.admission),
+        item_timeout: state.limits.timeout,
+        fetch: precis_service::fetch::FetchPolicy {
             allow: settings.allow_addresses.clone().unwrap_or_default(),
-            ..crate::fetch::FetchPolicy::default()
+            ..precis_service::fetch::FetchPolicy::default()
         },
         webhook_secret: settings.webhook_secret.clone(),
         retry_delay: std::time::Duration::from_secs(5),
         default_targets: Arc::clone(&state.default_targets),
     };
-    let job_store = match crate::jobs::JobStore::open(&cache.file()) {
+    let job_store = match precis_service::jobs::JobStore::open(&cache.file()) {
         Ok(store) => Some(Arc::new(store)),
         Err(e) => {
             eprintln!("warning: {e}; batch jobs (/v1/jobs) are off");
@@ -894,7 +906,7 @@ fn serve(
     let rt = tokio::runtime::Runtime::new()?;
     if let Some(store) = job_store {
         let _runtime = rt.enter();
-        state.jobs = Some(crate::jobs::JobQueue::start(
+        state.jobs = Some(precis_service::jobs::JobQueue::start(
             store,
             Arc::clone(&engine),
             job_settings,
@@ -949,7 +961,7 @@ fn serve(
 /// The API keys `settings` name: the lines of `api_keys_file` and the
 /// comma-separated `PRECIS_API_KEYS`; `None` when neither gives one.
 fn api_keys(
-    settings: &crate::config::ServerConfig,
+    settings: &crate::cli::config::ServerConfig,
 ) -> anyhow::Result<Option<crate::http::ApiKeys>> {
     let mut keys: Vec<String> = Vec::new();
     if let Some(path) = &settings.api_keys_file {

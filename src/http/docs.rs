@@ -18,8 +18,8 @@ use super::{
     BatchItem, BatchResponse, DigestRequest, Health, ModelsResponse, SummarizeRequest,
     TranslateRequest,
 };
-use crate::markup::escape_html;
-use crate::task::TaskResult;
+use precis_core::task::TaskResult;
+use precis_service::markup::escape_html;
 
 /// `POST /v1/summarize`'s body: one request, or an array of them.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -105,6 +105,7 @@ pub enum JobResponses {
         super::digest,
         super::jobs::create,
         super::jobs::show,
+        super::jobs::cancel,
         super::models,
         super::health,
         super::ready,
@@ -128,13 +129,13 @@ pub enum JobResponses {
         ParagraphEvent,
         ProgressEvent,
         StreamError,
-        crate::jobs::JobRequest,
-        crate::jobs::JobArticle,
-        crate::jobs::JobView,
-        crate::jobs::JobItem,
-        crate::jobs::JobState,
-        crate::jobs::JobProgress,
-        crate::jobs::WebhookState,
+        precis_service::jobs::JobRequest,
+        precis_service::jobs::JobArticle,
+        precis_service::jobs::JobView,
+        precis_service::jobs::JobItem,
+        precis_service::jobs::JobState,
+        precis_service::jobs::JobProgress,
+        precis_service::jobs::WebhookState,
     )),
     tags(
         (name = "jobs", description = "summarize, translate, digest: one article, an array, a stream, or a batch job"),

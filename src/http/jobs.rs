@@ -1,5 +1,6 @@
-//! `POST /v1/jobs` and `GET /v1/jobs/{id}`: batch jobs, worked on in the
-//! background and kept in the database (see [`crate::jobs`]).
+//! `POST /v1/jobs`, `GET /v1/jobs/{id}` and `DELETE /v1/jobs/{id}`: batch
+//! jobs, worked on in the background and kept in the database (see
+//! [`precis_service::jobs`]).
 
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
@@ -8,8 +9,8 @@ use axum::Json;
 
 use super::error::{ApiError, ErrorCode};
 use super::{internal, read_body, AppState};
-use crate::jobs::{JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
-use crate::task::{Article, Task};
+use precis_core::task::{Article, Task};
+use precis_service::jobs::{JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
 
 fn queue(state: &AppState) -> Result<&JobQueue, ApiError> {
     state.jobs.as_ref().ok_or_else(|| {
@@ -160,8 +161,30 @@ pub(super) async fn show(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let queue = queue(&state)?;
-    match queue.store.view(&id) {
+    answer_view(&id, queue(&state)?.store.view(&id))
+}
+
+/// Cancels a job: a queued one never starts, a running one stops its items
+/// in flight; the items finished before are kept. A job that had ended is
+/// shown unchanged.
+#[utoipa::path(delete, path = "/v1/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "the job's id")),
+    responses(
+        (status = 200, description = "the job, `cancelled` unless it had ended", body = JobView),
+        (status = 404, description = "no such job", body = super::error::ErrorBody),
+    ))]
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    answer_view(&id, queue(&state)?.cancel(&id))
+}
+
+fn answer_view(
+    id: &str,
+    view: Result<Option<JobView>, precis_service::jobs::JobStoreError>,
+) -> Result<Response, ApiError> {
+    match view {
         Ok(Some(view)) => Ok(answer(StatusCode::OK, view)),
         Ok(None) => Err(ApiError::new(
             ErrorCode::NotFound,

@@ -31,16 +31,19 @@ pub mod ops;
 pub mod stream;
 
 pub use error::{ApiError, ErrorCode};
-pub use ops::{Admission, ApiKeys, Readiness, Slot};
+pub use ops::{ApiKeys, Readiness};
+pub use precis_core::admission::{Admission, Slot};
 
-use crate::backend::ModelInfo;
-use crate::engine::Engine;
-use crate::task::{
+use precis_backend::ModelInfo;
+use precis_core::admission::{run_admitted, Priority, RunError};
+use precis_core::engine::Engine;
+use precis_core::task::{
     normalise_languages, Article, CancelToken, GenerationOverrides, Length, Task, TaskOptions,
     TaskResult,
 };
 
-/// Server limits (see [`crate::config::ServerConfig`] for how they are set).
+/// Server limits (the command line, the environment and the configuration
+/// file set them: see `precis serve --help`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerLimits {
     /// Largest request body, in bytes.
@@ -75,22 +78,6 @@ impl Default for ServerLimits {
     }
 }
 
-impl ServerLimits {
-    /// The limits `config` sets, defaults for the rest.
-    pub fn from_config(config: &crate::config::ServerConfig) -> Self {
-        let d = Self::default();
-        Self {
-            max_body_bytes: config.max_body_bytes.unwrap_or(d.max_body_bytes),
-            max_chars: config.max_chars.unwrap_or(d.max_chars),
-            max_request_chars: config.max_request_chars.unwrap_or(d.max_request_chars),
-            max_batch: config.max_batch.unwrap_or(d.max_batch),
-            max_concurrency: config.max_concurrency.unwrap_or(d.max_concurrency),
-            queue_depth: config.queue_depth.unwrap_or(d.queue_depth),
-            timeout: config.timeout_secs.map_or(d.timeout, Duration::from_secs),
-        }
-    }
-}
-
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
@@ -110,7 +97,7 @@ pub struct AppState {
     /// Origins allowed by CORS (`*`: any); empty: no CORS headers.
     pub cors_origins: Vec<String>,
     /// Batch jobs; `None`: this server keeps none (`/v1/jobs` is 404).
-    pub jobs: Option<crate::jobs::JobQueue>,
+    pub jobs: Option<precis_service::jobs::JobQueue>,
 }
 
 impl AppState {
@@ -146,7 +133,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/translate", post(translate))
         .route("/v1/digest", post(digest))
         .route("/v1/jobs", post(jobs::create))
-        .route("/v1/jobs/{id}", get(jobs::show))
+        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))
@@ -236,31 +223,33 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
     })
 }
 
-/// A job route's body: one request object, or an array of them (a batch),
+/// A task route's body: one request object, or an array of them (a batch),
 /// whose items are read one by one so that a bad item fails alone.
-pub enum OneOrMany<T> {
+pub enum SingleOrBatch<T> {
     /// A single request.
-    One(T),
+    Single(T),
     /// A batch: each item, or why it cannot be read.
-    Many(Vec<Result<T, ApiError>>),
+    Batch(Vec<Result<T, ApiError>>),
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for OneOrMany<T> {
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for SingleOrBatch<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        parse_one_or_many(&read_body(req, state).await?)
+        parse_single_or_batch(&read_body(req, state).await?)
     }
 }
 
-/// Parses a job route's body: an object, or an array of objects (see
-/// [`OneOrMany`]).
-pub fn parse_one_or_many<T: DeserializeOwned>(bytes: &[u8]) -> Result<OneOrMany<T>, ApiError> {
+/// Parses a task route's body: an object, or an array of objects (see
+/// [`SingleOrBatch`]).
+pub fn parse_single_or_batch<T: DeserializeOwned>(
+    bytes: &[u8],
+) -> Result<SingleOrBatch<T>, ApiError> {
     match parse_value(bytes)? {
         serde_json::Value::Array(items) => {
-            Ok(OneOrMany::Many(items.into_iter().map(shape).collect()))
+            Ok(SingleOrBatch::Batch(items.into_iter().map(shape).collect()))
         }
-        value => shape(value).map(OneOrMany::One),
+        value => shape(value).map(SingleOrBatch::Single),
     }
 }
 
@@ -413,7 +402,7 @@ pub struct DigestRequest {
     pub generation: Option<GenerationOverrides>,
 }
 
-struct Job {
+struct TaskCall {
     task: Task,
     article: Article,
     options: TaskOptions,
@@ -422,7 +411,7 @@ struct Job {
     stream: Option<bool>,
 }
 
-impl Job {
+impl TaskCall {
     fn new(
         task: Task,
         article: Article,
@@ -440,19 +429,10 @@ impl Job {
     }
 }
 
-/// Cancels the job's token when the handler is dropped (the client went away).
-struct CancelOnDrop(CancelToken);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.cancel();
-    }
-}
-
-/// Refuses a job the server would not run: too many characters, a model
+/// Refuses a call the server would not run: too many characters, a model
 /// it does not know. Gives the text's characters.
-fn check_job(state: &AppState, job: &Job) -> Result<usize, ApiError> {
-    let chars = job.article.text.chars().count();
+fn check_call(state: &AppState, call: &TaskCall) -> Result<usize, ApiError> {
+    let chars = call.article.text.chars().count();
     if chars > state.limits.max_chars {
         return Err(ApiError::new(
             ErrorCode::TextTooLong,
@@ -462,7 +442,7 @@ fn check_job(state: &AppState, job: &Job) -> Result<usize, ApiError> {
             ),
         ));
     }
-    if let Some(m) = &job.model {
+    if let Some(m) = &call.model {
         if state.engine.canonical(m).is_none() {
             return Err(ApiError::new(
                 ErrorCode::UnknownModel,
@@ -483,52 +463,54 @@ async fn admit(state: &AppState) -> Result<(Arc<Slot>, Instant), ApiError> {
         ));
     }
     let deadline = ops::deadline(state.limits.timeout);
-    let slot = state.admission.enter(deadline).await?;
+    let slot = state
+        .admission
+        .enter(Priority::Interactive, Some(deadline))
+        .await?;
     Ok((Arc::new(slot), deadline))
 }
 
-/// Runs `job` on a blocking thread until `deadline` (504 past it). The
+/// Runs `call` on a blocking thread until `deadline` (504 past it). The
 /// work is cancelled when this future is dropped (the client went away) or
 /// times out; `slot` is held by the work, so it is free again when the work
 /// has stopped, not when the client has gone.
 async fn execute(
     state: &AppState,
-    job: Job,
+    call: TaskCall,
     deadline: Instant,
     slot: Arc<Slot>,
 ) -> Result<TaskResult, ApiError> {
-    run_job(Arc::clone(&state.engine), job, deadline, slot, |_| {}).await
+    run_call(Arc::clone(&state.engine), call, deadline, slot, |_| {}).await
 }
 
 /// [`execute`], reporting the task's events to `events` as they come.
-async fn run_job(
+async fn run_call(
     engine: Arc<Engine>,
-    job: Job,
+    call: TaskCall,
     deadline: Instant,
     slot: Arc<Slot>,
-    events: impl Fn(crate::task::TaskEvent<'_>) + Send + Sync + 'static,
+    events: impl Fn(precis_core::task::TaskEvent<'_>) + Send + Sync + 'static,
 ) -> Result<TaskResult, ApiError> {
     let cancel = CancelToken::new();
-    let guard = CancelOnDrop(cancel.clone());
-    let work = tokio::task::spawn_blocking(move || {
-        let _slot = slot;
+    let token = cancel.clone();
+    let result = run_admitted(slot, Some(deadline), cancel, move || {
         engine.run(
-            job.task,
-            &job.article,
-            &job.options,
-            job.model.as_deref(),
-            &cancel,
+            call.task,
+            &call.article,
+            &call.options,
+            call.model.as_deref(),
+            &token,
             &events,
         )
-    });
-    let result = tokio::time::timeout_at(deadline, work)
-        .await
-        .map_err(|_| ops::timed_out())?
-        .map_err(|e| {
+    })
+    .await
+    .map_err(|e| match e {
+        RunError::Timeout => ops::timed_out(),
+        RunError::Lost(e) => {
             tracing::error!("task thread failed: {e}");
             internal()
-        })?;
-    drop(guard);
+        }
+    })?;
     Ok(result?)
 }
 
@@ -539,34 +521,34 @@ fn internal() -> ApiError {
     )
 }
 
-/// The fields of a job route's request, made into the job.
+/// The fields of a task route's request, made into the call.
 trait IntoJob: DeserializeOwned + Send + 'static {
-    fn into_job(self, state: &AppState) -> Job;
+    fn into_call(self, state: &AppState) -> TaskCall;
     /// The request's `stream` field.
     fn stream(&self) -> Option<bool>;
 }
 
-/// Answers a job route: one result, its stream of events, or a batch's
+/// Answers a task route: one result, its stream of events, or a batch's
 /// results in order.
 async fn serve_jobs<T: IntoJob>(
     state: AppState,
     headers: HeaderMap,
-    body: OneOrMany<T>,
+    body: SingleOrBatch<T>,
 ) -> Result<axum::response::Response, ApiError> {
     match body {
-        OneOrMany::One(req) => {
-            let job = req.into_job(&state);
-            check_job(&state, &job)?;
-            let streamed = stream::wanted(&headers, job.stream);
+        SingleOrBatch::Single(req) => {
+            let call = req.into_call(&state);
+            check_call(&state, &call)?;
+            let streamed = stream::wanted(&headers, call.stream);
             let (slot, deadline) = admit(&state).await?;
             if streamed {
                 let engine = Arc::clone(&state.engine);
-                return stream::respond(engine, job, deadline, slot).await;
+                return stream::respond(engine, call, deadline, slot).await;
             }
-            let result = execute(&state, job, deadline, slot).await?;
+            let result = execute(&state, call, deadline, slot).await?;
             Ok(Json(result).into_response())
         }
-        OneOrMany::Many(items) => {
+        SingleOrBatch::Batch(items) => {
             let asked = items
                 .iter()
                 .any(|item| matches!(item, Ok(req) if req.stream() == Some(true)));
@@ -628,12 +610,12 @@ async fn run_batch<T: IntoJob>(
         ));
     }
     let mut chars = 0;
-    let jobs: Vec<Result<Job, ApiError>> = items
+    let calls: Vec<Result<TaskCall, ApiError>> = items
         .into_iter()
         .map(|item| {
-            let job = item?.into_job(&state);
-            chars += check_job(&state, &job)?;
-            Ok(job)
+            let call = item?.into_call(&state);
+            chars += check_call(&state, &call)?;
+            Ok(call)
         })
         .collect();
     if chars > state.limits.max_request_chars {
@@ -649,11 +631,11 @@ async fn run_batch<T: IntoJob>(
     // Dropping the set (the client went away) aborts every article's task,
     // which cancels its work.
     let mut set = tokio::task::JoinSet::new();
-    for (index, job) in jobs.into_iter().enumerate() {
+    for (index, call) in calls.into_iter().enumerate() {
         let (state, slot) = (state.clone(), Arc::clone(&slot));
         set.spawn(async move {
-            let result = match job {
-                Ok(job) => execute(&state, job, deadline, slot).await,
+            let result = match call {
+                Ok(call) => execute(&state, call, deadline, slot).await,
                 Err(e) => Err(e),
             };
             (index, result)
@@ -675,7 +657,7 @@ async fn run_batch<T: IntoJob>(
             },
             Err(e) => BatchItem {
                 index,
-                status: e.code.status().as_u16(),
+                status: e.code.status(),
                 result: None,
                 error: Some(e.detail()),
             },
@@ -703,7 +685,7 @@ impl IntoJob for SummarizeRequest {
         self.stream
     }
 
-    fn into_job(self, _: &AppState) -> Job {
+    fn into_call(self, _: &AppState) -> TaskCall {
         let mut options = options(self.clean, self.strict, self.generation);
         options.length = self.length;
         options.summary_language = self.language.map(|l| l.trim().to_ascii_lowercase());
@@ -713,7 +695,7 @@ impl IntoJob for SummarizeRequest {
             text: self.text,
             ..Article::default()
         };
-        Job::new(Task::Summarize, article, options, self.model, self.stream)
+        TaskCall::new(Task::Summarize, article, options, self.model, self.stream)
     }
 }
 
@@ -722,7 +704,7 @@ impl IntoJob for TranslateRequest {
         self.stream
     }
 
-    fn into_job(self, _: &AppState) -> Job {
+    fn into_call(self, _: &AppState) -> TaskCall {
         let mut options = options(self.clean, self.strict, self.generation);
         options.to = normalise_languages(&self.to);
         let article = Article {
@@ -731,7 +713,7 @@ impl IntoJob for TranslateRequest {
             text: self.text,
             ..Article::default()
         };
-        Job::new(Task::Translate, article, options, self.model, self.stream)
+        TaskCall::new(Task::Translate, article, options, self.model, self.stream)
     }
 }
 
@@ -740,7 +722,7 @@ impl IntoJob for DigestRequest {
         self.stream
     }
 
-    fn into_job(self, state: &AppState) -> Job {
+    fn into_call(self, state: &AppState) -> TaskCall {
         let mut options = options(self.clean, self.strict, self.generation);
         options.to = match &self.to {
             Some(to) => normalise_languages(to),
@@ -758,7 +740,7 @@ impl IntoJob for DigestRequest {
             text: self.text,
             ..Article::default()
         };
-        Job::new(Task::Digest, article, options, self.model, self.stream)
+        TaskCall::new(Task::Digest, article, options, self.model, self.stream)
     }
 }
 
@@ -769,7 +751,7 @@ impl IntoJob for DigestRequest {
 async fn summarize(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: OneOrMany<SummarizeRequest>,
+    body: SingleOrBatch<SummarizeRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     serve_jobs(state, headers, body).await
 }
@@ -781,7 +763,7 @@ async fn summarize(
 async fn translate(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: OneOrMany<TranslateRequest>,
+    body: SingleOrBatch<TranslateRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     serve_jobs(state, headers, body).await
 }
@@ -794,7 +776,7 @@ async fn translate(
 async fn digest(
     State(state): State<AppState>,
     headers: HeaderMap,
-    body: OneOrMany<DigestRequest>,
+    body: SingleOrBatch<DigestRequest>,
 ) -> Result<axum::response::Response, ApiError> {
     serve_jobs(state, headers, body).await
 }

@@ -1,8 +1,8 @@
-//! What running the API as a service needs around the handlers: admission
-//! (a fixed number of slots and a bounded queue), API keys, Prometheus
-//! metrics, and readiness.
+//! What running the API as a service needs around the handlers: API keys,
+//! Prometheus metrics, readiness, and the answers for admission's refusals
+//! (admission itself is precis-core's, shared with batch jobs).
 
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -12,115 +12,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use sha2::{Digest, Sha256};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
 use super::{ApiError, ErrorCode};
 
-/// Slots for requests in flight, and a bounded queue in front of them.
-#[derive(Debug)]
-pub struct Admission {
-    slots: Arc<Semaphore>,
-    capacity: usize,
-    waiting: AtomicUsize,
-    queue_depth: usize,
-    /// How long requests held their slot lately (ms, smoothed): what
-    /// `Retry-After` is worked out from.
-    recent_ms: AtomicU64,
-}
-
-/// A request's slot, held while its work runs (also on a worker thread,
-/// after the client has gone, until the work has stopped).
-#[derive(Debug)]
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-    admission: Arc<Admission>,
-    since: Instant,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let ms = self.since.elapsed().as_millis() as u64;
-        // A running mean over about the last eight requests.
-        let old = self.admission.recent_ms.load(Ordering::Relaxed);
-        let new = if old == 0 { ms } else { (old * 7 + ms) / 8 };
-        self.admission.recent_ms.store(new, Ordering::Relaxed);
-        metrics::gauge!("precis_requests_in_flight").decrement(1.0);
-    }
-}
-
-/// Counts a request out of the queue however it leaves it.
-struct Waiting<'a>(&'a AtomicUsize);
-
-impl Drop for Waiting<'_> {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::SeqCst);
-        metrics::gauge!("precis_queue_depth").decrement(1.0);
-    }
-}
-
-impl Admission {
-    /// `max_concurrency` slots (at least one) and room for `queue_depth`
-    /// waiting requests.
-    pub fn new(max_concurrency: usize, queue_depth: usize) -> Arc<Self> {
-        let capacity = max_concurrency.max(1);
-        Arc::new(Self {
-            slots: Arc::new(Semaphore::new(capacity)),
-            capacity,
-            waiting: AtomicUsize::new(0),
-            queue_depth,
-            recent_ms: AtomicU64::new(0),
-        })
-    }
-
-    /// A slot: at once when one is free, else after waiting in the queue
-    /// until `deadline` (504 past it); 429 with `Retry-After` when the queue
-    /// is full.
-    pub async fn enter(self: &Arc<Self>, deadline: Instant) -> Result<Slot, ApiError> {
-        let permit = match Arc::clone(&self.slots).try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if self.waiting.fetch_add(1, Ordering::SeqCst) >= self.queue_depth {
-                    self.waiting.fetch_sub(1, Ordering::SeqCst);
-                    return Err(self.queue_full());
-                }
-                metrics::gauge!("precis_queue_depth").increment(1.0);
-                let _waiting = Waiting(&self.waiting);
-                let wait = Arc::clone(&self.slots).acquire_owned();
-                match tokio::time::timeout_at(deadline, wait).await {
-                    Ok(Ok(p)) => p,
-                    Ok(Err(_)) => return Err(ApiError::new(ErrorCode::Internal, "closed")),
-                    Err(_) => return Err(timed_out()),
-                }
+impl From<precis_core::admission::AdmissionError> for ApiError {
+    fn from(e: precis_core::admission::AdmissionError) -> Self {
+        use precis_core::admission::AdmissionError;
+        match e {
+            AdmissionError::QueueFull { retry_after, .. } => {
+                let mut refused = ApiError::new(ErrorCode::QueueFull, e.to_string());
+                refused.retry_after = Some(retry_after);
+                refused
             }
-        };
-        metrics::gauge!("precis_requests_in_flight").increment(1.0);
-        Ok(Slot {
-            _permit: permit,
-            admission: Arc::clone(self),
-            since: Instant::now(),
-        })
-    }
-
-    /// Seconds a client should wait before trying again: about how long
-    /// the queue ahead of it takes to drain, at least one.
-    pub fn retry_after(&self) -> u64 {
-        let per_request = self.recent_ms.load(Ordering::Relaxed).max(1000);
-        let rounds = (self.queue_depth / self.capacity).max(1) as u64;
-        (per_request * rounds).div_ceil(1000)
-    }
-
-    fn queue_full(&self) -> ApiError {
-        let after = self.retry_after();
-        let mut e = ApiError::new(
-            ErrorCode::QueueFull,
-            format!(
-                "the server is busy: {} requests in flight and {} waiting (--max-concurrency, --queue-depth); retry in {after} s",
-                self.capacity, self.queue_depth
-            ),
-        );
-        e.retry_after = Some(after);
-        e
+            AdmissionError::Timeout => timed_out(),
+        }
     }
 }
 
@@ -353,27 +259,5 @@ mod tests {
         assert_eq!(bearer(&h), Some("k1"));
         h.insert(header::AUTHORIZATION, "Basic k1".parse().unwrap());
         assert_eq!(bearer(&h), None);
-    }
-
-    #[tokio::test]
-    async fn a_full_queue_is_refused_with_a_retry_time() {
-        let a = Admission::new(1, 1);
-        let far = deadline(Duration::from_secs(60));
-        let first = a.enter(far).await.unwrap();
-        let a2 = Arc::clone(&a);
-        let queued = tokio::spawn(async move { a2.enter(far).await.map(|_| ()) });
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        let e = a.enter(far).await.unwrap_err();
-        assert_eq!(e.code, ErrorCode::QueueFull);
-        assert!(e.retry_after.unwrap() >= 1);
-        drop(first);
-        queued.await.unwrap().unwrap();
-        // A wait past the deadline is a timeout.
-        let _held = a.enter(far).await.unwrap();
-        let e = a
-            .enter(deadline(Duration::from_millis(20)))
-            .await
-            .unwrap_err();
-        assert_eq!(e.code, ErrorCode::Timeout);
     }
 }

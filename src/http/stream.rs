@@ -1,4 +1,4 @@
-//! Streaming answers: a job route asked with `"stream": true` (or
+//! Streaming answers: a task route asked with `"stream": true` (or
 //! `Accept: text/event-stream`) answers with Server-Sent Events as the work
 //! goes, instead of one JSON body at the end.
 //!
@@ -26,10 +26,10 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::error::{ApiError, ErrorDetail};
-use super::ops::Slot;
-use super::{internal, run_job, Job};
-use crate::engine::Engine;
-use crate::task::{TaskEvent, TranslationSource};
+use super::{internal, run_call, TaskCall};
+use precis_core::admission::Slot;
+use precis_core::engine::Engine;
+use precis_core::task::{TaskEvent, TranslationSource};
 
 /// Whether the client asked for a stream: the body's `stream`, else its
 /// `Accept` header naming `text/event-stream`.
@@ -158,24 +158,29 @@ fn error_event(e: &ApiError) -> Event {
     event(
         "error",
         &StreamError {
-            status: e.code.status().as_u16(),
+            status: e.code.status(),
             error: e.detail(),
         },
     )
 }
 
-/// Runs an admitted `job` and answers with its events as they come (see
+/// Runs an admitted `call` and answers with its events as they come (see
 /// the module's documentation), once the checks a stream cannot report
 /// with a status have passed. `slot` travels with the work.
 pub(super) async fn respond(
     engine: Arc<Engine>,
-    job: Job,
+    call: TaskCall,
     deadline: Instant,
     slot: Arc<Slot>,
 ) -> Result<Response, ApiError> {
-    let (engine, job) = tokio::task::spawn_blocking(move || {
-        let checked = engine.check(job.task, &job.article, &job.options, job.model.as_deref());
-        checked.map(|()| (engine, job))
+    let (engine, call) = tokio::task::spawn_blocking(move || {
+        let checked = engine.check(
+            call.task,
+            &call.article,
+            &call.options,
+            call.model.as_deref(),
+        );
+        checked.map(|()| (engine, call))
     })
     .await
     .map_err(|e| {
@@ -193,7 +198,7 @@ pub(super) async fn respond(
     // The stream holds the driver: a client that goes away drops the
     // stream, which aborts the driver, whose work is then cancelled.
     let driver = AbortOnDrop(tokio::spawn(async move {
-        let last = match run_job(engine, job, deadline, slot, send).await {
+        let last = match run_call(engine, call, deadline, slot, send).await {
             Ok(result) => event("result", &result),
             Err(e) => error_event(&e),
         };

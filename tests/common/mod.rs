@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use precis::store::{ModelStore, StoreConfig};
+use precis_backend::store::{ModelStore, StoreConfig};
 
 /// The smallest real model: the one the end-to-end tests run.
 pub const SMALLEST: &str = "smollm2-135m-instruct-q4_1";

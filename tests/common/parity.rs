@@ -8,10 +8,10 @@
 use std::path::{Path, PathBuf};
 
 use candle_core::Tensor;
-use precis::backend::seq2seq::{
-    generate, pad_outputs, EncoderDecoder, GenerationOverrides, GenerationSettings,
+use precis_backend::seq2seq::{
+    generate, pad_outputs, EncoderDecoder, GenerationConfig, GenerationSettings,
 };
-use precis::backend::BackendError;
+use precis_backend::BackendError;
 use serde_json::Value;
 
 /// Tolerance of tensor comparisons.
@@ -140,7 +140,7 @@ pub fn check_forward<M: EncoderDecoder>(
 pub fn check_generation<M: EncoderDecoder>(
     name: &str,
     model: &M,
-    base: &GenerationOverrides,
+    base: &GenerationConfig,
     r: &Value,
     decode: impl Fn(&[u32]) -> String,
     skip: impl Fn(&str) -> bool,
@@ -152,7 +152,7 @@ pub fn check_generation<M: EncoderDecoder>(
         if skip(setting) {
             continue;
         }
-        let kwargs = GenerationOverrides::from_json(&case["kwargs"]).unwrap();
+        let kwargs = GenerationConfig::from_json(&case["kwargs"]).unwrap();
         let settings =
             GenerationSettings::resolve(&base.clone().then(&kwargs), &model.seq2seq_config())
                 .unwrap_or_else(|e| panic!("{name} {setting}: {e}"));
@@ -187,14 +187,14 @@ pub fn check_generation<M: EncoderDecoder>(
 pub fn check_alone_equals_batched<M: EncoderDecoder>(
     name: &str,
     model: &M,
-    base: &GenerationOverrides,
+    base: &GenerationConfig,
     r: &Value,
 ) {
     let inputs = batch_inputs(r);
     for beams in [1usize, 4] {
-        let kwargs = GenerationOverrides {
+        let kwargs = GenerationConfig {
             num_beams: Some(beams),
-            ..GenerationOverrides::default()
+            ..GenerationConfig::default()
         };
         let settings =
             GenerationSettings::resolve(&base.clone().then(&kwargs), &model.seq2seq_config())

@@ -1,0 +1,675 @@
+//! Decoder-only LLMs from GGUF files (Qwen2 / Qwen2.5, and Llama-architecture
+//! models such as SmolLM2): tokenizer, chat template and the generation loop.
+//! On the CPU the forward pass is precis's own ([`super::decoder`], on the
+//! memory-mapped file, with batched decoding of several requests); on a GPU
+//! (`--features cuda`, unverified) it is candle-transformers' quantized models.
+//!
+//! The tokenizer and chat template come from the file's own metadata
+//! ([`crate::tokenizer`]), so one `.gguf` file is the whole model.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), precis_backend::BackendError> {
+//! use precis_backend::{Backend, ChatMessage, GenerationParams, GenerationRequest, Flow};
+//! use precis_backend::gguf::{GgufModel, GgufOptions};
+//! let mut model = GgufModel::load(std::path::Path::new("SmolLM2-135M-Instruct.Q4_1.gguf"), GgufOptions::default())?;
+//! let req = GenerationRequest { messages: vec![ChatMessage::user("Hello")], params: GenerationParams::default(), seq2seq: None };
+//! let out = model.generate(&[req], &mut |_, _| Flow::Continue);
+//! # Ok(()) }
+//! ```
+
+use std::fs::File;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file;
+use candle_core::{Device, Tensor};
+use candle_transformers::models::{quantized_llama, quantized_qwen2};
+
+use super::decoder::{Decoder, KvCache, SeqInput};
+use super::generation::{loop_cut, IncrementalText, Sampler};
+use super::weights::GgufFile;
+use super::{
+    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
+    ModelInfo, TokenCounter,
+};
+use crate::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
+
+/// How to load a GGUF model.
+#[derive(Debug, Clone, Default)]
+pub struct GgufOptions {
+    /// Id reported in results (defaults to the file name).
+    pub id: Option<String>,
+    /// Revision reported in results (defaults to `local`).
+    pub revision: Option<String>,
+    /// Languages the model may write (from its manifest).
+    pub target_languages: Vec<String>,
+    /// Run on the first CUDA device (needs the `cuda` feature) through
+    /// candle-transformers' quantized models instead of precis's CPU decoder.
+    pub cuda: bool,
+    /// Worker threads of the CPU decoder (0: one per core).
+    pub threads: usize,
+}
+
+/// candle-transformers' quantized models: the CUDA path.
+enum CandleWeights {
+    Qwen2(quantized_qwen2::ModelWeights),
+    Llama(quantized_llama::ModelWeights),
+}
+
+impl CandleWeights {
+    fn forward(&mut self, x: &Tensor, pos: usize) -> candle_core::Result<Tensor> {
+        match self {
+            CandleWeights::Qwen2(m) => m.forward(x, pos),
+            CandleWeights::Llama(m) => m.forward(x, pos),
+        }
+    }
+    fn clear(&mut self) {
+        match self {
+            CandleWeights::Qwen2(m) => m.clear_kv_cache(),
+            CandleWeights::Llama(m) => m.clear_kv_cache(),
+        }
+    }
+}
+
+/// What runs the forward pass.
+enum Runner {
+    /// precis's own decoder on the mapped file (CPU).
+    Cpu(Box<Decoder>),
+    /// candle's quantized models on a GPU.
+    Candle(Box<CandleWeights>, Device),
+}
+
+/// A sequence being generated.
+struct Active<'r> {
+    index: usize,
+    request: &'r GenerationRequest,
+    prompt_len: usize,
+    cache: KvCache,
+    sampler: Sampler,
+    generated: Vec<u32>,
+    text: IncrementalText,
+    next: Option<u32>,
+    finish: Option<FinishReason>,
+}
+
+/// A loaded GGUF decoder.
+pub struct GgufModel {
+    runner: Runner,
+    tokenizer: Arc<GgufTokenizer>,
+    template: ChatTemplate,
+    info: ModelInfo,
+}
+
+fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Load {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl GgufModel {
+    /// Loads the model, its tokenizer and its chat template from one GGUF file.
+    /// On the CPU the file is memory-mapped, not read.
+    pub fn load(path: &Path, opts: GgufOptions) -> Result<Self, BackendError> {
+        let file = GgufFile::open(path)?;
+        let architecture = file
+            .metadata()
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        let family = match architecture.as_str() {
+            "qwen2" => "gguf-qwen2",
+            "llama" => "gguf-llama",
+            other => {
+                return Err(BackendError::UnsupportedArchitecture {
+                    path: path.display().to_string(),
+                    architecture: other.to_string(),
+                })
+            }
+        };
+        let tokenizer = tokenizer_from_gguf(&file.content).map_err(|e| load_err(path, e))?;
+        let template = ChatTemplate::new(tokenizer.chat_template.clone());
+        let (runner, context_length) = if opts.cuda {
+            let device = select_device(true)?;
+            let mut reader = File::open(path).map_err(|e| load_err(path, e))?;
+            let content = gguf_file::Content::read(&mut reader)
+                .map_err(|e| load_err(path, format!("not a valid GGUF file ({e})")))?;
+            let context_length = content
+                .metadata
+                .get(&format!("{architecture}.context_length"))
+                .and_then(|v| v.to_u32().ok())
+                .map_or(2048, |v| v as usize);
+            let weights = if architecture == "qwen2" {
+                CandleWeights::Qwen2(
+                    quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
+                        .map_err(|e| load_err(path, e))?,
+                )
+            } else {
+                CandleWeights::Llama(
+                    quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
+                        .map_err(|e| load_err(path, e))?,
+                )
+            };
+            (Runner::Candle(Box::new(weights), device), context_length)
+        } else {
+            let decoder = Decoder::new(file, opts.threads)?;
+            let context_length = decoder.config().context_length;
+            (Runner::Cpu(Box::new(decoder)), context_length)
+        };
+        let id = opts.id.unwrap_or_else(|| {
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| path.display().to_string())
+        });
+        Ok(Self {
+            runner,
+            tokenizer: Arc::new(tokenizer),
+            template,
+            info: ModelInfo {
+                kind: crate::ModelKind::Chat,
+                id,
+                revision: opts.revision.unwrap_or_else(|| "local".into()),
+                family: family.to_string(),
+                context_length,
+                target_languages: opts.target_languages,
+            },
+        })
+    }
+
+    /// Renders the prompt. Text that looks like a chat-control token (`<|im_end|>`)
+    /// is broken up first (`< |im_end|>`), so an article cannot end the user's turn.
+    fn render(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
+        let safe: Vec<ChatMessage> = messages
+            .iter()
+            .map(|m| ChatMessage {
+                role: m.role,
+                content: m.content.replace("<|", "< |"),
+            })
+            .collect();
+        self.template.render(&safe)
+    }
+
+    /// The token ids of the rendered chat prompt (what [`Backend::generate`] feeds the model).
+    pub fn chat_ids(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, BackendError> {
+        let prompt = self.render(messages)?;
+        self.tokenizer
+            .encode(&prompt)
+            .map_err(|e| BackendError::Prompt(e.to_string()))
+    }
+
+    /// The CPU decoder, when the model runs on it.
+    pub fn decoder(&mut self) -> Option<&mut Decoder> {
+        match &mut self.runner {
+            Runner::Cpu(d) => Some(d),
+            Runner::Candle(..) => None,
+        }
+    }
+
+    /// Pure greedy decoding from token ids: up to `max_new_tokens` arg-max tokens
+    /// (no repetition penalty, no loop guard), ending after the first stop token.
+    /// The raw path that reference fixtures and parity tests compare.
+    pub fn greedy_ids(
+        &mut self,
+        prompt_ids: &[u32],
+        max_new_tokens: usize,
+    ) -> Result<Vec<u32>, BackendError> {
+        let stop_ids = self.tokenizer.stop_ids.clone();
+        let mut out = Vec::with_capacity(max_new_tokens);
+        match &mut self.runner {
+            Runner::Cpu(decoder) => {
+                let mut cache = decoder.new_cache(prompt_ids.len() + max_new_tokens);
+                let mut input = prompt_ids.to_vec();
+                while out.len() < max_new_tokens {
+                    let logits = decoder.forward(&mut [SeqInput {
+                        cache: &mut cache,
+                        logits_from: input.len() - 1,
+                        tokens: &input,
+                    }])?;
+                    let next = argmax(&logits[0]);
+                    out.push(next);
+                    if stop_ids.contains(&next) {
+                        break;
+                    }
+                    input = vec![next];
+                }
+            }
+            Runner::Candle(weights, device) => {
+                weights.clear();
+                let input = Tensor::new(prompt_ids, device)?.unsqueeze(0)?;
+                let mut logits = weights.forward(&input, 0)?.squeeze(0)?;
+                while out.len() < max_new_tokens {
+                    let next = logits
+                        .to_dtype(candle_core::DType::F32)?
+                        .argmax(0)?
+                        .to_scalar::<u32>()?;
+                    out.push(next);
+                    if stop_ids.contains(&next) || out.len() == max_new_tokens {
+                        break;
+                    }
+                    let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+                    logits = weights
+                        .forward(&input, prompt_ids.len() + out.len() - 1)?
+                        .squeeze(0)?;
+                }
+                weights.clear();
+            }
+        }
+        Ok(out)
+    }
+
+    /// Teacher forcing: feeds `prompt_ids` then `continuation` in one pass and
+    /// returns the arg-max prediction at each continuation position (the
+    /// model's guess for `continuation[i]`). CPU decoder only.
+    pub fn teacher_forced_argmax(
+        &mut self,
+        prompt_ids: &[u32],
+        continuation: &[u32],
+    ) -> Result<Vec<u32>, BackendError> {
+        let Runner::Cpu(decoder) = &mut self.runner else {
+            return Err(BackendError::Runtime(
+                "teacher forcing runs on the CPU decoder only".into(),
+            ));
+        };
+        if prompt_ids.is_empty() || continuation.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids = prompt_ids.to_vec();
+        ids.extend_from_slice(&continuation[..continuation.len() - 1]);
+        let mut cache = decoder.new_cache(ids.len());
+        let vocab = decoder.config().vocab;
+        let logits = decoder.forward(&mut [SeqInput {
+            cache: &mut cache,
+            logits_from: prompt_ids.len() - 1,
+            tokens: &ids,
+        }])?;
+        Ok(logits[0].chunks_exact(vocab).map(argmax).collect())
+    }
+
+    fn check_fits(&self, prompt_tokens: usize, max_new_tokens: usize) -> Result<(), BackendError> {
+        if prompt_tokens + max_new_tokens > self.info.context_length {
+            return Err(BackendError::ContextOverflow {
+                prompt_tokens,
+                max_new_tokens,
+                context_length: self.info.context_length,
+            });
+        }
+        Ok(())
+    }
+
+    /// Takes the next token of a sequence from its logits; returns whether it goes on.
+    fn advance(
+        &self,
+        seq: &mut Active<'_>,
+        logits: &[f32],
+        on_token: &mut dyn FnMut(usize, &str) -> Flow,
+    ) -> Result<(), BackendError> {
+        let params = &seq.request.params;
+        let logits = Tensor::from_slice(logits, logits.len(), &Device::Cpu)?;
+        let next = seq.sampler.next(&logits, &seq.generated)?;
+        if self.tokenizer.stop_ids.contains(&next) {
+            seq.finish = Some(FinishReason::Stop);
+            return Ok(());
+        }
+        seq.generated.push(next);
+        if params.loop_guard {
+            if let Some(keep) = loop_cut(&seq.generated) {
+                seq.generated.truncate(keep);
+                seq.finish = Some(FinishReason::Loop);
+                return Ok(());
+            }
+        }
+        let decoded = self
+            .tokenizer
+            .decode(&seq.generated)
+            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        if let Some(piece) = seq.text.push(&decoded) {
+            if on_token(seq.index, &piece) == Flow::Stop {
+                seq.finish = Some(FinishReason::Cancelled);
+                return Ok(());
+            }
+        }
+        if seq.generated.len() >= params.max_new_tokens {
+            seq.finish = Some(FinishReason::Length);
+        } else {
+            seq.next = Some(next);
+        }
+        Ok(())
+    }
+
+    fn finish(&self, seq: &Active<'_>) -> Result<Generation, BackendError> {
+        let out = self
+            .tokenizer
+            .decode(&seq.generated)
+            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        Ok(Generation {
+            text: out.trim().to_string(),
+            prompt_tokens: seq.prompt_len,
+            generated_tokens: seq.generated.len(),
+            finish: seq.finish.unwrap_or(FinishReason::Length),
+            cache: Cached::Off,
+        })
+    }
+
+    /// Generates for all requests together on the CPU decoder: each prompt is
+    /// prefilled on its own, then every unfinished sequence gets its next
+    /// token in one shared forward pass per step.
+    fn generate_batched(
+        &mut self,
+        requests: &[GenerationRequest],
+        on_token: &mut dyn FnMut(usize, &str) -> Flow,
+    ) -> Vec<Result<Generation, BackendError>> {
+        let mut results: Vec<Option<Result<Generation, BackendError>>> =
+            (0..requests.len()).map(|_| None).collect();
+        let mut active: Vec<Active<'_>> = Vec::new();
+        for (index, request) in requests.iter().enumerate() {
+            let prepared = self.chat_ids(&request.messages).and_then(|ids| {
+                self.check_fits(ids.len(), request.params.max_new_tokens)?;
+                Ok(ids)
+            });
+            let ids = match prepared {
+                Ok(ids) => ids,
+                Err(e) => {
+                    results[index] = Some(Err(e));
+                    continue;
+                }
+            };
+            let Runner::Cpu(decoder) = &mut self.runner else {
+                unreachable!("generate_batched runs on the CPU decoder");
+            };
+            let mut seq = Active {
+                index,
+                request,
+                prompt_len: ids.len(),
+                cache: decoder.new_cache(ids.len() + request.params.max_new_tokens),
+                sampler: Sampler::new(&request.params),
+                generated: Vec::new(),
+                text: IncrementalText::new(),
+                next: None,
+                finish: None,
+            };
+            if request.params.max_new_tokens == 0 {
+                results[index] = Some(self.finish(&seq));
+                continue;
+            }
+            let logits = decoder.forward(&mut [SeqInput {
+                cache: &mut seq.cache,
+                logits_from: ids.len() - 1,
+                tokens: &ids,
+            }]);
+            let step = logits.and_then(|l| self.advance(&mut seq, &l[0], on_token));
+            match step {
+                Err(e) => results[index] = Some(Err(e)),
+                Ok(()) if seq.finish.is_some() => results[index] = Some(self.finish(&seq)),
+                Ok(()) => active.push(seq),
+            }
+        }
+        while !active.is_empty() {
+            let Runner::Cpu(decoder) = &mut self.runner else {
+                unreachable!("generate_batched runs on the CPU decoder");
+            };
+            let nexts: Vec<[u32; 1]> = active
+                .iter()
+                .map(|s| [s.next.expect("an active sequence has a next token")])
+                .collect();
+            let mut inputs: Vec<SeqInput<'_>> = active
+                .iter_mut()
+                .zip(&nexts)
+                .map(|(s, n)| SeqInput {
+                    cache: &mut s.cache,
+                    tokens: n,
+                    logits_from: 0,
+                })
+                .collect();
+            let logits = match decoder.forward(&mut inputs) {
+                Ok(l) => l,
+                Err(e) => {
+                    let msg = e.to_string();
+                    for s in active.drain(..) {
+                        results[s.index] = Some(Err(BackendError::Runtime(msg.clone())));
+                    }
+                    break;
+                }
+            };
+            drop(inputs);
+            let mut still = Vec::with_capacity(active.len());
+            for (mut seq, l) in active.drain(..).zip(logits) {
+                seq.next = None;
+                match self.advance(&mut seq, &l, on_token) {
+                    Err(e) => results[seq.index] = Some(Err(e)),
+                    Ok(()) if seq.finish.is_some() => results[seq.index] = Some(self.finish(&seq)),
+                    Ok(()) => still.push(seq),
+                }
+            }
+            active = still;
+        }
+        results
+            .into_iter()
+            .map(|r| r.expect("every request gets a result"))
+            .collect()
+    }
+
+    fn generate_candle(
+        &mut self,
+        request: &GenerationRequest,
+        on_token: &mut dyn FnMut(&str) -> Flow,
+    ) -> Result<Generation, BackendError> {
+        let prompt_ids = self.chat_ids(&request.messages)?;
+        let params = &request.params;
+        self.check_fits(prompt_ids.len(), params.max_new_tokens)?;
+        let Runner::Candle(weights, device) = &mut self.runner else {
+            unreachable!("generate_candle runs on candle's models");
+        };
+        weights.clear();
+        let mut sampler = Sampler::new(params);
+        let mut generated: Vec<u32> = Vec::new();
+        let mut text = IncrementalText::new();
+        let mut finish = FinishReason::Length;
+        let input = Tensor::new(prompt_ids.as_slice(), device)?.unsqueeze(0)?;
+        let mut logits = weights.forward(&input, 0)?.squeeze(0)?;
+        while generated.len() < params.max_new_tokens {
+            let next = sampler.next(&logits, &generated)?;
+            if self.tokenizer.stop_ids.contains(&next) {
+                finish = FinishReason::Stop;
+                break;
+            }
+            generated.push(next);
+            if params.loop_guard {
+                if let Some(keep) = loop_cut(&generated) {
+                    generated.truncate(keep);
+                    finish = FinishReason::Loop;
+                    break;
+                }
+            }
+            let decoded = self
+                .tokenizer
+                .decode(&generated)
+                .map_err(|e| BackendError::Runtime(e.to_string()))?;
+            if let Some(piece) = text.push(&decoded) {
+                if on_token(&piece) == Flow::Stop {
+                    finish = FinishReason::Cancelled;
+                    break;
+                }
+            }
+            if generated.len() == params.max_new_tokens {
+                break;
+            }
+            let input = Tensor::new(&[next], device)?.unsqueeze(0)?;
+            logits = weights
+                .forward(&input, prompt_ids.len() + generated.len() - 1)?
+                .squeeze(0)?;
+        }
+        weights.clear();
+        let out = self
+            .tokenizer
+            .decode(&generated)
+            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        Ok(Generation {
+            text: out.trim().to_string(),
+            prompt_tokens: prompt_ids.len(),
+            generated_tokens: generated.len(),
+            finish,
+            cache: Cached::Off,
+        })
+    }
+}
+
+fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &v) in logits.iter().enumerate() {
+        if v > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+impl Backend for GgufModel {
+    fn info(&self) -> &ModelInfo {
+        &self.info
+    }
+
+    fn token_counter(&self) -> TokenCounter {
+        let tok = Arc::clone(&self.tokenizer);
+        Arc::new(move |text: &str| {
+            tok.encode(text)
+                .map(|ids| ids.len())
+                .map_err(|e| BackendError::Prompt(e.to_string()))
+        })
+    }
+
+    fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, BackendError> {
+        let prompt = self.render(messages)?;
+        self.tokenizer
+            .encode(&prompt)
+            .map(|ids| ids.len())
+            .map_err(|e| BackendError::Prompt(e.to_string()))
+    }
+
+    fn generate(
+        &mut self,
+        requests: &[GenerationRequest],
+        on_token: &mut dyn FnMut(usize, &str) -> Flow,
+    ) -> Vec<Result<Generation, BackendError>> {
+        match self.runner {
+            Runner::Cpu(_) => self.generate_batched(requests, on_token),
+            Runner::Candle(..) => requests
+                .iter()
+                .enumerate()
+                .map(|(i, req)| self.generate_candle(req, &mut |piece| on_token(i, piece)))
+                .collect(),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn select_device(cuda: bool) -> Result<Device, BackendError> {
+    if cuda {
+        Device::new_cuda(0).map_err(|e| BackendError::Runtime(format!("no CUDA device: {e}")))
+    } else {
+        Ok(Device::Cpu)
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn select_device(cuda: bool) -> Result<Device, BackendError> {
+    if cuda {
+        Err(BackendError::Runtime(
+            "this build of precis has no CUDA support; rebuild with `--features cuda`".into(),
+        ))
+    } else {
+        Ok(Device::Cpu)
+    }
+}
+
+/// The model's chat template (Jinja, from GGUF metadata), or ChatML when the file has none.
+pub struct ChatTemplate {
+    source: Option<String>,
+}
+
+impl ChatTemplate {
+    /// Wraps the template text from `tokenizer.chat_template`.
+    pub fn new(source: Option<String>) -> Self {
+        Self { source }
+    }
+
+    /// Renders the conversation with a generation prompt for the assistant's turn.
+    pub fn render(&self, messages: &[ChatMessage]) -> Result<String, BackendError> {
+        let Some(source) = &self.source else {
+            return Ok(chatml(messages));
+        };
+        let mut env = minijinja::Environment::new();
+        minijinja_contrib::add_to_environment(&mut env);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(
+                    minijinja::ErrorKind::InvalidOperation,
+                    msg,
+                ))
+            },
+        );
+        let tmpl = env
+            .template_from_str(source)
+            .map_err(|e| BackendError::Prompt(format!("chat template does not parse: {e}")))?;
+        tmpl.render(minijinja::context! {
+            messages => messages,
+            add_generation_prompt => true,
+            bos_token => "",
+            eos_token => "",
+        })
+        .map_err(|e| BackendError::Prompt(format!("chat template failed: {e}")))
+    }
+}
+
+/// The ChatML layout used by Qwen2.5 and SmolLM2.
+pub fn chatml(messages: &[ChatMessage]) -> String {
+    let mut out = String::new();
+    for m in messages {
+        let role = match m.role {
+            super::Role::System => "system",
+            super::Role::User => "user",
+            super::Role::Assistant => "assistant",
+        };
+        out.push_str("<|im_start|>");
+        out.push_str(role);
+        out.push('\n');
+        out.push_str(&m.content);
+        out.push_str("<|im_end|>\n");
+    }
+    out.push_str("<|im_start|>assistant\n");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chatml_layout() {
+        let s = chatml(&[ChatMessage::system("S"), ChatMessage::user("U")]);
+        assert_eq!(
+            s,
+            "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"
+        );
+    }
+
+    #[test]
+    fn jinja_template_renders_like_chatml() {
+        let t = ChatTemplate::new(Some(
+            "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}".into(),
+        ));
+        let msgs = [ChatMessage::system("S"), ChatMessage::user("U")];
+        assert_eq!(t.render(&msgs).unwrap(), chatml(&msgs));
+    }
+
+    #[test]
+    fn broken_template_is_an_error_not_a_panic() {
+        let t = ChatTemplate::new(Some("{% for x in %}".into()));
+        assert!(matches!(
+            t.render(&[ChatMessage::user("U")]),
+            Err(BackendError::Prompt(_))
+        ));
+    }
+}

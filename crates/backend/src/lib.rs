@@ -1,0 +1,287 @@
+//! precis-backend: the only crate that knows candle.
+//!
+//! It turns model files into something that writes text: the model store
+//! ([`store`]: manifests, fetching from the hub or the offline mirror,
+//! verification), tokenizers ([`tokenizer`]), and one backend per model
+//! family (the GGUF decoder in [`gguf`], Marian / BART / T5 in [`seq2seq`]),
+//! with the generation code they share and the SIMD kernels under them.
+//!
+//! Every model family sits behind one small trait, [`Backend`]: it says what the
+//! loaded model is ([`ModelInfo`]), counts tokens, and generates text for a batch
+//! of chat requests, streaming tokens through a callback that can say stop. The
+//! layers above (precis-core's tasks and engine) see nothing else, so a new
+//! family plugs in without touching them.
+
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub mod decoder;
+#[cfg(feature = "test-backend")]
+pub mod fake;
+pub mod generation;
+pub mod gguf;
+pub mod kernels;
+pub mod seq2seq;
+pub mod store;
+pub mod tokenizer;
+pub mod weights;
+
+/// Who says a chat message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Instructions that frame the conversation.
+    System,
+    /// The request.
+    User,
+    /// The model's answer.
+    Assistant,
+}
+
+/// One message of a chat prompt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    /// Who says it.
+    pub role: Role,
+    /// What is said.
+    pub content: String,
+}
+
+impl ChatMessage {
+    /// A system message.
+    pub fn system(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::System,
+            content: content.into(),
+        }
+    }
+    /// A user message.
+    pub fn user(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::User,
+            content: content.into(),
+        }
+    }
+}
+
+/// How to generate. Serialised into every result so a reader knows what produced it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct GenerationParams {
+    /// Hard limit on generated tokens.
+    pub max_new_tokens: usize,
+    /// 0 means greedy decoding; above 0, sampling at this temperature.
+    pub temperature: f64,
+    /// Nucleus sampling threshold (only when sampling).
+    pub top_p: Option<f64>,
+    /// Seed of the sampler (only when sampling).
+    pub seed: u64,
+    /// Penalty on tokens already generated (1.0 = none).
+    pub repetition_penalty: f32,
+    /// How many of the last generated tokens the penalty looks at.
+    pub repeat_last_n: usize,
+    /// Stop when the output starts repeating itself, and flag it.
+    pub loop_guard: bool,
+}
+
+impl Default for GenerationParams {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: 256,
+            temperature: 0.0,
+            top_p: None,
+            seed: 299_792_458,
+            repetition_penalty: 1.1,
+            repeat_last_n: 64,
+            loop_guard: true,
+        }
+    }
+}
+
+/// One generation request: a chat prompt and how to answer it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerationRequest {
+    /// The chat prompt; rendered with the model's own chat template. For a
+    /// [`ModelKind::Translator`], one user message holding the source text.
+    pub messages: Vec<ChatMessage>,
+    /// How to generate (an encoder-decoder model uses its checkpoint's own
+    /// settings instead, with [`GenerationRequest::seq2seq`] over them).
+    pub params: GenerationParams,
+    /// For an encoder-decoder model (translator, summarizer): settings over
+    /// the checkpoint's own (`generation_config.json` keys); `None` keeps
+    /// the checkpoint's.
+    pub seq2seq: Option<seq2seq::GenerationConfig>,
+}
+
+impl GenerationRequest {
+    /// A request for a [`ModelKind::Translator`]: the source text alone.
+    pub fn source(text: impl Into<String>) -> Self {
+        Self {
+            messages: vec![ChatMessage::user(text)],
+            params: GenerationParams::default(),
+            seq2seq: None,
+        }
+    }
+
+    /// The source text of a translator request (the last user message).
+    pub fn source_text(&self) -> &str {
+        self.messages
+            .iter()
+            .rev()
+            .find(|m| m.role == Role::User)
+            .map_or("", |m| m.content.as_str())
+    }
+}
+
+/// Why generation ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// The model produced an end token.
+    Stop,
+    /// `max_new_tokens` was reached without an end token.
+    Length,
+    /// The loop guard stopped a repeating output (the repetition is cut off).
+    Loop,
+    /// The caller asked to stop.
+    Cancelled,
+}
+
+/// What a model produced for one request.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Generation {
+    /// The generated text, without the prompt and without end tokens.
+    pub text: String,
+    /// Tokens in the rendered prompt.
+    pub prompt_tokens: usize,
+    /// Tokens generated (when it was generated, for a cached one).
+    pub generated_tokens: usize,
+    /// Why generation ended.
+    pub finish: FinishReason,
+    /// Whether it came from the result cache.
+    #[serde(skip)]
+    pub cache: Cached,
+}
+
+/// Where a generation came from, as far as the result cache is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cached {
+    /// No cache was consulted.
+    #[default]
+    Off,
+    /// Taken from the cache; no model ran.
+    Hit,
+    /// Not in the cache: generated (and kept).
+    Miss,
+}
+
+/// What the streaming callback tells the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    /// Keep generating.
+    Continue,
+    /// Stop this request now (its result is returned with [`FinishReason::Cancelled`]).
+    Stop,
+}
+
+/// How a model is asked for text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    /// A chat model: requests are prompts, rendered with its chat template.
+    #[default]
+    Chat,
+    /// A dedicated translation model (Marian): each request holds the source
+    /// text alone, as its one user message; it translates into its target
+    /// language, with its own generation settings.
+    Translator,
+    /// A dedicated summarization model (BART, T5): each request holds the
+    /// text to summarize alone; it writes an English summary with its own
+    /// generation settings (lengths may be set per request).
+    Summarizer,
+}
+
+/// What a loaded model is.
+#[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
+pub struct ModelInfo {
+    /// How it is asked for text.
+    pub kind: ModelKind,
+    /// Manifest id (or the path / repo it was named by).
+    pub id: String,
+    /// Revision of the weights (hub revision, or `local`).
+    pub revision: String,
+    /// Model family, as named in manifests (`gguf-qwen2`, `gguf-llama`, …).
+    pub family: String,
+    /// Longest sequence (prompt + output) the model accepts, in tokens.
+    pub context_length: usize,
+    /// Languages it can write, from its manifest.
+    pub target_languages: Vec<String>,
+}
+
+/// Counts the tokens of a text as the model would see it.
+pub type TokenCounter = Arc<dyn Fn(&str) -> Result<usize, BackendError> + Send + Sync>;
+
+/// Errors from loading or running a model.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BackendError {
+    /// The weights file could not be read or parsed.
+    #[error("cannot load model file {path}: {reason}. Check the file with `precis models verify`, or fetch it again with `precis models fetch`")]
+    Load {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The file is a GGUF of an architecture this backend does not run.
+    #[error("model file {path} has architecture `{architecture}`, which precis does not run (supported: qwen2, llama)")]
+    UnsupportedArchitecture {
+        /// The file.
+        path: String,
+        /// `general.architecture` from its metadata.
+        architecture: String,
+    },
+    /// Prompt plus output do not fit the model's context.
+    #[error("the input needs {prompt_tokens} prompt tokens plus up to {max_new_tokens} new tokens, more than the model's context of {context_length} tokens")]
+    ContextOverflow {
+        /// Tokens in the rendered prompt.
+        prompt_tokens: usize,
+        /// Requested output tokens.
+        max_new_tokens: usize,
+        /// The model's limit.
+        context_length: usize,
+    },
+    /// The prompt could not be rendered or tokenized.
+    #[error("cannot prepare the prompt: {0}")]
+    Prompt(String),
+    /// The model failed while running.
+    #[error("model failed while generating: {0}")]
+    Runtime(String),
+}
+
+impl From<candle_core::Error> for BackendError {
+    fn from(e: candle_core::Error) -> Self {
+        BackendError::Runtime(e.to_string())
+    }
+}
+
+/// A loaded model. Owned by one engine worker thread; never shared.
+pub trait Backend: Send {
+    /// What the model is.
+    fn info(&self) -> &ModelInfo;
+
+    /// A cheap, thread-safe token counter, for chunking decisions made outside the worker.
+    fn token_counter(&self) -> TokenCounter;
+
+    /// Tokens the rendered chat prompt takes (template included).
+    fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, BackendError>;
+
+    /// Generates for each request. `on_token(i, piece)` receives text as it is
+    /// produced for request `i`; returning [`Flow::Stop`] ends that request.
+    fn generate(
+        &mut self,
+        requests: &[GenerationRequest],
+        on_token: &mut dyn FnMut(usize, &str) -> Flow,
+    ) -> Vec<Result<Generation, BackendError>>;
+}

@@ -1,0 +1,512 @@
+//! BART-family encoder-decoders: BART (`facebook/bart-large-cnn`,
+//! `sshleifer/distilbart-cnn-12-6`) and Marian (`Helsinki-NLP/opus-mt-*`),
+//! post-norm transformers as transformers' `BartForConditionalGeneration`
+//! and `MarianMTModel` run them (Marian's modelling code is BART's with
+//! other positions).
+//!
+//! Papers: Lewis et al., "BART: Denoising Sequence-to-Sequence
+//! Pre-training" (ACL 2020); Junczys-Dowmunt et al., "Marian: Fast Neural
+//! Machine Translation in C++" (ACL 2018). Try one with
+//! `precis translate --model DIR --to ru examples/sample-article.txt` or
+//! `precis summarize --model DIR examples/sample-article.txt`.
+//!
+//! What candle-transformers' `marian` lacks (it has no BART at all) and this
+//! adds:
+//!
+//! - padding masks: a batch of inputs of different lengths gives what each
+//!   gives alone (the encoder and the cross-attention ignore padded keys);
+//! - cross-attention keys and values computed once per input, not per step;
+//! - per-request state: nothing is kept between calls to [`Bart::start`];
+//! - rows of a running batch can be dropped or reordered (beam search).
+//!
+//! Computation follows `modeling_bart.py` and `modeling_marian.py`
+//! (transformers 5.24): token embeddings scaled by `√d_model` when
+//! `scale_embedding`, plus positions (BART: a learned table read at
+//! position + 2; Marian: sinusoids), then for BART a layer norm
+//! (`layernorm_embedding`); each layer is attention, residual, layer norm,
+//! then the feed-forward block, residual, layer norm; logits are the tied
+//! output embedding (or `lm_head`) plus `final_logits_bias`.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, IndexOp, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
+
+use super::layers::{
+    activation, e, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, DecoderState,
+    Dense, RowNorm,
+};
+use super::{EncoderDecoder, Seq2SeqConfig};
+use crate::kernels::{Epilogue, PackedF32};
+use crate::BackendError;
+
+/// `config.json` of a BART or Marian checkpoint (the fields the model
+/// reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct BartConfig {
+    /// `bart` or `marian` (positions and the embedding layer norm differ).
+    #[serde(default = "default_model_type")]
+    pub model_type: String,
+    /// Source (and shared) vocabulary size.
+    pub vocab_size: usize,
+    /// Target vocabulary size when embeddings are not shared.
+    #[serde(default)]
+    pub decoder_vocab_size: Option<usize>,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder attention heads.
+    pub encoder_attention_heads: usize,
+    /// Decoder attention heads.
+    pub decoder_attention_heads: usize,
+    /// Encoder feed-forward size.
+    pub encoder_ffn_dim: usize,
+    /// Decoder feed-forward size.
+    pub decoder_ffn_dim: usize,
+    /// `swish`, `gelu`, `relu`, `gelu_new`, …
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    /// Positions the model knows.
+    pub max_position_embeddings: usize,
+    /// Whether embeddings are multiplied by `√d_model`.
+    #[serde(default)]
+    pub scale_embedding: bool,
+    /// Padding id (also the decoder start id of opus-mt).
+    pub pad_token_id: u32,
+    /// End of sequence.
+    pub eos_token_id: u32,
+    /// First decoder input.
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
+    /// Whether encoder and decoder share one embedding table.
+    #[serde(default = "yes")]
+    pub share_encoder_decoder_embeddings: bool,
+    /// Whether the output layer is the decoder's embedding table.
+    #[serde(default = "yes")]
+    pub tie_word_embeddings: bool,
+    /// Forced end-of-sequence token at the last position.
+    #[serde(default)]
+    pub forced_eos_token_id: Option<u32>,
+    /// Pre-norm layers (mBART); not supported, refused at load.
+    #[serde(default)]
+    pub normalize_before: bool,
+    /// A layer norm after the last layer (mBART); not supported, refused.
+    #[serde(default)]
+    pub add_final_layer_norm: bool,
+}
+
+impl BartConfig {
+    /// Whether this is a Marian checkpoint (sinusoidal positions, no
+    /// embedding layer norm).
+    pub fn is_marian(&self) -> bool {
+        self.model_type == "marian"
+    }
+}
+
+fn default_model_type() -> String {
+    "bart".into()
+}
+
+fn default_activation() -> String {
+    "gelu".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Layer norm epsilon of `nn.LayerNorm`.
+const LN_EPS: f64 = 1e-5;
+
+struct FeedForward {
+    fc1: Dense,
+    fc2: Dense,
+    act: Epilogue,
+}
+
+impl FeedForward {
+    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Epilogue) -> candle_core::Result<Self> {
+        Ok(Self {
+            fc1: Dense::load(d, ffn, vb.pp("fc1"), true)?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"), true)?,
+            act,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.fc2.forward(&self.fc1.forward_then(x, self.act)?)
+    }
+}
+
+/// An encoder layer, run on flat buffers (rows in parallel).
+struct EncoderLayer {
+    attn: Attention,
+    attn_norm: RowNorm,
+    ffn: FeedForward,
+    ffn_norm: RowNorm,
+}
+
+struct DecoderLayer {
+    attn: Attention,
+    attn_norm: LayerNorm,
+    cross: Attention,
+    cross_norm: LayerNorm,
+    ffn: FeedForward,
+    ffn_norm: LayerNorm,
+}
+
+/// The input side of the encoder or the decoder.
+struct Embeddings {
+    tokens: Embedding,
+    /// Row `p` is position `p` (BART's offset of 2 already skipped).
+    positions: Tensor,
+    /// BART's `layernorm_embedding`.
+    norm: Option<LayerNorm>,
+}
+
+/// A loaded BART or Marian model.
+pub struct Bart {
+    cfg: BartConfig,
+    enc_embed: Embeddings,
+    dec_embed: Embeddings,
+    encoder: Vec<EncoderLayer>,
+    decoder: Vec<DecoderLayer>,
+    /// The output layer with `final_logits_bias`, packed once: candle's
+    /// matmul would repack this largest matrix at every step.
+    lm_head: PackedF32,
+    vocab: usize,
+    embed_scale: f64,
+    device: Device,
+}
+
+/// The decoder state of a running batch.
+pub type BartState = DecoderState;
+
+/// The sinusoidal position table of `modeling_marian.py` (sines in the first
+/// half, cosines in the second; computed in f64 as numpy does, then f32).
+fn sinusoids(positions: usize, dim: usize) -> Vec<f32> {
+    let mut out = vec![0f32; positions * dim];
+    let sentinel = dim.div_ceil(2);
+    for pos in 0..positions {
+        let row = &mut out[pos * dim..(pos + 1) * dim];
+        for j in 0..dim {
+            let angle = pos as f64 / 10000f64.powf((2 * (j / 2)) as f64 / dim as f64);
+            if j % 2 == 0 {
+                row[j / 2] = angle.sin() as f32;
+            } else {
+                row[sentinel + j / 2] = angle.cos() as f32;
+            }
+        }
+    }
+    out
+}
+
+impl Bart {
+    /// Loads `config.json` and the weights (`model.safetensors`, or
+    /// `pytorch_model.bin`) of a checkpoint directory.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
+        let cfg: BartConfig = read_config(dir)?;
+        let (vb, file) = weights(dir, device)?;
+        Self::from_var_builder(cfg, vb, device).map_err(|e| super::layers::load_err(&file, e))
+    }
+
+    fn from_var_builder(cfg: BartConfig, vb: VarBuilder, device: &Device) -> Result<Self, String> {
+        let d = cfg.d_model;
+        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        check(d > 0, "d_model is 0")?;
+        check(
+            cfg.encoder_attention_heads > 0 && d.is_multiple_of(cfg.encoder_attention_heads),
+            "d_model is not a multiple of encoder_attention_heads",
+        )?;
+        check(
+            cfg.decoder_attention_heads > 0 && d.is_multiple_of(cfg.decoder_attention_heads),
+            "d_model is not a multiple of decoder_attention_heads",
+        )?;
+        check(
+            cfg.model_type == "bart" || cfg.is_marian(),
+            "model_type is neither `bart` nor `marian`",
+        )?;
+        check(
+            !cfg.normalize_before && !cfg.add_final_layer_norm,
+            "pre-norm layers (normalize_before / add_final_layer_norm, as mBART has) are not supported",
+        )?;
+        let act = activation(&cfg.activation_function)?;
+        // Checkpoints saved from `…ForConditionalGeneration` prefix the base
+        // model with `model.`; those of `BartModel` / `MarianModel` do not.
+        let base = if vb.contains_tensor("model.shared.weight")
+            || vb.contains_tensor("model.encoder.embed_tokens.weight")
+        {
+            vb.pp("model")
+        } else {
+            vb.clone()
+        };
+        let target_vocab = if cfg.share_encoder_decoder_embeddings {
+            cfg.vocab_size
+        } else {
+            cfg.decoder_vocab_size.unwrap_or(cfg.vocab_size)
+        };
+        let table = |names: &[&str], rows: usize| -> Result<Tensor, String> {
+            for name in names {
+                if base.contains_tensor(name) {
+                    return e(base.get((rows, d), name));
+                }
+            }
+            Err(format!("no `{}` tensor", names.join("` or `")))
+        };
+        let (enc_table, dec_table) = if cfg.share_encoder_decoder_embeddings {
+            let shared = table(
+                &[
+                    "shared.weight",
+                    "encoder.embed_tokens.weight",
+                    "decoder.embed_tokens.weight",
+                ],
+                cfg.vocab_size,
+            )?;
+            (shared.clone(), shared)
+        } else {
+            (
+                table(&["encoder.embed_tokens.weight"], cfg.vocab_size)?,
+                table(&["decoder.embed_tokens.weight"], target_vocab)?,
+            )
+        };
+        let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
+            e(vb.get((target_vocab, d), "lm_head.weight"))?
+        } else {
+            dec_table.clone()
+        };
+        let final_logits_bias = if vb.contains_tensor("final_logits_bias") {
+            e(vb.get((1, target_vocab), "final_logits_bias")
+                .and_then(|t| t.squeeze(0)))?
+        } else {
+            e(Tensor::zeros(target_vocab, DType::F32, device))?
+        };
+        let ln = |vb: VarBuilder| e(candle_nn::layer_norm(d, LN_EPS, vb));
+        let max_pos = cfg.max_position_embeddings;
+        let (enc_positions, dec_positions) = if cfg.is_marian() {
+            let table = e(Tensor::from_vec(
+                sinusoids(max_pos, d),
+                (max_pos, d),
+                device,
+            ))?;
+            (table.clone(), table)
+        } else {
+            // `BartLearnedPositionalEmbedding`: position p reads row p + 2.
+            let learned = |side: &str| {
+                e(base
+                    .get((max_pos + 2, d), &format!("{side}.embed_positions.weight"))
+                    .and_then(|t| t.i(2..)))
+            };
+            (learned("encoder")?, learned("decoder")?)
+        };
+        let (enc_norm, dec_norm) = if cfg.is_marian() {
+            (None, None)
+        } else {
+            (
+                Some(ln(base.pp("encoder.layernorm_embedding"))?),
+                Some(ln(base.pp("decoder.layernorm_embedding"))?),
+            )
+        };
+        let spec = |heads: usize| AttentionSpec {
+            d_model: d,
+            heads,
+            head_dim: d / heads,
+            names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+            bias: true,
+            scale: ((d / heads) as f64).powf(-0.5),
+        };
+        let mut encoder = Vec::with_capacity(cfg.encoder_layers);
+        for i in 0..cfg.encoder_layers {
+            let vb = base.pp(format!("encoder.layers.{i}"));
+            encoder.push(EncoderLayer {
+                attn: e(Attention::load(
+                    vb.pp("self_attn"),
+                    &spec(cfg.encoder_attention_heads),
+                ))?,
+                attn_norm: e(RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm")))?,
+                ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act))?,
+                ffn_norm: e(RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm")))?,
+            });
+        }
+        let mut decoder = Vec::with_capacity(cfg.decoder_layers);
+        for i in 0..cfg.decoder_layers {
+            let vb = base.pp(format!("decoder.layers.{i}"));
+            decoder.push(DecoderLayer {
+                attn: e(Attention::load(
+                    vb.pp("self_attn"),
+                    &spec(cfg.decoder_attention_heads),
+                ))?,
+                attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
+                cross: e(Attention::load(
+                    vb.pp("encoder_attn"),
+                    &spec(cfg.decoder_attention_heads),
+                ))?,
+                cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
+                ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act))?,
+                ffn_norm: ln(vb.pp("final_layer_norm"))?,
+            });
+        }
+        let embed_scale = if cfg.scale_embedding {
+            (d as f64).sqrt()
+        } else {
+            1.0
+        };
+        let vocab = lm_head.dim(0).map_err(|e| e.to_string())?;
+        let lm_head = PackedF32::new(
+            &e(lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>()))?,
+            Some(&e(final_logits_bias.to_vec1::<f32>())?),
+            vocab,
+            d,
+        );
+        Ok(Self {
+            vocab,
+            enc_embed: Embeddings {
+                tokens: Embedding::new(enc_table, d),
+                positions: enc_positions,
+                norm: enc_norm,
+            },
+            dec_embed: Embeddings {
+                tokens: Embedding::new(dec_table, d),
+                positions: dec_positions,
+                norm: dec_norm,
+            },
+            encoder,
+            decoder,
+            lm_head,
+            embed_scale,
+            device: device.clone(),
+            cfg,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &BartConfig {
+        &self.cfg
+    }
+
+    /// Embeddings of `ids` (`[n, t]`) at positions `start..`: scaled
+    /// tokens plus positions, then the embedding layer norm (BART).
+    fn embed(&self, side: &Embeddings, ids: &Tensor, start: usize) -> candle_core::Result<Tensor> {
+        let t = ids.dim(1)?;
+        let x = (side.tokens.forward(ids)? * self.embed_scale)?;
+        let x = x.broadcast_add(&side.positions.i(start..start + t)?)?;
+        match &side.norm {
+            Some(norm) => norm.forward(&x),
+            None => Ok(x),
+        }
+    }
+
+    /// The encoder's last hidden states (`[n, s, d]`; padded rows are
+    /// zeros) and the source mask.
+    pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor), BackendError> {
+        let (rows, bias) = self.encode_rows(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        Ok((repad(&rows, &lens, self.cfg.d_model, &self.device)?, bias))
+    }
+
+    /// The encoder's last hidden states of the inputs' tokens, input after
+    /// input (`Σ lens` rows of `d`: padding is never computed), and the
+    /// source mask.
+    fn encode_rows(&self, inputs: &[Vec<u32>]) -> Result<(Vec<f32>, Tensor), BackendError> {
+        let (ids, bias) = pad(
+            inputs,
+            self.cfg.pad_token_id,
+            self.cfg.vocab_size,
+            Some(self.cfg.max_position_embeddings),
+            &self.device,
+        )?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let mut x = unpad(&self.embed(&self.enc_embed, &ids, 0)?, &lens)?;
+        let rows = x.len() / self.cfg.d_model;
+        for layer in &self.encoder {
+            let a = layer.attn.attend_within(&x, &lens);
+            layer.attn_norm.add_norm(&mut x, &a);
+            let h = layer.ffn.fc1.apply_rows(&x, rows, layer.ffn.act);
+            let f = layer.ffn.fc2.apply_rows(&h, rows, Epilogue::None);
+            layer.ffn_norm.add_norm(&mut x, &f);
+        }
+        Ok((x, bias))
+    }
+}
+
+impl EncoderDecoder for Bart {
+    type State = BartState;
+
+    fn seq2seq_config(&self) -> Seq2SeqConfig {
+        Seq2SeqConfig {
+            vocab_size: self.vocab,
+            pad_token_id: self.cfg.pad_token_id,
+            eos_token_id: self.cfg.eos_token_id,
+            decoder_start_token_id: self
+                .cfg
+                .decoder_start_token_id
+                .unwrap_or(self.cfg.pad_token_id),
+            max_positions: self.cfg.max_position_embeddings,
+        }
+    }
+
+    fn start(&self, inputs: &[Vec<u32>], rows_per_input: usize) -> Result<BartState, BackendError> {
+        let (hidden, _) = self.encode_rows(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        Ok(DecoderState::new(
+            self.decoder.iter().map(|l| &l.cross),
+            &hidden,
+            &lens,
+            rows_per_input,
+        ))
+    }
+
+    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        if state.len() >= self.cfg.max_position_embeddings {
+            return Err(BackendError::Runtime(format!(
+                "the output reached the model's {} positions",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let n = tokens.len();
+        let ids = Tensor::from_vec(tokens.to_vec(), (n, 1), &self.device)?;
+        let mut x = self.embed(&self.dec_embed, &ids, state.len())?;
+        for (i, layer) in self.decoder.iter().enumerate() {
+            let (k, v) = layer.attn.keys_values(&x)?;
+            let (k, v) = state.push_self(i, k, v)?;
+            let a = layer.attn.attend(&x, &k, &v, None)?;
+            x = layer.attn_norm.forward(&(x + a)?)?;
+            let c = state.cross_attend(i, &layer.cross, &x)?;
+            x = layer.cross_norm.forward(&(x + c)?)?;
+            let f = layer.ffn.forward(&x)?;
+            x = layer.ffn_norm.forward(&(x + f)?)?;
+        }
+        state.advance();
+        let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        Ok(self.lm_head.apply(&x, n))
+    }
+
+    fn select(&self, state: &mut BartState, rows: &[usize]) -> Result<(), BackendError> {
+        state.select(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoids_put_sines_first_and_cosines_second() {
+        let t = sinusoids(3, 4);
+        // position 1: angles 1/10000^(0/4) = 1 and 1/10000^(2/4) = 0.01
+        assert_eq!(&t[..4], &[0.0, 0.0, 1.0, 1.0]);
+        assert!((t[4] - 1f32.sin()).abs() < 1e-7);
+        assert!((t[5] - 0.01f32.sin()).abs() < 1e-7);
+        assert!((t[6] - 1f32.cos()).abs() < 1e-7);
+        assert!((t[7] - 0.01f32.cos()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn unknown_activations_are_refused_by_name() {
+        assert!(activation("swish").is_ok());
+        assert!(activation("tanhshrink").unwrap_err().contains("tanhshrink"));
+    }
+}

@@ -1,0 +1,539 @@
+//! What the encoder-decoder families share: reading a checkpoint, linear
+//! layers on packed weights, multi-head attention with an additive bias,
+//! padding a batch, and the decoder state of a running batch.
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use serde::de::DeserializeOwned;
+
+use rayon::prelude::*;
+
+use crate::kernels::{self, Epilogue, Keys, PackedF32, KEY_BLOCK};
+use crate::BackendError;
+
+/// A candle error as text (for load errors that name the file).
+pub(super) fn e<T>(r: candle_core::Result<T>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+pub(super) fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
+    BackendError::Load {
+        path: path.display().to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `config.json` of a checkpoint directory.
+pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendError> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| load_err(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| load_err(&path, e))
+}
+
+/// The weights of a checkpoint directory (`model.safetensors`, else
+/// `pytorch_model.bin`) in f32, and the file they came from.
+pub(super) fn weights(
+    dir: &Path,
+    device: &Device,
+) -> Result<(VarBuilder<'static>, PathBuf), BackendError> {
+    let safetensors = dir.join("model.safetensors");
+    let pth = dir.join("pytorch_model.bin");
+    if safetensors.exists() {
+        let bytes = std::fs::read(&safetensors).map_err(|e| load_err(&safetensors, e))?;
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
+            .map_err(|e| load_err(&safetensors, e))?;
+        Ok((vb, safetensors))
+    } else if pth.exists() {
+        let vb = VarBuilder::from_pth(&pth, DType::F32, device).map_err(|e| load_err(&pth, e))?;
+        Ok((vb, pth))
+    } else {
+        Err(load_err(
+            dir,
+            "no weights: expected model.safetensors or pytorch_model.bin",
+        ))
+    }
+}
+
+/// A linear layer `y = x Wᵀ (+ b)` on [`PackedF32`], whose weights are
+/// packed once at load (candle's matmul repacks them at every call, which
+/// costs more than the product itself for a decoder step's few dozen rows).
+pub(super) struct Dense(PackedF32);
+
+impl Dense {
+    /// `weight` (`rows × cols`) and, when `bias`, `bias` under `vb`.
+    pub(super) fn load(
+        cols: usize,
+        rows: usize,
+        vb: VarBuilder,
+        bias: bool,
+    ) -> candle_core::Result<Self> {
+        let w = vb
+            .get((rows, cols), "weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let b = if bias {
+            Some(vb.get(rows, "bias")?.to_vec1::<f32>()?)
+        } else {
+            None
+        };
+        Ok(Dense(PackedF32::new(&w, b.as_deref(), rows, cols)))
+    }
+
+    /// `[n, t, cols]` → `[n, t, rows]`.
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.forward_then(x, Epilogue::None)
+    }
+
+    /// [`Dense::forward`] with `epilogue` applied to every output.
+    pub(super) fn forward_then(
+        &self,
+        x: &Tensor,
+        epilogue: Epilogue,
+    ) -> candle_core::Result<Tensor> {
+        let (n, t, _) = x.dims3()?;
+        let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        Tensor::from_vec(
+            self.0.apply_then(&input, n * t, epilogue),
+            (n, t, self.0.rows()),
+            x.device(),
+        )
+    }
+}
+
+impl Dense {
+    /// `rows` rows of `cols` values (flat) → `rows` rows of outputs, with
+    /// `epilogue` applied.
+    pub(super) fn apply_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue) -> Vec<f32> {
+        self.0.apply_then(x, rows, epilogue)
+    }
+}
+
+/// A layer norm (`nn.LayerNorm`) applied row by row to flat buffers, rows in
+/// parallel.
+pub(super) struct RowNorm {
+    gamma: Vec<f32>,
+    beta: Vec<f32>,
+    eps: f32,
+}
+
+impl RowNorm {
+    /// `weight` and `bias` of `d` values under `vb`.
+    pub(super) fn load(d: usize, eps: f64, vb: VarBuilder) -> candle_core::Result<Self> {
+        Ok(Self {
+            gamma: vb.get(d, "weight")?.to_vec1()?,
+            beta: vb.get(d, "bias")?.to_vec1()?,
+            eps: eps as f32,
+        })
+    }
+
+    /// `x[r] = norm(x[r] + y[r])` for every row (the residual, then the
+    /// norm: a post-norm layer's end).
+    pub(super) fn add_norm(&self, x: &mut [f32], y: &[f32]) {
+        let d = self.gamma.len();
+        assert_eq!(x.len(), y.len(), "residual of another shape");
+        x.par_chunks_mut(d)
+            .zip(y.par_chunks(d))
+            .for_each(|(xr, yr)| {
+                for (a, b) in xr.iter_mut().zip(yr) {
+                    *a += b;
+                }
+                let mean = xr.iter().sum::<f32>() / d as f32;
+                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
+                let inv = 1.0 / (var + self.eps).sqrt();
+                for ((v, g), b) in xr.iter_mut().zip(&self.gamma).zip(&self.beta) {
+                    *v = (*v - mean) * inv * g + b;
+                }
+            });
+    }
+}
+
+/// The activation transformers' `ACT2FN` names, run as the epilogue of the
+/// product before it.
+pub(super) fn activation(name: &str) -> Result<Epilogue, String> {
+    Ok(match name {
+        "swish" | "silu" => Epilogue::Silu,
+        "gelu" => Epilogue::Gelu,
+        "gelu_new" | "gelu_pytorch_tanh" => Epilogue::GeluTanh,
+        "relu" => Epilogue::Relu,
+        other => return Err(format!("activation `{other}` is not supported")),
+    })
+}
+
+/// Multi-head attention: query, key, value and output projections.
+pub(super) struct Attention {
+    q: Dense,
+    k: Dense,
+    v: Dense,
+    out: Dense,
+    heads: usize,
+    head_dim: usize,
+    /// Factor on the scores (BART: `head_dim^-0.5`; T5: 1).
+    scale: f64,
+}
+
+/// The shape and names of an [`Attention`]'s weights.
+pub(super) struct AttentionSpec {
+    pub(super) d_model: usize,
+    pub(super) heads: usize,
+    pub(super) head_dim: usize,
+    /// The four projections' names: query, key, value, output.
+    pub(super) names: [&'static str; 4],
+    pub(super) bias: bool,
+    pub(super) scale: f64,
+}
+
+impl Attention {
+    pub(super) fn load(vb: VarBuilder, spec: &AttentionSpec) -> candle_core::Result<Self> {
+        let (d, inner) = (spec.d_model, spec.heads * spec.head_dim);
+        let [q, k, v, o] = spec.names;
+        Ok(Self {
+            q: Dense::load(d, inner, vb.pp(q), spec.bias)?,
+            k: Dense::load(d, inner, vb.pp(k), spec.bias)?,
+            v: Dense::load(d, inner, vb.pp(v), spec.bias)?,
+            out: Dense::load(inner, d, vb.pp(o), spec.bias)?,
+            heads: spec.heads,
+            head_dim: spec.head_dim,
+            scale: spec.scale,
+        })
+    }
+
+    /// `[n, t, heads · head_dim]` → `[n, heads, t, head_dim]`.
+    fn split(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (n, t, _) = x.dims3()?;
+        x.reshape((n, t, self.heads, self.head_dim))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// Keys and values of `x` (`[n, heads, t, head_dim]` each).
+    pub(super) fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
+        Ok((
+            self.split(&self.k.forward(x)?)?,
+            self.split(&self.v.forward(x)?)?,
+        ))
+    }
+
+    /// Attention of `x`'s queries over `k`, `v` (`[n, heads, s, head_dim]`),
+    /// with an additive `bias` broadcast to `[n, heads, t, s]`.
+    pub(super) fn attend(
+        &self,
+        x: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        bias: Option<&Tensor>,
+    ) -> candle_core::Result<Tensor> {
+        let (n, t, _) = x.dims3()?;
+        let q = self.split(&self.q.forward(x)?)?;
+        let mut scores = q.matmul(&k.t()?)?;
+        if self.scale != 1.0 {
+            scores = (scores * self.scale)?;
+        }
+        if let Some(bias) = bias {
+            scores = scores.broadcast_add(bias)?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        let out = probs
+            .matmul(v)?
+            .transpose(1, 2)?
+            .reshape((n, t, self.heads * self.head_dim))?;
+        self.out.forward(&out)
+    }
+}
+
+/// Keys and values of several sequences in [`kernels::attention`]'s
+/// layout: for each (sequence, head), the keys transposed (`head_dim ×
+/// stride`) and the values (`stride × head_dim`), where `stride` is the
+/// longest sequence rounded up to [`KEY_BLOCK`] and positions past a
+/// sequence's end hold zeros (read with weight exactly zero).
+pub(super) struct HeadKv {
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    lens: Vec<usize>,
+    heads: usize,
+    head_dim: usize,
+    stride: usize,
+}
+
+impl HeadKv {
+    /// From projected keys and values (`Σ lens` rows of `heads · head_dim`,
+    /// the sequences one after the other, no padding).
+    fn new(k: &[f32], v: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Self {
+        let inner = heads * head_dim;
+        let stride = lens
+            .iter()
+            .max()
+            .map_or(0, |&m| m.div_ceil(KEY_BLOCK) * KEY_BLOCK);
+        let block = head_dim * stride;
+        let offsets = offsets(lens);
+        let mut kt = vec![0f32; lens.len() * heads * block];
+        let mut vv = vec![0f32; lens.len() * heads * block];
+        kt.par_chunks_mut(block.max(1))
+            .zip(vv.par_chunks_mut(block.max(1)))
+            .enumerate()
+            .for_each(|(ih, (kt, vv))| {
+                let (i, h) = (ih / heads, ih % heads);
+                for j in 0..lens[i] {
+                    let row = (offsets[i] + j) * inner + h * head_dim;
+                    for d in 0..head_dim {
+                        kt[d * stride + j] = k[row + d];
+                    }
+                    vv[j * head_dim..(j + 1) * head_dim].copy_from_slice(&v[row..row + head_dim]);
+                }
+            });
+        Self {
+            kt,
+            v: vv,
+            lens: lens.to_vec(),
+            heads,
+            head_dim,
+            stride,
+        }
+    }
+
+    fn keys(&self, sequence: usize, head: usize) -> Keys<'_> {
+        let block = self.head_dim * self.stride;
+        let at = (sequence * self.heads + head) * block;
+        Keys {
+            kt: &self.kt[at..at + block],
+            v: &self.v[at..at + block],
+            stride: self.stride,
+        }
+    }
+}
+
+/// Where each sequence starts among rows that hold them one after the other.
+fn offsets(lens: &[usize]) -> Vec<usize> {
+    lens.iter()
+        .scan(0, |at, &l| {
+            let start = *at;
+            *at += l;
+            Some(start)
+        })
+        .collect()
+}
+
+impl Attention {
+    /// Keys and values of `x` (`Σ lens` rows of `d`, the sequences one
+    /// after the other) in the layout [`Attention::attend_rows`] reads.
+    pub(super) fn head_kv(&self, x: &[f32], lens: &[usize]) -> HeadKv {
+        let rows = lens.iter().sum();
+        let k = self.k.0.apply(x, rows);
+        let v = self.v.0.apply(x, rows);
+        HeadKv::new(&k, &v, lens, self.heads, self.head_dim)
+    }
+
+    /// Attention of `x`'s rows (`rows` rows of `d`, flat) over `kv`, where
+    /// row `r` is a query of sequence `sequence[r]` and sees all of it (no
+    /// other mask, no bias); then the output projection. Each (sequence,
+    /// head) runs on [`kernels::attention`] (streaming softmax), in
+    /// parallel.
+    pub(super) fn attend_rows(&self, x: &[f32], sequence: &[usize], kv: &HeadKv) -> Vec<f32> {
+        let (heads, hd) = (self.heads, self.head_dim);
+        let inner = heads * hd;
+        let rows = sequence.len();
+        let q = self.q.0.apply(x, rows);
+        let mut members: Vec<Vec<usize>> = vec![Vec::new(); kv.lens.len()];
+        for (r, &i) in sequence.iter().enumerate() {
+            members[i].push(r);
+        }
+        let tasks: Vec<(usize, usize)> = (0..kv.lens.len())
+            .filter(|&i| !members[i].is_empty())
+            .flat_map(|i| (0..heads).map(move |h| (i, h)))
+            .collect();
+        let scale = self.scale as f32;
+        let per_task: Vec<Vec<f32>> = tasks
+            .par_iter()
+            .map(|&(i, h)| {
+                let rows = &members[i];
+                let mut qq = Vec::with_capacity(rows.len() * hd);
+                for &r in rows {
+                    qq.extend_from_slice(&q[r * inner + h * hd..r * inner + (h + 1) * hd]);
+                }
+                let limits = vec![kv.lens[i]; rows.len()];
+                let mut o = vec![0f32; rows.len() * hd];
+                kernels::attention(&qq, &limits, kv.keys(i, h), hd, scale, &mut o);
+                o
+            })
+            .collect();
+        let mut out = vec![0f32; rows * inner];
+        for (&(i, h), o) in tasks.iter().zip(&per_task) {
+            for (&r, o) in members[i].iter().zip(o.chunks(hd)) {
+                out[r * inner + h * hd..r * inner + (h + 1) * hd].copy_from_slice(o);
+            }
+        }
+        self.out.0.apply(&out, rows)
+    }
+
+    /// Self-attention of `x` (`Σ lens` rows of `d`, the sequences one
+    /// after the other, no padding) within each sequence: the encoder's.
+    pub(super) fn attend_within(&self, x: &[f32], lens: &[usize]) -> Vec<f32> {
+        let sequence: Vec<usize> = lens
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &l)| std::iter::repeat_n(i, l))
+            .collect();
+        let kv = self.head_kv(x, lens);
+        self.attend_rows(x, &sequence, &kv)
+    }
+}
+
+/// The rows of `hidden` (`[n, s, d]`, right-padded) that hold tokens, input
+/// after input: `Σ lens` rows of `d`.
+pub(super) fn unpad(hidden: &Tensor, lens: &[usize]) -> candle_core::Result<Vec<f32>> {
+    let (_, s, d) = hidden.dims3()?;
+    let all: Vec<f32> = hidden.flatten_all()?.to_vec1()?;
+    let mut rows = Vec::with_capacity(lens.iter().sum::<usize>() * d);
+    for (i, &l) in lens.iter().enumerate() {
+        rows.extend_from_slice(&all[i * s * d..(i * s + l) * d]);
+    }
+    Ok(rows)
+}
+
+/// `rows` (`Σ lens` rows of `d`, input after input) right-padded with zero
+/// rows into `[n, max lens, d]`.
+pub(super) fn repad(
+    rows: &[f32],
+    lens: &[usize],
+    d: usize,
+    device: &Device,
+) -> candle_core::Result<Tensor> {
+    let s = lens.iter().copied().max().unwrap_or(0);
+    let mut all = vec![0f32; lens.len() * s * d];
+    for ((i, &l), at) in lens.iter().enumerate().zip(offsets(lens)) {
+        all[i * s * d..(i * s + l) * d].copy_from_slice(&rows[at * d..(at + l) * d]);
+    }
+    Tensor::from_vec(all, (lens.len(), s, d), device)
+}
+
+/// The inputs padded with `pad_id` into one `[n, s]` tensor, and the
+/// additive mask (`[n, 1, 1, s]`: 0 on tokens, -inf on padding). Refuses
+/// empty inputs, ids outside `vocab`, and inputs longer than `max_len`.
+pub(super) fn pad(
+    inputs: &[Vec<u32>],
+    pad_id: u32,
+    vocab: usize,
+    max_len: Option<usize>,
+    device: &Device,
+) -> Result<(Tensor, Tensor), BackendError> {
+    let s = inputs.iter().map(Vec::len).max().unwrap_or(0);
+    if s == 0 || inputs.iter().any(Vec::is_empty) {
+        return Err(BackendError::Runtime("an input has no tokens".into()));
+    }
+    if let Some(max) = max_len.filter(|&m| s > m) {
+        return Err(BackendError::Runtime(format!(
+            "an input of {s} tokens is longer than the model's {max} positions"
+        )));
+    }
+    let mut ids = Vec::with_capacity(inputs.len() * s);
+    let mut bias = Vec::with_capacity(inputs.len() * s);
+    for input in inputs {
+        if let Some(&bad) = input.iter().find(|&&t| t as usize >= vocab) {
+            return Err(BackendError::Runtime(format!(
+                "token id {bad} is outside the vocabulary of {vocab}"
+            )));
+        }
+        ids.extend_from_slice(input);
+        ids.extend(std::iter::repeat_n(pad_id, s - input.len()));
+        bias.extend(std::iter::repeat_n(0f32, input.len()));
+        bias.extend(std::iter::repeat_n(f32::NEG_INFINITY, s - input.len()));
+    }
+    let n = inputs.len();
+    Ok((
+        Tensor::from_vec(ids, (n, s), device)?,
+        Tensor::from_vec(bias, (n, 1, 1, s), device)?,
+    ))
+}
+
+/// The state of a batch being decoded: per layer, the self-attention keys
+/// and values so far and the cross-attention ones (once per input, however
+/// many rows decode it), and the input each row belongs to.
+pub struct DecoderState {
+    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    cross_kv: Vec<HeadKv>,
+    /// The input each row belongs to.
+    row_input: Vec<usize>,
+    /// Tokens decoded so far.
+    len: usize,
+}
+
+impl DecoderState {
+    /// `rows_per_input` rows per input over the encoder's `hidden` states
+    /// (`Σ lens` rows of `d`, input after input, no padding), with each
+    /// cross-attention's keys and values computed once.
+    pub(super) fn new<'a>(
+        cross: impl ExactSizeIterator<Item = &'a Attention>,
+        hidden: &[f32],
+        lens: &[usize],
+        rows_per_input: usize,
+    ) -> Self {
+        let row_input: Vec<usize> = (0..lens.len())
+            .flat_map(|i| std::iter::repeat_n(i, rows_per_input))
+            .collect();
+        let layers = cross.len();
+        Self {
+            self_kv: vec![None; layers],
+            cross_kv: cross.map(|attn| attn.head_kv(hidden, lens)).collect(),
+            row_input,
+            len: 0,
+        }
+    }
+
+    /// Tokens decoded so far (the position of the next one).
+    pub(super) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Counts a decoded token (after every layer has run).
+    pub(super) fn advance(&mut self) {
+        self.len += 1;
+    }
+
+    /// Appends this step's keys and values of layer `layer` to its cache;
+    /// returns the whole cache.
+    pub(super) fn push_self(
+        &mut self,
+        layer: usize,
+        k: Tensor,
+        v: Tensor,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        let (k, v) = match self.self_kv[layer].take() {
+            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            None => (k, v),
+        };
+        self.self_kv[layer] = Some((k.clone(), v.clone()));
+        Ok((k, v))
+    }
+
+    /// Layer `layer`'s cross-attention `attn` of `x` (`[rows, 1, d]`, a
+    /// row per row of the state) over its input's encoder states.
+    pub(super) fn cross_attend(
+        &self,
+        layer: usize,
+        attn: &Attention,
+        x: &Tensor,
+    ) -> candle_core::Result<Tensor> {
+        let (rows, t, d) = x.dims3()?;
+        let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let sequence: Vec<usize> = (self.row_input.iter())
+            .flat_map(|&i| std::iter::repeat_n(i, t))
+            .collect();
+        let out = attn.attend_rows(&flat, &sequence, &self.cross_kv[layer]);
+        Tensor::from_vec(out, (rows, t, d), x.device())
+    }
+
+    /// Keeps rows `rows` (old indices, in their new order). The
+    /// cross-attention keys and values stay: they belong to the inputs.
+    pub(super) fn select(&mut self, rows: &[usize]) -> Result<(), BackendError> {
+        if let Some(Some((k, _))) = self.self_kv.iter().find(|kv| kv.is_some()) {
+            let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
+            let index = Tensor::new(index.as_slice(), k.device())?;
+            for kv in self.self_kv.iter_mut().flatten() {
+                *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
+            }
+        }
+        self.row_input = rows.iter().map(|&r| self.row_input[r]).collect();
+        Ok(())
+    }
+}

@@ -1,0 +1,902 @@
+//! Quality flags on a model's output.
+//!
+//! Small open models fail in a few recognisable ways: they answer in the
+//! wrong language or script, repeat themselves until the token limit, stop
+//! mid-sentence, invent figures, or return far too little or too much. None
+//! of this can be fixed here, but all of it can be *seen*: [`assess`] runs
+//! cheap checks on an output and returns [`QualityFlag`]s that travel with the
+//! result, so a reader (or `--strict`) knows which output not to trust.
+//!
+//! The checks, their thresholds and defaults are listed on
+//! [`QualityThresholds`].
+
+use serde::ser::{Serialize, Serializer};
+use serde::Deserialize;
+
+/// Something that looks wrong with an output.
+///
+/// Serialised as an object with a snake_case `code`, the variant's fields and
+/// a human `message`, e.g.
+/// `{"code":"loop_detected","message":"generation stopped because the output began repeating itself"}`.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(tag = "code", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum QualityFlag {
+    /// Too few of the output's letters are in the target language's script.
+    ScriptShareLow {
+        /// Target language code.
+        language: String,
+        /// Share of letters in the expected script (0–1, rounded to 3 places).
+        share: f32,
+        /// The threshold it fell below.
+        threshold: f32,
+    },
+    /// Generation was stopped because the output started repeating itself.
+    LoopDetected,
+    /// Generation hit its token limit: the output may be cut off.
+    TokenLimitReached,
+    /// The output has numbers that the source does not.
+    NumbersNotInSource {
+        /// The numbers, normalised (see [`numbers_in`]), in output order.
+        numbers: Vec<String>,
+    },
+    /// Output length / source length (in characters) is out of the expected
+    /// range.
+    LengthRatioOutOfRange {
+        /// The ratio (rounded to 3 places).
+        ratio: f32,
+        /// Lowest expected ratio.
+        min: f32,
+        /// Highest expected ratio.
+        max: f32,
+    },
+}
+
+impl QualityFlag {
+    /// The flag's snake_case code, as serialised in `code`.
+    pub fn code(&self) -> &'static str {
+        match self {
+            QualityFlag::ScriptShareLow { .. } => "script_share_low",
+            QualityFlag::LoopDetected => "loop_detected",
+            QualityFlag::TokenLimitReached => "token_limit_reached",
+            QualityFlag::NumbersNotInSource { .. } => "numbers_not_in_source",
+            QualityFlag::LengthRatioOutOfRange { .. } => "length_ratio_out_of_range",
+        }
+    }
+
+    /// A one-line explanation for people.
+    pub fn message(&self) -> String {
+        match self {
+            QualityFlag::ScriptShareLow {
+                language,
+                share,
+                threshold,
+            } => {
+                let script = expected_script(language).map_or("expected", Script::name);
+                format!(
+                    "only {:.0}% of the letters are in the {script} script expected for `{language}` (at least {:.0}% wanted); the output may be in the wrong language",
+                    share * 100.0,
+                    threshold * 100.0
+                )
+            }
+            QualityFlag::LoopDetected => {
+                "generation stopped because the output began repeating itself".to_string()
+            }
+            QualityFlag::TokenLimitReached => {
+                "generation hit the token limit; the output may be cut off".to_string()
+            }
+            QualityFlag::NumbersNotInSource { numbers } => format!(
+                "numbers not found in the source: {}; check them",
+                numbers.join(", ")
+            ),
+            QualityFlag::LengthRatioOutOfRange { ratio, min, max } => format!(
+                "the output is {ratio:.3}× the length of the source; expected {min}× to {max}×"
+            ),
+        }
+    }
+}
+
+/// The serialised shape of a flag: `code` tag, fields, message.
+///
+/// A quality flag as results show it: its `code`, the figures behind it and
+/// a `message` for people.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+#[serde(tag = "code", rename_all = "snake_case")]
+#[schema(as = QualityFlag)]
+pub(crate) enum FlagRepr<'a> {
+    ScriptShareLow {
+        language: &'a str,
+        share: f32,
+        threshold: f32,
+        message: String,
+    },
+    LoopDetected {
+        message: String,
+    },
+    TokenLimitReached {
+        message: String,
+    },
+    NumbersNotInSource {
+        numbers: &'a [String],
+        message: String,
+    },
+    LengthRatioOutOfRange {
+        ratio: f32,
+        min: f32,
+        max: f32,
+        message: String,
+    },
+}
+
+impl Serialize for QualityFlag {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let message = self.message();
+        let repr = match self {
+            QualityFlag::ScriptShareLow {
+                language,
+                share,
+                threshold,
+            } => FlagRepr::ScriptShareLow {
+                language,
+                share: *share,
+                threshold: *threshold,
+                message,
+            },
+            QualityFlag::LoopDetected => FlagRepr::LoopDetected { message },
+            QualityFlag::TokenLimitReached => FlagRepr::TokenLimitReached { message },
+            QualityFlag::NumbersNotInSource { numbers } => {
+                FlagRepr::NumbersNotInSource { numbers, message }
+            }
+            QualityFlag::LengthRatioOutOfRange { ratio, min, max } => {
+                FlagRepr::LengthRatioOutOfRange {
+                    ratio: *ratio,
+                    min: *min,
+                    max: *max,
+                    message,
+                }
+            }
+        };
+        repr.serialize(serializer)
+    }
+}
+
+/// Thresholds of the checks [`assess`] runs.
+///
+/// | code | fires when | default |
+/// |---|---|---|
+/// | `script_share_low` | fewer than `min_script_share` of the output's letters are in the target language's script (en: Latin, ru: Cyrillic, hi: Devanagari); not checked for other languages or an output without letters | 0.6 |
+/// | `length_ratio_out_of_range` (summary) | output characters / source characters outside `summary_ratio` | 0.02 – 0.6 |
+/// | `length_ratio_out_of_range` (translation) | output characters / source characters outside `translation_ratio` (Russian and Hindi run longer than English) | 0.5 – 3.0 |
+/// | `numbers_not_in_source` | a number in the output (digits, normalised: `1,000` = `1 000` = `1000`, `3,5` = `3.5`, `२०२३` = `2023`) is not among the source's numbers; list numbering ("1." at a line start) is ignored | any |
+/// | `loop_detected` | generation stopped on a repetition loop | — |
+/// | `token_limit_reached` | generation stopped at its token limit | — |
+///
+/// Ranges are inclusive. Lengths are counted in Unicode characters of the
+/// trimmed texts; the ratio is not checked when the source is empty.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QualityThresholds {
+    /// Lowest share of letters in the expected script. Default 0.6.
+    pub min_script_share: f32,
+    /// Expected (min, max) of summary length / source length. Default (0.02, 0.6).
+    pub summary_ratio: (f32, f32),
+    /// Expected (min, max) of translation length / source length. Default (0.5, 3.0).
+    pub translation_ratio: (f32, f32),
+}
+
+impl Default for QualityThresholds {
+    fn default() -> Self {
+        Self {
+            min_script_share: 0.6,
+            summary_ratio: (0.02, 0.6),
+            translation_ratio: (0.5, 3.0),
+        }
+    }
+}
+
+/// What kind of output is assessed; it decides the expected length ratio.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutputKind {
+    /// A summary of the source.
+    Summary,
+    /// A translation of the source.
+    Translation,
+}
+
+/// One output and what it was made from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QualityInput<'a> {
+    /// The text the model was given (the article, or the summary it translated).
+    pub source: &'a str,
+    /// The model's output.
+    pub output: &'a str,
+    /// The language the output should be in: "en", "ru", "hi" (a region
+    /// suffix such as "ru-RU" is ignored).
+    pub target_language: &'a str,
+    /// Summary or translation.
+    pub kind: OutputKind,
+    /// Generation stopped on a repetition loop.
+    pub loop_detected: bool,
+    /// Generation stopped at its token limit.
+    pub hit_token_limit: bool,
+}
+
+/// Runs every check on one output; an empty list means nothing looked wrong.
+///
+/// Flags come in a fixed order: loop, token limit, script share, numbers,
+/// length ratio. Never panics, whatever the input (NaN thresholds simply
+/// never fire).
+pub fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
+    let mut flags = Vec::new();
+    if input.loop_detected {
+        flags.push(QualityFlag::LoopDetected);
+    }
+    if input.hit_token_limit {
+        flags.push(QualityFlag::TokenLimitReached);
+    }
+    if let Some(share) = script_share(input.output, input.target_language) {
+        if share < t.min_script_share {
+            flags.push(QualityFlag::ScriptShareLow {
+                language: primary_subtag(input.target_language),
+                share: round3(share),
+                threshold: t.min_script_share,
+            });
+        }
+    }
+    let missing = numbers_not_in_source(input.source, input.output);
+    if !missing.is_empty() {
+        flags.push(QualityFlag::NumbersNotInSource { numbers: missing });
+    }
+    let source_len = input.source.trim().chars().count();
+    if source_len > 0 {
+        let ratio = input.output.trim().chars().count() as f32 / source_len as f32;
+        let (min, max) = match input.kind {
+            OutputKind::Summary => t.summary_ratio,
+            OutputKind::Translation => t.translation_ratio,
+        };
+        if ratio < min || ratio > max {
+            flags.push(QualityFlag::LengthRatioOutOfRange {
+                ratio: round3(ratio),
+                min,
+                max,
+            });
+        }
+    }
+    flags
+}
+
+/// Share (0–1) of the letters of `text` that are in the script of `language`:
+/// `en` Latin, `ru` Cyrillic, `hi` Devanagari. A letter is an alphabetic
+/// character (Devanagari vowel signs count; the virama and digits do not).
+///
+/// `None` for another language, or when `text` has no letters.
+pub fn script_share(text: &str, language: &str) -> Option<f32> {
+    let script = expected_script(language)?;
+    let (mut letters, mut in_script) = (0usize, 0usize);
+    for c in text.chars().filter(|c| c.is_alphabetic()) {
+        letters += 1;
+        if script.contains(c) {
+            in_script += 1;
+        }
+    }
+    (letters > 0).then(|| in_script as f32 / letters as f32)
+}
+
+/// The numbers written with digits in `text`, normalised, without repeats,
+/// in order of first appearance.
+///
+/// Normalisation: ASCII and Devanagari digits (`०`–`९`) alike; group
+/// separators removed (`1,000`, `1 000` with a space or no-break space,
+/// `1,00,000` in Indian grouping); the decimal separator written `.` (`3,5` →
+/// `3.5`, `1.234,5` → `1234.5`); leading zeros and trailing decimal zeros
+/// dropped (`05` → `5`, `2.50` → `2.5`). A lone `.` before three digits is a
+/// decimal point (`1.000` → `1`), a lone `,` a group separator. Digits glued
+/// to letters still count ("G20" → `20`). Signs are ignored. A run that is no
+/// well-formed number (a date `10.03.2023`) gives each digit group on its own.
+///
+/// List numbering — a number at the start of a line followed by `.` or `)`
+/// and a space, as in "1. First point" — is ignored: summaries may be
+/// numbered lists.
+pub fn numbers_in(text: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for token in number_tokens(text) {
+        if !out.contains(&token.canonical) {
+            out.push(token.canonical);
+        }
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Scripts
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Script {
+    Latin,
+    Cyrillic,
+    Devanagari,
+}
+
+impl Script {
+    fn name(self) -> &'static str {
+        match self {
+            Script::Latin => "Latin",
+            Script::Cyrillic => "Cyrillic",
+            Script::Devanagari => "Devanagari",
+        }
+    }
+
+    fn contains(self, c: char) -> bool {
+        let ranges: &[(u32, u32)] = match self {
+            Script::Latin => &[
+                (0x0041, 0x005A),
+                (0x0061, 0x007A),
+                (0x00AA, 0x00AA),
+                (0x00BA, 0x00BA),
+                (0x00C0, 0x024F),
+                (0x0250, 0x02AF),
+                (0x1E00, 0x1EFF),
+                (0x2C60, 0x2C7F),
+                (0xA720, 0xA7FF),
+                (0xAB30, 0xAB6F),
+                (0xFF21, 0xFF3A),
+                (0xFF41, 0xFF5A),
+            ],
+            Script::Cyrillic => &[
+                (0x0400, 0x052F),
+                (0x1C80, 0x1C8F),
+                (0x2DE0, 0x2DFF),
+                (0xA640, 0xA69F),
+            ],
+            Script::Devanagari => &[(0x0900, 0x097F), (0xA8E0, 0xA8FF), (0x11B00, 0x11B5F)],
+        };
+        let c = u32::from(c);
+        ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
+    }
+}
+
+/// "ru-RU" → "ru".
+fn primary_subtag(language: &str) -> String {
+    language
+        .trim()
+        .split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
+fn expected_script(language: &str) -> Option<Script> {
+    match primary_subtag(language).as_str() {
+        "en" => Some(Script::Latin),
+        "ru" => Some(Script::Cyrillic),
+        "hi" => Some(Script::Devanagari),
+        _ => None,
+    }
+}
+
+fn round3(x: f32) -> f32 {
+    (x * 1000.0).round() / 1000.0
+}
+
+// ---------------------------------------------------------------------------
+// Numbers
+
+/// A number found in a text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct NumberToken {
+    /// The normalised number.
+    canonical: String,
+    /// When it was grouped with spaces ("3 200"), each group on its own: a
+    /// space may as well stand between two numbers ("on March 3 200 people").
+    space_parts: Vec<String>,
+}
+
+fn digit_value(c: char) -> Option<u8> {
+    match c {
+        '0'..='9' => Some(c as u8 - b'0'),
+        '\u{0966}'..='\u{096F}' => Some((u32::from(c) - 0x0966) as u8),
+        _ => None,
+    }
+}
+
+fn is_space_separator(c: char) -> bool {
+    matches!(c, ' ' | '\u{00A0}' | '\u{202F}' | '\u{2009}' | '\u{2007}')
+}
+
+/// `digits` without leading zeros ("0" when all are zeros), ASCII.
+fn strip_leading_zeros(digits: &str) -> String {
+    let s = digits.trim_start_matches('0');
+    if s.is_empty() {
+        "0".to_string()
+    } else {
+        s.to_string()
+    }
+}
+
+fn canonical(integer: &str, fraction: &str) -> String {
+    let int = strip_leading_zeros(integer);
+    let frac = fraction.trim_end_matches('0');
+    if frac.is_empty() {
+        int
+    } else {
+        format!("{int}.{frac}")
+    }
+}
+
+/// Whether digit groups after the first, split by one separator, are proper
+/// thousands groups (all of three digits), or Indian grouping (two-digit
+/// groups, then a last one of three; `indian` allows it).
+fn valid_grouping(groups: &[String], indian: bool) -> bool {
+    let Some((first, rest)) = groups.split_first() else {
+        return false;
+    };
+    if rest.is_empty() || first.is_empty() || first.len() > 3 {
+        return false;
+    }
+    if rest.iter().all(|g| g.len() == 3) {
+        return true;
+    }
+    indian
+        && rest.last().is_some_and(|g| g.len() == 3)
+        && rest[..rest.len() - 1].iter().all(|g| g.len() == 2)
+}
+
+/// Turns a run of digit groups and separators into numbers.
+fn interpret(groups: &[String], seps: &[char]) -> Vec<NumberToken> {
+    let plain = |g: &String| NumberToken {
+        canonical: strip_leading_zeros(g),
+        space_parts: Vec::new(),
+    };
+    let kind = |c: char| if is_space_separator(c) { ' ' } else { c };
+    let Some((&last_sep, _)) = seps.split_last() else {
+        return groups.iter().map(plain).collect();
+    };
+    let last_group = groups.last().map_or("", String::as_str);
+    let last_kind = kind(last_sep);
+    let same: bool = seps.iter().all(|&c| kind(c) == last_kind);
+    let space_parts = |used_space: bool| {
+        if used_space {
+            groups.iter().map(|g| strip_leading_zeros(g)).collect()
+        } else {
+            Vec::new()
+        }
+    };
+
+    // One kind of separator throughout.
+    if same {
+        let decimal =
+            seps.len() == 1 && (last_kind == '.' || (last_kind == ',' && last_group.len() != 3));
+        if decimal {
+            return vec![NumberToken {
+                canonical: canonical(&groups[0], last_group),
+                space_parts: Vec::new(),
+            }];
+        }
+        if valid_grouping(groups, last_kind == ',') {
+            return vec![NumberToken {
+                canonical: canonical(&groups.concat(), ""),
+                space_parts: space_parts(last_kind == ' '),
+            }];
+        }
+        return groups.iter().map(plain).collect();
+    }
+
+    // Two kinds: the last separator is the decimal one and occurs once.
+    let decimal_once =
+        seps.iter().filter(|&&c| kind(c) == last_kind).count() == 1 && last_kind != ' ';
+    let head_groups = &groups[..groups.len() - 1];
+    let head_seps = &seps[..seps.len() - 1];
+    let head_kind = head_seps.first().map(|&c| kind(c));
+    let head_same = head_seps.iter().all(|&c| Some(kind(c)) == head_kind);
+    if decimal_once && head_same && valid_grouping(head_groups, head_kind == Some(',')) {
+        return vec![NumberToken {
+            canonical: canonical(&head_groups.concat(), last_group),
+            space_parts: space_parts(head_kind == Some(' ')),
+        }];
+    }
+    groups.iter().map(plain).collect()
+}
+
+/// Every number in `text`, in order, list numbering left out.
+fn number_tokens(text: &str) -> Vec<NumberToken> {
+    let chars: Vec<char> = text.chars().collect();
+    let mut out = Vec::new();
+    let mut line_start = true;
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        if digit_value(c).is_none() {
+            if c == '\n' {
+                line_start = true;
+            } else if !c.is_whitespace() {
+                line_start = false;
+            }
+            i += 1;
+            continue;
+        }
+        let read_digits = |i: &mut usize| {
+            let mut g = String::new();
+            while let Some(d) = chars.get(*i).copied().and_then(digit_value) {
+                g.push(char::from(b'0' + d));
+                *i += 1;
+            }
+            g
+        };
+        let mut groups = vec![read_digits(&mut i)];
+        let mut seps: Vec<char> = Vec::new();
+        while let Some(&sep) = chars.get(i) {
+            let digit_follows = chars.get(i + 1).copied().and_then(digit_value).is_some();
+            if !digit_follows || !(matches!(sep, ',' | '.') || is_space_separator(sep)) {
+                break;
+            }
+            let mut j = i + 1;
+            let group = read_digits(&mut j);
+            // A space joins only thousands groups after a short first group.
+            if is_space_separator(sep)
+                && (group.len() != 3
+                    || groups.first().is_some_and(|g| g.len() > 3)
+                    || seps.iter().any(|&s| !is_space_separator(s)))
+            {
+                break;
+            }
+            seps.push(sep);
+            groups.push(group);
+            i = j;
+        }
+        let list_marker = line_start
+            && seps.is_empty()
+            && matches!(chars.get(i), Some('.' | ')'))
+            && chars.get(i + 1).is_none_or(|c| c.is_whitespace());
+        if !list_marker {
+            out.extend(interpret(&groups, &seps));
+        }
+        line_start = false;
+    }
+    out
+}
+
+/// Numbers of `output` that are not among those of `source`, without repeats.
+fn numbers_not_in_source(source: &str, output: &str) -> Vec<String> {
+    let mut known: Vec<String> = Vec::new();
+    for token in number_tokens(source) {
+        known.push(token.canonical);
+        known.extend(token.space_parts);
+    }
+    let mut missing: Vec<String> = Vec::new();
+    for token in number_tokens(output) {
+        let found = known.contains(&token.canonical)
+            || (!token.space_parts.is_empty()
+                && token.space_parts.iter().all(|p| known.contains(p)));
+        if !found && !missing.contains(&token.canonical) {
+            missing.push(token.canonical);
+        }
+    }
+    missing
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_flag_reads_back_as_written() {
+        let flags = [
+            QualityFlag::ScriptShareLow {
+                language: "ru".into(),
+                share: 0.25,
+                threshold: 0.6,
+            },
+            QualityFlag::LoopDetected,
+            QualityFlag::TokenLimitReached,
+            QualityFlag::NumbersNotInSource {
+                numbers: vec!["410".into()],
+            },
+            QualityFlag::LengthRatioOutOfRange {
+                ratio: 3.5,
+                min: 0.5,
+                max: 3.0,
+            },
+        ];
+        for flag in flags {
+            let json = serde_json::to_value(&flag).unwrap();
+            assert!(json["message"].is_string());
+            let back: QualityFlag = serde_json::from_value(json).unwrap();
+            assert_eq!(back, flag);
+        }
+    }
+    use proptest::prelude::*;
+
+    const SAMPLE: &str = include_str!("../../../../examples/sample-article.txt");
+
+    fn input<'a>(
+        source: &'a str,
+        output: &'a str,
+        language: &'a str,
+        kind: OutputKind,
+    ) -> QualityInput<'a> {
+        QualityInput {
+            source,
+            output,
+            target_language: language,
+            kind,
+            loop_detected: false,
+            hit_token_limit: false,
+        }
+    }
+
+    fn codes(flags: &[QualityFlag]) -> Vec<&'static str> {
+        flags.iter().map(QualityFlag::code).collect()
+    }
+
+    const SOURCE: &str = "Ministers agreed on Tuesday to release 410 cubic metres per second \
+        from June 1, up from 260 last year. The fund starts at $120 million and 1,870 km of river \
+        serve 23 million people; growth was 3.5 percent in 2023, the G20 said.";
+
+    #[test]
+    fn clean_outputs_raise_no_flags() {
+        let t = QualityThresholds::default();
+        let summary = "Ministers agreed to release 410 cubic metres per second from June 1.";
+        assert!(assess(&input(SOURCE, summary, "en", OutputKind::Summary), &t).is_empty());
+        let ru = "Министры договорились во вторник выпускать 410 кубометров в секунду с 1 июня \
+            вместо 260 в прошлом году. Фонд начнётся со 120 млн долларов, а 1 870 км реки \
+            обслуживают 23 млн человек; рост составил 3,5 процента в 2023 году, сообщила G20.";
+        assert_eq!(
+            codes(&assess(
+                &input(SOURCE, ru, "ru", OutputKind::Translation),
+                &t
+            )),
+            Vec::<&str>::new()
+        );
+        let hi = "मंत्रियों ने मंगलवार को 1 जून से प्रति सेकंड ४१० घन मीटर पानी छोड़ने पर सहमति जताई, \
+            जो पिछले साल के 260 से अधिक है। कोष 120 मिलियन डॉलर से शुरू होगा और 1,870 किमी लंबी नदी \
+            23 मिलियन लोगों की सेवा करती है; G20 ने कहा कि 2023 में वृद्धि 3.5 प्रतिशत थी।";
+        assert!(assess(&input(SOURCE, hi, "hi", OutputKind::Translation), &t).is_empty());
+    }
+
+    #[test]
+    fn script_share_low() {
+        let t = QualityThresholds::default();
+        let english = "Ministers agreed on Tuesday to share the river water.";
+        let flags = assess(&input(english, english, "hi", OutputKind::Translation), &t);
+        assert_eq!(
+            flags,
+            vec![QualityFlag::ScriptShareLow {
+                language: "hi".into(),
+                share: 0.0,
+                threshold: 0.6
+            }]
+        );
+        // Russian with a few Latin names passes; mostly Latin fails.
+        let mostly_ru = "Министр Tomasz Ardel заявил, что соглашение выполнено полностью.";
+        assert!(assess(
+            &input(english, mostly_ru, "ru-RU", OutputKind::Translation),
+            &t
+        )
+        .is_empty());
+        let mostly_en = "Minister Tomasz Ardel said that the deal is done, заявил он.";
+        assert_eq!(
+            codes(&assess(
+                &input(english, mostly_en, "ru", OutputKind::Translation),
+                &t
+            )),
+            vec!["script_share_low"]
+        );
+        // Unknown languages and letterless outputs are not judged.
+        assert!(assess(&input("12", "12", "de", OutputKind::Translation), &t).is_empty());
+        assert!(assess(&input("12", "12", "hi", OutputKind::Translation), &t).is_empty());
+    }
+
+    #[test]
+    fn script_share_values() {
+        assert_eq!(script_share("abc", "en"), Some(1.0));
+        assert_eq!(script_share("абв abc", "ru"), Some(0.5));
+        assert_eq!(script_share("नमस्ते", "hi"), Some(1.0));
+        assert_eq!(script_share("Ünïcödé", "EN"), Some(1.0));
+        assert_eq!(script_share("123 !!", "en"), None);
+        assert_eq!(script_share("abc", "fr"), None);
+        assert_eq!(script_share("", "ru"), None);
+    }
+
+    #[test]
+    fn loop_and_token_limit() {
+        let t = QualityThresholds::default();
+        let mut i = input(
+            "A source text here.",
+            "A source text here.",
+            "en",
+            OutputKind::Translation,
+        );
+        assert!(assess(&i, &t).is_empty());
+        i.loop_detected = true;
+        i.hit_token_limit = true;
+        assert_eq!(
+            codes(&assess(&i, &t)),
+            vec!["loop_detected", "token_limit_reached"]
+        );
+    }
+
+    #[test]
+    fn numbers_not_in_source() {
+        let t = QualityThresholds::default();
+        let summary =
+            "Ministers agreed to release 450 cubic metres per second from June 1 in 2024.";
+        let flags = assess(&input(SOURCE, summary, "en", OutputKind::Summary), &t);
+        assert_eq!(
+            flags,
+            vec![QualityFlag::NumbersNotInSource {
+                numbers: vec!["450".into(), "2024".into()]
+            }]
+        );
+        // G20 in the source covers "20" and "G20" in the output.
+        let ok = "The G20 met; 20 ministers came.";
+        assert!(assess(
+            &input("The G20 met.", ok, "en", OutputKind::Translation),
+            &t
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn numbers_are_normalised() {
+        assert_eq!(
+            numbers_in("1,000 and 1 000 and 1\u{a0}000 and 1000"),
+            vec!["1000"]
+        );
+        assert_eq!(numbers_in("3.5 or 3,5 or 3.50"), vec!["3.5"]);
+        assert_eq!(numbers_in("१,२३४.५ and २०२३"), vec!["1234.5", "2023"]);
+        assert_eq!(numbers_in("1,00,000 rupees"), vec!["100000"]);
+        assert_eq!(
+            numbers_in("1,234,567.89 and 1.234.567,89 and 1 234 567,89"),
+            vec!["1234567.89"]
+        );
+        assert_eq!(
+            numbers_in("G20, COVID-19, 05, -7"),
+            vec!["20", "19", "5", "7"]
+        );
+        assert_eq!(numbers_in("on 10.03.2023"), vec!["10", "3", "2023"]);
+        assert_eq!(numbers_in("in 2023 100 people"), vec!["2023", "100"]);
+        assert_eq!(numbers_in("It ended in 2023."), vec!["2023"]);
+        assert_eq!(numbers_in("1.000 tonnes"), vec!["1"]);
+        assert_eq!(numbers_in("12,50 руб"), vec!["12.5"]);
+        assert_eq!(numbers_in("no digits"), Vec::<String>::new());
+    }
+
+    #[test]
+    fn list_numbering_is_ignored() {
+        assert_eq!(numbers_in("1. Talks\n2) Deal 410\n  3. Fund"), vec!["410"]);
+        assert_eq!(numbers_in("2023. That year"), Vec::<String>::new());
+        assert_eq!(numbers_in("It rose 3. Then"), vec!["3"]);
+        assert_eq!(numbers_in("1.5 percent"), vec!["1.5"]);
+    }
+
+    #[test]
+    fn space_grouping_does_not_invent_numbers() {
+        let t = QualityThresholds::default();
+        // "3 200" may be read as 3200, but 3 and 200 are both in the source.
+        let i = input(
+            "On March 3, 200 people came.",
+            "3 200 people came on March 3.",
+            "en",
+            OutputKind::Translation,
+        );
+        assert!(assess(&i, &t).is_empty());
+        // And the other way round.
+        let i = input(
+            "Some 20 000 troops.",
+            "Some 20,000 troops.",
+            "en",
+            OutputKind::Translation,
+        );
+        assert!(assess(&i, &t).is_empty());
+    }
+
+    #[test]
+    fn length_ratio() {
+        let t = QualityThresholds::default();
+        let body = SAMPLE;
+        // A one-word summary of a long article is too short; a copy too long.
+        let flags = assess(&input(body, "Water.", "en", OutputKind::Summary), &t);
+        assert_eq!(codes(&flags), vec!["length_ratio_out_of_range"]);
+        let flags = assess(&input(body, body, "en", OutputKind::Summary), &t);
+        assert_eq!(
+            flags,
+            vec![QualityFlag::LengthRatioOutOfRange {
+                ratio: 1.0,
+                min: 0.02,
+                max: 0.6
+            }]
+        );
+        // The same copy is a fine length for a translation.
+        assert!(assess(&input(body, body, "en", OutputKind::Translation), &t).is_empty());
+        let long = "word ".repeat(40);
+        let flags = assess(&input("A word.", &long, "en", OutputKind::Translation), &t);
+        assert_eq!(codes(&flags), vec!["length_ratio_out_of_range"]);
+        let flags = assess(&input(&long, "A", "en", OutputKind::Translation), &t);
+        assert_eq!(codes(&flags), vec!["length_ratio_out_of_range"]);
+        // An empty source is not judged.
+        assert!(assess(&input("  ", "Anything", "en", OutputKind::Summary), &t).is_empty());
+    }
+
+    #[test]
+    fn serialises_with_code_fields_and_message() {
+        let flag = QualityFlag::ScriptShareLow {
+            language: "hi".into(),
+            share: 0.25,
+            threshold: 0.6,
+        };
+        let v = serde_json::to_value(&flag).unwrap_or_default();
+        assert_eq!(v["code"], "script_share_low");
+        assert_eq!(v["language"], "hi");
+        assert_eq!(v["share"], 0.25);
+        assert_eq!(v["message"], flag.message());
+        assert!(flag.message().contains("25%") && flag.message().contains("Devanagari"));
+        let v = serde_json::to_value(QualityFlag::LoopDetected).unwrap_or_default();
+        assert_eq!(
+            v,
+            serde_json::json!({"code": "loop_detected", "message": QualityFlag::LoopDetected.message()})
+        );
+        let flag = QualityFlag::NumbersNotInSource {
+            numbers: vec!["450".into()],
+        };
+        let v = serde_json::to_value(&flag).unwrap_or_default();
+        assert_eq!(v["numbers"], serde_json::json!(["450"]));
+        let flag = QualityFlag::LengthRatioOutOfRange {
+            ratio: 0.011,
+            min: 0.02,
+            max: 0.6,
+        };
+        let v = serde_json::to_value(&flag).unwrap_or_default();
+        assert_eq!(v["code"], "length_ratio_out_of_range");
+        assert_eq!(v["min"], serde_json::json!(0.02_f32));
+        assert_eq!(
+            serde_json::to_value(QualityFlag::TokenLimitReached).unwrap_or_default()["code"],
+            "token_limit_reached"
+        );
+    }
+
+    #[test]
+    fn thresholds_default_and_deserialise() {
+        let t = QualityThresholds::default();
+        assert_eq!(t.min_script_share, 0.6);
+        assert_eq!(t.summary_ratio, (0.02, 0.6));
+        assert_eq!(t.translation_ratio, (0.5, 3.0));
+        let parsed: QualityThresholds =
+            serde_json::from_str(r#"{"min_script_share": 0.8}"#).unwrap_or_default();
+        assert_eq!(parsed.min_script_share, 0.8);
+        assert_eq!(parsed.summary_ratio, (0.02, 0.6));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn assess_never_panics(
+            source in any::<String>(),
+            output in prop_oneof![any::<String>(), "[0-9०-९ .,\u{a0}\n)a-zа-я]{0,40}"],
+            language in prop_oneof![Just("en".to_string()), Just("ru".to_string()), Just("hi".to_string()), any::<String>()],
+            translation in any::<bool>(),
+            loop_detected in any::<bool>(),
+            hit_token_limit in any::<bool>(),
+            min_script_share in any::<f32>(),
+        ) {
+            let kind = if translation { OutputKind::Translation } else { OutputKind::Summary };
+            let i = QualityInput { source: &source, output: &output, target_language: &language, kind, loop_detected, hit_token_limit };
+            let t = QualityThresholds { min_script_share, ..QualityThresholds::default() };
+            let flags = assess(&i, &t);
+            for f in &flags {
+                prop_assert!(!f.message().is_empty());
+                prop_assert!(serde_json::to_string(f).is_ok());
+            }
+            // Every output's numbers are in the output itself.
+            let own = assess(&QualityInput { source: &output, ..i }, &t);
+            let invented = own
+                .iter()
+                .any(|f| matches!(f, QualityFlag::NumbersNotInSource { .. }));
+            prop_assert!(!invented);
+            if let Some(s) = script_share(&output, &language) {
+                prop_assert!((0.0..=1.0).contains(&s));
+            }
+        }
+    }
+}

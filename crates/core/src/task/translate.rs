@@ -1,0 +1,498 @@
+//! Translation, paragraph by paragraph: N paragraphs in, N paragraphs out.
+//!
+//! Each paragraph is one generation call. A paragraph too long for the model's
+//! context is split at sentence boundaries into chunks that fit; the chunk
+//! translations are joined with a space, so the paragraph still comes out as
+//! one paragraph. A single sentence that does not fit is refused with
+//! [`TaskError::InputTooLong`] naming it: nothing is dropped silently.
+
+use super::clean::split_sentences;
+use super::quality::{self, OutputKind, QualityInput, QualityThresholds};
+use super::{
+    budget, generate_all, prompt, CancelToken, EventFn, ModelRouter, ModelUsed, PreparedArticle,
+    Progress, TaskError, TaskEvent, TaskOptions, TextModel, TokenStats, Translation,
+    TranslationSource,
+};
+use precis_backend::{FinishReason, GenerationParams, GenerationRequest, ModelKind};
+
+/// Steps [`translate_texts`] will report for these inputs (title and paragraphs).
+pub fn steps(title: Option<&str>, paragraphs: &[String]) -> usize {
+    usize::from(title.is_some()) + paragraphs.len()
+}
+
+/// Translates the whole prepared article into every target language.
+pub fn translate_article(
+    article: &PreparedArticle,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    events: EventFn<'_>,
+) -> Result<Vec<Translation>, TaskError> {
+    let per_language = steps(article.headline.as_deref(), &article.paragraphs);
+    let total = per_language * options.to.len();
+    let mut out = Vec::new();
+    for (i, lang) in options.to.iter().enumerate() {
+        let counter = StepCounter {
+            offset: i * per_language,
+            total,
+            events,
+        };
+        out.push(translate_texts(
+            &TranslationInput {
+                title: article.headline.as_deref(),
+                paragraphs: &article.paragraphs,
+                language: lang,
+                source: TranslationSource::Article,
+            },
+            options,
+            models,
+            cancel,
+            &counter,
+        )?);
+    }
+    Ok(out)
+}
+
+/// What to translate.
+pub struct TranslationInput<'a> {
+    /// Headline to translate too.
+    pub title: Option<&'a str>,
+    /// Paragraphs, in order.
+    pub paragraphs: &'a [String],
+    /// Target language code.
+    pub language: &'a str,
+    /// Whether this is the summary or the article.
+    pub source: TranslationSource,
+}
+
+/// Reports steps of one translation within a larger task.
+pub struct StepCounter<'a> {
+    /// Steps done before this translation starts.
+    pub offset: usize,
+    /// Steps in the whole task.
+    pub total: usize,
+    /// Where to report.
+    pub events: EventFn<'a>,
+}
+
+impl StepCounter<'_> {
+    /// Reports a translated headline (`index` `None`) or paragraph, which
+    /// is step `done` of the task.
+    fn paragraph(
+        &self,
+        input: &TranslationInput<'_>,
+        index: Option<usize>,
+        text: &str,
+        done: usize,
+    ) {
+        (self.events)(TaskEvent::Paragraph {
+            language: input.language,
+            source: input.source,
+            index,
+            text,
+        });
+        (self.events)(TaskEvent::Progress(Progress {
+            done,
+            total: self.total,
+        }));
+    }
+}
+
+/// Translates a title and paragraphs into one language.
+pub fn translate_texts(
+    input: &TranslationInput<'_>,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    steps: &StepCounter<'_>,
+) -> Result<Translation, TaskError> {
+    let model = models.translator(input.language)?;
+    if model.info().kind == ModelKind::Translator {
+        return translate_sentences(model.as_ref(), input, cancel, steps);
+    }
+    let mut tokens = TokenStats::default();
+    let mut loop_detected = false;
+    let mut hit_limit = false;
+    let mut largest = GenerationParams {
+        max_new_tokens: 0,
+        ..GenerationParams::default()
+    };
+    let mut done = steps.offset;
+    let mut translate_one = |text: &str, index: Option<usize>| -> Result<String, TaskError> {
+        let what = match index {
+            Some(i) => format!("paragraph {}", i + 1),
+            None => "the headline".to_string(),
+        };
+        let mut pieces = Vec::new();
+        for chunk in chunks_that_fit(model.as_ref(), text, input.language, options, &what)? {
+            let params = params_for(model.as_ref(), &chunk, input.language, options)?;
+            if params.max_new_tokens > largest.max_new_tokens {
+                largest = params.clone();
+            }
+            let g = generate_all(
+                model.as_ref(),
+                vec![GenerationRequest {
+                    messages: prompt::translation(&chunk, input.language),
+                    params,
+                    seq2seq: None,
+                }],
+                cancel,
+            )?
+            .pop()
+            .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
+            tokens.add(&g);
+            loop_detected |= g.finish == FinishReason::Loop;
+            hit_limit |= g.finish == FinishReason::Length;
+            pieces.push(one_paragraph(&g.text));
+        }
+        let out = pieces.join(" ");
+        done += 1;
+        steps.paragraph(input, index, &out, done);
+        Ok(out)
+    };
+    let title = match input.title {
+        Some(t) => Some(translate_one(t, None)?),
+        None => None,
+    };
+    let mut paragraphs = Vec::with_capacity(input.paragraphs.len());
+    for (i, p) in input.paragraphs.iter().enumerate() {
+        paragraphs.push(translate_one(p, Some(i))?);
+    }
+    Ok(finish(
+        input,
+        model.as_ref(),
+        largest,
+        Translated {
+            title,
+            paragraphs,
+            tokens,
+            loop_detected,
+            hit_limit,
+        },
+    ))
+}
+
+/// What translating one text produced, before it is checked and assembled.
+struct Translated {
+    title: Option<String>,
+    paragraphs: Vec<String>,
+    tokens: TokenStats,
+    loop_detected: bool,
+    hit_limit: bool,
+}
+
+/// The translation of `input`: its paragraphs joined, with quality flags.
+fn finish(
+    input: &TranslationInput<'_>,
+    model: &dyn TextModel,
+    params: GenerationParams,
+    t: Translated,
+) -> Translation {
+    let text = t.paragraphs.join("\n\n");
+    let source = input.paragraphs.join("\n\n");
+    let flags = quality::assess(
+        &QualityInput {
+            source: &source,
+            output: &text,
+            target_language: input.language,
+            kind: OutputKind::Translation,
+            loop_detected: t.loop_detected,
+            hit_token_limit: t.hit_limit,
+        },
+        &QualityThresholds::default(),
+    );
+    Translation {
+        language: input.language.to_string(),
+        source: input.source,
+        title: t.title,
+        paragraphs: t.paragraphs,
+        text,
+        model: ModelUsed::from(model.info()),
+        params,
+        tokens: t.tokens,
+        flags,
+    }
+}
+
+/// Translation by a dedicated translator (Marian): every paragraph split into
+/// sentences, a sentence longer than the model's input limit split at clause
+/// boundaries (then words), the pieces of a paragraph translated as one
+/// batch, and their translations joined back into the paragraph.
+fn translate_sentences(
+    model: &dyn TextModel,
+    input: &TranslationInput<'_>,
+    cancel: &CancelToken,
+    steps: &StepCounter<'_>,
+) -> Result<Translation, TaskError> {
+    let limit = model.info().context_length;
+    let mut tokens = TokenStats::default();
+    let mut hit_limit = false;
+    let mut done = steps.offset;
+    let mut translate_one = |text: &str, index: Option<usize>| -> Result<String, TaskError> {
+        let mut pieces = Vec::new();
+        for sentence in split_sentences(text) {
+            pieces.extend(split_to_fit(&sentence, &mut |t| {
+                Ok(model.count_tokens(t)? <= limit)
+            })?);
+        }
+        let requests = pieces.iter().map(GenerationRequest::source).collect();
+        let out = generate_all(model, requests, cancel)?;
+        let mut parts = Vec::with_capacity(out.len());
+        for g in &out {
+            tokens.add(g);
+            hit_limit |= g.finish == FinishReason::Length;
+            let t = one_paragraph(&g.text);
+            if !t.is_empty() {
+                parts.push(t);
+            }
+        }
+        let out = parts.join(" ");
+        done += 1;
+        steps.paragraph(input, index, &out, done);
+        Ok(out)
+    };
+    let title = match input.title {
+        Some(t) => Some(translate_one(t, None)?),
+        None => None,
+    };
+    let mut paragraphs = Vec::with_capacity(input.paragraphs.len());
+    for (i, p) in input.paragraphs.iter().enumerate() {
+        paragraphs.push(translate_one(p, Some(i))?);
+    }
+    // The translator runs its checkpoint's own generation settings; these
+    // record that no sampling was involved.
+    let params = GenerationParams {
+        temperature: 0.0,
+        repetition_penalty: 1.0,
+        loop_guard: false,
+        ..GenerationParams::default()
+    };
+    Ok(finish(
+        input,
+        model,
+        params,
+        Translated {
+            title,
+            paragraphs,
+            tokens,
+            loop_detected: false,
+            hit_limit,
+        },
+    ))
+}
+
+/// Characters per piece when a single word is longer than the model's input
+/// limit (a few tokens per character at most).
+const WORD_PIECE_CHARS: usize = 64;
+
+/// `sentence` as it is when it fits, else split into consecutive pieces that
+/// fit: at clause boundaries (after `,` `;` `:`, before a dash), then at
+/// words, then (a word alone too long) every `WORD_PIECE_CHARS` (64)
+/// characters. Nothing is dropped: the pieces joined with spaces are the
+/// sentence's words joined with spaces.
+pub fn split_to_fit(
+    sentence: &str,
+    fits: &mut dyn FnMut(&str) -> Result<bool, TaskError>,
+) -> Result<Vec<String>, TaskError> {
+    if fits(sentence)? {
+        return Ok(vec![sentence.to_string()]);
+    }
+    let mut clauses: Vec<String> = Vec::new();
+    let mut current: Vec<&str> = Vec::new();
+    for word in sentence.split_whitespace() {
+        if matches!(word, "—" | "–" | "-") && !current.is_empty() {
+            clauses.push(current.join(" "));
+            current.clear();
+        }
+        current.push(word);
+        if word.ends_with([',', ';', ':']) {
+            clauses.push(current.join(" "));
+            current.clear();
+        }
+    }
+    if !current.is_empty() {
+        clauses.push(current.join(" "));
+    }
+    let mut out = Vec::new();
+    let mut piece = String::new();
+    let join = |a: &str, b: &str| {
+        if a.is_empty() {
+            b.to_string()
+        } else {
+            format!("{a} {b}")
+        }
+    };
+    let mut add =
+        |unit: &str, piece: &mut String, out: &mut Vec<String>| -> Result<bool, TaskError> {
+            let candidate = join(piece, unit);
+            if fits(&candidate)? {
+                *piece = candidate;
+                return Ok(true);
+            }
+            if !piece.is_empty() {
+                out.push(std::mem::take(piece));
+            }
+            if fits(unit)? {
+                *piece = unit.to_string();
+                return Ok(true);
+            }
+            Ok(false)
+        };
+    for clause in &clauses {
+        if add(clause, &mut piece, &mut out)? {
+            continue;
+        }
+        for word in clause.split_whitespace() {
+            if add(word, &mut piece, &mut out)? {
+                continue;
+            }
+            let chars: Vec<char> = word.chars().collect();
+            for chunk in chars.chunks(WORD_PIECE_CHARS) {
+                out.push(chunk.iter().collect());
+            }
+        }
+    }
+    if !piece.is_empty() {
+        out.push(piece);
+    }
+    Ok(out)
+}
+
+fn params_for(
+    model: &dyn TextModel,
+    text: &str,
+    language: &str,
+    options: &TaskOptions,
+) -> Result<GenerationParams, TaskError> {
+    let max_new_tokens = budget::translation_max_tokens(model, text.chars().count(), language)?;
+    Ok(options.generation.apply(GenerationParams {
+        max_new_tokens,
+        ..GenerationParams::default()
+    }))
+}
+
+fn fits(
+    model: &dyn TextModel,
+    text: &str,
+    language: &str,
+    options: &TaskOptions,
+) -> Result<(bool, usize), TaskError> {
+    let params = params_for(model, text, language, options)?;
+    let system = prompt::translation("", language)
+        .into_iter()
+        .next()
+        .map(|m| m.content)
+        .unwrap_or_default();
+    let tokens = budget::prompt_tokens(model, &[&system, text])?;
+    Ok((
+        tokens + params.max_new_tokens <= model.info().context_length,
+        tokens,
+    ))
+}
+
+/// Splits `text` at sentence boundaries into the fewest consecutive chunks that each fit the model.
+pub fn chunks_that_fit(
+    model: &dyn TextModel,
+    text: &str,
+    language: &str,
+    options: &TaskOptions,
+    what: &str,
+) -> Result<Vec<String>, TaskError> {
+    if fits(model, text, language, options)?.0 {
+        return Ok(vec![text.to_string()]);
+    }
+    let mut chunks: Vec<String> = Vec::new();
+    let mut current = String::new();
+    for sentence in split_sentences(text) {
+        let candidate = if current.is_empty() {
+            sentence.clone()
+        } else {
+            format!("{current} {sentence}")
+        };
+        if fits(model, &candidate, language, options)?.0 {
+            current = candidate;
+            continue;
+        }
+        if !current.is_empty() {
+            chunks.push(std::mem::take(&mut current));
+        }
+        let (ok, tokens) = fits(model, &sentence, language, options)?;
+        if !ok {
+            return Err(TaskError::InputTooLong {
+                what: format!("a sentence in {what}"),
+                tokens,
+                limit: model.info().context_length,
+                model: model.info().id.clone(),
+            });
+        }
+        current = sentence;
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    Ok(chunks)
+}
+
+/// Makes a model's output one paragraph: trims it and joins its lines with spaces.
+pub fn one_paragraph(text: &str) -> String {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use proptest::prelude::*;
+
+    fn words_fit(max: usize) -> impl FnMut(&str) -> Result<bool, TaskError> {
+        move |t: &str| Ok(t.split_whitespace().count() <= max && t.chars().count() <= 200)
+    }
+
+    #[test]
+    fn long_sentences_split_at_clauses_first() {
+        let s = "The ministers met in Delhi, talked for hours; they agreed on trade — and on little else.";
+        assert_eq!(split_to_fit(s, &mut words_fit(100)).unwrap(), vec![s]);
+        assert_eq!(
+            split_to_fit(s, &mut words_fit(8)).unwrap(),
+            vec![
+                "The ministers met in Delhi, talked for hours;",
+                "they agreed on trade",
+                "— and on little else."
+            ]
+        );
+        assert_eq!(
+            split_to_fit("one two three four five", &mut words_fit(2)).unwrap(),
+            vec!["one two", "three four", "five"]
+        );
+    }
+
+    proptest! {
+        /// Pieces fit, and together they are the sentence: nothing dropped.
+        #[test]
+        fn pieces_fit_and_join_back(
+            words in proptest::collection::vec("[a-zа-я,;:—]{1,12}|[a-z]{150,300}", 1..60),
+            max in 1usize..12,
+        ) {
+            let sentence = words.join(" ");
+            let mut fits = words_fit(max);
+            let pieces = split_to_fit(&sentence, &mut fits).unwrap();
+            for p in &pieces {
+                prop_assert!(fits(p).unwrap(), "{p:?} does not fit");
+            }
+            let joined: String = pieces.concat();
+            let original: String = sentence.split_whitespace().collect();
+            let joined_nows: String = joined.split_whitespace().collect();
+            prop_assert_eq!(joined_nows, original);
+        }
+    }
+
+    #[test]
+    fn one_paragraph_joins_lines() {
+        assert_eq!(one_paragraph(" a\n\n b \nc\n"), "a b c");
+        assert_eq!(one_paragraph(""), "");
+    }
+}

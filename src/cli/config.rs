@@ -1,0 +1,335 @@
+//! The configuration file (TOML). The command line and the file fill the same
+//! settings; a flag given on the command line wins over the file, and the file
+//! wins over the built-in defaults.
+//!
+//! ```toml
+//! # precis.toml
+//! model = "qwen2.5-coder-1.5b-instruct-q4_k_m"   # manifest id, hub repo id, or a path
+//! summarizer = "qwen2.5-coder-1.5b-instruct-q4_k_m"  # optional, defaults to `model`
+//! translator = "qwen2.5-coder-1.5b-instruct-q4_k_m"  # optional, defaults to `model`
+//! models_dir = "/srv/precis"                      # where fetched models live
+//! manifest_dirs = ["/etc/precis/models"]          # extra model manifests
+//!
+//! [server]                       # each also a `precis serve` flag and a PRECIS_* variable
+//! addr = "127.0.0.1:8080"
+//! max_body_bytes = 2097152
+//! max_chars = 100000
+//! max_request_chars = 400000
+//! max_batch = 64
+//! max_concurrency = 2
+//! queue_depth = 8
+//! timeout_secs = 300
+//! shutdown_grace_secs = 30
+//! api_keys_file = "/etc/precis/keys"
+//! cors_origins = ["https://news.example"]
+//! webhook_secret = "..."           # signs batch jobs' webhook calls
+//! allow_addresses = ["10.0.0.0/8"] # non-public hosts jobs may fetch from or call
+//!
+//! [cache]                        # each also a flag (--cache, --no-cache, --cache-max-mb, ...) and a PRECIS_* variable
+//! path = "/var/cache/precis/results.sqlite3"
+//! no_cache = false
+//! max_mb = 1024
+//! max_age_days = 90
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+/// The model used for every job unless configured otherwise.
+pub use precis_backend::store::DEFAULT_MODEL;
+
+/// Settings from the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Default model for every job.
+    pub model: Option<String>,
+    /// Model for summaries (falls back to `model`).
+    pub summarizer: Option<String>,
+    /// Model for translations (falls back to `model`).
+    pub translator: Option<String>,
+    /// Where fetched models and the verification record live.
+    pub models_dir: Option<PathBuf>,
+    /// Extra directories of model manifests.
+    #[serde(default)]
+    pub manifest_dirs: Vec<PathBuf>,
+    /// Server settings.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// Result cache settings.
+    #[serde(default)]
+    pub cache: CacheConfig,
+}
+
+/// The result cache's settings: the `[cache]` table of the configuration
+/// file, and the same as flags of the jobs, `serve` and `cache`, and
+/// `PRECIS_*` variables (a flag or variable wins over the file).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// Result cache file, shared by runs and by the server [default: precis/results.sqlite3 in the user cache dir].
+    #[arg(
+        long = "cache",
+        global = true,
+        env = "PRECIS_CACHE",
+        hide_env_values = true,
+        value_name = "FILE"
+    )]
+    pub path: Option<PathBuf>,
+    /// Do not use the result cache: every article runs its model, nothing is stored.
+    #[arg(
+        long,
+        global = true,
+        env = "PRECIS_NO_CACHE",
+        hide_env_values = true,
+        value_parser = clap::builder::FalseyValueParser::new()
+    )]
+    #[serde(default)]
+    pub no_cache: bool,
+    /// Largest size of the cached results, in MB; the least recently used go first [default: 1024].
+    #[arg(
+        long = "cache-max-mb",
+        global = true,
+        env = "PRECIS_CACHE_MAX_MB",
+        hide_env_values = true,
+        value_name = "MB"
+    )]
+    pub max_mb: Option<u64>,
+    /// Cached results unused for this many days are dropped [default: 90].
+    #[arg(
+        long = "cache-max-age-days",
+        global = true,
+        env = "PRECIS_CACHE_MAX_AGE_DAYS",
+        hide_env_values = true,
+        value_name = "DAYS"
+    )]
+    pub max_age_days: Option<u64>,
+}
+
+impl CacheConfig {
+    /// These settings, each unset one taken from `file`.
+    pub fn or(self, file: &CacheConfig) -> CacheConfig {
+        let file = file.clone();
+        CacheConfig {
+            path: self.path.or(file.path),
+            no_cache: self.no_cache || file.no_cache,
+            max_mb: self.max_mb.or(file.max_mb),
+            max_age_days: self.max_age_days.or(file.max_age_days),
+        }
+    }
+
+    /// The size and age limits, defaults filled in.
+    pub fn limits(&self) -> precis_core::cache::CacheLimits {
+        let default = precis_core::cache::CacheLimits::default();
+        precis_core::cache::CacheLimits {
+            max_bytes: self
+                .max_mb
+                .map_or(default.max_bytes, |mb| mb.saturating_mul(1024 * 1024)),
+            max_age: self.max_age_days.map_or(default.max_age, |d| {
+                std::time::Duration::from_secs(d.saturating_mul(86_400))
+            }),
+        }
+    }
+
+    /// The cache file, default filled in.
+    pub fn file(&self) -> PathBuf {
+        self.path
+            .clone()
+            .unwrap_or_else(precis_core::cache::default_path)
+    }
+}
+
+/// The server's settings: the `[server]` table of the configuration file,
+/// and the same settings as `precis serve` flags and `PRECIS_*` environment
+/// variables. One struct fills all three: a flag wins over its variable
+/// (clap), either wins over the file ([`ServerConfig::or`]), and the file
+/// over the built-in defaults (the bracketed values, applied where the
+/// settings are used).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, clap::Args)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on [default: 127.0.0.1:8080].
+    #[arg(long, env = "PRECIS_ADDR", hide_env_values = true)]
+    pub addr: Option<String>,
+    /// Largest request body, in bytes [default: 2097152].
+    #[arg(long, env = "PRECIS_MAX_BODY_BYTES", hide_env_values = true)]
+    pub max_body_bytes: Option<usize>,
+    /// Most characters in one article [default: 100000].
+    #[arg(long, env = "PRECIS_MAX_CHARS", hide_env_values = true)]
+    pub max_chars: Option<usize>,
+    /// Most characters in one request, the articles of a batch together
+    /// [default: 400000].
+    #[arg(long, env = "PRECIS_MAX_REQUEST_CHARS", hide_env_values = true)]
+    pub max_request_chars: Option<usize>,
+    /// Most articles in one batch request [default: 64].
+    #[arg(long, env = "PRECIS_MAX_BATCH", hide_env_values = true)]
+    pub max_batch: Option<usize>,
+    /// Requests worked on at once; others wait in the queue [default: 2].
+    #[arg(long, env = "PRECIS_MAX_CONCURRENCY", hide_env_values = true)]
+    pub max_concurrency: Option<usize>,
+    /// Requests that may wait for a slot; past that, new ones get 429 with
+    /// Retry-After [default: 8].
+    #[arg(long, env = "PRECIS_QUEUE_DEPTH", hide_env_values = true)]
+    pub queue_depth: Option<usize>,
+    /// Seconds a request may take, queueing included, before its work is
+    /// cancelled and it gets 504 [default: 300].
+    #[arg(long, env = "PRECIS_TIMEOUT_SECS", hide_env_values = true)]
+    pub timeout_secs: Option<u64>,
+    /// Seconds requests in flight get to finish after SIGINT or SIGTERM
+    /// [default: 30].
+    #[arg(long, env = "PRECIS_SHUTDOWN_GRACE_SECS", hide_env_values = true)]
+    pub shutdown_grace_secs: Option<u64>,
+    /// File of API keys, one a line (`#` starts a comment). With it, or
+    /// with keys in PRECIS_API_KEYS (comma-separated), every route but
+    /// /health and /ready needs `Authorization: Bearer KEY`.
+    #[arg(long, env = "PRECIS_API_KEYS_FILE", hide_env_values = true)]
+    pub api_keys_file: Option<PathBuf>,
+    /// Origins that browsers may call the API from (CORS), comma-separated,
+    /// or `*` for any [default: none].
+    #[arg(
+        long,
+        env = "PRECIS_CORS_ORIGINS",
+        hide_env_values = true,
+        value_delimiter = ','
+    )]
+    pub cors_origins: Option<Vec<String>>,
+    /// Key that signs batch jobs' webhook calls (`X-Precis-Signature:
+    /// sha256=HMAC`); without it they are not signed.
+    #[arg(long, env = "PRECIS_WEBHOOK_SECRET", hide_env_values = true)]
+    pub webhook_secret: Option<String>,
+    /// Hosts or networks that jobs' feed URLs and webhooks may reach
+    /// although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
+    /// intranet.example [default: public addresses only].
+    #[arg(
+        long = "allow-address",
+        env = "PRECIS_ALLOW_ADDRESSES",
+        hide_env_values = true,
+        value_delimiter = ',',
+        value_name = "HOSTS"
+    )]
+    pub allow_addresses: Option<Vec<precis_service::fetch::AllowEntry>>,
+}
+
+impl ServerConfig {
+    /// The limits these settings set, defaults for the rest.
+    pub fn limits(&self) -> crate::http::ServerLimits {
+        let d = crate::http::ServerLimits::default();
+        crate::http::ServerLimits {
+            max_body_bytes: self.max_body_bytes.unwrap_or(d.max_body_bytes),
+            max_chars: self.max_chars.unwrap_or(d.max_chars),
+            max_request_chars: self.max_request_chars.unwrap_or(d.max_request_chars),
+            max_batch: self.max_batch.unwrap_or(d.max_batch),
+            max_concurrency: self.max_concurrency.unwrap_or(d.max_concurrency),
+            queue_depth: self.queue_depth.unwrap_or(d.queue_depth),
+            timeout: self
+                .timeout_secs
+                .map_or(d.timeout, std::time::Duration::from_secs),
+        }
+    }
+
+    /// These settings, each unset one taken from `file`.
+    pub fn or(self, file: &ServerConfig) -> ServerConfig {
+        let file = file.clone();
+        ServerConfig {
+            addr: self.addr.or(file.addr),
+            max_body_bytes: self.max_body_bytes.or(file.max_body_bytes),
+            max_chars: self.max_chars.or(file.max_chars),
+            max_request_chars: self.max_request_chars.or(file.max_request_chars),
+            max_batch: self.max_batch.or(file.max_batch),
+            max_concurrency: self.max_concurrency.or(file.max_concurrency),
+            queue_depth: self.queue_depth.or(file.queue_depth),
+            timeout_secs: self.timeout_secs.or(file.timeout_secs),
+            shutdown_grace_secs: self.shutdown_grace_secs.or(file.shutdown_grace_secs),
+            api_keys_file: self.api_keys_file.or(file.api_keys_file),
+            cors_origins: self.cors_origins.or(file.cors_origins),
+            webhook_secret: self.webhook_secret.or(file.webhook_secret),
+            allow_addresses: self.allow_addresses.or(file.allow_addresses),
+        }
+    }
+}
+
+/// Why the configuration file could not be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// Unreadable file.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// Invalid TOML or unknown keys.
+    #[error("config file {path} is invalid: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and parses a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses configuration text.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_documented_example() {
+        let c = Config::parse(
+            r#"
+model = "m"
+translator = "t"
+manifest_dirs = ["/x"]
+[server]
+addr = "127.0.0.1:9"
+max_chars = 10
+allow_addresses = ["10.0.0.0/8", "intranet.example"]
+[cache]
+max_mb = 5
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.model.as_deref(), Some("m"));
+        assert_eq!(c.translator.as_deref(), Some("t"));
+        assert_eq!(c.summarizer, None);
+        assert_eq!(c.server.max_chars, Some(10));
+        assert_eq!(
+            c.server.allow_addresses,
+            Some(vec![
+                "10.0.0.0/8".parse().unwrap(),
+                "intranet.example".parse().unwrap()
+            ])
+        );
+        let e = Config::parse("[server]\nallow_addresses = [\"10.0.0.0/99\"]").unwrap_err();
+        assert!(e.contains("10.0.0.0/99"), "{e}");
+        assert_eq!(c.cache.limits().max_bytes, 5 * 1024 * 1024);
+        assert!(!c.cache.no_cache);
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let e = Config::parse("modle = \"m\"").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
+    }
+}
