@@ -8,9 +8,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use precis::http::{router, ApiKeys, AppState, ServerLimits};
-use precis_backend::fake::FakeBackend;
-use precis_backend::Backend;
-use precis_core::engine::{Engine, EngineError, ModelLoader, Routing};
+use precis_core::engine::{Engine, FakeLoader, Routing};
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -20,35 +18,19 @@ use sse::{parse_events, Sse};
 
 const SAMPLE: &str = include_str!("../examples/sample-article.txt");
 
-struct FakeLoader;
-
-impl ModelLoader for FakeLoader {
-    fn canonical(&self, name: &str) -> Option<String> {
-        [
-            "fake",
-            "fake-2",
-            "fake-cancel",
-            "fake-stream",
-            "fake-cached",
-            "broken",
-        ]
-        .contains(&name)
-        .then(|| name.to_string())
-    }
-    fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError> {
-        if id == "broken" {
-            return Err(EngineError::ModelUnavailable {
-                id: id.into(),
-                reason: "file broken.gguf does not match its sha256".into(),
-            });
-        }
-        Ok(Box::new(FakeBackend::new(id)))
-    }
-}
+/// The fake models this server knows.
+const FAKES: [&str; 6] = [
+    "fake",
+    "fake-2",
+    "fake-cancel",
+    "fake-stream",
+    "fake-cached",
+    "broken",
+];
 
 fn engine() -> Arc<Engine> {
     let engine = Engine::new(
-        Arc::new(FakeLoader),
+        Arc::new(FakeLoader::new(&FAKES)),
         Routing {
             summarizers: vec!["fake".into()],
             translators: vec!["fake".into()],
@@ -1265,7 +1247,7 @@ async fn the_result_cache_answers_repeated_work_without_running_the_model() {
     )
     .unwrap();
     let engine = Engine::new(
-        Arc::new(FakeLoader),
+        Arc::new(FakeLoader::new(&FAKES)),
         Routing {
             summarizers: vec!["fake-cached".into()],
             translators: vec!["fake-cached".into()],

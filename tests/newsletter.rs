@@ -6,23 +6,10 @@
 use std::sync::Arc;
 
 use precis::cli::input::read_inputs;
-use precis_backend::fake::FakeBackend;
-use precis_backend::Backend;
-use precis_core::engine::{Engine, EngineError, ModelLoader, Routing};
+use precis_core::engine::{Engine, FakeLoader, Routing};
 use precis_core::task::{CancelToken, Task, TaskOptions};
 use precis_service::render::{json_feeds, render, ErrorBody, Format, Outcome};
 use precis_service::sources::parse_feed;
-
-struct FakeLoader;
-
-impl ModelLoader for FakeLoader {
-    fn canonical(&self, name: &str) -> Option<String> {
-        (name == "fake").then(|| name.to_string())
-    }
-    fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError> {
-        Ok(Box::new(FakeBackend::new(id)))
-    }
-}
 
 fn feed(name: &str) -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -33,7 +20,7 @@ fn feed(name: &str) -> std::path::PathBuf {
 /// The digests (into ru and hi) of every item of `input`, as the CLI writes them.
 fn digests(input: &std::path::Path) -> Vec<Outcome> {
     let engine = Engine::new(
-        Arc::new(FakeLoader),
+        Arc::new(FakeLoader::new(&["fake"])),
         Routing {
             summarizers: vec!["fake".into()],
             translators: vec!["fake".into()],

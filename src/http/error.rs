@@ -26,6 +26,10 @@ pub struct ApiError {
     pub message: String,
     /// Seconds to wait before retrying (sent as `Retry-After`).
     pub retry_after: Option<u64>,
+    /// What failed inside the server, for the log: never sent, and logged
+    /// once, by the [`super::ops::track`] middleware (or, for an error
+    /// event of a stream already under way, where the event is sent).
+    pub cause: Option<String>,
 }
 
 impl ApiError {
@@ -35,9 +39,26 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            cause: None,
         }
     }
+
+    /// A failure inside the server: `500 internal`, whose body says nothing
+    /// internal; `cause` goes to the log.
+    pub fn internal(cause: impl std::fmt::Display) -> Self {
+        let mut e = Self::new(
+            ErrorCode::Internal,
+            "the request failed inside the server; see the server log",
+        );
+        e.cause = Some(cause.to_string());
+        e
+    }
 }
+
+/// The causes of the failures an answer reports (a response extension the
+/// [`super::ops::track`] middleware logs).
+#[derive(Debug, Clone, Default)]
+pub struct FailureCauses(pub Vec<String>);
 
 /// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -63,6 +84,9 @@ impl IntoResponse for ApiError {
             error: self.detail(),
         };
         let mut response = (status(self.code), Json(body)).into_response();
+        if let Some(cause) = self.cause {
+            response.extensions_mut().insert(FailureCauses(vec![cause]));
+        }
         if let Some(after) = self.retry_after {
             response
                 .headers_mut()
@@ -82,16 +106,12 @@ impl From<EngineError> for ApiError {
     fn from(e: EngineError) -> Self {
         let code = e.code();
         match code {
-            ErrorCode::Internal => {
-                tracing::error!(error = %e, "request failed");
-                ApiError::new(
-                    code,
-                    "the request failed inside the server; see the server log",
-                )
-            }
+            ErrorCode::Internal => ApiError::internal(&e),
+            // The caller learns which model; the operator needs to know too.
             ErrorCode::ModelUnavailable => {
-                tracing::error!(error = %e, "model unavailable");
-                ApiError::new(code, e.to_string())
+                let mut answer = ApiError::new(code, e.to_string());
+                answer.cause = Some(e.to_string());
+                answer
             }
             _ => ApiError::new(code, e.to_string()),
         }

@@ -8,7 +8,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 
 use super::error::{ApiError, ErrorCode};
-use super::{internal, read_body, AppState};
+use super::{read_body, AppState};
 use precis_core::task::{Article, Task};
 use precis_service::jobs::{JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
 
@@ -124,22 +124,16 @@ pub(super) async fn create(
     let (id, created) =
         tokio::task::spawn_blocking(move || store.create(&request, items, key.as_deref()))
             .await
-            .map_err(|_| internal())?
-            .map_err(|e| {
-                tracing::error!("{e}");
-                internal()
-            })?;
+            .map_err(ApiError::internal)?
+            .map_err(ApiError::internal)?;
     if created {
         queue.submit(&id);
     }
     let view = queue
         .store
         .view(&id)
-        .map_err(|e| {
-            tracing::error!("{e}");
-            internal()
-        })?
-        .ok_or_else(internal)?;
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal(format!("job {id} was stored but cannot be read")))?;
     Ok(answer(
         if created {
             StatusCode::ACCEPTED
@@ -190,9 +184,6 @@ fn answer_view(
             ErrorCode::NotFound,
             format!("no job `{id}` on this node (jobs are kept per node)"),
         )),
-        Err(e) => {
-            tracing::error!("{e}");
-            Err(internal())
-        }
+        Err(e) => Err(ApiError::internal(e)),
     }
 }

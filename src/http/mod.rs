@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
@@ -30,6 +30,7 @@ pub mod jobs;
 pub mod ops;
 pub mod stream;
 
+use error::FailureCauses;
 pub use error::{ApiError, ErrorCode};
 pub use ops::{ApiKeys, Readiness};
 pub use precis_core::admission::{Admission, Slot};
@@ -506,19 +507,9 @@ async fn run_call(
     .await
     .map_err(|e| match e {
         RunError::Timeout => ops::timed_out(),
-        RunError::Lost(e) => {
-            tracing::error!("task thread failed: {e}");
-            internal()
-        }
+        RunError::Lost(e) => ApiError::internal(format!("task thread failed: {e}")),
     })?;
     Ok(result?)
-}
-
-fn internal() -> ApiError {
-    ApiError::new(
-        ErrorCode::Internal,
-        "the request failed inside the server; see the server log",
-    )
 }
 
 /// The fields of a task route's request, made into the call.
@@ -558,7 +549,7 @@ async fn serve_jobs<T: IntoJob>(
                     "streaming answers one article at a time: send the array without `stream` and without Accept: text/event-stream, or stream each article on its own",
                 ));
             }
-            Ok(run_batch(state, items).await?.into_response())
+            run_batch(state, items).await
         }
     }
 }
@@ -592,7 +583,7 @@ pub struct BatchResponse {
 async fn run_batch<T: IntoJob>(
     state: AppState,
     items: Vec<Result<T, ApiError>>,
-) -> Result<Json<BatchResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     if items.is_empty() {
         return Err(ApiError::new(
             ErrorCode::EmptyBatch,
@@ -643,11 +634,10 @@ async fn run_batch<T: IntoJob>(
     }
     drop(slot);
     let mut results = Vec::new();
+    let mut causes = Vec::new();
     while let Some(done) = set.join_next().await {
-        let (index, result) = done.map_err(|e| {
-            tracing::error!("batch task failed: {e}");
-            internal()
-        })?;
+        let (index, result) =
+            done.map_err(|e| ApiError::internal(format!("batch task failed: {e}")))?;
         results.push(match result {
             Ok(r) => BatchItem {
                 index,
@@ -655,16 +645,21 @@ async fn run_batch<T: IntoJob>(
                 result: Some(r),
                 error: None,
             },
-            Err(e) => BatchItem {
-                index,
-                status: e.code.status(),
-                result: None,
-                error: Some(e.detail()),
-            },
+            Err(e) => {
+                causes.extend(e.cause.clone());
+                BatchItem {
+                    index,
+                    status: e.code.status(),
+                    result: None,
+                    error: Some(e.detail()),
+                }
+            }
         });
     }
     results.sort_by_key(|item| item.index);
-    Ok(Json(BatchResponse { results }))
+    let mut response = Json(BatchResponse { results }).into_response();
+    response.extensions_mut().insert(FailureCauses(causes));
+    Ok(response)
 }
 
 fn options(

@@ -171,16 +171,28 @@ fn describe() {
     );
 }
 
-/// Middleware: counts every answer by route, method and status, and times it.
+/// Middleware: counts every answer by route, method and status, times it,
+/// and logs the causes of the failures it reports (each once, here).
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
     let method = req.method().to_string();
+    let request_id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
     let started = Instant::now();
     let response = next.run(req).await;
     let status = response.status().as_u16().to_string();
+    if let Some(super::error::FailureCauses(causes)) = response.extensions().get() {
+        for cause in causes {
+            tracing::error!(%route, %method, %status, %request_id, "{cause}");
+        }
+    }
     metrics::counter!("precis_http_requests_total", "route" => route.clone(), "method" => method, "status" => status)
         .increment(1);
     metrics::histogram!("precis_http_request_duration_seconds", "route" => route)

@@ -26,7 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 use super::error::{ApiError, ErrorDetail};
-use super::{internal, run_call, TaskCall};
+use super::{run_call, TaskCall};
 use precis_core::admission::Slot;
 use precis_core::engine::Engine;
 use precis_core::task::{TaskEvent, TranslationSource};
@@ -155,6 +155,11 @@ fn task_event(e: TaskEvent<'_>) -> Event {
 }
 
 fn error_event(e: &ApiError) -> Event {
+    // The answer's status went out with the stream's start: the middleware
+    // cannot see this failure, so its cause is logged here.
+    if let Some(cause) = &e.cause {
+        tracing::error!("{cause}");
+    }
     event(
         "error",
         &StreamError {
@@ -183,10 +188,7 @@ pub(super) async fn respond(
         checked.map(|()| (engine, call))
     })
     .await
-    .map_err(|e| {
-        tracing::error!("check thread failed: {e}");
-        internal()
-    })??;
+    .map_err(|e| ApiError::internal(format!("check thread failed: {e}")))??;
     let (tx, rx) = mpsc::unbounded_channel::<Message>();
     let events = tx.clone();
     let send = move |e: TaskEvent<'_>| {

@@ -100,13 +100,6 @@ pub struct GgufModel {
     info: ModelInfo,
 }
 
-fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Load {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 impl GgufModel {
     /// Loads the model, its tokenizer and its chat template from one GGUF file.
     /// On the CPU the file is memory-mapped, not read.
@@ -128,13 +121,14 @@ impl GgufModel {
                 })
             }
         };
-        let tokenizer = tokenizer_from_gguf(&file.content).map_err(|e| load_err(path, e))?;
+        let tokenizer =
+            tokenizer_from_gguf(&file.content).map_err(|e| BackendError::load(path, e))?;
         let template = ChatTemplate::new(tokenizer.chat_template.clone());
         let (runner, context_length) = if opts.cuda {
             let device = select_device(true)?;
-            let mut reader = File::open(path).map_err(|e| load_err(path, e))?;
+            let mut reader = File::open(path).map_err(|e| BackendError::load(path, e))?;
             let content = gguf_file::Content::read(&mut reader)
-                .map_err(|e| load_err(path, format!("not a valid GGUF file ({e})")))?;
+                .map_err(|e| BackendError::load(path, format!("not a valid GGUF file ({e})")))?;
             let context_length = content
                 .metadata
                 .get(&format!("{architecture}.context_length"))
@@ -143,12 +137,12 @@ impl GgufModel {
             let weights = if architecture == "qwen2" {
                 CandleWeights::Qwen2(
                     quantized_qwen2::ModelWeights::from_gguf(content, &mut reader, &device)
-                        .map_err(|e| load_err(path, e))?,
+                        .map_err(|e| BackendError::load(path, e))?,
                 )
             } else {
                 CandleWeights::Llama(
                     quantized_llama::ModelWeights::from_gguf(content, &mut reader, &device)
-                        .map_err(|e| load_err(path, e))?,
+                        .map_err(|e| BackendError::load(path, e))?,
                 )
             };
             (Runner::Candle(Box::new(weights), device), context_length)

@@ -260,6 +260,16 @@ pub enum BackendError {
     Runtime(String),
 }
 
+impl BackendError {
+    /// A model file that could not be read or made sense of.
+    pub(crate) fn load(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+        BackendError::Load {
+            path: path.display().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+}
+
 impl From<candle_core::Error> for BackendError {
     fn from(e: candle_core::Error) -> Self {
         BackendError::Runtime(e.to_string())

@@ -41,13 +41,6 @@ pub struct GgufFile {
     map: Arc<Mmap>,
 }
 
-fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Load {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 /// The precis kernel type of a GGML storage type, when precis runs it.
 pub fn qtype_of(dtype: GgmlDType) -> Option<QType> {
     Some(match dtype {
@@ -67,9 +60,9 @@ pub fn qtype_of(dtype: GgmlDType) -> Option<QType> {
 impl GgufFile {
     /// Parses the header and maps the file.
     pub fn open(path: &Path) -> Result<Self, BackendError> {
-        let mut file = File::open(path).map_err(|e| load_err(path, e))?;
+        let mut file = File::open(path).map_err(|e| BackendError::load(path, e))?;
         let content = gguf_file::Content::read(&mut file)
-            .map_err(|e| load_err(path, format!("not a valid GGUF file ({e})")))?;
+            .map_err(|e| BackendError::load(path, format!("not a valid GGUF file ({e})")))?;
         // SAFETY: the map is read-only and lives as long as the views into it
         // (they borrow `self`). Mapping is unsound only if another process
         // truncates or rewrites the file while it is mapped; precis never writes
@@ -77,7 +70,7 @@ impl GgufFile {
         // over it, which leaves this mapping on the old inode), and the README
         // asks users not to edit weight files under a running server.
         #[allow(unsafe_code)]
-        let map = unsafe { Mmap::map(&file) }.map_err(|e| load_err(path, e))?;
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| BackendError::load(path, e))?;
         Ok(Self {
             path: path.to_path_buf(),
             content,
@@ -92,11 +85,10 @@ impl GgufFile {
 
     /// Looks up a tensor and checks it lies inside the file with the size its type implies.
     pub fn tensor(&self, name: &str) -> Result<TensorRef, BackendError> {
-        let info = self
-            .content
-            .tensor_infos
-            .get(name)
-            .ok_or_else(|| load_err(&self.path, format!("tensor `{name}` is missing")))?;
+        let info =
+            self.content.tensor_infos.get(name).ok_or_else(|| {
+                BackendError::load(&self.path, format!("tensor `{name}` is missing"))
+            })?;
         self.check(name, info)
     }
 
@@ -107,7 +99,7 @@ impl GgufFile {
 
     fn check(&self, name: &str, info: &TensorInfo) -> Result<TensorRef, BackendError> {
         let qtype = qtype_of(info.ggml_dtype).ok_or_else(|| {
-            load_err(
+            BackendError::load(
                 &self.path,
                 format!(
                     "tensor `{name}` is stored as {:?}, which precis does not run (it runs F32, F16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K)",
@@ -120,14 +112,14 @@ impl GgufFile {
             [cols] => (1, *cols),
             [rows, cols] => (*rows, *cols),
             _ => {
-                return Err(load_err(
+                return Err(BackendError::load(
                     &self.path,
                     format!("tensor `{name}` has shape {dims:?}; expected a vector or a matrix"),
                 ))
             }
         };
         if cols % qtype.block_len() != 0 {
-            return Err(load_err(
+            return Err(BackendError::load(
                 &self.path,
                 format!(
                     "tensor `{name}` has rows of {cols} values, not a whole number of {} blocks",
@@ -141,7 +133,7 @@ impl GgufFile {
             .checked_add(len)
             .is_none_or(|end| end > self.map.len())
         {
-            return Err(load_err(
+            return Err(BackendError::load(
                 &self.path,
                 format!("tensor `{name}` runs past the end of the file; the file is truncated or corrupt"),
             ));

@@ -49,8 +49,8 @@ pub enum EngineError {
     Task(#[from] TaskError),
 }
 
-/// Loads models by name for the engine. The store-backed loader lives in the
-/// CLI glue; tests use the fake backend.
+/// Loads models by name for the engine: [`StoreLoader`] from the model
+/// store, `FakeLoader` (feature `test-backend`) in tests.
 pub trait ModelLoader: Send + Sync {
     /// The canonical id for `name` if this loader knows it (an HTTP request may only name these).
     fn canonical(&self, name: &str) -> Option<String>;
@@ -61,6 +61,41 @@ pub trait ModelLoader: Send + Sync {
     /// result-cache keys.
     fn fingerprint(&self, _id: &str) -> String {
         String::new()
+    }
+}
+
+/// Loads the fake model (feature `test-backend`) under each of `names`,
+/// for the engine, server and pipeline tests. A model named `broken` is
+/// known but fails to load, as a corrupted file does.
+#[cfg(feature = "test-backend")]
+pub struct FakeLoader {
+    names: Vec<String>,
+}
+
+#[cfg(feature = "test-backend")]
+impl FakeLoader {
+    /// A loader that knows `names`.
+    pub fn new(names: &[&str]) -> Self {
+        Self {
+            names: names.iter().map(|n| n.to_string()).collect(),
+        }
+    }
+}
+
+#[cfg(feature = "test-backend")]
+impl ModelLoader for FakeLoader {
+    fn canonical(&self, name: &str) -> Option<String> {
+        self.names.iter().find(|n| *n == name).cloned()
+    }
+
+    fn load(&self, id: &str) -> Result<Box<dyn Backend>, EngineError> {
+        if id == "broken" {
+            return Err(EngineError::ModelUnavailable {
+                id: id.into(),
+                reason: "file broken.gguf does not match its sha256".into(),
+            });
+        }
+        Ok(Box::new(precis_backend::fake::FakeBackend::new(id)))
     }
 }
 

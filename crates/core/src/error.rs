@@ -128,7 +128,7 @@ impl TaskError {
             TaskError::Backend(_) => ErrorCode::Internal,
             TaskError::Flagged(_) => ErrorCode::Flagged,
             TaskError::ModelUnavailable(_) => ErrorCode::ModelUnavailable,
-            TaskError::Cancelled => ErrorCode::Internal,
+            TaskError::Cancelled | TaskError::Internal(_) => ErrorCode::Internal,
         }
     }
 }

@@ -162,16 +162,9 @@ pub struct Seq2SeqOptions {
     pub target_languages: Vec<String>,
 }
 
-fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Load {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
-    let text = std::fs::read_to_string(path).map_err(|e| load_err(path, e))?;
-    serde_json::from_str(&text).map_err(|e| load_err(path, e))
+    let text = std::fs::read_to_string(path).map_err(|e| BackendError::load(path, e))?;
+    serde_json::from_str(&text).map_err(|e| BackendError::load(path, e))
 }
 
 /// The checkpoint's generation settings: `generation_config.json` when there
@@ -180,11 +173,12 @@ fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
 pub fn checkpoint_generation(dir: &Path) -> Result<GenerationConfig, BackendError> {
     let path = dir.join("generation_config.json");
     if path.exists() {
-        return GenerationConfig::from_json(&read_json(&path)?).map_err(|e| load_err(&path, e));
+        return GenerationConfig::from_json(&read_json(&path)?)
+            .map_err(|e| BackendError::load(&path, e));
     }
     let path = dir.join("config.json");
     let config = read_json(&path)?;
-    let mut out = GenerationConfig::from_json(&config).map_err(|e| load_err(&path, e))?;
+    let mut out = GenerationConfig::from_json(&config).map_err(|e| BackendError::load(&path, e))?;
     // `GenerationConfig.__init__` from a model config: the legacy
     // `force_bos_token_to_be_generated` forces `bos_token_id`.
     if config["force_bos_token_to_be_generated"] == true {
@@ -253,12 +247,12 @@ impl Seq2SeqBackend {
         let config_path = dir.join("config.json");
         let arch = match read_json(&config_path)?["model_type"].as_str() {
             Some(t) => Architecture::from_model_type(t).ok_or_else(|| {
-                load_err(
+                BackendError::load(
                     &config_path,
                     format!("model_type `{t}` is not one precis runs (marian, bart, t5)"),
                 )
             })?,
-            None => return Err(load_err(&config_path, "it names no model_type")),
+            None => return Err(BackendError::load(&config_path, "it names no model_type")),
         };
         let device = Device::Cpu;
         let (network, tokenizer, kind, context_length, base, prefix): (
@@ -272,13 +266,14 @@ impl Seq2SeqBackend {
             Architecture::Marian => {
                 for name in REQUIRED_FILES {
                     if !dir.join(name).is_file() {
-                        return Err(load_err(
+                        return Err(BackendError::load(
                             dir,
                             format!("a Marian checkpoint needs {name}, which is missing"),
                         ));
                     }
                 }
-                let tokenizer = MarianTokenizer::from_dir(dir).map_err(|e| load_err(dir, e))?;
+                let tokenizer =
+                    MarianTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
                 let model = Bart::load(dir, &device)?;
                 let context = model
                     .config()
@@ -295,7 +290,7 @@ impl Seq2SeqBackend {
             }
             Architecture::Bart => {
                 let tokenizer = CheckpointTokenizer::from_dir(dir, Family::Bart)
-                    .map_err(|e| load_err(dir, e))?;
+                    .map_err(|e| BackendError::load(dir, e))?;
                 let model = Bart::load(dir, &device)?;
                 let context = model.config().max_position_embeddings;
                 let (base, prefix) = (checkpoint_generation(dir)?, summarization_prefix(dir)?);
@@ -309,8 +304,8 @@ impl Seq2SeqBackend {
                 )
             }
             Architecture::T5 => {
-                let tokenizer =
-                    CheckpointTokenizer::from_dir(dir, Family::T5).map_err(|e| load_err(dir, e))?;
+                let tokenizer = CheckpointTokenizer::from_dir(dir, Family::T5)
+                    .map_err(|e| BackendError::load(dir, e))?;
                 // T5's positions are relative: the limit is the tokenizer's
                 // `model_max_length`, else the config's `n_positions`; a
                 // checkpoint naming neither has none (as in transformers).
@@ -340,7 +335,7 @@ impl Seq2SeqBackend {
             }
         };
         let settings = GenerationSettings::resolve(&base, &network.config())
-            .map_err(|e| load_err(&dir.join("generation_config.json"), e))?;
+            .map_err(|e| BackendError::load(&dir.join("generation_config.json"), e))?;
         let target_languages = match kind {
             ModelKind::Summarizer if options.target_languages.is_empty() => vec!["en".into()],
             _ => options.target_languages,

@@ -211,7 +211,7 @@ impl Bart {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
         let cfg: BartConfig = read_config(dir)?;
         let (vb, file) = weights(dir, device)?;
-        Self::from_var_builder(cfg, vb, device).map_err(|e| super::layers::load_err(&file, e))
+        Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
     }
 
     fn from_var_builder(cfg: BartConfig, vb: VarBuilder, device: &Device) -> Result<Self, String> {

@@ -18,18 +18,11 @@ pub(super) fn e<T>(r: candle_core::Result<T>) -> Result<T, String> {
     r.map_err(|e| e.to_string())
 }
 
-pub(super) fn load_err(path: &Path, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Load {
-        path: path.display().to_string(),
-        reason: reason.to_string(),
-    }
-}
-
 /// `config.json` of a checkpoint directory.
 pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendError> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path).map_err(|e| load_err(&path, e))?;
-    serde_json::from_str(&text).map_err(|e| load_err(&path, e))
+    let text = std::fs::read_to_string(&path).map_err(|e| BackendError::load(&path, e))?;
+    serde_json::from_str(&text).map_err(|e| BackendError::load(&path, e))
 }
 
 /// The weights of a checkpoint directory (`model.safetensors`, else
@@ -41,15 +34,16 @@ pub(super) fn weights(
     let safetensors = dir.join("model.safetensors");
     let pth = dir.join("pytorch_model.bin");
     if safetensors.exists() {
-        let bytes = std::fs::read(&safetensors).map_err(|e| load_err(&safetensors, e))?;
+        let bytes = std::fs::read(&safetensors).map_err(|e| BackendError::load(&safetensors, e))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
-            .map_err(|e| load_err(&safetensors, e))?;
+            .map_err(|e| BackendError::load(&safetensors, e))?;
         Ok((vb, safetensors))
     } else if pth.exists() {
-        let vb = VarBuilder::from_pth(&pth, DType::F32, device).map_err(|e| load_err(&pth, e))?;
+        let vb = VarBuilder::from_pth(&pth, DType::F32, device)
+            .map_err(|e| BackendError::load(&pth, e))?;
         Ok((vb, pth))
     } else {
-        Err(load_err(
+        Err(BackendError::load(
             dir,
             "no weights: expected model.safetensors or pytorch_model.bin",
         ))

@@ -29,8 +29,7 @@ use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, e, load_err, pad, read_config, unpad, weights, Attention, AttentionSpec,
-    DecoderState, Dense,
+    activation, e, pad, read_config, unpad, weights, Attention, AttentionSpec, DecoderState, Dense,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::{Epilogue, PackedF32};
@@ -272,7 +271,7 @@ impl T5 {
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
         let cfg: T5Config = read_config(dir)?;
         let (vb, file) = weights(dir, device)?;
-        Self::from_var_builder(cfg, vb, device).map_err(|e| load_err(&file, e))
+        Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
     }
 
     fn from_var_builder(cfg: T5Config, vb: VarBuilder, device: &Device) -> Result<Self, String> {

@@ -498,6 +498,10 @@ pub enum TaskError {
     /// The caller went away.
     #[error("cancelled")]
     Cancelled,
+    /// precis broke one of its own rules (a bug): reported as `internal`,
+    /// never as the model's or the caller's fault.
+    #[error("internal error: {0}")]
+    Internal(String),
 }
 
 /// Runs one task on one article.

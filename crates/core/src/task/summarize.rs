@@ -78,7 +78,7 @@ pub fn summarize(
     };
     let generation = generate_streamed(model.as_ref(), vec![request], cancel, &mut on_text)?
         .pop()
-        .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
+        .ok_or_else(|| TaskError::Internal("the model returned no result for a request".into()))?;
     let text = tidy_summary(&generation.text);
     let source = article.paragraphs.join("\n\n");
     let flags = quality::assess(
@@ -163,7 +163,7 @@ fn summarize_dedicated(
     let text = &pieces[0].text;
     let generation = generate_streamed(model, vec![request(text, last_round)], cancel, on_text)?
         .pop()
-        .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
+        .ok_or_else(|| TaskError::Internal("the model returned no result for a request".into()))?;
     tokens.add(&generation);
     let summary = generation.text.clone();
     let source = article.paragraphs.join("\n\n");

@@ -139,7 +139,9 @@ pub fn translate_texts(
                 cancel,
             )?
             .pop()
-            .ok_or_else(|| TaskError::ModelUnavailable("the model returned no result".into()))?;
+            .ok_or_else(|| {
+                TaskError::Internal("the model returned no result for a request".into())
+            })?;
             tokens.add(&g);
             loop_detected |= g.finish == FinishReason::Loop;
             hit_limit |= g.finish == FinishReason::Length;
