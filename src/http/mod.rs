@@ -292,115 +292,84 @@ fn shape<T: DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
     })
 }
 
-/// `POST /v1/summarize` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "id": "story-1", "length": {"sentences": 2}}))]
-pub struct SummarizeRequest {
-    /// The article text.
-    pub text: String,
-    /// Its headline, when separate.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Caller's id, echoed back.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Summary length, `{"sentences": 3}` or `{"words": 60}`.
-    #[serde(default)]
-    pub length: Option<Length>,
-    /// Language of the summary (default `en`).
-    #[serde(default)]
-    pub language: Option<String>,
-    /// Model id (one this server knows).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Drop non-story paragraphs (default true).
-    #[serde(default)]
-    pub clean: Option<bool>,
-    /// Fail instead of returning flagged output.
-    #[serde(default)]
-    pub strict: Option<bool>,
-    /// Answer with Server-Sent Events as the work goes (as does
-    /// `Accept: text/event-stream`); one article only.
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Generation overrides.
-    #[serde(default)]
-    pub generation: Option<GenerationOverrides>,
+/// Defines a task route's body: the article's fields first, then the
+/// route's own, then how to run it; every body shares the article's and the
+/// running fields, written here once (a new option is added in one place).
+/// serde's `flatten` would share them too, but does not combine with
+/// `deny_unknown_fields`.
+macro_rules! task_body {
+    (
+        $(#[$meta:meta])*
+        $name:ident { $($(#[$field_meta:meta])* $field:ident: $ty:ty,)* }
+    ) => {
+        #[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
+        #[serde(deny_unknown_fields)]
+        $(#[$meta])*
+        pub struct $name {
+            /// The article text.
+            pub text: String,
+            /// Its headline, when separate.
+            #[serde(default)]
+            pub title: Option<String>,
+            /// Caller's id, echoed back.
+            #[serde(default)]
+            pub id: Option<String>,
+            $(
+                $(#[$field_meta])*
+                #[serde(default)]
+                pub $field: $ty,
+            )*
+            /// Model id (one this server knows).
+            #[serde(default)]
+            pub model: Option<String>,
+            /// Drop non-story paragraphs (default true).
+            #[serde(default)]
+            pub clean: Option<bool>,
+            /// Fail instead of returning flagged output.
+            #[serde(default)]
+            pub strict: Option<bool>,
+            /// Answer with Server-Sent Events as the work goes (as does
+            /// `Accept: text/event-stream`); one article only.
+            #[serde(default)]
+            pub stream: Option<bool>,
+            /// Generation overrides.
+            #[serde(default)]
+            pub generation: Option<GenerationOverrides>,
+        }
+    };
 }
 
-/// `POST /v1/translate` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"text": "The talks ended without a joint statement.", "to": ["ru", "hi"]}))]
-pub struct TranslateRequest {
-    /// The article text.
-    pub text: String,
-    /// Its headline, when separate.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Caller's id, echoed back.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Target languages, e.g. `["ru", "hi"]`.
-    #[serde(default)]
-    pub to: Vec<String>,
-    /// Model id (one this server knows).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Drop non-story paragraphs (default true).
-    #[serde(default)]
-    pub clean: Option<bool>,
-    /// Fail instead of returning flagged output.
-    #[serde(default)]
-    pub strict: Option<bool>,
-    /// Answer with Server-Sent Events as the work goes (as does
-    /// `Accept: text/event-stream`); one article only.
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Generation overrides.
-    #[serde(default)]
-    pub generation: Option<GenerationOverrides>,
+task_body! {
+    /// `POST /v1/summarize` body.
+    #[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "id": "story-1", "length": {"sentences": 2}}))]
+    SummarizeRequest {
+        /// Summary length, `{"sentences": 3}` or `{"words": 60}`.
+        length: Option<Length>,
+        /// Language of the summary (default `en`).
+        language: Option<String>,
+    }
 }
 
-/// `POST /v1/digest` body.
-#[derive(Debug, Clone, Deserialize, Serialize, Default, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
-#[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "to": ["ru"], "length": {"words": 40}}))]
-pub struct DigestRequest {
-    /// The article text.
-    pub text: String,
-    /// Its headline, when separate.
-    #[serde(default)]
-    pub title: Option<String>,
-    /// Caller's id, echoed back.
-    #[serde(default)]
-    pub id: Option<String>,
-    /// Target languages (default: every language the translator writes).
-    #[serde(default)]
-    pub to: Option<Vec<String>>,
-    /// Summary length.
-    #[serde(default)]
-    pub length: Option<Length>,
-    /// Also translate the whole article.
-    #[serde(default)]
-    pub full: Option<bool>,
-    /// Model id (one this server knows).
-    #[serde(default)]
-    pub model: Option<String>,
-    /// Drop non-story paragraphs (default true).
-    #[serde(default)]
-    pub clean: Option<bool>,
-    /// Fail instead of returning flagged output.
-    #[serde(default)]
-    pub strict: Option<bool>,
-    /// Answer with Server-Sent Events as the work goes (as does
-    /// `Accept: text/event-stream`); one article only.
-    #[serde(default)]
-    pub stream: Option<bool>,
-    /// Generation overrides.
-    #[serde(default)]
-    pub generation: Option<GenerationOverrides>,
+task_body! {
+    /// `POST /v1/translate` body.
+    #[schema(example = json!({"text": "The talks ended without a joint statement.", "to": ["ru", "hi"]}))]
+    TranslateRequest {
+        /// Target languages, e.g. `["ru", "hi"]`.
+        to: Vec<String>,
+    }
+}
+
+task_body! {
+    /// `POST /v1/digest` body.
+    #[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "to": ["ru"], "length": {"words": 40}}))]
+    DigestRequest {
+        /// Target languages (default: every language the translator writes).
+        to: Option<Vec<String>>,
+        /// Summary length.
+        length: Option<Length>,
+        /// Also translate the whole article.
+        full: Option<bool>,
+    }
 }
 
 struct TaskCall {
