@@ -6,23 +6,6 @@ mod common;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn precis(home: Option<&Path>) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_precis"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("COLUMNS", "100")
-        .env_remove("PRECIS_MODEL")
-        .env_remove("PRECIS_CONFIG")
-        .env("PRECIS_NO_CACHE", "1");
-    if let Some(home) = home {
-        cmd.env("PRECIS_HOME", home)
-            .env("HF_HOME", home.join("hf"))
-            // A closed local port: no download can start from these tests.
-            .env("HF_ENDPOINT", "http://127.0.0.1:9")
-            .env("PRECIS_PIP", "false");
-    }
-    cmd
-}
-
 fn text(out: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -40,7 +23,7 @@ fn help_texts() {
         ("help_serve", vec!["serve", "--help"]),
         ("help_models", vec!["models", "--help"]),
     ] {
-        let out = precis(None).args(&args).output().unwrap();
+        let out = common::precis().args(&args).output().unwrap();
         assert!(out.status.success());
         insta::assert_snapshot!(name, text(&out).0);
     }
@@ -48,11 +31,14 @@ fn help_texts() {
 
 #[test]
 fn usage_errors_exit_2() {
-    let out = precis(None).args(["digest"]).output().unwrap();
+    let out = common::precis().args(["digest"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
-    let out = precis(None).args(["translate", "x.txt"]).output().unwrap();
+    let out = common::precis()
+        .args(["translate", "x.txt"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2), "translate needs --to");
-    let out = precis(None)
+    let out = common::precis()
         .args(["summarize", "--sentences", "0", "x.txt"])
         .output()
         .unwrap();
@@ -62,7 +48,7 @@ fn usage_errors_exit_2() {
 #[test]
 fn a_missing_model_is_exit_3_with_what_to_do() {
     let home = tempfile::tempdir().unwrap();
-    let out = precis(Some(home.path()))
+    let out = common::precis_offline(home.path())
         .args([
             "summarize",
             "--model",
@@ -89,7 +75,7 @@ fn corrupt_model_file_is_reported_by_verify_and_refused_at_load() {
     std::fs::write(&copy, &bytes).unwrap();
     drop(bytes);
 
-    let out = precis(Some(home.path()))
+    let out = common::precis_offline(home.path())
         .args(["models", "verify", common::SMALLEST])
         .output()
         .unwrap();
@@ -98,7 +84,7 @@ fn corrupt_model_file_is_reported_by_verify_and_refused_at_load() {
     assert!(stdout.contains("mismatch"), "{stdout}");
     assert!(stderr.contains("models fetch"), "{stderr}");
 
-    let out = precis(Some(home.path()))
+    let out = common::precis_offline(home.path())
         .args([
             "summarize",
             "--model",
@@ -120,7 +106,7 @@ fn corrupt_model_file_is_reported_by_verify_and_refused_at_load() {
         std::fs::metadata(&real).unwrap().len()
     );
 
-    let out = precis(Some(home.path()))
+    let out = common::precis_offline(home.path())
         .args(["models", "list"])
         .output()
         .unwrap();

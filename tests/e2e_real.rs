@@ -25,12 +25,7 @@ const CAP: &str = "40";
 fn precis() -> Command {
     // Fetch (once) before the binary needs it, so a failure to fetch names the model.
     common::real_model_file(common::SMALLEST, None);
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_precis"));
-    // Every test runs the model unless it asks for a cache of its own.
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("PRECIS_NO_CACHE", "1")
-        .env_remove("PRECIS_CACHE");
-    cmd
+    common::precis()
 }
 
 fn run_json(args: &[&str]) -> Value {

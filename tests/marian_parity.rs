@@ -8,6 +8,7 @@
 //! other way under float rounding; no recorded greedy output has one, and
 //! the test asserts that rather than assuming it.
 
+mod common;
 #[path = "common/parity.rs"]
 mod parity;
 
@@ -15,7 +16,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use parity::{
-    check_alone_equals_batched, check_forward, check_generation, cli, ids, reference, StdinText,
+    check_alone_equals_batched, check_forward, check_generation, ids, reference, StdinText,
 };
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::GenerationConfig;
@@ -149,7 +150,7 @@ fn the_cli_translates_with_the_checkpoint_settings() {
         let home = tempfile::tempdir().unwrap();
         for (i, source) in sources.iter().enumerate() {
             let lang = if name.ends_with("ru") { "ru" } else { "hi" };
-            let v = cli(home.path())
+            let v = common::precis_offline(home.path())
                 .args(["translate", "--model"])
                 .arg(dir(name))
                 .args(["--to", lang, "--format", "json", "-"])
@@ -173,7 +174,7 @@ fn paragraphs_come_out_as_many_as_went_in() {
     let home = tempfile::tempdir().unwrap();
     let article = "The minister will visit Moscow in May. Antony J. Blinken met the foreign minister of India.\n\n\
                    Talks went on for hours.\n\n\"We agreed,\" he said. Prices rose 3.5 percent in the U.S. last year.";
-    let v = cli(home.path())
+    let v = common::precis_offline(home.path())
         .args(["translate", "--model"])
         .arg(dir("tiny-en-ru"))
         .args(["--to", "ru", "--format", "json", "-"])

@@ -7,6 +7,7 @@
 //! Ids are compared exactly and tensors within 1e-4 (no recorded greedy
 //! step is a near-tie; the test asserts that).
 
+mod common;
 #[path = "common/parity.rs"]
 mod parity;
 
@@ -14,8 +15,7 @@ use std::path::{Path, PathBuf};
 
 use candle_core::Device;
 use parity::{
-    check_alone_equals_batched, check_forward, check_generation, cli, ids, reference, strings,
-    StdinText,
+    check_alone_equals_batched, check_forward, check_generation, ids, reference, strings, StdinText,
 };
 use precis_backend::seq2seq::backend::checkpoint_generation;
 use precis_backend::seq2seq::bart::Bart;
@@ -161,7 +161,7 @@ fn the_cli_summarizes_with_the_checkpoint_settings() {
             .find(|c| c["name"] == "checkpoint_defaults")
             .expect("checkpoint_defaults recorded");
         for (i, source) in sources.iter().enumerate() {
-            let v = cli(home.path())
+            let v = common::precis_offline(home.path())
                 .args(["summarize", "--model"])
                 .arg(&d)
                 .args(["--format", "json", "-"])
@@ -189,7 +189,7 @@ fn long_articles_are_summarized_in_chunks_that_cover_them() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/sample-article.txt"),
     )
     .unwrap();
-    let v = cli(home.path())
+    let v = common::precis_offline(home.path())
         .args(["summarize", "--model"])
         .arg(&d)
         .args(["--format", "json", "-"])
@@ -234,7 +234,7 @@ fn long_articles_are_summarized_in_chunks_that_cover_them() {
 #[test]
 fn digest_pairs_a_dedicated_summarizer_with_a_dedicated_translator() {
     let home = tempfile::tempdir().unwrap();
-    let v = cli(home.path())
+    let v = common::precis_offline(home.path())
         .args(["digest", "--model"])
         .arg(dir("bart", "tiny-cnn"))
         .arg("--translator")

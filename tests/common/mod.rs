@@ -5,7 +5,8 @@
 
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::Mutex;
 
 use precis_backend::store::{ModelStore, StoreConfig};
@@ -33,4 +34,29 @@ pub fn real_model_file(id: &str, env: Option<&str>) -> PathBuf {
         panic!("cannot fetch real model {id} (run `precis models fetch {id}`): {e}")
     });
     located.first_path().to_path_buf()
+}
+
+/// The `precis` binary, run from the repository, with nothing of the
+/// caller's environment that would change what it does (model, config,
+/// cache) and no result cache: every run runs its model.
+pub fn precis() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_precis"));
+    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("COLUMNS", "100")
+        .env_remove("PRECIS_MODEL")
+        .env_remove("PRECIS_CONFIG")
+        .env_remove("PRECIS_CACHE")
+        .env("PRECIS_NO_CACHE", "1");
+    cmd
+}
+
+/// [`precis`] with its home (models, hub cache) in `home`, where no
+/// download can start: the hub is a closed local port and the mirror off.
+pub fn precis_offline(home: &Path) -> Command {
+    let mut cmd = precis();
+    cmd.env("PRECIS_HOME", home)
+        .env("HF_HOME", home.join("hf"))
+        .env("HF_ENDPOINT", "http://127.0.0.1:9")
+        .env("PRECIS_PIP", "false");
+    cmd
 }

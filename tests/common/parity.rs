@@ -208,19 +208,6 @@ pub fn check_alone_equals_batched<M: EncoderDecoder>(
     }
 }
 
-/// The `precis` binary with its home in `home` and the hub unreachable.
-pub fn cli(home: &Path) -> std::process::Command {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_precis"));
-    cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
-        .env("PRECIS_HOME", home)
-        .env("HF_HOME", home.join("hf"))
-        .env("HF_ENDPOINT", "http://127.0.0.1:9")
-        .env("PRECIS_PIP", "false")
-        .env_remove("PRECIS_MODEL")
-        .env_remove("PRECIS_CONFIG");
-    cmd
-}
-
 /// Runs a command with `text` on its standard input.
 pub trait StdinText {
     fn stdin_text(&mut self, text: &str) -> std::process::Output;
