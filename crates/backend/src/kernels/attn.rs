@@ -194,27 +194,27 @@ mod x86 {
         const N: usize = 8;
         #[inline(always)]
         unsafe fn zero() -> Self {
-            _mm256_setzero_ps()
+            unsafe { _mm256_setzero_ps() }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
-            _mm256_loadu_ps(p)
+            unsafe { _mm256_loadu_ps(p) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
-            _mm256_storeu_ps(p, self)
+            unsafe { _mm256_storeu_ps(p, self) }
         }
         #[inline(always)]
         unsafe fn splat(x: f32) -> Self {
-            _mm256_set1_ps(x)
+            unsafe { _mm256_set1_ps(x) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            _mm256_fmadd_ps(a, b, c)
+            unsafe { _mm256_fmadd_ps(a, b, c) }
         }
         #[inline(always)]
         unsafe fn mul(a: Self, b: Self) -> Self {
-            _mm256_mul_ps(a, b)
+            unsafe { _mm256_mul_ps(a, b) }
         }
     }
 
@@ -222,27 +222,27 @@ mod x86 {
         const N: usize = 16;
         #[inline(always)]
         unsafe fn zero() -> Self {
-            _mm512_setzero_ps()
+            unsafe { _mm512_setzero_ps() }
         }
         #[inline(always)]
         unsafe fn load(p: *const f32) -> Self {
-            _mm512_loadu_ps(p)
+            unsafe { _mm512_loadu_ps(p) }
         }
         #[inline(always)]
         unsafe fn store(self, p: *mut f32) {
-            _mm512_storeu_ps(p, self)
+            unsafe { _mm512_storeu_ps(p, self) }
         }
         #[inline(always)]
         unsafe fn splat(x: f32) -> Self {
-            _mm512_set1_ps(x)
+            unsafe { _mm512_set1_ps(x) }
         }
         #[inline(always)]
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            _mm512_fmadd_ps(a, b, c)
+            unsafe { _mm512_fmadd_ps(a, b, c) }
         }
         #[inline(always)]
         unsafe fn mul(a: Self, b: Self) -> Self {
-            _mm512_mul_ps(a, b)
+            unsafe { _mm512_mul_ps(a, b) }
         }
     }
 
@@ -261,24 +261,26 @@ mod x86 {
         scale: f32,
         out: [*mut f32; R],
     ) {
-        let mut acc = [[L::zero(); C]; R];
-        for d in 0..dim {
-            let kd = k.add(d * stride);
-            let mut kv = [L::zero(); C];
-            for (c, kv) in kv.iter_mut().enumerate() {
-                *kv = L::load(kd.add(c * L::N));
-            }
-            for r in 0..R {
-                let qd = L::splat(*q.get_unchecked(r * dim + d));
-                for c in 0..C {
-                    acc[r][c] = L::fma(qd, kv[c], acc[r][c]);
+        unsafe {
+            let mut acc = [[L::zero(); C]; R];
+            for d in 0..dim {
+                let kd = k.add(d * stride);
+                let mut kv = [L::zero(); C];
+                for (c, kv) in kv.iter_mut().enumerate() {
+                    *kv = L::load(kd.add(c * L::N));
+                }
+                for r in 0..R {
+                    let qd = L::splat(*q.get_unchecked(r * dim + d));
+                    for c in 0..C {
+                        acc[r][c] = L::fma(qd, kv[c], acc[r][c]);
+                    }
                 }
             }
-        }
-        let s = L::splat(scale);
-        for r in 0..R {
-            for c in 0..C {
-                L::mul(acc[r][c], s).store(out[r].add(c * L::N));
+            let s = L::splat(scale);
+            for r in 0..R {
+                for c in 0..C {
+                    L::mul(acc[r][c], s).store(out[r].add(c * L::N));
+                }
             }
         }
     }
@@ -297,29 +299,31 @@ mod x86 {
         dim: usize,
         out: [*mut f32; R],
     ) {
-        let mut acc = [[L::zero(); C]; R];
-        for r in 0..R {
-            let s = L::splat(rescale[r]);
-            for c in 0..C {
-                acc[r][c] = L::mul(L::load(out[r].add(c * L::N)), s);
-            }
-        }
-        for j in 0..KEY_BLOCK {
-            let vj = v.add(j * dim);
-            let mut vv = [L::zero(); C];
-            for (c, vv) in vv.iter_mut().enumerate() {
-                *vv = L::load(vj.add(c * L::N));
-            }
+        unsafe {
+            let mut acc = [[L::zero(); C]; R];
             for r in 0..R {
-                let wr = L::splat(w[r][j]);
+                let s = L::splat(rescale[r]);
                 for c in 0..C {
-                    acc[r][c] = L::fma(wr, vv[c], acc[r][c]);
+                    acc[r][c] = L::mul(L::load(out[r].add(c * L::N)), s);
                 }
             }
-        }
-        for r in 0..R {
-            for c in 0..C {
-                acc[r][c].store(out[r].add(c * L::N));
+            for j in 0..KEY_BLOCK {
+                let vj = v.add(j * dim);
+                let mut vv = [L::zero(); C];
+                for (c, vv) in vv.iter_mut().enumerate() {
+                    *vv = L::load(vj.add(c * L::N));
+                }
+                for r in 0..R {
+                    let wr = L::splat(w[r][j]);
+                    for c in 0..C {
+                        acc[r][c] = L::fma(wr, vv[c], acc[r][c]);
+                    }
+                }
+            }
+            for r in 0..R {
+                for c in 0..C {
+                    acc[r][c].store(out[r].add(c * L::N));
+                }
             }
         }
     }

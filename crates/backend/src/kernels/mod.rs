@@ -35,8 +35,14 @@
 //!
 //! This is one of the two places where precis uses `unsafe` (the other is the
 //! mmap of weight files): SIMD intrinsics, and writes of disjoint output cells
-//! from several threads.
+//! from several threads. An `unsafe fn` here is no licence for its body:
+//! `unsafe_op_in_unsafe_fn` is denied, so every unsafe operation sits in an
+//! `unsafe` block. Where a whole body is one such block, the function's own
+//! contract (its `# Safety` section, or the trait method's: the CPU has the
+//! instruction set, and the slices and pointers cover the lengths given) is
+//! exactly what the operations in it need.
 #![allow(unsafe_code)]
+#![deny(unsafe_op_in_unsafe_fn)]
 
 use std::sync::OnceLock;
 

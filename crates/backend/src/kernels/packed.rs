@@ -307,36 +307,38 @@ mod x86 {
         cols: std::ops::Range<usize>,
         partial: &mut [f32],
     ) {
-        let width = task.m.cols;
-        let (first, last) = (cols.start == 0, cols.end == width);
-        let w = task.panel(p).as_ptr();
-        let x = task.x.as_ptr().add(t0 * width);
-        let part = partial.as_mut_ptr().add(t0 * PANEL);
-        let mut acc = [[_mm512_setzero_ps(); 2]; T];
-        if !first {
-            for (t, acc) in acc.iter_mut().enumerate() {
-                acc[0] = _mm512_loadu_ps(part.add(t * PANEL));
-                acc[1] = _mm512_loadu_ps(part.add(t * PANEL + 16));
+        unsafe {
+            let width = task.m.cols;
+            let (first, last) = (cols.start == 0, cols.end == width);
+            let w = task.panel(p).as_ptr();
+            let x = task.x.as_ptr().add(t0 * width);
+            let part = partial.as_mut_ptr().add(t0 * PANEL);
+            let mut acc = [[_mm512_setzero_ps(); 2]; T];
+            if !first {
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    acc[0] = _mm512_loadu_ps(part.add(t * PANEL));
+                    acc[1] = _mm512_loadu_ps(part.add(t * PANEL + 16));
+                }
             }
-        }
-        for c in cols {
-            let w0 = _mm512_loadu_ps(w.add(c * PANEL));
-            let w1 = _mm512_loadu_ps(w.add(c * PANEL + 16));
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm512_set1_ps(*x.add(t * width + c));
-                acc[0] = _mm512_fmadd_ps(w0, xv, acc[0]);
-                acc[1] = _mm512_fmadd_ps(w1, xv, acc[1]);
+            for c in cols {
+                let w0 = _mm512_loadu_ps(w.add(c * PANEL));
+                let w1 = _mm512_loadu_ps(w.add(c * PANEL + 16));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_ps(*x.add(t * width + c));
+                    acc[0] = _mm512_fmadd_ps(w0, xv, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(w1, xv, acc[1]);
+                }
             }
-        }
-        for (t, acc) in acc.iter().enumerate() {
-            if last {
-                let mut sums = [0f32; PANEL];
-                _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
-                _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
-                task.put(p, t0 + t, &sums);
-            } else {
-                _mm512_storeu_ps(part.add(t * PANEL), acc[0]);
-                _mm512_storeu_ps(part.add(t * PANEL + 16), acc[1]);
+            for (t, acc) in acc.iter().enumerate() {
+                if last {
+                    let mut sums = [0f32; PANEL];
+                    _mm512_storeu_ps(sums.as_mut_ptr(), acc[0]);
+                    _mm512_storeu_ps(sums.as_mut_ptr().add(16), acc[1]);
+                    task.put(p, t0 + t, &sums);
+                } else {
+                    _mm512_storeu_ps(part.add(t * PANEL), acc[0]);
+                    _mm512_storeu_ps(part.add(t * PANEL + 16), acc[1]);
+                }
             }
         }
     }
@@ -345,25 +347,27 @@ mod x86 {
     /// sums per token.
     #[inline(always)]
     unsafe fn block_256<const T: usize>(task: &Task<'_>, p: usize, t0: usize) {
-        let cols = task.m.cols;
-        let w = task.panel(p).as_ptr();
-        let x = task.x.as_ptr().add(t0 * cols);
-        let mut acc = [[_mm256_setzero_ps(); 4]; T];
-        for c in 0..cols {
-            let ws = [0, 8, 16, 24].map(|j| _mm256_loadu_ps(w.add(c * PANEL + j)));
-            for (t, acc) in acc.iter_mut().enumerate() {
-                let xv = _mm256_set1_ps(*x.add(t * cols + c));
-                for (a, &wv) in acc.iter_mut().zip(&ws) {
-                    *a = _mm256_fmadd_ps(wv, xv, *a);
+        unsafe {
+            let cols = task.m.cols;
+            let w = task.panel(p).as_ptr();
+            let x = task.x.as_ptr().add(t0 * cols);
+            let mut acc = [[_mm256_setzero_ps(); 4]; T];
+            for c in 0..cols {
+                let ws = [0, 8, 16, 24].map(|j| _mm256_loadu_ps(w.add(c * PANEL + j)));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_ps(*x.add(t * cols + c));
+                    for (a, &wv) in acc.iter_mut().zip(&ws) {
+                        *a = _mm256_fmadd_ps(wv, xv, *a);
+                    }
                 }
             }
-        }
-        for (t, acc) in acc.iter().enumerate() {
-            let mut sums = [0f32; PANEL];
-            for (j, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(sums.as_mut_ptr().add(8 * j), *a);
+            for (t, acc) in acc.iter().enumerate() {
+                let mut sums = [0f32; PANEL];
+                for (j, a) in acc.iter().enumerate() {
+                    _mm256_storeu_ps(sums.as_mut_ptr().add(8 * j), *a);
+                }
+                task.put(p, t0 + t, &sums);
             }
-            task.put(p, t0 + t, &sums);
         }
     }
 
@@ -398,33 +402,35 @@ mod x86 {
     /// The CPU must have AVX-512F (and AVX2, FMA).
     #[target_feature(enable = "avx2,fma,avx512f")]
     pub(super) unsafe fn panels_avx512(task: &Task<'_>) {
-        // A panel of many columns is swept in slices of `SLICE` columns
-        // over every token, so that the slice stays in L2 between groups.
-        let width = task.m.cols;
-        let mut partial = if width > SLICE {
-            vec![0f32; task.n * PANEL]
-        } else {
-            Vec::new()
-        };
-        for p in task.panels.clone() {
-            for c0 in (0..width).step_by(SLICE) {
-                let cols = c0..(c0 + SLICE).min(width);
-                let mut t = 0;
-                while t < task.n {
-                    let left = task.n - t;
-                    let part = &mut partial[..];
-                    if left >= 8 {
-                        block_512::<8>(task, p, t, cols.clone(), part);
-                        t += 8;
-                    } else if left >= 4 {
-                        block_512::<4>(task, p, t, cols.clone(), part);
-                        t += 4;
-                    } else if left >= 2 {
-                        block_512::<2>(task, p, t, cols.clone(), part);
-                        t += 2;
-                    } else {
-                        block_512::<1>(task, p, t, cols.clone(), part);
-                        t += 1;
+        unsafe {
+            // A panel of many columns is swept in slices of `SLICE` columns
+            // over every token, so that the slice stays in L2 between groups.
+            let width = task.m.cols;
+            let mut partial = if width > SLICE {
+                vec![0f32; task.n * PANEL]
+            } else {
+                Vec::new()
+            };
+            for p in task.panels.clone() {
+                for c0 in (0..width).step_by(SLICE) {
+                    let cols = c0..(c0 + SLICE).min(width);
+                    let mut t = 0;
+                    while t < task.n {
+                        let left = task.n - t;
+                        let part = &mut partial[..];
+                        if left >= 8 {
+                            block_512::<8>(task, p, t, cols.clone(), part);
+                            t += 8;
+                        } else if left >= 4 {
+                            block_512::<4>(task, p, t, cols.clone(), part);
+                            t += 4;
+                        } else if left >= 2 {
+                            block_512::<2>(task, p, t, cols.clone(), part);
+                            t += 2;
+                        } else {
+                            block_512::<1>(task, p, t, cols.clone(), part);
+                            t += 1;
+                        }
                     }
                 }
             }
@@ -438,7 +444,7 @@ mod x86 {
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn panels_avx2(task: &Task<'_>) {
-        panels!(task, block_256, 2)
+        unsafe { panels!(task, block_256, 2) }
     }
 }
 
