@@ -3,8 +3,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 fn text(out: &Output) -> (String, String) {
     (

@@ -1,6 +1,6 @@
 //! Decoder-only LLMs from GGUF files (Qwen2 / Qwen2.5, and Llama-architecture
 //! models such as SmolLM2): tokenizer, chat template and the generation loop.
-//! On the CPU the forward pass is precis's own ([`super::decoder`], on the
+//! On the CPU the forward pass is precis's own (the `decoder` module, on the
 //! memory-mapped file, with batched decoding of several requests); on a GPU
 //! (`--features cuda`, unverified) it is candle-transformers' quantized models.
 //!

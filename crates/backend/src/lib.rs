@@ -16,12 +16,22 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+// The CPU decoder's and the kernels' internals are an API only for the
+// benchmarks and parity tests (feature `internals`).
+#[cfg(feature = "internals")]
 pub mod decoder;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unused_imports)] // what only the benchmarks and tests use
+pub(crate) mod decoder;
 #[cfg(feature = "test-backend")]
 pub mod fake;
 pub mod generation;
 pub mod gguf;
+#[cfg(feature = "internals")]
 pub mod kernels;
+#[cfg(not(feature = "internals"))]
+#[allow(dead_code, unused_imports)] // what only the benchmarks and tests use
+pub(crate) mod kernels;
 pub mod seq2seq;
 pub mod store;
 pub mod tokenizer;

@@ -4,7 +4,7 @@
 //! copied except the small f32 vectors (norms, biases), so resident memory stays
 //! close to the file size plus the KV cache, several processes share one copy,
 //! and loading takes as long as parsing the header. This module holds one of the
-//! two places where precis uses `unsafe` (the other is [`super::kernels`]).
+//! two places where precis uses `unsafe` (the other is the `kernels` module).
 
 use std::collections::HashMap;
 use std::fs::File;
