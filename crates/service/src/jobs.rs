@@ -1016,9 +1016,20 @@ async fn drain_outbox(store: Arc<JobStore>, settings: JobSettings, wake: Arc<Not
                 Err(e) => tracing::error!("{e}"),
             }
         }
-        let idle = match store.next_webhook_in() {
-            Ok(Some(ms)) => Duration::from_millis(ms.max(1)),
-            _ => Duration::from_secs(60),
+        // With every delivery slot busy, only a finished call (or a new
+        // job's end) can start another: no timer, no spinning on due rows.
+        let idle = if calls.len() >= WEBHOOK_PARALLEL {
+            Duration::from_secs(60)
+        } else {
+            match store.next_webhook_in() {
+                Ok(Some(ms)) => Duration::from_millis(ms.max(20)),
+                Ok(None) => Duration::from_secs(60),
+                // The database failed (logged): try again a little later.
+                Err(e) => {
+                    tracing::error!("{e}");
+                    Duration::from_secs(1)
+                }
+            }
         };
         tokio::select! {
             Some(_) = calls.join_next(), if !calls.is_empty() => {}
