@@ -141,12 +141,16 @@ impl Admission {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn slot(self: &Arc<Self>) -> Slot {
-        gauge_in_flight(1.0);
+    /// A slot of this admission; `counted`: in the in-flight gauge now
+    /// (else once its waiter takes it).
+    fn slot(self: &Arc<Self>, counted: bool) -> Slot {
+        if counted {
+            gauge_in_flight(1.0);
+        }
         Slot {
             admission: Arc::clone(self),
             since: Instant::now(),
-            counted: true,
+            counted,
             armed: true,
         }
     }
@@ -163,7 +167,7 @@ impl Admission {
             if q.free > 0 {
                 q.free -= 1;
                 drop(q);
-                return Ok(self.slot());
+                return Ok(self.slot(true));
             }
             let (tx, rx) = oneshot::channel();
             match priority {
@@ -222,12 +226,7 @@ impl Admission {
                 q.free += 1;
                 return;
             };
-            let slot = Slot {
-                admission: Arc::clone(self),
-                since: Instant::now(),
-                counted: false,
-                armed: true,
-            };
+            let slot = self.slot(false);
             match waiter.send(slot) {
                 Ok(()) => return,
                 // That waiter gave up; disarm the slot it refused and try

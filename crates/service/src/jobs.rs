@@ -298,44 +298,52 @@ pub struct JobStore {
 }
 
 fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
+    now_ms() / 1000
 }
 
 /// Brings the job tables to [`JOBS_SCHEMA`], in one transaction.
 fn migrate(conn: &mut Connection) -> Result<(), String> {
     let tx = conn.transaction().map_err(|e| e.to_string())?;
+    let version = jobs_schema(&tx).map_err(|e| e.to_string())?;
+    if version > JOBS_SCHEMA {
+        return Err(format!(
+            "the job tables were written by a newer precis (schema {version}, this one reads {JOBS_SCHEMA}); use that version, or another --cache file"
+        ));
+    }
+    upgrade(&tx, version)
+        .and_then(|()| tx.commit())
+        .map_err(|e| e.to_string())
+}
+
+/// The job tables' schema version: recorded, else 1 when the tables exist
+/// (version 1 predates the record), else 0.
+fn jobs_schema(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<i64> {
     tx.execute_batch(
         "CREATE TABLE IF NOT EXISTS schema_versions (
              component TEXT PRIMARY KEY,
              version INTEGER NOT NULL
          );",
-    )
-    .map_err(|e| e.to_string())?;
+    )?;
     let recorded: Option<i64> = tx
         .query_row(
             "SELECT version FROM schema_versions WHERE component = 'jobs'",
             [],
             |r| r.get(0),
         )
-        .optional()
-        .map_err(|e| e.to_string())?;
-    let had_jobs: bool = tx
-        .query_row(
-            "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
-            [],
-            |r| r.get::<_, i64>(0),
-        )
-        .map_err(|e| e.to_string())?
-        > 0;
-    // Version 1 predates the record: its tables say it is there.
-    let version = recorded.unwrap_or(if had_jobs { 1 } else { 0 });
-    if version > JOBS_SCHEMA {
-        return Err(format!(
-            "the job tables were written by a newer precis (schema {version}, this one reads {JOBS_SCHEMA}); use that version, or another --cache file"
-        ));
+        .optional()?;
+    if let Some(version) = recorded {
+        return Ok(version);
     }
+    let tables: i64 = tx.query_row(
+        "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = 'jobs'",
+        [],
+        |r| r.get(0),
+    )?;
+    Ok(tables.min(1))
+}
+
+/// Creates what each version after `version` adds, and records the newest.
+fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64) -> rusqlite::Result<()> {
     if version < 1 {
         tx.execute_batch(
             "CREATE TABLE jobs (
@@ -356,8 +364,7 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
                  outcome TEXT,
                  PRIMARY KEY (job, idx)
              );",
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
     }
     if version < 2 {
         // A webhook call waiting: its job, URL, tries so far, and when the
@@ -369,16 +376,14 @@ fn migrate(conn: &mut Connection) -> Result<(), String> {
                  attempts INTEGER NOT NULL DEFAULT 0,
                  due_ms INTEGER NOT NULL
              );",
-        )
-        .map_err(|e| e.to_string())?;
+        )?;
     }
     tx.execute(
         "INSERT INTO schema_versions (component, version) VALUES ('jobs', ?1)
          ON CONFLICT (component) DO UPDATE SET version = ?1",
         params![JOBS_SCHEMA],
-    )
-    .map_err(|e| e.to_string())?;
-    tx.commit().map_err(|e| e.to_string())
+    )?;
+    Ok(())
 }
 
 fn now_ms() -> i64 {
