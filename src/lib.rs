@@ -3,7 +3,7 @@
 //!
 //! This package is the transports only: [`http`] (axum) and [`cli`] (clap),
 //! over the workspace's crates, each of which imports only from those below
-//! it (the compiler enforces it, and `scripts/check-layers.sh` checks it):
+//! it (the compiler enforces it, and `scripts/check-layers.py` checks it):
 //!
 //! - `precis-service`: batch jobs, sources and fetching, rendering;
 //! - `precis-core`: tasks, the engine, the result cache, error codes;

@@ -8,7 +8,8 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use precis::http::{router, ApiKeys, AppState, ServerLimits};
-use precis_core::engine::{Engine, FakeLoader, Routing};
+use precis_core::engine::{FakeLoader, Routing};
+use precis_service::app::Services;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
@@ -28,16 +29,25 @@ const FAKES: [&str; 6] = [
     "broken",
 ];
 
-fn engine() -> Arc<Engine> {
-    let engine = Engine::new(
+/// The server's parts over the fake models, made as `precis serve` makes
+/// its own: routed to `model`, refusing articles over `limits`' size,
+/// with `cache` when given.
+fn services(
+    model: &str,
+    limits: &ServerLimits,
+    cache: Option<Arc<precis_core::cache::ResultCache>>,
+) -> Services {
+    let services = Services::assemble(
         Arc::new(FakeLoader::new(&FAKES)),
         Routing {
-            summarizers: vec!["fake".into()],
-            translators: vec!["fake".into()],
+            summarizers: vec![model.into()],
+            translators: vec![model.into()],
         },
+        cache,
+        Some(limits.max_chars),
     );
-    engine.load_routed().unwrap();
-    Arc::new(engine)
+    services.engine.load_routed().unwrap();
+    services
 }
 
 fn limits() -> ServerLimits {
@@ -49,7 +59,7 @@ fn limits() -> ServerLimits {
 }
 
 fn state(limits: ServerLimits) -> AppState {
-    AppState::new(engine(), limits, vec!["ru".into(), "hi".into()])
+    AppState::new(services("fake", &limits, None).engine, limits)
 }
 
 fn app() -> axum::Router {
@@ -1246,16 +1256,8 @@ async fn the_result_cache_answers_repeated_work_without_running_the_model() {
         precis_core::cache::CacheLimits::default(),
     )
     .unwrap();
-    let engine = Engine::new(
-        Arc::new(FakeLoader::new(&FAKES)),
-        Routing {
-            summarizers: vec!["fake-cached".into()],
-            translators: vec!["fake-cached".into()],
-        },
-    )
-    .with_cache(Some(Arc::new(cache)));
-    engine.load_routed().unwrap();
-    let app = router(AppState::new(Arc::new(engine), limits(), vec!["ru".into()]));
+    let services = services("fake-cached", &limits(), Some(Arc::new(cache)));
+    let app = router(AppState::new(services.engine, limits()));
     let tokens = |m: &str| tokens_generated(m, "fake-cached");
     let body = json!({"text": SAMPLE, "to": ["ru", "hi"]});
     let before = tokens(&metrics_text(&app).await);
@@ -1311,8 +1313,9 @@ fn jobs_app(db: &std::path::Path) -> axum::Router {
 
 /// [`jobs_app`] under other limits.
 fn jobs_app_with(db: &std::path::Path, limits: ServerLimits) -> axum::Router {
-    let mut state = state(limits);
-    let store = Arc::new(precis_service::jobs::JobStore::open(db).unwrap());
+    let mut services = services("fake", &limits, None);
+    services.database = Some(db.to_path_buf());
+    let mut state = AppState::new(Arc::clone(&services.engine), limits);
     let settings = precis_service::jobs::JobSettings {
         parallel: 2,
         admission: Arc::clone(&state.admission),
@@ -1323,13 +1326,8 @@ fn jobs_app_with(db: &std::path::Path, limits: ServerLimits) -> axum::Router {
         },
         webhook_secret: Some("s3cret".into()),
         retry_delay: std::time::Duration::from_millis(50),
-        default_targets: Arc::clone(&state.default_targets),
     };
-    state.jobs = Some(precis_service::jobs::JobQueue::start(
-        store,
-        Arc::clone(&state.engine),
-        settings,
-    ));
+    state.jobs = Some(services.start_jobs(settings).unwrap());
     router(state)
 }
 
@@ -1401,6 +1399,42 @@ async fn a_job_runs_in_the_background_once_per_idempotency_key() {
     let (status, _, other) = post_job(&app, body, None).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     assert_ne!(other["id"], id.as_str());
+}
+
+/// The engine, not each transport, refuses an article over the server's
+/// character limit and fills in a digest's default targets: a job's item
+/// gets the same code and the same languages as a request would.
+#[tokio::test]
+async fn job_items_meet_the_same_limits_and_defaults_as_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    let long = "Ministers met again. ".repeat(2_000);
+    let (status, _, v) = post_job(
+        &app,
+        json!({"items": [{"text": long}, {"text": SAMPLE, "id": "ok"}]}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    let done = finished_job(&app, v["id"].as_str().unwrap()).await;
+    let results = done["results"].as_array().unwrap();
+    assert_eq!(results[0]["status"], 422, "{done}");
+    assert_eq!(results[0]["error"]["code"], "text_too_long");
+    let (status, single) = post(&app, "/v1/digest", json!({"text": long})).await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(single["error"]["message"], results[0]["error"]["message"]);
+    // No `to`: the languages the routed models write, Russian and Hindi first.
+    let languages = |result: &Value| -> Vec<String> {
+        result["translations"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["language"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(languages(&results[1]["result"]), ["ru", "hi"], "{done}");
+    let (_, models) = call(&app, "GET", "/v1/models", Vec::new()).await;
+    assert_eq!(models["default_targets"], json!(["ru", "hi"]));
 }
 
 #[tokio::test]

@@ -6,8 +6,9 @@
 use std::sync::Arc;
 
 use precis::cli::input::read_inputs;
-use precis_core::engine::{Engine, FakeLoader, Routing};
-use precis_core::task::{CancelToken, Task, TaskOptions};
+use precis_core::engine::{FakeLoader, Routing};
+use precis_core::task::{CancelToken, Task, TaskOptions, TaskRequest};
+use precis_service::app::Services;
 use precis_service::render::{json_feeds, render, ErrorBody, Format, Outcome};
 use precis_service::sources::parse_feed;
 
@@ -19,15 +20,17 @@ fn feed(name: &str) -> std::path::PathBuf {
 
 /// The digests (into ru and hi) of every item of `input`, as the CLI writes them.
 fn digests(input: &std::path::Path) -> Vec<Outcome> {
-    let engine = Engine::new(
+    let services = Services::assemble(
         Arc::new(FakeLoader::new(&["fake"])),
         Routing {
             summarizers: vec!["fake".into()],
             translators: vec!["fake".into()],
         },
+        None,
+        None,
     );
     let options = TaskOptions {
-        to: vec!["ru".into(), "hi".into()],
+        to: Some(vec!["ru".into(), "hi".into()]),
         ..TaskOptions::default()
     };
     read_inputs(&[input.to_path_buf()], false)
@@ -39,15 +42,15 @@ fn digests(input: &std::path::Path) -> Vec<Outcome> {
                 message,
             });
             match run.and_then(|article| {
-                engine
-                    .run(
-                        Task::Digest,
-                        &article,
-                        &options,
-                        None,
-                        &CancelToken::new(),
-                        &|_| {},
-                    )
+                let request = TaskRequest {
+                    task: Task::Digest,
+                    article,
+                    options: options.clone(),
+                    model: None,
+                };
+                services
+                    .engine
+                    .run(&request, &CancelToken::new(), &|_| {})
                     .map_err(|e| ErrorBody {
                         code: "failed".into(),
                         message: e.to_string(),

@@ -454,7 +454,8 @@ async fn load_and_generate(
     use precis_backend::{Flow, GenerationRequest};
     use precis_core::engine::{ModelLoader, StoreLoader};
 
-    let loader = StoreLoader::open(Arc::clone(store), true, false);
+    let loader = StoreLoader::open(Arc::clone(store), false);
+    loader.fetch(id).await.expect("fetches from the hub");
     let (id, source) = (id.to_string(), source.to_string());
     tokio::task::spawn_blocking(move || {
         let mut model = loader.load(&id).expect("loads from the hub");

@@ -15,11 +15,14 @@ use indicatif::{ProgressBar, ProgressStyle};
 pub mod config;
 pub mod input;
 
-use crate::cli::config::{Config, DEFAULT_MODEL};
+use crate::cli::config::{CacheConfig, Config, DEFAULT_MODEL};
 use precis_backend::store::{ModelSpec, ModelStore, StoreConfig};
 use precis_core::cache::ResultCache;
-use precis_core::engine::{Engine, EngineError, Routing, StoreLoader};
-use precis_core::task::{CancelToken, GenerationOverrides, Length, Task, TaskEvent, TaskOptions};
+use precis_core::engine::{Engine, EngineError, ModelChoice};
+use precis_core::task::{
+    CancelToken, GenerationOverrides, Length, Task, TaskEvent, TaskOptions, TaskRequest,
+};
+use precis_service::app::{ModelAccess, Services, Settings};
 use precis_service::render::{self, ErrorBody, Format, Outcome};
 
 /// Summaries of news articles, and their Russian and Hindi versions, with open models.
@@ -285,7 +288,7 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
-    let store = Arc::new(open_store(&cli, &config)?);
+    let store = store_config(&cli, &config);
     match cli.command {
         Command::Summarize(a) => {
             let mut opts = task_options(&a.args);
@@ -295,38 +298,76 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Translate(a) => {
             let mut opts = task_options(&a.args);
-            opts.to = precis_core::task::normalise_languages(&a.to);
+            opts.to = Some(precis_core::task::normalise_languages(&a.to));
             run_task(Task::Translate, &a.args, opts, &config, store, cli.quiet)
         }
         Command::Digest(a) => {
             let mut opts = task_options(&a.args);
-            opts.to = precis_core::task::normalise_languages(&a.to);
+            // Without `--to`, the engine's default targets.
+            opts.to = (!a.to.is_empty()).then(|| precis_core::task::normalise_languages(&a.to));
             opts.length = a.length.length();
             opts.full = a.full;
             run_task(Task::Digest, &a.args, opts, &config, store, cli.quiet)
         }
-        Command::Models(m) => models_command(m, &store),
-        Command::Serve(a) => {
-            let cache = a.cache.clone().or(&config.cache);
-            serve(a, &config, store, &cache)
-        }
+        Command::Models(m) => models_command(m, &ModelStore::open(store)?),
+        Command::Serve(a) => serve(a, &config, store),
         Command::Cache(c) => cache_command(c.command, &c.cache.or(&config.cache)),
     }
 }
 
-/// The result cache the settings ask for: `None` with `--no-cache`, or when
-/// it cannot be opened (said on stderr: the work goes on without it).
-fn open_cache(settings: &crate::cli::config::CacheConfig) -> Option<Arc<ResultCache>> {
-    if settings.no_cache {
-        return None;
+/// The models the flags and the config file ask for: `--model` (which
+/// then serves every job not named by its own flag), else the config's
+/// choices, else the default model.
+fn model_choice(
+    config: &Config,
+    model: Option<&str>,
+    summarizer: Option<&str>,
+    translator: Option<&str>,
+) -> ModelChoice {
+    let forced = model.is_some();
+    let first = |flag: Option<&str>, configured: &Option<String>| {
+        flag.map(str::to_string)
+            .or_else(|| (!forced).then(|| configured.clone()).flatten())
+    };
+    ModelChoice {
+        model: model
+            .map(str::to_string)
+            .or_else(|| config.model.clone())
+            .unwrap_or_else(|| DEFAULT_MODEL.to_string()),
+        forced,
+        summarizer: first(summarizer, &config.summarizer),
+        translator: first(translator, &config.translator),
     }
-    match ResultCache::open(&settings.file(), settings.limits()) {
-        Ok(cache) => Some(Arc::new(cache)),
-        Err(e) => {
-            eprintln!("warning: {e}; running without the cache");
-            None
-        }
+}
+
+/// The parts' settings, resolved once: the store's from the environment
+/// and the flags, the models', the cache's.
+fn settings(
+    store: StoreConfig,
+    models: ModelChoice,
+    access: ModelAccess,
+    cuda: bool,
+    cache: &CacheConfig,
+    max_chars: Option<usize>,
+) -> Settings {
+    Settings {
+        store,
+        models,
+        access,
+        cuda,
+        database: cache.file(),
+        cache: (!cache.no_cache).then(|| cache.limits()),
+        max_chars,
     }
+}
+
+/// The parts `settings` make, each warning said on stderr.
+fn build(settings: &Settings) -> anyhow::Result<Services> {
+    let services = Services::build(settings)?;
+    for warning in &services.warnings {
+        eprintln!("warning: {warning}");
+    }
+    Ok(services)
 }
 
 fn megabytes(bytes: u64) -> String {
@@ -396,7 +437,9 @@ fn cache_command(
     Ok(EXIT_OK)
 }
 
-fn open_store(cli: &Cli, config: &Config) -> anyhow::Result<ModelStore> {
+/// The model store's settings: the environment's, then the config file's
+/// and the flags'.
+fn store_config(cli: &Cli, config: &Config) -> StoreConfig {
     let mut sc = StoreConfig::from_env();
     if let Some(dir) = cli.models_dir.clone().or_else(|| config.models_dir.clone()) {
         sc.root = dir;
@@ -404,7 +447,7 @@ fn open_store(cli: &Cli, config: &Config) -> anyhow::Result<ModelStore> {
     sc.extra_manifest_dirs
         .extend(config.manifest_dirs.iter().cloned());
     sc.progress = !cli.quiet;
-    Ok(ModelStore::open(sc)?)
+    sc
 }
 
 fn task_options(a: &TaskArgs) -> TaskOptions {
@@ -419,62 +462,6 @@ fn task_options(a: &TaskArgs) -> TaskOptions {
             repetition_penalty: a.repetition_penalty,
         },
         ..TaskOptions::default()
-    }
-}
-
-/// Dedicated models of `families` (manifests) whose files are all present:
-/// they work before the LLM does, for the languages they write.
-fn present(store: &ModelStore, families: &[precis_backend::store::ModelFamily]) -> Vec<String> {
-    store
-        .manifests()
-        .iter()
-        .filter(|m| families.contains(&m.family))
-        .filter(|m| store.status(&ModelSpec::from_manifest(m)).is_ready())
-        .map(|m| m.id.clone())
-        .collect()
-}
-
-/// The models named on the command line.
-#[derive(Debug, Clone, Copy, Default)]
-struct Choice<'a> {
-    model: Option<&'a str>,
-    summarizer: Option<&'a str>,
-    translator: Option<&'a str>,
-}
-
-fn routing(config: &Config, choice: Choice<'_>, store: &ModelStore) -> Routing {
-    use precis_backend::store::ModelFamily;
-    let default = choice
-        .model
-        .map(str::to_string)
-        .or_else(|| config.model.clone())
-        .unwrap_or_else(|| DEFAULT_MODEL.to_string());
-    // `--summarizer` / `--translator` come first. A model named by `--model`
-    // serves every other job; without one, the config's dedicated choices,
-    // then dedicated models whose files are present, then the default model.
-    let forced = choice.model.is_some();
-    let first = |flag: Option<&str>, configured: &Option<String>| {
-        flag.map(str::to_string)
-            .or_else(|| (!forced).then(|| configured.clone()).flatten())
-    };
-    let dedicated = |families: &[ModelFamily]| {
-        if forced {
-            Vec::new()
-        } else {
-            present(store, families)
-        }
-    };
-    Routing {
-        summarizers: first(choice.summarizer, &config.summarizer)
-            .into_iter()
-            .chain(dedicated(&[ModelFamily::Bart, ModelFamily::T5]))
-            .chain([default.clone()])
-            .collect(),
-        translators: first(choice.translator, &config.translator)
-            .into_iter()
-            .chain(dedicated(&[ModelFamily::Marian]))
-            .chain([default])
-            .collect(),
     }
 }
 
@@ -504,7 +491,13 @@ fn run_item(
                     b.set_position(p.done as u64);
                 }
             };
-            let r = engine.run(task, &article, options, None, &CancelToken::new(), &report);
+            let request = TaskRequest {
+                task,
+                article,
+                options: options.clone(),
+                model: None,
+            };
+            let r = engine.run(&request, &CancelToken::new(), &report);
             if let Some(b) = bar {
                 b.finish_and_clear();
             }
@@ -550,9 +543,9 @@ fn write_output(task: Task, args: &TaskArgs, outcomes: &[Outcome]) -> anyhow::Re
 fn run_task(
     task: Task,
     args: &TaskArgs,
-    mut options: TaskOptions,
+    options: TaskOptions,
     config: &Config,
-    store: Arc<ModelStore>,
+    store: StoreConfig,
     quiet: bool,
 ) -> anyhow::Result<i32> {
     if args.format == Format::Jsonfeed && args.out_dir.is_none() {
@@ -575,22 +568,32 @@ fn run_task(
             return Ok(EXIT_USAGE);
         }
     };
-    let choice = Choice {
-        model: args.model.as_deref(),
-        summarizer: args.summarizer.as_deref(),
-        translator: args.translator.as_deref(),
-    };
-    let routing = routing(config, choice, &store);
-    let loader = Arc::new(StoreLoader::open(store, true, args.cuda));
+    let models = model_choice(
+        config,
+        args.model.as_deref(),
+        args.summarizer.as_deref(),
+        args.translator.as_deref(),
+    );
     let cache = args.cache.clone().or(&config.cache);
-    let engine = Engine::new(loader, routing).with_cache(open_cache(&cache));
-    if let Err(e) = engine.load_routed() {
+    let services = build(&settings(
+        store,
+        models,
+        ModelAccess::Any,
+        args.cuda,
+        &cache,
+        None,
+    ))?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let ready = runtime
+        .block_on(services.fetch_models())
+        .and_then(|()| services.engine.load_routed());
+    if let Err(e) = ready {
         eprintln!("error: {e}");
         return Ok(EXIT_MODEL);
     }
-    if task == Task::Digest && options.to.is_empty() {
-        options.to = default_targets(&engine);
-    }
+    let engine: &Engine = &services.engine;
     let total = items.len();
     let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let bar = if quiet || total < 2 || !terminal {
@@ -618,7 +621,7 @@ fn run_task(
                 let Some(item) = items.get(i).and_then(|m| m.lock().ok()?.take()) else {
                     break;
                 };
-                let outcome = run_item(&engine, task, &options, item, step_bars);
+                let outcome = run_item(engine, task, &options, item, step_bars);
                 let k = finished.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
                 if let Some(b) = &bar {
                     b.inc(1);
@@ -690,39 +693,6 @@ fn error_body(e: &EngineError) -> ErrorBody {
         code: e.code().name(),
         message: e.to_string(),
     }
-}
-
-fn default_targets(engine: &Engine) -> Vec<String> {
-    let mut targets: Vec<String> = engine
-        .loaded()
-        .iter()
-        .flat_map(|m| m.target_languages.iter().filter(|l| *l != "en").cloned())
-        .collect();
-    targets.sort();
-    targets.dedup();
-    // Russian before Hindi reads better in a newsletter than alphabetical order.
-    targets.sort_by_key(|l| match l.as_str() {
-        "ru" => 0,
-        "hi" => 1,
-        _ => 2,
-    });
-    targets
-}
-
-/// Translation targets of the first translator whose manifest is known (when nothing is loaded yet).
-fn manifest_targets(store: &ModelStore, translators: &[String]) -> Vec<String> {
-    translators
-        .iter()
-        .filter_map(|id| store.resolve(id).ok()?.manifest)
-        .map(|m| {
-            m.languages
-                .targets
-                .into_iter()
-                .filter(|l| l != "en")
-                .collect::<Vec<_>>()
-        })
-        .next()
-        .unwrap_or_default()
 }
 
 fn progress_bar(len: u64, what: &str) -> ProgressBar {
@@ -849,89 +819,79 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
     }
 }
 
-fn serve(
-    a: ServeArgs,
-    config: &Config,
-    store: Arc<ModelStore>,
-    cache: &crate::cli::config::CacheConfig,
-) -> anyhow::Result<i32> {
-    let settings = a.server.or(&config.server);
-    let addr_text = settings.addr.as_deref().unwrap_or("127.0.0.1:8080");
+fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i32> {
+    let server = a.server.or(&config.server);
+    let addr_text = server.addr.as_deref().unwrap_or("127.0.0.1:8080");
     let addr: std::net::SocketAddr = addr_text.parse().map_err(|e| {
         anyhow::anyhow!("--addr {addr_text}: {e} (give an address and port, e.g. 127.0.0.1:8080)")
     })?;
-    let limits = settings.limits();
-    let api_keys = api_keys(&settings)?;
-    let grace = std::time::Duration::from_secs(settings.shutdown_grace_secs.unwrap_or(30));
-    let choice = Choice {
-        model: a.model.as_deref(),
-        ..Choice::default()
-    };
-    let routing = routing(config, choice, &store);
-    let configured: Vec<String> = routing
-        .summarizers
-        .iter()
-        .chain(routing.translators.iter())
-        .cloned()
-        .collect();
-    let configured_translators = routing.translators.clone();
-    let targets = manifest_targets(&store, &configured_translators);
-    let loader = Arc::new(StoreLoader::closed(store, !a.lazy, a.cuda, configured));
-    let engine = Arc::new(Engine::new(loader.clone(), routing).with_cache(open_cache(cache)));
-    let mut state = crate::http::AppState::new(Arc::clone(&engine), limits, targets);
+    let limits = server.limits();
+    let api_keys = api_keys(&server)?;
+    let grace = std::time::Duration::from_secs(server.shutdown_grace_secs.unwrap_or(30));
+    let models = model_choice(config, a.model.as_deref(), None, None);
+    let cache = a.cache.clone().or(&config.cache);
+    let services = build(&settings(
+        store,
+        models,
+        ModelAccess::Configured,
+        a.cuda,
+        &cache,
+        Some(limits.max_chars),
+    ))?;
+    let mut state = crate::http::AppState::new(Arc::clone(&services.engine), limits);
+    state.api_keys = api_keys;
+    state.cors_origins = server.cors_origins.clone().unwrap_or_default();
+    if let Some(keys) = &state.api_keys {
+        tracing::info!(keys = keys.len(), "API keys required");
+    }
+    let rt = tokio::runtime::Runtime::new()?;
     let job_settings = precis_service::jobs::JobSettings {
         parallel: state.limits.max_concurrency,
         admission: Arc::clone(&state.admission),
         item_timeout: state.limits.timeout,
         fetch: precis_service::fetch::FetchPolicy {
-            allow: settings.allow_addresses.clone().unwrap_or_default(),
+            allow: server.allow_addresses.clone().unwrap_or_default(),
             ..precis_service::fetch::FetchPolicy::default()
         },
-        webhook_secret: settings.webhook_secret.clone(),
+        webhook_secret: server.webhook_secret.clone(),
         retry_delay: std::time::Duration::from_secs(5),
-        default_targets: Arc::clone(&state.default_targets),
     };
-    let job_store = match precis_service::jobs::JobStore::open(&cache.file()) {
-        Ok(store) => Some(Arc::new(store)),
-        Err(e) => {
-            eprintln!("warning: {e}; batch jobs (/v1/jobs) are off");
-            None
-        }
-    };
-    state.api_keys = api_keys;
-    state.cors_origins = settings.cors_origins.clone().unwrap_or_default();
-    if let Some(keys) = &state.api_keys {
-        tracing::info!(keys = keys.len(), "API keys required");
-    }
-    let rt = tokio::runtime::Runtime::new()?;
-    if let Some(store) = job_store {
+    {
         let _runtime = rt.enter();
-        state.jobs = Some(precis_service::jobs::JobQueue::start(
-            store,
-            Arc::clone(&engine),
-            job_settings,
-        ));
+        match services.start_jobs(job_settings) {
+            Ok(jobs) => state.jobs = Some(jobs),
+            Err(e) => eprintln!("warning: {e}; batch jobs (/v1/jobs) are off"),
+        }
     }
     let listener = rt
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
-    // Serve at once (/health answers, /ready says 503) while the models
-    // load; a model that cannot be loaded stops the server with EXIT_MODEL.
+    // Serve at once (/health answers, /ready says 503) while the models are
+    // fetched and loaded; a model that cannot be stops the server with
+    // EXIT_MODEL. With --lazy nothing is fetched: models load on first use
+    // from the files present.
     let (failed_tx, mut failed_rx) = tokio::sync::watch::channel(false);
     let failed = failed_rx.clone();
-    if a.lazy {
-        loader.forbid_fetch();
-    } else {
+    if !a.lazy {
         state.ready.set(false);
-        let (ready, targets) = (state.ready.clone(), Arc::clone(&state.default_targets));
-        rt.spawn_blocking(move || {
-            match engine.load_routed() {
+        let ready = state.ready.clone();
+        rt.spawn(async move {
+            let loaded = match services.fetch_models().await {
                 Ok(()) => {
-                    // From here on no request may trigger a download.
-                    loader.forbid_fetch();
-                    if let Ok(mut t) = targets.write() {
-                        *t = default_targets(&engine);
-                    }
+                    let engine = Arc::clone(&services.engine);
+                    tokio::task::spawn_blocking(move || engine.load_routed())
+                        .await
+                        .unwrap_or_else(|e| {
+                            Err(precis_core::task::TaskError::Internal(format!(
+                                "loading the models failed: {e}"
+                            ))
+                            .into())
+                        })
+                }
+                Err(e) => Err(e),
+            };
+            match loaded {
+                Ok(()) => {
                     ready.set(true);
                     tracing::info!("models loaded; ready");
                 }

@@ -34,8 +34,9 @@ fn web_url(url: &str, what: &str) -> Result<(), ApiError> {
     }
 }
 
-/// The request's articles, each checked alone (too long: that item fails).
-fn check(state: &AppState, request: &JobRequest) -> Result<Vec<Result<Article, String>>, ApiError> {
+/// The request's articles (the engine refuses an item it would not run
+/// when it comes to it: that item fails, the others go on).
+fn check(request: &JobRequest) -> Result<Vec<Result<Article, String>>, ApiError> {
     if request.task == Some(Task::Translate) && request.to.as_ref().is_none_or(Vec::is_empty) {
         return Err(ApiError::new(
             ErrorCode::NoTargetLanguage,
@@ -68,17 +69,7 @@ fn check(state: &AppState, request: &JobRequest) -> Result<Vec<Result<Article, S
             Ok(items
                 .iter()
                 .cloned()
-                .map(|a| {
-                    let chars = a.text.chars().count();
-                    if chars > state.limits.max_chars {
-                        Err(format!(
-                            "the text has {chars} characters; this server accepts at most {} per article (--max-chars)",
-                            state.limits.max_chars
-                        ))
-                    } else {
-                        Ok(Article::from(a))
-                    }
-                })
+                .map(|a| Ok(Article::from(a)))
                 .collect())
         }
     }
@@ -119,7 +110,7 @@ pub(super) async fn create(
         ),
         None => None,
     };
-    let items = check(&state, &request)?;
+    let items = check(&request)?;
     let store = std::sync::Arc::clone(&queue.store);
     let (id, created) =
         tokio::task::spawn_blocking(move || store.create(&request, items, key.as_deref()))

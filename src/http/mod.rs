@@ -7,7 +7,7 @@
 //! (one article, an array of them, or a stream of events: see [`stream`]),
 //! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
@@ -40,7 +40,7 @@ use precis_core::admission::{run_admitted, Priority, RunError};
 use precis_core::engine::Engine;
 use precis_core::task::{
     normalise_languages, Article, CancelToken, GenerationOverrides, Length, Task, TaskOptions,
-    TaskResult,
+    TaskRequest, TaskResult,
 };
 
 /// Server limits (the command line, the environment and the configuration
@@ -86,9 +86,6 @@ pub struct AppState {
     pub engine: Arc<Engine>,
     /// Limits.
     pub limits: ServerLimits,
-    /// Targets of a digest whose request has no `to` (known once the
-    /// translators are loaded).
-    pub default_targets: Arc<RwLock<Vec<String>>>,
     /// Slots and queue (sized from `limits`).
     pub admission: Arc<Admission>,
     /// Whether the models are loaded and the server is not shutting down.
@@ -103,12 +100,11 @@ pub struct AppState {
 
 impl AppState {
     /// A ready server over `engine` with `limits`, no keys and no CORS.
-    pub fn new(engine: Arc<Engine>, limits: ServerLimits, default_targets: Vec<String>) -> Self {
+    pub fn new(engine: Arc<Engine>, limits: ServerLimits) -> Self {
         Self {
             admission: Admission::new(limits.max_concurrency, limits.queue_depth),
             engine,
             limits,
-            default_targets: Arc::new(RwLock::new(default_targets)),
             ready: Readiness::new(true),
             api_keys: None,
             cors_origins: Vec::new(),
@@ -372,55 +368,17 @@ task_body! {
     }
 }
 
+/// A task route's request: the task, and whether to stream its answer.
 struct TaskCall {
-    task: Task,
-    article: Article,
-    options: TaskOptions,
-    model: Option<String>,
+    request: TaskRequest,
     /// The request's `stream` field.
     stream: Option<bool>,
 }
 
-impl TaskCall {
-    fn new(
-        task: Task,
-        article: Article,
-        options: TaskOptions,
-        model: Option<String>,
-        stream: Option<bool>,
-    ) -> Self {
-        Self {
-            task,
-            article,
-            options,
-            model,
-            stream,
-        }
-    }
-}
-
-/// Refuses a call the server would not run: too many characters, a model
-/// it does not know. Gives the text's characters.
+/// Refuses a call the engine would not run (too many characters, a model
+/// it does not know) before it waits for a slot. Gives the text's characters.
 fn check_call(state: &AppState, call: &TaskCall) -> Result<usize, ApiError> {
-    let chars = call.article.text.chars().count();
-    if chars > state.limits.max_chars {
-        return Err(ApiError::new(
-            ErrorCode::TextTooLong,
-            format!(
-                "the text has {chars} characters; this server accepts at most {} per article (--max-chars)",
-                state.limits.max_chars
-            ),
-        ));
-    }
-    if let Some(m) = &call.model {
-        if state.engine.canonical(m).is_none() {
-            return Err(ApiError::new(
-                ErrorCode::UnknownModel,
-                format!("unknown model `{m}`: GET /v1/models lists the models this server knows"),
-            ));
-        }
-    }
-    Ok(chars)
+    Ok(state.engine.screen(&call.request)?)
 }
 
 /// A slot for a request, and its deadline: 503 when not ready, 429 when
@@ -464,14 +422,7 @@ async fn run_call(
     let cancel = CancelToken::new();
     let token = cancel.clone();
     let result = run_admitted(slot, Some(deadline), cancel, move || {
-        engine.run(
-            call.task,
-            &call.article,
-            &call.options,
-            call.model.as_deref(),
-            &token,
-            &events,
-        )
+        engine.run(&call.request, &token, &events)
     })
     .await
     .map_err(|e| match e {
@@ -481,23 +432,23 @@ async fn run_call(
     Ok(result?)
 }
 
-/// The fields of a task route's request, made into the call.
-trait IntoJob: DeserializeOwned + Send + 'static {
-    fn into_call(self, state: &AppState) -> TaskCall;
+/// A task route's body, made into the call.
+trait TaskBody: DeserializeOwned + Send + 'static {
+    fn into_call(self) -> TaskCall;
     /// The request's `stream` field.
     fn stream(&self) -> Option<bool>;
 }
 
 /// Answers a task route: one result, its stream of events, or a batch's
 /// results in order.
-async fn serve_jobs<T: IntoJob>(
+async fn serve_task<T: TaskBody>(
     state: AppState,
     headers: HeaderMap,
     body: SingleOrBatch<T>,
 ) -> Result<axum::response::Response, ApiError> {
     match body {
         SingleOrBatch::Single(req) => {
-            let call = req.into_call(&state);
+            let call = req.into_call();
             check_call(&state, &call)?;
             let streamed = stream::wanted(&headers, call.stream);
             let (slot, deadline) = admit(&state).await?;
@@ -549,7 +500,7 @@ pub struct BatchResponse {
 
 /// Runs a batch under one slot: every article at once (the model's worker
 /// batches them), each with its own result or error.
-async fn run_batch<T: IntoJob>(
+async fn run_batch<T: TaskBody>(
     state: AppState,
     items: Vec<Result<T, ApiError>>,
 ) -> Result<Response, ApiError> {
@@ -573,7 +524,7 @@ async fn run_batch<T: IntoJob>(
     let calls: Vec<Result<TaskCall, ApiError>> = items
         .into_iter()
         .map(|item| {
-            let call = item?.into_call(&state);
+            let call = item?.into_call();
             chars += check_call(&state, &call)?;
             Ok(call)
         })
@@ -631,80 +582,78 @@ async fn run_batch<T: IntoJob>(
     Ok(response)
 }
 
-fn options(
-    clean: Option<bool>,
-    strict: Option<bool>,
-    generation: Option<GenerationOverrides>,
-) -> TaskOptions {
-    TaskOptions {
-        clean: clean.unwrap_or(true),
-        strict: strict.unwrap_or(false),
-        generation: generation.unwrap_or_default(),
-        ..TaskOptions::default()
-    }
+/// The call a body makes: its article, `options` with the fields every
+/// body shares, and its model.
+macro_rules! task_call {
+    ($body:ident, $task:expr, $options:expr) => {
+        TaskCall {
+            request: TaskRequest {
+                task: $task,
+                article: Article {
+                    id: $body.id,
+                    title: $body.title,
+                    text: $body.text,
+                    ..Article::default()
+                },
+                options: TaskOptions {
+                    clean: $body.clean.unwrap_or(true),
+                    strict: $body.strict.unwrap_or(false),
+                    generation: $body.generation.unwrap_or_default(),
+                    ..$options
+                },
+                model: $body.model,
+            },
+            stream: $body.stream,
+        }
+    };
 }
 
-impl IntoJob for SummarizeRequest {
+impl TaskBody for SummarizeRequest {
     fn stream(&self) -> Option<bool> {
         self.stream
     }
 
-    fn into_call(self, _: &AppState) -> TaskCall {
-        let mut options = options(self.clean, self.strict, self.generation);
-        options.length = self.length;
-        options.summary_language = self.language.map(|l| l.trim().to_ascii_lowercase());
-        let article = Article {
-            id: self.id,
-            title: self.title,
-            text: self.text,
-            ..Article::default()
+    fn into_call(self) -> TaskCall {
+        let options = TaskOptions {
+            length: self.length,
+            summary_language: self
+                .language
+                .as_ref()
+                .map(|l| l.trim().to_ascii_lowercase()),
+            ..TaskOptions::default()
         };
-        TaskCall::new(Task::Summarize, article, options, self.model, self.stream)
+        task_call!(self, Task::Summarize, options)
     }
 }
 
-impl IntoJob for TranslateRequest {
+impl TaskBody for TranslateRequest {
     fn stream(&self) -> Option<bool> {
         self.stream
     }
 
-    fn into_call(self, _: &AppState) -> TaskCall {
-        let mut options = options(self.clean, self.strict, self.generation);
-        options.to = normalise_languages(&self.to);
-        let article = Article {
-            id: self.id,
-            title: self.title,
-            text: self.text,
-            ..Article::default()
+    fn into_call(self) -> TaskCall {
+        let options = TaskOptions {
+            to: Some(normalise_languages(&self.to)),
+            ..TaskOptions::default()
         };
-        TaskCall::new(Task::Translate, article, options, self.model, self.stream)
+        task_call!(self, Task::Translate, options)
     }
 }
 
-impl IntoJob for DigestRequest {
+impl TaskBody for DigestRequest {
     fn stream(&self) -> Option<bool> {
         self.stream
     }
 
-    fn into_call(self, state: &AppState) -> TaskCall {
-        let mut options = options(self.clean, self.strict, self.generation);
-        options.to = match &self.to {
-            Some(to) => normalise_languages(to),
-            None => state
-                .default_targets
-                .read()
-                .map(|t| t.clone())
-                .unwrap_or_default(),
+    fn into_call(self) -> TaskCall {
+        // Without `to`, the engine's default targets.
+        let options = TaskOptions {
+            to: self.to.as_deref().map(normalise_languages),
+            length: self.length,
+            full: self.full.unwrap_or(false),
+            ..TaskOptions::default()
         };
-        options.length = self.length;
-        options.full = self.full.unwrap_or(false);
-        let article = Article {
-            id: self.id,
-            title: self.title,
-            text: self.text,
-            ..Article::default()
-        };
-        TaskCall::new(Task::Digest, article, options, self.model, self.stream)
+        task_call!(self, Task::Digest, options)
     }
 }
 
@@ -717,7 +666,7 @@ async fn summarize(
     headers: HeaderMap,
     body: SingleOrBatch<SummarizeRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    serve_jobs(state, headers, body).await
+    serve_task(state, headers, body).await
 }
 
 /// Translates an article paragraph by paragraph, or each article of an array.
@@ -729,7 +678,7 @@ async fn translate(
     headers: HeaderMap,
     body: SingleOrBatch<TranslateRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    serve_jobs(state, headers, body).await
+    serve_task(state, headers, body).await
 }
 
 /// Summarizes an article and translates the summary (and, with `full`, the
@@ -742,7 +691,7 @@ async fn digest(
     headers: HeaderMap,
     body: SingleOrBatch<DigestRequest>,
 ) -> Result<axum::response::Response, ApiError> {
-    serve_jobs(state, headers, body).await
+    serve_task(state, headers, body).await
 }
 
 /// The state of the process (`/health`) or of its models (`/ready`).
@@ -787,11 +736,7 @@ pub struct ModelsResponse {
 async fn models(State(state): State<AppState>) -> Json<ModelsResponse> {
     Json(ModelsResponse {
         models: state.engine.loaded(),
-        default_targets: state
-            .default_targets
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_default(),
+        default_targets: state.engine.default_targets(),
     })
 }
 

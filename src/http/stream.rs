@@ -179,12 +179,7 @@ pub(super) async fn respond(
     slot: Arc<Slot>,
 ) -> Result<Response, ApiError> {
     let (engine, call) = tokio::task::spawn_blocking(move || {
-        let checked = engine.check(
-            call.task,
-            &call.article,
-            &call.options,
-            call.model.as_deref(),
-        );
+        let checked = engine.check(&call.request);
         checked.map(|()| (engine, call))
     })
     .await

@@ -17,6 +17,9 @@ use super::{
     ModelInfo, Role, TokenCounter,
 };
 
+/// The languages the fake model writes.
+pub const FAKE_LANGUAGES: &[&str] = &["en", "ru", "hi"];
+
 /// The fake model.
 pub struct FakeBackend {
     info: ModelInfo,
@@ -32,7 +35,7 @@ impl FakeBackend {
                 revision: "fake".into(),
                 family: "fake".into(),
                 context_length: 4096,
-                target_languages: vec!["en".into(), "ru".into(), "hi".into()],
+                target_languages: FAKE_LANGUAGES.iter().map(|l| l.to_string()).collect(),
             },
         }
     }

@@ -114,6 +114,7 @@ impl TaskError {
     /// The code this failure is reported with.
     pub fn code(&self) -> ErrorCode {
         match self {
+            TaskError::TextTooLong { .. } => ErrorCode::TextTooLong,
             TaskError::EmptyText | TaskError::NothingLeft { .. } => ErrorCode::EmptyText,
             TaskError::NotEnglish { .. } => ErrorCode::NotEnglish,
             TaskError::UnsupportedLanguage { .. } | TaskError::SameLanguage(_) => {
@@ -121,13 +122,13 @@ impl TaskError {
             }
             TaskError::DuplicateLanguage(_) => ErrorCode::DuplicateLanguage,
             TaskError::NoTargetLanguage => ErrorCode::NoTargetLanguage,
-            TaskError::InputTooLong { .. } => ErrorCode::InputTooLong,
+            TaskError::InputTooLong { .. } | TaskError::Unreducible(_) => ErrorCode::InputTooLong,
             TaskError::Backend(BackendError::ContextOverflow { .. }) => ErrorCode::InputTooLong,
             // Any other backend failure is a fault of the model code, not of
             // the request.
             TaskError::Backend(_) => ErrorCode::Internal,
             TaskError::Flagged(_) => ErrorCode::Flagged,
-            TaskError::ModelUnavailable(_) => ErrorCode::ModelUnavailable,
+            TaskError::ModelUnavailable { .. } => ErrorCode::ModelUnavailable,
             TaskError::Cancelled | TaskError::Internal(_) => ErrorCode::Internal,
         }
     }
@@ -138,8 +139,29 @@ impl EngineError {
     pub fn code(&self) -> ErrorCode {
         match self {
             EngineError::UnknownModel(_) => ErrorCode::UnknownModel,
-            EngineError::ModelUnavailable { .. } => ErrorCode::ModelUnavailable,
             EngineError::Task(t) => t.code(),
         }
+    }
+}
+
+/// Why a model could not be loaded: its files could not be found or
+/// fetched, or were not a model precis runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The model store could not resolve the name or locate the files.
+    #[error(transparent)]
+    Store(Box<precis_backend::store::StoreError>),
+    /// The files are there, but the backend could not build the model.
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    /// The name or the files are not something precis runs (it says what is).
+    #[error("{0}")]
+    Unsupported(String),
+}
+
+impl From<precis_backend::store::StoreError> for LoadError {
+    fn from(e: precis_backend::store::StoreError) -> Self {
+        LoadError::Store(Box::new(e))
     }
 }

@@ -33,7 +33,7 @@ use crate::render::{json_feeds, render, ErrorBody, Format, Outcome};
 use precis_core::admission::{run_admitted, Admission, Priority, RunError};
 use precis_core::engine::Engine;
 use precis_core::error::{ErrorCode, ErrorDetail};
-use precis_core::task::{Article, CancelToken, Length, Task, TaskOptions, TaskResult};
+use precis_core::task::{Article, CancelToken, Length, Task, TaskOptions, TaskRequest, TaskResult};
 
 /// Most articles one job may hold.
 pub const MAX_JOB_ITEMS: usize = 1000;
@@ -287,8 +287,8 @@ fn render_output(format: Format, items: &[JobItem]) -> serde_json::Value {
 #[derive(Debug, thiserror::Error)]
 #[error("job store {path}: {reason}")]
 pub struct JobStoreError {
-    path: PathBuf,
-    reason: String,
+    pub(crate) path: PathBuf,
+    pub(crate) reason: String,
 }
 
 /// Jobs in the database (see the module's documentation).
@@ -778,8 +778,6 @@ pub struct JobSettings {
     pub webhook_secret: Option<String>,
     /// Delay before the first webhook retry (doubled each time).
     pub retry_delay: Duration,
-    /// Targets of a digest without `to`.
-    pub default_targets: Arc<std::sync::RwLock<Vec<String>>>,
 }
 
 /// Jobs being worked on, each with the sender that cancels it.
@@ -902,7 +900,7 @@ async fn run_batch_job(
         }
     }
     let task = request.task.unwrap_or(Task::Digest);
-    let options = options(&request, task, settings);
+    let options = options(&request);
     let pending = store.pending_items(id)?;
     let mut set = tokio::task::JoinSet::new();
     let mut queue = pending.into_iter();
@@ -911,12 +909,16 @@ async fn run_batch_job(
             let Some((index, article)) = queue.next() else {
                 break;
             };
+            let request = TaskRequest {
+                task,
+                article,
+                options: options.clone(),
+                model: None,
+            };
             set.spawn(run_item(
                 Arc::clone(engine),
                 settings.clone(),
-                task,
-                options.clone(),
-                (index, article),
+                (index, request),
                 cancelled.clone(),
             ));
         }
@@ -937,9 +939,7 @@ async fn run_batch_job(
 async fn run_item(
     engine: Arc<Engine>,
     settings: JobSettings,
-    task: Task,
-    options: TaskOptions,
-    (index, article): (usize, Article),
+    (index, request): (usize, TaskRequest),
     mut cancelled: watch::Receiver<bool>,
 ) -> Option<JobItem> {
     let work = async {
@@ -952,7 +952,7 @@ async fn run_item(
         let cancel = CancelToken::new();
         let token = cancel.clone();
         let ran = run_admitted(slot, Some(deadline), cancel, move || {
-            engine.run(task, &article, &options, None, &token, &|_| {})
+            engine.run(&request, &token, &|_| {})
         })
         .await;
         match ran {
@@ -1044,18 +1044,12 @@ async fn drain_outbox(store: Arc<JobStore>, settings: JobSettings, wake: Arc<Not
     }
 }
 
-fn options(request: &JobRequest, task: Task, settings: &JobSettings) -> TaskOptions {
-    let to = match (&request.to, task) {
-        (Some(to), _) => precis_core::task::normalise_languages(to),
-        (None, Task::Digest) => settings
-            .default_targets
-            .read()
-            .map(|t| t.clone())
-            .unwrap_or_default(),
-        (None, _) => Vec::new(),
-    };
+fn options(request: &JobRequest) -> TaskOptions {
     TaskOptions {
-        to,
+        to: request
+            .to
+            .as_deref()
+            .map(precis_core::task::normalise_languages),
         length: request.length,
         full: request.full.unwrap_or(false),
         clean: request.clean.unwrap_or(true),

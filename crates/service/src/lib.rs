@@ -9,10 +9,13 @@
 //!   Feed;
 //! - [`jobs`]: batch jobs kept in SQLite, resumed after a restart, with a
 //!   signed webhook;
-//! - [`markup`]: escaping for what is rendered.
+//! - [`markup`]: escaping for what is rendered;
+//! - [`app`]: the composition root that makes the store, the engine, the
+//!   cache and the job runner from ready settings.
 //!
 //! It sits on precis-core and knows no transport: no axum, no clap.
 
+pub mod app;
 pub mod fetch;
 pub mod jobs;
 pub mod markup;

@@ -25,13 +25,14 @@ pub fn digest(
     } else {
         0
     };
-    let total = summary_steps + options.to.len() * (per_language_summary + per_language_full);
+    let total =
+        summary_steps + options.targets().len() * (per_language_summary + per_language_full);
     let summary = summarize(article, "en", options, models, cancel, events)?;
     events(TaskEvent::Progress(Progress { done: 1, total }));
     let summary_paragraphs = vec![summary.text.clone()];
     let mut translations = Vec::new();
     let mut offset = summary_steps;
-    for lang in &options.to {
+    for lang in options.targets() {
         let counter = StepCounter {
             offset,
             total,
@@ -52,7 +53,7 @@ pub fn digest(
         offset += per_language_summary;
     }
     if options.full {
-        for lang in &options.to {
+        for lang in options.targets() {
             let counter = StepCounter {
                 offset,
                 total,

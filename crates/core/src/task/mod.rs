@@ -126,8 +126,9 @@ impl GenerationOverrides {
 /// Everything a task needs besides the article.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TaskOptions {
-    /// Target languages (translate, digest), in the order given.
-    pub to: Vec<String>,
+    /// Target languages (translate, digest), in the order given; `None`:
+    /// the engine's default targets for a digest, none for a translation.
+    pub to: Option<Vec<String>>,
     /// Summary length (summarize, digest).
     pub length: Option<Length>,
     /// Language the summary is written in (summarize); English by default.
@@ -142,10 +143,32 @@ pub struct TaskOptions {
     pub generation: GenerationOverrides,
 }
 
+impl TaskOptions {
+    /// The target languages (none when [`to`](Self::to) is unset).
+    pub fn targets(&self) -> &[String] {
+        self.to.as_deref().unwrap_or_default()
+    }
+}
+
+/// One task on one article, as every transport asks for it: an HTTP
+/// request (single, array item or stream), a batch job's item, an input of
+/// the CLI. The engine checks it and fills in its defaults.
+#[derive(Debug, Clone)]
+pub struct TaskRequest {
+    /// What to do.
+    pub task: Task,
+    /// The article.
+    pub article: Article,
+    /// How.
+    pub options: TaskOptions,
+    /// The model to run it on; `None`: the engine's routing picks.
+    pub model: Option<String>,
+}
+
 impl Default for TaskOptions {
     fn default() -> Self {
         Self {
-            to: Vec::new(),
+            to: None,
             length: None,
             summary_language: None,
             full: false,
@@ -438,6 +461,16 @@ pub struct TaskResult {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TaskError {
+    /// The article has more characters than the engine accepts.
+    #[error(
+        "the text has {chars} characters; at most {limit} are accepted per article (--max-chars)"
+    )]
+    TextTooLong {
+        /// Its characters.
+        chars: usize,
+        /// The limit.
+        limit: usize,
+    },
     /// Nothing to work on.
     #[error("the article is empty: give it some text")]
     EmptyText,
@@ -492,9 +525,19 @@ pub enum TaskError {
     /// The model failed.
     #[error(transparent)]
     Backend(#[from] BackendError),
-    /// The model is not available.
-    #[error("model unavailable: {0}")]
-    ModelUnavailable(String),
+    /// A model the task needs could not be loaded.
+    #[error("model `{id}` cannot be loaded: {source}")]
+    ModelUnavailable {
+        /// The model.
+        id: String,
+        /// Why.
+        #[source]
+        source: crate::error::LoadError,
+    },
+    /// Summaries of an article's chunks stay over the model's input limit:
+    /// the article is too long for this model to summarize.
+    #[error("{0}")]
+    Unreducible(String),
     /// The caller went away.
     #[error("cancelled")]
     Cancelled,
@@ -642,7 +685,7 @@ pub fn validate_languages(
     models: &dyn ModelRouter,
 ) -> Result<(), TaskError> {
     let mut seen: Vec<&str> = Vec::new();
-    for code in &options.to {
+    for code in options.targets() {
         if seen.contains(&code.as_str()) {
             return Err(TaskError::DuplicateLanguage(code.clone()));
         }
@@ -655,10 +698,10 @@ pub fn validate_languages(
             }
         }
         Task::Translate | Task::Digest => {
-            if task == Task::Translate && options.to.is_empty() {
+            if task == Task::Translate && options.targets().is_empty() {
                 return Err(TaskError::NoTargetLanguage);
             }
-            for code in &options.to {
+            for code in options.targets() {
                 models.translator(code)?;
             }
         }

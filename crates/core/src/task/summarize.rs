@@ -138,7 +138,7 @@ fn summarize_dedicated(
     let mut rounds = 0;
     while pieces.len() > 1 {
         if rounds == MAX_REDUCE_ROUNDS {
-            return Err(TaskError::ModelUnavailable(format!(
+            return Err(TaskError::Unreducible(format!(
                 "the chunk summaries still exceed the model's {limit}-token input after {MAX_REDUCE_ROUNDS} rounds"
             )));
         }
@@ -155,7 +155,7 @@ fn summarize_dedicated(
         pieces = chunk_paragraphs(&summaries, limit, &count)?;
         let after: usize = pieces.iter().map(|p| p.report.tokens).sum();
         if pieces.len() > 1 && after >= before {
-            return Err(TaskError::ModelUnavailable(format!(
+            return Err(TaskError::Unreducible(format!(
                 "the chunk summaries ({after} tokens) are no shorter than their chunks ({before} tokens), so they cannot be brought under the model's {limit}-token input"
             )));
         }

@@ -29,9 +29,9 @@ pub fn translate_article(
     events: EventFn<'_>,
 ) -> Result<Vec<Translation>, TaskError> {
     let per_language = steps(article.headline.as_deref(), &article.paragraphs);
-    let total = per_language * options.to.len();
+    let total = per_language * options.targets().len();
     let mut out = Vec::new();
-    for (i, lang) in options.to.iter().enumerate() {
+    for (i, lang) in options.targets().iter().enumerate() {
         let counter = StepCounter {
             offset: i * per_language,
             total,

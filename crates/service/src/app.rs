@@ -1,0 +1,145 @@
+//! The composition root: ready settings in, the working parts out. The
+//! server, the batch CLI and the tests make the model store, the loader, the
+//! result cache, the engine and the job runner here, one way, instead of
+//! each wiring them field by field.
+//!
+//! Models are fetched by [`Services::fetch_models`], on the caller's
+//! runtime, before the engine loads them: loading never downloads.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use precis_backend::store::{ModelStore, StoreConfig, StoreError};
+use precis_core::cache::{CacheLimits, ResultCache};
+use precis_core::engine::{Engine, EngineError, ModelChoice, ModelLoader, Routing, StoreLoader};
+use precis_core::task::TaskError;
+
+use crate::jobs::{JobQueue, JobSettings, JobStore, JobStoreError};
+
+/// Which model names the loader accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelAccess {
+    /// Any name the store resolves, a local path included (the CLI: its
+    /// user is the machine's operator).
+    Any,
+    /// Manifest ids and the names the routing was configured with (the
+    /// server: no client can make it read an arbitrary path).
+    Configured,
+}
+
+/// Everything the parts are made from, resolved once from the command
+/// line, the environment and the config file.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where models are kept and where they are fetched from.
+    pub store: StoreConfig,
+    /// The models asked for.
+    pub models: ModelChoice,
+    /// Which model names are accepted.
+    pub access: ModelAccess,
+    /// Run GGUF models on the GPU.
+    pub cuda: bool,
+    /// The SQLite file of the result cache and of batch jobs.
+    pub database: PathBuf,
+    /// The result cache's limits; `None`: no result cache.
+    pub cache: Option<CacheLimits>,
+    /// Most characters of one article; `None`: no limit.
+    pub max_chars: Option<usize>,
+}
+
+/// The working parts: the engine over its loader and cache, and what
+/// could not be opened (the work goes on without it).
+pub struct Services {
+    /// The engine.
+    pub engine: Arc<Engine>,
+    /// The model store (absent when a test supplied its own loader).
+    pub store: Option<Arc<ModelStore>>,
+    /// What was not available, each said once for the operator.
+    pub warnings: Vec<String>,
+    /// The SQLite file batch jobs are kept in.
+    pub database: Option<PathBuf>,
+    loader: Option<Arc<StoreLoader>>,
+}
+
+impl Services {
+    /// Opens the store and the cache and makes the loader and the engine;
+    /// nothing is fetched or loaded yet. Fails only when the store cannot
+    /// be opened; a cache that cannot is a warning.
+    pub fn build(settings: &Settings) -> Result<Self, Box<StoreError>> {
+        let store = Arc::new(ModelStore::open(settings.store.clone())?);
+        let routing = Routing::resolve(&settings.models, &store);
+        let loader = Arc::new(match settings.access {
+            ModelAccess::Any => StoreLoader::open(Arc::clone(&store), settings.cuda),
+            ModelAccess::Configured => StoreLoader::closed(
+                Arc::clone(&store),
+                settings.cuda,
+                routing.ids().into_iter().collect(),
+            ),
+        });
+        let mut warnings = Vec::new();
+        let cache = settings.cache.and_then(|limits| {
+            ResultCache::open(&settings.database, limits)
+                .map(Arc::new)
+                .map_err(|e| warnings.push(format!("{e}; running without the cache")))
+                .ok()
+        });
+        let mut services = Self::assemble(
+            Arc::clone(&loader) as Arc<dyn ModelLoader>,
+            routing,
+            cache,
+            settings.max_chars,
+        );
+        services.store = Some(store);
+        services.loader = Some(loader);
+        services.database = Some(settings.database.clone());
+        services.warnings = warnings;
+        Ok(services)
+    }
+
+    /// The parts over a loader the caller made (the tests' fake models);
+    /// there is nothing to fetch and no job database.
+    pub fn assemble(
+        loader: Arc<dyn ModelLoader>,
+        routing: Routing,
+        cache: Option<Arc<ResultCache>>,
+        max_chars: Option<usize>,
+    ) -> Self {
+        let mut engine = Engine::new(loader, routing).with_cache(cache);
+        if let Some(limit) = max_chars {
+            engine = engine.with_max_chars(limit);
+        }
+        Self {
+            engine: Arc::new(engine),
+            store: None,
+            warnings: Vec::new(),
+            loader: None,
+            database: None,
+        }
+    }
+
+    /// Downloads the files of every routed model that are not present yet
+    /// (the store shows progress), on the caller's runtime.
+    pub async fn fetch_models(&self) -> Result<(), EngineError> {
+        let Some(loader) = &self.loader else {
+            return Ok(());
+        };
+        for id in self.engine.routing().ids() {
+            loader
+                .fetch(&id)
+                .await
+                .map_err(|source| TaskError::ModelUnavailable { id, source })?;
+        }
+        Ok(())
+    }
+
+    /// Starts the batch-job runner and its webhook outbox on the current
+    /// tokio runtime, the jobs kept in [`database`](Self::database).
+    pub fn start_jobs(&self, settings: JobSettings) -> Result<JobQueue, JobStoreError> {
+        let path = self.database.as_deref().ok_or_else(|| JobStoreError {
+            path: PathBuf::new(),
+            reason: "no database was configured".into(),
+        })?;
+        let store = Arc::new(JobStore::open(path)?);
+        Ok(JobQueue::start(store, Arc::clone(&self.engine), settings))
+    }
+}
