@@ -161,11 +161,8 @@ pub struct Decoder {
     pool: rayon::ThreadPool,
 }
 
-fn err(file: &GgufFile, reason: impl std::fmt::Display) -> BackendError {
-    BackendError::Load {
-        path: file.path().display().to_string(),
-        reason: reason.to_string(),
-    }
+fn err(file: &GgufFile, source: impl Into<crate::Cause>) -> BackendError {
+    BackendError::load(file.path(), source)
 }
 
 impl Decoder {

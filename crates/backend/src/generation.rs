@@ -57,13 +57,13 @@ impl Sampler {
 }
 
 /// Longest repeated block the loop guard looks for, in tokens.
-pub const LOOP_MAX_PERIOD: usize = 256;
+pub(crate) const LOOP_MAX_PERIOD: usize = 256;
 /// Copies of a short block (under [`LOOP_LONG_BLOCK`] tokens) that count as a loop.
-pub const LOOP_MIN_REPEATS: usize = 3;
+pub(crate) const LOOP_MIN_REPEATS: usize = 3;
 /// A block at least this long counts as a loop on its second verbatim copy.
-pub const LOOP_LONG_BLOCK: usize = 16;
+pub(crate) const LOOP_LONG_BLOCK: usize = 16;
 /// Fewest tokens the repeated copies must cover together.
-pub const LOOP_MIN_SPAN: usize = 24;
+pub(crate) const LOOP_MIN_SPAN: usize = 24;
 
 /// The loop guard. When the generated tokens end with one block of `p` tokens
 /// (1 ≤ p ≤ [`LOOP_MAX_PERIOD`]) repeated back to back, covering at least
@@ -71,7 +71,7 @@ pub const LOOP_MIN_SPAN: usize = 24;
 /// block or twice for a block of [`LOOP_LONG_BLOCK`] tokens or more (a
 /// sentence repeated verbatim), returns the length to keep: the output up to
 /// and including the first copy of the block.
-pub fn loop_cut(tokens: &[u32]) -> Option<usize> {
+pub(crate) fn loop_cut(tokens: &[u32]) -> Option<usize> {
     let n = tokens.len();
     for p in 1..=LOOP_MAX_PERIOD.min(n / 2) {
         // Count how many trailing tokens follow the period-p pattern.
@@ -94,7 +94,7 @@ pub fn loop_cut(tokens: &[u32]) -> Option<usize> {
 
 /// Turns a growing list of token ids into text pieces, holding back bytes that
 /// do not yet form a whole character.
-pub struct IncrementalText {
+pub(crate) struct IncrementalText {
     emitted: usize,
 }
 

@@ -313,10 +313,7 @@ impl GgufModel {
                 return Ok(());
             }
         }
-        let decoded = self
-            .tokenizer
-            .decode(&seq.generated)
-            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        let decoded = self.tokenizer.decode(&seq.generated)?;
         if let Some(piece) = seq.text.push(&decoded) {
             if on_token(seq.index, &piece) == Flow::Stop {
                 seq.finish = Some(FinishReason::Cancelled);
@@ -332,10 +329,7 @@ impl GgufModel {
     }
 
     fn finish(&self, seq: &Active<'_>) -> Result<Generation, BackendError> {
-        let out = self
-            .tokenizer
-            .decode(&seq.generated)
-            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        let out = self.tokenizer.decode(&seq.generated)?;
         Ok(Generation {
             text: out.trim().to_string(),
             prompt_tokens: seq.prompt_len,
@@ -475,10 +469,7 @@ impl GgufModel {
                     break;
                 }
             }
-            let decoded = self
-                .tokenizer
-                .decode(&generated)
-                .map_err(|e| BackendError::Runtime(e.to_string()))?;
+            let decoded = self.tokenizer.decode(&generated)?;
             if let Some(piece) = text.push(&decoded) {
                 if on_token(&piece) == Flow::Stop {
                     finish = FinishReason::Cancelled;
@@ -494,10 +485,7 @@ impl GgufModel {
                 .squeeze(0)?;
         }
         weights.clear();
-        let out = self
-            .tokenizer
-            .decode(&generated)
-            .map_err(|e| BackendError::Runtime(e.to_string()))?;
+        let out = self.tokenizer.decode(&generated)?;
         Ok(Generation {
             text: out.trim().to_string(),
             prompt_tokens: prompt_ids.len(),
@@ -577,7 +565,7 @@ fn select_device(cuda: bool) -> Result<Device, BackendError> {
 }
 
 /// The model's chat template (Jinja, from GGUF metadata), or ChatML when the file has none.
-pub struct ChatTemplate {
+pub(crate) struct ChatTemplate {
     source: Option<String>,
 }
 
@@ -618,7 +606,7 @@ impl ChatTemplate {
 }
 
 /// The ChatML layout used by Qwen2.5 and SmolLM2.
-pub fn chatml(messages: &[ChatMessage]) -> String {
+pub(crate) fn chatml(messages: &[ChatMessage]) -> String {
     let mut out = String::new();
     for m in messages {
         let role = match m.role {

@@ -135,7 +135,7 @@ impl GenerationRequest {
     }
 
     /// The source text of a translator request (the last user message).
-    pub fn source_text(&self) -> &str {
+    pub(crate) fn source_text(&self) -> &str {
         self.messages
             .iter()
             .rev()
@@ -232,17 +232,21 @@ pub struct ModelInfo {
 /// Counts the tokens of a text as the model would see it.
 pub type TokenCounter = Arc<dyn Fn(&str) -> Result<usize, BackendError> + Send + Sync>;
 
+/// A lower layer's error, kept as the cause of one of ours.
+pub type Cause = Box<dyn std::error::Error + Send + Sync>;
+
 /// Errors from loading or running a model.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackendError {
     /// The weights file could not be read or parsed.
-    #[error("cannot load model file {path}: {reason}. Check the file with `precis models verify`, or fetch it again with `precis models fetch`")]
+    #[error("cannot load model file {path}: {source}. Check the file with `precis models verify`, or fetch it again with `precis models fetch`")]
     Load {
         /// The file.
         path: String,
         /// What went wrong.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// The file is a GGUF of an architecture this backend does not run.
     #[error("model file {path} has architecture `{architecture}`, which precis does not run (supported: qwen2, llama)")]
@@ -268,21 +272,25 @@ pub enum BackendError {
     /// The model failed while running.
     #[error("model failed while generating: {0}")]
     Runtime(String),
+    /// A checkpoint's configuration or tensors are not what the backend
+    /// runs (it says what is wrong).
+    #[error("{0}")]
+    Config(String),
+    /// A tensor operation failed.
+    #[error("model failed while generating: {0}")]
+    Candle(#[from] candle_core::Error),
+    /// Generated tokens could not be made into text.
+    #[error("model failed while generating: {0}")]
+    Tokenizer(#[from] tokenizer::TokenizerError),
 }
 
 impl BackendError {
     /// A model file that could not be read or made sense of.
-    pub(crate) fn load(path: &std::path::Path, reason: impl std::fmt::Display) -> Self {
+    pub(crate) fn load(path: &std::path::Path, source: impl Into<Cause>) -> Self {
         BackendError::Load {
             path: path.display().to_string(),
-            reason: reason.to_string(),
+            source: source.into(),
         }
-    }
-}
-
-impl From<candle_core::Error> for BackendError {
-    fn from(e: candle_core::Error) -> Self {
-        BackendError::Runtime(e.to_string())
     }
 }
 

@@ -23,7 +23,7 @@
 
 pub mod checkpoint;
 pub mod marian;
-pub mod sentencepiece;
+pub(crate) mod sentencepiece;
 
 use std::collections::{HashMap, HashSet};
 
@@ -41,16 +41,16 @@ use tokenizers::{
 /// GGUF metadata keys read by this module.
 mod key {
     pub const MODEL: &str = "tokenizer.ggml.model";
-    pub const PRE: &str = "tokenizer.ggml.pre";
-    pub const TOKENS: &str = "tokenizer.ggml.tokens";
-    pub const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
-    pub const MERGES: &str = "tokenizer.ggml.merges";
-    pub const BOS: &str = "tokenizer.ggml.bos_token_id";
-    pub const EOS: &str = "tokenizer.ggml.eos_token_id";
-    pub const EOT: &str = "tokenizer.ggml.eot_token_id";
-    pub const EOM: &str = "tokenizer.ggml.eom_token_id";
-    pub const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
-    pub const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
+    pub(crate) const PRE: &str = "tokenizer.ggml.pre";
+    pub(crate) const TOKENS: &str = "tokenizer.ggml.tokens";
+    pub(crate) const TOKEN_TYPE: &str = "tokenizer.ggml.token_type";
+    pub(crate) const MERGES: &str = "tokenizer.ggml.merges";
+    pub(crate) const BOS: &str = "tokenizer.ggml.bos_token_id";
+    pub(crate) const EOS: &str = "tokenizer.ggml.eos_token_id";
+    pub(crate) const EOT: &str = "tokenizer.ggml.eot_token_id";
+    pub(crate) const EOM: &str = "tokenizer.ggml.eom_token_id";
+    pub(crate) const ADD_BOS: &str = "tokenizer.ggml.add_bos_token";
+    pub(crate) const CHAT_TEMPLATE: &str = "tokenizer.chat_template";
 }
 
 /// Qwen2's pre-tokenizer split pattern, verbatim from Qwen2.5's `tokenizer.json`.
@@ -72,9 +72,9 @@ const STOP_TOKENS: &[&str] = &[
 /// `tokenizer.ggml.token_type` values, as llama.cpp writes them.
 mod token_type {
     /// A token that is matched in text as a whole and dropped when decoding.
-    pub const CONTROL: i64 = 3;
+    pub(crate) const CONTROL: i64 = 3;
     /// A token that is matched in text as a whole and kept when decoding.
-    pub const USER_DEFINED: i64 = 4;
+    pub(crate) const USER_DEFINED: i64 = 4;
 }
 
 /// What can go wrong building or using a [`GgufTokenizer`].

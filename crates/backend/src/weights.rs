@@ -42,7 +42,7 @@ pub struct GgufFile {
 }
 
 /// The precis kernel type of a GGML storage type, when precis runs it.
-pub fn qtype_of(dtype: GgmlDType) -> Option<QType> {
+pub(crate) fn qtype_of(dtype: GgmlDType) -> Option<QType> {
     Some(match dtype {
         GgmlDType::F32 => QType::F32,
         GgmlDType::F16 => QType::F16,
@@ -159,7 +159,7 @@ impl GgufFile {
     }
 
     /// A vector tensor (norm weight, bias) as f32 values, copied.
-    pub fn vector(&self, name: &str) -> Result<Vec<f32>, BackendError> {
+    pub(crate) fn vector(&self, name: &str) -> Result<Vec<f32>, BackendError> {
         let t = self.tensor(name)?;
         let m = self.matrix(&t);
         let mut out = vec![0.0; t.rows * t.cols];

@@ -32,15 +32,15 @@ use rusqlite::{params, Connection, OptionalExtension};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use precis_backend::{Generation, GenerationRequest, ModelInfo};
+use precis_backend::{Cause, Generation, GenerationRequest, ModelInfo};
 
 /// The pipeline version keys include: the precis version and a hash of the
 /// sources that shape a generation (see `build.rs`).
-pub const PIPELINE_VERSION: &str =
+pub(crate) const PIPELINE_VERSION: &str =
     concat!(env!("CARGO_PKG_VERSION"), "+", env!("PRECIS_PIPELINE_HASH"));
 
 /// File name of the cache in its directory.
-pub const FILE_NAME: &str = "results.sqlite3";
+pub(crate) const FILE_NAME: &str = "results.sqlite3";
 
 /// The schema this code writes (SQLite's `user_version`).
 const SCHEMA_VERSION: i64 = 1;
@@ -67,20 +67,22 @@ impl Default for CacheLimits {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// The database cannot be opened or created.
-    #[error("cannot open the result cache {path}: {reason}; remove the file (or pass --cache PATH / --no-cache) to start afresh")]
+    #[error("cannot open the result cache {path}: {source}; remove the file (or pass --cache PATH / --no-cache) to start afresh")]
     Open {
         /// The file.
         path: PathBuf,
         /// What SQLite said.
-        reason: String,
+        #[source]
+        source: Cause,
     },
     /// A statement failed.
-    #[error("result cache {path}: {reason}")]
+    #[error("result cache {path}: {source}")]
     Sql {
         /// The file.
         path: PathBuf,
         /// What SQLite said.
-        reason: String,
+        #[source]
+        source: Cause,
     },
 }
 
@@ -97,15 +99,13 @@ pub fn default_path() -> PathBuf {
 /// result cache and the batch jobs share: WAL journal, so that a commit
 /// survives the process being killed and readers do not block the writer,
 /// and a wait of up to 10 s for another process's lock.
-pub fn open_database(path: &Path) -> Result<Connection, String> {
+pub fn open_database(path: &Path) -> Result<Connection, Cause> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(dir)?;
     }
-    let conn = Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(Duration::from_secs(10))
-        .map_err(|e| e.to_string())?;
-    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")
-        .map_err(|e| e.to_string())?;
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(Duration::from_secs(10))?;
+    conn.execute_batch("PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL;")?;
     Ok(conn)
 }
 
@@ -218,18 +218,18 @@ impl ResultCache {
 
     /// Opens the cache at `path` as [`open`](Self::open) does, without pruning.
     pub fn open_unpruned(path: &Path, limits: CacheLimits) -> Result<Self, CacheError> {
-        let fail = |reason: String| CacheError::Open {
+        let fail = |source: Cause| CacheError::Open {
             path: path.to_path_buf(),
-            reason,
+            source,
         };
         let conn = open_database(path).map_err(fail)?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(e.into()))?;
         if version > SCHEMA_VERSION {
-            return Err(fail(format!(
+            return Err(fail(Cause::from(format!(
                 "it was written by a newer precis (schema {version}, this one reads {SCHEMA_VERSION})"
-            )));
+            ))));
         }
         conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS generations (
@@ -243,7 +243,7 @@ impl ResultCache {
              CREATE INDEX IF NOT EXISTS generations_used ON generations (used);
              PRAGMA user_version = 1;",
         )
-        .map_err(|e| fail(e.to_string()))?;
+        .map_err(|e| fail(e.into()))?;
         Ok(Self {
             conn: Mutex::new(conn),
             path: path.to_path_buf(),
@@ -259,11 +259,11 @@ impl ResultCache {
     fn sql<T>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, CacheError> {
         let conn = self.conn.lock().map_err(|_| CacheError::Sql {
             path: self.path.clone(),
-            reason: "the connection's lock is poisoned".into(),
+            source: "the connection's lock is poisoned".into(),
         })?;
         f(&conn).map_err(|e| CacheError::Sql {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source: e.into(),
         })
     }
 

@@ -137,7 +137,7 @@ impl Services {
     pub fn start_jobs(&self, settings: JobSettings) -> Result<JobQueue, JobStoreError> {
         let path = self.database.as_deref().ok_or_else(|| JobStoreError {
             path: PathBuf::new(),
-            reason: "no database was configured".into(),
+            source: "no database was configured".into(),
         })?;
         let store = Arc::new(JobStore::open(path)?);
         Ok(JobQueue::start(store, Arc::clone(&self.engine), settings))

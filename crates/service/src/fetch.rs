@@ -155,7 +155,7 @@ pub struct Fetched {
 /// Whether an address is one anybody on the internet could reach: not
 /// loopback, private, link-local, shared (CGNAT), multicast, documentation
 /// or unspecified.
-pub fn is_public(ip: IpAddr) -> bool {
+pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
             let o = v4.octets();

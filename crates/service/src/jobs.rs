@@ -30,6 +30,7 @@ use tokio::sync::{watch, Notify};
 
 use crate::fetch::{fetch, FetchPolicy};
 use crate::render::{json_feeds, render, ErrorBody, Format, Outcome};
+use precis_backend::Cause;
 use precis_core::admission::{run_admitted, Admission, Priority, RunError};
 use precis_core::engine::Engine;
 use precis_core::error::{ErrorCode, ErrorDetail};
@@ -39,7 +40,7 @@ use precis_core::task::{Article, CancelToken, Length, Task, TaskOptions, TaskReq
 pub const MAX_JOB_ITEMS: usize = 1000;
 
 /// Webhook deliveries tried before giving up.
-pub const WEBHOOK_ATTEMPTS: u32 = 4;
+pub(crate) const WEBHOOK_ATTEMPTS: u32 = 4;
 
 /// Webhook deliveries in flight at once, all jobs together.
 pub const WEBHOOK_PARALLEL: usize = 4;
@@ -285,10 +286,11 @@ fn render_output(format: Format, items: &[JobItem]) -> serde_json::Value {
 
 /// Why the job store failed.
 #[derive(Debug, thiserror::Error)]
-#[error("job store {path}: {reason}")]
+#[error("job store {path}: {source}")]
 pub struct JobStoreError {
     pub(crate) path: PathBuf,
-    pub(crate) reason: String,
+    #[source]
+    pub(crate) source: Cause,
 }
 
 /// Jobs in the database (see the module's documentation).
@@ -302,17 +304,18 @@ fn now() -> i64 {
 }
 
 /// Brings the job tables to [`JOBS_SCHEMA`], in one transaction.
-fn migrate(conn: &mut Connection) -> Result<(), String> {
-    let tx = conn.transaction().map_err(|e| e.to_string())?;
-    let version = jobs_schema(&tx).map_err(|e| e.to_string())?;
+fn migrate(conn: &mut Connection) -> Result<(), Cause> {
+    let tx = conn.transaction()?;
+    let version = jobs_schema(&tx)?;
     if version > JOBS_SCHEMA {
         return Err(format!(
             "the job tables were written by a newer precis (schema {version}, this one reads {JOBS_SCHEMA}); use that version, or another --cache file"
-        ));
+        )
+        .into());
     }
-    upgrade(&tx, version)
-        .and_then(|()| tx.commit())
-        .map_err(|e| e.to_string())
+    upgrade(&tx, version)?;
+    tx.commit()?;
+    Ok(())
 }
 
 /// The job tables' schema version: recorded, else 1 when the tables exist
@@ -395,9 +398,9 @@ fn now_ms() -> i64 {
 impl JobStore {
     /// Opens the job tables in the database at `path` (created when missing).
     pub fn open(path: &Path) -> Result<Self, JobStoreError> {
-        let fail = |reason: String| JobStoreError {
+        let fail = |source: Cause| JobStoreError {
             path: path.to_path_buf(),
-            reason,
+            source,
         };
         let mut conn = precis_core::cache::open_database(path).map_err(fail)?;
         migrate(&mut conn).map_err(fail)?;
@@ -413,11 +416,11 @@ impl JobStore {
     ) -> Result<T, JobStoreError> {
         let mut conn = self.conn.lock().map_err(|_| JobStoreError {
             path: self.path.clone(),
-            reason: "the connection's lock is poisoned".into(),
+            source: "the connection's lock is poisoned".into(),
         })?;
         f(&mut conn).map_err(|e| JobStoreError {
             path: self.path.clone(),
-            reason: e.to_string(),
+            source: e.into(),
         })
     }
 

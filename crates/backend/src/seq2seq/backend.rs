@@ -31,17 +31,18 @@ use crate::{
 
 /// What a T5 summarizer's inputs start with when its config names no
 /// summarization prefix.
-pub const T5_PREFIX: &str = "summarize: ";
+pub(crate) const T5_PREFIX: &str = "summarize: ";
 
 /// The input limit of a T5 checkpoint that names none.
 const UNLIMITED: usize = usize::MAX / 4;
 
 /// Inputs generated together (the batch size of the speed protocol).
-pub const BATCH: usize = 8;
+pub(crate) const BATCH: usize = 8;
 
 /// The files a Marian checkpoint directory needs (besides its weights,
 /// `model.safetensors` or `pytorch_model.bin`).
-pub const REQUIRED_FILES: &[&str] = &["config.json", "source.spm", "target.spm", "vocab.json"];
+pub(crate) const REQUIRED_FILES: &[&str] =
+    &["config.json", "source.spm", "target.spm", "vocab.json"];
 
 /// The encoder-decoder architectures precis runs, by `config.json`'s
 /// `model_type`.
@@ -64,7 +65,7 @@ impl Architecture {
     }
 
     /// The architecture a `model_type` names.
-    pub fn from_model_type(model_type: &str) -> Option<Self> {
+    pub(crate) fn from_model_type(model_type: &str) -> Option<Self> {
         match model_type {
             "marian" => Some(Architecture::Marian),
             "bart" => Some(Architecture::Bart),
@@ -189,7 +190,7 @@ pub fn checkpoint_generation(dir: &Path) -> Result<GenerationConfig, BackendErro
 
 /// The text a summarizer's inputs start with: `prefix` of `config.json`'s
 /// `task_specific_params.summarization` (T5's `summarize: `), else none.
-pub fn summarization_prefix(dir: &Path) -> Result<String, BackendError> {
+pub(crate) fn summarization_prefix(dir: &Path) -> Result<String, BackendError> {
     let config = read_json(&dir.join("config.json"))?;
     Ok(config["task_specific_params"]["summarization"]["prefix"]
         .as_str()

@@ -34,7 +34,7 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, e, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, DecoderState,
+    activation, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, DecoderState,
     Dense, RowNorm,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
@@ -102,7 +102,7 @@ pub struct BartConfig {
 impl BartConfig {
     /// Whether this is a Marian checkpoint (sinusoidal positions, no
     /// embedding layer norm).
-    pub fn is_marian(&self) -> bool {
+    pub(crate) fn is_marian(&self) -> bool {
         self.model_type == "marian"
     }
 }
@@ -214,9 +214,19 @@ impl Bart {
         Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
     }
 
-    fn from_var_builder(cfg: BartConfig, vb: VarBuilder, device: &Device) -> Result<Self, String> {
+    fn from_var_builder(
+        cfg: BartConfig,
+        vb: VarBuilder,
+        device: &Device,
+    ) -> Result<Self, BackendError> {
         let d = cfg.d_model;
-        let check = |ok: bool, what: &str| if ok { Ok(()) } else { Err(what.to_string()) };
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(BackendError::Config(what.to_string()))
+            }
+        };
         check(d > 0, "d_model is 0")?;
         check(
             cfg.encoder_attention_heads > 0 && d.is_multiple_of(cfg.encoder_attention_heads),
@@ -249,13 +259,16 @@ impl Bart {
         } else {
             cfg.decoder_vocab_size.unwrap_or(cfg.vocab_size)
         };
-        let table = |names: &[&str], rows: usize| -> Result<Tensor, String> {
+        let table = |names: &[&str], rows: usize| -> Result<Tensor, BackendError> {
             for name in names {
                 if base.contains_tensor(name) {
-                    return e(base.get((rows, d), name));
+                    return Ok(base.get((rows, d), name)?);
                 }
             }
-            Err(format!("no `{}` tensor", names.join("` or `")))
+            Err(BackendError::Config(format!(
+                "no `{}` tensor",
+                names.join("` or `")
+            )))
         };
         let (enc_table, dec_table) = if cfg.share_encoder_decoder_embeddings {
             let shared = table(
@@ -274,31 +287,26 @@ impl Bart {
             )
         };
         let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
-            e(vb.get((target_vocab, d), "lm_head.weight"))?
+            vb.get((target_vocab, d), "lm_head.weight")?
         } else {
             dec_table.clone()
         };
         let final_logits_bias = if vb.contains_tensor("final_logits_bias") {
-            e(vb.get((1, target_vocab), "final_logits_bias")
-                .and_then(|t| t.squeeze(0)))?
+            vb.get((1, target_vocab), "final_logits_bias")
+                .and_then(|t| t.squeeze(0))?
         } else {
-            e(Tensor::zeros(target_vocab, DType::F32, device))?
+            Tensor::zeros(target_vocab, DType::F32, device)?
         };
-        let ln = |vb: VarBuilder| e(candle_nn::layer_norm(d, LN_EPS, vb));
+        let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
         let max_pos = cfg.max_position_embeddings;
         let (enc_positions, dec_positions) = if cfg.is_marian() {
-            let table = e(Tensor::from_vec(
-                sinusoids(max_pos, d),
-                (max_pos, d),
-                device,
-            ))?;
+            let table = Tensor::from_vec(sinusoids(max_pos, d), (max_pos, d), device)?;
             (table.clone(), table)
         } else {
             // `BartLearnedPositionalEmbedding`: position p reads row p + 2.
             let learned = |side: &str| {
-                e(base
-                    .get((max_pos + 2, d), &format!("{side}.embed_positions.weight"))
-                    .and_then(|t| t.i(2..)))
+                base.get((max_pos + 2, d), &format!("{side}.embed_positions.weight"))
+                    .and_then(|t| t.i(2..))
             };
             (learned("encoder")?, learned("decoder")?)
         };
@@ -322,30 +330,21 @@ impl Bart {
         for i in 0..cfg.encoder_layers {
             let vb = base.pp(format!("encoder.layers.{i}"));
             encoder.push(EncoderLayer {
-                attn: e(Attention::load(
-                    vb.pp("self_attn"),
-                    &spec(cfg.encoder_attention_heads),
-                ))?,
-                attn_norm: e(RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm")))?,
-                ffn: e(FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act))?,
-                ffn_norm: e(RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm")))?,
+                attn: Attention::load(vb.pp("self_attn"), &spec(cfg.encoder_attention_heads))?,
+                attn_norm: RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm"))?,
+                ffn: FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act)?,
+                ffn_norm: RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm"))?,
             });
         }
         let mut decoder = Vec::with_capacity(cfg.decoder_layers);
         for i in 0..cfg.decoder_layers {
             let vb = base.pp(format!("decoder.layers.{i}"));
             decoder.push(DecoderLayer {
-                attn: e(Attention::load(
-                    vb.pp("self_attn"),
-                    &spec(cfg.decoder_attention_heads),
-                ))?,
+                attn: Attention::load(vb.pp("self_attn"), &spec(cfg.decoder_attention_heads))?,
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
-                cross: e(Attention::load(
-                    vb.pp("encoder_attn"),
-                    &spec(cfg.decoder_attention_heads),
-                ))?,
+                cross: Attention::load(vb.pp("encoder_attn"), &spec(cfg.decoder_attention_heads))?,
                 cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
-                ffn: e(FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act))?,
+                ffn: FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act)?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
             });
         }
@@ -354,10 +353,10 @@ impl Bart {
         } else {
             1.0
         };
-        let vocab = lm_head.dim(0).map_err(|e| e.to_string())?;
+        let vocab = lm_head.dim(0)?;
         let lm_head = PackedF32::new(
-            &e(lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>()))?,
-            Some(&e(final_logits_bias.to_vec1::<f32>())?),
+            &lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>())?,
+            Some(&final_logits_bias.to_vec1::<f32>()?),
             vocab,
             d,
         );
@@ -507,6 +506,9 @@ mod tests {
     #[test]
     fn unknown_activations_are_refused_by_name() {
         assert!(activation("swish").is_ok());
-        assert!(activation("tanhshrink").unwrap_err().contains("tanhshrink"));
+        assert!(activation("tanhshrink")
+            .unwrap_err()
+            .to_string()
+            .contains("tanhshrink"));
     }
 }

@@ -13,11 +13,6 @@ use rayon::prelude::*;
 use crate::kernels::{self, Epilogue, Keys, PackedF32, KEY_BLOCK};
 use crate::BackendError;
 
-/// A candle error as text (for load errors that name the file).
-pub(super) fn e<T>(r: candle_core::Result<T>) -> Result<T, String> {
-    r.map_err(|e| e.to_string())
-}
-
 /// `config.json` of a checkpoint directory.
 pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendError> {
     let path = dir.join("config.json");
@@ -145,13 +140,17 @@ impl RowNorm {
 
 /// The activation transformers' `ACT2FN` names, run as the epilogue of the
 /// product before it.
-pub(super) fn activation(name: &str) -> Result<Epilogue, String> {
+pub(super) fn activation(name: &str) -> Result<Epilogue, BackendError> {
     Ok(match name {
         "swish" | "silu" => Epilogue::Silu,
         "gelu" => Epilogue::Gelu,
         "gelu_new" | "gelu_pytorch_tanh" => Epilogue::GeluTanh,
         "relu" => Epilogue::Relu,
-        other => return Err(format!("activation `{other}` is not supported")),
+        other => {
+            return Err(BackendError::Config(format!(
+                "activation `{other}` is not supported"
+            )))
+        }
     })
 }
 

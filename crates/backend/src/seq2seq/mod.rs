@@ -147,8 +147,8 @@ pub struct GenerationConfig {
 impl GenerationConfig {
     /// Reads `generation_config.json`-style JSON (keys set to `null` are
     /// kept as [`GenerationConfig::cleared`]).
-    pub fn from_json(value: &serde_json::Value) -> Result<Self, String> {
-        let mut out: Self = serde_json::from_value(value.clone()).map_err(|e| e.to_string())?;
+    pub fn from_json(value: &serde_json::Value) -> Result<Self, serde_json::Error> {
+        let mut out: Self = serde_json::from_value(value.clone())?;
         if let Some(map) = value.as_object() {
             out.cleared = map
                 .iter()
@@ -230,15 +230,15 @@ impl GenerationSettings {
     /// Resolves `o` (the checkpoint's generation config with any overrides
     /// applied) against the model, as `GenerationConfig` defaults do:
     /// `max_length` 20, one beam, length penalty 1, `early_stopping` false.
-    pub fn resolve(o: &GenerationConfig, model: &Seq2SeqConfig) -> Result<Self, String> {
+    pub fn resolve(o: &GenerationConfig, model: &Seq2SeqConfig) -> Result<Self, BackendError> {
         if o.do_sample == Some(true) {
-            return Err(
+            return Err(BackendError::Config(
                 "sampling (do_sample) is not supported for this model; use beams or greedy".into(),
-            );
+            ));
         }
         let num_beams = o.num_beams.unwrap_or(1);
         if num_beams == 0 {
-            return Err("num_beams must be at least 1".into());
+            return Err(BackendError::Config("num_beams must be at least 1".into()));
         }
         // The decoder prompt is the start token alone. With no length set
         // anywhere, `_prepare_generated_length` allows 20 new tokens, within
@@ -249,11 +249,15 @@ impl GenerationSettings {
             (None, None) => (20 + 1).min(model.max_positions),
         };
         if max_length < 2 {
-            return Err("max_length / max_new_tokens leave no room for a token".into());
+            return Err(BackendError::Config(
+                "max_length / max_new_tokens leave no room for a token".into(),
+            ));
         }
         let repetition_penalty = o.repetition_penalty.unwrap_or(1.0);
         if repetition_penalty.is_nan() || repetition_penalty <= 0.0 {
-            return Err("repetition_penalty must be above 0".into());
+            return Err(BackendError::Config(
+                "repetition_penalty must be above 0".into(),
+            ));
         }
         let eos_token_ids = match &o.eos_token_id {
             Some(IdOrIds::One(e)) => vec![*e],
@@ -264,13 +268,15 @@ impl GenerationSettings {
         let bad_words_ids = o.bad_words_ids.clone().unwrap_or_default();
         for ids in bad_words_ids.iter().chain(std::iter::once(&eos_token_ids)) {
             if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
-                return Err(format!(
+                return Err(BackendError::Config(format!(
                     "token id {bad} is outside the vocabulary of {vocab}"
-                ));
+                )));
             }
         }
         if bad_words_ids.iter().any(Vec::is_empty) {
-            return Err("bad_words_ids holds an empty sequence".into());
+            return Err(BackendError::Config(
+                "bad_words_ids holds an empty sequence".into(),
+            ));
         }
         Ok(Self {
             num_beams,

@@ -29,7 +29,7 @@ use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, e, pad, read_config, unpad, weights, Attention, AttentionSpec, DecoderState, Dense,
+    activation, pad, read_config, unpad, weights, Attention, AttentionSpec, DecoderState, Dense,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::{Epilogue, PackedF32};
@@ -263,7 +263,7 @@ pub struct T5 {
 }
 
 /// The decoder state of a running batch.
-pub type T5State = DecoderState;
+pub(crate) type T5State = DecoderState;
 
 impl T5 {
     /// Loads `config.json` and the weights (`model.safetensors`, or
@@ -274,15 +274,21 @@ impl T5 {
         Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
     }
 
-    fn from_var_builder(cfg: T5Config, vb: VarBuilder, device: &Device) -> Result<Self, String> {
+    fn from_var_builder(
+        cfg: T5Config,
+        vb: VarBuilder,
+        device: &Device,
+    ) -> Result<Self, BackendError> {
         if cfg.model_type != "t5" {
-            return Err(format!(
+            return Err(BackendError::Config(format!(
                 "model_type `{}` is not run by the T5 backend (only `t5`)",
                 cfg.model_type
-            ));
+            )));
         }
         if cfg.d_model == 0 || cfg.num_heads == 0 || cfg.d_kv == 0 {
-            return Err("d_model, num_heads and d_kv must be positive".into());
+            return Err(BackendError::Config(
+                "d_model, num_heads and d_kv must be positive".into(),
+            ));
         }
         // `T5Config.__post_init__`: `gated-ACT` or `ACT`; `gated-gelu` runs
         // `gelu_new`.
@@ -292,16 +298,16 @@ impl T5 {
             ["gated", act] => (true, *act),
             [act] => (false, *act),
             _ => {
-                return Err(format!(
+                return Err(BackendError::Config(format!(
                     "feed_forward_proj `{}` is not `gated-ACT` or `ACT`",
                     cfg.feed_forward_proj
-                ))
+                )))
             }
         };
         let act = activation(act)?;
         let d = cfg.d_model;
-        let shared = e(vb.get((cfg.vocab_size, d), "shared.weight"))?;
-        let norm = |vb: VarBuilder| e(candle_nn::rms_norm(d, cfg.layer_norm_epsilon, vb));
+        let shared = vb.get((cfg.vocab_size, d), "shared.weight")?;
+        let norm = |vb: VarBuilder| candle_nn::rms_norm(d, cfg.layer_norm_epsilon, vb);
         let spec = AttentionSpec {
             d_model: d,
             heads: cfg.num_heads,
@@ -315,9 +321,9 @@ impl T5 {
             let vb = vb.pp(format!("encoder.block.{i}.layer"));
             encoder.push(EncoderBlock {
                 attn_norm: norm(vb.pp("0.layer_norm"))?,
-                attn: e(Attention::load(vb.pp("0.SelfAttention"), &spec))?,
+                attn: Attention::load(vb.pp("0.SelfAttention"), &spec)?,
                 ffn_norm: norm(vb.pp("1.layer_norm"))?,
-                ffn: e(FeedForward::load(vb.pp("1"), &cfg, act, gated))?,
+                ffn: FeedForward::load(vb.pp("1"), &cfg, act, gated)?,
             });
         }
         let layers = cfg.num_decoder_layers.unwrap_or(cfg.num_layers);
@@ -326,30 +332,24 @@ impl T5 {
             let vb = vb.pp(format!("decoder.block.{i}.layer"));
             decoder.push(DecoderBlock {
                 attn_norm: norm(vb.pp("0.layer_norm"))?,
-                attn: e(Attention::load(vb.pp("0.SelfAttention"), &spec))?,
+                attn: Attention::load(vb.pp("0.SelfAttention"), &spec)?,
                 cross_norm: norm(vb.pp("1.layer_norm"))?,
-                cross: e(Attention::load(vb.pp("1.EncDecAttention"), &spec))?,
+                cross: Attention::load(vb.pp("1.EncDecAttention"), &spec)?,
                 ffn_norm: norm(vb.pp("2.layer_norm"))?,
-                ffn: e(FeedForward::load(vb.pp("2"), &cfg, act, gated))?,
+                ffn: FeedForward::load(vb.pp("2"), &cfg, act, gated)?,
             });
         }
-        let encoder_bias = e(PositionBias::load(
-            vb.pp("encoder.block.0.layer.0.SelfAttention"),
-            &cfg,
-            true,
-        ))?;
-        let decoder_bias = e(PositionBias::load(
-            vb.pp("decoder.block.0.layer.0.SelfAttention"),
-            &cfg,
-            false,
-        ))?;
+        let encoder_bias =
+            PositionBias::load(vb.pp("encoder.block.0.layer.0.SelfAttention"), &cfg, true)?;
+        let decoder_bias =
+            PositionBias::load(vb.pp("decoder.block.0.layer.0.SelfAttention"), &cfg, false)?;
         let head = if vb.contains_tensor("lm_head.weight") {
-            e(vb.get((cfg.vocab_size, d), "lm_head.weight"))?
+            vb.get((cfg.vocab_size, d), "lm_head.weight")?
         } else {
             shared.clone()
         };
         let lm_head = PackedF32::new(
-            &e(head.flatten_all().and_then(|t| t.to_vec1::<f32>()))?,
+            &head.flatten_all().and_then(|t| t.to_vec1::<f32>())?,
             None,
             cfg.vocab_size,
             d,

@@ -228,7 +228,7 @@ pub struct PipPart {
 impl ModelManifest {
     /// Parses and checks one manifest. `origin` is only used in error messages
     /// and recorded in the result.
-    pub fn from_toml(text: &str, origin: ManifestOrigin) -> Result<Self, StoreError> {
+    pub(crate) fn from_toml(text: &str, origin: ManifestOrigin) -> Result<Self, StoreError> {
         let label = match &origin {
             ManifestOrigin::Embedded => "built-in manifest".to_string(),
             ManifestOrigin::File(p) => p.display().to_string(),

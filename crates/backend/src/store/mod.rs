@@ -42,7 +42,7 @@ pub use manifest::{
 use record::{Entry, Record, Stamp};
 
 /// Name of the verification record under the store root.
-pub const RECORD_FILE: &str = "verified.json";
+pub(crate) const RECORD_FILE: &str = "verified.json";
 
 /// The hub used when no endpoint is configured.
 pub const DEFAULT_HUB_ENDPOINT: &str = "https://huggingface.co";
@@ -668,7 +668,7 @@ impl ModelStore {
     }
 
     /// Where a file goes in the store directory.
-    pub fn store_path(&self, spec: &ModelSpec, file: &ModelFile) -> PathBuf {
+    pub(crate) fn store_path(&self, spec: &ModelSpec, file: &ModelFile) -> PathBuf {
         self.model_dir(spec).join(&file.name)
     }
 

@@ -281,7 +281,7 @@ impl CheckpointTokenizer {
     }
 
     /// `model_max_length` of `tokenizer_config.json`, when it names one.
-    pub fn max_length(&self) -> Option<usize> {
+    pub(crate) fn max_length(&self) -> Option<usize> {
         self.max_length
     }
 

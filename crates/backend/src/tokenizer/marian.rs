@@ -31,12 +31,13 @@ pub enum MarianTokenizerError {
         source: std::io::Error,
     },
     /// A JSON file is malformed.
-    #[error("{path} is not valid: {reason}")]
+    #[error("{path} is not valid: {source}")]
     Json {
         /// The file.
         path: PathBuf,
         /// What is wrong.
-        reason: String,
+        #[source]
+        source: crate::Cause,
     },
     /// A SentencePiece model could not be loaded.
     #[error("{path}: {source}")]
@@ -146,7 +147,7 @@ fn read_json(path: &Path) -> Result<serde_json::Value, MarianTokenizerError> {
     })?;
     serde_json::from_str(&text).map_err(|e| MarianTokenizerError::Json {
         path: path.to_path_buf(),
-        reason: e.to_string(),
+        source: e.into(),
     })
 }
 
@@ -156,7 +157,7 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>, MarianTokenizerError>
         .as_object()
         .ok_or_else(|| MarianTokenizerError::Json {
             path: path.to_path_buf(),
-            reason: "expected an object of piece → id".into(),
+            source: "expected an object of piece → id".into(),
         })?;
     object
         .iter()
@@ -166,7 +167,7 @@ fn read_vocab(path: &Path) -> Result<HashMap<String, u32>, MarianTokenizerError>
                 .filter(|&id| id <= u32::MAX as u64)
                 .ok_or_else(|| MarianTokenizerError::Json {
                     path: path.to_path_buf(),
-                    reason: format!("the id of `{k}` is not a token id"),
+                    source: format!("the id of `{k}` is not a token id").into(),
                 })?;
             Ok((k.clone(), id as u32))
         })
@@ -255,7 +256,7 @@ impl MarianTokenizer {
     }
 
     /// `model_max_length` from `tokenizer_config.json` (512 by default).
-    pub fn max_length(&self) -> usize {
+    pub(crate) fn max_length(&self) -> usize {
         self.max_length
     }
 

@@ -48,7 +48,7 @@ pub enum SpmError {
 /// fields are skipped when decoding).
 mod proto {
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct ModelProto {
+    pub(crate) struct ModelProto {
         #[prost(message, repeated, tag = "1")]
         pub pieces: Vec<Piece>,
         #[prost(message, optional, tag = "2")]
@@ -70,7 +70,7 @@ mod proto {
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct TrainerSpec {
+    pub(crate) struct TrainerSpec {
         /// UNIGRAM = 1 (the default), BPE = 2, WORD = 3, CHAR = 4.
         #[prost(int32, optional, tag = "3")]
         pub model_type: Option<i32>,
@@ -83,7 +83,7 @@ mod proto {
     }
 
     #[derive(Clone, PartialEq, prost::Message)]
-    pub struct NormalizerSpec {
+    pub(crate) struct NormalizerSpec {
         #[prost(string, optional, tag = "1")]
         pub name: Option<String>,
         #[prost(bytes = "vec", optional, tag = "2")]
@@ -99,7 +99,7 @@ mod proto {
 
 /// The kind of a piece.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PieceKind {
+pub(crate) enum PieceKind {
     /// An ordinary piece, matched in text.
     Normal,
     /// The unknown piece.
@@ -144,7 +144,7 @@ fn pieces_of(model: &proto::ModelProto) -> Vec<(String, f32, PieceKind)> {
 
 /// A SentencePiece model's pieces and character map ([`SentencePiece::parts`]).
 #[derive(Debug, Clone)]
-pub struct SpmParts {
+pub(crate) struct SpmParts {
     /// Text, score and kind of every piece, by id.
     pub pieces: Vec<(String, f32, PieceKind)>,
     /// The normalizer's precompiled character map, when it has one.
@@ -170,7 +170,7 @@ const SPACE: &str = "\u{2581}";
 
 /// A loaded SentencePiece unigram model.
 #[derive(Debug, Clone)]
-pub struct SentencePiece {
+pub(crate) struct SentencePiece {
     pieces: Vec<(String, f32, PieceKind)>,
     /// Pieces matched in text: normal, user-defined and unused ones, by text.
     index: HashMap<String, u32>,
@@ -188,7 +188,7 @@ pub struct SentencePiece {
 
 impl SentencePiece {
     /// Reads a model file.
-    pub fn from_file(path: &Path) -> Result<Self, SpmError> {
+    pub(crate) fn from_file(path: &Path) -> Result<Self, SpmError> {
         let bytes = std::fs::read(path).map_err(|source| SpmError::Io {
             path: path.display().to_string(),
             source,
@@ -197,7 +197,7 @@ impl SentencePiece {
     }
 
     /// Parses a serialized `ModelProto`.
-    pub fn from_bytes(bytes: &[u8]) -> Result<Self, SpmError> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Result<Self, SpmError> {
         let model = proto::ModelProto::decode(bytes).map_err(|e| SpmError::Parse(e.to_string()))?;
         if model.pieces.is_empty() {
             return Err(SpmError::Parse("it has no pieces".into()));
@@ -272,34 +272,19 @@ impl SentencePiece {
         })
     }
 
-    /// Number of pieces.
-    pub fn len(&self) -> usize {
-        self.pieces.len()
-    }
-
-    /// Whether the model has no pieces (never true for a loaded model).
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
-    }
-
     /// The text of piece `id`.
-    pub fn id_to_piece(&self, id: u32) -> Option<&str> {
+    pub(crate) fn id_to_piece(&self, id: u32) -> Option<&str> {
         self.pieces.get(id as usize).map(|p| p.0.as_str())
     }
 
     /// The id of a piece, or the unknown piece's id.
-    pub fn piece_to_id(&self, piece: &str) -> u32 {
+    pub(crate) fn piece_to_id(&self, piece: &str) -> u32 {
         self.all.get(piece).copied().unwrap_or(self.unk_id)
-    }
-
-    /// The id of the unknown piece.
-    pub fn unk_id(&self) -> u32 {
-        self.unk_id
     }
 
     /// The text as the model's normalizer leaves it (spaces as `▁`, with the
     /// dummy prefix).
-    pub fn normalize(&self, text: &str) -> String {
+    pub(crate) fn normalize(&self, text: &str) -> String {
         self.normalizer.normalize(text)
     }
 
@@ -411,7 +396,7 @@ impl SentencePiece {
     /// (` ⁇ `), text that is not a piece is kept as it is, runs of byte pieces
     /// become their UTF-8 text, `▁` becomes a space, and the first piece's
     /// leading `▁` is dropped.
-    pub fn decode_pieces<S: AsRef<str>>(&self, pieces: &[S]) -> String {
+    pub(crate) fn decode_pieces<S: AsRef<str>>(&self, pieces: &[S]) -> String {
         let mut out = String::new();
         let mut bytes: Vec<u8> = Vec::new();
         let mut at_start = true;

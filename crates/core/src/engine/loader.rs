@@ -86,7 +86,7 @@ pub struct StoreLoader {
 }
 
 /// Languages assumed for a GGUF chat model named by path, with no manifest.
-pub const AD_HOC_LLM_LANGUAGES: &[&str] = &["en", "ru", "hi"];
+pub(crate) const AD_HOC_LLM_LANGUAGES: &[&str] = &["en", "ru", "hi"];
 
 impl StoreLoader {
     /// A loader for the CLI: accepts any name the store resolves.

@@ -23,8 +23,8 @@ mod worker;
 
 #[cfg(feature = "test-backend")]
 pub use loader::FakeLoader;
-pub use loader::{ModelLoader, StoreLoader, AD_HOC_LLM_LANGUAGES};
-pub use worker::{ModelHandle, MAX_BATCH_REQUESTS};
+pub use loader::{ModelLoader, StoreLoader};
+pub use worker::ModelHandle;
 
 /// Why the engine could not serve a request.
 #[derive(Debug, thiserror::Error)]

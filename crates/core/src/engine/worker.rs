@@ -51,7 +51,7 @@ impl ModelHandle {
 
     /// Starts a worker thread that owns `backend`; generations are looked up
     /// in and added to `cache` (with the model's file fingerprint) when given.
-    pub fn spawn_cached(
+    pub(crate) fn spawn_cached(
         backend: Box<dyn Backend>,
         cache: Option<(Arc<ResultCache>, String)>,
     ) -> Arc<Self> {
@@ -75,7 +75,7 @@ impl ModelHandle {
 }
 
 /// Most queued requests the worker runs together in one batch.
-pub const MAX_BATCH_REQUESTS: usize = 16;
+pub(crate) const MAX_BATCH_REQUESTS: usize = 16;
 
 /// The worker loop: takes the next batch, and with it every batch already queued
 /// (up to [`MAX_BATCH_REQUESTS`] requests), so concurrent callers share one

@@ -19,18 +19,18 @@
 use super::{Length, TaskError, TextModel};
 
 /// Words per sentence assumed when a length is given in sentences.
-pub const WORDS_PER_SENTENCE: u32 = 25;
+pub(crate) const WORDS_PER_SENTENCE: u32 = 25;
 /// Characters per English word (with its space).
-pub const CHARS_PER_WORD: f64 = 6.5;
+pub(crate) const CHARS_PER_WORD: f64 = 6.5;
 /// Head-room over the expected output size.
-pub const HEADROOM: f64 = 1.5;
+pub(crate) const HEADROOM: f64 = 1.5;
 /// Tokens always allowed on top (end token, punctuation, short outputs).
-pub const FLOOR: usize = 32;
+pub(crate) const FLOOR: usize = 32;
 /// Tokens reserved for the chat template around the prompt's messages.
-pub const TEMPLATE_OVERHEAD: usize = 48;
+pub(crate) const TEMPLATE_OVERHEAD: usize = 48;
 
 /// Typical length of a translation into `lang` relative to the English source, in characters.
-pub fn expansion(lang: &str) -> f64 {
+pub(crate) fn expansion(lang: &str) -> f64 {
     match lang {
         "en" => 1.0,
         "ru" => 1.2,
@@ -48,14 +48,14 @@ fn sample(lang: &str) -> &'static str {
 }
 
 /// The model's tokens per character of text in `lang`, measured on a sample sentence.
-pub fn tokens_per_char(model: &dyn TextModel, lang: &str) -> Result<f64, TaskError> {
+pub(crate) fn tokens_per_char(model: &dyn TextModel, lang: &str) -> Result<f64, TaskError> {
     let s = sample(lang);
     let tokens = model.count_tokens(s)?;
     Ok(tokens.max(1) as f64 / s.chars().count() as f64)
 }
 
 /// New-token limit for translating `source_chars` characters of English into `lang`.
-pub fn translation_max_tokens(
+pub(crate) fn translation_max_tokens(
     model: &dyn TextModel,
     source_chars: usize,
     lang: &str,
@@ -65,7 +65,7 @@ pub fn translation_max_tokens(
 }
 
 /// Words a requested length stands for.
-pub fn length_words(length: Length) -> u32 {
+pub(crate) fn length_words(length: Length) -> u32 {
     match length {
         Length::Sentences(n) => n.saturating_mul(WORDS_PER_SENTENCE),
         Length::Words(w) => w,
@@ -73,7 +73,7 @@ pub fn length_words(length: Length) -> u32 {
 }
 
 /// New-token limit for a summary of `length` in `lang`.
-pub fn summary_max_tokens(
+pub(crate) fn summary_max_tokens(
     model: &dyn TextModel,
     length: Length,
     lang: &str,

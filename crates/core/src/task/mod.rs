@@ -26,7 +26,7 @@ pub use clean::{DropReason, DroppedParagraph, PreparedArticle};
 pub use quality::QualityFlag;
 
 /// Version of the result schema; bumped on any incompatible change.
-pub const SCHEMA_VERSION: u32 = 1;
+pub(crate) const SCHEMA_VERSION: u32 = 1;
 
 /// An article as the user gave it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -193,13 +193,13 @@ impl CancelToken {
         self.0.store(true, Ordering::SeqCst);
     }
     /// Whether [`cancel`](Self::cancel) was called.
-    pub fn is_cancelled(&self) -> bool {
+    pub(crate) fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::SeqCst)
     }
 }
 
 /// Where a model hands text as it is produced: `(request index, new text)`.
-pub type TextSink<'a> = &'a mut dyn FnMut(usize, &str);
+pub(crate) type TextSink<'a> = &'a mut dyn FnMut(usize, &str);
 
 /// A model as tasks see it: generate text, count tokens. The engine implements it.
 pub trait TextModel: Send + Sync {
@@ -265,7 +265,7 @@ pub enum TaskEvent<'a> {
 }
 
 /// Where a task reports [`TaskEvent`]s.
-pub type EventFn<'a> = &'a (dyn Fn(TaskEvent<'_>) + Sync);
+pub(crate) type EventFn<'a> = &'a (dyn Fn(TaskEvent<'_>) + Sync);
 
 /// The model that produced an output, and why it was picked.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -648,7 +648,7 @@ pub fn prepare(article: &Article, options: &TaskOptions) -> Result<PreparedArtic
 
 /// Refuses an article its source declares, or detection finds reliably, to
 /// be in another language than English (text too short to tell passes).
-pub fn check_english(declared: Option<&str>, text: &str) -> Result<(), TaskError> {
+pub(crate) fn check_english(declared: Option<&str>, text: &str) -> Result<(), TaskError> {
     if let Some(code) = declared {
         let primary = code
             .trim()
@@ -679,7 +679,7 @@ pub fn check_english(declared: Option<&str>, text: &str) -> Result<(), TaskError
 }
 
 /// Checks the target languages of a request: none twice, each served by a present model.
-pub fn validate_languages(
+pub(crate) fn validate_languages(
     task: Task,
     options: &TaskOptions,
     models: &dyn ModelRouter,

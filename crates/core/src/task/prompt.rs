@@ -7,13 +7,13 @@ use super::{language_name, Length, PreparedArticle};
 use precis_backend::ChatMessage;
 
 /// System prompt for summaries.
-pub const SUMMARY_SYSTEM: &str =
+pub(crate) const SUMMARY_SYSTEM: &str =
     "You are a news editor. You write short, faithful summaries of news articles. \
 Use only facts stated in the article; add no opinions, background or facts that are not in it. \
 Keep names, numbers and dates exactly as written.";
 
 /// System prompt for translations; `{language}` is replaced by the target language's name.
-pub const TRANSLATION_SYSTEM: &str = "You are a professional translator. Translate the user's English text into {language}. \
+pub(crate) const TRANSLATION_SYSTEM: &str = "You are a professional translator. Translate the user's English text into {language}. \
 Output only the {language} translation: no notes, no explanations, no quotation marks around it, no English. \
 Keep names, numbers and dates exact.";
 

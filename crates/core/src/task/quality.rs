@@ -3,12 +3,12 @@
 //! Small open models fail in a few recognisable ways: they answer in the
 //! wrong language or script, repeat themselves until the token limit, stop
 //! mid-sentence, invent figures, or return far too little or too much. None
-//! of this can be fixed here, but all of it can be *seen*: [`assess`] runs
+//! of this can be fixed here, but all of it can be *seen*: `assess` runs
 //! cheap checks on an output and returns [`QualityFlag`]s that travel with the
 //! result, so a reader (or `--strict`) knows which output not to trust.
 //!
 //! The checks, their thresholds and defaults are listed on
-//! [`QualityThresholds`].
+//! `QualityThresholds`.
 
 use serde::ser::{Serialize, Serializer};
 use serde::Deserialize;
@@ -175,7 +175,7 @@ impl Serialize for QualityFlag {
 /// trimmed texts; the ratio is not checked when the source is empty.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
-pub struct QualityThresholds {
+pub(crate) struct QualityThresholds {
     /// Lowest share of letters in the expected script. Default 0.6.
     pub min_script_share: f32,
     /// Expected (min, max) of summary length / source length. Default (0.02, 0.6).
@@ -197,7 +197,7 @@ impl Default for QualityThresholds {
 /// What kind of output is assessed; it decides the expected length ratio.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum OutputKind {
+pub(crate) enum OutputKind {
     /// A summary of the source.
     Summary,
     /// A translation of the source.
@@ -206,7 +206,7 @@ pub enum OutputKind {
 
 /// One output and what it was made from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct QualityInput<'a> {
+pub(crate) struct QualityInput<'a> {
     /// The text the model was given (the article, or the summary it translated).
     pub source: &'a str,
     /// The model's output.
@@ -227,7 +227,7 @@ pub struct QualityInput<'a> {
 /// Flags come in a fixed order: loop, token limit, script share, numbers,
 /// length ratio. Never panics, whatever the input (NaN thresholds simply
 /// never fire).
-pub fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
+pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
     let mut flags = Vec::new();
     if input.loop_detected {
         flags.push(QualityFlag::LoopDetected);
@@ -271,7 +271,7 @@ pub fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFla
 /// character (Devanagari vowel signs count; the virama and digits do not).
 ///
 /// `None` for another language, or when `text` has no letters.
-pub fn script_share(text: &str, language: &str) -> Option<f32> {
+pub(crate) fn script_share(text: &str, language: &str) -> Option<f32> {
     let script = expected_script(language)?;
     let (mut letters, mut in_script) = (0usize, 0usize);
     for c in text.chars().filter(|c| c.is_alphabetic()) {

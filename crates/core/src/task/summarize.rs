@@ -205,7 +205,7 @@ fn request(text: &str, settings: Option<GenerationConfig>) -> GenerationRequest 
 /// A requested length as a dedicated summarizer's settings: new tokens
 /// around the length's expected size in the model's tokens (between half
 /// and one and a half times), the checkpoint's `min_length` lifted.
-pub fn length_overrides(
+pub(crate) fn length_overrides(
     model: &dyn TextModel,
     length: Length,
 ) -> Result<GenerationConfig, TaskError> {
@@ -234,7 +234,7 @@ pub struct Piece {
 /// fit; a paragraph longer than the limit alone, in parts split at
 /// sentences (a sentence longer than the limit at clauses, then words).
 /// Every paragraph is in exactly one chunk, or in consecutive parts.
-pub fn chunk_paragraphs(
+pub(crate) fn chunk_paragraphs(
     paragraphs: &[String],
     limit: usize,
     count: &dyn Fn(&str) -> Result<usize, TaskError>,
@@ -322,7 +322,7 @@ fn paragraph_parts(
 
 /// Removes what chat models put around a summary: a leading "Summary:" label, a
 /// Markdown heading line, surrounding quotes; joins lines into one paragraph.
-pub fn tidy_summary(raw: &str) -> String {
+pub(crate) fn tidy_summary(raw: &str) -> String {
     let mut lines: Vec<&str> = raw
         .lines()
         .map(str::trim)

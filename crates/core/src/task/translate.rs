@@ -15,13 +15,13 @@ use super::{
 };
 use precis_backend::{FinishReason, GenerationParams, GenerationRequest, ModelKind};
 
-/// Steps [`translate_texts`] will report for these inputs (title and paragraphs).
+/// Steps `translate_texts` will report for these inputs (title and paragraphs).
 pub fn steps(title: Option<&str>, paragraphs: &[String]) -> usize {
     usize::from(title.is_some()) + paragraphs.len()
 }
 
 /// Translates the whole prepared article into every target language.
-pub fn translate_article(
+pub(crate) fn translate_article(
     article: &PreparedArticle,
     options: &TaskOptions,
     models: &dyn ModelRouter,
@@ -54,7 +54,7 @@ pub fn translate_article(
 }
 
 /// What to translate.
-pub struct TranslationInput<'a> {
+pub(crate) struct TranslationInput<'a> {
     /// Headline to translate too.
     pub title: Option<&'a str>,
     /// Paragraphs, in order.
@@ -66,7 +66,7 @@ pub struct TranslationInput<'a> {
 }
 
 /// Reports steps of one translation within a larger task.
-pub struct StepCounter<'a> {
+pub(crate) struct StepCounter<'a> {
     /// Steps done before this translation starts.
     pub offset: usize,
     /// Steps in the whole task.
@@ -99,7 +99,7 @@ impl StepCounter<'_> {
 }
 
 /// Translates a title and paragraphs into one language.
-pub fn translate_texts(
+pub(crate) fn translate_texts(
     input: &TranslationInput<'_>,
     options: &TaskOptions,
     models: &dyn ModelRouter,
@@ -292,7 +292,7 @@ const WORD_PIECE_CHARS: usize = 64;
 /// words, then (a word alone too long) every `WORD_PIECE_CHARS` (64)
 /// characters. Nothing is dropped: the pieces joined with spaces are the
 /// sentence's words joined with spaces.
-pub fn split_to_fit(
+pub(crate) fn split_to_fit(
     sentence: &str,
     fits: &mut dyn FnMut(&str) -> Result<bool, TaskError>,
 ) -> Result<Vec<String>, TaskError> {
@@ -393,7 +393,7 @@ fn fits(
 }
 
 /// Splits `text` at sentence boundaries into the fewest consecutive chunks that each fit the model.
-pub fn chunks_that_fit(
+pub(crate) fn chunks_that_fit(
     model: &dyn TextModel,
     text: &str,
     language: &str,
@@ -436,7 +436,7 @@ pub fn chunks_that_fit(
 }
 
 /// Makes a model's output one paragraph: trims it and joins its lines with spaces.
-pub fn one_paragraph(text: &str) -> String {
+pub(crate) fn one_paragraph(text: &str) -> String {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty())
