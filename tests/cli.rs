@@ -112,3 +112,128 @@ fn corrupt_model_file_is_reported_by_verify_and_refused_at_load() {
     let (stdout, _) = text(&out);
     assert!(stdout.contains("mismatch"), "{stdout}");
 }
+
+/// What a careless operator could do without noticing is refused before
+/// the server starts: an empty API key (which would turn the keys off), a
+/// keys file others may read, the webhook secret given twice.
+#[test]
+fn serve_refuses_settings_that_would_quietly_weaken_it() {
+    let home = tempfile::tempdir().unwrap();
+    let serve = |envs: &[(&str, &str)], args: &[&str]| {
+        let mut cmd = common::precis_offline(home.path());
+        cmd.args(["serve", "--lazy", "--addr", "127.0.0.1:0"])
+            .args(args);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().unwrap();
+        assert!(!out.status.success(), "{envs:?} {args:?} started");
+        String::from_utf8_lossy(&out.stderr).to_string()
+    };
+    for keys in ["", ",", "k1,,k2", " "] {
+        let err = serve(&[("PRECIS_API_KEYS", keys)], &[]);
+        assert!(err.contains("empty key"), "{keys:?}: {err}");
+    }
+    let file = home.path().join("keys.txt");
+    std::fs::write(&file, "k1\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let err = serve(&[], &["--api-keys-file", file.to_str().unwrap()]);
+        assert!(
+            err.contains("chmod 600") && err.contains("--allow-shared-key-file"),
+            "{err}"
+        );
+    }
+    let secret = home.path().join("secret.txt");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let err = serve(
+        &[("PRECIS_WEBHOOK_SECRET", "s3cret")],
+        &["--webhook-secret-file", secret.to_str().unwrap()],
+    );
+    assert!(err.contains("give the webhook secret once"), "{err}");
+}
+
+/// `precis jobs prune` deletes, from the server's database, the jobs that
+/// ended before the retention, and keeps the rest.
+#[test]
+fn jobs_prune_deletes_only_jobs_past_their_retention() {
+    let home = tempfile::tempdir().unwrap();
+    let db = home.path().join("precis.sqlite3");
+    let store = precis_service::jobs::JobStore::open(&db).unwrap();
+    let request = precis_service::jobs::JobRequest::default();
+    for _ in 0..2 {
+        store.create(&request, Vec::new(), "", None, 8).unwrap();
+    }
+    drop(store);
+    let sql = rusqlite::Connection::open(&db).unwrap();
+    sql.execute(
+        "UPDATE jobs SET state = 'done', created = created - 3 * 86400 WHERE rowid = 1",
+        [],
+    )
+    .unwrap();
+    let out = common::precis_offline(home.path())
+        .args(["jobs", "prune", "--job-retention-days", "2", "--cache"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("deleted 1 jobs"), "{said}");
+    let left: i64 = sql
+        .query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(left, 1);
+}
+
+/// A proxy named by the environment would resolve the host again, after
+/// the address check: fetching never goes through one. The page is read
+/// from the (allowed) local server although `HTTP_PROXY` points at a port
+/// where nothing listens.
+#[test]
+fn fetching_ignores_proxy_variables() {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let server = std::thread::spawn(move || {
+        let started = std::time::Instant::now();
+        let mut conn = loop {
+            match listener.accept() {
+                Ok((conn, _)) => break conn,
+                Err(_) if started.elapsed() < std::time::Duration::from_secs(30) => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err(e) => return format!("no request came: {e}"),
+            }
+        };
+        conn.set_nonblocking(false).unwrap();
+        let mut request = [0u8; 1024];
+        let n = conn.read(&mut request).unwrap();
+        let page = "<html><head><title>Talks</title></head><body><p>Ministers met on Tuesday.</p></body></html>";
+        write!(
+            conn,
+            "HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{page}",
+            page.len()
+        )
+        .unwrap();
+        String::from_utf8_lossy(&request[..n]).to_string()
+    });
+    let home = tempfile::tempdir().unwrap();
+    let out = common::precis_offline(home.path())
+        .args(["summarize", "--allow-address", "127.0.0.1"])
+        .arg(format!("http://127.0.0.1:{port}/talks.html"))
+        .env("HTTP_PROXY", "http://127.0.0.1:9")
+        .env("http_proxy", "http://127.0.0.1:9")
+        .env("ALL_PROXY", "http://127.0.0.1:9")
+        .env_remove("NO_PROXY")
+        .env_remove("no_proxy")
+        .output()
+        .unwrap();
+    let request = server.join().unwrap();
+    assert!(
+        request.starts_with("GET /talks.html "),
+        "{request}: {out:?}"
+    );
+}

@@ -601,6 +601,71 @@ async fn api_keys_are_required_when_set_except_for_probes() {
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
+/// Requests refused before any key is checked still count in the metrics:
+/// whatever method names and paths a client makes up, the label set stays
+/// the API's own (methods GET / POST / DELETE / HEAD / OPTIONS / OTHER,
+/// routes by template or `unmatched`).
+#[tokio::test]
+async fn made_up_methods_and_paths_do_not_grow_the_metrics() {
+    let mut s = state(limits());
+    s.api_keys = ApiKeys::new(["k-one"]);
+    let app = router(s);
+    for i in 0..1000 {
+        let req = Request::builder()
+            .method(format!("M{i:04}XYZ").as_str())
+            .uri(format!("/v1/summarize/x{i}"))
+            .body(Body::empty())
+            .unwrap();
+        let (status, _, _) = send(&app, req).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    let keyless = router(state(limits()));
+    let text = metrics_text(&keyless).await;
+    assert!(!text.contains("XYZ") && !text.contains("/x1"), "{text}");
+    let methods: std::collections::BTreeSet<&str> = text
+        .match_indices("method=\"")
+        .map(|(at, _)| {
+            let rest = &text[at + 8..];
+            &rest[..rest.find('"').unwrap()]
+        })
+        .collect();
+    let known = ["GET", "POST", "DELETE", "HEAD", "OPTIONS", "OTHER"];
+    assert!(methods.iter().all(|m| known.contains(m)), "{methods:?}");
+    assert!(methods.contains("OTHER"), "{methods:?}");
+}
+
+/// A web page can make a browser post `text/plain`, a form or an untyped
+/// body to a local server without asking it first: only a body declared
+/// JSON runs anything.
+#[tokio::test]
+async fn only_bodies_declared_json_are_read() {
+    let app = app();
+    let body = r#"{"text": "Ministers met. They agreed."}"#;
+    for (uri, kind) in [
+        ("/v1/summarize", Some("text/plain")),
+        ("/v1/digest", Some("text/plain;charset=UTF-8")),
+        ("/v1/translate", Some("application/x-www-form-urlencoded")),
+        ("/v1/digest", Some("multipart/form-data; boundary=x")),
+        ("/v1/summarize", None),
+    ] {
+        let mut req = Request::builder().method("POST").uri(uri);
+        if let Some(kind) = kind {
+            req = req.header("content-type", kind);
+        }
+        let (status, _, v) = send(&app, req.body(Body::from(body)).unwrap()).await;
+        assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{uri} {kind:?}");
+        assert_eq!(code(&v), "unsupported_media_type");
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/summarize")
+        .header("content-type", "Application/JSON; charset=utf-8")
+        .body(Body::from(body))
+        .unwrap();
+    let (status, _, _) = send(&app, req).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 #[tokio::test]
 async fn request_ids_are_echoed_or_made() {
     let app = app();
@@ -1313,6 +1378,11 @@ fn jobs_app(db: &std::path::Path) -> axum::Router {
 
 /// [`jobs_app`] under other limits.
 fn jobs_app_with(db: &std::path::Path, limits: ServerLimits) -> axum::Router {
+    router(jobs_state(db, limits))
+}
+
+/// The state of [`jobs_app_with`].
+fn jobs_state(db: &std::path::Path, limits: ServerLimits) -> AppState {
     let mut services = services("fake", &limits, None);
     services.database = Some(db.to_path_buf());
     let mut state = AppState::new(Arc::clone(&services.engine), limits);
@@ -1326,9 +1396,11 @@ fn jobs_app_with(db: &std::path::Path, limits: ServerLimits) -> axum::Router {
         },
         webhook_secret: Some("s3cret".into()),
         retry_delay: std::time::Duration::from_millis(50),
+        max_active_per_caller: 3,
+        retention: None,
     };
     state.jobs = Some(services.start_jobs(settings).unwrap());
-    router(state)
+    state
 }
 
 /// Posts a job; gives the status, the `Location` and the answer.
@@ -1437,6 +1509,97 @@ async fn job_items_meet_the_same_limits_and_defaults_as_requests() {
     assert_eq!(models["default_targets"], json!(["ru", "hi"]));
 }
 
+/// Jobs and their idempotency keys are the caller's own: another API key
+/// neither gets a job back by reusing a key nor sees it by id, and a key
+/// reused for a different request is refused.
+#[tokio::test]
+async fn jobs_and_idempotency_keys_are_scoped_to_the_caller() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut state = jobs_state(&dir.path().join("precis.sqlite3"), limits());
+    state.api_keys = ApiKeys::new(["alice-key", "bob-key"]);
+    let app = router(state);
+    let job = |key: &str, method: &str, uri: &str, idem: Option<&str>, body: &Value| {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(uri)
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"));
+        if let Some(k) = idem {
+            req = req.header("idempotency-key", k);
+        }
+        req.body(Body::from(serde_json::to_vec(body).unwrap()))
+            .unwrap()
+    };
+    let body = json!({"task": "summarize", "items": [{"text": "Ministers met. They agreed."}]});
+    let (status, _, alice) = send(
+        &app,
+        job("alice-key", "POST", "/v1/jobs", Some("k1"), &body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{alice}");
+    let id = alice["id"].as_str().unwrap().to_string();
+    // The same key from another caller is another job.
+    let (status, _, bob) = send(&app, job("bob-key", "POST", "/v1/jobs", Some("k1"), &body)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{bob}");
+    assert_ne!(bob["id"], id.as_str());
+    // Nobody else sees or cancels Alice's job.
+    let uri = format!("/v1/jobs/{id}");
+    for method in ["GET", "DELETE"] {
+        let (status, _, v) = send(&app, job("bob-key", method, &uri, None, &json!({}))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{method}: {v}");
+    }
+    let (status, _, v) = send(&app, job("alice-key", "GET", &uri, None, &json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    // Alice's retry gets her job; her key on another request is refused.
+    let (status, _, again) = send(
+        &app,
+        job("alice-key", "POST", "/v1/jobs", Some("k1"), &body),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(again["id"], id.as_str());
+    let other = json!({"task": "summarize", "items": [{"text": "Something else entirely."}]});
+    let (status, _, v) = send(
+        &app,
+        job("alice-key", "POST", "/v1/jobs", Some("k1"), &other),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(code(&v), "idempotency_key_reused");
+}
+
+/// One caller cannot queue jobs without end: past the cap (3 here) a new
+/// job gets 429 with `Retry-After`, and a slot comes back when one ends.
+#[tokio::test]
+async fn a_caller_past_the_job_cap_is_told_to_wait() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = jobs_app(&dir.path().join("precis.sqlite3"));
+    let slow = json!({"task": "summarize", "items": [{"text": "FAKE_SLOW one two three four five six seven eight nine ten. And more words here."}]});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let (status, _, v) = post_job(&app, slow.clone(), None).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let req = Request::builder()
+        .method("POST")
+        .uri("/v1/jobs")
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(&slow).unwrap()))
+        .unwrap();
+    let (status, headers, v) = send(&app, req).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{v}");
+    assert_eq!(code(&v), "queue_full");
+    assert_eq!(headers["retry-after"], "30");
+    let (status, _) = call(&app, "DELETE", &format!("/v1/jobs/{}", ids[0]), Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _, v) = post_job(&app, slow, None).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{v}");
+    for id in &ids[1..] {
+        call(&app, "DELETE", &format!("/v1/jobs/{id}"), Vec::new()).await;
+    }
+}
+
 #[tokio::test]
 async fn accepted_jobs_survive_a_restart_and_resume() {
     let dir = tempfile::tempdir().unwrap();
@@ -1455,8 +1618,10 @@ async fn accepted_jobs_survive_a_restart_and_resume() {
             ..Default::default()
         }),
     ];
-    let (id, created) = store.create(&request, articles, None).unwrap();
-    assert!(created);
+    let created = store.create(&request, articles, "", None, 8).unwrap();
+    let precis_service::jobs::Created::New(id) = created else {
+        panic!("{created:?}");
+    };
     drop(store);
     // A new server on the same database takes it up.
     let app = jobs_app(&db);
@@ -1475,8 +1640,8 @@ async fn accepted_jobs_survive_a_restart_and_resume() {
     assert_eq!(v["state"], "done");
 }
 
-/// The webhook calls a test server received: signature header and body.
-type HookCalls = Arc<std::sync::Mutex<Vec<(String, Vec<u8>)>>>;
+/// Webhook calls received: (timestamp, signature) and body.
+type HookCalls = Arc<std::sync::Mutex<Vec<((String, String), Vec<u8>)>>>;
 
 /// A local server: a feed at /feed.rss, and a webhook at /hook that fails
 /// its first call with 500 and records every call's signature and body.
@@ -1497,12 +1662,15 @@ async fn hook_server() -> (String, HookCalls) {
             "/hook",
             post(
                 move |headers: axum::http::HeaderMap, body: axum::body::Bytes| async move {
-                    let signature = headers
-                        .get("x-precis-signature")
-                        .map(|v| v.to_str().unwrap().to_string())
-                        .unwrap_or_default();
+                    let header = |name: &str| {
+                        headers
+                            .get(name)
+                            .map(|v| v.to_str().unwrap().to_string())
+                            .unwrap_or_default()
+                    };
+                    let signed = (header("x-precis-timestamp"), header("x-precis-signature"));
                     let mut calls = recorded.lock().unwrap();
-                    calls.push((signature, body.to_vec()));
+                    calls.push((signed, body.to_vec()));
                     if calls.len() == 1 {
                         StatusCode::INTERNAL_SERVER_ERROR
                     } else {
@@ -1551,8 +1719,20 @@ async fn a_feed_job_ends_with_a_signed_webhook_retried_after_a_failure() {
     }
     let calls = calls.lock().unwrap().clone();
     assert_eq!(calls.len(), 2);
-    for (signature, body) in &calls {
-        assert_eq!(signature, &precis_service::jobs::signature("s3cret", body));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for ((timestamp, signature), body) in &calls {
+        // Signed with the time it was sent, so a replay can be told apart.
+        let sent_at: u64 = timestamp.parse().unwrap();
+        assert!(now.abs_diff(sent_at) < 60, "{timestamp}");
+        let expected = precis_service::jobs::signature("s3cret", sent_at, body);
+        assert_eq!(signature, &expected);
+        assert_ne!(
+            signature,
+            &precis_service::jobs::signature("s3cret", sent_at + 1, body)
+        );
         let sent: Value = serde_json::from_slice(body).unwrap();
         assert_eq!(sent["id"], id.as_str());
         assert_eq!(sent["state"], "done");
@@ -1590,17 +1770,31 @@ async fn bad_jobs_are_refused_and_unknown_ones_are_404() {
     let (status, v) = call(&app, "GET", "/v1/jobs/nope", Vec::new()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(code(&v), "not_found");
-    // A feed on a private address, not allowed here: the job fails and says why.
-    let (_, _, v) = post_job(&app, json!({"feed_url": "http://10.255.255.1/feed"}), None).await;
-    let done = finished_job(&app, v["id"].as_str().unwrap()).await;
-    assert_eq!(done["state"], "failed");
-    assert!(
-        done["error"]
-            .as_str()
-            .unwrap()
-            .contains("not a public address"),
-        "{done}"
-    );
+    // A feed or webhook written as a non-public address (not allowed
+    // here) is refused at once, naming the rule and the flag.
+    for body in [
+        json!({"feed_url": "http://10.255.255.1/feed"}),
+        json!({"feed_url": "http://[64:ff9b::a00:5]/feed"}),
+        json!({"feed_url": "https://[::ffff:169.254.169.254]/latest"}),
+        json!({"items": [{"text": "x"}], "webhook": "http://192.168.1.10/hook"}),
+        json!({"items": [{"text": "x"}], "webhook": "http://[fd00::1]:8080/hook"}),
+    ] {
+        let (status, _, v) = post_job(&app, body.clone(), None).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {v}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("not a public address") && message.contains("--allow-address"),
+            "{message}"
+        );
+    }
+    // An allowed one is accepted.
+    let (status, _, _) = post_job(
+        &app,
+        json!({"items": [{"text": "x"}], "webhook": "http://127.0.0.1:9/hook"}),
+        None,
+    )
+    .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
 }
 
 /// Polls a job until `ready` holds for it (10 s at most).

@@ -356,3 +356,112 @@ fn a_feed_url_with_teasers_is_summarized_from_the_linked_articles() {
     assert_eq!(article.url.as_deref(), Some(format!("{base}/a/1").as_str()));
     assert!(article.text.contains("Belmora"));
 }
+
+/// Pieces of hostile feed text: links, images, HTML, entities, reference
+/// definitions, autolinks and block markers, in every combination.
+const HOSTILE: &[&str] = &[
+    "[x](javascript:alert(1))",
+    "![i](http://evil.example/p.png)",
+    "<a href=\"javascript:x\">a</a>",
+    "<img src=x onerror=y>",
+    "&#106;avascript:",
+    "&lt;b&gt;",
+    "[r]: javascript:z",
+    "\n[r]: http://ref.example/\n",
+    "[r]",
+    "<https://auto.example/>",
+    "<javascript:q>",
+    "\n# ",
+    "\n- ",
+    "\n1. ",
+    "\n2) ",
+    "\n> ",
+    "\n    code",
+    "\n===\n",
+    "\n---\n",
+    "|a|b|\n|-|-|\n",
+    "`",
+    "*",
+    "_",
+    "~~",
+    "\\",
+    "\r",
+    "\r\n",
+    "(",
+    ")",
+    "[",
+    "]",
+    "!",
+    " ",
+    "Ministers met on Tuesday.",
+    "The talks ended. ",
+];
+
+fn hostile() -> impl proptest::strategy::Strategy<Value = String> {
+    use proptest::prelude::*;
+    prop::collection::vec(prop::sample::select(HOSTILE), 1..10).prop_map(|v| v.concat())
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(128))]
+
+    /// Whatever a feed's titles, texts and links hold, the Markdown digest
+    /// carries no HTML but its own and no link or image but the item's own
+    /// http(s) URL.
+    #[test]
+    fn markdown_carries_no_link_or_html_the_input_did_not_have(
+        title in hostile(),
+        text in hostile(),
+        origin in hostile(),
+        message in hostile(),
+    ) {
+        use pulldown_cmark::{Event, Options, Parser, Tag};
+        let services = Services::assemble(
+            Arc::new(FakeLoader::new(&["fake"])),
+            Routing {
+                summarizers: vec!["fake".into()],
+                translators: vec!["fake".into()],
+            },
+            None,
+            None,
+        );
+        let request = TaskRequest {
+            task: Task::Digest,
+            article: precis_core::task::Article {
+                title: Some(title),
+                text: format!("{text}\n\nMinisters met on Tuesday. {text}"),
+                url: Some("https://ok.example/a".into()),
+                ..Default::default()
+            },
+            options: TaskOptions {
+                to: Some(vec!["ru".into()]),
+                clean: false,
+                ..TaskOptions::default()
+            },
+            model: None,
+        };
+        let ran = services.engine.run(&request, &CancelToken::new(), &|_| {});
+        let mut outcomes = vec![Outcome::Failed {
+            origin,
+            id: None,
+            error: ErrorBody { code: "failed".into(), message },
+        }];
+        if let Ok(result) = ran {
+            outcomes.push(Outcome::Ok(Box::new(result)));
+        }
+        let markdown = render(&outcomes, Format::Markdown);
+        for event in Parser::new_ext(&markdown, Options::all()) {
+            match event {
+                // precis's own footnote markup, and nothing else.
+                Event::InlineHtml(h) if matches!(h.as_ref(), "<sub>" | "</sub>") => {}
+                Event::Html(h) | Event::InlineHtml(h) => {
+                    proptest::prop_assert!(false, "HTML {h:?} in\n{markdown}")
+                }
+                Event::Start(Tag::Link { dest_url, .. } | Tag::Image { dest_url, .. }) => {
+                    proptest::prop_assert_eq!(dest_url.as_ref(), "https://ok.example/a", "in\n{}", markdown)
+                }
+                _ => {}
+            }
+        }
+    }
+}

@@ -9,7 +9,7 @@ use precis::http::{
 };
 
 fn check<T: serde::de::DeserializeOwned>(data: &[u8]) {
-    match parse_single_or_batch::<T>(data) {
+    match parse_single_or_batch::<T>(data, 64) {
         Ok(SingleOrBatch::Single(_)) => {}
         Ok(SingleOrBatch::Batch(items)) => {
             for item in items {

@@ -194,10 +194,27 @@ pub struct ServerConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Option<Vec<String>>,
-    /// Key that signs batch jobs' webhook calls (`X-Precis-Signature:
-    /// sha256=HMAC`); without it they are not signed.
+    /// Let the API keys file be readable by others than its owner (by
+    /// default such a file is refused, as ssh refuses an open private key).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_shared_key_file: bool,
+    /// Key that signs batch jobs' webhook calls (`X-Precis-Signature`);
+    /// without it they are not signed. Prefer PRECIS_WEBHOOK_SECRET or
+    /// --webhook-secret-file: a flag's value is visible to every user in `ps`.
     #[arg(long, env = "PRECIS_WEBHOOK_SECRET", hide_env_values = true)]
     pub webhook_secret: Option<String>,
+    /// File holding the webhook signing key (its first line).
+    #[arg(long, env = "PRECIS_WEBHOOK_SECRET_FILE", hide_env_values = true)]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Batch jobs one API key may have queued or running at once; past it,
+    /// a new job gets 429 with Retry-After [default: 8].
+    #[arg(long, env = "PRECIS_MAX_JOBS_PER_KEY", hide_env_values = true)]
+    pub max_jobs_per_key: Option<usize>,
+    /// Days an ended batch job is kept before it is deleted; 0 keeps jobs
+    /// for ever [default: 30].
+    #[arg(long, env = "PRECIS_JOB_RETENTION_DAYS", hide_env_values = true)]
+    pub job_retention_days: Option<u64>,
     /// Hosts or networks that jobs' feed URLs and webhooks may reach
     /// although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
     /// intranet.example [default: public addresses only].
@@ -211,7 +228,18 @@ pub struct ServerConfig {
     pub allow_addresses: Option<Vec<precis_service::fetch::AllowEntry>>,
 }
 
+/// Days an ended batch job is kept by default.
+pub const JOB_RETENTION_DAYS: u64 = 30;
+
 impl ServerConfig {
+    /// How long an ended job is kept; `None`: for ever.
+    pub fn job_retention(&self) -> Option<std::time::Duration> {
+        match self.job_retention_days.unwrap_or(JOB_RETENTION_DAYS) {
+            0 => None,
+            days => Some(std::time::Duration::from_secs(days * 24 * 3600)),
+        }
+    }
+
     /// The limits these settings set, defaults for the rest.
     pub fn limits(&self) -> crate::http::ServerLimits {
         let d = crate::http::ServerLimits::default();
@@ -242,9 +270,13 @@ impl ServerConfig {
             timeout_secs: self.timeout_secs.or(file.timeout_secs),
             shutdown_grace_secs: self.shutdown_grace_secs.or(file.shutdown_grace_secs),
             api_keys_file: self.api_keys_file.or(file.api_keys_file),
+            allow_shared_key_file: self.allow_shared_key_file || file.allow_shared_key_file,
             cors_origins: self.cors_origins.or(file.cors_origins),
             webhook_secret: self.webhook_secret.or(file.webhook_secret),
+            webhook_secret_file: self.webhook_secret_file.or(file.webhook_secret_file),
             allow_addresses: self.allow_addresses.or(file.allow_addresses),
+            max_jobs_per_key: self.max_jobs_per_key.or(file.max_jobs_per_key),
+            job_retention_days: self.job_retention_days.or(file.job_retention_days),
         }
     }
 }

@@ -71,6 +71,31 @@ pub enum Command {
     Serve(ServeArgs),
     /// Inspect and tidy the result cache.
     Cache(CacheArgs),
+    /// Tidy the batch jobs a server keeps.
+    Jobs(JobsArgs),
+}
+
+/// `precis jobs`.
+#[derive(Debug, Args)]
+pub struct JobsArgs {
+    /// What to do.
+    #[command(subcommand)]
+    command: JobsCommand,
+    /// The database the jobs are kept in (the server's cache file).
+    #[command(flatten)]
+    cache: crate::cli::config::CacheConfig,
+}
+
+/// `precis jobs ...`.
+#[derive(Debug, Subcommand)]
+pub enum JobsCommand {
+    /// Delete the jobs that ended and were created more than the retention
+    /// ago, with their items and webhook calls (a server does this hourly).
+    Prune {
+        /// Days a job is kept [default: the config's, else 30].
+        #[arg(long, value_name = "DAYS")]
+        job_retention_days: Option<u64>,
+    },
 }
 
 /// `precis cache`.
@@ -312,6 +337,39 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Models(m) => models_command(m, &ModelStore::open(store)?),
         Command::Serve(a) => serve(a, &config, store),
         Command::Cache(c) => cache_command(c.command, &c.cache.or(&config.cache)),
+        Command::Jobs(j) => jobs_command(j.command, &j.cache.or(&config.cache), &config.server),
+    }
+}
+
+fn jobs_command(
+    cmd: JobsCommand,
+    cache: &CacheConfig,
+    server: &crate::cli::config::ServerConfig,
+) -> anyhow::Result<i32> {
+    match cmd {
+        JobsCommand::Prune { job_retention_days } => {
+            let settings = crate::cli::config::ServerConfig {
+                job_retention_days: job_retention_days.or(server.job_retention_days),
+                ..crate::cli::config::ServerConfig::default()
+            };
+            let Some(retention) = settings.job_retention() else {
+                println!("jobs are kept for ever (job retention 0 days): nothing to prune");
+                return Ok(EXIT_OK);
+            };
+            let store = match precis_service::jobs::JobStore::open(&cache.file()) {
+                Ok(store) => store,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let n = store.prune(retention)?;
+            println!(
+                "deleted {n} jobs that ended and were created more than {} days ago",
+                retention.as_secs() / 86_400
+            );
+            Ok(EXIT_OK)
+        }
     }
 }
 
@@ -820,6 +878,11 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
 }
 
 fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i32> {
+    if a.server.webhook_secret.is_some() && std::env::var_os("PRECIS_WEBHOOK_SECRET").is_none() {
+        eprintln!(
+            "warning: --webhook-secret on the command line is visible to every user of this machine (ps); use PRECIS_WEBHOOK_SECRET or --webhook-secret-file"
+        );
+    }
     let server = a.server.or(&config.server);
     let addr_text = server.addr.as_deref().unwrap_or("127.0.0.1:8080");
     let addr: std::net::SocketAddr = addr_text.parse().map_err(|e| {
@@ -827,6 +890,12 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
     })?;
     let limits = server.limits();
     let api_keys = api_keys(&server)?;
+    let secret = webhook_secret(&server)?;
+    if api_keys.is_none() && !addr.ip().is_loopback() {
+        eprintln!(
+            "warning: listening on {addr} with no API key: anyone who can reach it can run the models; set --api-keys-file or PRECIS_API_KEYS"
+        );
+    }
     let grace = std::time::Duration::from_secs(server.shutdown_grace_secs.unwrap_or(30));
     let models = model_choice(config, a.model.as_deref(), None, None);
     let cache = a.cache.clone().or(&config.cache);
@@ -853,8 +922,10 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
             allow: server.allow_addresses.clone().unwrap_or_default(),
             ..precis_service::fetch::FetchPolicy::default()
         },
-        webhook_secret: server.webhook_secret.clone(),
+        webhook_secret: secret,
         retry_delay: std::time::Duration::from_secs(5),
+        max_active_per_caller: server.max_jobs_per_key.unwrap_or(8),
+        retention: server.job_retention(),
     };
     {
         let _runtime = rt.enter();
@@ -919,12 +990,17 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
 }
 
 /// The API keys `settings` name: the lines of `api_keys_file` and the
-/// comma-separated `PRECIS_API_KEYS`; `None` when neither gives one.
+/// comma-separated `PRECIS_API_KEYS`; `None` when neither is set. An empty
+/// key is refused (a stray comma must not turn the keys off), and so is a
+/// keys file others may read, unless `allow_shared_key_file`.
 fn api_keys(
     settings: &crate::cli::config::ServerConfig,
 ) -> anyhow::Result<Option<crate::http::ApiKeys>> {
     let mut keys: Vec<String> = Vec::new();
     if let Some(path) = &settings.api_keys_file {
+        if !settings.allow_shared_key_file {
+            private_file(path, "the API keys file", "--allow-shared-key-file")?;
+        }
         let text = std::fs::read_to_string(path).map_err(|e| {
             anyhow::anyhow!("cannot read the API keys file {}: {e}", path.display())
         })?;
@@ -937,7 +1013,65 @@ fn api_keys(
         }
     }
     if let Ok(list) = std::env::var("PRECIS_API_KEYS") {
-        keys.extend(list.split(',').map(|k| k.trim().to_string()));
+        let listed: Vec<&str> = list.split(',').map(str::trim).collect();
+        if listed.iter().any(|k| k.is_empty()) {
+            anyhow::bail!(
+                "PRECIS_API_KEYS holds an empty key (`{list}`): give keys separated by commas, with no empty one, or unset it"
+            );
+        }
+        keys.extend(listed.into_iter().map(str::to_string));
     }
     Ok(crate::http::ApiKeys::new(keys.iter().map(String::as_str)))
+}
+
+/// Refuses a secret's file that users other than its owner may read (or
+/// write), as ssh does; `flag` lets it be.
+fn private_file(path: &std::path::Path, what: &str, flag: &str) -> anyhow::Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path)
+            .map_err(|e| anyhow::anyhow!("cannot read {what} {}: {e}", path.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            anyhow::bail!(
+                "{what} {} may be read by other users (mode {:o}): `chmod 600 {}`, or pass {flag}",
+                path.display(),
+                mode & 0o777,
+                path.display()
+            );
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = (path, what, flag);
+    Ok(())
+}
+
+/// The webhook signing key: `webhook_secret_file`'s first line, or
+/// `webhook_secret`; not both.
+fn webhook_secret(settings: &crate::cli::config::ServerConfig) -> anyhow::Result<Option<String>> {
+    match (&settings.webhook_secret, &settings.webhook_secret_file) {
+        (Some(_), Some(_)) => anyhow::bail!(
+            "give the webhook secret once: --webhook-secret (PRECIS_WEBHOOK_SECRET) or --webhook-secret-file"
+        ),
+        (Some(secret), None) if secret.trim().is_empty() => {
+            anyhow::bail!("the webhook secret is empty: give a key, or none to send unsigned webhooks")
+        }
+        (Some(secret), None) => Ok(Some(secret.clone())),
+        (None, Some(path)) => {
+            if !settings.allow_shared_key_file {
+                private_file(path, "the webhook secret file", "--allow-shared-key-file")?;
+            }
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                anyhow::anyhow!("cannot read the webhook secret file {}: {e}", path.display())
+            })?;
+            let secret = text.lines().next().unwrap_or_default().trim().to_string();
+            if secret.is_empty() {
+                anyhow::bail!("the webhook secret file {} is empty", path.display());
+            }
+            Ok(Some(secret))
+        }
+        (None, None) => Ok(None),
+    }
 }

@@ -5,12 +5,16 @@
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 
 use super::error::{ApiError, ErrorCode};
+use super::ops::Caller;
 use super::{read_body, AppState};
 use precis_core::task::{Article, Task};
-use precis_service::jobs::{JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
+use precis_service::jobs::{Created, JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
+
+/// Seconds a caller with too many jobs is told to wait.
+const JOB_RETRY_AFTER_SECS: u64 = 30;
 
 fn queue(state: &AppState) -> Result<&JobQueue, ApiError> {
     state.jobs.as_ref().ok_or_else(|| {
@@ -25,18 +29,23 @@ fn invalid(message: impl Into<String>) -> ApiError {
     ApiError::new(ErrorCode::InvalidRequest, message)
 }
 
-fn web_url(url: &str, what: &str) -> Result<(), ApiError> {
-    match reqwest::Url::parse(url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => Ok(()),
-        _ => Err(invalid(format!(
-            "`{what}` must be an http:// or https:// URL"
-        ))),
-    }
+/// Refuses a feed or webhook URL that could never be reached: not
+/// http(s), or a literal address the server's rules do not allow (a name
+/// is checked against its addresses when it is fetched).
+fn web_url(queue: &JobQueue, url: &str, what: &str) -> Result<(), ApiError> {
+    let parsed = reqwest::Url::parse(url)
+        .ok()
+        .filter(|u| matches!(u.scheme(), "http" | "https") && u.host_str().is_some())
+        .ok_or_else(|| invalid(format!("`{what}` must be an http:// or https:// URL")))?;
+    queue
+        .fetch_policy()
+        .check_url(&parsed)
+        .map_err(|e| invalid(format!("`{what}`: {e}")))
 }
 
 /// The request's articles (the engine refuses an item it would not run
 /// when it comes to it: that item fails, the others go on).
-fn check(request: &JobRequest) -> Result<Vec<Result<Article, String>>, ApiError> {
+fn check(queue: &JobQueue, request: &JobRequest) -> Result<Vec<Result<Article, String>>, ApiError> {
     if request.task == Some(Task::Translate) && request.to.as_ref().is_none_or(Vec::is_empty) {
         return Err(ApiError::new(
             ErrorCode::NoTargetLanguage,
@@ -44,12 +53,12 @@ fn check(request: &JobRequest) -> Result<Vec<Result<Article, String>>, ApiError>
         ));
     }
     if let Some(hook) = &request.webhook {
-        web_url(hook, "webhook")?;
+        web_url(queue, hook, "webhook")?;
     }
     match (&request.items, &request.feed_url) {
         (Some(_), Some(_)) => Err(invalid("give `items` or `feed_url`, not both")),
         (None, None) => Err(invalid("a job needs `items` (articles) or a `feed_url`")),
-        (None, Some(url)) => web_url(url, "feed_url").map(|()| Vec::new()),
+        (None, Some(url)) => web_url(queue, url, "feed_url").map(|()| Vec::new()),
         (Some(items), None) => {
             if items.is_empty() {
                 return Err(ApiError::new(
@@ -94,9 +103,11 @@ fn answer(status: StatusCode, view: JobView) -> Response {
     ))]
 pub(super) async fn create(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     headers: HeaderMap,
     req: axum::extract::Request,
 ) -> Result<Response, ApiError> {
+    let owner = owner(caller);
     let queue = queue(&state)?.clone();
     let bytes = read_body(req, &state).await?;
     let request: JobRequest = super::parse_body(&bytes)?;
@@ -110,13 +121,35 @@ pub(super) async fn create(
         ),
         None => None,
     };
-    let items = check(&request)?;
+    let items = check(&queue, &request)?;
     let store = std::sync::Arc::clone(&queue.store);
-    let (id, created) =
-        tokio::task::spawn_blocking(move || store.create(&request, items, key.as_deref()))
-            .await
-            .map_err(ApiError::internal)?
-            .map_err(ApiError::internal)?;
+    let max_active = queue.max_active_per_caller();
+    let created = tokio::task::spawn_blocking(move || {
+        store.create(&request, items, &owner, key.as_deref(), max_active)
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map_err(ApiError::internal)?;
+    let (id, created) = match created {
+        Created::New(id) => (id, true),
+        Created::Existing(id) => (id, false),
+        Created::KeyReused => {
+            return Err(ApiError::new(
+                ErrorCode::IdempotencyKeyReused,
+                "this Idempotency-Key was used before for a different request: use a new key for a new job",
+            ))
+        }
+        Created::TooMany(active) => {
+            let mut refused = ApiError::new(
+                ErrorCode::QueueFull,
+                format!(
+                    "you have {active} jobs queued or running, the most this server keeps per API key (--max-jobs-per-key): wait for one to end, or cancel one"
+                ),
+            );
+            refused.retry_after = Some(JOB_RETRY_AFTER_SECS);
+            return Err(refused);
+        }
+    };
     if created {
         queue.submit(&id);
     }
@@ -144,9 +177,15 @@ pub(super) async fn create(
     ))]
 pub(super) async fn show(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    answer_view(&id, queue(&state)?.store.view(&id))
+    let queue = queue(&state)?;
+    let view = owned(queue, &id, caller).and_then(|mine| match mine {
+        true => queue.store.view(&id),
+        false => Ok(None),
+    });
+    answer_view(&id, view)
 }
 
 /// Cancels a job: a queued one never starts, a running one stops its items
@@ -160,9 +199,30 @@ pub(super) async fn show(
     ))]
 pub(super) async fn cancel(
     State(state): State<AppState>,
+    caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    answer_view(&id, queue(&state)?.cancel(&id))
+    let queue = queue(&state)?;
+    let view = owned(queue, &id, caller).and_then(|mine| match mine {
+        true => queue.cancel(&id),
+        false => Ok(None),
+    });
+    answer_view(&id, view)
+}
+
+/// The scope a caller's jobs are kept in (see [`Caller`]).
+fn owner(caller: Option<Extension<Caller>>) -> String {
+    caller.map(|Extension(c)| c.0).unwrap_or_default()
+}
+
+/// Whether job `id` is the caller's: another caller's job is answered as
+/// one that does not exist.
+fn owned(
+    queue: &JobQueue,
+    id: &str,
+    caller: Option<Extension<Caller>>,
+) -> Result<bool, precis_service::jobs::JobStoreError> {
+    queue.store.owned_by(id, &owner(caller))
 }
 
 fn answer_view(

@@ -203,8 +203,26 @@ async fn method_not_allowed() -> ApiError {
     )
 }
 
-/// Reads a request's body, with the API's errors (413 past the limit).
+/// Reads a request's body, with the API's errors: 415 unless it is
+/// declared JSON, 413 past the limit.
+///
+/// The content type is what stops a web page from making a visitor's
+/// browser run work on a keyless local server: a cross-site request may
+/// carry `text/plain`, a form or no type at all without the browser asking
+/// first, never `application/json`.
 async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    let json = req
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|t| t.trim().eq_ignore_ascii_case("application/json"));
+    if !json {
+        return Err(ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            "send the body as JSON with `Content-Type: application/json`",
+        ));
+    }
     Bytes::from_request(req, state).await.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
@@ -229,24 +247,132 @@ pub enum SingleOrBatch<T> {
     Batch(Vec<Result<T, ApiError>>),
 }
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for SingleOrBatch<T> {
+impl<T: DeserializeOwned + Send + 'static> FromRequest<AppState> for SingleOrBatch<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        parse_single_or_batch(&read_body(req, state).await?)
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let bytes = read_body(req, state).await?;
+        let max_batch = state.limits.max_batch;
+        if bytes.len() <= PARSE_INLINE_BYTES {
+            return parse_single_or_batch(&bytes, max_batch);
+        }
+        // A large body is parsed on a blocking thread, a few at a time, so
+        // that bodies built to be slow to parse hold no async thread.
+        let _permit = PARSES
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(format!("parse permits closed: {e}")))?;
+        tokio::task::spawn_blocking(move || parse_single_or_batch(&bytes, max_batch))
+            .await
+            .map_err(|e| ApiError::internal(format!("parse thread failed: {e}")))?
     }
 }
 
-/// Parses a task route's body: an object, or an array of objects (see
-/// [`SingleOrBatch`]).
+/// Bodies up to this size are parsed where they are read.
+const PARSE_INLINE_BYTES: usize = 64 * 1024;
+
+/// Larger bodies parsed at once, each on a blocking thread.
+static PARSES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
+
+/// Parses a task route's body: an object, or an array of at most
+/// `max_batch` objects (see [`SingleOrBatch`]). A longer array is refused
+/// as it is read: its elements past the limit are counted, never built.
 pub fn parse_single_or_batch<T: DeserializeOwned>(
     bytes: &[u8],
+    max_batch: usize,
 ) -> Result<SingleOrBatch<T>, ApiError> {
-    match parse_value(bytes)? {
-        serde_json::Value::Array(items) => {
-            Ok(SingleOrBatch::Batch(items.into_iter().map(shape).collect()))
+    check_utf8(bytes)?;
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let document = serde::de::DeserializeSeed::deserialize(DocumentReader { max_batch }, &mut de)
+        .and_then(|d| de.end().map(|()| d))
+        .map_err(malformed)?;
+    match document {
+        Document::One(value) => shape(value).map(SingleOrBatch::Single),
+        Document::Many(items) => Ok(SingleOrBatch::Batch(items.into_iter().map(shape).collect())),
+        Document::TooMany(count) => Err(ApiError::new(
+            ErrorCode::BatchTooLarge,
+            format!(
+                "the array has {count} articles; this server accepts at most {max_batch} per request (--max-batch): split it"
+            ),
+        )),
+    }
+}
+
+/// A task route's body as JSON: a value, the elements of an array, or how
+/// many elements an array too long to take has.
+enum Document {
+    One(serde_json::Value),
+    Many(Vec<serde_json::Value>),
+    TooMany(usize),
+}
+
+/// Reads a [`Document`], building at most `max_batch` array elements.
+struct DocumentReader {
+    max_batch: usize,
+}
+
+impl<'de> serde::de::DeserializeSeed<'de> for DocumentReader {
+    type Value = Document;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Document, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> serde::de::Visitor<'de> for DocumentReader {
+    type Value = Document;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON object or an array of objects")
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Document, A::Error> {
+        let mut items = Vec::new();
+        while items.len() < self.max_batch {
+            match seq.next_element::<serde_json::Value>()? {
+                Some(item) => items.push(item),
+                None => return Ok(Document::Many(items)),
+            }
         }
-        value => shape(value).map(SingleOrBatch::Single),
+        let mut count = items.len();
+        while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+            count += 1;
+        }
+        Ok(if count > self.max_batch {
+            Document::TooMany(count)
+        } else {
+            Document::Many(items)
+        })
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Document, A::Error> {
+        serde::Deserialize::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+            .map(Document::One)
+    }
+
+    // Any other value is one document, refused by its shape.
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Document, E> {
+        Ok(Document::One(v.into()))
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Document, E> {
+        Ok(Document::One(v.into()))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Document, E> {
+        Ok(Document::One(v.into()))
+    }
+
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Document, E> {
+        Ok(Document::One(v.into()))
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Document, E> {
+        Ok(Document::One(v.into()))
+    }
+
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Document, E> {
+        Ok(Document::One(serde_json::Value::Null))
     }
 }
 
@@ -259,21 +385,29 @@ pub fn parse_body<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
 /// The body as a JSON document: 400 unless it is UTF-8 and well-formed
 /// JSON, whatever its shape.
 fn parse_value(bytes: &[u8]) -> Result<serde_json::Value, ApiError> {
-    if let Err(e) = std::str::from_utf8(bytes) {
-        return Err(ApiError::new(
+    check_utf8(bytes)?;
+    serde_json::from_slice(bytes).map_err(malformed)
+}
+
+/// 400 unless the body is UTF-8.
+fn check_utf8(bytes: &[u8]) -> Result<(), ApiError> {
+    std::str::from_utf8(bytes).map(|_| ()).map_err(|e| {
+        ApiError::new(
             ErrorCode::InvalidUtf8,
             format!(
                 "the body is not valid UTF-8 (invalid byte at offset {}); send UTF-8 JSON",
                 e.valid_up_to()
             ),
-        ));
-    }
-    serde_json::from_slice(bytes).map_err(|e| {
-        ApiError::new(
-            ErrorCode::MalformedJson,
-            format!("the body is not valid JSON: {e}"),
         )
     })
+}
+
+/// 400: the body is not well-formed JSON.
+fn malformed(e: serde_json::Error) -> ApiError {
+    ApiError::new(
+        ErrorCode::MalformedJson,
+        format!("the body is not valid JSON: {e}"),
+    )
 }
 
 /// A well-formed document of the wrong shape is a 422.

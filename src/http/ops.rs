@@ -94,6 +94,19 @@ pub fn key_lines(text: &str) -> impl Iterator<Item = &str> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
 }
 
+/// Who is calling, for what is kept per caller (batch jobs and their
+/// idempotency keys): a digest of the API key the request carried, set by
+/// [`authorize`]; a server without keys has one shared, empty, scope.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Caller(pub String);
+
+impl Caller {
+    fn of_key(key: &str) -> Self {
+        let digest = Sha256::digest(format!("precis caller\0{key}").as_bytes());
+        Caller(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+    }
+}
+
 /// Routes open without a key: what load balancers and orchestrators probe.
 fn open_route(path: &str) -> bool {
     matches!(path, "/health" | "/ready")
@@ -107,12 +120,16 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 /// Middleware: requires `Authorization: Bearer KEY` with a known key (401
 /// otherwise) on every route but /health and /ready.
-pub async fn authorize(State(keys): State<ApiKeys>, req: Request, next: Next) -> Response {
+pub async fn authorize(State(keys): State<ApiKeys>, mut req: Request, next: Next) -> Response {
     if open_route(req.uri().path()) {
         return next.run(req).await;
     }
     match bearer(req.headers()) {
-        Some(key) if keys.accepts(key) => next.run(req).await,
+        Some(key) if keys.accepts(key) => {
+            let caller = Caller::of_key(key);
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
         given => {
             let message = if given.is_some() {
                 "the API key is not valid"
@@ -171,14 +188,30 @@ fn describe() {
     );
 }
 
-/// Middleware: counts every answer by route, method and status, times it,
+/// A request method as a metric label: the API's own methods by name, any
+/// other as `OTHER`. The label set stays bounded whatever a client sends
+/// (hyper accepts method names of any length, before any key is checked).
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "OTHER",
+    }
+}
+
+/// Middleware: counts every answer by route (its template, never the raw
+/// path), method (see [`method_label`]) and status, times it,
 /// and logs the causes of the failures it reports (each once, here).
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
         .map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
-    let method = req.method().to_string();
+    let method = method_label(req.method());
     let request_id = req
         .headers()
         .get("x-request-id")

@@ -25,6 +25,9 @@ pub enum ErrorCode {
     MethodNotAllowed,
     /// 413: the body is larger than the server accepts.
     PayloadTooLarge,
+    /// 415: a body that is not declared `Content-Type: application/json`
+    /// (what a browser may send cross-site without asking first).
+    UnsupportedMediaType,
     /// 422: a field the endpoint does not know.
     UnknownField,
     /// 422: a field has the wrong type or value.
@@ -53,6 +56,8 @@ pub enum ErrorCode {
     UnknownModel,
     /// 422: strict mode and the output was flagged.
     Flagged,
+    /// 422: an `Idempotency-Key` used before for a different request.
+    IdempotencyKeyReused,
     /// 401: no API key, or one the server does not know.
     Unauthorized,
     /// 429: every slot is busy and the queue is full (`Retry-After` says
@@ -89,9 +94,11 @@ impl ErrorCode {
             NotFound => 404,
             MethodNotAllowed => 405,
             PayloadTooLarge => 413,
+            UnsupportedMediaType => 415,
             UnknownField | InvalidRequest | EmptyText | NotEnglish | TextTooLong
             | RequestTooLong | EmptyBatch | BatchTooLarge | InputTooLong | UnsupportedLanguage
-            | DuplicateLanguage | NoTargetLanguage | UnknownModel | Flagged => 422,
+            | DuplicateLanguage | NoTargetLanguage | UnknownModel | Flagged
+            | IdempotencyKeyReused => 422,
             Unauthorized => 401,
             QueueFull => 429,
             ModelUnavailable | NotReady => 503,

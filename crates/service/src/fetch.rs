@@ -12,7 +12,7 @@
 //! networks (`127.0.0.1`, `10.0.0.0/8`, `intranet.example`) that may be
 //! fetched anyway.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use ipnet::IpNet;
@@ -154,7 +154,10 @@ pub struct Fetched {
 
 /// Whether an address is one anybody on the internet could reach: not
 /// loopback, private, link-local, shared (CGNAT), multicast, documentation
-/// or unspecified.
+/// or unspecified. An IPv6 address must be global unicast (`2000::/3`,
+/// less the ranges reserved inside it); one that embeds an IPv4 address
+/// (mapped, compatible, NAT64, 6to4, Teredo) is judged by the IPv4
+/// address it leads to, so `64:ff9b::a00:5` is as private as 10.0.0.5.
 pub(crate) fn is_public(ip: IpAddr) -> bool {
     match ip {
         IpAddr::V4(v4) => {
@@ -173,21 +176,69 @@ pub(crate) fn is_public(ip: IpAddr) -> bool {
                 || o[0] >= 240)
         }
         IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return is_public(IpAddr::V4(v4));
+            let v4 = |hi: u16, lo: u16| {
+                let [a, b] = hi.to_be_bytes();
+                let [c, d] = lo.to_be_bytes();
+                is_public(IpAddr::V4(Ipv4Addr::new(a, b, c, d)))
+            };
+            match v6.segments() {
+                // IPv4-mapped `::ffff:a.b.c.d` and IPv4-compatible `::a.b.c.d`
+                // (`::` and `::1` among them, as 0.0.0.0 and 0.0.0.1).
+                [0, 0, 0, 0, 0, 0xffff | 0, hi, lo] => v4(hi, lo),
+                // NAT64's well-known prefix, `64:ff9b::/96`.
+                [0x64, 0xff9b, 0, 0, 0, 0, hi, lo] => v4(hi, lo),
+                // 6to4, `2002:AABB:CCDD::/48`.
+                [0x2002, hi, lo, ..] => v4(hi, lo),
+                // Teredo, `2001::/32`: the server's address, and the
+                // client's, stored inverted.
+                [0x2001, 0, server_hi, server_lo, _, _, client_hi, client_lo] => {
+                    v4(server_hi, server_lo) && v4(!client_hi, !client_lo)
+                }
+                s => global_unicast(s),
             }
-            let s = v6.segments();
-            !(v6.is_loopback()
-                || v6.is_unspecified()
-                || v6.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00 // unique local
-                || (s[0] & 0xffc0) == 0xfe80 // link local
-                || (s[0] == 0x2001 && s[1] == 0x0db8)) // documentation
         }
     }
 }
 
+/// Whether IPv6 segments are global unicast: `2000::/3`, less the IETF
+/// protocol assignments `2001::/23` (NAT64's local-use `64:ff9b:1::/48`
+/// and site-local `fec0::/10` lie outside it anyway) and the documentation
+/// prefixes `2001:db8::/32` and `3fff::/20`.
+fn global_unicast(s: [u16; 8]) -> bool {
+    (s[0] & 0xe000) == 0x2000
+        && !(s[0] == 0x2001 && s[1] < 0x0200)
+        && !(s[0] == 0x2001 && s[1] == 0x0db8)
+        && (s[0] & 0xfff0) != 0x3ff0
+}
+
 impl FetchPolicy {
+    /// Refuses at once what no lookup could make fetchable: a scheme other
+    /// than http(s), or a host written as an address this policy does not
+    /// allow. A name is checked when it is fetched, against every address
+    /// it resolves to then.
+    pub fn check_url(&self, url: &reqwest::Url) -> Result<(), FetchError> {
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(FetchError::BadUrl(url.to_string()));
+        }
+        let host = url
+            .host_str()
+            .ok_or_else(|| FetchError::BadUrl(url.to_string()))?
+            .trim_start_matches('[')
+            .trim_end_matches(']');
+        let Ok(address) = host.parse::<IpAddr>() else {
+            return Ok(());
+        };
+        let host = host.to_string();
+        if self.allows(&host, address) {
+            return Ok(());
+        }
+        Err(FetchError::Forbidden {
+            url: url.to_string(),
+            host,
+            address,
+        })
+    }
+
     /// Whether `host` (resolving to `ip`) may be fetched.
     fn allows(&self, host: &str, ip: IpAddr) -> bool {
         is_public(ip)
@@ -273,7 +324,9 @@ async fn fetch_within(url: &str, policy: &FetchPolicy) -> Result<Fetched, FetchE
             reason,
         };
         let host = current.host_str().unwrap_or_default().to_string();
+        // No proxy: a proxy would resolve the name again, past the check.
         let client = reqwest::Client::builder()
+            .no_proxy()
             .redirect(reqwest::redirect::Policy::none())
             .resolve(&host, addr)
             .user_agent(concat!("precis/", env!("CARGO_PKG_VERSION")))
@@ -354,15 +407,47 @@ mod tests {
             "169.254.169.254",
             "100.64.0.1",
             "0.0.0.0",
+            "192.0.2.1",
+            "198.18.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::",
             "::1",
             "fe80::1",
             "fd00::1",
+            "fec0::1",
+            "ff02::1",
             "::ffff:127.0.0.1",
-            "224.0.0.1",
+            "::ffff:10.0.0.5",
+            "::10.0.0.5",
+            "::127.0.0.1",
+            "64:ff9b::a00:5",
+            "64:ff9b::127.0.0.1",
+            "64:ff9b::169.254.169.254",
+            "64:ff9b:1::808:808",
+            "2002:a00:5::1",
+            "2002:7f00:1::1",
+            "2001:0:4136:e378:8000:63bf:f5ff:fffa", // Teredo to 10.0.0.5
+            "2001:0:a00:5:8000:63bf:3fff:fdd2",     // Teredo via 10.0.0.5
+            "2001:2::1",
+            "2001:10::1",
+            "2001:db8::1",
+            "3fff::1",
+            "100::1",
+            "4000::1",
         ] {
             assert!(!is_public(private.parse().unwrap()), "{private}");
         }
-        for public in ["93.184.216.34", "1.1.1.1", "2606:4700:4700::1111"] {
+        for public in [
+            "93.184.216.34",
+            "1.1.1.1",
+            "2606:4700:4700::1111",
+            "2a00:1450:4001::1",
+            "::ffff:8.8.8.8",
+            "64:ff9b::808:808",
+            "2002:808:808::1",
+            "2001:0:4136:e378:8000:63bf:f7f7:f7f7", // Teredo to 8.8.8.8
+        ] {
             assert!(is_public(public.parse().unwrap()), "{public}");
         }
     }

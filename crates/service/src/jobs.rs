@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use rusqlite::{params, Connection, OptionalExtension};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::fetch::{fetch, FetchPolicy};
@@ -48,7 +48,7 @@ pub const WEBHOOK_PARALLEL: usize = 4;
 /// The job tables' schema version (kept in `schema_versions`, since the
 /// cache owns the database's `user_version`). 1: jobs and items; 2: the
 /// webhook outbox.
-const JOBS_SCHEMA: i64 = 2;
+const JOBS_SCHEMA: i64 = 3;
 
 /// An article of a job, as posted.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -284,6 +284,25 @@ fn render_output(format: Format, items: &[JobItem]) -> serde_json::Value {
     }
 }
 
+/// What [`JobStore::create`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// A new job, with this id.
+    New(String),
+    /// The job the idempotency key made before, for the same request.
+    Existing(String),
+    /// The idempotency key was used before for another request: nothing made.
+    KeyReused,
+    /// The owner has this many jobs queued or running, the most allowed:
+    /// nothing made.
+    TooMany(usize),
+}
+
+/// Lower-case hex of bytes.
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// Why the job store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("job store {path}: {source}")]
@@ -381,6 +400,18 @@ fn upgrade(tx: &rusqlite::Transaction<'_>, version: i64) -> rusqlite::Result<()>
              );",
         )?;
     }
+    if version < 3 {
+        // Whose job it is (a digest of the caller's API key; empty when the
+        // server has no keys), and a digest of the request, so an
+        // idempotency key is the caller's own and tells a retry from a
+        // different request. Keys are stored scoped: `owner/key`.
+        tx.execute_batch(
+            "ALTER TABLE jobs ADD COLUMN owner TEXT NOT NULL DEFAULT '';
+             ALTER TABLE jobs ADD COLUMN request_hash TEXT;
+             UPDATE jobs SET idempotency_key = '/' || idempotency_key
+                 WHERE idempotency_key IS NOT NULL;",
+        )?;
+    }
     tx.execute(
         "INSERT INTO schema_versions (component, version) VALUES ('jobs', ?1)
          ON CONFLICT (component) DO UPDATE SET version = ?1",
@@ -424,39 +455,97 @@ impl JobStore {
         })
     }
 
-    /// Accepts a job: its request and its items (an item that could not be
-    /// read carries its error). With an idempotency key already used, the
-    /// job made then is given instead, and `false`.
+    /// Accepts `owner`'s job: its request and its items (an item that
+    /// could not be read carries its error). An idempotency key is the
+    /// owner's own: used before with the same request, the job made then
+    /// is given back; with another request, nothing is made. Nor is
+    /// anything made while the owner has `max_active` jobs queued or running.
     pub fn create(
         &self,
         request: &JobRequest,
         items: Vec<Result<Article, String>>,
+        owner: &str,
         idempotency_key: Option<&str>,
-    ) -> Result<(String, bool), JobStoreError> {
+        max_active: usize,
+    ) -> Result<Created, JobStoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         let request_json = serde_json::to_string(request).unwrap_or_default();
+        let request_hash = hex(&Sha256::digest(request_json.as_bytes()));
+        let scoped = idempotency_key.map(|k| format!("{owner}/{k}"));
         self.sql(|c| {
             let tx = c.transaction()?;
-            if let Some(key) = idempotency_key {
-                let existing: Option<String> = tx
+            if let Some(key) = &scoped {
+                let existing: Option<(String, Option<String>)> = tx
                     .query_row(
-                        "SELECT id FROM jobs WHERE idempotency_key = ?1",
+                        "SELECT id, request_hash FROM jobs WHERE idempotency_key = ?1",
                         params![key],
-                        |r| r.get(0),
+                        |r| Ok((r.get(0)?, r.get(1)?)),
                     )
                     .optional()?;
-                if let Some(existing) = existing {
-                    return Ok((existing, false));
+                match existing {
+                    // A job from before requests were hashed is taken as the same.
+                    Some((existing, None)) => return Ok(Created::Existing(existing)),
+                    Some((existing, Some(hash))) if hash == request_hash => {
+                        return Ok(Created::Existing(existing))
+                    }
+                    Some(_) => return Ok(Created::KeyReused),
+                    None => {}
                 }
             }
+            let active: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE owner = ?1 AND state IN ('queued', 'running')",
+                params![owner],
+                |r| r.get(0),
+            )?;
+            if active as usize >= max_active {
+                return Ok(Created::TooMany(active as usize));
+            }
             tx.execute(
-                "INSERT INTO jobs (id, idempotency_key, request, state, created) VALUES (?1, ?2, ?3, 'queued', ?4)",
-                params![id, idempotency_key, request_json, now()],
+                "INSERT INTO jobs (id, idempotency_key, request, state, created, owner, request_hash)
+                 VALUES (?1, ?2, ?3, 'queued', ?4, ?5, ?6)",
+                params![id, scoped, request_json, now(), owner, request_hash],
             )?;
             insert_items(&tx, &id, items)?;
             tx.commit()?;
-            Ok((id.clone(), true))
+            Ok(Created::New(id.clone()))
         })
+    }
+
+    /// Deletes the jobs that have ended and were created more than
+    /// `older_than` ago, with their items and webhook calls; gives how many.
+    pub fn prune(&self, older_than: Duration) -> Result<usize, JobStoreError> {
+        let cutoff = now().saturating_sub(i64::try_from(older_than.as_secs()).unwrap_or(i64::MAX));
+        self.sql(|c| {
+            let tx = c.transaction()?;
+            const EXPIRED: &str = "SELECT id FROM jobs
+                 WHERE state IN ('done', 'failed', 'cancelled') AND created < ?1";
+            tx.execute(
+                &format!("DELETE FROM job_items WHERE job IN ({EXPIRED})"),
+                params![cutoff],
+            )?;
+            tx.execute(
+                &format!("DELETE FROM webhook_outbox WHERE job IN ({EXPIRED})"),
+                params![cutoff],
+            )?;
+            let n = tx.execute(
+                &format!("DELETE FROM jobs WHERE id IN ({EXPIRED})"),
+                params![cutoff],
+            )?;
+            tx.commit()?;
+            Ok(n)
+        })
+    }
+
+    /// Whether job `id` exists and is `owner`'s.
+    pub fn owned_by(&self, id: &str, owner: &str) -> Result<bool, JobStoreError> {
+        self.sql(|c| {
+            c.query_row(
+                "SELECT COUNT(*) FROM jobs WHERE id = ?1 AND owner = ?2",
+                params![id, owner],
+                |r| r.get::<_, i64>(0),
+            )
+        })
+        .map(|n| n > 0)
     }
 
     /// Jobs not finished (queued or running), oldest first.
@@ -781,7 +870,14 @@ pub struct JobSettings {
     pub webhook_secret: Option<String>,
     /// Delay before the first webhook retry (doubled each time).
     pub retry_delay: Duration,
+    /// Jobs one caller may have queued or running at once.
+    pub max_active_per_caller: usize,
+    /// How long an ended job is kept; `None`: for ever.
+    pub retention: Option<Duration>,
 }
+
+/// How often the job runner deletes the jobs past their retention.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 
 /// Jobs being worked on, each with the sender that cancels it.
 type Running = Arc<Mutex<HashMap<String, watch::Sender<bool>>>>;
@@ -795,9 +891,21 @@ pub struct JobQueue {
     tx: tokio::sync::mpsc::UnboundedSender<String>,
     running: Running,
     outbox: Arc<Notify>,
+    fetch: FetchPolicy,
+    max_active_per_caller: usize,
 }
 
 impl JobQueue {
+    /// What feed URLs and webhooks may reach.
+    pub fn fetch_policy(&self) -> &FetchPolicy {
+        &self.fetch
+    }
+
+    /// Jobs one caller may have queued or running at once.
+    pub fn max_active_per_caller(&self) -> usize {
+        self.max_active_per_caller
+    }
+
     /// Starts the job runner and the webhook outbox on the current tokio
     /// runtime, and queues every unfinished job in the store (a restart
     /// resumes them).
@@ -808,6 +916,8 @@ impl JobQueue {
             tx,
             running: Running::default(),
             outbox: Arc::new(Notify::new()),
+            fetch: settings.fetch.clone(),
+            max_active_per_caller: settings.max_active_per_caller,
         };
         match store.unfinished() {
             Ok(ids) => {
@@ -826,6 +936,9 @@ impl JobQueue {
             settings.clone(),
             Arc::clone(&queue.outbox),
         ));
+        if let Some(retention) = settings.retention {
+            tokio::spawn(prune_regularly(Arc::clone(&store), retention));
+        }
         let (running, outbox) = (Arc::clone(&queue.running), Arc::clone(&queue.outbox));
         tokio::spawn(async move {
             while let Some(id) = rx.recv().await {
@@ -995,6 +1108,20 @@ async fn run_item(
     })
 }
 
+/// Deletes the jobs past `retention`, now and every [`PRUNE_EVERY`].
+async fn prune_regularly(store: Arc<JobStore>, retention: Duration) {
+    loop {
+        let pruning = Arc::clone(&store);
+        match tokio::task::spawn_blocking(move || pruning.prune(retention)).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(jobs = n, "deleted jobs past their retention"),
+            Ok(Err(e)) => tracing::error!("{e}"),
+            Err(e) => tracing::error!("job pruning failed: {e}"),
+        }
+        tokio::time::sleep(PRUNE_EVERY).await;
+    }
+}
+
 /// Delivers the outbox's webhook calls, at most [`WEBHOOK_PARALLEL`] at
 /// once, each retried with a doubling delay; woken when a job ends.
 async fn drain_outbox(store: Arc<JobStore>, settings: JobSettings, wake: Arc<Notify>) {
@@ -1075,15 +1202,16 @@ async fn read_feed(
     Ok(items.into_iter().map(|i| i.article).collect())
 }
 
-/// The signature header of a webhook body: `sha256=` and the hex HMAC-SHA256
-/// of the body under `secret`.
-pub fn signature(secret: &str, body: &[u8]) -> String {
+/// The signature header of a webhook body sent at `timestamp` (Unix
+/// seconds, sent as `X-Precis-Timestamp`): `sha256=` and the hex
+/// HMAC-SHA256 under `secret` of `{timestamp}.{body}`. Signing the time
+/// lets a receiver refuse a replayed call (see the README).
+pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
     let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(secret.as_bytes())
         .expect("HMAC takes keys of any length");
+    mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
-    let digest = mac.finalize().into_bytes();
-    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
-    format!("sha256={hex}")
+    format!("sha256={}", hex(&mac.finalize().into_bytes()))
 }
 
 /// POSTs the job's answer, as it is now, to its webhook once.
@@ -1107,7 +1235,9 @@ async fn post_webhook(url: &str, body: &[u8], settings: &JobSettings) -> Result<
     let addr = crate::fetch::vet_url(&parsed, &settings.fetch)
         .await
         .map_err(|e| e.to_string())?;
+    // No proxy: a proxy would resolve the name again, past the check.
     let client = reqwest::Client::builder()
+        .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
         .resolve(parsed.host_str().unwrap_or_default(), addr)
         .timeout(settings.fetch.timeout)
@@ -1118,7 +1248,10 @@ async fn post_webhook(url: &str, body: &[u8], settings: &JobSettings) -> Result<
         .header("content-type", "application/json")
         .body(body.to_vec());
     if let Some(secret) = &settings.webhook_secret {
-        req = req.header("x-precis-signature", signature(secret, body));
+        let timestamp = u64::try_from(now()).unwrap_or_default();
+        req = req
+            .header("x-precis-timestamp", timestamp.to_string())
+            .header("x-precis-signature", signature(secret, timestamp, body));
     }
     let response = req.send().await.map_err(|e| e.to_string())?;
     if response.status().is_success() {
@@ -1200,7 +1333,9 @@ mod tests {
             webhook: Some("https://hooks.example/x".into()),
             ..JobRequest::default()
         };
-        let (id, _) = store.create(&request, Vec::new(), None).unwrap();
+        let Created::New(id) = store.create(&request, Vec::new(), "", None, 1).unwrap() else {
+            panic!("not created");
+        };
         assert!(store
             .end(&id, JobState::Done, None, request.webhook.as_deref())
             .unwrap());
@@ -1231,5 +1366,74 @@ mod tests {
         let webhook = view.webhook.unwrap();
         assert!(webhook.delivered);
         assert_eq!(webhook.attempts, 2);
+    }
+
+    #[test]
+    fn ended_jobs_past_their_retention_are_deleted_with_their_items() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(&dir.path().join("precis.sqlite3")).unwrap();
+        let request = JobRequest {
+            webhook: Some("https://hooks.example/x".into()),
+            ..JobRequest::default()
+        };
+        let item = || vec![Ok(Article::default()), Err("unreadable".to_string())];
+        let mut ids = Vec::new();
+        for owner in ["a", "b", "c"] {
+            let Created::New(id) = store.create(&request, item(), owner, None, 8).unwrap() else {
+                panic!("not created");
+            };
+            ids.push(id);
+        }
+        // Old: one done, one still running; new: one done.
+        store
+            .end(&ids[0], JobState::Done, None, request.webhook.as_deref())
+            .unwrap();
+        store.start(&ids[1]).unwrap();
+        store.end(&ids[2], JobState::Done, None, None).unwrap();
+        store
+            .sql(|c| {
+                c.execute(
+                    "UPDATE jobs SET created = created - 40 * 86400 WHERE id IN (?1, ?2)",
+                    params![ids[0], ids[1]],
+                )
+            })
+            .unwrap();
+        let month = Duration::from_secs(30 * 86_400);
+        assert_eq!(store.prune(month).unwrap(), 1);
+        assert!(store.view(&ids[0]).unwrap().is_none());
+        assert!(store.view(&ids[1]).unwrap().is_some(), "running: kept");
+        assert!(store.view(&ids[2]).unwrap().is_some(), "recent: kept");
+        let orphans: i64 = store
+            .sql(|c| {
+                c.query_row(
+                    "SELECT (SELECT COUNT(*) FROM job_items WHERE job = ?1)
+                          + (SELECT COUNT(*) FROM webhook_outbox WHERE job = ?1)",
+                    params![ids[0]],
+                    |r| r.get(0),
+                )
+            })
+            .unwrap();
+        assert_eq!(orphans, 0);
+        assert_eq!(store.prune(month).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_caller_past_the_cap_gets_no_new_job() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = JobStore::open(&dir.path().join("precis.sqlite3")).unwrap();
+        let request = JobRequest::default();
+        for _ in 0..2 {
+            let created = store.create(&request, Vec::new(), "a", None, 2).unwrap();
+            assert!(matches!(created, Created::New(_)), "{created:?}");
+        }
+        assert_eq!(
+            store.create(&request, Vec::new(), "a", None, 2).unwrap(),
+            Created::TooMany(2)
+        );
+        let created = store.create(&request, Vec::new(), "b", None, 2).unwrap();
+        assert!(
+            matches!(created, Created::New(_)),
+            "another caller: {created:?}"
+        );
     }
 }

@@ -274,9 +274,7 @@ impl ModelManifest {
             }
         }
         check_repo(&self.hub.repo)?;
-        if self.hub.revision.is_empty() || self.hub.revision.contains(char::is_whitespace) {
-            return Err(format!("invalid hub revision `{}`", self.hub.revision));
-        }
+        check_revision(&self.hub.revision)?;
         if self.files.is_empty() {
             return Err("`files` is empty: a manifest names at least one file".into());
         }
@@ -388,8 +386,23 @@ pub(crate) fn check_repo(repo: &str) -> Result<(), String> {
     }
 }
 
+/// A hub revision (a branch, tag or commit) names a directory of the hub
+/// cache: no whitespace, no path separator, no leading dot (so no `..`).
+pub(crate) fn check_revision(revision: &str) -> Result<(), String> {
+    let ok = !revision.is_empty()
+        && !revision.starts_with('.')
+        && !revision.contains(|c: char| c.is_whitespace() || c == '/' || c == '\\');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid hub revision `{revision}`: a branch, tag or commit without `/`, `\\` or a leading `.`"
+        ))
+    }
+}
+
 /// A file name must stay inside the model's directory.
-pub(crate) fn check_file_name(name: &str) -> Result<(), String> {
+pub fn check_file_name(name: &str) -> Result<(), String> {
     let path = Path::new(name);
     let ok = !name.is_empty()
         && !name.contains('\\')
@@ -557,6 +570,10 @@ name = "tiny.gguf"
             MINIMAL.replace("name = \"tiny.gguf\"", "name = \"tiny.gguf\"\nsha256 = \"ABC\""),
             MINIMAL.replace("tasks = [\"summarize\"]", "tasks = []"),
             MINIMAL.replace("repo = \"test/tiny\"", "repo = \"a/b/c\""),
+            // A revision becomes a directory of the hub cache.
+            MINIMAL.replace("revision = \"main\"", "revision = \"../../etc\""),
+            MINIMAL.replace("revision = \"main\"", "revision = \"refs/../x\""),
+            MINIMAL.replace("revision = \"main\"", "revision = \".hidden\""),
             // A mirror without pinned bytes would be trusted blindly.
             MINIMAL.replace(
                 "name = \"tiny.gguf\"",

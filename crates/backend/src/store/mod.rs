@@ -35,8 +35,8 @@ use sha2::{Digest, Sha256};
 
 pub use error::StoreError;
 pub use manifest::{
-    HubSource, Languages, ManifestOrigin, Mirror, ModelFamily, ModelFile, ModelManifest, ModelTask,
-    PipPart, DEFAULT_MODEL,
+    check_file_name, HubSource, Languages, ManifestOrigin, Mirror, ModelFamily, ModelFile,
+    ModelManifest, ModelTask, PipPart, DEFAULT_MODEL,
 };
 
 use record::{Entry, Record, Stamp};
@@ -550,6 +550,24 @@ impl ModelStore {
                 .collect::<Vec<_>>()
                 .join(", "),
         })
+    }
+
+    /// The manifest `name` names, by id or as its hub repo, looked up among
+    /// the manifests only: no path is touched, whatever `name` holds (the
+    /// server resolves its callers' names this way).
+    pub fn resolve_manifest(&self, name: &str) -> Option<ModelSpec> {
+        if let Some(m) = self.manifest(name) {
+            return Some(ModelSpec::from_manifest(m));
+        }
+        let mut matching = self
+            .inner
+            .manifests
+            .iter()
+            .filter(|m| m.hub.repo.eq_ignore_ascii_case(name));
+        match (matching.next(), matching.next()) {
+            (Some(m), None) => Some(ModelSpec::from_manifest(m)),
+            _ => None,
+        }
     }
 
     /// Where each file of a model is, without fetching. Present files are

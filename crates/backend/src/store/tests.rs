@@ -183,6 +183,17 @@ fn resolve_names_manifests_repos_and_paths() {
 
     let spec = store.resolve(fx.work.to_str().unwrap()).unwrap();
     assert_eq!(spec.files, vec![ModelFile::named("my.gguf")]);
+    // The server's lookup: manifests only, whatever path a name spells.
+    assert!(store.resolve_manifest(local.to_str().unwrap()).is_none());
+    assert!(store.resolve_manifest(fx.work.to_str().unwrap()).is_none());
+    assert!(store.resolve_manifest("someone/some-model").is_none());
+    assert_eq!(
+        store
+            .resolve_manifest("Qwen/Qwen2.5-Coder-0.5B-Instruct-GGUF")
+            .unwrap()
+            .id,
+        "qwen2.5-coder-0.5b-instruct-q4_k_m"
+    );
 
     let err = store.resolve("no-such-model").unwrap_err();
     assert!(matches!(err, StoreError::UnknownModel { .. }));

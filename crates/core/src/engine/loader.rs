@@ -142,6 +142,8 @@ impl StoreLoader {
                 if spec.manifest.is_some() {
                     return Err(LoadError::Unsupported(format!("`{owner}/{repo}` has a manifest: name it by its id, `{}`", spec.id)));
                 }
+                // The file becomes a path under the store: it must stay there.
+                precis_backend::store::check_file_name(file).map_err(LoadError::Unsupported)?;
                 spec = spec.with_files([file.to_string()]);
                 spec.id = name.to_string();
                 Ok(spec)
@@ -221,8 +223,8 @@ impl ModelLoader for StoreLoader {
                 },
             ));
         }
-        let spec = self.store.resolve(name).ok()?;
-        (spec.manifest.is_some()).then_some(spec.id)
+        // A caller's name: the manifests only, no path looked at.
+        self.store.resolve_manifest(name).map(|spec| spec.id)
     }
 
     fn declared_targets(&self, id: &str) -> Vec<String> {
