@@ -204,7 +204,7 @@ fn method_label(method: &axum::http::Method) -> &'static str {
 }
 
 /// Middleware: counts every answer by route (its template, never the raw
-/// path), method (see [`method_label`]) and status, times it,
+/// path), method (as `method_label` names it) and status, times it,
 /// and logs the causes of the failures it reports (each once, here).
 pub async fn track(req: Request, next: Next) -> Response {
     let route = req
