@@ -35,6 +35,8 @@ LAYERS = ["precis-backend", "precis-core", "precis-service", "precis"]
 TRANSPORT_ONLY = {
     "axum",
     "clap",
+    "hyper",
+    "hyper-util",
     "tower",
     "tower-http",
     "tracing-subscriber",

@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-targets=(request segment)
+targets=(request segment sources render)
 if [[ $# -ge 1 ]]; then
     targets=("$1")
 fi

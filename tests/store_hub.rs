@@ -498,6 +498,14 @@ async fn marian_checkpoints_load_by_hub_id() {
         assert_eq!(info.target_languages, vec!["hi".to_string()], "{}", info.id);
         assert_eq!(text, want, "{}", info.id);
     }
+    // The server loads only files it can check, unless told otherwise:
+    // these have no pinned sha256.
+    use precis_core::engine::{ModelLoader, StoreLoader};
+    let strict = StoreLoader::closed(Arc::clone(&store), false, Vec::new(), false);
+    let err = strict.load("opus-mt-en-hi").err().expect("refused");
+    assert!(err.to_string().contains("--allow-unverified"), "{err}");
+    let lenient = StoreLoader::closed(Arc::clone(&store), false, Vec::new(), true);
+    assert!(lenient.load("opus-mt-en-hi").is_ok());
 }
 
 /// The `distilbart-cnn-12-6` and `flan-t5-base` manifests, fetched from the

@@ -176,6 +176,18 @@ pub struct ServerConfig {
     /// cancelled and it gets 504 [default: 300].
     #[arg(long, env = "PRECIS_TIMEOUT_SECS", hide_env_values = true)]
     pub timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's headers; a slower one is
+    /// disconnected [default: 10].
+    #[arg(long, env = "PRECIS_HEADER_TIMEOUT_SECS", hide_env_values = true)]
+    pub header_timeout_secs: Option<u64>,
+    /// Seconds a client has to send a request's body once its headers are
+    /// in; past it, 408 [default: 30].
+    #[arg(long, env = "PRECIS_BODY_TIMEOUT_SECS", hide_env_values = true)]
+    pub body_timeout_secs: Option<u64>,
+    /// Connections open at once; one more is closed as it comes
+    /// [default: 256].
+    #[arg(long, env = "PRECIS_MAX_CONNECTIONS", hide_env_values = true)]
+    pub max_connections: Option<usize>,
     /// Seconds requests in flight get to finish after SIGINT or SIGTERM
     /// [default: 30].
     #[arg(long, env = "PRECIS_SHUTDOWN_GRACE_SECS", hide_env_values = true)]
@@ -194,6 +206,11 @@ pub struct ServerConfig {
         value_delimiter = ','
     )]
     pub cors_origins: Option<Vec<String>>,
+    /// Load model files that have no pinned sha256 to check them against
+    /// (by default the server refuses them; the other commands warn).
+    #[arg(long)]
+    #[serde(default)]
+    pub allow_unverified: bool,
     /// Let the API keys file be readable by others than its owner (by
     /// default such a file is refused, as ssh refuses an open private key).
     #[arg(long)]
@@ -253,6 +270,13 @@ impl ServerConfig {
             timeout: self
                 .timeout_secs
                 .map_or(d.timeout, std::time::Duration::from_secs),
+            header_timeout: self
+                .header_timeout_secs
+                .map_or(d.header_timeout, std::time::Duration::from_secs),
+            body_timeout: self
+                .body_timeout_secs
+                .map_or(d.body_timeout, std::time::Duration::from_secs),
+            max_connections: self.max_connections.unwrap_or(d.max_connections),
         }
     }
 
@@ -269,8 +293,12 @@ impl ServerConfig {
             queue_depth: self.queue_depth.or(file.queue_depth),
             timeout_secs: self.timeout_secs.or(file.timeout_secs),
             shutdown_grace_secs: self.shutdown_grace_secs.or(file.shutdown_grace_secs),
+            header_timeout_secs: self.header_timeout_secs.or(file.header_timeout_secs),
+            body_timeout_secs: self.body_timeout_secs.or(file.body_timeout_secs),
+            max_connections: self.max_connections.or(file.max_connections),
             api_keys_file: self.api_keys_file.or(file.api_keys_file),
             allow_shared_key_file: self.allow_shared_key_file || file.allow_shared_key_file,
+            allow_unverified: self.allow_unverified || file.allow_unverified,
             cors_origins: self.cors_origins.or(file.cors_origins),
             webhook_secret: self.webhook_secret.or(file.webhook_secret),
             webhook_secret_file: self.webhook_secret_file.or(file.webhook_secret_file),

@@ -407,6 +407,7 @@ fn settings(
     cuda: bool,
     cache: &CacheConfig,
     max_chars: Option<usize>,
+    allow_unverified: bool,
 ) -> Settings {
     Settings {
         store,
@@ -416,6 +417,7 @@ fn settings(
         database: cache.file(),
         cache: (!cache.no_cache).then(|| cache.limits()),
         max_chars,
+        allow_unverified,
     }
 }
 
@@ -640,6 +642,7 @@ fn run_task(
         args.cuda,
         &cache,
         None,
+        true,
     ))?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -906,6 +909,7 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
         a.cuda,
         &cache,
         Some(limits.max_chars),
+        server.allow_unverified,
     ))?;
     let mut state = crate::http::AppState::new(Arc::clone(&services.engine), limits);
     state.api_keys = api_keys;

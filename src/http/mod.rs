@@ -61,6 +61,13 @@ pub struct ServerLimits {
     pub queue_depth: usize,
     /// Time a request may take, queueing included.
     pub timeout: Duration,
+    /// Time a client has to send a request's headers, from the moment its
+    /// connection is open or its previous request answered.
+    pub header_timeout: Duration,
+    /// Time a client has to send a request's body once its headers are in.
+    pub body_timeout: Duration,
+    /// Connections open at once; one past it is closed as it comes.
+    pub max_connections: usize,
 }
 
 impl Default for ServerLimits {
@@ -75,6 +82,9 @@ impl Default for ServerLimits {
             max_concurrency: 2,
             queue_depth: 8,
             timeout: Duration::from_secs(300),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            max_connections: 256,
         }
     }
 }
@@ -210,7 +220,7 @@ async fn method_not_allowed() -> ApiError {
 /// browser run work on a keyless local server: a cross-site request may
 /// carry `text/plain`, a form or no type at all without the browser asking
 /// first, never `application/json`.
-async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let json = req
         .headers()
         .get(axum::http::header::CONTENT_TYPE)
@@ -223,7 +233,19 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
-    Bytes::from_request(req, state).await.map_err(|e| {
+    let body_timeout = state.limits.body_timeout;
+    let read = tokio::time::timeout(body_timeout, Bytes::from_request(req, state))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                ErrorCode::RequestTimeout,
+                format!(
+                    "the body did not arrive within {} s (--body-timeout-secs): send it at once",
+                    body_timeout.as_secs()
+                ),
+            )
+        })?;
+    read.map_err(|e| {
         if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
             ApiError::new(
                 ErrorCode::PayloadTooLarge,
@@ -884,8 +906,9 @@ pub async fn serve(
     stop: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     tracing::info!("listening on http://{}", listener.local_addr()?);
+    let limits = state.limits.clone();
     let ready = state.ready.clone();
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
+    let app = router(state);
     let signal = async move {
         tokio::select! {
             _ = shutdown_signal() => {},
@@ -896,20 +919,51 @@ pub async fn serve(
             "shutting down: no new connections; finishing requests in flight"
         );
         ready.set(false);
-        let _ = tx.send(true);
     };
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(signal);
-    let deadline = async move {
-        let _ = rx.wait_for(|stopping| *stopping).await;
-        tokio::time::sleep(grace).await;
-    };
+    tokio::pin!(signal);
+    // Each connection holds a permit: past `max_connections` a new one is
+    // closed at once, before it can hold anything.
+    let permits = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_timeout);
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of file descriptors, or a connection reset while
+                    // queued: wait a little rather than spin.
+                    tracing::warn!("cannot accept a connection: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut signal => break,
+        };
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            metrics::counter!("precis_connections_refused_total").increment(1);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("connection ended: {e}");
+            }
+            drop(permit);
+        });
+    }
+    drop(listener);
     tokio::select! {
-        r = std::future::IntoFuture::into_future(server) => r,
-        _ = deadline => {
+        () = graceful.shutdown() => {}
+        () = tokio::time::sleep(grace) => {
             tracing::warn!("shutdown grace period over; exiting with requests still in flight");
-            Ok(())
         }
     }
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -23,6 +23,8 @@ pub enum ErrorCode {
     NotFound,
     /// 405: the route exists with another method.
     MethodNotAllowed,
+    /// 408: the body did not arrive in time.
+    RequestTimeout,
     /// 413: the body is larger than the server accepts.
     PayloadTooLarge,
     /// 415: a body that is not declared `Content-Type: application/json`
@@ -93,6 +95,7 @@ impl ErrorCode {
             MalformedJson | InvalidUtf8 => 400,
             NotFound => 404,
             MethodNotAllowed => 405,
+            RequestTimeout => 408,
             PayloadTooLarge => 413,
             UnsupportedMediaType => 415,
             UnknownField | InvalidRequest | EmptyText | NotEnglish | TextTooLong
@@ -165,6 +168,9 @@ pub enum LoadError {
     /// The name or the files are not something precis runs (it says what is).
     #[error("{0}")]
     Unsupported(String),
+    /// Files with no pinned sha256, where only checked files are loaded.
+    #[error("no pinned sha256 to check its files against ({0}); pass --allow-unverified to load them as they are")]
+    Unverified(String),
 }
 
 impl From<precis_backend::store::StoreError> for LoadError {

@@ -45,6 +45,9 @@ pub struct Settings {
     pub cache: Option<CacheLimits>,
     /// Most characters of one article; `None`: no limit.
     pub max_chars: Option<usize>,
+    /// Load model files that have no pinned sha256 (the CLI always does,
+    /// with a warning).
+    pub allow_unverified: bool,
 }
 
 /// The working parts: the engine over its loader and cache, and what
@@ -74,6 +77,7 @@ impl Services {
                 Arc::clone(&store),
                 settings.cuda,
                 routing.ids().into_iter().collect(),
+                settings.allow_unverified,
             ),
         });
         let mut warnings = Vec::new();

@@ -83,27 +83,38 @@ pub struct StoreLoader {
     cuda: bool,
     open: bool,
     configured: Vec<String>,
+    allow_unverified: bool,
 }
 
 /// Languages assumed for a GGUF chat model named by path, with no manifest.
 pub(crate) const AD_HOC_LLM_LANGUAGES: &[&str] = &["en", "ru", "hi"];
 
 impl StoreLoader {
-    /// A loader for the CLI: accepts any name the store resolves.
+    /// A loader for the CLI: accepts any name the store resolves, and
+    /// files without a pinned hash (with a warning).
     pub fn open(store: Arc<ModelStore>, cuda: bool) -> Self {
         Self {
             store,
             cuda,
             open: true,
             configured: Vec::new(),
+            allow_unverified: true,
         }
     }
 
-    /// A loader for the server: manifest ids, their hub repos, and `configured` names only.
-    pub fn closed(store: Arc<ModelStore>, cuda: bool, configured: Vec<String>) -> Self {
+    /// A loader for the server: manifest ids, their hub repos, and
+    /// `configured` names only; files without a pinned hash only when
+    /// `allow_unverified`.
+    pub fn closed(
+        store: Arc<ModelStore>,
+        cuda: bool,
+        configured: Vec<String>,
+        allow_unverified: bool,
+    ) -> Self {
         Self {
             open: false,
             configured,
+            allow_unverified,
             ..Self::open(store, cuda)
         }
     }
@@ -239,6 +250,20 @@ impl ModelLoader for StoreLoader {
         let unsupported = |reason: &str| LoadError::Unsupported(reason.to_string());
         let spec = self.resolve(id)?;
         let located = self.store.locate(&spec)?;
+        let unverified: Vec<&str> = located
+            .spec
+            .files
+            .iter()
+            .filter(|f| f.sha256.is_none())
+            .map(|f| f.name.as_str())
+            .collect();
+        if !unverified.is_empty() {
+            let files = unverified.join(", ");
+            if !self.allow_unverified {
+                return Err(LoadError::Unverified(files));
+            }
+            tracing::warn!(model = %id, %files, "no pinned sha256 to check these files against; using them as they are");
+        }
         // The id the engine knows the model by (`canonical`).
         let model_id = match &spec.origin {
             SpecOrigin::LocalPath(p) => p.display().to_string(),
