@@ -237,3 +237,52 @@ fn fetching_ignores_proxy_variables() {
         "{request}: {out:?}"
     );
 }
+
+/// A server that anyone on the network could reach, with no API key, says
+/// so when it starts; on loopback it does not.
+#[test]
+fn serve_warns_when_open_to_the_network_without_keys() {
+    use std::io::BufRead;
+    let home = tempfile::tempdir().unwrap();
+    let first_lines = |addr: &str| {
+        let mut child = common::precis_offline(home.path())
+            .args(["serve", "--lazy", "--addr", addr])
+            .env_remove("PRECIS_API_KEYS")
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        // Up to the line that says it listens (or 20 s).
+        let mut lines = Vec::new();
+        while let Ok(line) = rx.recv_timeout(std::time::Duration::from_secs(20)) {
+            let listening = line.contains("listening on");
+            lines.push(line);
+            if listening {
+                break;
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        lines.join("\n")
+    };
+    let open = first_lines("0.0.0.0:0");
+    assert!(
+        open.contains("warning: listening on 0.0.0.0:0 with no API key"),
+        "{open}"
+    );
+    let local = first_lines("127.0.0.1:0");
+    assert!(local.contains("listening on"), "{local}");
+    assert!(!local.contains("no API key"), "{local}");
+}
