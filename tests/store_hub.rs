@@ -506,6 +506,16 @@ async fn marian_checkpoints_load_by_hub_id() {
     assert!(err.to_string().contains("--allow-unverified"), "{err}");
     let lenient = StoreLoader::closed(Arc::clone(&store), false, Vec::new(), true);
     assert!(lenient.load("opus-mt-en-hi").is_ok());
+    // A GGUF named inside a hub repo becomes a path under the store: one
+    // that would leave it is refused before anything is fetched or read.
+    let open = StoreLoader::open(Arc::clone(&store), false);
+    for name in ["someone/repo/../../evil.gguf", "someone/repo/.hidden.gguf"] {
+        let err = open.fetch(name).await.err().expect("refused");
+        assert!(
+            err.to_string().contains("invalid file name"),
+            "{name}: {err}"
+        );
+    }
 }
 
 /// The `distilbart-cnn-12-6` and `flan-t5-base` manifests, fetched from the
