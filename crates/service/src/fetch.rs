@@ -99,6 +99,15 @@ pub enum FetchError {
         /// The address refused.
         address: IpAddr,
     },
+    /// The URL's host is written as an address that is not public and not
+    /// allowed.
+    #[error("{url}: {address} is not a public address; precis does not fetch loopback, private or link-local addresses unless allowed (--allow-address {address})")]
+    NotPublic {
+        /// The URL.
+        url: String,
+        /// The address.
+        address: IpAddr,
+    },
     /// The name does not resolve.
     #[error("{url}: cannot resolve {host}: {reason}")]
     Resolve {
@@ -228,13 +237,11 @@ impl FetchPolicy {
         let Ok(address) = host.parse::<IpAddr>() else {
             return Ok(());
         };
-        let host = host.to_string();
-        if self.allows(&host, address) {
+        if self.allows(host, address) {
             return Ok(());
         }
-        Err(FetchError::Forbidden {
+        Err(FetchError::NotPublic {
             url: url.to_string(),
-            host,
             address,
         })
     }
