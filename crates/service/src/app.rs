@@ -55,8 +55,6 @@ pub struct Settings {
 pub struct Services {
     /// The engine.
     pub engine: Arc<Engine>,
-    /// The model store (absent when a test supplied its own loader).
-    pub store: Option<Arc<ModelStore>>,
     /// What was not available, each said once for the operator.
     pub warnings: Vec<String>,
     /// The SQLite file batch jobs are kept in.
@@ -93,7 +91,6 @@ impl Services {
             cache,
             settings.max_chars,
         );
-        services.store = Some(store);
         services.loader = Some(loader);
         services.database = Some(settings.database.clone());
         services.warnings = warnings;
@@ -114,7 +111,6 @@ impl Services {
         }
         Self {
             engine: Arc::new(engine),
-            store: None,
             warnings: Vec::new(),
             loader: None,
             database: None,
