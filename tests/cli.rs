@@ -286,3 +286,32 @@ fn serve_warns_when_open_to_the_network_without_keys() {
     assert!(local.contains("listening on"), "{local}");
     assert!(!local.contains("no API key"), "{local}");
 }
+
+/// `precis languages` lists what the models would write, from their
+/// manifests, without fetching anything.
+#[test]
+fn languages_lists_the_models_languages_without_fetching() {
+    let home = tempfile::tempdir().unwrap();
+    let out = common::precis_offline(home.path())
+        .args(["languages", "--model", common::SMALLEST])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for (code, name) in [("en", "English"), ("ru", "Russian"), ("hi", "Hindi")] {
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(code))
+            .unwrap_or_else(|| panic!("{code} missing: {text}"));
+        assert!(
+            line.contains(name) && line.contains(common::SMALLEST),
+            "{line}"
+        );
+    }
+    let out = common::precis_offline(home.path())
+        .args(["languages", "--json", "--model", common::SMALLEST])
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v[0]["code"], "en");
+}

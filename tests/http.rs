@@ -833,7 +833,7 @@ async fn bodies_of_the_wrong_type_are_422_and_the_server_serves_on() {
 }
 
 /// Every route the router serves, with its method.
-const ROUTES: [(&str, &str); 12] = [
+const ROUTES: [(&str, &str); 13] = [
     ("post", "/v1/summarize"),
     ("post", "/v1/translate"),
     ("post", "/v1/digest"),
@@ -841,6 +841,7 @@ const ROUTES: [(&str, &str); 12] = [
     ("get", "/v1/jobs/{id}"),
     ("delete", "/v1/jobs/{id}"),
     ("get", "/v1/models"),
+    ("get", "/v1/languages"),
     ("get", "/health"),
     ("get", "/ready"),
     ("get", "/metrics"),
@@ -860,6 +861,37 @@ fn refs(v: &Value, out: &mut Vec<String>) {
         Value::Array(a) => a.iter().for_each(|x| refs(x, out)),
         _ => {}
     }
+}
+
+/// `GET /v1/languages`: every language the server's models write, named,
+/// with the models that write it; a target no model writes is refused,
+/// naming these.
+#[tokio::test]
+async fn languages_lists_what_the_models_write() {
+    let app = app();
+    let (status, v) = call(&app, "GET", "/v1/languages", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v["languages"],
+        json!([
+            {"code": "en", "name": "English", "models": ["fake"]},
+            {"code": "hi", "name": "Hindi", "models": ["fake"]},
+            {"code": "ru", "name": "Russian", "models": ["fake"]},
+        ])
+    );
+    let (status, v) = post(
+        &app,
+        "/v1/translate",
+        json!({"text": "Hello.", "to": ["de"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(code(&v), "unsupported_language");
+    let message = v["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("hi (Hindi)") && message.contains("ru (Russian)"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

@@ -73,6 +73,20 @@ pub enum Command {
     Cache(CacheArgs),
     /// Tidy the batch jobs a server keeps.
     Jobs(JobsArgs),
+    /// The languages the models would write, and which model writes each.
+    Languages(LanguagesArgs),
+}
+
+/// `precis languages`.
+#[derive(Debug, Args)]
+pub struct LanguagesArgs {
+    /// The model to ask about (default: the configured models, dedicated
+    /// models whose files are present, and the default model).
+    #[arg(long, env = "PRECIS_MODEL", hide_env_values = true)]
+    model: Option<String>,
+    /// As JSON.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `precis jobs`.
@@ -338,7 +352,46 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Serve(a) => serve(a, &config, store),
         Command::Cache(c) => cache_command(c.command, &c.cache.or(&config.cache)),
         Command::Jobs(j) => jobs_command(j.command, &j.cache.or(&config.cache), &config.server),
+        Command::Languages(l) => languages_command(&l, &config, store),
     }
+}
+
+/// Lists the languages the routed models write, as their manifests (or,
+/// for a file named by path, their defaults) declare; nothing is fetched.
+fn languages_command(
+    args: &LanguagesArgs,
+    config: &Config,
+    store: StoreConfig,
+) -> anyhow::Result<i32> {
+    let models = model_choice(config, args.model.as_deref(), None, None);
+    let no_cache = CacheConfig {
+        no_cache: true,
+        ..CacheConfig::default()
+    };
+    let services = build(&settings(
+        store,
+        models,
+        ModelAccess::Any,
+        false,
+        &no_cache,
+        None,
+        true,
+    ))?;
+    let languages = services.engine.languages();
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&languages)?);
+        return Ok(EXIT_OK);
+    }
+    println!("{:<6} {:<14} MODELS", "CODE", "LANGUAGE");
+    for l in &languages {
+        println!(
+            "{:<6} {:<14} {}",
+            l.code,
+            l.name.as_deref().unwrap_or("-"),
+            l.models.join(", ")
+        );
+    }
+    Ok(EXIT_OK)
 }
 
 fn jobs_command(

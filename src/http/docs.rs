@@ -15,8 +15,8 @@ use utoipa::OpenApi;
 use super::error::{ErrorBody, ErrorCode, ErrorDetail};
 use super::stream::{ParagraphEvent, ProgressEvent, StreamError, SummaryTextEvent};
 use super::{
-    BatchItem, BatchResponse, DigestRequest, Health, ModelsResponse, SummarizeRequest,
-    TranslateRequest,
+    BatchItem, BatchResponse, DigestRequest, Health, LanguagesResponse, ModelsResponse,
+    SummarizeRequest, TranslateRequest,
 };
 use precis_core::task::TaskResult;
 use precis_service::markup::escape_html;
@@ -107,6 +107,7 @@ pub enum JobResponses {
         super::jobs::show,
         super::jobs::cancel,
         super::models,
+        super::languages,
         super::health,
         super::ready,
         super::ops::metrics_text,
@@ -125,6 +126,8 @@ pub enum JobResponses {
         ErrorCode,
         Health,
         ModelsResponse,
+        LanguagesResponse,
+        precis_core::engine::LanguageOffer,
         SummaryTextEvent,
         ParagraphEvent,
         ProgressEvent,

@@ -136,6 +136,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.json", get(docs::openapi_json))
         .route("/docs", get(docs::docs_page))
         .route("/v1/models", get(models))
+        .route("/v1/languages", get(languages))
         .route("/v1/summarize", post(summarize))
         .route("/v1/translate", post(translate))
         .route("/v1/digest", post(digest))
@@ -884,6 +885,24 @@ pub struct ModelsResponse {
     pub models: Vec<ModelInfo>,
     /// Languages a digest translates into when its request has no `to`.
     pub default_targets: Vec<String>,
+}
+
+/// `GET /v1/languages` answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(example = json!({"languages": [{"code": "en", "name": "English", "models": ["qwen2.5-coder-1.5b-instruct-q4_k_m"]}, {"code": "hi", "name": "Hindi", "models": ["opus-mt-en-hi", "qwen2.5-coder-1.5b-instruct-q4_k_m"]}]}))]
+pub struct LanguagesResponse {
+    /// Every language a model of this server writes, by code.
+    pub languages: Vec<precis_core::engine::LanguageOffer>,
+}
+
+/// The languages this server's models write (a summary's `language`, a
+/// translation's `to`), each with the models that write it.
+#[utoipa::path(get, path = "/v1/languages", tag = "models",
+    responses((status = 200, description = "the languages and their models", body = LanguagesResponse)))]
+async fn languages(State(state): State<AppState>) -> Json<LanguagesResponse> {
+    Json(LanguagesResponse {
+        languages: state.engine.languages(),
+    })
 }
 
 /// The loaded models and the languages a digest translates into by default.

@@ -6,6 +6,7 @@
 //! - [`engine`]: loaded models, each owned by one worker thread, and the
 //!   routing of work to them;
 //! - [`cache`]: the result cache every generation goes through;
+//! - [`languages`]: the language codes the API and the CLI speak;
 //! - [`error`]: the transport-neutral error kinds with their stable codes,
 //!   which the HTTP API and the CLI report alike.
 //!
@@ -16,4 +17,5 @@ pub mod admission;
 pub mod cache;
 pub mod engine;
 pub mod error;
+pub mod languages;
 pub mod task;

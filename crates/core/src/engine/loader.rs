@@ -239,11 +239,17 @@ impl ModelLoader for StoreLoader {
     }
 
     fn declared_targets(&self, id: &str) -> Vec<String> {
-        self.resolve(id)
-            .ok()
-            .and_then(|spec| spec.manifest)
-            .map(|m| m.languages.targets)
-            .unwrap_or_default()
+        let Ok(spec) = self.resolve(id) else {
+            return Vec::new();
+        };
+        match spec.manifest {
+            Some(m) => m.languages.targets,
+            // A GGUF chat model without a manifest: what `load` assumes.
+            None if spec.files.iter().any(|f| f.name.ends_with(".gguf")) => {
+                AD_HOC_LLM_LANGUAGES.iter().map(|s| s.to_string()).collect()
+            }
+            None => Vec::new(),
+        }
     }
 
     fn load(&self, id: &str) -> Result<Box<dyn Backend>, LoadError> {

@@ -48,6 +48,18 @@ pub struct Routing {
     pub translators: Vec<String>,
 }
 
+/// A language the engine can write, and the models that write it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct LanguageOffer {
+    /// Its ISO 639-1 code, as requests name it.
+    pub code: String,
+    /// Its English name, when precis knows it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The models that write it, by id.
+    pub models: Vec<String>,
+}
+
 /// The models asked for by the command line and the config file, before
 /// the store says which dedicated models are present.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,18 +217,11 @@ impl Engine {
     /// none: every language but English that the routed models write (as
     /// loaded, or as declared before loading), Russian and Hindi first.
     pub fn default_targets(&self) -> Vec<String> {
-        let loaded = self.loaded();
         let mut targets: Vec<String> = self
-            .routing
-            .ids()
+            .languages()
             .into_iter()
-            .flat_map(|id| match loaded.iter().find(|m| m.id == id) {
-                Some(info) => info.target_languages.clone(),
-                None => self.loader.declared_targets(&id),
-            })
+            .map(|l| l.code)
             .filter(|l| l != "en")
-            .collect::<BTreeSet<_>>()
-            .into_iter()
             .collect();
         // Russian before Hindi reads better in a newsletter than alphabetical order.
         targets.sort_by_key(|l| match l.as_str() {
@@ -225,6 +230,30 @@ impl Engine {
             _ => 2,
         });
         targets
+    }
+
+    /// The languages the routed models write (as loaded, or as declared
+    /// before loading), in code order, each with the models that write it.
+    pub fn languages(&self) -> Vec<LanguageOffer> {
+        let loaded = self.loaded();
+        let mut offers: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+        for id in self.routing.ids() {
+            let targets = match loaded.iter().find(|m| m.id == id) {
+                Some(info) => info.target_languages.clone(),
+                None => self.loader.declared_targets(&id),
+            };
+            for code in targets {
+                offers.entry(code).or_default().push(id.clone());
+            }
+        }
+        offers
+            .into_iter()
+            .map(|(code, models)| LanguageOffer {
+                name: language_name(&code).map(str::to_string),
+                code,
+                models,
+            })
+            .collect()
     }
 
     /// Runs a task, on the model the request names, else on the routed models.

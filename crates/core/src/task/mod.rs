@@ -749,12 +749,4 @@ pub fn normalise_languages(codes: &[String]) -> Vec<String> {
         .collect()
 }
 
-/// The English name of a language code, for prompts and messages.
-pub fn language_name(code: &str) -> Option<&'static str> {
-    match code {
-        "en" => Some("English"),
-        "ru" => Some("Russian"),
-        "hi" => Some("Hindi"),
-        _ => None,
-    }
-}
+pub use crate::languages::language_name;
