@@ -510,7 +510,7 @@ async fn marian_checkpoints_load_by_hub_id() {
     // that would leave it is refused before anything is fetched or read.
     let open = StoreLoader::open(Arc::clone(&store), false);
     for name in ["someone/repo/../../evil.gguf", "someone/repo/.hidden.gguf"] {
-        let err = open.fetch(name).await.err().expect("refused");
+        let err = open.fetch(name).await.expect_err("refused");
         assert!(
             err.to_string().contains("invalid file name"),
             "{name}: {err}"
