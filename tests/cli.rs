@@ -111,6 +111,21 @@ fn corrupt_model_file_is_reported_by_verify_and_refused_at_load() {
         .unwrap();
     let (stdout, _) = text(&out);
     assert!(stdout.contains("mismatch"), "{stdout}");
+    // Each model's licence is shown: a user picks what they may use.
+    assert!(
+        stdout.lines().next().unwrap().contains("LICENCE"),
+        "{stdout}"
+    );
+    let smollm = stdout
+        .lines()
+        .find(|l| l.starts_with("smollm2-135m-instruct-q4_1"))
+        .unwrap();
+    assert!(smollm.contains("Apache-2.0"), "{smollm}");
+    let marian = stdout
+        .lines()
+        .find(|l| l.starts_with("opus-mt-en-ru"))
+        .unwrap();
+    assert!(marian.contains("CC-BY-4.0"), "{marian}");
 }
 
 /// What a careless operator could do without noticing is refused before

@@ -838,8 +838,8 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
     match cmd {
         ModelsCommand::List => {
             println!(
-                "{:<38} {:<11} {:<10} {:<22} WHERE",
-                "ID", "FAMILY", "LANGUAGES", "STATUS"
+                "{:<38} {:<11} {:<10} {:<11} {:<22} WHERE",
+                "ID", "FAMILY", "LANGUAGES", "LICENCE", "STATUS"
             );
             for m in store.manifests() {
                 let spec = ModelSpec::from_manifest(m);
@@ -855,10 +855,11 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
                         v => v.to_string(),
                     };
                     println!(
-                        "{:<38} {:<11} {:<10} {:<22} {place}",
+                        "{:<38} {:<11} {:<10} {:<11} {:<22} {place}",
                         m.id,
                         m.family.to_string().trim_start_matches("gguf-"),
                         m.languages.targets.join(","),
+                        m.license,
                         state,
                     );
                 }
