@@ -39,6 +39,10 @@ Environment:
   PRECIS_BENCH_VENV  virtualenv holding sacrebleu, created (pip install
                      sacrebleu) when missing [default: ~/.cache/precis/bench-venv]
   PRECIS_HOME        precis model directory (passed through to precis)
+  RESULTS            file each run appends one row per language to (tab
+                     separated: date, CPU, model, sentences, language, chrF,
+                     BLEU, outputs flagged); the README's quality table is
+                     made from it [default: benches/results/quality.tsv]
 
 Failed articles (precis exit code 1, an {"error": ...} line) are scored as
 empty hypotheses and counted in the report; any other precis failure aborts.
@@ -180,12 +184,15 @@ esac
 [[ -s $run_dir/output.jsonl ]] || die "precis wrote no output ($run_dir/output.jsonl)"
 
 # Score and report.
+results_file=$(abspath "${RESULTS:-$repo_root/benches/results/quality.tsv}")
+mkdir -p "$(dirname -- "$results_file")"
+cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 "$venv/bin/python" - "$run_dir" "$eval_dir" "$sentences" "$to_csv" "$model" \
-    "$bin" "$start" "$end" "$rc" <<'PY'
-import collections, json, sys, unicodedata
+    "$bin" "$start" "$end" "$rc" "$results_file" "${cpu:-unknown CPU}" <<'PY'
+import collections, datetime, json, os, sys, unicodedata
 import sacrebleu
 
-run_dir, eval_dir, n, to_csv, model_arg, binary, start, end, rc = sys.argv[1:]
+run_dir, eval_dir, n, to_csv, model_arg, binary, start, end, rc, results_file, cpu = sys.argv[1:]
 n = int(n)
 langs = to_csv.split(",")
 wall = float(end) - float(start)
@@ -319,4 +326,15 @@ with open(f"{run_dir}/report.json", "w", encoding="utf-8") as f:
         "scores": scores, "sacrebleu_version": sacrebleu.__version__,
     }, f, ensure_ascii=False, indent=2)
     f.write("\n")
+header = "date\tcpu\tmodel\tsentences\tlanguage\tchrf\tbleu\tflagged\n"
+new_file = not os.path.exists(results_file) or os.path.getsize(results_file) == 0
+with open(results_file, "a", encoding="utf-8") as f:
+    if new_file:
+        f.write(header)
+    model_id = models.most_common(1)[0][0][0] if models else model_arg
+    for l in langs:
+        s = scores[l]
+        f.write(f"{datetime.date.today()}\t{cpu}\t{model_id}\t{n}\t{l}\t{s['chrf']:.2f}\t"
+                f"{s['bleu']:.2f}\t{s['outputs_flagged']}/{n}\n")
+print(f"appended to {results_file}")
 PY
