@@ -176,12 +176,12 @@ pub struct ServerConfig {
     /// cancelled and it gets 504 [default: 300].
     #[arg(long, env = "PRECIS_TIMEOUT_SECS", hide_env_values = true)]
     pub timeout_secs: Option<u64>,
-    /// Seconds a client has to send a request's headers; a slower one is
-    /// disconnected [default: 10].
+    /// Seconds a client has to send a request's headers (1 at least); a
+    /// slower one is disconnected [default: 10].
     #[arg(long, env = "PRECIS_HEADER_TIMEOUT_SECS", hide_env_values = true)]
     pub header_timeout_secs: Option<u64>,
     /// Seconds a client has to send a request's body once its headers are
-    /// in; past it, 408 [default: 30].
+    /// in (1 at least); past it, 408 [default: 30].
     #[arg(long, env = "PRECIS_BODY_TIMEOUT_SECS", hide_env_values = true)]
     pub body_timeout_secs: Option<u64>,
     /// Connections open at once; one more is closed as it comes
@@ -253,7 +253,7 @@ impl ServerConfig {
     pub fn job_retention(&self) -> Option<std::time::Duration> {
         match self.job_retention_days.unwrap_or(JOB_RETENTION_DAYS) {
             0 => None,
-            days => Some(std::time::Duration::from_secs(days * 24 * 3600)),
+            days => Some(std::time::Duration::from_secs(days.saturating_mul(86_400))),
         }
     }
 
@@ -270,12 +270,13 @@ impl ServerConfig {
             timeout: self
                 .timeout_secs
                 .map_or(d.timeout, std::time::Duration::from_secs),
-            header_timeout: self
-                .header_timeout_secs
-                .map_or(d.header_timeout, std::time::Duration::from_secs),
+            // A zero would cut off every client: one second at least.
+            header_timeout: self.header_timeout_secs.map_or(d.header_timeout, |s| {
+                std::time::Duration::from_secs(s.max(1))
+            }),
             body_timeout: self
                 .body_timeout_secs
-                .map_or(d.body_timeout, std::time::Duration::from_secs),
+                .map_or(d.body_timeout, |s| std::time::Duration::from_secs(s.max(1))),
             max_connections: self.max_connections.unwrap_or(d.max_connections),
         }
     }
@@ -391,5 +392,17 @@ max_mb = 5
     fn unknown_keys_are_rejected() {
         let e = Config::parse("modle = \"m\"").unwrap_err();
         assert!(e.contains("unknown field"), "{e}");
+    }
+
+    #[test]
+    fn extreme_values_neither_panic_nor_cut_everyone_off() {
+        let c = Config::parse(
+            "[server]\nheader_timeout_secs = 0\nbody_timeout_secs = 0\njob_retention_days = 18446744073709551615",
+        )
+        .unwrap();
+        let limits = c.server.limits();
+        assert_eq!(limits.header_timeout, std::time::Duration::from_secs(1));
+        assert_eq!(limits.body_timeout, std::time::Duration::from_secs(1));
+        assert!(c.server.job_retention().unwrap() > std::time::Duration::from_secs(1 << 40));
     }
 }
