@@ -103,7 +103,7 @@ pub struct Caller(pub String);
 impl Caller {
     fn of_key(key: &str) -> Self {
         let digest = Sha256::digest(format!("precis caller\0{key}").as_bytes());
-        Caller(digest[..16].iter().map(|b| format!("{b:02x}")).collect())
+        Caller(hex::encode(&digest[..16]))
     }
 }
 

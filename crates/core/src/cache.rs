@@ -143,7 +143,7 @@ impl CacheKey {
 
     /// The key as hex.
     pub fn hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        hex::encode(self.0)
     }
 }
 

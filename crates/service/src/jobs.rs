@@ -298,11 +298,6 @@ pub enum Created {
     TooMany(usize),
 }
 
-/// Lower-case hex of bytes.
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 /// Why the job store failed.
 #[derive(Debug, thiserror::Error)]
 #[error("job store {path}: {source}")]
@@ -470,7 +465,7 @@ impl JobStore {
     ) -> Result<Created, JobStoreError> {
         let id = uuid::Uuid::new_v4().to_string();
         let request_json = serde_json::to_string(request).unwrap_or_default();
-        let request_hash = hex(&Sha256::digest(request_json.as_bytes()));
+        let request_hash = hex::encode(Sha256::digest(request_json.as_bytes()));
         let scoped = idempotency_key.map(|k| format!("{owner}/{k}"));
         self.sql(|c| {
             let tx = c.transaction()?;
@@ -1211,7 +1206,7 @@ pub fn signature(secret: &str, timestamp: u64, body: &[u8]) -> String {
         .expect("HMAC takes keys of any length");
     mac.update(format!("{timestamp}.").as_bytes());
     mac.update(body);
-    format!("sha256={}", hex(&mac.finalize().into_bytes()))
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// POSTs the job's answer, as it is now, to its webhook once.

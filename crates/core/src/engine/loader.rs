@@ -208,10 +208,7 @@ fn files_fingerprint(located: &LocatedModel) -> String {
             meta.map_or(0, |m| m.len())
         ));
     }
-    hash.finalize()[..8]
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex::encode(&hash.finalize()[..8])
 }
 
 impl ModelLoader for StoreLoader {
