@@ -1683,10 +1683,384 @@ def make_t5(versions: dict) -> list:
     return [make_summarizer_checkpoint(s, versions) for s in SUMMARIZER_SPECS if s.family == "t5"]
 
 
+
+# ---------------------------------------------------------------------------
+# Many-to-many translators (facebook/nllb-200-*, facebook/m2m100_*): the
+# M2M100ForConditionalGeneration architecture with two tokenizers.
+# ---------------------------------------------------------------------------
+# Extra tokenization cases for the many-to-many tokenizers (the first 30 are
+# SOURCE_CASES): language codes and their special tokens inside text, more
+# Cyrillic, Devanagari and mixed scripts.
+M2M_EXTRA_CASES = [
+    ("eng_Latn Hello world", "an NLLB language code inside text"),
+    ("__en__ Hello __ru__ world", "M2M100 language codes inside text"),
+    ("Hello <mask> world", "the mask token inside text"),
+    ("<s>Hello</s>", "start and end tokens inside text"),
+    ("Цены выросли на 3,5% в 2024 году, сообщил Центробанк.", "Russian with numbers"),
+    ("Ёлка, щука и съезд — «редкие» буквы.", "rare Cyrillic letters and guillemets"),
+    ("कीमतें 3.5% बढ़ीं, रिज़र्व बैंक ने कहा।", "Hindi with numbers and nukta"),
+    ("क़ ख़ ग़ ज़ ड़ ढ़ फ़ य़", "Devanagari nukta letters (NFKC decomposes them)"),
+    ("Modi मोदी Моди met Blinken in 2024.", "three scripts in one sentence"),
+    ("\u0939\u093f\u0902\u0926\u0940\u00a0\u0914\u0930\u2009\u0930\u0942\u0938\u0940", "Devanagari with unicode spaces"),
+]
+M2M_CASES = SOURCE_CASES + M2M_EXTRA_CASES
+
+# (code of the family, ISO code) for the three corpus languages.
+M2M_TRAIN_DIRECTIONS = [("en", "ru"), ("en", "hi"), ("ru", "en"), ("hi", "en")]
+RU_SOURCES = [
+    "Министр прибыл в Дели в понедельник.",
+    "Цены выросли на 3,5% в июне.",
+    "Спасибо.",
+]
+
+
+@dataclass
+class M2MSpec:
+    """One tiny many-to-many checkpoint."""
+
+    name: str
+    tokenizer: str  # "nllb" or "m2m100"
+    spm_vocab: int
+    excluded_pieces: list  # spm pieces left out of vocab.json (m2m100 only)
+    config: dict
+    generation: dict
+    train_steps: int
+    learning_rate: float
+
+
+M2M_SPECS = [
+    M2MSpec(
+        name="tiny-nllb",
+        tokenizer="nllb",
+        spm_vocab=420,
+        excluded_pieces=[],
+        config=dict(d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+                    decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128,
+                    max_position_embeddings=128, activation_function="relu", scale_embedding=True),
+        # As facebook/nllb-200-distilled-600M's generation_config.json, with a small max_length.
+        generation=dict(max_length=48),
+        train_steps=500,
+        learning_rate=2e-3,
+    ),
+    M2MSpec(
+        name="tiny-m2m100",
+        tokenizer="m2m100",
+        spm_vocab=380,
+        excluded_pieces=["ё", "▁will"],
+        config=dict(d_model=48, encoder_layers=3, decoder_layers=1, encoder_attention_heads=6,
+                    decoder_attention_heads=2, encoder_ffn_dim=96, decoder_ffn_dim=80,
+                    max_position_embeddings=96, activation_function="gelu", scale_embedding=True),
+        # As facebook/m2m100_418M's generation_config.json (5 beams, early stopping).
+        generation=dict(max_length=40, num_beams=5, early_stopping=True),
+        train_steps=600,
+        learning_rate=2e-3,
+    ),
+]
+
+
+def m2m_code(spec: M2MSpec, iso: str) -> str:
+    """The family's token for a language: FLORES-200 codes for NLLB, __xx__ for M2M100."""
+    if spec.tokenizer == "nllb":
+        return {"en": "eng_Latn", "ru": "rus_Cyrl", "hi": "hin_Deva"}[iso]
+    return f"__{iso}__"
+
+
+def m2m_lang(spec: M2MSpec, iso: str) -> str:
+    """What the tokenizer's src_lang / tgt_lang take."""
+    return m2m_code(spec, iso) if spec.tokenizer == "nllb" else iso
+
+
+def train_bpe_spm(sentences: list, vocab_size: int) -> bytes:
+    """A SentencePiece BPE model as NLLB's and M2M100's sentencepiece.bpe.model, as bytes."""
+    import sentencepiece as spm
+
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(sentences),
+        model_writer=buf,
+        model_type="bpe",
+        vocab_size=vocab_size,
+        hard_vocab_limit=False,
+        character_coverage=1.0,
+        normalization_rule_name="nmt_nfkc",
+        num_threads=1,
+        minloglevel=2,
+    )
+    return buf.getvalue()
+
+
+def make_nllb_tokenizer(out_dir: Path, proto: bytes):
+    """The hub layout of facebook/nllb-200-*: sentencepiece.bpe.model, and tokenizer.json +
+    tokenizer_config.json as NllbTokenizer saves them: fairseq ids (<s> <pad> </s> <unk>, then
+    the pieces one id up), the 202 FLORES-200 codes after them, <mask> last."""
+    import base64
+
+    from transformers import NllbTokenizer
+    from transformers.models.nllb.tokenization_nllb import FAIRSEQ_LANGUAGE_CODES
+
+    staging = out_dir / "_spm"
+    staging.mkdir()
+    (staging / "sentencepiece.bpe.model").write_bytes(proto)
+    converted = NllbTokenizer.from_pretrained(str(staging))
+    converted.save_pretrained(str(staging))
+    tj = json.loads((staging / "tokenizer.json").read_text(encoding="utf-8"))
+    shutil.rmtree(staging)
+    vocab = {k: v for k, v in tj["model"]["vocab"].items() if k != "<mask>"}
+    base = len(vocab)
+    for i, code in enumerate(FAIRSEQ_LANGUAGE_CODES):
+        vocab[code] = base + i
+    vocab["<mask>"] = len(vocab)
+    charsmap = next(base64.b64decode(n["precompiled_charsmap"]) for n in tj["normalizer"]["normalizers"]
+                    if n["type"] == "Precompiled")
+    tok = NllbTokenizer(vocab=vocab, merges=[tuple(m) for m in tj["model"]["merges"]],
+                        _spm_precompiled_charsmap=charsmap, src_lang="eng_Latn", model_max_length=1024)
+    tok.save_pretrained(str(out_dir))
+    (out_dir / "sentencepiece.bpe.model").write_bytes(proto)
+    return NllbTokenizer.from_pretrained(str(out_dir)), len(vocab)
+
+
+def make_m2m100_tokenizer(spec: M2MSpec, out_dir: Path, proto: bytes):
+    """The hub layout of facebook/m2m100_*: vocab.json (fairseq ids: <s> <pad> </s> <unk>, then
+    the pieces by descending score, some left out) + sentencepiece.bpe.model +
+    tokenizer_config.json; the 100 __xx__ codes follow the vocabulary, then 8 made-up words."""
+    import sentencepiece as spm
+    from transformers import M2M100Tokenizer
+
+    (out_dir / "sentencepiece.bpe.model").write_bytes(proto)
+    sp = spm.SentencePieceProcessor(model_proto=proto)
+    pieces = [sp.id_to_piece(i) for i in range(sp.get_piece_size())
+              if not (sp.is_control(i) or sp.is_unknown(i))]
+    for piece in spec.excluded_pieces:
+        assert piece in pieces, f"excluded piece {piece!r} is not in the spm model"
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for piece in pieces:
+        if piece not in spec.excluded_pieces:
+            vocab[piece] = len(vocab)
+    with open(out_dir / "vocab.json", "w", encoding="utf-8") as f:
+        json.dump(vocab, f, indent=2, ensure_ascii=False)
+    tok = M2M100Tokenizer(vocab_file=str(out_dir / "vocab.json"), spm_file=str(out_dir / "sentencepiece.bpe.model"),
+                          src_lang="en", tgt_lang="ru", model_max_length=1024)
+    tok.save_pretrained(str(out_dir))
+    tok = M2M100Tokenizer.from_pretrained(str(out_dir))
+    return tok, len(vocab) + len(tok.lang_code_to_id) + tok.num_madeup_words
+
+
+def m2m_encode(tok, spec: M2MSpec, src: str, texts: list, tgt: str | None = None, targets: list | None = None):
+    """tokenizer(texts[, text_target=targets]) with the family's language settings."""
+    tok.src_lang = m2m_lang(spec, src)
+    if tgt is not None:
+        tok.tgt_lang = m2m_lang(spec, tgt)
+    if targets is None:
+        return tok(texts)
+    return tok(texts, text_target=targets)
+
+
+def m2m_tokenization(tok, spec: M2MSpec, out_dir: Path) -> dict:
+    from transformers import AutoTokenizer
+
+    out = {"tokenizer_class": type(tok).__name__, "source": []}
+    for src in ("en", "ru", "hi"):
+        tok.src_lang = m2m_lang(spec, src)
+        cases = M2M_CASES if src == "en" else M2M_EXTRA_CASES[4:10]
+        for case in source_tokenization(tok, cases):
+            case["src_lang"] = src
+            out["source"].append(case)
+    tok.src_lang = m2m_lang(spec, "en")
+    auto = AutoTokenizer.from_pretrained(str(out_dir))
+    assert type(auto) is type(tok), type(auto)
+    for case in out["source"]:
+        auto.src_lang = m2m_lang(spec, case["src_lang"])
+        assert auto(case["text"])["input_ids"] == case["input_ids"], case["text"]
+    out["target"] = []
+    for tgt, idx in (("ru", 1), ("hi", 2)):
+        for row in CORPUS[:3]:
+            enc = m2m_encode(tok, spec, "en", [row[0]], tgt, [row[idx]])
+            out["target"].append({"tgt_lang": tgt, "text": row[idx], "labels": enc["labels"][0]})
+    if spec.tokenizer == "nllb":
+        from transformers import NllbTokenizer
+
+        legacy = NllbTokenizer.from_pretrained(str(out_dir), legacy_behaviour=True)
+        out["legacy_behaviour"] = []
+        for text, note in M2M_CASES[:12]:
+            legacy.src_lang = "rus_Cyrl"
+            out["legacy_behaviour"].append({"text": text, "note": note, "src_lang": "ru",
+                                            "input_ids": legacy(text)["input_ids"]})
+    return out
+
+
+def m2m_decoding(tok, spec: M2MSpec, greedy: list, vocab_size: int) -> dict:
+    pad, eos, unk = tok.pad_token_id, tok.eos_token_id, tok.unk_token_id
+    ru = tok.convert_tokens_to_ids(m2m_code(spec, "ru"))
+    hi = tok.convert_tokens_to_ids(m2m_code(spec, "hi"))
+    tgt = m2m_encode(tok, spec, "en", [CORPUS[1][0]], "ru", [CORPUS[1][1]])["labels"][0]
+    size = len(tok)
+    cases = [("greedy output row %d" % i, s) for i, s in enumerate(greedy)]
+    cases += [
+        ("start + ru code + target sentence + eos", [eos] + tgt),
+        ("target sentence, no specials", tgt[1:-1]),
+        ("unk in the middle", tgt[1:4] + [unk] + tgt[4:-1]),
+        ("language codes inside", [hi] + tgt[1:4] + [ru] + tgt[4:]),
+        ("eos in the middle, then more tokens", tgt[:4] + [eos] + tgt[4:]),
+        ("padding on both sides", [pad, pad] + tgt + [pad, pad]),
+        ("only special tokens", [0, pad, eos, unk, ru]),
+        ("empty", []),
+        ("every id below 40", list(range(40))),
+        ("highest tokenizer ids", list(range(size - 12, size))),
+    ]
+    out = []
+    for note, ids in cases:
+        case = decoding_case(tok, note, ids)
+        case["tokens"] = [t if i < size else None for t, i in zip(case["tokens"], ids)]
+        out.append(case)
+    return {"cases": out, "batch_decode": tok.batch_decode([c["ids"] for c in out], skip_special_tokens=True)}
+
+
+def m2m_batches(tok, spec: M2MSpec, pad_id: int) -> list:
+    """Training batches over every direction of M2M_TRAIN_DIRECTIONS."""
+    import torch
+
+    rows = []
+    for src, tgt in M2M_TRAIN_DIRECTIONS:
+        sources = [row[LANG_INDEX[src]] for row in CORPUS]
+        targets = [row[LANG_INDEX[tgt]] for row in CORPUS]
+        enc = m2m_encode(tok, spec, src, sources, tgt, targets)
+        rows.extend(zip(enc["input_ids"], enc["labels"]))
+    tok.src_lang = m2m_lang(spec, "en")
+    n = len(rows)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED)).tolist()
+    batches = []
+    for i in range(0, n, 32):
+        chunk = [rows[j] for j in order[i : i + 32]]
+        width = max(len(a) for a, _ in chunk)
+        lwidth = max(len(b) for _, b in chunk)
+        batches.append({
+            "input_ids": torch.tensor([a + [pad_id] * (width - len(a)) for a, _ in chunk]),
+            "attention_mask": torch.tensor([[1] * len(a) + [0] * (width - len(a)) for a, _ in chunk]),
+            "labels": torch.tensor([b + [-100] * (lwidth - len(b)) for _, b in chunk]),
+        })
+    return batches
+
+
+def m2m_forward(model, batch, sources: list, start_id: int, forced: int) -> tuple:
+    """Greedy outputs into the forced language, and the forward reference: encoder states and the
+    logits of three decoder steps (start, the forced language token, greedy's first word)."""
+    import torch
+
+    with torch.no_grad():
+        greedy = model.generate(**batch, num_beams=1, do_sample=False, forced_bos_token_id=forced).tolist()
+        enc_out = model.get_encoder()(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        dec_in = torch.tensor([[start_id, forced, row[2]] for row in greedy])
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       decoder_input_ids=dec_in).logits
+    return greedy, {
+        "sources": sources,
+        "input_ids": batch["input_ids"].tolist(),
+        "attention_mask": batch["attention_mask"].tolist(),
+        "encoder_last_hidden_state": tensor(enc_out.last_hidden_state),
+        "decoder_input_ids": dec_in.tolist(),
+        "decoder_logits": tensor(logits),
+    }
+
+
+def make_m2m_checkpoint(spec: M2MSpec, versions: dict) -> Path:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig, M2M100Config, M2M100ForConditionalGeneration
+
+    out_dir = fresh_dir("m2m100", spec.name)
+    seed_everything(SEED)
+    texts = [t for row in CORPUS for t in row]
+    proto = train_bpe_spm(texts, spec.spm_vocab)
+    if spec.tokenizer == "nllb":
+        tok, vocab_size = make_nllb_tokenizer(out_dir, proto)
+    else:
+        tok, vocab_size = make_m2m100_tokenizer(spec, out_dir, proto)
+    pad_id, eos_id = tok.pad_token_id, tok.eos_token_id
+    assert (pad_id, eos_id, tok.unk_token_id) == (1, 2, 3)
+
+    config = M2M100Config(
+        vocab_size=vocab_size, pad_token_id=pad_id, bos_token_id=0, eos_token_id=eos_id,
+        decoder_start_token_id=eos_id, dropout=0.1, attention_dropout=0.0, activation_dropout=0.0,
+        architectures=["M2M100ForConditionalGeneration"], **spec.config,
+    )
+    if spec.tokenizer == "nllb":
+        config.tokenizer_class = "NllbTokenizer"
+    torch.manual_seed(SEED)
+    model = M2M100ForConditionalGeneration(config)
+    curve = train_seq2seq(model, m2m_batches(tok, spec, pad_id), spec.train_steps, spec.learning_rate)
+    model.generation_config = GenerationConfig(bos_token_id=0, decoder_start_token_id=eos_id, eos_token_id=eos_id,
+                                               pad_token_id=pad_id, **spec.generation)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    make_readable(out_dir)
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")
+    assert type(model) is M2M100ForConditionalGeneration
+    model.eval()
+    ru = tok.convert_tokens_to_ids(m2m_code(spec, "ru"))
+    hi = tok.convert_tokens_to_ids(m2m_code(spec, "hi"))
+    en = tok.convert_tokens_to_ids(m2m_code(spec, "en"))
+    tok.src_lang = m2m_lang(spec, "en")
+    batch = tok(BATCH_SOURCES, padding=True, return_tensors="pt")
+    greedy, forward = m2m_forward(model, batch, BATCH_SOURCES, eos_id, ru)
+    settings = common_generation_settings(
+        greedy, pad_id, first=2, min_length=14, min_new_tokens=10, max_new_tokens=(5, 6), max_length=8, no_repeat=2,
+    )
+    settings = [(n, {**kw, "forced_bos_token_id": ru}) for n, kw in settings]
+    settings += [
+        ("greedy_to_hi", {"num_beams": 1, "forced_bos_token_id": hi}),
+        ("beam4_to_hi", {"num_beams": 4, "forced_bos_token_id": hi}),
+        ("checkpoint_defaults_no_forced_language", {}),
+    ]
+    generation = record_generation(model, tok, batch, settings)
+
+    tok.src_lang = m2m_lang(spec, "ru")
+    ru_batch = tok(RU_SOURCES, padding=True, return_tensors="pt")
+    from_ru = {
+        "forward": {"sources": RU_SOURCES, "src_lang": "ru", "input_ids": ru_batch["input_ids"].tolist(),
+                    "attention_mask": ru_batch["attention_mask"].tolist()},
+        "generation": record_generation(model, tok, ru_batch, [
+            ("checkpoint_defaults_to_en", {"forced_bos_token_id": en}),
+            ("greedy_to_hi", {"num_beams": 1, "forced_bos_token_id": hi}),
+        ]),
+    }
+    tok.src_lang = m2m_lang(spec, "en")
+
+    reference = {
+        "format": "precis m2m100 reference v1",
+        "generator": "scripts/make_fixtures.py",
+        "versions": versions,
+        "files": file_hashes(out_dir),
+        "checkpoint": {
+            "tokenizer": spec.tokenizer,
+            "vocab_size": vocab_size,
+            "tokenizer_size": len(tok),
+            "pad_token_id": pad_id,
+            "eos_token_id": eos_id,
+            "unk_token_id": tok.unk_token_id,
+            "decoder_start_token_id": eos_id,
+            "language_ids": {iso: tok.convert_tokens_to_ids(m2m_code(spec, iso)) for iso in ("en", "ru", "hi")},
+            "excluded_pieces": spec.excluded_pieces,
+            "safetensors_tensors": safetensors_names(out_dir / "model.safetensors"),
+            "attn_implementation": "eager",
+            "train_loss": curve,
+        },
+        "tokenization": m2m_tokenization(tok, spec, out_dir),
+        "decoding": m2m_decoding(tok, spec, greedy, vocab_size),
+        "forward": forward,
+        "generation": generation,
+        "from_ru": from_ru,
+    }
+    write_json(out_dir / "reference.json", reference)
+    return out_dir
+
+
+def make_m2m100(versions: dict) -> list:
+    return [make_m2m_checkpoint(spec, versions) for spec in M2M_SPECS]
+
 FAMILIES = {
     "marian": make_marian,
     "bart": make_bart,
     "t5": make_t5,
+    "m2m100": make_m2m100,
 }
 
 

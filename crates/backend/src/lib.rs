@@ -32,6 +32,7 @@ pub mod kernels;
 #[cfg(not(feature = "internals"))]
 #[allow(dead_code, unused_imports)] // what only the benchmarks and tests use
 pub(crate) mod kernels;
+pub mod languages;
 pub mod seq2seq;
 pub mod store;
 pub mod tokenizer;

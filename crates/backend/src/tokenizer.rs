@@ -22,6 +22,7 @@
 //! tokenized subtly wrong.
 
 pub mod checkpoint;
+pub mod m2m;
 pub mod marian;
 pub(crate) mod sentencepiece;
 

@@ -120,16 +120,22 @@ fn yes() -> bool {
 }
 
 /// Layer norm epsilon of `nn.LayerNorm`.
-const LN_EPS: f64 = 1e-5;
+pub(super) const LN_EPS: f64 = 1e-5;
 
-struct FeedForward {
-    fc1: Dense,
-    fc2: Dense,
-    act: Epilogue,
+/// The feed-forward block: `fc2(act(fc1(x)))`.
+pub(super) struct FeedForward {
+    pub(super) fc1: Dense,
+    pub(super) fc2: Dense,
+    pub(super) act: Epilogue,
 }
 
 impl FeedForward {
-    fn load(vb: &VarBuilder, d: usize, ffn: usize, act: Epilogue) -> candle_core::Result<Self> {
+    pub(super) fn load(
+        vb: &VarBuilder,
+        d: usize,
+        ffn: usize,
+        act: Epilogue,
+    ) -> candle_core::Result<Self> {
         Ok(Self {
             fc1: Dense::load(d, ffn, vb.pp("fc1"), true)?,
             fc2: Dense::load(ffn, d, vb.pp("fc2"), true)?,
@@ -137,7 +143,7 @@ impl FeedForward {
         })
     }
 
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+    pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.fc2.forward(&self.fc1.forward_then(x, self.act)?)
     }
 }

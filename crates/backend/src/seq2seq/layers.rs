@@ -128,13 +128,27 @@ impl RowNorm {
                 for (a, b) in xr.iter_mut().zip(yr) {
                     *a += b;
                 }
-                let mean = xr.iter().sum::<f32>() / d as f32;
-                let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d as f32;
-                let inv = 1.0 / (var + self.eps).sqrt();
-                for ((v, g), b) in xr.iter_mut().zip(&self.gamma).zip(&self.beta) {
-                    *v = (*v - mean) * inv * g + b;
-                }
+                self.norm_row(xr);
             });
+    }
+
+    /// `norm(x[r])` for every row, into a new buffer (a pre-norm layer's
+    /// start).
+    pub(super) fn norm(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = x.to_vec();
+        out.par_chunks_mut(self.gamma.len())
+            .for_each(|row| self.norm_row(row));
+        out
+    }
+
+    fn norm_row(&self, xr: &mut [f32]) {
+        let d = self.gamma.len() as f32;
+        let mean = xr.iter().sum::<f32>() / d;
+        let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        let inv = 1.0 / (var + self.eps).sqrt();
+        for ((v, g), b) in xr.iter_mut().zip(&self.gamma).zip(&self.beta) {
+            *v = (*v - mean) * inv * g + b;
+        }
     }
 }
 

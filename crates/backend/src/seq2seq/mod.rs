@@ -1,4 +1,4 @@
-//! Encoder-decoder models (Marian now; BART and T5 next) and the generation
+//! Encoder-decoder models (Marian, BART, T5, M2M100 / NLLB) and the generation
 //! they share: greedy and beam search with transformers' logits processors,
 //! batched across inputs, giving the ids that transformers' `generate()`
 //! gives with the same settings (its 5.24 code is the reference: the
@@ -12,6 +12,7 @@
 
 pub mod bart;
 mod layers;
+pub mod m2m100;
 pub mod t5;
 pub use layers::DecoderState;
 pub mod backend;

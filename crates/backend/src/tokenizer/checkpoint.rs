@@ -17,6 +17,11 @@
 //!   character map as the normalizer, whitespace split then `▁` metaspace
 //!   (prepended always) as pre-tokenizer and decoder; `</s>` after every
 //!   input.
+//! - **NLLB** (`NllbTokenizer`): BPE over `tokenizer.json`'s vocabulary and
+//!   merges (unknown `<unk>`, fused), its precompiled character map then
+//!   runs of spaces made one as the normalizer, `▁` metaspace (prepended
+//!   always) as pre-tokenizer and decoder. The language codes around an
+//!   input depend on the request: [`super::m2m`] adds them.
 //!
 //! Special tokens (`<s>`, `<pad>`, `</s>`, `<unk>`, `<mask>`,
 //! `<extra_id_N>`) come from `tokenizer.json`'s `added_tokens` or
@@ -33,7 +38,8 @@ use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::decoders::metaspace::Metaspace as MetaspaceDecoder;
 use tokenizers::models::bpe::{Vocab, BPE};
 use tokenizers::models::unigram::Unigram;
-use tokenizers::normalizers::Precompiled;
+use tokenizers::normalizers::replace::{Replace, ReplacePattern};
+use tokenizers::normalizers::{Precompiled, Sequence as NormalizerSequence};
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -52,6 +58,9 @@ pub enum Family {
     Bart,
     /// `T5Tokenizer`: SentencePiece unigram.
     T5,
+    /// `NllbTokenizer`: SentencePiece-derived BPE, no special tokens added
+    /// by [`CheckpointTokenizer::encode`].
+    Nllb,
 }
 
 /// What can go wrong loading a checkpoint's tokenizer.
@@ -192,12 +201,14 @@ impl CheckpointTokenizer {
                 }
                 tokenizer
             }
+            Family::Nllb => nllb(dir, json.as_ref(), &json_path)?,
         };
         // `RobertaTokenizer` / `T5Tokenizer` special tokens, where the files
         // do not list them (transformers 5 strips no space around `<mask>`).
         let defaults: &[&str] = match family {
             Family::Bart => &["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
             Family::T5 => &["<pad>", "</s>", "<unk>"],
+            Family::Nllb => &["<s>", "<pad>", "</s>", "<unk>"],
         };
         for name in defaults {
             if !specials.iter().any(|s| s.content == *name) {
@@ -210,32 +221,37 @@ impl CheckpointTokenizer {
             .map_err(|e| invalid(dir, format!("special tokens: {e}")))?;
         let id = |t: &str| inner.token_to_id(t);
         let (pad_id, eos_id) = (id("<pad>"), id("</s>"));
-        let processor: tokenizers::PostProcessorWrapper = match family {
+        let processor: Option<tokenizers::PostProcessorWrapper> = match family {
             Family::Bart => {
                 let (cls, sep) = (id("<s>"), id("</s>"));
                 let (Some(cls), Some(sep)) = (cls, sep) else {
                     return Err(invalid(dir, "the vocabulary has no <s> or no </s>"));
                 };
-                RobertaProcessing::new(("</s>".into(), sep), ("<s>".into(), cls))
-                    .trim_offsets(config["trim_offsets"].as_bool().unwrap_or(true))
-                    .add_prefix_space(add_prefix_space(&config))
-                    .into()
+                Some(
+                    RobertaProcessing::new(("</s>".into(), sep), ("<s>".into(), cls))
+                        .trim_offsets(config["trim_offsets"].as_bool().unwrap_or(true))
+                        .add_prefix_space(add_prefix_space(&config))
+                        .into(),
+                )
             }
             Family::T5 => {
                 let Some(eos) = eos_id else {
                     return Err(invalid(dir, "the vocabulary has no </s>"));
                 };
-                TemplateProcessing::builder()
-                    .try_single("$A </s>")
-                    .and_then(|b| b.try_pair("$A </s> $B </s>"))
-                    .map_err(|e| invalid(dir, e))?
-                    .special_tokens(vec![("</s>", eos)])
-                    .build()
-                    .map_err(|e| invalid(dir, e))?
-                    .into()
+                Some(
+                    TemplateProcessing::builder()
+                        .try_single("$A </s>")
+                        .and_then(|b| b.try_pair("$A </s> $B </s>"))
+                        .map_err(|e| invalid(dir, e))?
+                        .special_tokens(vec![("</s>", eos)])
+                        .build()
+                        .map_err(|e| invalid(dir, e))?
+                        .into(),
+                )
             }
+            Family::Nllb => None,
         };
-        inner.with_post_processor(Some(processor));
+        inner.with_post_processor(processor);
         let max_length = config["model_max_length"]
             .as_u64()
             .filter(|&n| n < 1 << 40)
@@ -370,6 +386,80 @@ fn bart(
     Ok(tokenizer)
 }
 
+/// `NllbTokenizer`'s pipeline over `tokenizer.json`'s vocabulary, merges
+/// and precompiled character map (transformers 5.24 keeps nothing else of
+/// the file but its special tokens).
+fn nllb(
+    dir: &Path,
+    json: Option<&Value>,
+    json_path: &Path,
+) -> Result<Tokenizer, CheckpointTokenizerError> {
+    let Some(json) = json else {
+        return Err(CheckpointTokenizerError::Missing {
+            dir: dir.to_path_buf(),
+            expected: "tokenizer.json (NLLB checkpoints ship one)",
+        });
+    };
+    let model = &json["model"];
+    let vocab: HashMap<String, u32> = serde_json::from_value(model["vocab"].clone())
+        .map_err(|e| invalid(json_path, format!("model.vocab (a BPE vocabulary): {e}")))?;
+    let merges = model["merges"]
+        .as_array()
+        .ok_or_else(|| invalid(json_path, "model.merges is missing"))?
+        .iter()
+        .map(|m| merge_pair(m).ok_or_else(|| invalid(json_path, "a merge is malformed")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let model = BPE::builder()
+        .vocab_and_merges(vocab.into_iter().collect::<Vocab>(), merges)
+        .unk_token("<unk>".into())
+        .fuse_unk(true)
+        .byte_fallback(false)
+        .build()
+        .map_err(|e| invalid(json_path, e))?;
+    let mut tokenizer = Tokenizer::new(model);
+    if let Some(precompiled) = precompiled_map(json, json_path)? {
+        let spaces = Replace::new(ReplacePattern::Regex(" {2,}".into()), " ")
+            .map_err(|e| invalid(json_path, e))?;
+        tokenizer
+            .with_normalizer(Some(NormalizerSequence::new(vec![
+                precompiled.into(),
+                spaces.into(),
+            ])))
+            .map_err(|e| invalid(json_path, e))?;
+    }
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new('▁', PrependScheme::Always, true)));
+    tokenizer.with_decoder(Some(MetaspaceDecoder::new(
+        '▁',
+        PrependScheme::Always,
+        true,
+    )));
+    Ok(tokenizer)
+}
+
+/// The precompiled character map of `tokenizer.json`'s normalizer (alone
+/// or in a sequence), when it has one.
+fn precompiled_map(
+    json: &Value,
+    json_path: &Path,
+) -> Result<Option<Precompiled>, CheckpointTokenizerError> {
+    let normalizer = &json["normalizer"];
+    let nodes: Vec<&Value> = match normalizer["type"].as_str() {
+        Some("Sequence") => normalizer["normalizers"]
+            .as_array()
+            .map(|a| a.iter().collect())
+            .unwrap_or_default(),
+        _ => vec![normalizer],
+    };
+    match nodes.into_iter().find(|n| n["type"] == "Precompiled") {
+        // From text: the map is read as a borrowed string.
+        Some(node) => Ok(Some(
+            serde_json::from_str(&node.to_string())
+                .map_err(|e| invalid(json_path, format!("normalizer: {e}")))?,
+        )),
+        None => Ok(None),
+    }
+}
+
 /// A merge as `tokenizer.json` writes it: `"a b"` or `["a", "b"]`.
 fn merge_pair(m: &Value) -> Option<(String, String)> {
     match m {
@@ -402,23 +492,7 @@ fn t5(
             let vocab = serde_json::from_value(json["model"]["vocab"].clone())
                 .map_err(|e| invalid(json_path, format!("model.vocab: {e}")))?;
             // Only the precompiled character map is kept, as transformers does.
-            let normalizer = &json["normalizer"];
-            let nodes: Vec<&Value> = match normalizer["type"].as_str() {
-                Some("Sequence") => normalizer["normalizers"]
-                    .as_array()
-                    .map(|a| a.iter().collect())
-                    .unwrap_or_default(),
-                _ => vec![normalizer],
-            };
-            let precompiled = match nodes.into_iter().find(|n| n["type"] == "Precompiled") {
-                // From text: the map is read as a borrowed string.
-                Some(node) => Some(
-                    serde_json::from_str(&node.to_string())
-                        .map_err(|e| invalid(json_path, format!("normalizer: {e}")))?,
-                ),
-                None => None,
-            };
-            (vocab, precompiled)
+            (vocab, precompiled_map(json, json_path)?)
         }
         None => {
             let spm_path = dir.join("spiece.model");

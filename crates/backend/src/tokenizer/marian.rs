@@ -307,7 +307,7 @@ impl MarianTokenizer {
         let mut out = Vec::new();
         let mut rest = text;
         loop {
-            let next = self.next_special(rest);
+            let next = next_special(&self.special, rest);
             let (chunk, special) = match next {
                 Some((at, len, id)) => (&rest[..at], Some((&rest[at..at + len], id, at + len))),
                 None => (rest, None),
@@ -331,27 +331,6 @@ impl MarianTokenizer {
             }
         }
         out
-    }
-
-    /// The first special token in `text` (the longest one where several
-    /// start at the same place): its byte offset, length and id.
-    fn next_special(&self, text: &str) -> Option<(usize, usize, u32)> {
-        let mut best: Option<(usize, usize, u32)> = None;
-        for (s, id) in &self.special {
-            if s.is_empty() {
-                continue;
-            }
-            if let Some(at) = text.find(s.as_str()) {
-                let better = match best {
-                    None => true,
-                    Some((b_at, b_len, _)) => at < b_at || (at == b_at && s.len() > b_len),
-                };
-                if better {
-                    best = Some((at, s.len(), *id));
-                }
-            }
-        }
-        best
     }
 
     /// Text of generated ids (`decode(ids, skip_special_tokens=…)`).
@@ -394,6 +373,28 @@ impl MarianTokenizer {
             text.to_string()
         }
     }
+}
+
+/// The first special token in `text` (the longest one where several start
+/// at the same place): its byte offset, length and id. `special` holds the
+/// special tokens' texts and ids.
+pub(super) fn next_special(special: &[(String, u32)], text: &str) -> Option<(usize, usize, u32)> {
+    let mut best: Option<(usize, usize, u32)> = None;
+    for (s, id) in special {
+        if s.is_empty() {
+            continue;
+        }
+        if let Some(at) = text.find(s.as_str()) {
+            let better = match best {
+                None => true,
+                Some((b_at, b_len, _)) => at < b_at || (at == b_at && s.len() > b_len),
+            };
+            if better {
+                best = Some((at, s.len(), *id));
+            }
+        }
+    }
+    best
 }
 
 enum Token {

@@ -17,7 +17,12 @@
 //!   unknown piece), or its UTF-8 bytes with `byte_fallback`;
 //! - decoding of pieces back to text (`DecodePieces`).
 //!
-//! BPE, word and char models are refused with an error naming the type.
+//! and, for BPE models (NLLB's and M2M100's `sentencepiece.bpe.model`),
+//! what `bpe::Model::Encode` does: characters (user-defined pieces whole),
+//! then repeatedly the adjacent pair whose concatenation is the
+//! highest-scoring piece (the leftmost among equals) is merged.
+//!
+//! Word and char models are refused with an error naming the type.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -39,8 +44,8 @@ pub enum SpmError {
     /// The bytes are not a SentencePiece model.
     #[error("not a SentencePiece model ({0}); is the file complete?")]
     Parse(String),
-    /// A model type other than unigram.
-    #[error("SentencePiece model type {0} is not supported (only unigram models are)")]
+    /// A model type other than unigram or BPE.
+    #[error("SentencePiece model type {0} is not supported (only unigram and BPE models are)")]
     UnsupportedType(&'static str),
 }
 
@@ -168,9 +173,11 @@ const UNK_PENALTY: f32 = 10.0;
 /// The character a space becomes.
 const SPACE: &str = "\u{2581}";
 
-/// A loaded SentencePiece unigram model.
+/// A loaded SentencePiece unigram or BPE model.
 #[derive(Debug, Clone)]
 pub(crate) struct SentencePiece {
+    /// BPE (merges) rather than unigram (Viterbi).
+    bpe: bool,
     pieces: Vec<(String, f32, PieceKind)>,
     /// Pieces matched in text: normal, user-defined and unused ones, by text.
     index: HashMap<String, u32>,
@@ -203,13 +210,13 @@ impl SentencePiece {
             return Err(SpmError::Parse("it has no pieces".into()));
         }
         let trainer = model.trainer_spec.clone().unwrap_or_default();
-        match trainer.model_type.unwrap_or(1) {
-            1 => {}
-            2 => return Err(SpmError::UnsupportedType("BPE")),
+        let bpe = match trainer.model_type.unwrap_or(1) {
+            1 => false,
+            2 => true,
             3 => return Err(SpmError::UnsupportedType("word")),
             4 => return Err(SpmError::UnsupportedType("char")),
             _ => return Err(SpmError::UnsupportedType("unknown")),
-        }
+        };
         if trainer.treat_whitespace_as_suffix.unwrap_or(false) {
             return Err(SpmError::Parse(
                 "treat_whitespace_as_suffix is set, which is not supported".into(),
@@ -244,6 +251,7 @@ impl SentencePiece {
         let spec = model.normalizer_spec.unwrap_or_default();
         let normalizer = Normalizer::new(&spec)?;
         Ok(Self {
+            bpe,
             pieces,
             index,
             all,
@@ -294,12 +302,146 @@ impl SentencePiece {
         self.segment(&normalized)
     }
 
-    /// The best segmentation of normalized text (Viterbi over the pieces'
-    /// scores; the earliest-found best path wins ties, as in SentencePiece).
+    /// The segmentation of normalized text, by the model's kind.
     fn segment(&self, s: &str) -> Vec<Piece> {
         if s.is_empty() {
             return Vec::new();
         }
+        let path = if self.bpe {
+            self.merge_path(s)
+        } else {
+            self.viterbi_path(s)
+        };
+        self.pieces_of_path(s, path)
+    }
+
+    /// BPE: characters (a user-defined piece whole, never merged further),
+    /// then the adjacent pair whose concatenation is the highest-scoring
+    /// piece merged, the leftmost first among equal scores, until no pair
+    /// is a piece. Gives (start, end, id) spans; a span that is no piece
+    /// has the unknown id.
+    fn merge_path(&self, s: &str) -> Vec<(usize, usize, u32)> {
+        use std::cmp::Ordering;
+        use std::collections::BinaryHeap;
+
+        // A candidate merge: higher score first, then the leftmost.
+        #[derive(PartialEq)]
+        struct Pair {
+            score: f32,
+            left: usize,
+            right: usize,
+            len: usize,
+        }
+        impl Eq for Pair {}
+        impl Ord for Pair {
+            fn cmp(&self, other: &Self) -> Ordering {
+                self.score
+                    .total_cmp(&other.score)
+                    .then(other.left.cmp(&self.left))
+            }
+        }
+        impl PartialOrd for Pair {
+            fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        // Symbols: byte span, neighbours, whether frozen (user-defined).
+        struct Symbol {
+            start: usize,
+            end: usize,
+            prev: Option<usize>,
+            next: Option<usize>,
+            frozen: bool,
+        }
+        let user_defined: Vec<&str> = self
+            .index
+            .iter()
+            .filter(|(_, &id)| self.pieces[id as usize].2 == PieceKind::UserDefined)
+            .map(|(text, _)| text.as_str())
+            .collect();
+        let mut symbols: Vec<Symbol> = Vec::new();
+        let mut at = 0;
+        while at < s.len() {
+            let rest = &s[at..];
+            let whole = user_defined
+                .iter()
+                .filter(|u| rest.starts_with(**u))
+                .map(|u| u.len())
+                .max();
+            let len = whole.unwrap_or_else(|| rest.chars().next().map_or(1, char::len_utf8));
+            let i = symbols.len();
+            symbols.push(Symbol {
+                start: at,
+                end: at + len,
+                prev: i.checked_sub(1),
+                next: None,
+                frozen: whole.is_some(),
+            });
+            if i > 0 {
+                symbols[i - 1].next = Some(i);
+            }
+            at += len;
+        }
+        let mut agenda = BinaryHeap::new();
+        let candidate = |symbols: &[Symbol], left: usize, right: usize| -> Option<Pair> {
+            let (l, r) = (&symbols[left], &symbols[right]);
+            if l.frozen || r.frozen {
+                return None;
+            }
+            let &id = self.index.get(&s[l.start..r.end])?;
+            Some(Pair {
+                score: self.pieces[id as usize].1,
+                left,
+                right,
+                len: r.end - l.start,
+            })
+        };
+        for i in 1..symbols.len() {
+            agenda.extend(candidate(&symbols, i - 1, i));
+        }
+        while let Some(top) = agenda.pop() {
+            let (l, r) = (&symbols[top.left], &symbols[top.right]);
+            // Stale: one side was merged away or grew since.
+            if l.end == l.start
+                || r.end == r.start
+                || r.end - l.start != top.len
+                || l.next != Some(top.right)
+            {
+                continue;
+            }
+            let (end, next) = (r.end, r.next);
+            symbols[top.left].end = end;
+            symbols[top.left].next = next;
+            symbols[top.right].start = end;
+            symbols[top.right].end = end;
+            if let Some(n) = next {
+                symbols[n].prev = Some(top.left);
+            }
+            if let Some(p) = symbols[top.left].prev {
+                agenda.extend(candidate(&symbols, p, top.left));
+            }
+            if let Some(n) = next {
+                agenda.extend(candidate(&symbols, top.left, n));
+            }
+        }
+        let mut path = Vec::new();
+        let mut cursor = (!symbols.is_empty()).then_some(0);
+        while let Some(i) = cursor {
+            let sym = &symbols[i];
+            let id = self
+                .index
+                .get(&s[sym.start..sym.end])
+                .copied()
+                .unwrap_or(self.unk_id);
+            path.push((sym.start, sym.end, id));
+            cursor = sym.next;
+        }
+        path
+    }
+
+    /// Unigram: the best segmentation under the pieces' scores (Viterbi;
+    /// the earliest-found best path wins ties, as in SentencePiece).
+    fn viterbi_path(&self, s: &str) -> Vec<(usize, usize, u32)> {
         let unk_score = self.min_score - UNK_PENALTY;
         // best[i]: (score, start, id) of the best path ending at byte i.
         let mut best: Vec<Option<(f32, usize, u32)>> = vec![None; s.len() + 1];
@@ -355,6 +497,12 @@ impl SentencePiece {
             end = start;
         }
         path.reverse();
+        path
+    }
+
+    /// The pieces of a segmentation: a run of unknown spans is one unknown
+    /// piece holding their text (or, with `byte_fallback`, their bytes).
+    fn pieces_of_path(&self, s: &str, path: Vec<(usize, usize, u32)>) -> Vec<Piece> {
         let mut out: Vec<Piece> = Vec::with_capacity(path.len());
         let mut prev_unk = false;
         for (start, end, id) in path {

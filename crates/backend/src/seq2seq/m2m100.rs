@@ -1,0 +1,454 @@
+//! Many-to-many translators: NLLB-200 (`facebook/nllb-200-distilled-600M`,
+//! `…-1.3B`) and M2M100 (`facebook/m2m100_418M`, `…_1.2B`), both the
+//! `M2M100ForConditionalGeneration` architecture, as transformers 5.24's
+//! `modeling_m2m_100.py` runs it. One checkpoint writes every language of
+//! its vocabulary: the source language is a token before the text (the
+//! tokenizer's business, see `tokenizer::m2m`), the target language is
+//! forced as the first generated token (`forced_bos_token_id`).
+//!
+//! Papers: Fan et al., "Beyond English-Centric Multilingual Machine
+//! Translation" (JMLR 2021); NLLB Team, "No Language Left Behind" (2022).
+//! Try one with `precis translate --model DIR --to hi article.txt`.
+//!
+//! How it differs from BART (`bart.rs`), whose layers, attention kernels
+//! and decoder state it shares:
+//!
+//! - positions are fixed sinusoids (fairseq's: `log(10⁴) / (half − 1)`
+//!   frequencies, sines then cosines, computed in f32 as torch does), read
+//!   at `padding_idx + 1 + i` for the i-th token that is not padding (a
+//!   padding id reads the zero row, and is not counted);
+//! - every layer is pre-norm (layer norm, sublayer, residual), and each
+//!   stack ends with a layer norm; there is no embedding layer norm;
+//! - the output layer is the shared embedding, with no bias.
+
+use std::path::Path;
+
+use candle_core::{Device, Module, Tensor};
+use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use serde::Deserialize;
+
+use super::bart::{FeedForward, LN_EPS};
+use super::layers::{
+    activation, read_config, repad, weights, Attention, AttentionSpec, DecoderState, RowNorm,
+};
+use super::{EncoderDecoder, Seq2SeqConfig};
+use crate::kernels::{Epilogue, PackedF32};
+use crate::BackendError;
+
+/// `config.json` of an M2M100 or NLLB checkpoint (the fields the model
+/// reads).
+#[derive(Debug, Clone, Deserialize)]
+pub struct M2M100Config {
+    /// Vocabulary size (embedding rows).
+    pub vocab_size: usize,
+    /// Hidden size.
+    pub d_model: usize,
+    /// Encoder layers.
+    pub encoder_layers: usize,
+    /// Decoder layers.
+    pub decoder_layers: usize,
+    /// Encoder attention heads.
+    pub encoder_attention_heads: usize,
+    /// Decoder attention heads.
+    pub decoder_attention_heads: usize,
+    /// Encoder feed-forward size.
+    pub encoder_ffn_dim: usize,
+    /// Decoder feed-forward size.
+    pub decoder_ffn_dim: usize,
+    /// `relu` (NLLB, M2M100), `gelu`, …
+    #[serde(default = "default_activation")]
+    pub activation_function: String,
+    /// Positions the model was trained with (the table grows past them in
+    /// transformers; precis refuses longer inputs, as for BART).
+    pub max_position_embeddings: usize,
+    /// Whether embeddings are multiplied by `√d_model` (true for every
+    /// published checkpoint).
+    #[serde(default = "yes")]
+    pub scale_embedding: bool,
+    /// Padding id (1), also the position table's zero row.
+    #[serde(default = "one")]
+    pub pad_token_id: u32,
+    /// End of sequence (2).
+    #[serde(default = "two")]
+    pub eos_token_id: u32,
+    /// First decoder input (2: `</s>`).
+    #[serde(default)]
+    pub decoder_start_token_id: Option<u32>,
+}
+
+fn default_activation() -> String {
+    "relu".into()
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn two() -> u32 {
+    2
+}
+
+struct EncoderLayer {
+    attn_norm: RowNorm,
+    attn: Attention,
+    ffn_norm: RowNorm,
+    ffn: FeedForward,
+}
+
+struct DecoderLayer {
+    attn_norm: LayerNorm,
+    attn: Attention,
+    cross_norm: LayerNorm,
+    cross: Attention,
+    ffn_norm: LayerNorm,
+    ffn: FeedForward,
+}
+
+/// A loaded M2M100 or NLLB model.
+pub struct M2M100 {
+    cfg: M2M100Config,
+    tokens: Embedding,
+    /// Row `p` is position `p` (row `pad_token_id` is zeros).
+    positions: Vec<f32>,
+    encoder: Vec<EncoderLayer>,
+    encoder_norm: RowNorm,
+    decoder: Vec<DecoderLayer>,
+    decoder_norm: LayerNorm,
+    lm_head: PackedF32,
+    embed_scale: f64,
+    device: Device,
+}
+
+/// fairseq's sinusoidal table as `M2M100SinusoidalPositionalEmbedding`
+/// builds it: `rows × dim`, frequencies `exp(-j · ln(10⁴) / (half − 1))`,
+/// sines in the first half, cosines in the second, a zero column when `dim`
+/// is odd, row `padding_idx` zeros; every step in f32, as torch computes it.
+fn sinusoids(rows: usize, dim: usize, padding_idx: usize) -> Vec<f32> {
+    let half = dim / 2;
+    let step = (10000f64.ln() / (half as f64 - 1.0)) as f32;
+    let freqs: Vec<f32> = (0..half).map(|j| (j as f32 * -step).exp()).collect();
+    let mut out = vec![0f32; rows * dim];
+    for pos in 0..rows {
+        if pos == padding_idx {
+            continue;
+        }
+        let row = &mut out[pos * dim..(pos + 1) * dim];
+        for (j, f) in freqs.iter().enumerate() {
+            let angle = pos as f32 * f;
+            row[j] = angle.sin();
+            row[half + j] = angle.cos();
+        }
+    }
+    out
+}
+
+impl M2M100 {
+    /// Loads `config.json` and the weights (`model.safetensors`, or
+    /// `pytorch_model.bin`) of a checkpoint directory.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
+        let cfg: M2M100Config = read_config(dir)?;
+        let (vb, file) = weights(dir, device)?;
+        Self::from_var_builder(cfg, vb, device).map_err(|e| match e {
+            BackendError::Candle(e) => BackendError::load(&file, e),
+            other => other,
+        })
+    }
+
+    fn from_var_builder(
+        cfg: M2M100Config,
+        vb: VarBuilder,
+        device: &Device,
+    ) -> Result<Self, BackendError> {
+        let d = cfg.d_model;
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(BackendError::Config(what.to_string()))
+            }
+        };
+        check(d >= 4, "d_model is under 4")?;
+        for heads in [cfg.encoder_attention_heads, cfg.decoder_attention_heads] {
+            check(
+                heads > 0 && d.is_multiple_of(heads),
+                "d_model is not a multiple of the attention heads",
+            )?;
+        }
+        check(
+            (cfg.pad_token_id as usize) < cfg.vocab_size
+                && (cfg.eos_token_id as usize) < cfg.vocab_size,
+            "pad_token_id or eos_token_id is outside the vocabulary",
+        )?;
+        let act = activation(&cfg.activation_function)?;
+        let base = if vb.contains_tensor("model.shared.weight")
+            || vb.contains_tensor("model.encoder.embed_tokens.weight")
+        {
+            vb.pp("model")
+        } else {
+            vb.clone()
+        };
+        let shared = [
+            "shared.weight",
+            "encoder.embed_tokens.weight",
+            "decoder.embed_tokens.weight",
+        ]
+        .into_iter()
+        .find(|n| base.contains_tensor(n))
+        .ok_or_else(|| BackendError::Config("no `shared.weight` tensor".into()))?;
+        let table = base.get((cfg.vocab_size, d), shared)?;
+        let spec = |heads: usize| AttentionSpec {
+            d_model: d,
+            heads,
+            head_dim: d / heads,
+            names: ["q_proj", "k_proj", "v_proj", "out_proj"],
+            bias: true,
+            scale: ((d / heads) as f64).powf(-0.5),
+        };
+        let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
+        let mut encoder = Vec::with_capacity(cfg.encoder_layers);
+        for i in 0..cfg.encoder_layers {
+            let vb = base.pp(format!("encoder.layers.{i}"));
+            encoder.push(EncoderLayer {
+                attn_norm: RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm"))?,
+                attn: Attention::load(vb.pp("self_attn"), &spec(cfg.encoder_attention_heads))?,
+                ffn_norm: RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm"))?,
+                ffn: FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act)?,
+            });
+        }
+        let mut decoder = Vec::with_capacity(cfg.decoder_layers);
+        for i in 0..cfg.decoder_layers {
+            let vb = base.pp(format!("decoder.layers.{i}"));
+            decoder.push(DecoderLayer {
+                attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
+                attn: Attention::load(vb.pp("self_attn"), &spec(cfg.decoder_attention_heads))?,
+                cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
+                cross: Attention::load(vb.pp("encoder_attn"), &spec(cfg.decoder_attention_heads))?,
+                ffn_norm: ln(vb.pp("final_layer_norm"))?,
+                ffn: FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act)?,
+            });
+        }
+        // The output layer is tied to the shared embedding
+        // (`_tied_weights_keys`); a checkpoint that stores `lm_head.weight`
+        // stores the same table.
+        let head = if vb.contains_tensor("lm_head.weight") {
+            vb.get((cfg.vocab_size, d), "lm_head.weight")?
+        } else {
+            table.clone()
+        };
+        let lm_head = PackedF32::new(
+            &head.flatten_all().and_then(|t| t.to_vec1::<f32>())?,
+            None,
+            cfg.vocab_size,
+            d,
+        );
+        let embed_scale = if cfg.scale_embedding {
+            (d as f64).sqrt()
+        } else {
+            1.0
+        };
+        // Rows up to the last position a token can take: padding_idx + 1 +
+        // max_position_embeddings (transformers builds `+ 2`).
+        let pad = cfg.pad_token_id as usize;
+        let rows = pad + 1 + cfg.max_position_embeddings;
+        Ok(Self {
+            positions: sinusoids(rows, d, pad),
+            tokens: Embedding::new(table, d),
+            encoder,
+            encoder_norm: RowNorm::load(d, LN_EPS, base.pp("encoder.layer_norm"))?,
+            decoder,
+            decoder_norm: ln(base.pp("decoder.layer_norm"))?,
+            lm_head,
+            embed_scale,
+            device: device.clone(),
+            cfg,
+        })
+    }
+
+    /// The model's configuration.
+    pub fn config(&self) -> &M2M100Config {
+        &self.cfg
+    }
+
+    /// The position row of each token of `ids` (one sequence, no batch
+    /// padding), counting from `start` tokens already seen:
+    /// `create_position_ids_from_input_ids`.
+    fn position_rows(&self, ids: &[u32], start: usize) -> Vec<usize> {
+        let pad = self.cfg.pad_token_id;
+        let mut seen = start;
+        ids.iter()
+            .map(|&t| {
+                if t == pad {
+                    pad as usize
+                } else {
+                    seen += 1;
+                    seen + pad as usize
+                }
+            })
+            .collect()
+    }
+
+    /// Scaled token embeddings plus positions, `ids.len()` rows of `d`.
+    fn embed(&self, ids: &[u32], start: usize) -> Result<Vec<f32>, BackendError> {
+        let d = self.cfg.d_model;
+        let t = Tensor::new(ids, &self.device)?;
+        let x = (self.tokens.forward(&t)? * self.embed_scale)?;
+        let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        for (row, p) in x.chunks_mut(d).zip(self.position_rows(ids, start)) {
+            let Some(pos) = self.positions.get(p * d..(p + 1) * d) else {
+                return Err(BackendError::Runtime(format!(
+                    "the sequence reached the model's {} positions",
+                    self.cfg.max_position_embeddings
+                )));
+            };
+            for (v, p) in row.iter_mut().zip(pos) {
+                *v += p;
+            }
+        }
+        Ok(x)
+    }
+
+    /// The encoder's last hidden states (`[n, s, d]`; padded rows are
+    /// zeros) and, for the parity tests' signature, an empty mask.
+    pub fn encode(&self, inputs: &[Vec<u32>]) -> Result<(Tensor, Tensor), BackendError> {
+        let rows = self.encode_rows(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let hidden = repad(&rows, &lens, self.cfg.d_model, &self.device)?;
+        Ok((
+            hidden,
+            Tensor::zeros(0, candle_core::DType::F32, &self.device)?,
+        ))
+    }
+
+    /// The encoder's last hidden states of the inputs' tokens, input after
+    /// input (`Σ lens` rows of `d`).
+    fn encode_rows(&self, inputs: &[Vec<u32>]) -> Result<Vec<f32>, BackendError> {
+        let max = self.cfg.max_position_embeddings;
+        let mut x = Vec::new();
+        for input in inputs {
+            if input.is_empty() {
+                return Err(BackendError::Runtime("an input has no tokens".into()));
+            }
+            if input.len() > max {
+                return Err(BackendError::Runtime(format!(
+                    "an input of {} tokens is longer than the model's {max} positions",
+                    input.len()
+                )));
+            }
+            if let Some(&bad) = input.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+                return Err(BackendError::Runtime(format!(
+                    "token id {bad} is outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                )));
+            }
+            x.extend(self.embed(input, 0)?);
+        }
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        let rows = x.len() / self.cfg.d_model;
+        for layer in &self.encoder {
+            let h = layer.attn_norm.norm(&x);
+            let a = layer.attn.attend_within(&h, &lens);
+            add(&mut x, &a);
+            let h = layer.ffn_norm.norm(&x);
+            let h = layer.ffn.fc1.apply_rows(&h, rows, layer.ffn.act);
+            let f = layer.ffn.fc2.apply_rows(&h, rows, Epilogue::None);
+            add(&mut x, &f);
+        }
+        Ok(self.encoder_norm.norm(&x))
+    }
+}
+
+fn add(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+impl EncoderDecoder for M2M100 {
+    type State = DecoderState;
+
+    fn seq2seq_config(&self) -> Seq2SeqConfig {
+        Seq2SeqConfig {
+            vocab_size: self.cfg.vocab_size,
+            pad_token_id: self.cfg.pad_token_id,
+            eos_token_id: self.cfg.eos_token_id,
+            decoder_start_token_id: self
+                .cfg
+                .decoder_start_token_id
+                .unwrap_or(self.cfg.eos_token_id),
+            max_positions: self.cfg.max_position_embeddings,
+        }
+    }
+
+    fn start(
+        &self,
+        inputs: &[Vec<u32>],
+        rows_per_input: usize,
+    ) -> Result<DecoderState, BackendError> {
+        let hidden = self.encode_rows(inputs)?;
+        let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
+        Ok(DecoderState::new(
+            self.decoder.iter().map(|l| &l.cross),
+            &hidden,
+            &lens,
+            rows_per_input,
+        ))
+    }
+
+    fn step(&self, state: &mut DecoderState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+        if state.len() >= self.cfg.max_position_embeddings {
+            return Err(BackendError::Runtime(format!(
+                "the output reached the model's {} positions",
+                self.cfg.max_position_embeddings
+            )));
+        }
+        let n = tokens.len();
+        let d = self.cfg.d_model;
+        // Each row's one token sits after `state.len()` earlier ones.
+        let mut rows = Vec::with_capacity(n * d);
+        for &t in tokens {
+            rows.extend(self.embed(&[t], state.len())?);
+        }
+        let mut x = Tensor::from_vec(rows, (n, 1, d), &self.device)?;
+        for (i, layer) in self.decoder.iter().enumerate() {
+            let h = layer.attn_norm.forward(&x)?;
+            let (k, v) = layer.attn.keys_values(&h)?;
+            let (k, v) = state.push_self(i, k, v)?;
+            x = (x + layer.attn.attend(&h, &k, &v, None)?)?;
+            let h = layer.cross_norm.forward(&x)?;
+            x = (&x + state.cross_attend(i, &layer.cross, &h)?)?;
+            let h = layer.ffn_norm.forward(&x)?;
+            x = (&x + layer.ffn.forward(&h)?)?;
+        }
+        state.advance();
+        let x: Vec<f32> = self.decoder_norm.forward(&x)?.flatten_all()?.to_vec1()?;
+        Ok(self.lm_head.apply(&x, n))
+    }
+
+    fn select(&self, state: &mut DecoderState, rows: &[usize]) -> Result<(), BackendError> {
+        state.select(rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sinusoids_skip_the_padding_row_and_put_sines_first() {
+        let t = sinusoids(4, 6, 1);
+        assert!(
+            t[6..12].iter().all(|&v| v == 0.0),
+            "the padding row is zeros"
+        );
+        // Row 2, half 3: frequencies 1, 10⁻², 10⁻⁴.
+        let row = &t[12..18];
+        assert!((row[0] - 2f32.sin()).abs() < 1e-6);
+        assert!((row[1] - 0.02f32.sin()).abs() < 1e-6);
+        assert!((row[3] - 2f32.cos()).abs() < 1e-6);
+        assert!((row[5] - 0.0002f32.cos()).abs() < 1e-6);
+    }
+}

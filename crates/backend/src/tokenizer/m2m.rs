@@ -1,0 +1,394 @@
+//! The tokenizers of many-to-many translators, which put the source
+//! language's token beside every input, built as transformers 5.24 builds
+//! them (the fixtures under `tests/fixtures/m2m100/` were recorded with it):
+//!
+//! - **NLLB-200** (`NllbTokenizer`, `tokenizer.json`): BPE, see
+//!   [`Family::Nllb`]; FLORES-200 codes (`rus_Cyrl`) are special tokens;
+//!   an input is `code … </s>`, or `… </s> code` with `legacy_behaviour`.
+//! - **M2M100** (`M2M100Tokenizer`, `vocab.json` + `sentencepiece.bpe.model`):
+//!   SentencePiece (BPE) pieces numbered by `vocab.json` (a piece it lacks
+//!   is `<unk>`), text split first at `<s>` `</s>` `<unk>` `<pad>`; the
+//!   `__ru__` codes take the ids after the vocabulary, in fairseq's order;
+//!   an input is `__xx__ … </s>`. transformers 5.24 does not count these
+//!   codes as special tokens: its `decode(…, skip_special_tokens=True)`
+//!   keeps `__ru__` in the text, and so does [`ManyToManyTokenizer::decode`]
+//!   (a translation's forced language token is dropped before decoding by
+//!   the backend, which knows it is not text).
+//!
+//! Languages are named by ISO 639-1 codes and mapped to each family's token
+//! through [`crate::languages`].
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+
+use super::checkpoint::{CheckpointTokenizer, CheckpointTokenizerError, Family};
+use super::marian::{clean_up_tokenization, next_special};
+use super::sentencepiece::SentencePiece;
+use crate::languages::{self, LANGUAGES};
+
+/// `M2M100Tokenizer`'s language codes (`language_codes="m2m100"`), in the
+/// order that gives their ids.
+#[rustfmt::skip]
+const M2M100_CODES: &[&str] = &[
+    "af", "am", "ar", "ast", "az", "ba", "be", "bg", "bn", "br", "bs", "ca", "ceb", "cs", "cy", "da",
+    "de", "el", "en", "es", "et", "fa", "ff", "fi", "fr", "fy", "ga", "gd", "gl", "gu", "ha", "he",
+    "hi", "hr", "ht", "hu", "hy", "id", "ig", "ilo", "is", "it", "ja", "jv", "ka", "kk", "km", "kn",
+    "ko", "lb", "lg", "ln", "lo", "lt", "lv", "mg", "mk", "ml", "mn", "mr", "ms", "my", "ne", "nl",
+    "no", "ns", "oc", "or", "pa", "pl", "ps", "pt", "ro", "ru", "sd", "si", "sk", "sl", "so", "sq",
+    "sr", "ss", "su", "sv", "sw", "ta", "th", "tl", "tn", "tr", "uk", "ur", "uz", "vi", "wo", "xh",
+    "yi", "yo", "zh", "zu",
+];
+
+/// The same for `language_codes="wmt21"`.
+const WMT21_CODES: &[&str] = &["en", "ha", "is", "ja", "cs", "ru", "zh", "de"];
+
+/// Which tokenizer a many-to-many checkpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ManyToManyKind {
+    /// `NllbTokenizer`: FLORES-200 codes.
+    Nllb,
+    /// `M2M100Tokenizer`: `__xx__` codes.
+    M2M100,
+}
+
+/// The M2M100 pipeline: SentencePiece pieces through `vocab.json`.
+#[derive(Debug, Clone)]
+struct M2M100Vocab {
+    spm: SentencePiece,
+    encoder: HashMap<String, u32>,
+    decoder: HashMap<u32, String>,
+    /// `<s>` `</s>` `<unk>` `<pad>`: texts and ids, longest first.
+    special: Vec<(String, u32)>,
+    unk_id: u32,
+    clean_up: bool,
+}
+
+#[derive(Debug, Clone)]
+enum Pipeline {
+    Nllb {
+        inner: CheckpointTokenizer,
+        /// `legacy_behaviour`: the code after `</s>`, not before the text.
+        legacy: bool,
+    },
+    M2M100(M2M100Vocab),
+}
+
+/// A many-to-many translator's tokenizer.
+#[derive(Debug, Clone)]
+pub struct ManyToManyTokenizer {
+    pipeline: Pipeline,
+    /// Every language token: its text and id.
+    codes: HashMap<String, u32>,
+    eos_id: u32,
+    max_length: Option<usize>,
+}
+
+fn read_json(path: &Path) -> Result<Value, CheckpointTokenizerError> {
+    let text = std::fs::read_to_string(path).map_err(|source| CheckpointTokenizerError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| invalid(path, e))
+}
+
+fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointTokenizerError {
+    CheckpointTokenizerError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.to_string(),
+    }
+}
+
+/// `tokenizer_config.json`, or null when there is none.
+fn tokenizer_config(dir: &Path) -> Result<Value, CheckpointTokenizerError> {
+    let path = dir.join("tokenizer_config.json");
+    if path.is_file() {
+        read_json(&path)
+    } else {
+        Ok(Value::Null)
+    }
+}
+
+impl ManyToManyKind {
+    /// The tokenizer of the checkpoint in `dir`: the class its
+    /// `tokenizer_config.json` (or `config.json`) names, else by its files
+    /// (`tokenizer.json`: NLLB; `vocab.json`: M2M100).
+    pub fn of_dir(dir: &Path) -> Option<Self> {
+        let class = |file: &str| -> Option<String> {
+            let text = std::fs::read_to_string(dir.join(file)).ok()?;
+            let value: Value = serde_json::from_str(&text).ok()?;
+            value["tokenizer_class"].as_str().map(str::to_string)
+        };
+        let named = class("tokenizer_config.json").or_else(|| class("config.json"));
+        match named.as_deref() {
+            Some(c) if c.starts_with("Nllb") => Some(Self::Nllb),
+            Some(c) if c.starts_with("M2M100") => Some(Self::M2M100),
+            _ if dir.join("tokenizer.json").is_file() => Some(Self::Nllb),
+            _ if dir.join("vocab.json").is_file() => Some(Self::M2M100),
+            _ => None,
+        }
+    }
+
+    /// The family's token for an ISO 639-1 code (`rus_Cyrl`, `__ru__`), when
+    /// the language table knows the code.
+    pub fn token(self, code: &str) -> Option<String> {
+        match self {
+            Self::Nllb => languages::language(code).map(|l| l.flores.to_string()),
+            Self::M2M100 => languages::language(code).map(|l| format!("__{}__", l.code)),
+        }
+    }
+}
+
+impl ManyToManyTokenizer {
+    /// Loads the tokenizer of the checkpoint in `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self, CheckpointTokenizerError> {
+        let kind =
+            ManyToManyKind::of_dir(dir).ok_or_else(|| CheckpointTokenizerError::Missing {
+                dir: dir.to_path_buf(),
+                expected:
+                    "tokenizer.json (NLLB), or vocab.json and sentencepiece.bpe.model (M2M100)",
+            })?;
+        let config = tokenizer_config(dir)?;
+        let max_length = config["model_max_length"]
+            .as_u64()
+            .filter(|&n| n < 1 << 40)
+            .map(|n| n as usize);
+        let (pipeline, codes, eos_id) = match kind {
+            ManyToManyKind::Nllb => {
+                let inner = CheckpointTokenizer::from_dir(dir, Family::Nllb)?;
+                let eos_id = inner
+                    .eos_id()
+                    .ok_or_else(|| invalid(&dir.join("tokenizer.json"), "it has no </s>"))?;
+                // Every FLORES-200-shaped token the vocabulary has.
+                let codes = LANGUAGES
+                    .iter()
+                    .filter_map(|l| Some((l.flores.to_string(), inner.token_to_id(l.flores)?)))
+                    .collect();
+                let legacy = config["legacy_behaviour"].as_bool().unwrap_or(false);
+                (Pipeline::Nllb { inner, legacy }, codes, eos_id)
+            }
+            ManyToManyKind::M2M100 => {
+                let (vocab, codes, eos_id) = m2m100(dir, &config)?;
+                (Pipeline::M2M100(vocab), codes, eos_id)
+            }
+        };
+        Ok(Self {
+            pipeline,
+            codes,
+            eos_id,
+            max_length,
+        })
+    }
+
+    /// Which tokenizer this is.
+    pub fn kind(&self) -> ManyToManyKind {
+        match self.pipeline {
+            Pipeline::Nllb { .. } => ManyToManyKind::Nllb,
+            Pipeline::M2M100(_) => ManyToManyKind::M2M100,
+        }
+    }
+
+    /// The id of a language's token, by ISO 639-1 code, when the vocabulary
+    /// has it.
+    pub fn language_id(&self, code: &str) -> Option<u32> {
+        self.codes.get(&self.kind().token(code)?).copied()
+    }
+
+    /// Whether `id` is a language token.
+    pub fn is_language(&self, id: u32) -> bool {
+        self.codes.values().any(|&c| c == id)
+    }
+
+    /// The ISO 639-1 codes of the languages whose tokens the vocabulary has,
+    /// sorted.
+    pub fn languages(&self) -> Vec<String> {
+        LANGUAGES
+            .iter()
+            .filter(|l| self.language_id(l.code).is_some())
+            .map(|l| l.code.to_string())
+            .collect()
+    }
+
+    /// `model_max_length` of `tokenizer_config.json`, when it names one.
+    pub fn max_length(&self) -> Option<usize> {
+        self.max_length
+    }
+
+    /// The end id.
+    pub fn eos_id(&self) -> u32 {
+        self.eos_id
+    }
+
+    /// The ids of `text` in the language `source` (ISO 639-1), the
+    /// language's token and `</s>` around them (what `tokenizer(text)`
+    /// gives with `src_lang` set).
+    pub fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, String> {
+        let code = self.language_id(source).ok_or_else(|| {
+            format!("the tokenizer has no token for the source language `{source}`")
+        })?;
+        Ok(match &self.pipeline {
+            Pipeline::Nllb { inner, legacy } => {
+                let ids = inner.encode(text)?;
+                if *legacy {
+                    [ids, vec![self.eos_id, code]].concat()
+                } else {
+                    [vec![code], ids, vec![self.eos_id]].concat()
+                }
+            }
+            Pipeline::M2M100(v) => [vec![code], v.ids(text), vec![self.eos_id]].concat(),
+        })
+    }
+
+    /// The text of `ids`, as `tokenizer.decode(ids, skip_special_tokens)`
+    /// gives it.
+    pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, String> {
+        match &self.pipeline {
+            Pipeline::Nllb { inner, .. } => inner.decode(ids, skip_special_tokens),
+            Pipeline::M2M100(v) => {
+                let codes: HashMap<u32, &str> =
+                    self.codes.iter().map(|(t, &i)| (i, t.as_str())).collect();
+                Ok(v.decode(ids, skip_special_tokens, &codes))
+            }
+        }
+    }
+}
+
+/// The M2M100 pipeline, its language tokens and its end id.
+#[allow(clippy::type_complexity)]
+fn m2m100(
+    dir: &Path,
+    config: &Value,
+) -> Result<(M2M100Vocab, HashMap<String, u32>, u32), CheckpointTokenizerError> {
+    let (vocab_path, spm_path) = (dir.join("vocab.json"), dir.join("sentencepiece.bpe.model"));
+    if !vocab_path.is_file() || !spm_path.is_file() {
+        return Err(CheckpointTokenizerError::Missing {
+            dir: dir.to_path_buf(),
+            expected: "vocab.json and sentencepiece.bpe.model (an M2M100 tokenizer)",
+        });
+    }
+    let encoder: HashMap<String, u32> =
+        serde_json::from_value(read_json(&vocab_path)?).map_err(|e| invalid(&vocab_path, e))?;
+    let spm = SentencePiece::from_file(&spm_path).map_err(|e| invalid(&spm_path, e))?;
+    // A token is a string, or an object with `content`.
+    let token = |key: &str, default: &str| -> String {
+        match &config[key] {
+            Value::String(s) => s.clone(),
+            Value::Object(o) => o
+                .get("content")
+                .and_then(Value::as_str)
+                .unwrap_or(default)
+                .to_string(),
+            _ => default.to_string(),
+        }
+    };
+    let mut special = Vec::new();
+    for (key, default) in [
+        ("bos_token", "<s>"),
+        ("eos_token", "</s>"),
+        ("unk_token", "<unk>"),
+        ("pad_token", "<pad>"),
+    ] {
+        let text = token(key, default);
+        let id = *encoder
+            .get(&text)
+            .ok_or_else(|| invalid(&vocab_path, format!("it has no `{text}`")))?;
+        special.push((text, id));
+    }
+    let (eos_id, unk_id) = (special[1].1, special[2].1);
+    special.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+    let list = match config["language_codes"].as_str().unwrap_or("m2m100") {
+        "m2m100" => M2M100_CODES,
+        "wmt21" => WMT21_CODES,
+        other => {
+            return Err(invalid(
+                &dir.join("tokenizer_config.json"),
+                format!("language_codes `{other}` is neither `m2m100` nor `wmt21`"),
+            ))
+        }
+    };
+    let base = encoder.len() as u32;
+    let codes = (0u32..)
+        .zip(list)
+        .map(|(i, c)| (format!("__{c}__"), base + i))
+        .collect();
+    let decoder = encoder.iter().map(|(k, &v)| (v, k.clone())).collect();
+    let vocab = M2M100Vocab {
+        spm,
+        encoder,
+        decoder,
+        special,
+        unk_id,
+        clean_up: config["clean_up_tokenization_spaces"]
+            .as_bool()
+            .unwrap_or(false),
+    };
+    Ok((vocab, codes, eos_id))
+}
+
+impl M2M100Vocab {
+    /// Ids of `text`: split at the special tokens' texts, each other stretch
+    /// segmented, pieces numbered by `vocab.json`.
+    fn ids(&self, text: &str) -> Vec<u32> {
+        let mut out = Vec::new();
+        let mut rest = text;
+        loop {
+            let next = next_special(&self.special, rest);
+            let chunk = next.map_or(rest, |(at, _, _)| &rest[..at]);
+            if !chunk.is_empty() {
+                out.extend(
+                    self.spm
+                        .encode(chunk)
+                        .into_iter()
+                        .map(|p| self.encoder.get(&p.text).copied().unwrap_or(self.unk_id)),
+                );
+            }
+            match next {
+                Some((at, len, id)) => {
+                    out.push(id);
+                    rest = &rest[at + len..];
+                }
+                None => break,
+            }
+        }
+        out
+    }
+
+    /// `M2M100Tokenizer.decode`: tokens of the ids (`<unk>` past the
+    /// vocabulary), special ones dropped when `skip`; runs of pieces
+    /// decoded by SentencePiece, special tokens written as they are, the
+    /// whole trimmed.
+    fn decode(&self, ids: &[u32], skip: bool, codes: &HashMap<u32, &str>) -> String {
+        let unk = self
+            .special
+            .iter()
+            .find(|(_, i)| *i == self.unk_id)
+            .map_or("<unk>", |(t, _)| t.as_str());
+        let mut out = String::new();
+        let mut run: Vec<&str> = Vec::new();
+        for &id in ids {
+            if skip && self.special.iter().any(|(_, s)| *s == id) {
+                continue;
+            }
+            let token = codes
+                .get(&id)
+                .copied()
+                .or_else(|| self.decoder.get(&id).map(String::as_str))
+                .unwrap_or(unk);
+            if self.special.iter().any(|(s, _)| s == token) {
+                out.push_str(&self.spm.decode_pieces(&run));
+                out.push_str(token);
+                run.clear();
+            } else {
+                run.push(token);
+            }
+        }
+        out.push_str(&self.spm.decode_pieces(&run));
+        let text = out.trim();
+        if self.clean_up {
+            clean_up_tokenization(text)
+        } else {
+            text.to_string()
+        }
+    }
+}

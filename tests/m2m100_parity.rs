@@ -1,0 +1,201 @@
+//! NLLB-200 and M2M100 against transformers: tokenization, decoding,
+//! encoder states, decoder logits and `generate()` outputs (the target
+//! language forced first) of small trained checkpoints, recorded by
+//! `scripts/make_fixtures.py` (transformers 5.24.0) under
+//! `tests/fixtures/m2m100/`: `tiny-nllb` in the layout of
+//! `facebook/nllb-200-*` (`tokenizer.json`, `NllbTokenizer`), `tiny-m2m100`
+//! in that of `facebook/m2m100_*` (`vocab.json` + `sentencepiece.bpe.model`,
+//! `M2M100Tokenizer`).
+
+mod common;
+#[path = "common/parity.rs"]
+mod parity;
+
+use std::path::PathBuf;
+
+use candle_core::Device;
+use parity::{
+    check_alone_equals_batched, check_forward, check_generation, ids, reference, strings,
+};
+use precis_backend::seq2seq::m2m100::M2M100;
+use precis_backend::seq2seq::GenerationConfig;
+use precis_backend::tokenizer::m2m::{ManyToManyKind, ManyToManyTokenizer};
+
+const CHECKPOINTS: [&str; 2] = ["tiny-nllb", "tiny-m2m100"];
+
+fn dir(name: &str) -> PathBuf {
+    parity::fixture("m2m100", name)
+}
+
+fn checkpoint_generation_config(name: &str) -> GenerationConfig {
+    let text = std::fs::read_to_string(dir(name).join("generation_config.json")).unwrap();
+    GenerationConfig::from_json(&serde_json::from_str(&text).unwrap()).unwrap()
+}
+
+fn tokenizer(name: &str) -> ManyToManyTokenizer {
+    ManyToManyTokenizer::from_dir(&dir(name)).expect("tokenizer loads")
+}
+
+#[test]
+fn each_checkpoint_gets_its_own_tokenizer() {
+    assert_eq!(tokenizer("tiny-nllb").kind(), ManyToManyKind::Nllb);
+    assert_eq!(tokenizer("tiny-m2m100").kind(), ManyToManyKind::M2M100);
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let tok = tokenizer(name);
+        for (code, id) in r["checkpoint"]["language_ids"].as_object().unwrap() {
+            assert_eq!(
+                tok.language_id(code),
+                id.as_u64().map(|i| i as u32),
+                "{name}: {code}"
+            );
+        }
+        // Every language of the table that the vocabulary has: NLLB's 202
+        // codes cover all of them, M2M100's 100 all but a few.
+        assert!(tok.languages().len() >= 70, "{name}: {:?}", tok.languages());
+        assert!(tok.language_id("xx").is_none());
+    }
+}
+
+#[test]
+fn tokenization_matches_transformers() {
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let tok = tokenizer(name);
+        let t = &r["tokenization"];
+        let mut checked = 0;
+        for case in t["source"].as_array().unwrap() {
+            let (text, src) = (
+                case["text"].as_str().unwrap(),
+                case["src_lang"].as_str().unwrap(),
+            );
+            assert_eq!(
+                tok.encode(text, src).unwrap(),
+                ids(&case["input_ids"]),
+                "{name}: ids of {text:?} from {src} ({})",
+                case["note"]
+            );
+            checked += 1;
+        }
+        assert!(checked >= 40, "{name}: only {checked} cases");
+        // Labels are the same ids with the target's code: `tokenizer(text_target=…)`.
+        for case in t["target"].as_array().unwrap() {
+            let (text, tgt) = (
+                case["text"].as_str().unwrap(),
+                case["tgt_lang"].as_str().unwrap(),
+            );
+            assert_eq!(
+                tok.encode(text, tgt).unwrap(),
+                ids(&case["labels"]),
+                "{name}: labels of {text:?}"
+            );
+        }
+        if let Some(cases) = t["legacy_behaviour"].as_array() {
+            let dir = tempfile::tempdir().unwrap();
+            for file in std::fs::read_dir(parity::fixture("m2m100", name)).unwrap() {
+                let file = file.unwrap().path();
+                std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
+            }
+            let config = dir.path().join("tokenizer_config.json");
+            let mut value: serde_json::Value =
+                serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
+            value["legacy_behaviour"] = true.into();
+            std::fs::write(&config, value.to_string()).unwrap();
+            let legacy = ManyToManyTokenizer::from_dir(dir.path()).unwrap();
+            for case in cases {
+                let text = case["text"].as_str().unwrap();
+                assert_eq!(
+                    legacy
+                        .encode(text, case["src_lang"].as_str().unwrap())
+                        .unwrap(),
+                    ids(&case["input_ids"]),
+                    "{name}: legacy_behaviour ids of {text:?}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn decoding_matches_transformers() {
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let tok = tokenizer(name);
+        let d = &r["decoding"];
+        for case in d["cases"].as_array().unwrap() {
+            let id_list = ids(&case["ids"]);
+            assert_eq!(
+                tok.decode(&id_list, true).unwrap(),
+                case["text"].as_str().unwrap(),
+                "{name}: decode of {} ({id_list:?})",
+                case["note"]
+            );
+            assert_eq!(
+                tok.decode(&id_list, false).unwrap(),
+                case["text_keep_special"].as_str().unwrap(),
+                "{name}: decode keeping special tokens of {}",
+                case["note"]
+            );
+        }
+        let all: Vec<String> = d["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| tok.decode(&ids(&c["ids"]), true).unwrap())
+            .collect();
+        assert_eq!(all, strings(&d["batch_decode"]), "{name}: batch_decode");
+    }
+}
+
+#[test]
+fn encoder_states_and_decoder_logits_match_transformers() {
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let model = M2M100::load(&dir(name), &Device::Cpu).expect("model loads");
+        check_forward(name, &model, |inputs| model.encode(inputs), &r);
+    }
+}
+
+#[test]
+fn each_input_alone_gives_what_it_gives_in_the_batch() {
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let model = M2M100::load(&dir(name), &Device::Cpu).expect("model loads");
+        check_alone_equals_batched(name, &model, &checkpoint_generation_config(name), &r);
+    }
+}
+
+#[test]
+fn generate_matches_transformers_for_every_recorded_setting() {
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let model = M2M100::load(&dir(name), &Device::Cpu).expect("model loads");
+        let tok = tokenizer(name);
+        let base = checkpoint_generation_config(name);
+        let n = check_generation(
+            name,
+            &model,
+            &base,
+            &r,
+            |i| tok.decode(i, true).unwrap(),
+            |_| false,
+        );
+        assert!(n >= 20, "{name}: only {n} settings");
+        // Russian in (its code first), English and Hindi out.
+        let from_ru = &r["from_ru"];
+        assert_eq!(
+            parity::batch_inputs(from_ru)[0],
+            tok.encode(from_ru["forward"]["sources"][0].as_str().unwrap(), "ru")
+                .unwrap()
+        );
+        let n = check_generation(
+            name,
+            &model,
+            &base,
+            from_ru,
+            |i| tok.decode(i, true).unwrap(),
+            |_| false,
+        );
+        assert_eq!(n, 2, "{name}: the Russian settings");
+    }
+}
