@@ -104,6 +104,7 @@ fn main() -> anyhow::Result<()> {
             ..GenerationParams::default()
         },
         seq2seq: None,
+        direction: None,
     };
 
     // Warm-up: one short run, so page faults and allocations are not timed.
@@ -201,6 +202,7 @@ fn main() -> anyhow::Result<()> {
                         ..GenerationParams::default()
                     },
                     seq2seq: None,
+                    direction: None,
                 }
             })
             .collect();

@@ -2006,6 +2006,7 @@ def make_m2m_checkpoint(spec: M2MSpec, versions: dict) -> Path:
     )
     settings = [(n, {**kw, "forced_bos_token_id": ru}) for n, kw in settings]
     settings += [
+        ("checkpoint_defaults_to_hi", {"forced_bos_token_id": hi}),
         ("greedy_to_hi", {"num_beams": 1, "forced_bos_token_id": hi}),
         ("beam4_to_hi", {"num_beams": 4, "forced_bos_token_id": hi}),
         ("checkpoint_defaults_no_forced_language", {}),

@@ -33,6 +33,7 @@ fn chat(text: &str) -> GenerationRequest {
             ..GenerationParams::default()
         },
         seq2seq: None,
+        direction: None,
     }
 }
 

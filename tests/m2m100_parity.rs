@@ -15,7 +15,7 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use parity::{
-    check_alone_equals_batched, check_forward, check_generation, ids, reference, strings,
+    check_alone_equals_batched, check_forward, check_generation, ids, reference, strings, StdinText,
 };
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::GenerationConfig;
@@ -198,4 +198,71 @@ fn generate_matches_transformers_for_every_recorded_setting() {
         );
         assert_eq!(n, 2, "{name}: the Russian settings");
     }
+}
+
+/// The text precis gives for a recorded output: transformers' text, less
+/// the `__xx__` that transformers 5.24's `M2M100Tokenizer` keeps (it does
+/// not count its language codes as special tokens; NLLB's are).
+fn translation_text(reference_text: &str, language: &str) -> String {
+    let code = format!("__{language}__");
+    reference_text
+        .strip_prefix(&code)
+        .map_or(reference_text, str::trim_start)
+        .to_string()
+}
+
+/// `precis translate --model DIR --to LANG` on one sentence gives exactly
+/// the text of transformers' `generate()` with the checkpoint's own settings
+/// and the language forced first, for each target.
+#[test]
+fn the_cli_translates_with_the_checkpoint_settings() {
+    for name in CHECKPOINTS {
+        let r = reference(&dir(name));
+        let case = |setting: &str| {
+            r["generation"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["name"] == setting)
+                .unwrap_or_else(|| panic!("{setting} recorded"))
+                .clone()
+        };
+        let sources = r["forward"]["sources"].as_array().unwrap();
+        let home = tempfile::tempdir().unwrap();
+        for (lang, setting) in [
+            ("ru", "checkpoint_defaults"),
+            ("hi", "checkpoint_defaults_to_hi"),
+        ] {
+            let want = case(setting);
+            for (i, source) in sources.iter().enumerate() {
+                let v = common::precis_offline(home.path())
+                    .args(["translate", "--model"])
+                    .arg(dir(name))
+                    .args(["--to", lang, "--format", "json", "-"])
+                    .stdin_json(source.as_str().unwrap(), name);
+                let t = &v["translations"][0];
+                assert_eq!(t["model"]["family"], "m2m100", "{name}");
+                assert_eq!(
+                    t["text"].as_str().unwrap(),
+                    translation_text(want["text"][i].as_str().unwrap(), lang),
+                    "{name} into {lang}: sentence {i} ({source})"
+                );
+            }
+        }
+    }
+}
+
+/// A language the checkpoint has no token for is refused before anything
+/// runs, naming what it writes.
+#[test]
+fn a_language_the_model_does_not_write_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = common::precis_offline(home.path())
+        .args(["translate", "--model"])
+        .arg(dir("tiny-m2m100"))
+        .args(["--to", "xx", "-"])
+        .stdin_text("The minister arrived.");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xx") && err.contains("hi (Hindi)"), "{err}");
 }

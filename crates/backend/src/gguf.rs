@@ -12,7 +12,7 @@
 //! use precis_backend::{Backend, ChatMessage, GenerationParams, GenerationRequest, Flow};
 //! use precis_backend::gguf::{GgufModel, GgufOptions};
 //! let mut model = GgufModel::load(std::path::Path::new("SmolLM2-135M-Instruct.Q4_1.gguf"), GgufOptions::default())?;
-//! let req = GenerationRequest { messages: vec![ChatMessage::user("Hello")], params: GenerationParams::default(), seq2seq: None };
+//! let req = GenerationRequest { messages: vec![ChatMessage::user("Hello")], params: GenerationParams::default(), seq2seq: None, direction: None };
 //! let out = model.generate(&[req], &mut |_, _| Flow::Continue);
 //! # Ok(()) }
 //! ```

@@ -123,6 +123,19 @@ pub struct GenerationRequest {
     /// the checkpoint's own (`generation_config.json` keys); `None` keeps
     /// the checkpoint's.
     pub seq2seq: Option<seq2seq::GenerationConfig>,
+    /// For a many-to-many translator (NLLB, M2M100): the languages to
+    /// translate from and into. `None` for every other model (a Marian pair
+    /// writes its one language).
+    pub direction: Option<Direction>,
+}
+
+/// The languages of a translation, as ISO 639-1 codes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Direction {
+    /// The source text's language.
+    pub source: String,
+    /// The language to write.
+    pub target: String,
 }
 
 impl GenerationRequest {
@@ -132,7 +145,17 @@ impl GenerationRequest {
             messages: vec![ChatMessage::user(text)],
             params: GenerationParams::default(),
             seq2seq: None,
+            direction: None,
         }
+    }
+
+    /// The request translating from `source` into `target` (ISO 639-1).
+    pub fn translating(mut self, source: &str, target: &str) -> Self {
+        self.direction = Some(Direction {
+            source: source.to_string(),
+            target: target.to_string(),
+        });
+        self
     }
 
     /// The source text of a translator request (the last user message).

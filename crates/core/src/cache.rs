@@ -126,6 +126,7 @@ impl CacheKey {
             messages: &'a [precis_backend::ChatMessage],
             params: &'a precis_backend::GenerationParams,
             seq2seq: Option<String>,
+            direction: Option<&'a precis_backend::Direction>,
         }
         let material = Material {
             pipeline: PIPELINE_VERSION,
@@ -136,6 +137,7 @@ impl CacheKey {
             messages: &request.messages,
             params: &request.params,
             seq2seq: request.seq2seq.as_ref().map(|s| format!("{s:?}")),
+            direction: request.direction.as_ref(),
         };
         let bytes = serde_json::to_vec(&material).unwrap_or_default();
         Self(Sha256::digest(&bytes).into())
@@ -424,6 +426,7 @@ mod tests {
             messages: vec![ChatMessage::user(text)],
             params: GenerationParams::default(),
             seq2seq: None,
+            direction: None,
         }
     }
 
@@ -453,6 +456,13 @@ mod tests {
         let mut other = request("text");
         other.seq2seq = Some(Default::default());
         assert_ne!(base, CacheKey::new(&info("r1"), "", &other));
+        // The same text into two languages by one many-to-many model.
+        let into = |target: &str| request("text").translating("en", target);
+        assert_ne!(
+            CacheKey::new(&info("r1"), "", &into("ru")),
+            CacheKey::new(&info("r1"), "", &into("hi"))
+        );
+        assert_ne!(base, CacheKey::new(&info("r1"), "", &into("ru")));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! An encoder-decoder checkpoint behind the [`Backend`] trait: Marian
-//! translators (requests are source texts, answers their translations) and
+//! An encoder-decoder checkpoint behind the [`Backend`] trait: Marian,
+//! NLLB and M2M100 translators (requests are source texts, answers their
+//! translations; a many-to-many one reads the request's [`Direction`]) and
 //! BART / T5 summarizers (requests are texts, answers their summaries),
 //! generated with the checkpoint's own settings (as transformers'
 //! `generate()` does with no arguments), with a request's own settings over
@@ -20,9 +21,11 @@ use std::sync::Arc;
 use candle_core::Device;
 
 use super::bart::Bart;
+use super::m2m100::M2M100;
 use super::t5::T5;
 use super::{generate, EncoderDecoder, GenerationConfig, GenerationSettings, Seq2SeqConfig};
 use crate::tokenizer::checkpoint::{CheckpointTokenizer, Family};
+use crate::tokenizer::m2m::ManyToManyTokenizer;
 use crate::tokenizer::marian::MarianTokenizer;
 use crate::{
     Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
@@ -54,6 +57,8 @@ pub enum Architecture {
     Bart,
     /// `t5`: T5 and Flan-T5.
     T5,
+    /// `m2m_100`: NLLB-200 and M2M100 many-to-many translators.
+    M2M100,
 }
 
 impl Architecture {
@@ -70,6 +75,7 @@ impl Architecture {
             "marian" => Some(Architecture::Marian),
             "bart" => Some(Architecture::Bart),
             "t5" => Some(Architecture::T5),
+            "m2m_100" => Some(Architecture::M2M100),
             _ => None,
         }
     }
@@ -80,20 +86,28 @@ impl Architecture {
             Architecture::Marian => "marian",
             Architecture::Bart => "bart",
             Architecture::T5 => "t5",
+            Architecture::M2M100 => "m2m100",
         }
     }
 }
 
 /// Text to ids and back, as the checkpoint's transformers tokenizer does.
 trait Codec: Send + Sync {
-    /// Ids of a source text, special tokens included.
-    fn encode(&self, text: &str) -> Result<Vec<u32>, BackendError>;
+    /// Ids of a source text in the language `source` (ISO 639-1), special
+    /// tokens included.
+    fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, BackendError>;
     /// Text of output ids, special tokens skipped.
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError>;
+    /// The token forced first to write `target` (ISO 639-1): `Some` for a
+    /// many-to-many translator, which needs one; `None` for a model that
+    /// writes one language.
+    fn target_token(&self, _target: Option<&str>) -> Result<Option<u32>, BackendError> {
+        Ok(None)
+    }
 }
 
 impl Codec for MarianTokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, BackendError> {
+    fn encode(&self, text: &str, _source: &str) -> Result<Vec<u32>, BackendError> {
         Ok(self.encode_source(text))
     }
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
@@ -101,8 +115,40 @@ impl Codec for MarianTokenizer {
     }
 }
 
+impl Codec for ManyToManyTokenizer {
+    fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, BackendError> {
+        ManyToManyTokenizer::encode(self, text, source).map_err(BackendError::Prompt)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
+        // The forced language token after the start token is not text
+        // (transformers 5.24's M2M100Tokenizer would keep `__ru__` in it).
+        let ids = match ids {
+            [start, language, rest @ ..] if self.is_language(*language) => {
+                [&[*start][..], rest].concat()
+            }
+            _ => ids.to_vec(),
+        };
+        ManyToManyTokenizer::decode(self, &ids, true).map_err(BackendError::Runtime)
+    }
+    fn target_token(&self, target: Option<&str>) -> Result<Option<u32>, BackendError> {
+        let target = target.ok_or_else(|| {
+            BackendError::Prompt(
+                "a many-to-many translator needs the language to write (the request names none)"
+                    .into(),
+            )
+        })?;
+        let id = self.language_id(target).ok_or_else(|| {
+            BackendError::Prompt(format!(
+                "this translator does not write `{target}`; it writes {}",
+                self.languages().join(", ")
+            ))
+        })?;
+        Ok(Some(id))
+    }
+}
+
 impl Codec for CheckpointTokenizer {
-    fn encode(&self, text: &str) -> Result<Vec<u32>, BackendError> {
+    fn encode(&self, text: &str, _source: &str) -> Result<Vec<u32>, BackendError> {
         CheckpointTokenizer::encode(self, text).map_err(BackendError::Prompt)
     }
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
@@ -114,6 +160,7 @@ impl Codec for CheckpointTokenizer {
 enum Network {
     Bart(Bart),
     T5(T5),
+    M2M100(M2M100),
 }
 
 impl Network {
@@ -121,6 +168,7 @@ impl Network {
         match self {
             Network::Bart(m) => m.seq2seq_config(),
             Network::T5(m) => m.seq2seq_config(),
+            Network::M2M100(m) => m.seq2seq_config(),
         }
     }
 
@@ -133,12 +181,16 @@ impl Network {
         match self {
             Network::Bart(m) => generate(m, inputs, settings, on_step),
             Network::T5(m) => generate(m, inputs, settings, on_step),
+            Network::M2M100(m) => generate(m, inputs, settings, on_step),
         }
     }
 }
 
 /// A request's index and its input ids.
 type Input = (usize, Vec<u32>);
+
+/// The source language of a request that names none.
+const ENGLISH: &str = "en";
 
 /// A loaded encoder-decoder model.
 pub struct Seq2SeqBackend {
@@ -250,7 +302,7 @@ impl Seq2SeqBackend {
             Some(t) => Architecture::from_model_type(t).ok_or_else(|| {
                 BackendError::load(
                     &config_path,
-                    format!("model_type `{t}` is not one precis runs (marian, bart, t5)"),
+                    format!("model_type `{t}` is not one precis runs (marian, bart, t5, m2m_100)"),
                 )
             })?,
             None => return Err(BackendError::load(&config_path, "it names no model_type")),
@@ -334,12 +386,34 @@ impl Seq2SeqBackend {
                     prefix,
                 )
             }
+            Architecture::M2M100 => {
+                let tokenizer =
+                    ManyToManyTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
+                let model = M2M100::load(dir, &device)?;
+                let positions = model.config().max_position_embeddings;
+                let context = tokenizer
+                    .max_length()
+                    .map_or(positions, |m| m.min(positions));
+                (
+                    Network::M2M100(model),
+                    Arc::new(tokenizer),
+                    ModelKind::Translator,
+                    context,
+                    checkpoint_generation(dir)?,
+                    String::new(),
+                )
+            }
         };
         let settings = GenerationSettings::resolve(&base, &network.config())
             .map_err(|e| BackendError::load(&dir.join("generation_config.json"), e))?;
-        let target_languages = match kind {
-            ModelKind::Summarizer if options.target_languages.is_empty() => vec!["en".into()],
-            _ => options.target_languages,
+        let target_languages = match (kind, &network) {
+            _ if !options.target_languages.is_empty() => options.target_languages,
+            (ModelKind::Summarizer, _) => vec![ENGLISH.into()],
+            // Every language of the table its vocabulary has a token for.
+            (_, Network::M2M100(_)) => ManyToManyTokenizer::from_dir(dir)
+                .map(|t| t.languages())
+                .unwrap_or_default(),
+            _ => Vec::new(),
         };
         let info = ModelInfo {
             kind,
@@ -369,12 +443,14 @@ impl Seq2SeqBackend {
         &self.prefix
     }
 
-    /// Ids of a request's text as the model sees it (prefix included).
-    fn encode(&self, text: &str) -> Result<Vec<u32>, BackendError> {
+    /// Ids of a request's text in language `source` as the model sees it
+    /// (prefix included).
+    fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, BackendError> {
         if self.prefix.is_empty() {
-            self.tokenizer.encode(text)
+            self.tokenizer.encode(text, source)
         } else {
-            self.tokenizer.encode(&format!("{}{text}", self.prefix))
+            self.tokenizer
+                .encode(&format!("{}{text}", self.prefix), source)
         }
     }
 }
@@ -389,9 +465,9 @@ impl Backend for Seq2SeqBackend {
         let prefix = self.prefix.clone();
         Arc::new(move |text: &str| {
             let ids = if prefix.is_empty() {
-                tokenizer.encode(text)?
+                tokenizer.encode(text, ENGLISH)?
             } else {
-                tokenizer.encode(&format!("{prefix}{text}"))?
+                tokenizer.encode(&format!("{prefix}{text}"), ENGLISH)?
             };
             Ok(ids.len())
         })
@@ -399,7 +475,7 @@ impl Backend for Seq2SeqBackend {
 
     fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, BackendError> {
         let text = messages.last().map_or("", |m| m.content.as_str());
-        Ok(self.encode(text)?.len())
+        Ok(self.encode(text, ENGLISH)?.len())
     }
 
     fn generate(
@@ -410,11 +486,21 @@ impl Backend for Seq2SeqBackend {
         let mut results: Vec<Option<Result<Generation, BackendError>>> =
             (0..requests.len()).map(|_| None).collect();
         let limit = self.info.context_length;
-        // Requests with the same settings, each group in request order.
-        let mut groups: Vec<(Option<&GenerationConfig>, Vec<Input>)> = Vec::new();
+        // Requests with the same settings (and, for a many-to-many
+        // translator, the same target), each group in request order.
+        type Key<'a> = (Option<&'a GenerationConfig>, Option<u32>);
+        let mut groups: Vec<(Key, Vec<Input>)> = Vec::new();
         for (i, r) in requests.iter().enumerate() {
-            let ids = match self.encode(r.source_text()) {
-                Ok(ids) => ids,
+            let direction = r.direction.as_ref();
+            let source = direction.map_or(ENGLISH, |d| d.source.as_str());
+            let prepared = self.encode(r.source_text(), source).and_then(|ids| {
+                let target = self
+                    .tokenizer
+                    .target_token(direction.map(|d| d.target.as_str()))?;
+                Ok((ids, target))
+            });
+            let (ids, target) = match prepared {
+                Ok(p) => p,
                 Err(e) => {
                     results[i] = Some(Err(e));
                     continue;
@@ -428,17 +514,17 @@ impl Backend for Seq2SeqBackend {
                 }));
                 continue;
             }
-            let key = r.seq2seq.as_ref();
+            let key = (r.seq2seq.as_ref(), target);
             match groups.iter_mut().find(|(k, _)| *k == key) {
                 Some((_, members)) => members.push((i, ids)),
                 None => groups.push((key, vec![(i, ids)])),
             }
         }
-        for (overrides, mut ready) in groups {
-            let settings = match overrides {
-                None => self.settings.clone(),
-                Some(o) => match GenerationSettings::resolve(
-                    &self.base.clone().then(o),
+        for ((overrides, target), mut ready) in groups {
+            let settings = match (overrides, target) {
+                (None, None) => self.settings.clone(),
+                _ => match GenerationSettings::resolve(
+                    &self.with_target(overrides, target),
                     &self.network.config(),
                 ) {
                     Ok(s) => s,
@@ -467,6 +553,23 @@ impl Backend for Seq2SeqBackend {
 }
 
 impl Seq2SeqBackend {
+    /// The checkpoint's settings, a request's over them, and the target
+    /// language's token forced first (which no request setting overrides).
+    fn with_target(
+        &self,
+        overrides: Option<&GenerationConfig>,
+        target: Option<u32>,
+    ) -> GenerationConfig {
+        let mut config = match overrides {
+            Some(o) => self.base.clone().then(o),
+            None => self.base.clone(),
+        };
+        if target.is_some() {
+            config.forced_bos_token_id = target;
+        }
+        config
+    }
+
     fn run_batch(
         &self,
         batch: &[Input],

@@ -68,11 +68,11 @@ struct M2M100Vocab {
 #[derive(Debug, Clone)]
 enum Pipeline {
     Nllb {
-        inner: CheckpointTokenizer,
+        inner: Box<CheckpointTokenizer>,
         /// `legacy_behaviour`: the code after `</s>`, not before the text.
         legacy: bool,
     },
-    M2M100(M2M100Vocab),
+    M2M100(Box<M2M100Vocab>),
 }
 
 /// A many-to-many translator's tokenizer.
@@ -156,7 +156,7 @@ impl ManyToManyTokenizer {
             .map(|n| n as usize);
         let (pipeline, codes, eos_id) = match kind {
             ManyToManyKind::Nllb => {
-                let inner = CheckpointTokenizer::from_dir(dir, Family::Nllb)?;
+                let inner = Box::new(CheckpointTokenizer::from_dir(dir, Family::Nllb)?);
                 let eos_id = inner
                     .eos_id()
                     .ok_or_else(|| invalid(&dir.join("tokenizer.json"), "it has no </s>"))?;
@@ -170,7 +170,7 @@ impl ManyToManyTokenizer {
             }
             ManyToManyKind::M2M100 => {
                 let (vocab, codes, eos_id) = m2m100(dir, &config)?;
-                (Pipeline::M2M100(vocab), codes, eos_id)
+                (Pipeline::M2M100(Box::new(vocab)), codes, eos_id)
             }
         };
         Ok(Self {

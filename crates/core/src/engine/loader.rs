@@ -183,7 +183,7 @@ fn is_marian_repo(name: &str) -> bool {
 
 /// Whether located files make an encoder-decoder checkpoint: a
 /// `config.json` whose `model_type` is one precis runs (`marian`, `bart`,
-/// `t5`); its directory and architecture.
+/// `t5`, `m2m_100`); its directory and architecture.
 fn seq2seq_dir(located: &LocatedModel) -> Option<(std::path::PathBuf, Architecture)> {
     let config = located.path("config.json")?;
     let dir = config.parent()?.to_path_buf();
@@ -278,7 +278,7 @@ impl ModelLoader for StoreLoader {
         );
         if seq2seq_family || seq2seq_dir(&located).is_some() {
             let (dir, arch) = seq2seq_dir(&located).ok_or_else(|| {
-                unsupported("it is not an encoder-decoder checkpoint: a config.json with model_type `marian`, `bart` or `t5` is needed")
+                unsupported("it is not an encoder-decoder checkpoint: a config.json with model_type `marian`, `bart`, `t5` or `m2m_100` is needed")
             })?;
             let target_languages = match &spec.manifest {
                 Some(m) => m.languages.targets.clone(),

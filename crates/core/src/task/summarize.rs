@@ -75,6 +75,7 @@ pub fn summarize(
         messages,
         params: params.clone(),
         seq2seq: None,
+        direction: None,
     };
     let generation = generate_streamed(model.as_ref(), vec![request], cancel, &mut on_text)?
         .pop()
@@ -199,6 +200,7 @@ fn request(text: &str, settings: Option<GenerationConfig>) -> GenerationRequest 
         messages: vec![ChatMessage::user(text)],
         params: GenerationParams::default(),
         seq2seq: settings,
+        direction: None,
     }
 }
 

@@ -42,6 +42,7 @@ pub(crate) fn translate_article(
                 title: article.headline.as_deref(),
                 paragraphs: &article.paragraphs,
                 language: lang,
+                from: "en",
                 source: TranslationSource::Article,
             },
             options,
@@ -61,6 +62,8 @@ pub(crate) struct TranslationInput<'a> {
     pub paragraphs: &'a [String],
     /// Target language code.
     pub language: &'a str,
+    /// The source text's language code.
+    pub from: &'a str,
     /// Whether this is the summary or the article.
     pub source: TranslationSource,
 }
@@ -135,6 +138,7 @@ pub(crate) fn translate_texts(
                     messages: prompt::translation(&chunk, input.language),
                     params,
                     seq2seq: None,
+                    direction: None,
                 }],
                 cancel,
             )?
@@ -237,7 +241,10 @@ fn translate_sentences(
                 Ok(model.count_tokens(t)? <= limit)
             })?);
         }
-        let requests = pieces.iter().map(GenerationRequest::source).collect();
+        let requests = pieces
+            .iter()
+            .map(|p| GenerationRequest::source(p).translating(input.from, input.language))
+            .collect();
         let out = generate_all(model, requests, cancel)?;
         let mut parts = Vec::with_capacity(out.len());
         for g in &out {
