@@ -32,6 +32,15 @@ What it makes (from the repository root), per family:
         that, 3 encoder / 2 decoder layers, task_specific_params in config.json, spiece.model
         only (nmt_nfkc, 100 sentinels by default)
 
+  m2m100  (many-to-many translators; English, Russian and Hindi in every direction)
+    tests/fixtures/m2m100/tiny-nllb/    facebook/nllb-200-*-like: pre-norm, relu, scaled embeddings,
+        sentencepiece.bpe.model (BPE) + tokenizer.json + tokenizer_config.json as NllbTokenizer
+        saves them (202 FLORES-200 codes, <mask> last); NLLB's generation_config.json;
+        pytorch_model.bin too
+    tests/fixtures/m2m100/tiny-m2m100/  facebook/m2m100_*-like: gelu, 3 encoder / 1 decoder layers,
+        vocab.json (some pieces left out) + sentencepiece.bpe.model + tokenizer_config.json
+        (M2M100Tokenizer); 5 beams with early stopping; pytorch_model.bin too
+
   and in every directory
     reference.json   what Python `transformers` does with exactly these files
 
@@ -121,6 +130,21 @@ keys where the same things exist, and
     generation[]               as Marian's; task_specific_params_summarization (tiny-distil,
                                 tiny-t5) passes config.json's summarization entry, less prefix,
                                 as kwargs: what transformers 4.x's summarization pipeline did
+
+M2M100 ("precis m2m100 reference v1"): Marian's keys, and
+
+    checkpoint                 + tokenizer ("nllb" or "m2m100"), tokenizer_size, language_ids
+                                {en, ru, hi: id of the language token}
+    tokenization               {tokenizer_class, source[] (+ src_lang: the ISO code the
+                                tokenizer's src_lang was set for), target[] {tgt_lang, text,
+                                labels}, legacy_behaviour[] (NLLB: legacy_behaviour=True,
+                                src_lang rus_Cyrl)}
+    forward                    decoder_input_ids [B][3]: start, the forced Russian token,
+                                greedy's first word
+    generation[]               every setting with forced_bos_token_id (Russian unless the name
+                                says otherwise; checkpoint_defaults_no_forced_language has none)
+    from_ru                    {forward {sources, src_lang, input_ids, attention_mask},
+                                generation[]}: Russian sources into English and Hindi
 
 Adding a family: write `make_<family>(versions)` returning the checkpoint
 directories it wrote, reusing `train_seq2seq`, `training_batches`,
@@ -1990,6 +2014,9 @@ def make_m2m_checkpoint(spec: M2MSpec, versions: dict) -> Path:
     model.generation_config = GenerationConfig(bos_token_id=0, decoder_start_token_id=eos_id, eos_token_id=eos_id,
                                                pad_token_id=pad_id, **spec.generation)
     model.save_pretrained(str(out_dir), safe_serialization=True)
+    # The same weights pickled too, as facebook/m2m100_* and nllb-200-* ship them
+    # (pytorch_model.bin): the store's manifests name that file.
+    torch.save(model.state_dict(), str(out_dir / "pytorch_model.bin"))
     make_readable(out_dir)
 
     model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")

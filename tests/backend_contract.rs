@@ -42,6 +42,11 @@ fn source(text: &str) -> GenerationRequest {
     GenerationRequest::source(text)
 }
 
+/// A many-to-many translator's request: the source text, English to Hindi.
+fn into_hindi(text: &str) -> GenerationRequest {
+    GenerationRequest::source(text).translating("en", "hi")
+}
+
 #[cfg(feature = "test-backend")]
 fn fake() -> Box<dyn Backend> {
     Box::new(precis_backend::fake::FakeBackend::new("fake"))
@@ -60,6 +65,7 @@ fn checkpoint(name: &str) -> Box<dyn Backend> {
         id: name.to_string(),
         revision: "local".into(),
         target_languages: Vec::new(),
+        license: None,
     };
     Box::new(Seq2SeqBackend::load(&dir, options).expect("the test checkpoint loads"))
 }
@@ -187,3 +193,5 @@ contract!(gguf_smollm2, smollm2, chat);
 contract!(marian, || checkpoint("marian/tiny-en-ru"), source);
 contract!(bart, || checkpoint("bart/tiny-cnn"), source);
 contract!(t5, || checkpoint("t5/tiny-flan"), source);
+contract!(nllb, || checkpoint("m2m100/tiny-nllb"), into_hindi);
+contract!(m2m100, || checkpoint("m2m100/tiny-m2m100"), into_hindi);

@@ -239,6 +239,29 @@ async fn language_errors_are_422() {
     .await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(code(&v), "unsupported_language");
+    // An article the caller says is Russian needs a translator that reads
+    // Russian; the fake LLM does not, so the refusal names one to fetch.
+    let russian = [
+        (
+            "/v1/translate",
+            json!({"text": "Hi.", "from": "ru", "to": ["hi"]}),
+        ),
+        (
+            "/v1/digest",
+            json!({"text": "Hi.", "from": "ru", "to": ["hi"]}),
+        ),
+        ("/v1/summarize", json!({"text": "Hi.", "from": "ru"})),
+    ];
+    for (path, body) in russian {
+        let (status, v) = post(&app, path, body).await;
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {v}");
+        assert_eq!(code(&v), "not_english", "{path}");
+        let message = v["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains("Russian (declared)") && message.contains("m2m100-418m"),
+            "{message}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use parity::{
     check_alone_equals_batched, check_forward, check_generation, ids, reference, strings, StdinText,
 };
 use precis_backend::seq2seq::m2m100::M2M100;
-use precis_backend::seq2seq::GenerationConfig;
+use precis_backend::seq2seq::{EncoderDecoder, GenerationConfig};
 use precis_backend::tokenizer::m2m::{ManyToManyKind, ManyToManyTokenizer};
 
 const CHECKPOINTS: [&str; 2] = ["tiny-nllb", "tiny-m2m100"];
@@ -265,4 +265,208 @@ fn a_language_the_model_does_not_write_is_refused() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xx") && err.contains("hi (Hindi)"), "{err}");
+}
+
+/// Puts the files a manifest names, from a fixture checkpoint, where the
+/// store keeps that model: it is then present, as if fetched.
+fn install(home: &std::path::Path, fixture: &str, manifest_id: &str) {
+    let manifest = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("models")
+            .join(format!("{manifest_id}.toml")),
+    )
+    .unwrap();
+    let to = home.join("models").join(manifest_id);
+    std::fs::create_dir_all(&to).unwrap();
+    for line in manifest.lines() {
+        if let Some(name) = line
+            .strip_prefix("name = \"")
+            .and_then(|l| l.strip_suffix('"'))
+        {
+            if !name.contains(' ') {
+                std::fs::copy(dir(fixture).join(name), to.join(name))
+                    .unwrap_or_else(|e| panic!("{fixture} has no {name}: {e}"));
+            }
+        }
+    }
+}
+
+/// What the fixture model writes for English `text` into `target` with the
+/// checkpoint's settings, through the library.
+fn library_translation(name: &str, text: &str, target: &str) -> String {
+    library_translation_from(name, text, "en", target)
+}
+
+/// The same from the language `from`.
+fn library_translation_from(name: &str, text: &str, from: &str, target: &str) -> String {
+    use precis_backend::seq2seq::{generate, GenerationSettings};
+    let model = M2M100::load(&dir(name), &Device::Cpu).unwrap();
+    let tok = tokenizer(name);
+    let config = GenerationConfig {
+        forced_bos_token_id: tok.language_id(target),
+        ..checkpoint_generation_config(name)
+    };
+    let settings = GenerationSettings::resolve(&config, &model.seq2seq_config()).unwrap();
+    let out = generate(
+        &model,
+        &[tok.encode(text, from).unwrap()],
+        &settings,
+        &mut |_| true,
+    )
+    .unwrap();
+    let ids = &out[0];
+    assert_eq!(
+        ids[1],
+        tok.language_id(target).unwrap(),
+        "the target's token comes first"
+    );
+    let mut content = vec![ids[0]];
+    content.extend_from_slice(&ids[2..]);
+    translation_text(&tok.decode(&content, true).unwrap(), target)
+}
+
+/// With M2M100's files present in the store, `precis translate --to de`
+/// needs no `--model`: the translator is routed to it, it writes German, and
+/// the result names its licence.
+#[test]
+fn a_present_m2m100_is_routed_to_for_german() {
+    let home = tempfile::tempdir().unwrap();
+    install(home.path(), "tiny-m2m100", "m2m100-418m");
+    let sentence = "The minister will visit Moscow in May.";
+    let v = common::precis_offline(home.path())
+        .args(["translate", "--to", "de", "--format", "json", "-"])
+        .stdin_json(sentence, "precis translate --to de");
+    let t = &v["translations"][0];
+    assert_eq!(t["language"], "de");
+    assert_eq!(t["model"]["id"], "m2m100-418m");
+    assert_eq!(t["model"]["license"], "MIT");
+    assert_eq!(
+        t["text"].as_str().unwrap(),
+        library_translation("tiny-m2m100", sentence, "de")
+    );
+}
+
+/// NLLB-200's licence is non-commercial: present, it is passed over unless
+/// the user allows it, and then the result says under which licence.
+#[test]
+fn nllb_serves_only_when_noncommercial_use_is_allowed() {
+    let home = tempfile::tempdir().unwrap();
+    install(home.path(), "tiny-nllb", "nllb-200-distilled-600m");
+    install(home.path(), "tiny-m2m100", "m2m100-418m");
+    let sentence = "The minister will visit Moscow in May.";
+    let run = |extra: &[&str]| {
+        common::precis_offline(home.path())
+            .args(["translate", "--to", "hi", "--format", "json"])
+            .args(extra)
+            .arg("-")
+            .stdin_json(sentence, "precis translate --to hi")
+    };
+    let v = run(&[]);
+    assert_eq!(v["translations"][0]["model"]["id"], "m2m100-418m");
+    let v = run(&["--allow-noncommercial"]);
+    let t = &v["translations"][0];
+    assert_eq!(t["model"]["id"], "nllb-200-distilled-600m");
+    assert_eq!(t["model"]["license"], "CC-BY-NC-4.0");
+    assert_eq!(
+        t["text"].as_str().unwrap(),
+        library_translation("tiny-nllb", sentence, "hi")
+    );
+}
+
+/// Two paragraphs of Russian news (whatlang detects the language reliably).
+const RUSSIAN: [[&str; 2]; 2] = [
+    [
+        "Министр прибыл в Дели в понедельник.",
+        "Цены выросли на 3,5% в июне, сообщил центральный банк.",
+    ],
+    [
+        "Переговоры между двумя странами завершились без соглашения.",
+        "Официальные лица встретятся снова в пятницу.",
+    ],
+];
+
+fn russian_article() -> String {
+    RUSSIAN.map(|p| p.join(" ")).join("\n\n")
+}
+
+/// A Russian article with `--to hi`, an M2M100 present: detected as
+/// Russian, translated directly from Russian into Hindi sentence by
+/// sentence, and the result says so.
+#[test]
+fn a_russian_article_is_translated_directly_into_hindi() {
+    let home = tempfile::tempdir().unwrap();
+    install(home.path(), "tiny-m2m100", "m2m100-418m");
+    let v = common::precis_offline(home.path())
+        .args(["translate", "--to", "hi", "--format", "json", "-"])
+        .stdin_json(&russian_article(), "precis translate --to hi");
+    assert_eq!(v["input"]["language"]["code"], "ru", "{v}");
+    assert_eq!(v["input"]["language"]["how"], "detected");
+    let t = &v["translations"][0];
+    assert_eq!(t["language"], "hi");
+    assert_eq!(t["from"], "ru");
+    assert_eq!(t["model"]["id"], "m2m100-418m");
+    let want: Vec<String> = RUSSIAN
+        .iter()
+        .map(|p| {
+            p.iter()
+                .map(|s| library_translation_from("tiny-m2m100", s, "ru", "hi"))
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    assert_eq!(t["paragraphs"], serde_json::json!(want));
+}
+
+/// A summary of a Russian article by a summarizer that reads only English
+/// (BART) goes through an English translation by the present M2M100; the
+/// result names the route.
+#[test]
+fn a_russian_article_is_summarized_through_english() {
+    let home = tempfile::tempdir().unwrap();
+    install(home.path(), "tiny-m2m100", "m2m100-418m");
+    let v = common::precis_offline(home.path())
+        .args(["summarize", "--summarizer"])
+        .arg(parity::fixture("bart", "tiny-cnn"))
+        .args(["--format", "json", "-"])
+        .stdin_json(&russian_article(), "precis summarize");
+    assert_eq!(v["input"]["language"]["code"], "ru", "{v}");
+    let s = &v["summary"];
+    assert_eq!(s["model"]["family"], "bart");
+    assert_eq!(
+        s["route"],
+        "translated from Russian into English by m2m100-418m, then summarized"
+    );
+    assert!(!s["text"].as_str().unwrap().trim().is_empty());
+}
+
+/// Without a translator that reads Russian the article is refused, with
+/// the model that would accept it named; an English-only translator does
+/// not read it, and a declared language counts as much as a detected one.
+#[test]
+fn a_russian_article_without_a_reader_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let out = common::precis_offline(home.path())
+        .args(["translate", "--model"])
+        .arg(parity::fixture("marian", "tiny-en-ru"))
+        .args(["--to", "ru", "-"])
+        .stdin_text(&russian_article());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Russian (detected)") && err.contains("m2m100-418m"),
+        "{err}"
+    );
+}
+
+/// Translating an article into its own language is refused by name.
+#[test]
+fn a_russian_article_into_russian_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    install(home.path(), "tiny-m2m100", "m2m100-418m");
+    let out = common::precis_offline(home.path())
+        .args(["translate", "--to", "ru", "-"])
+        .stdin_text(&russian_article());
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`ru` is the article's language"), "{err}");
 }

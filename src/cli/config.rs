@@ -49,6 +49,10 @@ pub struct Config {
     pub summarizer: Option<String>,
     /// Model for translations (falls back to `model`).
     pub translator: Option<String>,
+    /// Whether translators under a non-commercial licence (NLLB-200) may
+    /// serve requests.
+    #[serde(default)]
+    pub allow_noncommercial: bool,
     /// Where fetched models and the verification record live.
     pub models_dir: Option<PathBuf>,
     /// Extra directories of model manifests.

@@ -50,6 +50,14 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Let translators under a non-commercial licence (NLLB-200, CC-BY-NC-4.0) serve requests when their files are present; results name the licence [default: the config file's `allow_noncommercial`, else no].
+    #[arg(
+        long,
+        global = true,
+        env = "PRECIS_ALLOW_NONCOMMERCIAL",
+        hide_env_values = true
+    )]
+    pub allow_noncommercial: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
@@ -163,7 +171,7 @@ pub struct TaskArgs {
     /// Summarizer for summarize and digest: a manifest id (distilbart-cnn-12-6, flan-t5-base, ...), a hub repo id, or a checkpoint directory [default: the config file's `summarizer`, else a dedicated summarizer whose files are present, else --model].
     #[arg(long, value_name = "MODEL")]
     pub summarizer: Option<String>,
-    /// Translator for translate and digest: a manifest id (opus-mt-en-ru, ...), a hub repo id, or a checkpoint directory [default: the config file's `translator`, else the opus-mt translators whose files are present, else --model].
+    /// Translator for translate and digest: a manifest id (opus-mt-en-ru, m2m100-418m, ...), a hub repo id, or a checkpoint directory [default: the config file's `translator`, else the dedicated translators whose files are present (NLLB-200 with --allow-noncommercial, opus-mt, M2M100), else --model].
     #[arg(long, value_name = "MODEL")]
     pub translator: Option<String>,
     /// Keep non-story paragraphs (photo credits, comment forms, ...).
@@ -323,10 +331,11 @@ pub const EXIT_MODEL: i32 = 3;
 
 /// Runs the parsed command line and returns the process exit code.
 pub fn run(cli: Cli) -> anyhow::Result<i32> {
-    let config = match &cli.config {
+    let mut config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::default(),
     };
+    config.allow_noncommercial |= cli.allow_noncommercial;
     let store = store_config(&cli, &config);
     match cli.command {
         Command::Summarize(a) => {
@@ -448,6 +457,7 @@ fn model_choice(
         forced,
         summarizer: first(summarizer, &config.summarizer),
         translator: first(translator, &config.translator),
+        allow_noncommercial: config.allow_noncommercial,
     }
 }
 
@@ -700,9 +710,12 @@ fn run_task(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Only what these options need: a translation into German by a present
+    // M2M100 does not fetch the LLM that other languages would fall back to.
+    let needed = services.engine.needed(task, &options);
     let ready = runtime
-        .block_on(services.fetch_models())
-        .and_then(|()| services.engine.load_routed());
+        .block_on(services.fetch_models(needed.clone()))
+        .and_then(|()| services.engine.load(needed));
     if let Err(e) = ready {
         eprintln!("error: {e}");
         return Ok(EXIT_MODEL);
@@ -1005,7 +1018,7 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
         state.ready.set(false);
         let ready = state.ready.clone();
         rt.spawn(async move {
-            let loaded = match services.fetch_models().await {
+            let loaded = match services.fetch_models(services.engine.routing().ids()).await {
                 Ok(()) => {
                     let engine = Arc::clone(&services.engine);
                     tokio::task::spawn_blocking(move || engine.load_routed())

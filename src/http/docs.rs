@@ -3,6 +3,10 @@
 //! at `GET /docs`, rendered here from that document (self-contained: no
 //! scripts or styles fetched from anywhere, so it works offline).
 
+// The request bodies here only describe the API (they are never built), so
+// the size of their variants does not matter.
+#![allow(clippy::large_enum_variant)]
+
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 

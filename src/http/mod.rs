@@ -467,6 +467,11 @@ macro_rules! task_body {
             /// Caller's id, echoed back.
             #[serde(default)]
             pub id: Option<String>,
+            /// The article's language (ISO 639-1, e.g. `ru`) when the
+            /// caller knows it; else it is detected. An article not in
+            /// English needs a translator that reads its language.
+            #[serde(default)]
+            pub from: Option<String>,
             $(
                 $(#[$field_meta])*
                 #[serde(default)]
@@ -750,6 +755,7 @@ macro_rules! task_call {
                     id: $body.id,
                     title: $body.title,
                     text: $body.text,
+                    language: $body.from,
                     ..Article::default()
                 },
                 options: TaskOptions {

@@ -36,6 +36,7 @@ impl FakeBackend {
                 family: "fake".into(),
                 context_length: 4096,
                 target_languages: FAKE_LANGUAGES.iter().map(|l| l.to_string()).collect(),
+                license: None,
             },
         }
     }

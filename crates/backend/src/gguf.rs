@@ -43,6 +43,8 @@ pub struct GgufOptions {
     pub revision: Option<String>,
     /// Languages the model may write (from its manifest).
     pub target_languages: Vec<String>,
+    /// The weights' licence, from its manifest.
+    pub license: Option<String>,
     /// Run on the first CUDA device (needs the `cuda` feature) through
     /// candle-transformers' quantized models instead of precis's CPU decoder.
     pub cuda: bool,
@@ -167,6 +169,7 @@ impl GgufModel {
                 family: family.to_string(),
                 context_length,
                 target_languages: opts.target_languages,
+                license: opts.license,
             },
         })
     }

@@ -251,6 +251,10 @@ pub struct ModelInfo {
     pub context_length: usize,
     /// Languages it can write, from its manifest.
     pub target_languages: Vec<String>,
+    /// The weights' licence (SPDX), from its manifest; `None` when unknown
+    /// (a checkpoint named by path).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
 }
 
 /// Counts the tokens of a text as the model would see it.

@@ -418,6 +418,7 @@ mod tests {
             family: "qwen2".into(),
             context_length: 4096,
             target_languages: Vec::new(),
+            license: None,
         }
     }
 

@@ -36,7 +36,8 @@ pub enum ErrorCode {
     InvalidRequest,
     /// 422: the text is empty (or only non-story paragraphs).
     EmptyText,
-    /// 422: the article is not in English (declared by its source, or detected).
+    /// 422: the article is not in English (declared by its source, or
+    /// detected) and no present translator reads its language.
     NotEnglish,
     /// 422: the text has more characters than allowed.
     TextTooLong,
@@ -127,7 +128,7 @@ impl TaskError {
             TaskError::TextTooLong { .. } => ErrorCode::TextTooLong,
             TaskError::EmptyText | TaskError::NothingLeft { .. } => ErrorCode::EmptyText,
             TaskError::NotEnglish { .. } => ErrorCode::NotEnglish,
-            TaskError::UnsupportedLanguage { .. } | TaskError::SameLanguage(_) => {
+            TaskError::UnsupportedLanguage { .. } | TaskError::SameLanguage { .. } => {
                 ErrorCode::UnsupportedLanguage
             }
             TaskError::DuplicateLanguage(_) => ErrorCode::DuplicateLanguage,

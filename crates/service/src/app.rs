@@ -117,13 +117,17 @@ impl Services {
         }
     }
 
-    /// Downloads the files of every routed model that are not present yet
-    /// (the store shows progress), on the caller's runtime.
-    pub async fn fetch_models(&self) -> Result<(), EngineError> {
+    /// Downloads the files of the models `ids` (every routed model, or what
+    /// [`Engine::needed`] says a task needs) that are not present yet (the
+    /// store shows progress), on the caller's runtime.
+    pub async fn fetch_models(
+        &self,
+        ids: impl IntoIterator<Item = String>,
+    ) -> Result<(), EngineError> {
         let Some(loader) = &self.loader else {
             return Ok(());
         };
-        for id in self.engine.routing().ids() {
+        for id in ids {
             loader
                 .fetch(&id)
                 .await

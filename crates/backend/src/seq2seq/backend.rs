@@ -213,6 +213,8 @@ pub struct Seq2SeqOptions {
     pub revision: String,
     /// Target languages, from the manifest or the checkpoint.
     pub target_languages: Vec<String>,
+    /// The weights' licence, from the manifest.
+    pub license: Option<String>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
@@ -422,6 +424,7 @@ impl Seq2SeqBackend {
             family: arch.name().into(),
             context_length,
             target_languages,
+            license: options.license,
         };
         Ok(Self {
             network,

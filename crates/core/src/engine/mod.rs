@@ -73,14 +73,19 @@ pub struct ModelChoice {
     pub summarizer: Option<String>,
     /// The translator named first.
     pub translator: Option<String>,
+    /// Whether dedicated models under a non-commercial licence (NLLB-200)
+    /// may be routed to; a model named above is used whatever its licence.
+    pub allow_noncommercial: bool,
 }
 
 impl Routing {
     /// The routing `choice` makes with the models in `store`: the named
     /// summarizer or translator first, then (unless `model` is forced)
-    /// dedicated models whose files are all present (BART and T5
-    /// summarize, Marian translates: they work before the LLM does, for
-    /// the languages they write), then `model`.
+    /// dedicated models whose files are all present, in the manifests'
+    /// order of preference (BART and T5 summarize; NLLB-200, opus-mt and
+    /// M2M100 translate: they work before the LLM does, for the languages
+    /// they write), leaving out those under a non-commercial licence unless
+    /// the choice allows them, then `model`.
     pub fn resolve(choice: &ModelChoice, store: &ModelStore) -> Self {
         let dedicated = |families: &[ModelFamily]| -> Vec<String> {
             if choice.forced {
@@ -90,6 +95,7 @@ impl Routing {
                 .manifests()
                 .iter()
                 .filter(|m| families.contains(&m.family))
+                .filter(|m| choice.allow_noncommercial || !m.noncommercial())
                 .filter(|m| store.status(&ModelSpec::from_manifest(m)).is_ready())
                 .map(|m| m.id.clone())
                 .collect()
@@ -104,7 +110,10 @@ impl Routing {
         };
         Routing {
             summarizers: chain(&choice.summarizer, &[ModelFamily::Bart, ModelFamily::T5]),
-            translators: chain(&choice.translator, &[ModelFamily::Marian]),
+            translators: chain(
+                &choice.translator,
+                &[ModelFamily::Marian, ModelFamily::M2m100],
+            ),
         }
     }
 
@@ -163,10 +172,51 @@ impl Engine {
 
     /// Loads every model the routing names (the server does this at start-up).
     pub fn load_routed(&self) -> Result<(), EngineError> {
-        for id in self.routing.ids() {
+        self.load(self.routing.ids())
+    }
+
+    /// Loads the models named `ids` now.
+    pub fn load(&self, ids: impl IntoIterator<Item = String>) -> Result<(), EngineError> {
+        for id in ids {
             self.model(&id)?;
         }
         Ok(())
+    }
+
+    /// The routed models a task with these options would run, by what each
+    /// declares it writes (nothing is loaded): the first summarizer that
+    /// writes the summary's language, the first translator that writes each
+    /// target (the last routed model where none declares it, as the
+    /// fallback that would be tried).
+    pub fn needed(&self, task: task::Task, options: &TaskOptions) -> BTreeSet<String> {
+        let first = |ids: &[String], language: &str, translation: bool| {
+            ids.iter()
+                .find(|id| {
+                    let declared = self.loader.declared_targets(id);
+                    // Nothing declared (a checkpoint named by path): it
+                    // is tried for whatever is asked, as `pick` does.
+                    declared.iter().any(|l| l == language)
+                        || (declared.is_empty() && (!translation || language != "en"))
+                })
+                .or(ids.last())
+                .cloned()
+        };
+        let mut out = BTreeSet::new();
+        if matches!(task, task::Task::Summarize | task::Task::Digest) {
+            let language = options.summary_language.as_deref().unwrap_or("en");
+            out.extend(first(&self.routing.summarizers, language, false));
+        }
+        if matches!(task, task::Task::Translate | task::Task::Digest) {
+            let targets = match &options.to {
+                Some(to) => to.clone(),
+                None if task == task::Task::Digest => self.default_targets(),
+                None => Vec::new(),
+            };
+            for target in targets {
+                out.extend(first(&self.routing.translators, &target, true));
+            }
+        }
+        out
     }
 
     /// The loaded model named `name`, loading it on first use.
@@ -279,8 +329,9 @@ impl Engine {
     /// a language no model writes, a model that cannot be loaded.
     pub fn check(&self, request: &TaskRequest) -> Result<(), EngineError> {
         let (options, router) = self.admit(request)?;
-        task::prepare(&request.article, &options)?;
-        task::validate_languages(request.task, &options, &router)?;
+        let prepared = task::prepare(&request.article, &options)?;
+        let language = task::article_language(request.article.language.as_deref(), &prepared);
+        task::validate_languages(request.task, &options, &router, &language)?;
         Ok(())
     }
 
@@ -332,6 +383,7 @@ impl Engine {
         ids: &[String],
         language: &str,
         translation: bool,
+        from: &str,
     ) -> Result<Arc<dyn TextModel>, TaskError> {
         let mut supported = BTreeSet::new();
         for id in ids {
@@ -342,6 +394,9 @@ impl Engine {
                     TaskError::Internal(format!("the routed model `{m}` is unknown to its loader"))
                 }
             })?;
+            if !reads(&handle.info, from) {
+                continue;
+            }
             if writes(&handle.info, language) {
                 return Ok(handle);
             }
@@ -350,12 +405,22 @@ impl Engine {
                     .info
                     .target_languages
                     .iter()
-                    .filter(|l| !translation || *l != "en")
+                    .filter(|l| !translation || *l != from)
                     .cloned(),
             );
         }
         Err(unsupported(language, supported))
     }
+}
+
+/// Whether a model reads text in `from`: English, which every model reads,
+/// or one of the languages of a many-to-many translator (it writes English
+/// and that language, so it reads both).
+fn reads(info: &ModelInfo, from: &str) -> bool {
+    from == "en"
+        || (info.kind == ModelKind::Translator
+            && info.target_languages.iter().any(|l| l == "en")
+            && info.target_languages.iter().any(|l| l == from))
 }
 
 /// Whether a model writes `language`: one of its target languages, or any
@@ -393,41 +458,48 @@ impl RequestRouter<'_> {
         ids: &[String],
         language: &str,
         translation: bool,
+        from: &str,
     ) -> Result<Arc<dyn TextModel>, TaskError> {
         match &self.forced {
-            Some(m) if writes(&m.info, language) => Ok(Arc::clone(m) as Arc<dyn TextModel>),
+            Some(m) if writes(&m.info, language) && reads(&m.info, from) => {
+                Ok(Arc::clone(m) as Arc<dyn TextModel>)
+            }
             Some(m) => Err(unsupported(
                 language,
                 m.info
                     .target_languages
                     .iter()
-                    .filter(|l| !translation || *l != "en")
+                    .filter(|l| !translation || *l != from)
                     .cloned()
                     .collect(),
             )),
-            None => self.engine.pick(ids, language, translation),
+            None => self.engine.pick(ids, language, translation, from),
         }
     }
 }
 
 impl ModelRouter for RequestRouter<'_> {
     fn summarizer(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError> {
-        self.choose(&self.engine.routing.summarizers, language, false)
+        self.choose(&self.engine.routing.summarizers, language, false, "en")
     }
 
-    fn translator(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError> {
-        if language == "en" {
+    fn translator(&self, from: &str, to: &str) -> Result<Arc<dyn TextModel>, TaskError> {
+        if to == from {
             let targets: Vec<String> = self
                 .engine
                 .loaded()
                 .iter()
-                .flat_map(|m| m.target_languages.iter().filter(|l| *l != "en").cloned())
+                .filter(|m| reads(m, from))
+                .flat_map(|m| m.target_languages.iter().filter(|l| *l != from).cloned())
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            return Err(TaskError::SameLanguage(targets.join(", ")));
+            return Err(TaskError::SameLanguage {
+                from: from.to_string(),
+                targets: targets.join(", "),
+            });
         }
-        self.choose(&self.engine.routing.translators, language, true)
+        self.choose(&self.engine.routing.translators, to, true, from)
     }
 }
 

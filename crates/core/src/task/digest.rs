@@ -1,7 +1,7 @@
 //! Digest: the summary, then its translation into each target language, and,
 //! when asked, translations of the whole article, in one result.
 
-use super::summarize::summarize;
+use super::summarize::summarize_from;
 use super::translate::{steps, translate_texts, StepCounter, TranslationInput};
 use super::{
     CancelToken, EventFn, ModelRouter, PreparedArticle, Progress, Summary, TaskError, TaskEvent,
@@ -11,6 +11,7 @@ use super::{
 /// Runs a digest: English summary, its translations, and full translations when `options.full`.
 pub fn digest(
     article: &PreparedArticle,
+    from: &str,
     options: &TaskOptions,
     models: &dyn ModelRouter,
     cancel: &CancelToken,
@@ -27,7 +28,7 @@ pub fn digest(
     };
     let total =
         summary_steps + options.targets().len() * (per_language_summary + per_language_full);
-    let summary = summarize(article, "en", options, models, cancel, events)?;
+    let summary = summarize_from(article, from, "en", options, models, cancel, events)?;
     events(TaskEvent::Progress(Progress { done: 1, total }));
     let summary_paragraphs = vec![summary.text.clone()];
     let mut translations = Vec::new();
@@ -65,7 +66,7 @@ pub fn digest(
                     title,
                     paragraphs: &article.paragraphs,
                     language: lang,
-                    from: "en",
+                    from,
                     source: TranslationSource::Article,
                 },
                 options,

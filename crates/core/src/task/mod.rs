@@ -40,8 +40,9 @@ pub struct Article {
     /// Where it was published (a feed item's link), echoed in the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// The language its source declares (a feed's, a page's); precis works
-    /// on English articles, so another one is refused.
+    /// The language its source declares (a feed's, a page's, the
+    /// caller's); an article not in English needs a translator that reads
+    /// its language.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub language: Option<String>,
 }
@@ -223,8 +224,8 @@ pub trait TextModel: Send + Sync {
 pub trait ModelRouter: Send + Sync {
     /// The model that writes summaries (in `language`).
     fn summarizer(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError>;
-    /// The model that translates from English into `language`.
-    fn translator(&self, language: &str) -> Result<Arc<dyn TextModel>, TaskError>;
+    /// The model that translates from `from` into `to` (ISO 639-1 codes).
+    fn translator(&self, from: &str, to: &str) -> Result<Arc<dyn TextModel>, TaskError>;
 }
 
 /// Progress of a long task: `done` of `total` generation steps.
@@ -276,6 +277,11 @@ pub struct ModelUsed {
     pub revision: String,
     /// Model family.
     pub family: String,
+    /// The weights' licence, when a manifest names it (a non-commercial
+    /// one, such as NLLB-200's CC-BY-NC-4.0, binds what the output may be
+    /// used for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub license: Option<String>,
 }
 
 impl From<&ModelInfo> for ModelUsed {
@@ -284,6 +290,7 @@ impl From<&ModelInfo> for ModelUsed {
             id: i.id.clone(),
             revision: i.revision.clone(),
             family: i.family.clone(),
+            license: i.license.clone(),
         }
     }
 }
@@ -354,6 +361,10 @@ pub struct Summary {
     /// Rounds of summarizing summaries (0: the article fitted at once).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub reduce_rounds: usize,
+    /// How an article not in English was summarized: through an English
+    /// translation, or directly by an LLM (absent for an English article).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route: Option<String>,
     /// Token counts.
     pub tokens: TokenStats,
     /// Quality flags (see the README's table of thresholds).
@@ -396,6 +407,10 @@ pub enum TranslationSource {
 pub struct Translation {
     /// Target language code.
     pub language: String,
+    /// The source text's language when it is not English (an article in
+    /// another language, translated directly).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
     /// What was translated.
     pub source: TranslationSource,
     /// The translated headline, when the source had one.
@@ -428,6 +443,41 @@ pub struct InputReport {
     pub characters: usize,
     /// Paragraphs dropped as non-story text, with index and reason.
     pub dropped: Vec<DroppedParagraph>,
+    /// The article's language when it is not English: declared by its
+    /// source or detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub language: Option<ArticleLanguage>,
+}
+
+/// The language an article is written in, and how precis knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ArticleLanguage {
+    /// Its ISO 639-1 code (a declared code precis does not know, as given).
+    pub code: String,
+    /// Its English name, when precis knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `declared` (by its source: a feed's, item's or page's language, a
+    /// request's `language`), `detected` (from the text), or `assumed`
+    /// (English: text too short to tell).
+    pub how: String,
+}
+
+impl ArticleLanguage {
+    fn new(code: &str, how: &str) -> Self {
+        Self {
+            code: code.to_string(),
+            name: language_name(code).map(str::to_string),
+            how: how.to_string(),
+        }
+    }
+
+    /// Its name for messages: the English name, else the code.
+    pub fn label(&self) -> String {
+        self.name
+            .clone()
+            .unwrap_or_else(|| format!("`{}`", self.code))
+    }
 }
 
 /// The result of one task on one article.
@@ -474,15 +524,15 @@ pub enum TaskError {
     /// Nothing to work on.
     #[error("the article is empty: give it some text")]
     EmptyText,
-    /// The article is not in English.
+    /// The article is not in English and no present translator reads it.
     #[error(
-        "the article is in {language} ({how}); precis summarizes and translates English articles"
+        "the article is in {language} ({how}) and no present model reads it: fetch a many-to-many translator (`precis models fetch m2m100-418m`, or NLLB-200 with --allow-noncommercial) or name one with --translator"
     )]
     NotEnglish {
         /// The language, in words (or the declared code).
         language: String,
-        /// `declared by its source` or `detected`.
-        how: &'static str,
+        /// `declared` or `detected`.
+        how: String,
     },
     /// Clean-up left no story paragraph.
     #[error("the article has no story text left after clean-up ({dropped} non-story paragraphs dropped); pass --no-clean / \"clean\": false to keep them")]
@@ -505,8 +555,13 @@ pub enum TaskError {
     #[error("no target language given: pass --to ru,hi or \"to\": [\"ru\", \"hi\"]")]
     NoTargetLanguage,
     /// Translation into the source language.
-    #[error("`en` is the source language; translation targets are {0}")]
-    SameLanguage(String),
+    #[error("`{from}` is the article's language; translation targets are {targets}")]
+    SameLanguage {
+        /// The source language.
+        from: String,
+        /// The languages that could be asked for, comma separated.
+        targets: String,
+    },
     /// The input does not fit the model and cannot be split further.
     #[error("{what} needs {tokens} tokens but model `{model}` accepts at most {limit} here; shorten it or use a model with a longer context")]
     InputTooLong {
@@ -557,27 +612,32 @@ pub fn run(
     events: EventFn<'_>,
 ) -> Result<TaskResult, TaskError> {
     let prepared = prepare(article, options)?;
-    validate_languages(task, options, models)?;
+    let language = article_language(article.language.as_deref(), &prepared);
+    validate_languages(task, options, models, &language)?;
+    let from = language.code.as_str();
     let input = InputReport {
         headline: prepared.headline.clone(),
         paragraphs_in: prepared.paragraphs_in,
         paragraphs_kept: prepared.paragraphs.len(),
         characters: prepared.paragraphs.iter().map(|p| p.chars().count()).sum(),
         dropped: prepared.dropped.clone(),
+        language: (from != "en").then(|| language.clone()),
     };
     let (summary, translations) = match task {
         Task::Summarize => {
             let language = options.summary_language.as_deref().unwrap_or("en");
-            let s = summarize::summarize(&prepared, language, options, models, cancel, events)?;
+            let s = summarize::summarize_from(
+                &prepared, from, language, options, models, cancel, events,
+            )?;
             events(TaskEvent::Progress(Progress { done: 1, total: 1 }));
             (Some(s), Vec::new())
         }
         Task::Translate => {
-            let t = translate::translate_article(&prepared, options, models, cancel, events)?;
+            let t = translate::translate_article(&prepared, from, options, models, cancel, events)?;
             (None, t)
         }
         Task::Digest => {
-            let (s, t) = digest::digest(&prepared, options, models, cancel, events)?;
+            let (s, t) = digest::digest(&prepared, from, options, models, cancel, events)?;
             (Some(s), t)
         }
     };
@@ -639,16 +699,13 @@ pub fn prepare(article: &Article, options: &TaskOptions) -> Result<PreparedArtic
             dropped: prepared.dropped.len(),
         });
     }
-    check_english(
-        article.language.as_deref(),
-        &prepared.paragraphs.join("\n\n"),
-    )?;
     Ok(prepared)
 }
 
-/// Refuses an article its source declares, or detection finds reliably, to
-/// be in another language than English (text too short to tell passes).
-pub(crate) fn check_english(declared: Option<&str>, text: &str) -> Result<(), TaskError> {
+/// The language of an article: what its source declares (the primary
+/// subtag of `declared`), else what detection finds reliably in its kept
+/// text, else English (text too short to tell).
+pub fn article_language(declared: Option<&str>, prepared: &PreparedArticle) -> ArticleLanguage {
     if let Some(code) = declared {
         let primary = code
             .trim()
@@ -656,34 +713,65 @@ pub(crate) fn check_english(declared: Option<&str>, text: &str) -> Result<(), Ta
             .next()
             .unwrap_or("")
             .to_ascii_lowercase();
-        if !primary.is_empty() && primary != "en" && primary != "eng" {
-            return Err(TaskError::NotEnglish {
-                language: language_name(&primary)
-                    .map_or_else(|| format!("`{}`", code.trim()), str::to_string),
-                how: "declared by its source",
-            });
-        }
         if !primary.is_empty() {
-            return Ok(());
+            let code = iso_639_1(&primary).unwrap_or(&primary);
+            return ArticleLanguage::new(code, "declared");
         }
     }
-    match whatlang::detect(text) {
+    match whatlang::detect(&prepared.body()) {
         Some(info) if info.is_reliable() && info.lang() != whatlang::Lang::Eng => {
-            Err(TaskError::NotEnglish {
-                language: info.lang().eng_name().to_string(),
-                how: "detected",
-            })
+            match iso_639_1(info.lang().code()) {
+                Some(code) => ArticleLanguage::new(code, "detected"),
+                None => ArticleLanguage {
+                    code: info.lang().code().to_string(),
+                    name: Some(info.lang().eng_name().to_string()),
+                    how: "detected".into(),
+                },
+            }
         }
-        _ => Ok(()),
+        _ => ArticleLanguage::new("en", "assumed"),
     }
 }
 
-/// Checks the target languages of a request: none twice, each served by a present model.
+/// The ISO 639-1 code of a two- or three-letter code (`ru`, `rus`; `cmn`
+/// for Chinese as whatlang names it), when the language table has it.
+fn iso_639_1(code: &str) -> Option<&'static str> {
+    let code = match code {
+        "cmn" => "zho",
+        "ara" => "arb",
+        "lav" => "lvs",
+        "uzb" => "uzn",
+        "aze" => "azj",
+        "mon" => "khk",
+        "msa" => "zsm",
+        "swa" => "swh",
+        "fas" | "per" => "pes",
+        "ger" => "deu",
+        "fre" => "fra",
+        other => other,
+    };
+    precis_backend::languages::LANGUAGES
+        .iter()
+        .find(|l| l.code == code || l.flores.split('_').next() == Some(code))
+        .map(|l| l.code)
+}
+
+/// Checks the languages of a request: no target twice, each served by a
+/// present model, and an article not in English read by a translator.
 pub(crate) fn validate_languages(
     task: Task,
     options: &TaskOptions,
     models: &dyn ModelRouter,
+    language: &ArticleLanguage,
 ) -> Result<(), TaskError> {
+    let from = language.code.as_str();
+    let unread = |e: TaskError| match e {
+        TaskError::UnsupportedLanguage { .. } if from != "en" => TaskError::NotEnglish {
+            language: language.label(),
+            how: language.how.clone(),
+        },
+        other => other,
+    };
     let mut seen: Vec<&str> = Vec::new();
     for code in options.targets() {
         if seen.contains(&code.as_str()) {
@@ -691,18 +779,28 @@ pub(crate) fn validate_languages(
         }
         seen.push(code);
     }
-    match task {
-        Task::Summarize => {
-            if let Some(lang) = &options.summary_language {
-                models.summarizer(lang)?;
+    // An article not in English needs a translator that reads its
+    // language (a many-to-many one), whatever the task: it translates the
+    // article, or the article into English for a summarizer that reads only
+    // English (an LLM summarizer reads it directly).
+    if from != "en" {
+        models.translator(from, "en").map_err(unread)?;
+    }
+    if matches!(task, Task::Summarize | Task::Digest) {
+        models.summarizer(options.summary_language.as_deref().unwrap_or("en"))?;
+    }
+    if task == Task::Translate && options.targets().is_empty() {
+        return Err(TaskError::NoTargetLanguage);
+    }
+    if matches!(task, Task::Translate | Task::Digest) {
+        for code in options.targets() {
+            // A digest translates its English summary; the article itself
+            // only with `full`, and a translation reads the article.
+            if task == Task::Digest {
+                models.translator("en", code)?;
             }
-        }
-        Task::Translate | Task::Digest => {
-            if task == Task::Translate && options.targets().is_empty() {
-                return Err(TaskError::NoTargetLanguage);
-            }
-            for code in options.targets() {
-                models.translator(code)?;
+            if task == Task::Translate || options.full {
+                models.translator(from, code).map_err(unread)?;
             }
         }
     }

@@ -18,17 +18,79 @@
 
 use super::clean::split_sentences;
 use super::quality::{self, OutputKind, QualityInput, QualityThresholds};
-use super::translate::split_to_fit;
+use super::translate::{split_to_fit, translate_texts, StepCounter, TranslationInput};
 use super::{
     budget, generate_all, generate_streamed, prompt, CancelToken, ChunkReport, EventFn, Length,
     ModelRouter, ModelUsed, PreparedArticle, Summary, TaskError, TaskEvent, TaskOptions, TextModel,
-    TextSink, TokenStats,
+    TextSink, TokenStats, TranslationSource,
 };
+use crate::languages::language_name;
 use precis_backend::seq2seq::GenerationConfig;
 use precis_backend::{ChatMessage, FinishReason, GenerationParams, GenerationRequest, ModelKind};
 
 /// Summarizes a prepared article in `language`, reporting the text as it
 /// is written ([`TaskEvent::SummaryText`]).
+/// Summarizes an article written in `from`: an English one directly; one
+/// in another language directly when the summarizer is an LLM (it reads
+/// it), else through an English translation of the article by the
+/// translator that reads it. A summary of an article not in English says
+/// which in `route`.
+pub fn summarize_from(
+    article: &PreparedArticle,
+    from: &str,
+    language: &str,
+    options: &TaskOptions,
+    models: &dyn ModelRouter,
+    cancel: &CancelToken,
+    events: EventFn<'_>,
+) -> Result<Summary, TaskError> {
+    if from == "en" {
+        return summarize(article, language, options, models, cancel, events);
+    }
+    let name = language_name(from).unwrap_or(from);
+    if models.summarizer(language)?.info().kind == ModelKind::Chat {
+        let mut summary = summarize(article, language, options, models, cancel, events)?;
+        summary.route = Some(format!(
+            "summarized from {name} directly by {}",
+            summary.model.id
+        ));
+        return Ok(summary);
+    }
+    // The translation's paragraphs are a step on the way, not a result:
+    // they are not streamed.
+    let quiet = |_: TaskEvent<'_>| {};
+    let english = translate_texts(
+        &TranslationInput {
+            title: article.headline.as_deref(),
+            paragraphs: &article.paragraphs,
+            language: "en",
+            from,
+            source: TranslationSource::Article,
+        },
+        options,
+        models,
+        cancel,
+        &StepCounter {
+            offset: 0,
+            total: 0,
+            events: &quiet,
+        },
+    )?;
+    let translated = PreparedArticle {
+        headline: english.title.clone(),
+        paragraphs: english.paragraphs.clone(),
+        dropped: article.dropped.clone(),
+        paragraphs_in: article.paragraphs_in,
+    };
+    let mut summary = summarize(&translated, language, options, models, cancel, events)?;
+    summary.route = Some(format!(
+        "translated from {name} into English by {}, then summarized",
+        english.model.id
+    ));
+    Ok(summary)
+}
+
+/// Summarizes an English article.
 pub fn summarize(
     article: &PreparedArticle,
     language: &str,
@@ -104,6 +166,7 @@ pub fn summarize(
         params: Some(params),
         chunks: Vec::new(),
         reduce_rounds: 0,
+        route: None,
         tokens,
         flags,
     })
@@ -188,6 +251,7 @@ fn summarize_dedicated(
         params: None,
         chunks,
         reduce_rounds: rounds,
+        route: None,
         tokens,
         flags,
     })

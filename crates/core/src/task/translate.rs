@@ -23,6 +23,7 @@ pub fn steps(title: Option<&str>, paragraphs: &[String]) -> usize {
 /// Translates the whole prepared article into every target language.
 pub(crate) fn translate_article(
     article: &PreparedArticle,
+    from: &str,
     options: &TaskOptions,
     models: &dyn ModelRouter,
     cancel: &CancelToken,
@@ -42,7 +43,7 @@ pub(crate) fn translate_article(
                 title: article.headline.as_deref(),
                 paragraphs: &article.paragraphs,
                 language: lang,
-                from: "en",
+                from,
                 source: TranslationSource::Article,
             },
             options,
@@ -109,7 +110,7 @@ pub(crate) fn translate_texts(
     cancel: &CancelToken,
     steps: &StepCounter<'_>,
 ) -> Result<Translation, TaskError> {
-    let model = models.translator(input.language)?;
+    let model = models.translator(input.from, input.language)?;
     if model.info().kind == ModelKind::Translator {
         return translate_sentences(model.as_ref(), input, cancel, steps);
     }
@@ -209,6 +210,7 @@ fn finish(
     );
     Translation {
         language: input.language.to_string(),
+        from: (input.from != "en").then(|| input.from.to_string()),
         source: input.source,
         title: t.title,
         paragraphs: t.paragraphs,
