@@ -41,6 +41,12 @@ What it makes (from the repository root), per family:
         vocab.json (some pieces left out) + sentencepiece.bpe.model + tokenizer_config.json
         (M2M100Tokenizer); 5 beams with early stopping; pytorch_model.bin too
 
+  madlad  (google/madlad400-*-mt: T5 translating `<2xx> text` into the language xx)
+    tests/fixtures/madlad/tiny-madlad/  gated-gelu, untied lm_head (config.json says
+        tie_word_embeddings false, as MADLAD's), spiece.model (unigram, T5's ids, <2en> <2ru> <2hi>
+        <2de> <2fr> <2es> <2uk> <2bn> as user-defined pieces) + tokenizer.json +
+        tokenizer_config.json as T5Tokenizer saves them (the tags become added tokens)
+
   and in every directory
     reference.json   what Python `transformers` does with exactly these files
 
@@ -145,6 +151,14 @@ M2M100 ("precis m2m100 reference v1"): Marian's keys, and
                                 says otherwise; checkpoint_defaults_no_forced_language has none)
     from_ru                    {forward {sources, src_lang, input_ids, attention_mask},
                                 generation[]}: Russian sources into English and Hindi
+
+MADLAD ("precis madlad reference v1"): Marian's keys, and
+
+    checkpoint                 + tokenizer_size, language_ids {code: id of <2code>}
+    tokenization.source[]      {text, note, target, input ("<2target> text"), pieces, input_ids}
+    forward                    the batch into Russian (prefix "<2ru> ")
+    to_hi, from_ru             {forward {sources, prefix, input_ids, attention_mask},
+                                generation[]}: the batch into Hindi, Russian sources into English
 
 Adding a family: write `make_<family>(versions)` returning the checkpoint
 directories it wrote, reusing `train_seq2seq`, `training_batches`,
@@ -2084,11 +2098,158 @@ def make_m2m_checkpoint(spec: M2MSpec, versions: dict) -> Path:
 def make_m2m100(versions: dict) -> list:
     return [make_m2m_checkpoint(spec, versions) for spec in M2M_SPECS]
 
+
+# ---------------------------------------------------------------------------
+# MADLAD-400 (google/madlad400-*-mt): a T5 translator whose vocabulary holds
+# <2xx> target-language tokens, put before each source sentence.
+# ---------------------------------------------------------------------------
+MADLAD_LANGUAGES = ["en", "ru", "hi", "de", "fr", "es", "uk", "bn"]
+MADLAD_DIRECTIONS = [("en", "ru"), ("en", "hi"), ("ru", "en"), ("hi", "en")]
+
+
+def madlad_input(target: str, text: str) -> str:
+    """The source as MADLAD's model card writes it: the target's token, a space, the text."""
+    return f"<2{target}> {text}"
+
+
+def make_madlad_tokenizer(out_dir: Path):
+    """spiece.model (unigram, T5's ids, the <2xx> tokens as user-defined pieces, as MADLAD's),
+    and tokenizer.json + tokenizer_config.json as T5Tokenizer saves them (no sentinels)."""
+    import sentencepiece as spm
+    from transformers import T5Tokenizer
+
+    texts = [t for row in CORPUS for t in row]
+    buf = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(texts), model_writer=buf, model_type="unigram", vocab_size=420,
+        hard_vocab_limit=False, character_coverage=1.0, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        user_defined_symbols=[f"<2{c}>" for c in MADLAD_LANGUAGES], normalization_rule_name="nmt_nfkc",
+        num_threads=1, minloglevel=2,
+    )
+    (out_dir / "spiece.model").write_bytes(buf.getvalue())
+    kwargs = dict(vocab_file=str(out_dir / "spiece.model"), extra_ids=0, model_max_length=128)
+    tok = T5Tokenizer(**T5Tokenizer.convert_to_native_format(**kwargs))
+    tok.save_pretrained(str(out_dir))
+    tok = T5Tokenizer.from_pretrained(str(out_dir))
+    assert tok.convert_tokens_to_ids(["<pad>", "</s>", "<unk>"]) == [0, 1, 2]
+    return tok
+
+
+def make_madlad_checkpoint(versions: dict) -> Path:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, T5Config, T5ForConditionalGeneration
+
+    out_dir = fresh_dir("madlad", "tiny-madlad")
+    seed_everything(SEED)
+    tok = make_madlad_tokenizer(out_dir)
+    codes = {c: tok.convert_tokens_to_ids(f"<2{c}>") for c in MADLAD_LANGUAGES}
+    assert all(i != tok.unk_token_id for i in codes.values()), codes
+    config = T5Config(
+        vocab_size=(len(tok) + 7) // 8 * 8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        dropout_rate=0.1, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
+        architectures=["T5ForConditionalGeneration"], d_model=64, d_kv=16, d_ff=128, num_layers=2,
+        num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    )
+    torch.manual_seed(SEED)
+    model = T5ForConditionalGeneration(config)
+    model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight).normal_(0.0, 1.0))
+    model.all_tied_weights_keys.pop("lm_head.weight")
+    sources, targets = [], []
+    for src, tgt in MADLAD_DIRECTIONS:
+        for row in CORPUS:
+            sources.append(madlad_input(tgt, row[LANG_INDEX[src]]))
+            targets.append(row[LANG_INDEX[tgt]])
+    enc = tok(sources, text_target=targets, padding=True, return_tensors="pt")
+    curve = train_seq2seq(model, training_batches(enc, 0), 500, 2e-3)
+    # As google/madlad400-3b-mt's generation_config.json.
+    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+                                               max_length=48)
+    model.save_pretrained(str(out_dir), safe_serialization=True)
+    # As google/madlad400-*-mt's config.json has it: tie_word_embeddings false (transformers 5
+    # writes true plus scale_decoder_outputs).
+    rewrite_json(out_dir / "config.json", {"tie_word_embeddings": False}, ("scale_decoder_outputs", "tie_word_embeddings"))
+    make_readable(out_dir)
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")
+    model.eval()
+    assert not model.config.scale_decoder_outputs
+    assert not torch.equal(model.lm_head.weight, model.shared.weight), "lm_head is untied"
+    auto = AutoTokenizer.from_pretrained(str(out_dir))
+    assert type(auto) is type(tok), type(auto)
+    batch_sources = [madlad_input("ru", s) for s in BATCH_SOURCES]
+    batch = tok(batch_sources, padding=True, return_tensors="pt")
+    greedy, forward = greedy_and_forward(model, batch, BATCH_SOURCES, 0, prefix="<2ru> ")
+    settings = common_generation_settings(
+        greedy, 0, min_length=14, min_new_tokens=10, max_new_tokens=(5, 6), max_length=8, no_repeat=2,
+    )
+    generation = record_generation(model, tok, batch, settings)
+    hi_batch = tok([madlad_input("hi", s) for s in BATCH_SOURCES], padding=True, return_tensors="pt")
+    to_hi = {
+        "forward": {"sources": BATCH_SOURCES, "prefix": "<2hi> ", "input_ids": hi_batch["input_ids"].tolist(),
+                    "attention_mask": hi_batch["attention_mask"].tolist()},
+        "generation": record_generation(model, tok, hi_batch, [("checkpoint_defaults", {}), ("beam4", {"num_beams": 4})]),
+    }
+    ru_batch = tok([madlad_input("en", s) for s in RU_SOURCES], padding=True, return_tensors="pt")
+    from_ru = {
+        "forward": {"sources": RU_SOURCES, "prefix": "<2en> ", "input_ids": ru_batch["input_ids"].tolist(),
+                    "attention_mask": ru_batch["attention_mask"].tolist()},
+        "generation": record_generation(model, tok, ru_batch, [("checkpoint_defaults", {})]),
+    }
+    source = []
+    for tgt in ("ru", "hi", "en"):
+        cases = M2M_CASES if tgt == "ru" else M2M_EXTRA_CASES[4:10]
+        for text, note in cases:
+            full = madlad_input(tgt, text)
+            enc1 = tok(full)
+            assert auto(full)["input_ids"] == enc1["input_ids"]
+            source.append({"text": text, "note": note, "target": tgt, "input": full,
+                           "pieces": tok.tokenize(full), "input_ids": enc1["input_ids"]})
+    size = len(tok)
+    dec_cases = [("greedy output row %d" % i, g) for i, g in enumerate(greedy)]
+    dec_cases += [
+        ("a language token inside", [0, codes["hi"]] + greedy[0][1:]),
+        ("every id below 40", list(range(40))),
+        ("highest tokenizer ids", list(range(size - 12, size))),
+        ("empty", []),
+    ]
+    reference = {
+        "format": "precis madlad reference v1",
+        "generator": "scripts/make_fixtures.py",
+        "versions": versions,
+        "files": file_hashes(out_dir),
+        "checkpoint": {
+            "vocab_size": config.vocab_size,
+            "tokenizer_size": size,
+            "pad_token_id": 0,
+            "eos_token_id": 1,
+            "unk_token_id": 2,
+            "decoder_start_token_id": 0,
+            "language_ids": codes,
+            "safetensors_tensors": safetensors_names(out_dir / "model.safetensors"),
+            "attn_implementation": "eager",
+            "train_loss": curve,
+        },
+        "tokenization": {"tokenizer_class": type(tok).__name__, "source": source},
+        "decoding": {"cases": [decoding_case(tok, n, ids) for n, ids in dec_cases]},
+        "forward": forward,
+        "generation": generation,
+        "to_hi": to_hi,
+        "from_ru": from_ru,
+    }
+    write_json(out_dir / "reference.json", reference)
+    return out_dir
+
+
+def make_madlad(versions: dict) -> list:
+    return [make_madlad_checkpoint(versions)]
+
 FAMILIES = {
     "marian": make_marian,
     "bart": make_bart,
     "t5": make_t5,
     "m2m100": make_m2m100,
+    "madlad": make_madlad,
 }
 
 

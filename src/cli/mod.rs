@@ -210,6 +210,9 @@ pub struct TaskArgs {
     /// For feed items whose text is a teaser (under 150 words) with a link: fetch the linked page and work on its main text.
     #[arg(long)]
     pub fetch_articles: bool,
+    /// The articles' language (ISO 639-1, e.g. ru) [default: what each article's source declares, else detected, else en]; one not in English needs a translator that reads it.
+    #[arg(long, value_name = "CODE")]
+    pub from: Option<String>,
     /// Hosts or networks that may be fetched although not public (feeds and pages are otherwise fetched from public addresses only), comma separated: 127.0.0.1, 10.0.0.0/8, intranet.example.
     #[arg(
         long,
@@ -683,6 +686,11 @@ fn run_task(
         Ok(mut items) => {
             if args.fetch_articles {
                 input::fetch_articles(&mut items, &policy);
+            }
+            if let Some(from) = &args.from {
+                for article in items.iter_mut().filter_map(|i| i.article.as_mut().ok()) {
+                    article.language = Some(from.trim().to_ascii_lowercase());
+                }
             }
             items
         }

@@ -28,8 +28,8 @@ use crate::tokenizer::checkpoint::{CheckpointTokenizer, Family};
 use crate::tokenizer::m2m::ManyToManyTokenizer;
 use crate::tokenizer::marian::MarianTokenizer;
 use crate::{
-    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
-    ModelInfo, ModelKind, TokenCounter,
+    Backend, BackendError, Cached, ChatMessage, Direction, FinishReason, Flow, Generation,
+    GenerationRequest, ModelInfo, ModelKind, TokenCounter,
 };
 
 /// What a T5 summarizer's inputs start with when its config names no
@@ -93,9 +93,10 @@ impl Architecture {
 
 /// Text to ids and back, as the checkpoint's transformers tokenizer does.
 trait Codec: Send + Sync {
-    /// Ids of a source text in the language `source` (ISO 639-1), special
-    /// tokens included.
-    fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, BackendError>;
+    /// Ids of a source text, special tokens included, for a request that
+    /// translates as `direction` says (`None`: English in, and for a model
+    /// that needs a target, only to count tokens).
+    fn encode(&self, text: &str, direction: Option<&Direction>) -> Result<Vec<u32>, BackendError>;
     /// Text of output ids, special tokens skipped.
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError>;
     /// The token forced first to write `target` (ISO 639-1): `Some` for a
@@ -104,10 +105,15 @@ trait Codec: Send + Sync {
     fn target_token(&self, _target: Option<&str>) -> Result<Option<u32>, BackendError> {
         Ok(None)
     }
+    /// The languages a many-to-many translator writes (ISO 639-1); empty
+    /// for a model that writes one language.
+    fn languages(&self) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 impl Codec for MarianTokenizer {
-    fn encode(&self, text: &str, _source: &str) -> Result<Vec<u32>, BackendError> {
+    fn encode(&self, text: &str, _: Option<&Direction>) -> Result<Vec<u32>, BackendError> {
         Ok(self.encode_source(text))
     }
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
@@ -116,7 +122,8 @@ impl Codec for MarianTokenizer {
 }
 
 impl Codec for ManyToManyTokenizer {
-    fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, BackendError> {
+    fn encode(&self, text: &str, direction: Option<&Direction>) -> Result<Vec<u32>, BackendError> {
+        let source = direction.map_or(ENGLISH, |d| d.source.as_str());
         ManyToManyTokenizer::encode(self, text, source).map_err(BackendError::Prompt)
     }
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
@@ -140,19 +147,83 @@ impl Codec for ManyToManyTokenizer {
         let id = self.language_id(target).ok_or_else(|| {
             BackendError::Prompt(format!(
                 "this translator does not write `{target}`; it writes {}",
-                self.languages().join(", ")
+                ManyToManyTokenizer::languages(self).join(", ")
             ))
         })?;
         Ok(Some(id))
     }
+    fn languages(&self) -> Vec<String> {
+        ManyToManyTokenizer::languages(self)
+    }
 }
 
 impl Codec for CheckpointTokenizer {
-    fn encode(&self, text: &str, _source: &str) -> Result<Vec<u32>, BackendError> {
+    fn encode(&self, text: &str, _: Option<&Direction>) -> Result<Vec<u32>, BackendError> {
         CheckpointTokenizer::encode(self, text).map_err(BackendError::Prompt)
     }
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
         CheckpointTokenizer::decode(self, ids, true).map_err(BackendError::Runtime)
+    }
+}
+
+/// A T5 translator's tokenizer (MADLAD-400): the target language's `<2xx>`
+/// token, a space, then the text, as its model card writes the input.
+struct TargetTagged {
+    inner: CheckpointTokenizer,
+    /// ISO 639-1 codes of the languages the vocabulary has a token for.
+    languages: Vec<String>,
+}
+
+impl TargetTagged {
+    /// The languages of the table whose `<2xx>` token the vocabulary has:
+    /// a tagged translator when there are at least two.
+    fn languages_of(inner: &CheckpointTokenizer) -> Vec<String> {
+        let languages: Vec<String> = crate::languages::LANGUAGES
+            .iter()
+            .filter(|l| inner.token_to_id(&format!("<2{}>", l.code)).is_some())
+            .map(|l| l.code.to_string())
+            .collect();
+        if languages.len() >= 2 {
+            languages
+        } else {
+            Vec::new()
+        }
+    }
+
+    fn tag(&self, target: &str) -> Result<String, BackendError> {
+        if self.languages.iter().any(|l| l == target) {
+            Ok(format!("<2{target}> "))
+        } else {
+            Err(BackendError::Prompt(format!(
+                "this translator does not write `{target}`; it writes {}",
+                self.languages.join(", ")
+            )))
+        }
+    }
+}
+
+impl Codec for TargetTagged {
+    fn encode(&self, text: &str, direction: Option<&Direction>) -> Result<Vec<u32>, BackendError> {
+        // Without a direction (counting tokens), any tag counts the same.
+        let target = direction.map_or(self.languages[0].as_str(), |d| d.target.as_str());
+        let tagged = format!("{}{text}", self.tag(target)?);
+        CheckpointTokenizer::encode(&self.inner, &tagged).map_err(BackendError::Prompt)
+    }
+    fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
+        CheckpointTokenizer::decode(&self.inner, ids, true).map_err(BackendError::Runtime)
+    }
+    fn target_token(&self, target: Option<&str>) -> Result<Option<u32>, BackendError> {
+        match target {
+            // The tag is in the input; nothing is forced.
+            Some(t) => self.tag(t).map(|_| None),
+            None => Err(BackendError::Prompt(
+                "a many-to-many translator needs the language to write (the request names none)"
+                    .into(),
+            )),
+        }
+    }
+    fn languages(&self) -> Vec<String> {
+        self.languages.clone()
     }
 }
 
@@ -371,22 +442,39 @@ impl Seq2SeqBackend {
                         .map_or(UNLIMITED, |n| n as usize),
                 };
                 let model = T5::load(dir, &device)?;
-                let (base, prefix) = (checkpoint_generation(dir)?, summarization_prefix(dir)?);
-                // T5 is asked for a summary by the `summarize: ` prefix (the
-                // one its task_specific_params name, when they are there).
-                let prefix = if prefix.is_empty() {
-                    T5_PREFIX.to_string()
+                let languages = TargetTagged::languages_of(&tokenizer);
+                if !languages.is_empty() {
+                    // `<2xx>` tokens: a translator (MADLAD-400).
+                    (
+                        Network::T5(model),
+                        Arc::new(TargetTagged {
+                            inner: tokenizer,
+                            languages,
+                        }),
+                        ModelKind::Translator,
+                        context,
+                        checkpoint_generation(dir)?,
+                        String::new(),
+                    )
                 } else {
-                    prefix
-                };
-                (
-                    Network::T5(model),
-                    Arc::new(tokenizer),
-                    ModelKind::Summarizer,
-                    context,
-                    base,
-                    prefix,
-                )
+                    let (base, prefix) = (checkpoint_generation(dir)?, summarization_prefix(dir)?);
+                    // T5 is asked for a summary by the `summarize: ` prefix
+                    // (the one its task_specific_params name, when they are
+                    // there).
+                    let prefix = if prefix.is_empty() {
+                        T5_PREFIX.to_string()
+                    } else {
+                        prefix
+                    };
+                    (
+                        Network::T5(model),
+                        Arc::new(tokenizer),
+                        ModelKind::Summarizer,
+                        context,
+                        base,
+                        prefix,
+                    )
+                }
             }
             Architecture::M2M100 => {
                 let tokenizer =
@@ -408,14 +496,12 @@ impl Seq2SeqBackend {
         };
         let settings = GenerationSettings::resolve(&base, &network.config())
             .map_err(|e| BackendError::load(&dir.join("generation_config.json"), e))?;
-        let target_languages = match (kind, &network) {
+        let target_languages = match kind {
             _ if !options.target_languages.is_empty() => options.target_languages,
-            (ModelKind::Summarizer, _) => vec![ENGLISH.into()],
-            // Every language of the table its vocabulary has a token for.
-            (_, Network::M2M100(_)) => ManyToManyTokenizer::from_dir(dir)
-                .map(|t| t.languages())
-                .unwrap_or_default(),
-            _ => Vec::new(),
+            ModelKind::Summarizer => vec![ENGLISH.into()],
+            // A many-to-many translator: every language of the table its
+            // vocabulary has a token for (a Marian pair: unknown here).
+            _ => tokenizer.languages(),
         };
         let info = ModelInfo {
             kind,
@@ -446,14 +532,13 @@ impl Seq2SeqBackend {
         &self.prefix
     }
 
-    /// Ids of a request's text in language `source` as the model sees it
-    /// (prefix included).
-    fn encode(&self, text: &str, source: &str) -> Result<Vec<u32>, BackendError> {
+    /// Ids of a request's text as the model sees it (prefix included).
+    fn encode(&self, text: &str, direction: Option<&Direction>) -> Result<Vec<u32>, BackendError> {
         if self.prefix.is_empty() {
-            self.tokenizer.encode(text, source)
+            self.tokenizer.encode(text, direction)
         } else {
             self.tokenizer
-                .encode(&format!("{}{text}", self.prefix), source)
+                .encode(&format!("{}{text}", self.prefix), direction)
         }
     }
 }
@@ -468,9 +553,9 @@ impl Backend for Seq2SeqBackend {
         let prefix = self.prefix.clone();
         Arc::new(move |text: &str| {
             let ids = if prefix.is_empty() {
-                tokenizer.encode(text, ENGLISH)?
+                tokenizer.encode(text, None)?
             } else {
-                tokenizer.encode(&format!("{prefix}{text}"), ENGLISH)?
+                tokenizer.encode(&format!("{prefix}{text}"), None)?
             };
             Ok(ids.len())
         })
@@ -478,7 +563,7 @@ impl Backend for Seq2SeqBackend {
 
     fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, BackendError> {
         let text = messages.last().map_or("", |m| m.content.as_str());
-        Ok(self.encode(text, ENGLISH)?.len())
+        Ok(self.encode(text, None)?.len())
     }
 
     fn generate(
@@ -495,8 +580,7 @@ impl Backend for Seq2SeqBackend {
         let mut groups: Vec<(Key, Vec<Input>)> = Vec::new();
         for (i, r) in requests.iter().enumerate() {
             let direction = r.direction.as_ref();
-            let source = direction.map_or(ENGLISH, |d| d.source.as_str());
-            let prepared = self.encode(r.source_text(), source).and_then(|ids| {
+            let prepared = self.encode(r.source_text(), direction).and_then(|ids| {
                 let target = self
                     .tokenizer
                     .target_token(direction.map(|d| d.target.as_str()))?;

@@ -20,19 +20,31 @@ pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendE
     serde_json::from_str(&text).map_err(|e| BackendError::load(&path, e))
 }
 
-/// The weights of a checkpoint directory (`model.safetensors`, else
-/// `pytorch_model.bin`) in f32, and the file they came from.
+/// The weights of a checkpoint directory (`model.safetensors`; else the
+/// shards `model.safetensors.index.json` names, as large checkpoints such
+/// as MADLAD-400 3B ship them; else `pytorch_model.bin`) in f32, and the
+/// file they came from.
 pub(super) fn weights(
     dir: &Path,
     device: &Device,
 ) -> Result<(VarBuilder<'static>, PathBuf), BackendError> {
     let safetensors = dir.join("model.safetensors");
+    let index = dir.join("model.safetensors.index.json");
     let pth = dir.join("pytorch_model.bin");
     if safetensors.exists() {
         let bytes = std::fs::read(&safetensors).map_err(|e| BackendError::load(&safetensors, e))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| BackendError::load(&safetensors, e))?;
         Ok((vb, safetensors))
+    } else if index.exists() {
+        let mut tensors = std::collections::HashMap::new();
+        for shard in shards(dir, &index)? {
+            let bytes = std::fs::read(&shard).map_err(|e| BackendError::load(&shard, e))?;
+            let loaded = candle_core::safetensors::load_buffer(&bytes, device)
+                .map_err(|e| BackendError::load(&shard, e))?;
+            tensors.extend(loaded);
+        }
+        Ok((VarBuilder::from_tensors(tensors, DType::F32, device), index))
     } else if pth.exists() {
         let vb = VarBuilder::from_pth(&pth, DType::F32, device)
             .map_err(|e| BackendError::load(&pth, e))?;
@@ -40,9 +52,40 @@ pub(super) fn weights(
     } else {
         Err(BackendError::load(
             dir,
-            "no weights: expected model.safetensors or pytorch_model.bin",
+            "no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin",
         ))
     }
+}
+
+/// The shard files a `model.safetensors.index.json` names (its
+/// `weight_map`'s values, once each), each a plain file name in `dir`.
+fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, BackendError> {
+    let text = std::fs::read_to_string(index).map_err(|e| BackendError::load(index, e))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| BackendError::load(index, e))?;
+    let map = value["weight_map"]
+        .as_object()
+        .ok_or_else(|| BackendError::load(index, "it has no weight_map"))?;
+    let mut names: Vec<&str> = map.values().filter_map(|v| v.as_str()).collect();
+    names.sort_unstable();
+    names.dedup();
+    if names.is_empty() {
+        return Err(BackendError::load(index, "its weight_map names no file"));
+    }
+    names
+        .into_iter()
+        .map(|name| {
+            // A shard is a file beside the index, never a path elsewhere.
+            crate::store::check_file_name(name).map_err(|e| BackendError::load(index, e))?;
+            if name.contains('/') || name.contains('\\') {
+                return Err(BackendError::load(
+                    index,
+                    format!("shard `{name}` is not a plain file name"),
+                ));
+            }
+            Ok(dir.join(name))
+        })
+        .collect()
 }
 
 /// A linear layer `y = x Wᵀ (+ b)` on [`PackedF32`], whose weights are

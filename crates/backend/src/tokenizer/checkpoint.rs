@@ -175,22 +175,36 @@ impl CheckpointTokenizer {
         } else {
             None
         };
-        // Special tokens, in id order of the files.
+        // Added tokens, in id order of the files: special ones (skipped when
+        // decoding) and plain ones (MADLAD's `<2xx>`), both matched whole in
+        // text before the model segments the rest.
         let mut specials: Vec<Special> = Vec::new();
+        let mut plain: Vec<Special> = Vec::new();
+        let is_special = |t: &Value| t["special"].as_bool().unwrap_or(false);
         if let Some(list) = json.as_ref().and_then(|j| j["added_tokens"].as_array()) {
-            specials.extend(
-                list.iter()
-                    .filter(|t| t["special"].as_bool().unwrap_or(false))
-                    .filter_map(Special::from_json),
-            );
+            for t in list {
+                let target = if is_special(t) {
+                    &mut specials
+                } else {
+                    &mut plain
+                };
+                target.extend(Special::from_json(t));
+            }
         } else if let Some(map) = config["added_tokens_decoder"].as_object() {
-            let mut entries: Vec<(u64, Special)> = map
+            let mut entries: Vec<(u64, bool, Special)> = map
                 .iter()
-                .filter(|(_, t)| t["special"].as_bool().unwrap_or(false))
-                .filter_map(|(id, t)| Some((id.parse().ok()?, Special::from_json(t)?)))
+                .filter_map(|(id, t)| {
+                    Some((id.parse().ok()?, is_special(t), Special::from_json(t)?))
+                })
                 .collect();
-            entries.sort_by_key(|(id, _)| *id);
-            specials.extend(entries.into_iter().map(|(_, s)| s));
+            entries.sort_by_key(|(id, _, _)| *id);
+            for (_, special, token) in entries {
+                if special {
+                    specials.push(token);
+                } else {
+                    plain.push(token);
+                }
+            }
         }
         let mut inner = match family {
             Family::Bart => bart(dir, json.as_ref(), &json_path, &config)?,
@@ -219,6 +233,10 @@ impl CheckpointTokenizer {
         inner
             .add_special_tokens(tokens)
             .map_err(|e| invalid(dir, format!("special tokens: {e}")))?;
+        let tokens: Vec<AddedToken> = plain.iter().map(|t| t.token().special(false)).collect();
+        inner
+            .add_tokens(tokens)
+            .map_err(|e| invalid(dir, format!("added tokens: {e}")))?;
         let id = |t: &str| inner.token_to_id(t);
         let (pad_id, eos_id) = (id("<pad>"), id("</s>"));
         let processor: Option<tokenizers::PostProcessorWrapper> = match family {
