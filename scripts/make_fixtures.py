@@ -801,15 +801,16 @@ def decoding_case(tok, note: str, ids: list, **extra) -> dict:
 # ---------------------------------------------------------------------------
 # Marian (Helsinki-NLP/opus-mt-*)
 # ---------------------------------------------------------------------------
-def train_spm(sentences: list, vocab_size: int) -> bytes:
-    """A SentencePiece unigram model as Marian's (nmt_nfkc, default special ids), as bytes."""
+def train_spm(sentences: list, vocab_size: int, model_type: str = "unigram") -> bytes:
+    """A SentencePiece model as Marian's (unigram) or NLLB's and M2M100's sentencepiece.bpe.model
+    (bpe): nmt_nfkc, default special ids; as bytes."""
     import sentencepiece as spm
 
     buf = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(sentences),
         model_writer=buf,
-        model_type="unigram",
+        model_type=model_type,
         vocab_size=vocab_size,
         hard_vocab_limit=False,
         character_coverage=1.0,
@@ -1808,25 +1809,6 @@ def m2m_lang(spec: M2MSpec, iso: str) -> str:
     return m2m_code(spec, iso) if spec.tokenizer == "nllb" else iso
 
 
-def train_bpe_spm(sentences: list, vocab_size: int) -> bytes:
-    """A SentencePiece BPE model as NLLB's and M2M100's sentencepiece.bpe.model, as bytes."""
-    import sentencepiece as spm
-
-    buf = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(sentences),
-        model_writer=buf,
-        model_type="bpe",
-        vocab_size=vocab_size,
-        hard_vocab_limit=False,
-        character_coverage=1.0,
-        normalization_rule_name="nmt_nfkc",
-        num_threads=1,
-        minloglevel=2,
-    )
-    return buf.getvalue()
-
-
 def make_nllb_tokenizer(out_dir: Path, proto: bytes):
     """The hub layout of facebook/nllb-200-*: sentencepiece.bpe.model, and tokenizer.json +
     tokenizer_config.json as NllbTokenizer saves them: fairseq ids (<s> <pad> </s> <unk>, then
@@ -2007,7 +1989,7 @@ def make_m2m_checkpoint(spec: M2MSpec, versions: dict) -> Path:
     out_dir = fresh_dir("m2m100", spec.name)
     seed_everything(SEED)
     texts = [t for row in CORPUS for t in row]
-    proto = train_bpe_spm(texts, spec.spm_vocab)
+    proto = train_spm(texts, spec.spm_vocab, "bpe")
     if spec.tokenizer == "nllb":
         tok, vocab_size = make_nllb_tokenizer(out_dir, proto)
     else:

@@ -126,6 +126,17 @@ fn corrupt_model_file_is_reported_by_verify_and_refused_at_load() {
         .find(|l| l.starts_with("opus-mt-en-ru"))
         .unwrap();
     assert!(marian.contains("CC-BY-4.0"), "{marian}");
+    // NLLB-200's licence forbids commercial use; a missing model is one row.
+    let nllb: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("nllb-200-distilled-600m"))
+        .collect();
+    assert_eq!(nllb.len(), 1, "{stdout}");
+    assert!(
+        nllb[0].contains("CC-BY-NC-4.0") && nllb[0].contains("76 languages"),
+        "{}",
+        nllb[0]
+    );
 }
 
 /// What a careless operator could do without noticing is refused before

@@ -859,13 +859,25 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
     match cmd {
         ModelsCommand::List => {
             println!(
-                "{:<38} {:<11} {:<10} {:<11} {:<22} WHERE",
+                "{:<38} {:<11} {:<12} {:<12} {:<22} WHERE",
                 "ID", "FAMILY", "LANGUAGES", "LICENCE", "STATUS"
             );
             for m in store.manifests() {
                 let spec = ModelSpec::from_manifest(m);
                 let status = store.status(&spec);
-                for f in &status.files {
+                // A many-to-many translator writes dozens of languages.
+                let languages = match m.languages.targets.len() {
+                    n if n > 6 => format!("{n} languages"),
+                    _ => m.languages.targets.join(","),
+                };
+                // A row per file; one row when none is present.
+                let none_present = status.files.iter().all(|f| f.path.is_none());
+                let files = if none_present {
+                    &status.files[..status.files.len().min(1)]
+                } else {
+                    &status.files[..]
+                };
+                for f in files {
                     let place = match (&f.path, f.source) {
                         (Some(p), Some(src)) => format!("{src}: {}", p.display()),
                         (Some(p), None) => p.display().to_string(),
@@ -876,10 +888,10 @@ fn models_command(cmd: ModelsCommand, store: &ModelStore) -> anyhow::Result<i32>
                         v => v.to_string(),
                     };
                     println!(
-                        "{:<38} {:<11} {:<10} {:<11} {:<22} {place}",
+                        "{:<38} {:<11} {:<12} {:<12} {:<22} {place}",
                         m.id,
                         m.family.to_string().trim_start_matches("gguf-"),
-                        m.languages.targets.join(","),
+                        languages,
                         m.license,
                         state,
                     );

@@ -138,12 +138,7 @@ impl Codec for ManyToManyTokenizer {
         ManyToManyTokenizer::decode(self, &ids, true).map_err(BackendError::Runtime)
     }
     fn target_token(&self, target: Option<&str>) -> Result<Option<u32>, BackendError> {
-        let target = target.ok_or_else(|| {
-            BackendError::Prompt(
-                "a many-to-many translator needs the language to write (the request names none)"
-                    .into(),
-            )
-        })?;
+        let target = target.ok_or_else(no_target)?;
         let id = self.language_id(target).ok_or_else(|| {
             BackendError::Prompt(format!(
                 "this translator does not write `{target}`; it writes {}",
@@ -164,6 +159,14 @@ impl Codec for CheckpointTokenizer {
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
         CheckpointTokenizer::decode(self, ids, true).map_err(BackendError::Runtime)
     }
+}
+
+/// The refusal of a request to a many-to-many translator that names no
+/// target language.
+fn no_target() -> BackendError {
+    BackendError::Prompt(
+        "a many-to-many translator needs the language to write (the request names none)".into(),
+    )
 }
 
 /// A T5 translator's tokenizer (MADLAD-400): the target language's `<2xx>`
@@ -216,10 +219,7 @@ impl Codec for TargetTagged {
         match target {
             // The tag is in the input; nothing is forced.
             Some(t) => self.tag(t).map(|_| None),
-            None => Err(BackendError::Prompt(
-                "a many-to-many translator needs the language to write (the request names none)"
-                    .into(),
-            )),
+            None => Err(no_target()),
         }
     }
     fn languages(&self) -> Vec<String> {

@@ -104,7 +104,7 @@ pub struct CheckpointTokenizer {
     eos_id: Option<u32>,
 }
 
-fn read_json(path: &Path) -> Result<Value, CheckpointTokenizerError> {
+pub(super) fn read_json(path: &Path) -> Result<Value, CheckpointTokenizerError> {
     let text = std::fs::read_to_string(path).map_err(|source| CheckpointTokenizerError::Io {
         path: path.to_path_buf(),
         source,
@@ -112,7 +112,7 @@ fn read_json(path: &Path) -> Result<Value, CheckpointTokenizerError> {
     serde_json::from_str(&text).map_err(|e| invalid(path, e))
 }
 
-fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointTokenizerError {
+pub(super) fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointTokenizerError {
     CheckpointTokenizerError::Invalid {
         path: path.to_path_buf(),
         reason: reason.to_string(),

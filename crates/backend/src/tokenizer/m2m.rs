@@ -23,7 +23,9 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use super::checkpoint::{CheckpointTokenizer, CheckpointTokenizerError, Family};
+use super::checkpoint::{
+    invalid, read_json, CheckpointTokenizer, CheckpointTokenizerError, Family,
+};
 use super::marian::{clean_up_tokenization, next_special};
 use super::sentencepiece::SentencePiece;
 use crate::languages::{self, LANGUAGES};
@@ -83,21 +85,6 @@ pub struct ManyToManyTokenizer {
     codes: HashMap<String, u32>,
     eos_id: u32,
     max_length: Option<usize>,
-}
-
-fn read_json(path: &Path) -> Result<Value, CheckpointTokenizerError> {
-    let text = std::fs::read_to_string(path).map_err(|source| CheckpointTokenizerError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| invalid(path, e))
-}
-
-fn invalid(path: &Path, reason: impl std::fmt::Display) -> CheckpointTokenizerError {
-    CheckpointTokenizerError::Invalid {
-        path: path.to_path_buf(),
-        reason: reason.to_string(),
-    }
 }
 
 /// `tokenizer_config.json`, or null when there is none.
