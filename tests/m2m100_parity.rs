@@ -470,3 +470,31 @@ fn a_russian_article_into_russian_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`ru` is the article's language"), "{err}");
 }
+
+/// A digest that names no languages, with a many-to-many translator
+/// present, goes into Russian and Hindi, not into every language it writes.
+#[test]
+fn a_digest_without_languages_goes_into_russian_and_hindi() {
+    let home = tempfile::tempdir().unwrap();
+    install(home.path(), "tiny-m2m100", "m2m100-418m");
+    let v = common::precis_offline(home.path())
+        .args(["digest", "--summarizer"])
+        .arg(parity::fixture("bart", "tiny-cnn"))
+        .args(["--format", "json", "-"])
+        .stdin_json(
+            "The minister will visit Moscow in May. Talks went on for hours.",
+            "precis digest",
+        );
+    let languages: Vec<&str> = v["translations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["language"].as_str().unwrap())
+        .collect();
+    assert_eq!(languages, ["ru", "hi"]);
+    assert!(v["translations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t["model"]["id"] == "m2m100-418m"));
+}

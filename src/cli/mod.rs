@@ -278,7 +278,7 @@ pub struct DigestArgs {
     args: TaskArgs,
     #[command(flatten)]
     length: LengthArgs,
-    /// Target languages, comma separated [default: every language the model translates into].
+    /// Target languages, comma separated [default: ru,hi, those of them the models write; else every language they write].
     #[arg(long, value_delimiter = ',', value_name = "CODES")]
     to: Vec<String>,
     /// Also translate the whole article.

@@ -521,7 +521,7 @@ task_body! {
     /// `POST /v1/digest` body.
     #[schema(example = json!({"text": "G20 foreign ministers met in Johannesburg on Thursday.\n\nThe talks ended without a joint statement.", "to": ["ru"], "length": {"words": 40}}))]
     DigestRequest {
-        /// Target languages (default: every language the translator writes).
+        /// Target languages (default: `ru` and `hi`, those of them the models write; else every language they write).
         to: Option<Vec<String>>,
         /// Summary length.
         length: Option<Length>,

@@ -264,22 +264,29 @@ impl Engine {
     }
 
     /// The languages a digest is translated into when its request names
-    /// none: every language but English that the routed models write (as
-    /// loaded, or as declared before loading), Russian and Hindi first.
+    /// none: Russian and Hindi, those of them the routed models write (as
+    /// loaded, or as declared before loading); where they write neither,
+    /// every language but English that they write. A many-to-many
+    /// translator writes dozens: a digest into all of them is never what a
+    /// request without `to` means.
     pub fn default_targets(&self) -> Vec<String> {
-        let mut targets: Vec<String> = self
+        let written: Vec<String> = self
             .languages()
             .into_iter()
             .map(|l| l.code)
             .filter(|l| l != "en")
             .collect();
         // Russian before Hindi reads better in a newsletter than alphabetical order.
-        targets.sort_by_key(|l| match l.as_str() {
-            "ru" => 0,
-            "hi" => 1,
-            _ => 2,
-        });
-        targets
+        let preferred: Vec<String> = ["ru", "hi"]
+            .into_iter()
+            .filter(|l| written.iter().any(|w| w == l))
+            .map(str::to_string)
+            .collect();
+        if preferred.is_empty() {
+            written
+        } else {
+            preferred
+        }
     }
 
     /// The languages the routed models write (as loaded, or as declared
