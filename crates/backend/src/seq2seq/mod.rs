@@ -267,7 +267,14 @@ impl GenerationSettings {
         };
         let vocab = model.vocab_size as u32;
         let bad_words_ids = o.bad_words_ids.clone().unwrap_or_default();
-        for ids in bad_words_ids.iter().chain(std::iter::once(&eos_token_ids)) {
+        // Every id the processors index the scores with (a forced token from
+        // a tokenizer that does not match its model would be past the end).
+        let forced: Vec<u32> = [o.forced_bos_token_id, o.forced_eos_token_id]
+            .into_iter()
+            .flatten()
+            .collect();
+        let lists = [&eos_token_ids, &forced];
+        for ids in bad_words_ids.iter().chain(lists) {
             if let Some(bad) = ids.iter().find(|&&t| t >= vocab) {
                 return Err(BackendError::Config(format!(
                     "token id {bad} is outside the vocabulary of {vocab}"
@@ -680,6 +687,27 @@ mod tests {
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             all.truncate(n);
             prop_assert_eq!(top_n(&values, n), all);
+        }
+    }
+
+    #[test]
+    fn forced_tokens_past_the_vocabulary_are_refused() {
+        let model = Seq2SeqConfig {
+            vocab_size: 10,
+            pad_token_id: 1,
+            eos_token_id: 2,
+            decoder_start_token_id: 2,
+            max_positions: 64,
+        };
+        let with = |bos: Option<u32>, eos: Option<u32>| GenerationConfig {
+            forced_bos_token_id: bos,
+            forced_eos_token_id: eos,
+            ..GenerationConfig::default()
+        };
+        assert!(GenerationSettings::resolve(&with(Some(9), Some(2)), &model).is_ok());
+        for config in [with(Some(10), None), with(None, Some(12))] {
+            let err = GenerationSettings::resolve(&config, &model).unwrap_err();
+            assert!(err.to_string().contains("outside the vocabulary"), "{err}");
         }
     }
 }
