@@ -451,17 +451,24 @@ async fn load_and_generate(
     id: &str,
     source: &str,
 ) -> (precis_backend::ModelInfo, String) {
-    use precis_backend::{Flow, GenerationRequest};
+    load_and_request(store, id, precis_backend::GenerationRequest::source(source)).await
+}
+
+/// Loads `id` through the store (fetching it) and runs `request` on it.
+async fn load_and_request(
+    store: &Arc<ModelStore>,
+    id: &str,
+    request: precis_backend::GenerationRequest,
+) -> (precis_backend::ModelInfo, String) {
+    use precis_backend::Flow;
     use precis_core::engine::{ModelLoader, StoreLoader};
 
     let loader = StoreLoader::open(Arc::clone(store), false);
     loader.fetch(id).await.expect("fetches from the hub");
-    let (id, source) = (id.to_string(), source.to_string());
+    let id = id.to_string();
     tokio::task::spawn_blocking(move || {
         let mut model = loader.load(&id).expect("loads from the hub");
-        let out = model.generate(&[GenerationRequest::source(source)], &mut |_, _| {
-            Flow::Continue
-        });
+        let out = model.generate(&[request], &mut |_, _| Flow::Continue);
         (
             model.info().clone(),
             out.into_iter().next().unwrap().unwrap().text,
@@ -550,5 +557,45 @@ async fn summarizer_manifests_load_by_hub_id() {
         assert_eq!(info.family, family);
         assert_eq!(info.kind, ModelKind::Summarizer);
         assert_eq!(text, want, "{id}");
+    }
+}
+
+/// The `m2m100-418m` and `nllb-200-distilled-600m` manifests, fetched from
+/// the hub layout (the tiny fixtures' files under the repos' names, weights
+/// as `pytorch_model.bin`) and loaded as many-to-many translators with the
+/// manifest's licence: English into Russian equals transformers'
+/// `generate()` with the checkpoint's settings and the Russian token forced.
+#[tokio::test]
+async fn many_to_many_manifests_load_by_hub_id() {
+    use precis_backend::{GenerationRequest, ModelKind};
+
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/m2m100");
+    let cases = [
+        ("m2m100-418m", "facebook/m2m100_418M", "tiny-m2m100", "MIT"),
+        (
+            "nllb-200-distilled-600m",
+            "facebook/nllb-200-distilled-600M",
+            "tiny-nllb",
+            "CC-BY-NC-4.0",
+        ),
+    ];
+    let mut files = Vec::new();
+    for (_, repo, fixture, _) in cases {
+        for entry in std::fs::read_dir(fixtures.join(fixture)).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            files.push(served(repo, &fixtures.join(fixture), &name));
+        }
+    }
+    let (store, _hub, _tmp) = hub_store(files).await;
+    for (id, _, fixture, license) in cases {
+        let (source, want) = first_reference(&fixtures.join(fixture));
+        let request = GenerationRequest::source(source).translating("en", "ru");
+        let (info, text) = load_and_request(&store, id, request).await;
+        assert_eq!(info.family, "m2m100");
+        assert_eq!(info.kind, ModelKind::Translator);
+        assert_eq!(info.license.as_deref(), Some(license));
+        assert!(info.target_languages.len() >= 75, "{id}");
+        // transformers 5.24's M2M100Tokenizer keeps `__ru__` in the text.
+        assert_eq!(text, want.trim_start_matches("__ru__ "), "{id}");
     }
 }
