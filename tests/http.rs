@@ -252,6 +252,20 @@ async fn language_errors_are_422() {
         ),
         ("/v1/summarize", json!({"text": "Hi.", "from": "ru"})),
     ];
+    // A declared language that is no language subtag is not one: the text
+    // decides (too short here: English), and the junk is never echoed.
+    let junk = "x".repeat(10_000);
+    let (status, v) = post(
+        &app,
+        "/v1/translate",
+        json!({"text": "Hi.", "from": junk, "to": ["ru"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(
+        v.get("input").and_then(|i| i.get("language")).is_none(),
+        "{v}"
+    );
     for (path, body) in russian {
         let (status, v) = post(&app, path, body).await;
         assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{path}: {v}");

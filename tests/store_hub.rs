@@ -423,6 +423,18 @@ fn served(repo: &str, fixture: &Path, name: &str) -> (&'static str, Vec<u8>) {
     (key, std::fs::read(fixture.join(name)).unwrap())
 }
 
+/// Every file of each fixture directory, served as `repo/main/name`.
+fn served_dirs(dirs: &[(&str, PathBuf)]) -> Vec<(&'static str, Vec<u8>)> {
+    let mut files = Vec::new();
+    for (repo, dir) in dirs {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().to_string();
+            files.push(served(repo, dir, &name));
+        }
+    }
+    files
+}
+
 /// The first forward source of a fixture's reference and the text
 /// transformers' `generate()` gave it with the checkpoint's settings.
 fn first_reference(fixture: &Path) -> (String, String) {
@@ -543,14 +555,11 @@ async fn summarizer_manifests_load_by_hub_id() {
         ),
         ("flan-t5-base", "google/flan-t5-base", "t5/tiny-flan", "t5"),
     ];
-    let mut files = Vec::new();
-    for (_, repo, fixture, _) in cases {
-        for entry in std::fs::read_dir(fixtures.join(fixture)).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            files.push(served(repo, &fixtures.join(fixture), &name));
-        }
-    }
-    let (store, _hub, _tmp) = hub_store(files).await;
+    let dirs: Vec<(&str, PathBuf)> = cases
+        .iter()
+        .map(|(_, repo, fixture, _)| (*repo, fixtures.join(fixture)))
+        .collect();
+    let (store, _hub, _tmp) = hub_store(served_dirs(&dirs)).await;
     for (id, _, fixture, family) in cases {
         let (source, want) = first_reference(&fixtures.join(fixture));
         let (info, text) = load_and_generate(&store, id, &source).await;
@@ -579,14 +588,11 @@ async fn many_to_many_manifests_load_by_hub_id() {
             "CC-BY-NC-4.0",
         ),
     ];
-    let mut files = Vec::new();
-    for (_, repo, fixture, _) in cases {
-        for entry in std::fs::read_dir(fixtures.join(fixture)).unwrap() {
-            let name = entry.unwrap().file_name().to_string_lossy().to_string();
-            files.push(served(repo, &fixtures.join(fixture), &name));
-        }
-    }
-    let (store, _hub, _tmp) = hub_store(files).await;
+    let dirs: Vec<(&str, PathBuf)> = cases
+        .iter()
+        .map(|(_, repo, fixture, _)| (*repo, fixtures.join(fixture)))
+        .collect();
+    let (store, _hub, _tmp) = hub_store(served_dirs(&dirs)).await;
     for (id, _, fixture, license) in cases {
         let (source, want) = first_reference(&fixtures.join(fixture));
         let request = GenerationRequest::source(source).translating("en", "ru");

@@ -713,7 +713,9 @@ pub fn article_language(declared: Option<&str>, prepared: &PreparedArticle) -> A
             .next()
             .unwrap_or("")
             .to_ascii_lowercase();
-        if !primary.is_empty() {
+        // A language subtag is two or three letters; anything else (a
+        // caller's or a feed's junk, however long) is no declaration.
+        if (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()) {
             let code = iso_639_1(&primary).unwrap_or(&primary);
             return ArticleLanguage::new(code, "declared");
         }
