@@ -111,12 +111,27 @@ pub fn language_name(code: &str) -> Option<&'static str> {
     language(code).map(|l| l.name)
 }
 
-/// The ISO 639-1 code of a FLORES-200 code (`rus_Cyrl` → `ru`), when the
-/// table has it.
-pub fn from_flores(flores: &str) -> Option<&'static str> {
+/// The ISO 639-1 code of a two- or three-letter code (`ru`, `rus`; the
+/// bibliographic `ger`, `fre`, `chi`; `cmn` for Chinese as whatlang names
+/// it), when the table has the language.
+pub fn iso_639_1(code: &str) -> Option<&'static str> {
+    let code = match code {
+        "cmn" | "chi" => "zho",
+        "ara" => "arb",
+        "lav" => "lvs",
+        "uzb" => "uzn",
+        "aze" => "azj",
+        "mon" => "khk",
+        "msa" => "zsm",
+        "swa" => "swh",
+        "fas" | "per" => "pes",
+        "ger" => "deu",
+        "fre" => "fra",
+        other => other,
+    };
     LANGUAGES
         .iter()
-        .find(|l| l.flores == flores)
+        .find(|l| l.code == code || l.flores.split('_').next() == Some(code))
         .map(|l| l.code)
 }
 
@@ -135,8 +150,18 @@ mod tests {
         assert_eq!(language_name("de"), Some("German"));
         assert_eq!(language_name("xx"), None);
         assert_eq!(language("hi").map(|l| l.flores), Some("hin_Deva"));
-        assert_eq!(from_flores("rus_Cyrl"), Some("ru"));
-        assert_eq!(from_flores("zho_Hant"), None);
+        for (code, two) in [
+            ("rus", "ru"),
+            ("ru", "ru"),
+            ("ger", "de"),
+            ("chi", "zh"),
+            ("cmn", "zh"),
+            ("ara", "ar"),
+        ] {
+            assert_eq!(iso_639_1(code), Some(two), "{code}");
+        }
+        assert_eq!(iso_639_1("xx"), None);
+        assert_eq!(iso_639_1("zzz"), None);
     }
 
     #[test]

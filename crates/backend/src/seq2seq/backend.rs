@@ -348,22 +348,7 @@ fn iso_639_1(code: &str) -> Option<String> {
     if code.len() == 2 && code.chars().all(|c| c.is_ascii_lowercase()) {
         return Some(code);
     }
-    let two = match code.as_str() {
-        "eng" => "en",
-        "rus" => "ru",
-        "hin" => "hi",
-        "deu" | "ger" => "de",
-        "fra" | "fre" => "fr",
-        "spa" => "es",
-        "ita" => "it",
-        "ukr" => "uk",
-        "zho" | "chi" => "zh",
-        "jpn" => "ja",
-        "ara" => "ar",
-        "por" => "pt",
-        _ => return None,
-    };
-    Some(two.to_string())
+    crate::languages::iso_639_1(&code).map(str::to_string)
 }
 
 impl Seq2SeqBackend {

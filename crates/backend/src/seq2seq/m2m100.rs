@@ -291,13 +291,14 @@ impl M2M100 {
             .collect()
     }
 
-    /// Scaled token embeddings plus positions, `ids.len()` rows of `d`.
-    fn embed(&self, ids: &[u32], start: usize) -> Result<Vec<f32>, BackendError> {
+    /// Scaled token embeddings of `ids` plus the position rows `positions`
+    /// (one each), `ids.len()` rows of `d`, in one lookup.
+    fn embed(&self, ids: &[u32], positions: &[usize]) -> Result<Vec<f32>, BackendError> {
         let d = self.cfg.d_model;
         let t = Tensor::new(ids, &self.device)?;
         let x = (self.tokens.forward(&t)? * self.embed_scale)?;
         let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        for (row, p) in x.chunks_mut(d).zip(self.position_rows(ids, start)) {
+        for (row, &p) in x.chunks_mut(d).zip(positions) {
             let Some(pos) = self.positions.get(p * d..(p + 1) * d) else {
                 return Err(BackendError::Runtime(format!(
                     "the sequence reached the model's {} positions",
@@ -327,7 +328,7 @@ impl M2M100 {
     /// input (`Σ lens` rows of `d`).
     fn encode_rows(&self, inputs: &[Vec<u32>]) -> Result<Vec<f32>, BackendError> {
         let max = self.cfg.max_position_embeddings;
-        let mut x = Vec::new();
+        let mut positions = Vec::new();
         for input in inputs {
             if input.is_empty() {
                 return Err(BackendError::Runtime("an input has no tokens".into()));
@@ -344,8 +345,9 @@ impl M2M100 {
                     self.cfg.vocab_size
                 )));
             }
-            x.extend(self.embed(input, 0)?);
+            positions.extend(self.position_rows(input, 0));
         }
+        let mut x = self.embed(&inputs.concat(), &positions)?;
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         let rows = x.len() / self.cfg.d_model;
         for layer in &self.encoder {
@@ -408,10 +410,11 @@ impl EncoderDecoder for M2M100 {
         let n = tokens.len();
         let d = self.cfg.d_model;
         // Each row's one token sits after `state.len()` earlier ones.
-        let mut rows = Vec::with_capacity(n * d);
-        for &t in tokens {
-            rows.extend(self.embed(&[t], state.len())?);
-        }
+        let positions: Vec<usize> = tokens
+            .iter()
+            .flat_map(|&t| self.position_rows(&[t], state.len()))
+            .collect();
+        let rows = self.embed(tokens, &positions)?;
         let mut x = Tensor::from_vec(rows, (n, 1, d), &self.device)?;
         for (i, layer) in self.decoder.iter().enumerate() {
             let h = layer.attn_norm.forward(&x)?;

@@ -83,6 +83,8 @@ pub struct ManyToManyTokenizer {
     pipeline: Pipeline,
     /// Every language token: its text and id.
     codes: HashMap<String, u32>,
+    /// The same by id (decoding reads it).
+    code_tokens: HashMap<u32, String>,
     eos_id: u32,
     max_length: Option<usize>,
 }
@@ -160,9 +162,11 @@ impl ManyToManyTokenizer {
                 (Pipeline::M2M100(Box::new(vocab)), codes, eos_id)
             }
         };
+        let code_tokens = codes.iter().map(|(t, &i)| (i, t.clone())).collect();
         Ok(Self {
             pipeline,
             codes,
+            code_tokens,
             eos_id,
             max_length,
         })
@@ -184,7 +188,7 @@ impl ManyToManyTokenizer {
 
     /// Whether `id` is a language token.
     pub fn is_language(&self, id: u32) -> bool {
-        self.codes.values().any(|&c| c == id)
+        self.code_tokens.contains_key(&id)
     }
 
     /// The ISO 639-1 codes of the languages whose tokens the vocabulary has,
@@ -232,11 +236,7 @@ impl ManyToManyTokenizer {
     pub fn decode(&self, ids: &[u32], skip_special_tokens: bool) -> Result<String, String> {
         match &self.pipeline {
             Pipeline::Nllb { inner, .. } => inner.decode(ids, skip_special_tokens),
-            Pipeline::M2M100(v) => {
-                let codes: HashMap<u32, &str> =
-                    self.codes.iter().map(|(t, &i)| (i, t.as_str())).collect();
-                Ok(v.decode(ids, skip_special_tokens, &codes))
-            }
+            Pipeline::M2M100(v) => Ok(v.decode(ids, skip_special_tokens, &self.code_tokens)),
         }
     }
 }
@@ -345,7 +345,7 @@ impl M2M100Vocab {
     /// vocabulary), special ones dropped when `skip`; runs of pieces
     /// decoded by SentencePiece, special tokens written as they are, the
     /// whole trimmed.
-    fn decode(&self, ids: &[u32], skip: bool, codes: &HashMap<u32, &str>) -> String {
+    fn decode(&self, ids: &[u32], skip: bool, codes: &HashMap<u32, String>) -> String {
         let unk = self
             .special
             .iter()
@@ -359,8 +359,8 @@ impl M2M100Vocab {
             }
             let token = codes
                 .get(&id)
-                .copied()
-                .or_else(|| self.decoder.get(&id).map(String::as_str))
+                .or_else(|| self.decoder.get(&id))
+                .map(String::as_str)
                 .unwrap_or(unk);
             if self.special.iter().any(|(s, _)| s == token) {
                 out.push_str(&self.spm.decode_pieces(&run));

@@ -716,13 +716,13 @@ pub fn article_language(declared: Option<&str>, prepared: &PreparedArticle) -> A
         // A language subtag is two or three letters; anything else (a
         // caller's or a feed's junk, however long) is no declaration.
         if (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()) {
-            let code = iso_639_1(&primary).unwrap_or(&primary);
+            let code = precis_backend::languages::iso_639_1(&primary).unwrap_or(&primary);
             return ArticleLanguage::new(code, "declared");
         }
     }
     match whatlang::detect(&prepared.body()) {
         Some(info) if info.is_reliable() && info.lang() != whatlang::Lang::Eng => {
-            match iso_639_1(info.lang().code()) {
+            match precis_backend::languages::iso_639_1(info.lang().code()) {
                 Some(code) => ArticleLanguage::new(code, "detected"),
                 None => ArticleLanguage {
                     code: info.lang().code().to_string(),
@@ -733,29 +733,6 @@ pub fn article_language(declared: Option<&str>, prepared: &PreparedArticle) -> A
         }
         _ => ArticleLanguage::new("en", "assumed"),
     }
-}
-
-/// The ISO 639-1 code of a two- or three-letter code (`ru`, `rus`; `cmn`
-/// for Chinese as whatlang names it), when the language table has it.
-fn iso_639_1(code: &str) -> Option<&'static str> {
-    let code = match code {
-        "cmn" => "zho",
-        "ara" => "arb",
-        "lav" => "lvs",
-        "uzb" => "uzn",
-        "aze" => "azj",
-        "mon" => "khk",
-        "msa" => "zsm",
-        "swa" => "swh",
-        "fas" | "per" => "pes",
-        "ger" => "deu",
-        "fre" => "fra",
-        other => other,
-    };
-    precis_backend::languages::LANGUAGES
-        .iter()
-        .find(|l| l.code == code || l.flores.split('_').next() == Some(code))
-        .map(|l| l.code)
 }
 
 /// Checks the languages of a request: no target twice, each served by a
