@@ -46,6 +46,9 @@ What it makes (from the repository root), per family:
         tie_word_embeddings false, as MADLAD's), spiece.model (unigram, T5's ids, <2en> <2ru> <2hi>
         <2de> <2fr> <2es> <2uk> <2bn> as user-defined pieces) + tokenizer.json +
         tokenizer_config.json as T5Tokenizer saves them (the tags become added tokens)
+    tests/fixtures/madlad/tiny-madlad-wide/  tiny-madlad's tokenizer (not copied) on a model whose
+        rows are whole 256-value blocks (d_model 256, d_ff 512), stored in f16: what
+        tests/madlad_gguf.rs quantizes to Q4_K, Q6_K and Q8_0 GGUF files
 
   and in every directory
     reference.json   what Python `transformers` does with exactly these files
@@ -2223,8 +2226,67 @@ def make_madlad_checkpoint(versions: dict) -> Path:
     return out_dir
 
 
+def make_madlad_wide(versions: dict, tokenizer_dir: Path) -> Path:
+    """tiny-madlad's tokenizer and data on a model whose every matrix row is a whole number of
+    256-value blocks (d_model 256, d_ff 512, 8 heads of 32), so that quantizing it to GGUF
+    (tests/madlad_gguf.rs, as candle's `tensor-tools quantize` does) gives Q4_K, Q6_K and
+    Q8_0 matrices. Saved in f16 to keep the repository small; the reference is
+    transformers' f32 greedy output on it."""
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, GenerationConfig, T5Config, T5ForConditionalGeneration, T5Tokenizer
+
+    out_dir = fresh_dir("madlad", "tiny-madlad-wide")
+    seed_everything(SEED)
+    tok = T5Tokenizer.from_pretrained(str(tokenizer_dir))
+    config = T5Config(
+        vocab_size=(len(tok) + 7) // 8 * 8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
+        dropout_rate=0.1, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
+        architectures=["T5ForConditionalGeneration"], d_model=256, d_kv=32, d_ff=512, num_layers=1,
+        num_decoder_layers=1, num_heads=8, feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+    )
+    torch.manual_seed(SEED)
+    model = T5ForConditionalGeneration(config)
+    model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight).normal_(0.0, 1.0))
+    model.all_tied_weights_keys.pop("lm_head.weight")
+    sources, targets = [], []
+    for src, tgt in MADLAD_DIRECTIONS:
+        for row in CORPUS:
+            sources.append(madlad_input(tgt, row[LANG_INDEX[src]]))
+            targets.append(row[LANG_INDEX[tgt]])
+    enc = tok(sources, text_target=targets, padding=True, return_tensors="pt")
+    curve = train_seq2seq(model, training_batches(enc, 0), 1500, 1e-3, log_every=250)
+    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
+                                               max_length=48)
+    model.half().save_pretrained(str(out_dir), safe_serialization=True)
+    rewrite_json(out_dir / "config.json", {"tie_word_embeddings": False}, ("scale_decoder_outputs", "tie_word_embeddings"))
+    make_readable(out_dir)
+
+    model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager", dtype=torch.float32)
+    model.eval()
+    generation = {}
+    for tgt in ("ru", "hi"):
+        texts = [madlad_input(tgt, s) for s in BATCH_SOURCES]
+        batch = tok(texts, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            out = model.generate(**batch, num_beams=1, do_sample=False).tolist()
+        generation[tgt] = {"inputs": texts, "input_ids": [tok(t)["input_ids"] for t in texts],
+                           "greedy": [strip_trailing(row, 0) for row in out]}
+    reference = {
+        "format": "precis madlad-wide reference v1",
+        "generator": "scripts/make_fixtures.py",
+        "versions": versions,
+        "files": file_hashes(out_dir),
+        "checkpoint": {"tokenizer": "../tiny-madlad", "dtype": "float16", "train_loss": curve},
+        "greedy": generation,
+    }
+    write_json(out_dir / "reference.json", reference)
+    return out_dir
+
+
 def make_madlad(versions: dict) -> list:
-    return [make_madlad_checkpoint(versions)]
+    tiny = make_madlad_checkpoint(versions)
+    return [tiny, make_madlad_wide(versions, tiny)]
 
 FAMILIES = {
     "marian": make_marian,
@@ -2238,6 +2300,10 @@ FAMILIES = {
 def summarize(out_dir: Path) -> None:
     ref = json.loads((out_dir / "reference.json").read_text(encoding="utf-8"))
     size = sum(p.stat().st_size for p in out_dir.iterdir())
+    if "greedy" in ref:  # tiny-madlad-wide: greedy outputs only
+        print(f"  {out_dir.relative_to(REPO)}: {size / 1024:.0f} KiB, "
+              f"final train loss {ref['checkpoint']['train_loss'][-1][1]:.3f}")
+        return
     print(f"  {out_dir.relative_to(REPO)}: {size / 1024:.0f} KiB, vocab {ref['checkpoint']['vocab_size']}, "
           f"final train loss {ref['checkpoint']['train_loss'][-1][1]:.3f}")
     unk_id = ref["checkpoint"]["unk_token_id"]

@@ -66,6 +66,7 @@ fn checkpoint(name: &str) -> Box<dyn Backend> {
         revision: "local".into(),
         target_languages: Vec::new(),
         license: None,
+        gguf: None,
     };
     Box::new(Seq2SeqBackend::load(&dir, options).expect("the test checkpoint loads"))
 }

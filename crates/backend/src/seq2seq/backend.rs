@@ -15,7 +15,7 @@
 //! before every input, and a T5 checkpoint without one gets `summarize: `.
 //! A requested summary length is applied over the checkpoint's settings.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::Device;
@@ -286,6 +286,9 @@ pub struct Seq2SeqOptions {
     pub target_languages: Vec<String>,
     /// The weights' licence, from the manifest.
     pub license: Option<String>,
+    /// A GGUF file of quantized weights to run instead of the directory's
+    /// (a manifest names one of the several a hub repo may hold); T5 only.
+    pub gguf: Option<PathBuf>,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
@@ -365,6 +368,12 @@ impl Seq2SeqBackend {
             })?,
             None => return Err(BackendError::load(&config_path, "it names no model_type")),
         };
+        if let (Some(gguf), false) = (&options.gguf, arch == Architecture::T5) {
+            return Err(BackendError::load(
+                gguf,
+                format!("precis runs GGUF weights of T5 checkpoints only, and this one's model_type is `{}`", arch.name()),
+            ));
+        }
         let device = Device::Cpu;
         let (network, tokenizer, kind, context_length, base, prefix): (
             Network,
@@ -426,7 +435,7 @@ impl Seq2SeqBackend {
                         .as_u64()
                         .map_or(UNLIMITED, |n| n as usize),
                 };
-                let model = T5::load(dir, &device)?;
+                let model = T5::load_weights(dir, options.gguf.as_deref(), &device)?;
                 let languages = TargetTagged::languages_of(&tokenizer);
                 if !languages.is_empty() {
                     // `<2xx>` tokens: a translator (MADLAD-400).

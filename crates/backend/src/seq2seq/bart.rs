@@ -34,8 +34,8 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, DecoderState,
-    Dense, RowNorm,
+    activation, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, Checkpoint,
+    DecoderState, Dense, RowNorm,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::{Epilogue, PackedF32};
@@ -137,8 +137,8 @@ impl FeedForward {
         act: Epilogue,
     ) -> candle_core::Result<Self> {
         Ok(Self {
-            fc1: Dense::load(d, ffn, vb.pp("fc1"), true)?,
-            fc2: Dense::load(ffn, d, vb.pp("fc2"), true)?,
+            fc1: Dense::load(d, ffn, vb.pp("fc1"), true, None)?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"), true, None)?,
             act,
         })
     }
@@ -216,7 +216,7 @@ impl Bart {
     /// `pytorch_model.bin`) of a checkpoint directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
         let cfg: BartConfig = read_config(dir)?;
-        let (vb, file) = weights(dir, device)?;
+        let Checkpoint { vb, file, .. } = weights(dir, None, device)?;
         Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
     }
 
@@ -331,6 +331,7 @@ impl Bart {
             names: ["q_proj", "k_proj", "v_proj", "out_proj"],
             bias: true,
             scale: ((d / heads) as f64).powf(-0.5),
+            mapped: None,
         };
         let mut encoder = Vec::with_capacity(cfg.encoder_layers);
         for i in 0..cfg.encoder_layers {

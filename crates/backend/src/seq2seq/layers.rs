@@ -3,6 +3,7 @@
 //! padding a batch, and the decoder state of a running batch.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
@@ -10,7 +11,8 @@ use serde::de::DeserializeOwned;
 
 use rayon::prelude::*;
 
-use crate::kernels::{self, Epilogue, Keys, PackedF32, KEY_BLOCK};
+use crate::kernels::{self, Activations, Epilogue, Keys, PackedF32, KEY_BLOCK};
+use crate::weights::{GgufFile, TensorRef};
 use crate::BackendError;
 
 /// `config.json` of a checkpoint directory.
@@ -20,22 +22,38 @@ pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendE
     serde_json::from_str(&text).map_err(|e| BackendError::load(&path, e))
 }
 
+/// A checkpoint's weights: every tensor by name in f32 (`vb`), the file
+/// they came from, and, for a GGUF file, the mapped file itself, whose
+/// matrices [`Dense`] layers and embedding lookups read in place in their
+/// stored type (quantized weights are never expanded to f32 whole).
+pub(super) struct Checkpoint {
+    pub(super) vb: VarBuilder<'static>,
+    pub(super) file: PathBuf,
+    pub(super) mapped: Option<Arc<GgufFile>>,
+}
+
 /// The weights of a checkpoint directory (`model.safetensors`; else the
 /// shards `model.safetensors.index.json` names, as large checkpoints such
-/// as MADLAD-400 3B ship them; else `pytorch_model.bin`) in f32, and the
-/// file they came from.
+/// as MADLAD-400 3B ship them; else `pytorch_model.bin`; else its one
+/// `.gguf` file, as candle's `tensor-tools quantize` writes a checkpoint:
+/// the checkpoint's tensor names, `config.json` beside it), or the GGUF
+/// file `gguf` names.
 pub(super) fn weights(
     dir: &Path,
+    gguf: Option<&Path>,
     device: &Device,
-) -> Result<(VarBuilder<'static>, PathBuf), BackendError> {
+) -> Result<Checkpoint, BackendError> {
+    if let Some(file) = gguf {
+        return mapped(file, device);
+    }
     let safetensors = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let pth = dir.join("pytorch_model.bin");
-    if safetensors.exists() {
+    let (vb, file) = if safetensors.exists() {
         let bytes = std::fs::read(&safetensors).map_err(|e| BackendError::load(&safetensors, e))?;
         let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
             .map_err(|e| BackendError::load(&safetensors, e))?;
-        Ok((vb, safetensors))
+        (vb, safetensors)
     } else if index.exists() {
         let mut tensors = std::collections::HashMap::new();
         for shard in shards(dir, &index)? {
@@ -44,16 +62,133 @@ pub(super) fn weights(
                 .map_err(|e| BackendError::load(&shard, e))?;
             tensors.extend(loaded);
         }
-        Ok((VarBuilder::from_tensors(tensors, DType::F32, device), index))
+        (VarBuilder::from_tensors(tensors, DType::F32, device), index)
     } else if pth.exists() {
         let vb = VarBuilder::from_pth(&pth, DType::F32, device)
             .map_err(|e| BackendError::load(&pth, e))?;
-        Ok((vb, pth))
+        (vb, pth)
     } else {
-        Err(BackendError::load(
-            dir,
-            "no weights: expected model.safetensors, model.safetensors.index.json or pytorch_model.bin",
-        ))
+        let ggufs = gguf_files(dir)?;
+        match ggufs.as_slice() {
+            [one] => return mapped(one, device),
+            [] => {
+                return Err(BackendError::load(
+                    dir,
+                    "no weights: expected model.safetensors, model.safetensors.index.json, pytorch_model.bin or one .gguf file",
+                ))
+            }
+            several => {
+                let names: Vec<String> = several
+                    .iter()
+                    .filter_map(|p| p.file_name())
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .collect();
+                return Err(BackendError::load(
+                    dir,
+                    format!(
+                        "it holds several .gguf files ({}); keep the one to run in a directory of its own, or name it in a manifest",
+                        names.join(", ")
+                    ),
+                ));
+            }
+        }
+    };
+    Ok(Checkpoint {
+        vb,
+        file,
+        mapped: None,
+    })
+}
+
+/// The `.gguf` files in `dir`, by name.
+fn gguf_files(dir: &Path) -> Result<Vec<PathBuf>, BackendError> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(|e| BackendError::load(dir, e))? {
+        let path = entry.map_err(|e| BackendError::load(dir, e))?.path();
+        if path.extension().is_some_and(|x| x == "gguf") && path.is_file() {
+            found.push(path);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// A GGUF checkpoint: mapped, its tensors readable in f32 by name.
+fn mapped(file: &Path, device: &Device) -> Result<Checkpoint, BackendError> {
+    let mapped = Arc::new(GgufFile::open(file)?);
+    let vb = VarBuilder::from_backend(
+        Box::new(MappedTensors(Arc::clone(&mapped))),
+        DType::F32,
+        device.clone(),
+    );
+    Ok(Checkpoint {
+        vb,
+        file: file.to_path_buf(),
+        mapped: Some(mapped),
+    })
+}
+
+/// Where the matrix `name` lies in a mapped file, checked to be `rows × cols`.
+pub(super) fn matrix_ref(
+    file: &GgufFile,
+    name: &str,
+    rows: usize,
+    cols: usize,
+) -> candle_core::Result<TensorRef> {
+    let weight = file.tensor(name).map_err(candle_core::Error::wrap)?;
+    let dims = file.content.tensor_infos[name].shape.rank();
+    if dims != 2 || (weight.rows, weight.cols) != (rows, cols) {
+        candle_core::bail!(
+            "tensor `{name}` is {} × {} in the file; expected {rows} × {cols}",
+            weight.rows,
+            weight.cols
+        );
+    }
+    Ok(weight)
+}
+
+/// A GGUF file's tensors in f32, by name: what norms, biases and position
+/// tables read (the products read the file in place).
+struct MappedTensors(Arc<GgufFile>);
+
+impl candle_nn::var_builder::SimpleBackend for MappedTensors {
+    fn get(
+        &self,
+        shape: candle_core::Shape,
+        name: &str,
+        _: candle_nn::Init,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let tensor = self.get_unchecked(name, dtype, device)?;
+        if tensor.shape() != &shape {
+            candle_core::bail!(
+                "tensor `{name}` has shape {:?} in the file; expected {shape:?}",
+                tensor.shape()
+            );
+        }
+        Ok(tensor)
+    }
+
+    fn get_unchecked(
+        &self,
+        name: &str,
+        dtype: DType,
+        device: &Device,
+    ) -> candle_core::Result<Tensor> {
+        let t = self.0.tensor(name).map_err(candle_core::Error::wrap)?;
+        let values = self.0.vector(name).map_err(candle_core::Error::wrap)?;
+        let vector = self.0.content.tensor_infos[name].shape.rank() == 1;
+        let tensor = if vector {
+            Tensor::from_vec(values, t.cols, device)?
+        } else {
+            Tensor::from_vec(values, (t.rows, t.cols), device)?
+        };
+        tensor.to_dtype(dtype)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        self.0.has(name)
     }
 }
 
@@ -88,29 +223,69 @@ fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, BackendError> {
         .collect()
 }
 
-/// A linear layer `y = x Wᵀ (+ b)` on [`PackedF32`], whose weights are
+/// A linear layer `y = x Wᵀ (+ b)`: on [`PackedF32`], whose weights are
 /// packed once at load (candle's matmul repacks them at every call, which
-/// costs more than the product itself for a decoder step's few dozen rows).
-pub(super) struct Dense(PackedF32);
+/// costs more than the product itself for a decoder step's few dozen rows),
+/// or on a GGUF file's matrix in its stored type (Q4_K, Q6_K, Q8_0, …), read
+/// in place by the kernels' quantized products.
+pub(super) enum Dense {
+    /// f32 weights, packed.
+    Packed(PackedF32),
+    /// A matrix of a mapped GGUF file, and its bias in f32.
+    Mapped {
+        file: Arc<GgufFile>,
+        weight: TensorRef,
+        bias: Option<Vec<f32>>,
+    },
+}
 
 impl Dense {
-    /// `weight` (`rows × cols`) and, when `bias`, `bias` under `vb`.
+    /// `weight` (`rows × cols`) and, when `bias`, `bias` under `vb`; the
+    /// weight read from `mapped` in its stored type when the checkpoint is
+    /// a GGUF file.
     pub(super) fn load(
         cols: usize,
         rows: usize,
         vb: VarBuilder,
         bias: bool,
+        mapped: Option<&Arc<GgufFile>>,
     ) -> candle_core::Result<Self> {
-        let w = vb
-            .get((rows, cols), "weight")?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
         let b = if bias {
             Some(vb.get(rows, "bias")?.to_vec1::<f32>()?)
         } else {
             None
         };
-        Ok(Dense(PackedF32::new(&w, b.as_deref(), rows, cols)))
+        if let Some(file) = mapped {
+            return Self::mapped(file, &format!("{}.weight", vb.prefix()), rows, cols, b);
+        }
+        let w = vb
+            .get((rows, cols), "weight")?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        Ok(Dense::Packed(PackedF32::new(&w, b.as_deref(), rows, cols)))
+    }
+
+    /// The matrix `name` of a mapped file, checked to be `rows × cols`.
+    pub(super) fn mapped(
+        file: &Arc<GgufFile>,
+        name: &str,
+        rows: usize,
+        cols: usize,
+        bias: Option<Vec<f32>>,
+    ) -> candle_core::Result<Self> {
+        Ok(Dense::Mapped {
+            file: Arc::clone(file),
+            weight: matrix_ref(file, name, rows, cols)?,
+            bias,
+        })
+    }
+
+    /// Output features.
+    fn rows(&self) -> usize {
+        match self {
+            Dense::Packed(p) => p.rows(),
+            Dense::Mapped { weight, .. } => weight.rows,
+        }
     }
 
     /// `[n, t, cols]` → `[n, t, rows]`.
@@ -127,18 +302,38 @@ impl Dense {
         let (n, t, _) = x.dims3()?;
         let input: Vec<f32> = x.flatten_all()?.to_vec1()?;
         Tensor::from_vec(
-            self.0.apply_then(&input, n * t, epilogue),
-            (n, t, self.0.rows()),
+            self.apply_rows(&input, n * t, epilogue),
+            (n, t, self.rows()),
             x.device(),
         )
     }
-}
 
-impl Dense {
     /// `rows` rows of `cols` values (flat) → `rows` rows of outputs, with
     /// `epilogue` applied.
     pub(super) fn apply_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue) -> Vec<f32> {
-        self.0.apply_then(x, rows, epilogue)
+        match self {
+            Dense::Packed(p) => p.apply_then(x, rows, epilogue),
+            Dense::Mapped { file, weight, bias } => {
+                let matrix = file.matrix(weight);
+                let mut acts = Activations::new();
+                acts.quantize(x, rows, weight.cols, weight.qtype);
+                let mut out = vec![0f32; rows * weight.rows];
+                kernels::matmul(&matrix, &acts, &mut out);
+                out.par_chunks_mut(weight.rows).for_each(|row| {
+                    if let Some(b) = bias {
+                        for (v, b) in row.iter_mut().zip(b) {
+                            *v += b;
+                        }
+                    }
+                    if epilogue != Epilogue::None {
+                        for v in row.iter_mut() {
+                            *v = epilogue.apply(*v);
+                        }
+                    }
+                });
+                out
+            }
+        }
     }
 }
 
@@ -224,7 +419,7 @@ pub(super) struct Attention {
 }
 
 /// The shape and names of an [`Attention`]'s weights.
-pub(super) struct AttentionSpec {
+pub(super) struct AttentionSpec<'a> {
     pub(super) d_model: usize,
     pub(super) heads: usize,
     pub(super) head_dim: usize,
@@ -232,6 +427,8 @@ pub(super) struct AttentionSpec {
     pub(super) names: [&'static str; 4],
     pub(super) bias: bool,
     pub(super) scale: f64,
+    /// The checkpoint's mapped GGUF file, when the weights come from one.
+    pub(super) mapped: Option<&'a Arc<GgufFile>>,
 }
 
 impl Attention {
@@ -239,10 +436,10 @@ impl Attention {
         let (d, inner) = (spec.d_model, spec.heads * spec.head_dim);
         let [q, k, v, o] = spec.names;
         Ok(Self {
-            q: Dense::load(d, inner, vb.pp(q), spec.bias)?,
-            k: Dense::load(d, inner, vb.pp(k), spec.bias)?,
-            v: Dense::load(d, inner, vb.pp(v), spec.bias)?,
-            out: Dense::load(inner, d, vb.pp(o), spec.bias)?,
+            q: Dense::load(d, inner, vb.pp(q), spec.bias, spec.mapped)?,
+            k: Dense::load(d, inner, vb.pp(k), spec.bias, spec.mapped)?,
+            v: Dense::load(d, inner, vb.pp(v), spec.bias, spec.mapped)?,
+            out: Dense::load(inner, d, vb.pp(o), spec.bias, spec.mapped)?,
             heads: spec.heads,
             head_dim: spec.head_dim,
             scale: spec.scale,
@@ -369,8 +566,8 @@ impl Attention {
     /// after the other) in the layout [`Attention::attend_rows`] reads.
     pub(super) fn head_kv(&self, x: &[f32], lens: &[usize]) -> HeadKv {
         let rows = lens.iter().sum();
-        let k = self.k.0.apply(x, rows);
-        let v = self.v.0.apply(x, rows);
+        let k = self.k.apply_rows(x, rows, Epilogue::None);
+        let v = self.v.apply_rows(x, rows, Epilogue::None);
         HeadKv::new(&k, &v, lens, self.heads, self.head_dim)
     }
 
@@ -383,7 +580,7 @@ impl Attention {
         let (heads, hd) = (self.heads, self.head_dim);
         let inner = heads * hd;
         let rows = sequence.len();
-        let q = self.q.0.apply(x, rows);
+        let q = self.q.apply_rows(x, rows, Epilogue::None);
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); kv.lens.len()];
         for (r, &i) in sequence.iter().enumerate() {
             members[i].push(r);
@@ -413,7 +610,7 @@ impl Attention {
                 out[r * inner + h * hd..r * inner + (h + 1) * hd].copy_from_slice(o);
             }
         }
-        self.out.0.apply(&out, rows)
+        self.out.apply_rows(&out, rows, Epilogue::None)
     }
 
     /// Self-attention of `x` (`Σ lens` rows of `d`, the sequences one

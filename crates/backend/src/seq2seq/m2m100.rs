@@ -29,7 +29,8 @@ use serde::Deserialize;
 
 use super::bart::{FeedForward, LN_EPS};
 use super::layers::{
-    activation, read_config, repad, weights, Attention, AttentionSpec, DecoderState, RowNorm,
+    activation, read_config, repad, weights, Attention, AttentionSpec, Checkpoint, DecoderState,
+    RowNorm,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::{Epilogue, PackedF32};
@@ -151,7 +152,7 @@ impl M2M100 {
     /// `pytorch_model.bin`) of a checkpoint directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
         let cfg: M2M100Config = read_config(dir)?;
-        let (vb, file) = weights(dir, device)?;
+        let Checkpoint { vb, file, .. } = weights(dir, None, device)?;
         Self::from_var_builder(cfg, vb, device).map_err(|e| match e {
             BackendError::Candle(e) => BackendError::load(&file, e),
             other => other,
@@ -207,6 +208,7 @@ impl M2M100 {
             names: ["q_proj", "k_proj", "v_proj", "out_proj"],
             bias: true,
             scale: ((d / heads) as f64).powf(-0.5),
+            mapped: None,
         };
         let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
         let mut encoder = Vec::with_capacity(cfg.encoder_layers);

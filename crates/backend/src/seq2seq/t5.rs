@@ -23,16 +23,19 @@
 //! shared embedding when the checkpoint has no `lm_head.weight`).
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{Device, Module, Tensor};
 use candle_nn::{Embedding, RmsNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, pad, read_config, unpad, weights, Attention, AttentionSpec, DecoderState, Dense,
+    activation, matrix_ref, pad, read_config, unpad, weights, Attention, AttentionSpec, Checkpoint,
+    DecoderState, Dense,
 };
 use super::{EncoderDecoder, Seq2SeqConfig};
-use crate::kernels::{Epilogue, PackedF32};
+use crate::kernels::Epilogue;
+use crate::weights::{GgufFile, TensorRef};
 use crate::BackendError;
 
 /// `config.json` of a T5 checkpoint (the fields the model reads).
@@ -115,23 +118,23 @@ impl FeedForward {
     fn load(
         vb: VarBuilder,
         cfg: &T5Config,
-        act: Epilogue,
-        gated: bool,
+        (act, gated): (Epilogue, bool),
+        mapped: Option<&Arc<GgufFile>>,
     ) -> candle_core::Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let vb = vb.pp("DenseReluDense");
         let (wi, gate) = if gated {
             (
-                Dense::load(d, ff, vb.pp("wi_0"), false)?,
-                Some(Dense::load(d, ff, vb.pp("wi_1"), false)?),
+                Dense::load(d, ff, vb.pp("wi_0"), false, mapped)?,
+                Some(Dense::load(d, ff, vb.pp("wi_1"), false, mapped)?),
             )
         } else {
-            (Dense::load(d, ff, vb.pp("wi"), false)?, None)
+            (Dense::load(d, ff, vb.pp("wi"), false, mapped)?, None)
         };
         Ok(Self {
             wi,
             gate,
-            wo: Dense::load(ff, d, vb.pp("wo"), false)?,
+            wo: Dense::load(ff, d, vb.pp("wo"), false, mapped)?,
             act,
         })
     }
@@ -247,17 +250,50 @@ fn relative_position_bucket(
     (base + large.min(buckets - 1)) as usize
 }
 
+/// The shared token embedding: f32, or a GGUF file's table in its stored
+/// type, whose rows are dequantized as they are looked up (MADLAD-400 3B's
+/// 256k × 1024 table would take 1 GiB in f32).
+enum TokenTable {
+    Dense(Embedding),
+    Mapped {
+        file: Arc<GgufFile>,
+        table: TensorRef,
+    },
+}
+
+impl TokenTable {
+    /// `[n, t]` ids → `[n, t, d_model]`.
+    fn forward(&self, ids: &Tensor) -> candle_core::Result<Tensor> {
+        match self {
+            TokenTable::Dense(e) => e.forward(ids),
+            TokenTable::Mapped { file, table } => {
+                let (n, t) = ids.dims2()?;
+                let device = ids.device().clone();
+                let matrix = file.matrix(table);
+                let d = table.cols;
+                let ids: Vec<u32> = ids.flatten_all()?.to_vec1()?;
+                let mut out = vec![0f32; ids.len() * d];
+                for (row, &id) in out.chunks_mut(d).zip(&ids) {
+                    // `pad` checked every id against the vocabulary.
+                    matrix.dequantize_row(id as usize, row);
+                }
+                Tensor::from_vec(out, (n, t, d), &device)
+            }
+        }
+    }
+}
+
 /// A loaded T5 model.
 pub struct T5 {
     cfg: T5Config,
-    embed: Embedding,
+    embed: TokenTable,
     encoder: Vec<EncoderBlock>,
     encoder_bias: PositionBias,
     encoder_norm: RmsNorm,
     decoder: Vec<DecoderBlock>,
     decoder_bias: PositionBias,
     decoder_norm: RmsNorm,
-    lm_head: PackedF32,
+    lm_head: Dense,
     scale_output: bool,
     device: Device,
 }
@@ -266,19 +302,37 @@ pub struct T5 {
 pub(crate) type T5State = DecoderState;
 
 impl T5 {
-    /// Loads `config.json` and the weights (`model.safetensors`, or
-    /// `pytorch_model.bin`) of a checkpoint directory.
+    /// Loads `config.json` and the weights (`model.safetensors`, its
+    /// shards, `pytorch_model.bin`, or one `.gguf` file) of a checkpoint
+    /// directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
-        let cfg: T5Config = read_config(dir)?;
-        let (vb, file) = weights(dir, device)?;
-        Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
+        Self::load_weights(dir, None, device)
     }
 
-    fn from_var_builder(
-        cfg: T5Config,
-        vb: VarBuilder,
+    /// [`T5::load`], with the weights from the GGUF file `gguf` when given
+    /// (a quantized checkpoint, as candle's `tensor-tools quantize` writes
+    /// one: the checkpoint's tensor names; `config.json` in `dir`). Its
+    /// matrices are multiplied in their stored type (Q4_K, Q6_K, Q8_0, …).
+    pub fn load_weights(
+        dir: &Path,
+        gguf: Option<&Path>,
         device: &Device,
     ) -> Result<Self, BackendError> {
+        let cfg: T5Config = read_config(dir)?;
+        let checkpoint = weights(dir, gguf, device)?;
+        let file = checkpoint.file.clone();
+        Self::from_checkpoint(cfg, checkpoint, device).map_err(|e| match e {
+            BackendError::Candle(e) => BackendError::load(&file, e),
+            other => other,
+        })
+    }
+
+    fn from_checkpoint(
+        cfg: T5Config,
+        Checkpoint { vb, mapped, .. }: Checkpoint,
+        device: &Device,
+    ) -> Result<Self, BackendError> {
+        let mapped = mapped.as_ref();
         if cfg.model_type != "t5" {
             return Err(BackendError::Config(format!(
                 "model_type `{}` is not run by the T5 backend (only `t5`)",
@@ -304,9 +358,8 @@ impl T5 {
                 )))
             }
         };
-        let act = activation(act)?;
+        let ffn = (activation(act)?, gated);
         let d = cfg.d_model;
-        let shared = vb.get((cfg.vocab_size, d), "shared.weight")?;
         let norm = |vb: VarBuilder| candle_nn::rms_norm(d, cfg.layer_norm_epsilon, vb);
         let spec = AttentionSpec {
             d_model: d,
@@ -315,6 +368,7 @@ impl T5 {
             names: ["q", "k", "v", "o"],
             bias: false,
             scale: 1.0,
+            mapped,
         };
         let mut encoder = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -323,7 +377,7 @@ impl T5 {
                 attn_norm: norm(vb.pp("0.layer_norm"))?,
                 attn: Attention::load(vb.pp("0.SelfAttention"), &spec)?,
                 ffn_norm: norm(vb.pp("1.layer_norm"))?,
-                ffn: FeedForward::load(vb.pp("1"), &cfg, act, gated)?,
+                ffn: FeedForward::load(vb.pp("1"), &cfg, ffn, mapped)?,
             });
         }
         let layers = cfg.num_decoder_layers.unwrap_or(cfg.num_layers);
@@ -336,7 +390,7 @@ impl T5 {
                 cross_norm: norm(vb.pp("1.layer_norm"))?,
                 cross: Attention::load(vb.pp("1.EncDecAttention"), &spec)?,
                 ffn_norm: norm(vb.pp("2.layer_norm"))?,
-                ffn: FeedForward::load(vb.pp("2"), &cfg, act, gated)?,
+                ffn: FeedForward::load(vb.pp("2"), &cfg, ffn, mapped)?,
             });
         }
         let encoder_bias =
@@ -344,18 +398,31 @@ impl T5 {
         let decoder_bias =
             PositionBias::load(vb.pp("decoder.block.0.layer.0.SelfAttention"), &cfg, false)?;
         let head = if vb.contains_tensor("lm_head.weight") {
-            vb.get((cfg.vocab_size, d), "lm_head.weight")?
+            "lm_head.weight"
         } else {
-            shared.clone()
+            "shared.weight"
         };
-        let lm_head = PackedF32::new(
-            &head.flatten_all().and_then(|t| t.to_vec1::<f32>())?,
-            None,
-            cfg.vocab_size,
-            d,
-        );
+        let (embed, lm_head) = match mapped {
+            Some(file) => {
+                let lm_head = Dense::mapped(file, head, cfg.vocab_size, d, None)?;
+                let table = matrix_ref(file, "shared.weight", cfg.vocab_size, d)?;
+                let file = Arc::clone(file);
+                (TokenTable::Mapped { file, table }, lm_head)
+            }
+            None => {
+                let shared = vb.get((cfg.vocab_size, d), "shared.weight")?;
+                let lm_head = Dense::load(
+                    d,
+                    cfg.vocab_size,
+                    vb.pp(head.trim_end_matches(".weight")),
+                    false,
+                    None,
+                )?;
+                (TokenTable::Dense(Embedding::new(shared, d)), lm_head)
+            }
+        };
         Ok(Self {
-            embed: Embedding::new(shared, d),
+            embed,
             encoder,
             encoder_bias,
             encoder_norm: norm(vb.pp("encoder.final_layer_norm"))?,
@@ -453,7 +520,7 @@ impl EncoderDecoder for T5 {
             x = (x * (self.cfg.d_model as f64).powf(-0.5))?;
         }
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        Ok(self.lm_head.apply(&x, n))
+        Ok(self.lm_head.apply_rows(&x, n, Epilogue::None))
     }
 
     fn select(&self, state: &mut T5State, rows: &[usize]) -> Result<(), BackendError> {

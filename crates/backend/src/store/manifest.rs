@@ -33,6 +33,7 @@ pub(crate) const EMBEDDED: &[(&str, &str)] = embedded!(
     "nllb-200-distilled-600m.toml",
     "opus-mt-en-ru.toml",
     "opus-mt-en-hi.toml",
+    "madlad400-3b-mt-q4k.toml",
     "m2m100-1.2b.toml",
     "m2m100-418m.toml",
     "distilbart-cnn-12-6.toml",

@@ -185,10 +185,26 @@ fn is_marian_repo(name: &str) -> bool {
 /// `config.json` whose `model_type` is one precis runs (`marian`, `bart`,
 /// `t5`, `m2m_100`); its directory and architecture.
 fn seq2seq_dir(located: &LocatedModel) -> Option<(std::path::PathBuf, Architecture)> {
-    let config = located.path("config.json")?;
-    let dir = config.parent()?.to_path_buf();
+    let dir = match located.path("config.json") {
+        Some(config) => config.parent()?.to_path_buf(),
+        // A quantized T5 named by its file: the checkpoint's directory.
+        None => only_gguf(located)?.parent()?.to_path_buf(),
+    };
     let arch = Architecture::of_dir(&dir)?;
     Some((dir, arch))
+}
+
+/// The model's one `.gguf` file, if it has exactly one.
+fn only_gguf(located: &LocatedModel) -> Option<&std::path::PathBuf> {
+    let mut ggufs = located
+        .files
+        .iter()
+        .map(|(_, p)| p)
+        .filter(|p| p.extension().is_some_and(|x| x == "gguf"));
+    match (ggufs.next(), ggufs.next()) {
+        (Some(one), None) => Some(one),
+        _ => None,
+    }
 }
 
 /// Names, sizes and modification times of a model's files, hashed: what
@@ -285,6 +301,9 @@ impl ModelLoader for StoreLoader {
                 None if arch == Architecture::Marian => target_language(&dir).into_iter().collect(),
                 None => Vec::new(),
             };
+            // A quantized T5 (MADLAD-400 GGUF): the file the manifest or the
+            // command line names, not whichever the directory holds.
+            let gguf = only_gguf(&located).cloned();
             let model = Seq2SeqBackend::load(
                 &dir,
                 Seq2SeqOptions {
@@ -292,6 +311,7 @@ impl ModelLoader for StoreLoader {
                     revision: located.revision.clone(),
                     target_languages,
                     license: spec.manifest.as_ref().map(|m| m.license.clone()),
+                    gguf,
                 },
             )?;
             return Ok(Box::new(model));

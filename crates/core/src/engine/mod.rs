@@ -15,7 +15,7 @@ use crate::task::{
     self, language_name, CancelToken, EventFn, ModelRouter, TaskError, TaskOptions, TaskRequest,
     TaskResult, TextModel,
 };
-use precis_backend::store::{ModelFamily, ModelSpec, ModelStore};
+use precis_backend::store::{ModelFamily, ModelSpec, ModelStore, ModelTask};
 use precis_backend::{ModelInfo, ModelKind};
 
 mod loader;
@@ -82,37 +82,42 @@ impl Routing {
     /// The routing `choice` makes with the models in `store`: the named
     /// summarizer or translator first, then (unless `model` is forced)
     /// dedicated models whose files are all present, in the manifests'
-    /// order of preference (BART and T5 summarize; NLLB-200, opus-mt and
-    /// M2M100 translate: they work before the LLM does, for the languages
-    /// they write), leaving out those under a non-commercial licence unless
+    /// order of preference (BART and T5 summarize; NLLB-200, opus-mt,
+    /// MADLAD-400 and M2M100 translate: they work before the LLM does, for
+    /// the languages they write), leaving out those under a non-commercial licence unless
     /// the choice allows them, then `model`.
     pub fn resolve(choice: &ModelChoice, store: &ModelStore) -> Self {
-        let dedicated = |families: &[ModelFamily]| -> Vec<String> {
+        let dedicated = |task: ModelTask, families: &[ModelFamily]| -> Vec<String> {
             if choice.forced {
                 return Vec::new();
             }
             store
                 .manifests()
                 .iter()
-                .filter(|m| families.contains(&m.family))
+                .filter(|m| families.contains(&m.family) && m.tasks.contains(&task))
                 .filter(|m| choice.allow_noncommercial || !m.noncommercial())
                 .filter(|m| store.status(&ModelSpec::from_manifest(m)).is_ready())
                 .map(|m| m.id.clone())
                 .collect()
         };
-        let chain = |first: &Option<String>, families: &[ModelFamily]| -> Vec<String> {
+        let chain = |first: &Option<String>, task, families: &[ModelFamily]| -> Vec<String> {
             first
                 .iter()
                 .cloned()
-                .chain(dedicated(families))
+                .chain(dedicated(task, families))
                 .chain([choice.model.clone()])
                 .collect()
         };
         Routing {
-            summarizers: chain(&choice.summarizer, &[ModelFamily::Bart, ModelFamily::T5]),
+            summarizers: chain(
+                &choice.summarizer,
+                ModelTask::Summarize,
+                &[ModelFamily::Bart, ModelFamily::T5],
+            ),
             translators: chain(
                 &choice.translator,
-                &[ModelFamily::Marian, ModelFamily::M2m100],
+                ModelTask::Translate,
+                &[ModelFamily::Marian, ModelFamily::M2m100, ModelFamily::T5],
             ),
         }
     }
