@@ -2,14 +2,15 @@
 # Side-by-side speed benchmark of encoder-decoders: precis's seq2seq backend
 # against Python transformers (torch, CPU) and CTranslate2 (fp32 and int8) on
 # one full-size random checkpoint, under one fixed protocol: Marian
-# translation (opus-mt-en-ru-shaped, the default) or BART summarization
-# (distilbart-cnn-12-6-shaped, --family bart).
+# translation (opus-mt-en-ru-shaped, the default), BART summarization
+# (distilbart-cnn-12-6-shaped, --family bart) or NLLB translation
+# (nllb-200-distilled-600M-shaped, --family nllb).
 # Run on demand, not in CI: `benches/compare-marian.sh --help`.
 set -euo pipefail
 
 usage() {
     cat <<'EOF'
-Usage: benches/compare-marian.sh [--family marian|bart] [OPTIONS]
+Usage: benches/compare-marian.sh [--family marian|bart|nllb] [OPTIONS]
 
 Runs the same inputs through precis (the `seq2seq` bench, benches/seq2seq.rs),
 Python transformers 5.24.0 (torch, CPU) and CTranslate2 4.8.5 (fp32 and int8,
@@ -53,7 +54,23 @@ The protocol, --family bart (summarization):
     forced </s> (CTranslate2: the <s> as a one-token target prefix, then 63
     free tokens; it has no forced end token).
 
-Both families:
+The protocol, --family nllb (many-to-many translation):
+  - the model: a full-size, randomly initialised M2M100ForConditionalGeneration
+    with facebook/nllb-200-distilled-600M's exact config (12+12 layers,
+    d_model 1024, 16 heads, ffn 4096, relu, scaled embeddings, 1024
+    positions, vocabulary 256206 shared and tied; 615 M parameters) and its
+    generation_config.json, seeded and saved once in the hub layout; its
+    tokenizer is NllbTokenizer (tokenizer.json, sentencepiece.bpe.model) on a
+    SentencePiece BPE trained on the FLORES English and Hindi sentences, with
+    the 202 FLORES-200 codes after the pieces (ids below the model's
+    vocabulary, which stays NLLB's for the output layer's cost);
+  - the inputs: the first 200 sentences of eng_Latn.txt, each
+    `eng_Latn ... </s>`, translated into Hindi: hin_Deva forced as the first
+    new token (transformers: forced_bos_token_id; CTranslate2: a one-token
+    target prefix, counted in its decoding length);
+  - exactly 32 new tokens per input, the forced code included.
+
+All families:
   - batches of 8 inputs in file order, 2 threads, beam 4 and greedy, exactly
     N new tokens: the checkpoint's generation config with num_beams and
     min_new_tokens = max_new_tokens = N (transformers: generate(**batch,
@@ -71,8 +88,8 @@ every beam size and the script aborts (exit 1) unless both produce identical
 input ids and output ids: both then do the same work.
 
 Options:
-  --family NAME      marian or bart [default: marian]; defaults that differ
-                     are given below as marian / bart
+  --family NAME      marian, bart or nllb [default: marian]; defaults that
+                     differ are given below as marian / bart (nllb: marian's)
   --count N          inputs [default: 200 / 100]
   --batch N          inputs per batch [default: 8]
   --beams LIST       beam sizes, comma-separated [default: 4,1]
@@ -85,15 +102,16 @@ Options:
   --sample N         inputs of the ids check [default: 8]
   --sentences PATH   FLORES English sentences, one a line [default:
                      ../shared/eval/flores200-dev/eng_Latn.txt from the repo
-                     root]: the inputs themselves (marian), or what they are
-                     joined from (bart); the checkpoint's tokenizer is
-                     trained on the eng_Latn.txt (marian: and rus_Cyrl.txt)
-                     next to it
+                     root]: the inputs themselves (marian, nllb), or what
+                     they are joined from (bart); the checkpoint's tokenizer
+                     is trained on the eng_Latn.txt (marian: and
+                     rus_Cyrl.txt; nllb: and hin_Deva.txt) next to it
   --input-tokens N   bart: an input takes sentences until it has N tokens
                      [default: 380]
   --checkpoint DIR   the random checkpoint, made when missing [default:
                      ~/.cache/precis/bench/opus-mt-en-ru-random /
-                     ~/.cache/precis/bench/distilbart-cnn-12-6-random]; the
+                     ~/.cache/precis/bench/distilbart-cnn-12-6-random /
+                     ~/.cache/precis/bench/nllb-200-distilled-600m-random]; the
                      CTranslate2 conversions go next to it (DIR-ct2-float32,
                      DIR-ct2-int8)
   --engines LIST     timed engines [default: precis,transformers,ct2-fp32,ct2-int8]
@@ -128,6 +146,7 @@ Examples:
   benches/compare-marian.sh --beams 4 --count 64
   benches/compare-marian.sh --family bart
   benches/compare-marian.sh --family bart --count 8 --tokens 16
+  benches/compare-marian.sh --family nllb
   OUT_DIR=/tmp/marian benches/compare-marian.sh --engines precis,ct2-fp32
 EOF
 }
@@ -200,9 +219,9 @@ while (($#)); do
 done
 
 case "$family" in
-    marian) count=${count:-200} tokens=${tokens:-32} ;;
+    marian | nllb) count=${count:-200} tokens=${tokens:-32} ;;
     bart) count=${count:-100} tokens=${tokens:-64} ;;
-    *) die "--family wants marian or bart, not '$family'" ;;
+    *) die "--family wants marian, bart or nllb, not '$family'" ;;
 esac
 for pair in "count:$count" "batch:$batch" "tokens:$tokens" "threads:$threads" "sample:$sample" "input-tokens:$input_tokens"; do
     [[ ${pair#*:} =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} wants a positive integer, not '${pair#*:}'"
@@ -231,6 +250,7 @@ flores_dir=$(dirname "$sentences")
 case "$family" in
     marian) checkpoint=${checkpoint:-$HOME/.cache/precis/bench/opus-mt-en-ru-random} ;;
     bart) checkpoint=${checkpoint:-$HOME/.cache/precis/bench/distilbart-cnn-12-6-random} ;;
+    nllb) checkpoint=${checkpoint:-$HOME/.cache/precis/bench/nllb-200-distilled-600m-random} ;;
 esac
 
 command -v python3 >/dev/null || die "python3 is needed"
@@ -293,6 +313,9 @@ if [[ ! -f $checkpoint/bench-checkpoint.json ]]; then
     if [[ $family == marian ]]; then
         [[ -f $flores_dir/eng_Latn.txt && -f $flores_dir/rus_Cyrl.txt ]] ||
             die "the tokenizer is trained on eng_Latn.txt and rus_Cyrl.txt, not both in $flores_dir"
+    elif [[ $family == nllb ]]; then
+        [[ -f $flores_dir/eng_Latn.txt && -f $flores_dir/hin_Deva.txt ]] ||
+            die "the tokenizer is trained on eng_Latn.txt and hin_Deva.txt, not both in $flores_dir"
     else
         [[ -f $flores_dir/eng_Latn.txt ]] || die "the tokenizer is trained on eng_Latn.txt, not in $flores_dir"
     fi
@@ -300,7 +323,7 @@ if [[ ! -f $checkpoint/bench-checkpoint.json ]]; then
     compare checkpoint --family "$family" --out "$checkpoint" --flores "$flores_dir" ||
         die "making the checkpoint failed"
 fi
-checkpoint_family=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1])).get("model_type", ""))' \
+checkpoint_family=$(python3 -c 'import json, sys; t = json.load(open(sys.argv[1])).get("model_type", ""); print({"m2m_100": "nllb"}.get(t, t))' \
     "$checkpoint/config.json") || die "cannot read $checkpoint/config.json"
 [[ $checkpoint_family == "$family" ]] ||
     die "$checkpoint holds a '$checkpoint_family' model, not a $family one (--family, --checkpoint)"

@@ -16,6 +16,11 @@ on the shapes, not on the values.
                       BPE trained on FLORES English; inputs are consecutive
                       FLORES sentences joined into ~400-token articles
                       (`inputs`)
+    --family nllb     facebook/nllb-200-distilled-600M's config (the
+                      M2M100 architecture); NllbTokenizer on a SentencePiece
+                      BPE trained on FLORES English / Hindi; inputs are the
+                      FLORES English sentences, translated into Hindi
+                      (hin_Deva forced first)
 
 Subcommands (each prints what it did; `--help` on each lists its options):
 
@@ -66,6 +71,7 @@ os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
 PROG = "marian_compare.py"
 FORMAT = "precis marian bench checkpoint v1"
 BART_FORMAT = "precis bart bench checkpoint v1"
+NLLB_FORMAT = "precis nllb bench checkpoint v1"
 # What the checkpoint's marker file must say for it to be reused.
 MARKER = "bench-checkpoint.json"
 
@@ -190,31 +196,75 @@ DISTILBART_GENERATION = dict(
     max_length=142,
     early_stopping=True,
 )
+# facebook/nllb-200-distilled-600M's config.json, written out by hand (no
+# hub access here): M2M100Config's arguments.
+NLLB_600M = dict(
+    vocab_size=256206,
+    d_model=1024,
+    encoder_layers=12,
+    decoder_layers=12,
+    encoder_attention_heads=16,
+    decoder_attention_heads=16,
+    encoder_ffn_dim=4096,
+    decoder_ffn_dim=4096,
+    activation_function="relu",
+    max_position_embeddings=1024,
+    scale_embedding=True,
+    pad_token_id=1,
+    bos_token_id=0,
+    eos_token_id=2,
+    decoder_start_token_id=2,
+    tie_word_embeddings=True,
+    dropout=0.1,
+    attention_dropout=0.1,
+    activation_dropout=0.0,
+    encoder_layerdrop=0,
+    decoder_layerdrop=0,
+    init_std=0.02,
+    architectures=["M2M100ForConditionalGeneration"],
+)
+# Its generation_config.json.
+NLLB_GENERATION = dict(bos_token_id=0, decoder_start_token_id=2, eos_token_id=2, max_length=200, pad_token_id=1)
+# The direction the NLLB protocol translates.
+NLLB_SOURCE, NLLB_TARGET = "eng_Latn", "hin_Deva"
 # RobertaTokenizer's special tokens: ids 0-3, then <mask> as the last id.
 BART_SPECIAL = ["<s>", "<pad>", "</s>", "<unk>"]
 
 
 def family_of(model_dir: str) -> str:
-    """`marian` or `bart`: config.json's model_type."""
+    """`marian`, `bart` or `nllb`: config.json's model_type (`m2m_100` is NLLB's)."""
     try:
         model_type = json.load(open(Path(model_dir) / "config.json", encoding="utf-8")).get("model_type")
     except (OSError, ValueError) as e:
         die(f"cannot read {model_dir}/config.json: {e}")
-    if model_type not in ("marian", "bart"):
-        die(f"{model_dir}: model_type {model_type!r} is neither marian nor bart")
-    return model_type
+    family = {"marian": "marian", "bart": "bart", "m2m_100": "nllb"}.get(model_type)
+    if family is None:
+        die(f"{model_dir}: model_type {model_type!r} is not marian, bart or m2m_100")
+    return family
 
 
 def load_tokenizer(model_dir: str):
-    """transformers' tokenizer of the checkpoint: MarianTokenizer, or (BART)
-    what AutoTokenizer gives (RobertaTokenizer, which BartTokenizer names)."""
-    if family_of(model_dir) == "marian":
+    """transformers' tokenizer of the checkpoint: MarianTokenizer; (BART)
+    what AutoTokenizer gives (RobertaTokenizer, which BartTokenizer names);
+    (NLLB) NllbTokenizer reading English (eng_Latn first, </s> last)."""
+    family = family_of(model_dir)
+    if family == "marian":
         from transformers import MarianTokenizer
 
         return MarianTokenizer.from_pretrained(model_dir)
     from transformers import AutoTokenizer
 
+    if family == "nllb":
+        return AutoTokenizer.from_pretrained(model_dir, src_lang=NLLB_SOURCE)
     return AutoTokenizer.from_pretrained(model_dir)
+
+
+def forced_target(model_dir: str, tok) -> int | None:
+    """The token forced first that the checkpoint's generation_config.json
+    does not name: NLLB's target language code."""
+    if family_of(model_dir) == "nllb":
+        return tok.convert_tokens_to_ids(NLLB_TARGET)
+    return None
 
 
 def die(message: str, code: int = 2) -> None:
@@ -365,7 +415,7 @@ def cmd_checkpoint(args) -> None:
     if (out / MARKER).exists() and not args.force:
         print(f"checkpoint {out} exists ({MARKER}); --force rebuilds it")
         return
-    {"marian": checkpoint_marian, "bart": checkpoint_bart}[args.family](args)
+    {"marian": checkpoint_marian, "bart": checkpoint_bart, "nllb": checkpoint_nllb}[args.family](args)
 
 
 def checkpoint_marian(args) -> None:
@@ -569,6 +619,75 @@ def checkpoint_bart(args) -> None:
     )
 
 
+def checkpoint_nllb(args) -> None:
+    import random
+
+    import numpy as np
+    import torch
+    from transformers import GenerationConfig, M2M100Config, M2M100ForConditionalGeneration
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+    from make_fixtures import make_nllb_tokenizer, train_spm
+
+    out = Path(args.out)
+    flores = Path(args.flores)
+    english = read_lines(str(flores / "eng_Latn.txt"), None)
+    hindi = read_lines(str(flores / "hin_Deva.txt"), None)
+    tmp = out.with_name(out.name + ".partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+    # 1. Tokenizer: a SentencePiece BPE trained on FLORES English and Hindi,
+    # in the files facebook/nllb-200-* has (the one scripts/make_fixtures.py
+    # builds for its NLLB fixture): the model's vocabulary is NLLB's 256206,
+    # the tokenizer's the trained pieces and the 202 codes.
+    proto = train_spm(english + hindi, args.spm_vocab, "bpe")
+    tok, tokenizer_size = make_nllb_tokenizer(tmp, proto)
+    assert tokenizer_size < NLLB_600M["vocab_size"], tokenizer_size
+
+    # 2. The model: nllb-200-distilled-600M's config, random weights
+    # (init_std 0.02), its generation_config.json.
+    config = M2M100Config(**NLLB_600M)
+    torch.manual_seed(args.seed)
+    model = M2M100ForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(**NLLB_GENERATION)
+    model.save_pretrained(str(tmp), safe_serialization=True)
+    for p in tmp.iterdir():
+        p.chmod(0o644)
+
+    tok = load_tokenizer(str(tmp))
+    lengths = [len(ids) for ids in tok(english)["input_ids"]]
+    marker = {
+        "format": NLLB_FORMAT,
+        "family": "nllb",
+        "seed": args.seed,
+        "versions": versions(),
+        "config": "facebook/nllb-200-distilled-600M (written out by hand), random weights",
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "tokenizer_size": tokenizer_size,
+        "flores_sentence_tokens": {
+            "mean": sum(lengths) / len(lengths),
+            "min": min(lengths),
+            "max": max(lengths),
+        },
+        "files": {p.name: sha256(p) for p in sorted(tmp.iterdir())},
+    }
+    write_json(str(tmp / MARKER), marker)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+    print(
+        f"checkpoint {out}: {marker['parameters'] / 1e6:.1f} M parameters, vocabulary "
+        f"{NLLB_600M['vocab_size']} (tokenizer {tokenizer_size}), seed {args.seed}; FLORES sentences "
+        f"{marker['flores_sentence_tokens']['mean']:.1f} tokens on average ({NLLB_SOURCE} and </s> included)"
+    )
+
+
 # ---------------------------------------------------------------------------
 # inputs (BART)
 # ---------------------------------------------------------------------------
@@ -629,7 +748,7 @@ def warn_others(name: str, clock: "Clock") -> None:
 def cmd_transformers(args) -> None:
     configure_torch(args.threads)
     import torch
-    from transformers import BartForConditionalGeneration, MarianMTModel
+    from transformers import BartForConditionalGeneration, M2M100ForConditionalGeneration, MarianMTModel
     from transformers.utils import logging as hf_logging
 
     # generate() warns on every call that max_new_tokens wins over the
@@ -641,7 +760,8 @@ def cmd_transformers(args) -> None:
     family = family_of(args.model)
     load_start = time.perf_counter()
     tok = load_tokenizer(args.model)
-    model = {"marian": MarianMTModel, "bart": BartForConditionalGeneration}[family].from_pretrained(args.model)
+    classes = {"marian": MarianMTModel, "bart": BartForConditionalGeneration, "nllb": M2M100ForConditionalGeneration}
+    model = classes[family].from_pretrained(args.model)
     model.eval()
     load_s = time.perf_counter() - load_start
     encoded = [tok(b, padding=True, return_tensors="pt") for b in batches_of(inputs, args.batch)]
@@ -650,6 +770,10 @@ def cmd_transformers(args) -> None:
     # <s> first and </s> at the last position, no_repeat_ngram_size 3,
     # length_penalty 2, min_length 56 made moot by min_new_tokens).
     kwargs = dict(min_new_tokens=args.tokens, max_new_tokens=args.tokens)
+    # NLLB: the target language forced first, as a translation asks it.
+    target = forced_target(args.model, tok)
+    if target is not None:
+        kwargs["forced_bos_token_id"] = target
     report = {
         "engine": "transformers",
         "family": family,
@@ -731,8 +855,9 @@ def cmd_ct2(args) -> None:
     # token) is a one-token target prefix here: CTranslate2 has no forced BOS;
     # the prefix counts in max_decoding_length and comes back in the result.
     prefix = None
-    if gen.forced_bos_token_id is not None:
-        prefix = [tok.convert_ids_to_tokens(gen.forced_bos_token_id)]
+    forced = forced_target(args.hf, tok) or gen.forced_bos_token_id
+    if forced is not None:
+        prefix = [tok.convert_ids_to_tokens(forced)]
     load_start = time.perf_counter()
     translator = ctranslate2.Translator(
         args.model,
@@ -1001,13 +1126,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
 
-    c = sub.add_parser("checkpoint", help="make the random opus-mt-en-ru- or distilbart-cnn-12-6-shaped checkpoint")
-    c.add_argument("--family", choices=["marian", "bart"], default="marian")
+    c = sub.add_parser("checkpoint", help="make the random opus-mt-en-ru-, distilbart-cnn-12-6- or nllb-200-distilled-600M-shaped checkpoint")
+    c.add_argument("--family", choices=["marian", "bart", "nllb"], default="marian")
     c.add_argument("--out", required=True)
     c.add_argument("--flores", required=True,
                    help="folder with eng_Latn.txt (and, for marian, rus_Cyrl.txt)")
     c.add_argument("--seed", type=int, default=20240611)
-    c.add_argument("--spm-vocab", type=int, default=8000, help="marian: SentencePiece vocab asked (a soft limit)")
+    c.add_argument("--spm-vocab", type=int, default=8000,
+                   help="marian, nllb: SentencePiece vocab asked (a soft limit)")
     c.add_argument("--force", action="store_true")
 
     i = sub.add_parser("inputs", help="write the BART inputs: consecutive sentences joined to ~400 tokens")

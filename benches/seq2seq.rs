@@ -1,13 +1,15 @@
 //! Encoder-decoder benchmark: tokens/s of precis's seq2seq backend under the
 //! fixed protocol of `benches/compare-marian.sh`, which runs this next to
 //! Python transformers and CTranslate2 on the same checkpoint. Both families
-//! of [`Bart`] are timed: Marian translation (`--family marian`, the
-//! default) and BART summarization (`--family bart`); the checkpoint's
-//! `config.json` (`model_type`) says which this is.
+//! of [`Bart`] are timed, Marian translation (`--family marian`, the
+//! default) and BART summarization (`--family bart`), and [`M2M100`]'s NLLB
+//! translation into Hindi (`--family nllb`, `hin_Deva` forced first); the
+//! checkpoint's `config.json` (`model_type`) says which this is.
 //!
 //! ```sh
 //! benches/compare-marian.sh                 # Marian: all engines, table and ratios
 //! benches/compare-marian.sh --family bart   # BART (distilbart-cnn-12-6-shaped)
+//! benches/compare-marian.sh --family nllb   # NLLB (nllb-200-distilled-600M-shaped)
 //! cargo bench --bench seq2seq               # precis alone, on the Marian checkpoint the script made
 //! PRECIS_BENCH_BEAMS=4 cargo bench --bench seq2seq -- ~/some/opus-mt-dir
 //! PRECIS_BENCH_INPUTS=target/bench-compare/bart/inputs.txt \
@@ -15,13 +17,15 @@
 //! ```
 //!
 //! The protocol: the first `PRECIS_BENCH_COUNT` inputs of a text file, one
-//! input a line (Marian: 200 FLORES-200 English sentences; BART: 100
-//! articles of ~400 tokens that the script builds from them), tokenized
+//! input a line (Marian and NLLB: 200 FLORES-200 English sentences; BART:
+//! 100 articles of ~400 tokens that the script builds from them), tokenized
 //! before the clock starts (Marian: precis's `MarianTokenizer`; BART:
-//! precis's `CheckpointTokenizer`, byte-level BPE), in batches of
+//! precis's `CheckpointTokenizer`, byte-level BPE; NLLB: precis's
+//! `ManyToManyTokenizer`, reading English), in batches of
 //! `PRECIS_BENCH_BATCH` (8) in file order, generated with the checkpoint's
 //! `generation_config.json` overridden by `num_beams` and `min_new_tokens =
-//! max_new_tokens = PRECIS_BENCH_TOKENS` (Marian 32, BART 64), exactly what
+//! max_new_tokens = PRECIS_BENCH_TOKENS` (Marian and NLLB 32, BART 64), and
+//! for NLLB `forced_bos_token_id` = the `hin_Deva` code, exactly what
 //! transformers gets from `generate(**batch, num_beams=…,
 //! min_new_tokens=N, max_new_tokens=N)`. For each beam size one untimed
 //! warm-up batch, then every batch one after the other under one clock:
@@ -67,11 +71,13 @@ use std::time::{Duration, Instant};
 
 use candle_core::Device;
 use precis_backend::seq2seq::backend::checkpoint_generation;
-use precis_backend::seq2seq::bart::{Bart, BartState};
+use precis_backend::seq2seq::bart::Bart;
+use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::{
     generate, pad_outputs, EncoderDecoder, GenerationConfig, GenerationSettings, Seq2SeqConfig,
 };
 use precis_backend::tokenizer::checkpoint::{CheckpointTokenizer, Family};
+use precis_backend::tokenizer::m2m::ManyToManyTokenizer;
 use precis_backend::tokenizer::marian::MarianTokenizer;
 use precis_backend::BackendError;
 
@@ -108,12 +114,12 @@ struct Phases {
 }
 
 /// The model, with a clock around each call [`generate`] makes.
-struct Timed<'a> {
-    model: &'a Bart,
+struct Timed<'a, M> {
+    model: &'a M,
     phases: Cell<Phases>,
 }
 
-impl Timed<'_> {
+impl<M> Timed<'_, M> {
     fn add(&self, f: impl FnOnce(&mut Phases)) {
         let mut p = self.phases.get();
         f(&mut p);
@@ -121,21 +127,21 @@ impl Timed<'_> {
     }
 }
 
-impl EncoderDecoder for Timed<'_> {
-    type State = BartState;
+impl<M: EncoderDecoder> EncoderDecoder for Timed<'_, M> {
+    type State = M::State;
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
         self.model.seq2seq_config()
     }
 
-    fn start(&self, inputs: &[Vec<u32>], rows: usize) -> Result<BartState, BackendError> {
+    fn start(&self, inputs: &[Vec<u32>], rows: usize) -> Result<M::State, BackendError> {
         let t = Instant::now();
         let out = self.model.start(inputs, rows);
         self.add(|p| p.start += t.elapsed());
         out
     }
 
-    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    fn step(&self, state: &mut M::State, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
         let t = Instant::now();
         let out = self.model.step(state, tokens);
         self.add(|p| {
@@ -145,7 +151,7 @@ impl EncoderDecoder for Timed<'_> {
         out
     }
 
-    fn select(&self, state: &mut BartState, rows: &[usize]) -> Result<(), BackendError> {
+    fn select(&self, state: &mut M::State, rows: &[usize]) -> Result<(), BackendError> {
         let t = Instant::now();
         let out = self.model.select(state, rows);
         self.add(|p| p.select += t.elapsed());
@@ -159,14 +165,15 @@ fn default_checkpoint() -> PathBuf {
         .join(".cache/precis/bench/opus-mt-en-ru-random")
 }
 
-/// The two kinds of checkpoint [`Bart`] loads, and the protocol's defaults
-/// for each.
+/// The kinds of checkpoint the protocol runs, and its defaults for each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum ModelFamily {
     /// Translation (`model_type` `marian`).
     Marian,
     /// Summarization (`model_type` `bart`).
     Bart,
+    /// Many-to-many translation, English into Hindi (`model_type` `m2m_100`).
+    Nllb,
 }
 
 impl ModelFamily {
@@ -185,8 +192,9 @@ impl ModelFamily {
         match config["model_type"].as_str() {
             Some("marian") => Ok(Self::Marian),
             Some("bart") => Ok(Self::Bart),
+            Some("m2m_100") => Ok(Self::Nllb),
             other => anyhow::bail!(
-                "{}: model_type {other:?} is neither \"marian\" nor \"bart\"",
+                "{}: model_type {other:?} is not \"marian\", \"bart\" or \"m2m_100\"",
                 path.display()
             ),
         }
@@ -196,6 +204,7 @@ impl ModelFamily {
         match self {
             Self::Marian => "marian",
             Self::Bart => "bart",
+            Self::Nllb => "nllb",
         }
     }
 
@@ -203,21 +212,21 @@ impl ModelFamily {
     /// to the repository root, where `cargo bench` runs).
     fn default_inputs(self) -> PathBuf {
         PathBuf::from(match self {
-            Self::Marian => "../shared/eval/flores200-dev/eng_Latn.txt",
+            Self::Marian | Self::Nllb => "../shared/eval/flores200-dev/eng_Latn.txt",
             Self::Bart => "target/bench-compare/bart/inputs.txt",
         })
     }
 
     fn default_count(self) -> usize {
         match self {
-            Self::Marian => 200,
+            Self::Marian | Self::Nllb => 200,
             Self::Bart => 100,
         }
     }
 
     fn default_tokens(self) -> usize {
         match self {
-            Self::Marian => 32,
+            Self::Marian | Self::Nllb => 32,
             Self::Bart => 64,
         }
     }
@@ -227,7 +236,12 @@ impl ModelFamily {
 enum SourceTokenizer {
     Marian(Box<MarianTokenizer>),
     Bart(Box<CheckpointTokenizer>),
+    Nllb(Box<ManyToManyTokenizer>),
 }
+
+/// The language NLLB inputs are read in, and the one they are translated into.
+const NLLB_SOURCE: &str = "en";
+const NLLB_TARGET: &str = "hi";
 
 impl SourceTokenizer {
     fn load(dir: &Path, family: ModelFamily) -> anyhow::Result<Self> {
@@ -236,7 +250,19 @@ impl SourceTokenizer {
             ModelFamily::Bart => {
                 Self::Bart(Box::new(CheckpointTokenizer::from_dir(dir, Family::Bart)?))
             }
+            ModelFamily::Nllb => Self::Nllb(Box::new(ManyToManyTokenizer::from_dir(dir)?)),
         })
+    }
+
+    /// The token forced first (NLLB: the target language's code).
+    fn forced_first(&self) -> anyhow::Result<Option<u32>> {
+        match self {
+            Self::Nllb(t) => t
+                .language_id(NLLB_TARGET)
+                .map(Some)
+                .ok_or_else(|| anyhow::anyhow!("the tokenizer has no code for `{NLLB_TARGET}`")),
+            _ => Ok(None),
+        }
     }
 
     /// The input ids of `text`, special tokens included (`tokenizer(text)["input_ids"]`).
@@ -244,6 +270,7 @@ impl SourceTokenizer {
         match self {
             Self::Marian(t) => Ok(t.encode_source(text)),
             Self::Bart(t) => t.encode(text).map_err(|e| anyhow::anyhow!(e)),
+            Self::Nllb(t) => t.encode(text, NLLB_SOURCE).map_err(|e| anyhow::anyhow!(e)),
         }
     }
 
@@ -252,6 +279,7 @@ impl SourceTokenizer {
         match self {
             Self::Marian(_) => "</s> included",
             Self::Bart(_) => "<s> and </s> included",
+            Self::Nllb(_) => "eng_Latn and </s> included",
         }
     }
 }
@@ -313,7 +341,10 @@ fn main() -> anyhow::Result<()> {
 
     let load_start = Instant::now();
     let tokenizer = SourceTokenizer::load(&dir, family)?;
-    let model = Bart::load(&dir, &Device::Cpu)?;
+    let model = match family {
+        ModelFamily::Marian | ModelFamily::Bart => Model::Bart(Bart::load(&dir, &Device::Cpu)?),
+        ModelFamily::Nllb => Model::M2M100(M2M100::load(&dir, &Device::Cpu)?),
+    };
     let load_s = load_start.elapsed().as_secs_f64();
 
     let inputs = read_inputs(&inputs_path, count)?;
@@ -322,8 +353,10 @@ fn main() -> anyhow::Result<()> {
         .map(|s| tokenizer.encode(s))
         .collect::<anyhow::Result<_>>()?;
     let batches: Vec<&[Vec<u32>]> = input_ids.chunks(batch).collect();
-    let checkpoint = checkpoint_generation(&dir)?;
-    let cfg = model.seq2seq_config();
+    let mut checkpoint = checkpoint_generation(&dir)?;
+    if let Some(forced) = tokenizer.forced_first()? {
+        checkpoint.forced_bos_token_id = Some(forced);
+    }
 
     println!("checkpoint       {} ({})", dir.display(), family.name());
     println!(
@@ -352,104 +385,18 @@ fn main() -> anyhow::Result<()> {
          (min_new_tokens = max_new_tokens), tok/s = {tokens} × inputs / wall s of generation"
     );
 
-    let mut runs = Vec::new();
-    for &num_beams in &beams {
-        let overrides = checkpoint.clone().then(&GenerationConfig {
-            num_beams: Some(num_beams),
-            min_new_tokens: Some(tokens),
-            max_new_tokens: Some(tokens),
-            ..GenerationConfig::default()
-        });
-        let settings =
-            GenerationSettings::resolve(&overrides, &cfg).map_err(|e| anyhow::anyhow!(e))?;
-        if sample > 0 {
-            let mut ids = Vec::new();
-            for b in &batches {
-                let out = generate(&model, b, &settings, &mut |_| true)?;
-                ids.extend(pad_outputs(&out, &settings));
-            }
-            println!(
-                "beam={num_beams:<2}          ids of {} inputs recorded",
-                ids.len()
-            );
-            runs.push(serde_json::json!({"beams": num_beams, "ids": ids}));
-            continue;
-        }
-        let timed = Timed {
-            model: &model,
-            phases: Cell::new(Phases::default()),
-        };
-        // Warm-up, untimed.
-        generate(&timed, batches[0], &settings, &mut |_| true)?;
-        timed.phases.set(Phases::default());
-        let cpu_start = cpu_seconds();
-        let machine_start = machine_jiffies();
-        let start = Instant::now();
-        let mut new_tokens = Vec::with_capacity(inputs.len());
-        for b in &batches {
-            let out = generate(&timed, b, &settings, &mut |_| true)?;
-            new_tokens.extend(out.iter().map(|o| o.len().saturating_sub(1)));
-        }
-        let wall_s = start.elapsed().as_secs_f64();
-        let cores = match (cpu_start, cpu_seconds()) {
-            (Some(a), Some(b)) => Some((b - a) / wall_s),
-            _ => None,
-        };
-        // Cores other processes kept busy meanwhile: the machine's less ours.
-        let others = machine_busy(machine_start, machine_jiffies())
-            .zip(cores)
-            .map(|(m, c)| (m - c).max(0.0));
-        let tok_s = (tokens * inputs.len()) as f64 / wall_s;
-        let p = timed.phases.get();
-        let (start_s, step_s, select_s) = (
-            p.start.as_secs_f64(),
-            p.step.as_secs_f64(),
-            p.select.as_secs_f64(),
-        );
-        let search_s = (wall_s - start_s - step_s - select_s).max(0.0);
-        let lo = new_tokens.iter().copied().min().unwrap_or(0);
-        let hi = new_tokens.iter().copied().max().unwrap_or(0);
-        println!(
-            "beam={num_beams:<2}          {tok_s:.1} tok/s ({} inputs × {tokens} tokens in {wall_s:.2} s{})",
-            inputs.len(),
-            cores.map_or(String::new(), |c| format!(", {c:.2} cores busy")),
-        );
-        if let Some(o) = others.filter(|&o| o >= 0.25) {
-            println!(
-                "warning: other processes kept {o:.2} cores busy meanwhile: this figure is low"
-            );
-        }
-        let pct = |s: f64| 100.0 * s / wall_s;
-        println!(
-            "  time           encoder {start_s:.2} s ({:.0}%), decoder steps {step_s:.2} s ({:.0}%, {} steps, \
-             {:.1} ms each), beam reorder {select_s:.2} s ({:.0}%), search {search_s:.2} s ({:.0}%)",
-            pct(start_s),
-            pct(step_s),
-            p.steps,
-            1000.0 * step_s / p.steps.max(1) as f64,
-            pct(select_s),
-            pct(search_s),
-        );
-        if lo != tokens || hi != tokens {
-            println!("note: outputs have {lo}..{hi} new tokens, not {tokens}");
-        }
-        runs.push(serde_json::json!({
-            "beams": num_beams,
-            "wall_s": wall_s,
-            "tok_s": tok_s,
-            "cores_busy": cores,
-            "others_cores_busy": others,
-            "new_tokens_min": lo,
-            "new_tokens_max": hi,
-            "decoder_steps": p.steps,
-            "breakdown": {
-                "encoder": start_s,
-                "decoder steps": step_s,
-                "beam reorder": select_s,
-                "search": search_s,
-            },
-        }));
-    }
+    let plan = Plan {
+        batches: &batches,
+        inputs: inputs.len(),
+        checkpoint: &checkpoint,
+        beams: &beams,
+        tokens,
+        sample,
+    };
+    let runs = match &model {
+        Model::Bart(m) => plan.run(m)?,
+        Model::M2M100(m) => plan.run(m)?,
+    };
     let peak_mb = peak_rss_mb();
     if let Some(mb) = peak_mb {
         println!("peak RSS         {mb:.0} MB");
@@ -480,6 +427,129 @@ fn main() -> anyhow::Result<()> {
         println!("json             {}", json_path.display());
     }
     Ok(())
+}
+
+/// What every timed run shares: the batches, the checkpoint's generation
+/// settings, the beam sizes and the number of new tokens.
+struct Plan<'a> {
+    batches: &'a [&'a [Vec<u32>]],
+    inputs: usize,
+    checkpoint: &'a GenerationConfig,
+    beams: &'a [usize],
+    tokens: usize,
+    sample: usize,
+}
+
+/// The loaded model: one of the families the protocol times.
+enum Model {
+    Bart(Bart),
+    M2M100(M2M100),
+}
+
+impl Plan<'_> {
+    /// Each beam size's run (or, with a sample, its ids), as JSON.
+    fn run<M: EncoderDecoder>(&self, model: &M) -> anyhow::Result<Vec<serde_json::Value>> {
+        let tokens = self.tokens;
+        let mut runs = Vec::new();
+        for &num_beams in self.beams {
+            let overrides = self.checkpoint.clone().then(&GenerationConfig {
+                num_beams: Some(num_beams),
+                min_new_tokens: Some(self.tokens),
+                max_new_tokens: Some(self.tokens),
+                ..GenerationConfig::default()
+            });
+            let settings = GenerationSettings::resolve(&overrides, &model.seq2seq_config())
+                .map_err(|e| anyhow::anyhow!(e))?;
+            if self.sample > 0 {
+                let mut ids = Vec::new();
+                for b in self.batches {
+                    let out = generate(model, b, &settings, &mut |_| true)?;
+                    ids.extend(pad_outputs(&out, &settings));
+                }
+                println!(
+                    "beam={num_beams:<2}          ids of {} inputs recorded",
+                    ids.len()
+                );
+                runs.push(serde_json::json!({"beams": num_beams, "ids": ids}));
+                continue;
+            }
+            let timed = Timed {
+                model,
+                phases: Cell::new(Phases::default()),
+            };
+            // Warm-up, untimed.
+            generate(&timed, self.batches[0], &settings, &mut |_| true)?;
+            timed.phases.set(Phases::default());
+            let cpu_start = cpu_seconds();
+            let machine_start = machine_jiffies();
+            let start = Instant::now();
+            let mut new_tokens = Vec::with_capacity(self.inputs);
+            for b in self.batches {
+                let out = generate(&timed, b, &settings, &mut |_| true)?;
+                new_tokens.extend(out.iter().map(|o| o.len().saturating_sub(1)));
+            }
+            let wall_s = start.elapsed().as_secs_f64();
+            let cores = match (cpu_start, cpu_seconds()) {
+                (Some(a), Some(b)) => Some((b - a) / wall_s),
+                _ => None,
+            };
+            // Cores other processes kept busy meanwhile: the machine's less ours.
+            let others = machine_busy(machine_start, machine_jiffies())
+                .zip(cores)
+                .map(|(m, c)| (m - c).max(0.0));
+            let tok_s = (tokens * self.inputs) as f64 / wall_s;
+            let p = timed.phases.get();
+            let (start_s, step_s, select_s) = (
+                p.start.as_secs_f64(),
+                p.step.as_secs_f64(),
+                p.select.as_secs_f64(),
+            );
+            let search_s = (wall_s - start_s - step_s - select_s).max(0.0);
+            let lo = new_tokens.iter().copied().min().unwrap_or(0);
+            let hi = new_tokens.iter().copied().max().unwrap_or(0);
+            println!(
+                "beam={num_beams:<2}          {tok_s:.1} tok/s ({} inputs × {tokens} tokens in {wall_s:.2} s{})",
+                self.inputs,
+                cores.map_or(String::new(), |c| format!(", {c:.2} cores busy")),
+            );
+            if let Some(o) = others.filter(|&o| o >= 0.25) {
+                println!(
+                    "warning: other processes kept {o:.2} cores busy meanwhile: this figure is low"
+                );
+            }
+            let pct = |s: f64| 100.0 * s / wall_s;
+            println!(
+                "  time           encoder {start_s:.2} s ({:.0}%), decoder steps {step_s:.2} s ({:.0}%, {} steps, \
+                 {:.1} ms each), beam reorder {select_s:.2} s ({:.0}%), search {search_s:.2} s ({:.0}%)",
+                pct(start_s),
+                pct(step_s),
+                p.steps,
+                1000.0 * step_s / p.steps.max(1) as f64,
+                pct(select_s),
+                pct(search_s),
+            );
+            if lo != tokens || hi != tokens {
+                println!("note: outputs have {lo}..{hi} new tokens, not {tokens}");
+            }
+            runs.push(serde_json::json!({
+                "beams": num_beams,
+                "wall_s": wall_s,
+                "tok_s": tok_s,
+                "cores_busy": cores,
+                "others_cores_busy": others,
+                "new_tokens_min": lo,
+                "new_tokens_max": hi,
+                "decoder_steps": p.steps,
+                "breakdown": {
+                    "encoder": start_s,
+                    "decoder steps": step_s,
+                    "beam reorder": select_s,
+                    "search": search_s,
+                },
+            }));
+        }
+        Ok(runs)
+    }
 }
 
 /// The first `count` non-empty lines of `path`.
