@@ -2120,21 +2120,18 @@ def make_madlad_tokenizer(out_dir: Path):
     return tok
 
 
-def make_madlad_checkpoint(versions: dict) -> Path:
+def train_madlad_model(tok, dims: dict, steps: int, lr: float, log_every: int = 100) -> tuple:
+    """A T5 of `dims` (gated-gelu, an untied lm_head drawn from N(0, 1)) trained on the corpus
+    in MADLAD_DIRECTIONS as `<2xx> source` -> target, with google/madlad400-3b-mt's generation
+    settings; returns the model, its config and the loss curve."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, GenerationConfig, T5Config, T5ForConditionalGeneration
+    from transformers import GenerationConfig, T5Config, T5ForConditionalGeneration
 
-    out_dir = fresh_dir("madlad", "tiny-madlad")
-    seed_everything(SEED)
-    tok = make_madlad_tokenizer(out_dir)
-    codes = {c: tok.convert_tokens_to_ids(f"<2{c}>") for c in MADLAD_LANGUAGES}
-    assert all(i != tok.unk_token_id for i in codes.values()), codes
     config = T5Config(
         vocab_size=(len(tok) + 7) // 8 * 8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
         dropout_rate=0.1, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
-        architectures=["T5ForConditionalGeneration"], d_model=64, d_kv=16, d_ff=128, num_layers=2,
-        num_decoder_layers=2, num_heads=4, feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32, relative_attention_max_distance=128,
+        architectures=["T5ForConditionalGeneration"], feed_forward_proj="gated-gelu",
+        relative_attention_num_buckets=32, relative_attention_max_distance=128, **dims,
     )
     torch.manual_seed(SEED)
     model = T5ForConditionalGeneration(config)
@@ -2146,15 +2143,33 @@ def make_madlad_checkpoint(versions: dict) -> Path:
             sources.append(madlad_input(tgt, row[LANG_INDEX[src]]))
             targets.append(row[LANG_INDEX[tgt]])
     enc = tok(sources, text_target=targets, padding=True, return_tensors="pt")
-    curve = train_seq2seq(model, training_batches(enc, 0), 500, 2e-3)
+    curve = train_seq2seq(model, training_batches(enc, 0), steps, lr, log_every=log_every)
     # As google/madlad400-3b-mt's generation_config.json.
     model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
                                                max_length=48)
+    return model, config, curve
+
+
+def save_madlad_model(model, out_dir: Path) -> None:
     model.save_pretrained(str(out_dir), safe_serialization=True)
     # As google/madlad400-*-mt's config.json has it: tie_word_embeddings false (transformers 5
     # writes true plus scale_decoder_outputs).
     rewrite_json(out_dir / "config.json", {"tie_word_embeddings": False}, ("scale_decoder_outputs", "tie_word_embeddings"))
     make_readable(out_dir)
+
+
+def make_madlad_checkpoint(versions: dict) -> Path:
+    import torch
+    from transformers import AutoModelForSeq2SeqLM, AutoTokenizer
+
+    out_dir = fresh_dir("madlad", "tiny-madlad")
+    seed_everything(SEED)
+    tok = make_madlad_tokenizer(out_dir)
+    codes = {c: tok.convert_tokens_to_ids(f"<2{c}>") for c in MADLAD_LANGUAGES}
+    assert all(i != tok.unk_token_id for i in codes.values()), codes
+    model, config, curve = train_madlad_model(tok, dict(d_model=64, d_kv=16, d_ff=128, num_layers=2,
+                                                        num_decoder_layers=2, num_heads=4), 500, 2e-3)
+    save_madlad_model(model, out_dir)
 
     model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager")
     model.eval()
@@ -2233,34 +2248,14 @@ def make_madlad_wide(versions: dict, tokenizer_dir: Path) -> Path:
     Q8_0 matrices. Saved in f16 to keep the repository small; the reference is
     transformers' f32 greedy output on it."""
     import torch
-    from transformers import AutoModelForSeq2SeqLM, GenerationConfig, T5Config, T5ForConditionalGeneration, T5Tokenizer
+    from transformers import AutoModelForSeq2SeqLM, T5Tokenizer
 
     out_dir = fresh_dir("madlad", "tiny-madlad-wide")
     seed_everything(SEED)
     tok = T5Tokenizer.from_pretrained(str(tokenizer_dir))
-    config = T5Config(
-        vocab_size=(len(tok) + 7) // 8 * 8, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0,
-        dropout_rate=0.1, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
-        architectures=["T5ForConditionalGeneration"], d_model=256, d_kv=32, d_ff=512, num_layers=1,
-        num_decoder_layers=1, num_heads=8, feed_forward_proj="gated-gelu",
-        relative_attention_num_buckets=32, relative_attention_max_distance=128,
-    )
-    torch.manual_seed(SEED)
-    model = T5ForConditionalGeneration(config)
-    model.lm_head.weight = torch.nn.Parameter(torch.empty_like(model.shared.weight).normal_(0.0, 1.0))
-    model.all_tied_weights_keys.pop("lm_head.weight")
-    sources, targets = [], []
-    for src, tgt in MADLAD_DIRECTIONS:
-        for row in CORPUS:
-            sources.append(madlad_input(tgt, row[LANG_INDEX[src]]))
-            targets.append(row[LANG_INDEX[tgt]])
-    enc = tok(sources, text_target=targets, padding=True, return_tensors="pt")
-    curve = train_seq2seq(model, training_batches(enc, 0), 1500, 1e-3, log_every=250)
-    model.generation_config = GenerationConfig(decoder_start_token_id=0, eos_token_id=1, pad_token_id=0,
-                                               max_length=48)
-    model.half().save_pretrained(str(out_dir), safe_serialization=True)
-    rewrite_json(out_dir / "config.json", {"tie_word_embeddings": False}, ("scale_decoder_outputs", "tie_word_embeddings"))
-    make_readable(out_dir)
+    model, _, curve = train_madlad_model(tok, dict(d_model=256, d_kv=32, d_ff=512, num_layers=1,
+                                                   num_decoder_layers=1, num_heads=8), 1500, 1e-3, log_every=250)
+    save_madlad_model(model.half(), out_dir)
 
     model = AutoModelForSeq2SeqLM.from_pretrained(str(out_dir), attn_implementation="eager", dtype=torch.float32)
     model.eval()
