@@ -389,3 +389,37 @@ fn the_cli_translates_with_a_gguf_checkpoint() {
         "{err}"
     );
 }
+
+/// A damaged or mismatched GGUF checkpoint is refused with a message that
+/// names what is wrong, never a panic: a truncated file, a `config.json`
+/// whose sizes are not the file's, and a type precis does not run.
+#[test]
+fn a_bad_gguf_checkpoint_is_refused() {
+    let load_error = |dir: &Path| match T5::load(dir, &Device::Cpu) {
+        Ok(_) => panic!("{} loaded", dir.display()),
+        Err(e) => e.to_string(),
+    };
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = quantize(GgmlDType::Q8_0, dir.path());
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_error(dir.path());
+    assert!(err.contains("truncated"), "{err}");
+
+    let dir = tempfile::tempdir().unwrap();
+    quantize(GgmlDType::Q4K, dir.path());
+    let config = dir.path().join("config.json");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(&config, text.replace("\"d_ff\": 512", "\"d_ff\": 768")).unwrap();
+    let err = load_error(dir.path());
+    assert!(
+        err.contains("DenseReluDense") && err.contains("config.json") && err.contains("768"),
+        "{err}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    quantize(GgmlDType::Q2K, dir.path());
+    let err = load_error(dir.path());
+    assert!(err.contains("Q2K") && err.contains("does not run"), "{err}");
+}

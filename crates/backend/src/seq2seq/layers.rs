@@ -128,6 +128,15 @@ fn mapped(file: &Path, device: &Device) -> Result<Checkpoint, BackendError> {
     })
 }
 
+/// A failed lookup in a mapped file as candle's error, without the file's
+/// name: the load that receives it names the file once.
+fn lookup_error(e: BackendError) -> candle_core::Error {
+    match e {
+        BackendError::Load { source, .. } => candle_core::Error::Msg(source.to_string()),
+        other => candle_core::Error::wrap(other),
+    }
+}
+
 /// Where the matrix `name` lies in a mapped file, checked to be `rows × cols`.
 pub(super) fn matrix_ref(
     file: &GgufFile,
@@ -135,11 +144,11 @@ pub(super) fn matrix_ref(
     rows: usize,
     cols: usize,
 ) -> candle_core::Result<TensorRef> {
-    let weight = file.tensor(name).map_err(candle_core::Error::wrap)?;
+    let weight = file.tensor(name).map_err(lookup_error)?;
     let dims = file.content.tensor_infos[name].shape.rank();
     if dims != 2 || (weight.rows, weight.cols) != (rows, cols) {
         candle_core::bail!(
-            "tensor `{name}` is {} × {} in the file; expected {rows} × {cols}",
+            "tensor `{name}` is {} × {} in the file, but config.json's sizes make it {rows} × {cols}",
             weight.rows,
             weight.cols
         );
@@ -176,8 +185,8 @@ impl candle_nn::var_builder::SimpleBackend for MappedTensors {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let t = self.0.tensor(name).map_err(candle_core::Error::wrap)?;
-        let values = self.0.vector(name).map_err(candle_core::Error::wrap)?;
+        let t = self.0.tensor(name).map_err(lookup_error)?;
+        let values = self.0.vector(name).map_err(lookup_error)?;
         let vector = self.0.content.tensor_infos[name].shape.rank() == 1;
         let tensor = if vector {
             Tensor::from_vec(values, t.cols, device)?
