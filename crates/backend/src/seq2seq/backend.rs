@@ -127,15 +127,11 @@ impl Codec for ManyToManyTokenizer {
         ManyToManyTokenizer::encode(self, text, source).map_err(BackendError::Prompt)
     }
     fn decode(&self, ids: &[u32]) -> Result<String, BackendError> {
-        // The forced language token after the start token is not text
-        // (transformers 5.24's M2M100Tokenizer would keep `__ru__` in it).
-        let ids = match ids {
-            [start, language, rest @ ..] if self.is_language(*language) => {
-                [&[*start][..], rest].concat()
-            }
-            _ => ids.to_vec(),
-        };
-        ManyToManyTokenizer::decode(self, &ids, true).map_err(BackendError::Runtime)
+        // As transformers decodes: the forced language token is dropped
+        // when the checkpoint makes the codes special tokens (NLLB's, and
+        // M2M100's as the hub ships them), and kept as `__xx__` text when
+        // it does not.
+        ManyToManyTokenizer::decode(self, ids, true).map_err(BackendError::Runtime)
     }
     fn target_token(&self, target: Option<&str>) -> Result<Option<u32>, BackendError> {
         let target = target.ok_or_else(no_target)?;

@@ -9,11 +9,12 @@
 //!   SentencePiece (BPE) pieces numbered by `vocab.json` (a piece it lacks
 //!   is `<unk>`), text split first at `<s>` `</s>` `<unk>` `<pad>`; the
 //!   `__ru__` codes take the ids after the vocabulary, in fairseq's order;
-//!   an input is `__xx__ … </s>`. transformers 5.24 does not count these
-//!   codes as special tokens: its `decode(…, skip_special_tokens=True)`
-//!   keeps `__ru__` in the text, and so does [`ManyToManyTokenizer::decode`]
-//!   (a translation's forced language token is dropped before decoding by
-//!   the backend, which knows it is not text).
+//!   an input is `__xx__ … </s>`. Whether these codes are special tokens
+//!   (dropped by `decode(…, skip_special_tokens=True)`) follows the
+//!   checkpoint's special-token lists as transformers 5.24 reads them (see
+//!   `codes_are_special`): the hub's checkpoints make them special, a
+//!   tokenizer saved by transformers 5 with an empty list does not, and its
+//!   text keeps `__ru__`, in transformers and in precis alike.
 //!
 //! Languages are named by ISO 639-1 codes and mapped to each family's token
 //! through [`crate::languages`].
@@ -65,6 +66,9 @@ struct M2M100Vocab {
     special: Vec<(String, u32)>,
     unk_id: u32,
     clean_up: bool,
+    /// Whether the language codes are special tokens (dropped when
+    /// decoding skips special tokens), as [`codes_are_special`] decides.
+    codes_special: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -186,11 +190,6 @@ impl ManyToManyTokenizer {
         self.codes.get(&self.kind().token(code)?).copied()
     }
 
-    /// Whether `id` is a language token.
-    pub fn is_language(&self, id: u32) -> bool {
-        self.code_tokens.contains_key(&id)
-    }
-
     /// The ISO 639-1 codes of the languages whose tokens the vocabulary has,
     /// sorted.
     pub fn languages(&self) -> Vec<String> {
@@ -295,10 +294,11 @@ fn m2m100(
         }
     };
     let base = encoder.len() as u32;
-    let codes = (0u32..)
+    let codes: HashMap<String, u32> = (0u32..)
         .zip(list)
         .map(|(i, c)| (format!("__{c}__"), base + i))
         .collect();
+    let codes_special = codes_are_special(dir, config, &codes)?;
     let decoder = encoder.iter().map(|(k, &v)| (v, k.clone())).collect();
     let vocab = M2M100Vocab {
         spm,
@@ -309,8 +309,58 @@ fn m2m100(
         clean_up: config["clean_up_tokenization_spaces"]
             .as_bool()
             .unwrap_or(false),
+        codes_special,
     };
     Ok((vocab, codes, eos_id))
+}
+
+/// Whether an M2M100 checkpoint's language codes are special tokens, as
+/// transformers 5.24 reads its files: the special-token list of
+/// `special_tokens_map.json`, else of `tokenizer_config.json`
+/// (`additional_special_tokens` or `extra_special_tokens`), says so. A
+/// checkpoint that writes no list (a transformers 4 save, such as
+/// facebook/m2m100_418M, read without its `special_tokens_map.json`) has
+/// them special, as `M2M100Tokenizer` 4.x registered them; one saved by
+/// transformers 5 with an empty list has not, and its decoded text starts
+/// with the `__xx__` code, as transformers' does.
+fn codes_are_special(
+    dir: &Path,
+    config: &Value,
+    codes: &HashMap<String, u32>,
+) -> Result<bool, CheckpointTokenizerError> {
+    let map_path = dir.join("special_tokens_map.json");
+    let map = if map_path.is_file() {
+        read_json(&map_path)?
+    } else {
+        Value::Null
+    };
+    let listed = |value: &Value| -> Option<bool> {
+        let lists: Vec<&Value> = ["additional_special_tokens", "extra_special_tokens"]
+            .iter()
+            .filter_map(|k| value.get(k))
+            .collect();
+        if lists.is_empty() {
+            return None;
+        }
+        let token_text = |t: &Value| -> Option<String> {
+            match t {
+                Value::String(s) => Some(s.clone()),
+                Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+                _ => None,
+            }
+        };
+        let entries = lists.iter().flat_map(|l| match l {
+            Value::Array(a) => a.iter().collect::<Vec<_>>(),
+            Value::Object(o) => o.values().collect(),
+            _ => Vec::new(),
+        });
+        Some(
+            entries
+                .filter_map(token_text)
+                .any(|t| codes.contains_key(&t)),
+        )
+    };
+    Ok(listed(&map).or_else(|| listed(config)).unwrap_or(true))
 }
 
 impl M2M100Vocab {
@@ -354,7 +404,8 @@ impl M2M100Vocab {
         let mut out = String::new();
         let mut run: Vec<&str> = Vec::new();
         for &id in ids {
-            if skip && self.special.iter().any(|(_, s)| *s == id) {
+            let code = self.codes_special && codes.contains_key(&id);
+            if skip && (code || self.special.iter().any(|(_, s)| *s == id)) {
                 continue;
             }
             let token = codes
@@ -362,7 +413,7 @@ impl M2M100Vocab {
                 .or_else(|| self.decoder.get(&id))
                 .map(String::as_str)
                 .unwrap_or(unk);
-            if self.special.iter().any(|(s, _)| s == token) {
+            if code || self.special.iter().any(|(s, _)| s == token) {
                 out.push_str(&self.spm.decode_pieces(&run));
                 out.push_str(token);
                 run.clear();
