@@ -107,6 +107,18 @@ impl PackedF32 {
         }
     }
 
+    /// Row `r` of the matrix (`cols` values) into `out`: an embedding
+    /// lookup in a table packed as an output layer. Panics unless `r <
+    /// rows` and `out` holds `cols` values.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        let (p, j) = (r / PANEL, r % PANEL);
+        let panel = &self.panels[p * self.cols * PANEL..(p + 1) * self.cols * PANEL];
+        for (v, lanes) in out[..self.cols].iter_mut().zip(panel.chunks_exact(PANEL)) {
+            *v = lanes[j];
+        }
+    }
+
     /// Output values per token.
     pub fn rows(&self) -> usize {
         self.rows
@@ -463,6 +475,18 @@ mod tests {
                 ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
             })
             .collect()
+    }
+
+    #[test]
+    fn rows_read_back_as_they_were_packed() {
+        let (rows, cols) = (70, 37);
+        let w = values(rows * cols, 4);
+        let m = PackedF32::new(&w, None, rows, cols);
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            m.row(r, &mut row);
+            assert_eq!(row, w[r * cols..(r + 1) * cols], "row {r}");
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@
 use std::path::Path;
 
 use candle_core::{Device, Module, Tensor};
-use candle_nn::{Embedding, LayerNorm, VarBuilder};
+use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::bart::{FeedForward, LN_EPS};
@@ -112,13 +112,13 @@ struct DecoderLayer {
 /// A loaded M2M100 or NLLB model.
 pub struct M2M100 {
     cfg: M2M100Config,
-    tokens: Embedding,
     /// Row `p` is position `p` (row `pad_token_id` is zeros).
     positions: Vec<f32>,
     encoder: Vec<EncoderLayer>,
     encoder_norm: RowNorm,
     decoder: Vec<DecoderLayer>,
     decoder_norm: LayerNorm,
+    /// The output layer, tied to the shared embedding: also its table.
     lm_head: PackedF32,
     embed_scale: f64,
     device: Device,
@@ -258,7 +258,6 @@ impl M2M100 {
         let rows = pad + 1 + cfg.max_position_embeddings;
         Ok(Self {
             positions: sinusoids(rows, d, pad),
-            tokens: Embedding::new(table, d),
             encoder,
             encoder_norm: RowNorm::load(d, LN_EPS, base.pp("encoder.layer_norm"))?,
             decoder,
@@ -294,12 +293,25 @@ impl M2M100 {
     }
 
     /// Scaled token embeddings of `ids` plus the position rows `positions`
-    /// (one each), `ids.len()` rows of `d`, in one lookup.
+    /// (one each), `ids.len()` rows of `d`. The table is the output layer's
+    /// (tied), read from its packed copy: it is not kept twice.
     fn embed(&self, ids: &[u32], positions: &[usize]) -> Result<Vec<f32>, BackendError> {
         let d = self.cfg.d_model;
-        let t = Tensor::new(ids, &self.device)?;
-        let x = (self.tokens.forward(&t)? * self.embed_scale)?;
-        let mut x: Vec<f32> = x.flatten_all()?.to_vec1()?;
+        let mut x = vec![0f32; ids.len() * d];
+        // As candle's `tensor * scale` computes it: `v · scale + 0` in f32.
+        let scale = self.embed_scale as f32;
+        for (row, &id) in x.chunks_mut(d).zip(ids) {
+            if id as usize >= self.cfg.vocab_size {
+                return Err(BackendError::Runtime(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.cfg.vocab_size
+                )));
+            }
+            self.lm_head.row(id as usize, row);
+            for v in row.iter_mut() {
+                *v = *v * scale + 0.0;
+            }
+        }
         for (row, &p) in x.chunks_mut(d).zip(positions) {
             let Some(pos) = self.positions.get(p * d..(p + 1) * d) else {
                 return Err(BackendError::Runtime(format!(
