@@ -92,10 +92,7 @@ fn tokenization_matches_transformers() {
         }
         if let Some(cases) = t["legacy_behaviour"].as_array() {
             let dir = tempfile::tempdir().unwrap();
-            for file in std::fs::read_dir(parity::fixture("m2m100", name)).unwrap() {
-                let file = file.unwrap().path();
-                std::fs::copy(&file, dir.path().join(file.file_name().unwrap())).unwrap();
-            }
+            parity::copy_fixture(&parity::fixture("m2m100", name), dir.path(), &[]);
             let config = dir.path().join("tokenizer_config.json");
             let mut value: serde_json::Value =
                 serde_json::from_str(&std::fs::read_to_string(&config).unwrap()).unwrap();
@@ -511,11 +508,7 @@ fn language_codes_are_text_only_when_the_checkpoint_says_so() {
         ("no list", false, Some("extra_special_tokens")),
     ] {
         let copy = home.path().join(name);
-        std::fs::create_dir(&copy).unwrap();
-        for f in std::fs::read_dir(dir("tiny-m2m100")).unwrap() {
-            let f = f.unwrap().path();
-            std::fs::copy(&f, copy.join(f.file_name().unwrap())).unwrap();
-        }
+        parity::copy_fixture(&dir("tiny-m2m100"), &copy, &[]);
         if map {
             let codes: Vec<String> = ["en", "ru", "hi", "de"]
                 .iter()

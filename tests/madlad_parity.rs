@@ -184,13 +184,7 @@ fn a_language_without_a_tag_is_refused() {
 fn sharded_weights_load_the_same() {
     let home = tempfile::tempdir().unwrap();
     let sharded = home.path().join("sharded");
-    std::fs::create_dir(&sharded).unwrap();
-    for file in std::fs::read_dir(dir()).unwrap() {
-        let file = file.unwrap().path();
-        if file.file_name().unwrap() != "model.safetensors" {
-            std::fs::copy(&file, sharded.join(file.file_name().unwrap())).unwrap();
-        }
-    }
+    parity::copy_fixture(&dir(), &sharded, &["model.safetensors"]);
     let tensors =
         candle_core::safetensors::load(dir().join("model.safetensors"), &Device::Cpu).unwrap();
     let mut names: Vec<&String> = tensors.keys().collect();

@@ -25,6 +25,19 @@ pub fn fixture(family: &str, name: &str) -> PathBuf {
         .join(name)
 }
 
+/// A copy of the fixture directory `from` in `to` (created), every file
+/// but those named in `except`: a checkpoint a test then edits.
+pub fn copy_fixture(from: &Path, to: &Path, except: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for file in std::fs::read_dir(from).unwrap() {
+        let file = file.unwrap().path();
+        let name = file.file_name().unwrap();
+        if !except.iter().any(|e| name == *e) {
+            std::fs::copy(&file, to.join(name)).unwrap();
+        }
+    }
+}
+
 /// `reference.json` of a fixture directory.
 pub fn reference(dir: &Path) -> Value {
     let text = std::fs::read_to_string(dir.join("reference.json")).expect("reference.json");
