@@ -141,9 +141,14 @@ impl<M: EncoderDecoder> EncoderDecoder for Timed<'_, M> {
         out
     }
 
-    fn step(&self, state: &mut M::State, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    fn step(
+        &self,
+        state: &mut M::State,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         let t = Instant::now();
-        let out = self.model.step(state, tokens);
+        let out = self.model.step(state, tokens, logits);
         self.add(|p| {
             p.step += t.elapsed();
             p.steps += 1;

@@ -146,7 +146,8 @@ fn teacher_forced_top1<M: EncoderDecoder>(
         let mut state = model.start(std::slice::from_ref(input), 1).unwrap();
         let mut row = Vec::new();
         for &token in &sequence[..sequence.len() - 1] {
-            let logits = model.step(&mut state, &[token]).unwrap();
+            let mut logits = Vec::new();
+            model.step(&mut state, &[token], &mut logits).unwrap();
             assert_eq!(logits.len(), vocab);
             let best = logits
                 .iter()

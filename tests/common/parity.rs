@@ -134,9 +134,10 @@ pub fn check_forward<M: EncoderDecoder>(
     let vocab = model.seq2seq_config().vocab_size;
     let mut state = model.start(&inputs, 1).expect("starts");
     let mut logits = vec![vec![]; inputs.len()];
+    let mut out = Vec::new();
     for t in 0..steps {
         let tokens: Vec<u32> = dec.iter().map(|d| d[t]).collect();
-        let out = model.step(&mut state, &tokens).expect("steps");
+        model.step(&mut state, &tokens, &mut out).expect("steps");
         for (i, l) in logits.iter_mut().enumerate() {
             l.extend_from_slice(&out[i * vocab..(i + 1) * vocab]);
         }

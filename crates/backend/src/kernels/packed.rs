@@ -133,7 +133,12 @@ impl PackedF32 {
     /// `n` tokens of `x`, in parallel over panels on rayon's current pool.
     /// Panics unless `x` holds `n × cols` values and `out` `n × rows`.
     pub fn forward(&self, x: &[f32], n: usize, out: &mut [f32]) {
-        self.forward_at(level(), x, n, out, Epilogue::None);
+        self.forward_then(x, n, out, Epilogue::None);
+    }
+
+    /// [`PackedF32::forward`] with `epilogue` applied to every output.
+    pub fn forward_then(&self, x: &[f32], n: usize, out: &mut [f32], epilogue: Epilogue) {
+        self.forward_at(level(), x, n, out, epilogue);
     }
 
     /// [`PackedF32::forward`] into a new vector.
@@ -144,7 +149,7 @@ impl PackedF32 {
     /// [`PackedF32::apply`] with `epilogue` applied to every output.
     pub fn apply_then(&self, x: &[f32], n: usize, epilogue: Epilogue) -> Vec<f32> {
         let mut out = vec![0f32; n * self.rows];
-        self.forward_at(level(), x, n, &mut out, epilogue);
+        self.forward_then(x, n, &mut out, epilogue);
         out
     }
 
@@ -306,13 +311,27 @@ mod x86 {
 
     use super::{Task, PANEL};
 
+    /// Asks for the `PANEL` weights at `at` (two cache lines) to be brought
+    /// into L2: the weights of the slice swept next, while this one is
+    /// computed, so that reading memory and multiplying overlap (without
+    /// it, a product whose weights come from memory took the sum of the two
+    /// times). A prefetch never faults, so `at` may lie past the matrix.
+    #[inline(always)]
+    unsafe fn fetch(at: *const f32) {
+        unsafe {
+            let at = at as *const i8;
+            _mm_prefetch::<_MM_HINT_T1>(at);
+            _mm_prefetch::<_MM_HINT_T1>(at.wrapping_add(64));
+        }
+    }
+
     /// `T` tokens from `t0` against one panel, 512-bit: two registers of
     /// sums per token, over input columns `cols` only. The sums start at
     /// zero on the first columns, else at what `partial` (32 sums per
     /// token of the task) holds; they are written out on the last columns,
     /// else kept in `partial`. Every sum stays one chain in column order.
     #[inline(always)]
-    unsafe fn block_512<const T: usize>(
+    unsafe fn block_512<const T: usize, const FETCH: bool>(
         task: &Task<'_>,
         p: usize,
         t0: usize,
@@ -332,7 +351,12 @@ mod x86 {
                     acc[1] = _mm512_loadu_ps(part.add(t * PANEL + 16));
                 }
             }
+            // The weights swept next lie right after this slice's.
+            let ahead = w.wrapping_add((cols.end - cols.start) * PANEL);
             for c in cols {
+                if FETCH {
+                    fetch(ahead.wrapping_add(c * PANEL));
+                }
                 let w0 = _mm512_loadu_ps(w.add(c * PANEL));
                 let w1 = _mm512_loadu_ps(w.add(c * PANEL + 16));
                 for (t, acc) in acc.iter_mut().enumerate() {
@@ -358,13 +382,16 @@ mod x86 {
     /// `T` tokens from `t0` against one panel, 256-bit: four registers of
     /// sums per token.
     #[inline(always)]
-    unsafe fn block_256<const T: usize>(task: &Task<'_>, p: usize, t0: usize) {
+    unsafe fn block_256<const T: usize, const FETCH: bool>(task: &Task<'_>, p: usize, t0: usize) {
         unsafe {
             let cols = task.m.cols;
             let w = task.panel(p).as_ptr();
             let x = task.x.as_ptr().add(t0 * cols);
             let mut acc = [[_mm256_setzero_ps(); 4]; T];
             for c in 0..cols {
+                if FETCH {
+                    fetch(w.wrapping_add((cols + c) * PANEL));
+                }
                 let ws = [0, 8, 16, 24].map(|j| _mm256_loadu_ps(w.add(c * PANEL + j)));
                 for (t, acc) in acc.iter_mut().enumerate() {
                     let xv = _mm256_set1_ps(*x.add(t * cols + c));
@@ -383,29 +410,32 @@ mod x86 {
         }
     }
 
-    /// Every panel of the task against tokens in groups of `wide` (then 4,
-    /// 2, 1), through `block`.
-    macro_rules! panels {
-        ($task:expr, $block:ident, $wide:literal) => {{
-            let task = $task;
-            for p in task.panels.clone() {
-                let mut t = 0;
-                while t < task.n {
-                    let left = task.n - t;
-                    if left >= $wide {
-                        $block::<$wide>(task, p, t);
-                        t += $wide;
-                    } else if left >= 4 {
-                        $block::<4>(task, p, t);
-                        t += 4;
-                    } else if left >= 2 {
-                        $block::<2>(task, p, t);
-                        t += 2;
+    /// Runs `block::<T, FETCH>(args)` on the next `T` of `left` tokens,
+    /// `T` the widest of `wide`, 4, 2, 1 that fits, prefetching the
+    /// weights swept next only on a slice's first group (which streams them
+    /// while the other groups find this slice in cache); the number of
+    /// tokens taken.
+    macro_rules! tokens {
+        ($wide:literal, $left:expr, $first:expr, $block:ident($($arg:expr),*)) => {{
+            let (left, first) = ($left, $first);
+            macro_rules! run {
+                ($t:literal) => {{
+                    if first {
+                        $block::<$t, true>($($arg),*)
                     } else {
-                        $block::<1>(task, p, t);
-                        t += 1;
+                        $block::<$t, false>($($arg),*)
                     }
-                }
+                    $t
+                }};
+            }
+            if left >= $wide {
+                run!($wide)
+            } else if left >= 4 {
+                run!(4)
+            } else if left >= 2 {
+                run!(2)
+            } else {
+                run!(1)
             }
         }};
     }
@@ -428,21 +458,13 @@ mod x86 {
                     let cols = c0..(c0 + SLICE).min(width);
                     let mut t = 0;
                     while t < task.n {
-                        let left = task.n - t;
                         let part = &mut partial[..];
-                        if left >= 8 {
-                            block_512::<8>(task, p, t, cols.clone(), part);
-                            t += 8;
-                        } else if left >= 4 {
-                            block_512::<4>(task, p, t, cols.clone(), part);
-                            t += 4;
-                        } else if left >= 2 {
-                            block_512::<2>(task, p, t, cols.clone(), part);
-                            t += 2;
-                        } else {
-                            block_512::<1>(task, p, t, cols.clone(), part);
-                            t += 1;
-                        }
+                        t += tokens!(
+                            8,
+                            task.n - t,
+                            t == 0,
+                            block_512(task, p, t, cols.clone(), part)
+                        );
                     }
                 }
             }
@@ -456,7 +478,14 @@ mod x86 {
     /// The CPU must have AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
     pub(super) unsafe fn panels_avx2(task: &Task<'_>) {
-        unsafe { panels!(task, block_256, 2) }
+        unsafe {
+            for p in task.panels.clone() {
+                let mut t = 0;
+                while t < task.n {
+                    t += tokens!(2, task.n - t, t == 0, block_256(task, p, t));
+                }
+            }
+        }
     }
 }
 

@@ -37,7 +37,7 @@ use super::layers::{
     activation, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, Checkpoint,
     DecoderState, Dense, RowNorm,
 };
-use super::{EncoderDecoder, Seq2SeqConfig};
+use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::{Epilogue, PackedF32};
 use crate::BackendError;
 
@@ -465,7 +465,12 @@ impl EncoderDecoder for Bart {
         ))
     }
 
-    fn step(&self, state: &mut BartState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    fn step(
+        &self,
+        state: &mut BartState,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         if state.len() >= self.cfg.max_position_embeddings {
             return Err(BackendError::Runtime(format!(
                 "the output reached the model's {} positions",
@@ -487,7 +492,9 @@ impl EncoderDecoder for Bart {
         }
         state.advance();
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        Ok(self.lm_head.apply(&x, n))
+        let out = logits_for(logits, n, self.lm_head.rows());
+        self.lm_head.forward(&x, n, out);
+        Ok(())
     }
 
     fn select(&self, state: &mut BartState, rows: &[usize]) -> Result<(), BackendError> {

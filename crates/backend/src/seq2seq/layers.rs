@@ -290,7 +290,7 @@ impl Dense {
     }
 
     /// Output features.
-    fn rows(&self) -> usize {
+    pub(super) fn rows(&self) -> usize {
         match self {
             Dense::Packed(p) => p.rows(),
             Dense::Mapped { weight, .. } => weight.rows,
@@ -320,14 +320,20 @@ impl Dense {
     /// `rows` rows of `cols` values (flat) → `rows` rows of outputs, with
     /// `epilogue` applied.
     pub(super) fn apply_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue) -> Vec<f32> {
+        let mut out = vec![0f32; rows * self.rows()];
+        self.write_rows(x, rows, epilogue, &mut out);
+        out
+    }
+
+    /// [`Dense::apply_rows`] into `out` (`rows` rows of outputs).
+    pub(super) fn write_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue, out: &mut [f32]) {
         match self {
-            Dense::Packed(p) => p.apply_then(x, rows, epilogue),
+            Dense::Packed(p) => p.forward_then(x, rows, out, epilogue),
             Dense::Mapped { file, weight, bias } => {
                 let matrix = file.matrix(weight);
                 let mut acts = Activations::new();
                 acts.quantize(x, rows, weight.cols, weight.qtype);
-                let mut out = vec![0f32; rows * weight.rows];
-                kernels::matmul(&matrix, &acts, &mut out);
+                kernels::matmul(&matrix, &acts, out);
                 out.par_chunks_mut(weight.rows).for_each(|row| {
                     if let Some(b) = bias {
                         for (v, b) in row.iter_mut().zip(b) {
@@ -340,7 +346,6 @@ impl Dense {
                         }
                     }
                 });
-                out
             }
         }
     }

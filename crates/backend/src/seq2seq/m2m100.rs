@@ -32,7 +32,7 @@ use super::layers::{
     activation, read_config, repad, weights, Attention, AttentionSpec, Checkpoint, DecoderState,
     RowNorm,
 };
-use super::{EncoderDecoder, Seq2SeqConfig};
+use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::{Epilogue, PackedF32};
 use crate::BackendError;
 
@@ -414,7 +414,12 @@ impl EncoderDecoder for M2M100 {
         ))
     }
 
-    fn step(&self, state: &mut DecoderState, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    fn step(
+        &self,
+        state: &mut DecoderState,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         if state.len() >= self.cfg.max_position_embeddings {
             return Err(BackendError::Runtime(format!(
                 "the output reached the model's {} positions",
@@ -442,7 +447,9 @@ impl EncoderDecoder for M2M100 {
         }
         state.advance();
         let x: Vec<f32> = self.decoder_norm.forward(&x)?.flatten_all()?.to_vec1()?;
-        Ok(self.lm_head.apply(&x, n))
+        let out = logits_for(logits, n, self.lm_head.rows());
+        self.lm_head.forward(&x, n, out);
+        Ok(())
     }
 
     fn select(&self, state: &mut DecoderState, rows: &[usize]) -> Result<(), BackendError> {

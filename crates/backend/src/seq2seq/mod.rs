@@ -54,9 +54,16 @@ pub trait EncoderDecoder {
         rows_per_input: usize,
     ) -> Result<Self::State, BackendError>;
 
-    /// Feeds one token per row; returns the next-token logits, `vocab_size`
-    /// per row, row after row.
-    fn step(&self, state: &mut Self::State, tokens: &[u32]) -> Result<Vec<f32>, BackendError>;
+    /// Feeds one token per row; writes the next-token logits into
+    /// `logits`, resized to `vocab_size` per row, row after row (the caller
+    /// keeps the buffer from step to step: for a large vocabulary, a fresh
+    /// one each step cost more than the search over it).
+    fn step(
+        &self,
+        state: &mut Self::State,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError>;
 
     /// Keeps rows `rows` (old indices, in their new order; repeats allowed).
     fn select(&self, state: &mut Self::State, rows: &[usize]) -> Result<(), BackendError>;
@@ -361,6 +368,13 @@ impl GenerationSettings {
 }
 
 /// `log_softmax` of one row, in f32.
+/// `logits` sized for `rows` rows of `vocab` (what it held is overwritten
+/// by the step; only growth writes zeros).
+fn logits_for(logits: &mut Vec<f32>, rows: usize, vocab: usize) -> &mut [f32] {
+    logits.resize(rows * vocab, 0.0);
+    logits
+}
+
 fn log_softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum = super::kernels::sum_exp(row, max);
@@ -412,12 +426,13 @@ fn greedy<M: EncoderDecoder>(
     let mut outputs: Vec<Vec<u32>> = vec![vec![s.decoder_start_token_id]; inputs.len()];
     // Inputs still running, in state row order.
     let mut running: Vec<usize> = (0..inputs.len()).collect();
+    let mut logits = Vec::new();
     while !running.is_empty() {
         let tokens: Vec<u32> = running
             .iter()
             .map(|&i| *outputs[i].last().unwrap_or(&0))
             .collect();
-        let mut logits = model.step(&mut state, &tokens)?;
+        model.step(&mut state, &tokens, &mut logits)?;
         let mut keep = Vec::with_capacity(running.len());
         for (row, &i) in running.iter().enumerate() {
             let scores = &mut logits[row * vocab..(row + 1) * vocab];
@@ -486,6 +501,7 @@ fn beam_search<M: EncoderDecoder>(
     // Inputs in the state, in row order (k rows each).
     let mut active: Vec<usize> = (0..inputs.len()).collect();
     let mut cur_len = 1;
+    let mut logits = Vec::new();
     loop {
         let tokens: Vec<u32> = active
             .iter()
@@ -496,10 +512,10 @@ fn beam_search<M: EncoderDecoder>(
                     .map(|(t, _)| *t.last().unwrap_or(&0))
             })
             .collect();
-        let mut logits = model.step(&mut state, &tokens)?;
+        model.step(&mut state, &tokens, &mut logits)?;
         // Per row, in parallel and in place: log-softmax, the logits
-        // processors, the beam's score added, and its best `keep_n` (value,
-        // token).
+        // processors, then its best `keep_n` (value, token) with the beam's
+        // score added.
         let histories: Vec<(&[u32], f32)> = active
             .iter()
             .flat_map(|&i| beams[i].running.iter().map(|(h, sc)| (h.as_slice(), *sc)))
@@ -510,10 +526,7 @@ fn beam_search<M: EncoderDecoder>(
             .map(|(&(hist, score), lp)| {
                 log_softmax(lp);
                 s.process(hist, lp);
-                for v in lp.iter_mut() {
-                    *v += score;
-                }
-                top_n(lp, keep_n)
+                top_n(lp, score, keep_n)
             })
             .collect();
         drop(histories);
@@ -630,9 +643,11 @@ fn beam_search<M: EncoderDecoder>(
         .collect())
 }
 
-/// The `n` largest values with their indices, largest first (equal values
-/// by index): one pass that keeps the best `n` seen so far.
-fn top_n(values: &[f32], n: usize) -> Vec<(f32, usize)> {
+/// The `n` largest of `values` plus `shift` with their indices, largest
+/// first (equal sums by index): one pass that keeps the best `n` seen so
+/// far, the sums ranked as they are (not the values: adding rounds, and
+/// transformers ranks the sums).
+fn top_n(values: &[f32], shift: f32, n: usize) -> Vec<(f32, usize)> {
     // Whether (a, i) ranks before (b, j).
     let before = |a: f32, i: usize, b: f32, j: usize| a.total_cmp(&b).then(j.cmp(&i)).is_gt();
     let mut best: Vec<(f32, usize)> = Vec::with_capacity(n + 1);
@@ -640,9 +655,12 @@ fn top_n(values: &[f32], n: usize) -> Vec<(f32, usize)> {
         return best;
     }
     for (i, &v) in values.iter().enumerate() {
+        let v = v + shift;
         if best.len() == n {
             let (lv, li) = best[n - 1];
-            if !before(v, i, lv, li) {
+            // Most values lose to the worst kept one: a plain comparison
+            // tells them apart before the exact order is needed.
+            if v < lv || !before(v, i, lv, li) {
                 continue;
             }
             best.pop();
@@ -679,14 +697,22 @@ mod tests {
     use proptest::prelude::*;
 
     proptest! {
-        /// The one-pass selection equals a full sort (ties by index).
+        /// The one-pass selection equals a full sort of the shifted values
+        /// (ties by index, -inf included).
         #[test]
-        fn top_n_equals_sorting(values in proptest::collection::vec(-4i8..4, 0..300), n in 0usize..20) {
-            let values: Vec<f32> = values.into_iter().map(f32::from).collect();
-            let mut all: Vec<(f32, usize)> = values.iter().copied().zip(0..).collect();
+        fn top_n_equals_sorting(
+            values in proptest::collection::vec(-4i8..5, 0..300),
+            shift in prop_oneof![Just(0.0f32), -3.0f32..3.0],
+            n in 0usize..20,
+        ) {
+            let values: Vec<f32> = values
+                .into_iter()
+                .map(|v| if v == 4 { f32::NEG_INFINITY } else { f32::from(v) * 0.1 })
+                .collect();
+            let mut all: Vec<(f32, usize)> = values.iter().map(|&v| v + shift).zip(0..).collect();
             all.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             all.truncate(n);
-            prop_assert_eq!(top_n(&values, n), all);
+            prop_assert_eq!(top_n(&values, shift, n), all);
         }
     }
 

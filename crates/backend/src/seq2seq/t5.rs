@@ -33,7 +33,7 @@ use super::layers::{
     activation, matrix_ref, pad, read_config, unpad, weights, Attention, AttentionSpec, Checkpoint,
     DecoderState, Dense,
 };
-use super::{EncoderDecoder, Seq2SeqConfig};
+use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::Epilogue;
 use crate::weights::{GgufFile, TensorRef};
 use crate::BackendError;
@@ -496,7 +496,12 @@ impl EncoderDecoder for T5 {
         ))
     }
 
-    fn step(&self, state: &mut T5State, tokens: &[u32]) -> Result<Vec<f32>, BackendError> {
+    fn step(
+        &self,
+        state: &mut T5State,
+        tokens: &[u32],
+        logits: &mut Vec<f32>,
+    ) -> Result<(), BackendError> {
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (n, 1), &self.device)?;
         let pos = state.len();
@@ -520,7 +525,9 @@ impl EncoderDecoder for T5 {
             x = (x * (self.cfg.d_model as f64).powf(-0.5))?;
         }
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
-        Ok(self.lm_head.apply_rows(&x, n, Epilogue::None))
+        let out = logits_for(logits, n, self.lm_head.rows());
+        self.lm_head.write_rows(&x, n, Epilogue::None, out);
+        Ok(())
     }
 
     fn select(&self, state: &mut T5State, rows: &[usize]) -> Result<(), BackendError> {
