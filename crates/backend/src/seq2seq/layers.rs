@@ -712,6 +712,10 @@ pub(super) fn pad(
 /// many rows decode it), and the input each row belongs to.
 pub struct DecoderState {
     self_kv: Vec<Option<(Tensor, Tensor)>>,
+    /// The cache rows to keep, in their new order, since the last
+    /// [`DecoderState::select`]: each layer applies them in the copy that
+    /// appends its next keys and values ([`gather_append`]).
+    keep: Option<Vec<usize>>,
     cross_kv: Vec<HeadKv>,
     /// The input each row belongs to.
     row_input: Vec<usize>,
@@ -735,6 +739,7 @@ impl DecoderState {
         let layers = cross.len();
         Self {
             self_kv: vec![None; layers],
+            keep: None,
             cross_kv: cross.map(|attn| attn.head_kv(hidden, lens)).collect(),
             row_input,
             len: 0,
@@ -746,12 +751,15 @@ impl DecoderState {
         self.len
     }
 
-    /// Counts a decoded token (after every layer has run).
+    /// Counts a decoded token (after every layer has run, so every cache
+    /// has had the rows kept applied).
     pub(super) fn advance(&mut self) {
         self.len += 1;
+        self.keep = None;
     }
 
-    /// Appends this step's keys and values of layer `layer` to its cache;
+    /// Appends this step's keys and values of layer `layer` to its cache
+    /// (its rows reordered first, after a [`DecoderState::select`]);
     /// returns the whole cache.
     pub(super) fn push_self(
         &mut self,
@@ -759,8 +767,9 @@ impl DecoderState {
         k: Tensor,
         v: Tensor,
     ) -> candle_core::Result<(Tensor, Tensor)> {
+        let keep = self.keep.as_deref();
         let (k, v) = match self.self_kv[layer].take() {
-            Some((pk, pv)) => (Tensor::cat(&[&pk, &k], 2)?, Tensor::cat(&[&pv, &v], 2)?),
+            Some((pk, pv)) => (gather_append(&pk, keep, &k)?, gather_append(&pv, keep, &v)?),
             None => (k, v),
         };
         self.self_kv[layer] = Some((k.clone(), v.clone()));
@@ -784,17 +793,140 @@ impl DecoderState {
         Tensor::from_vec(out, (rows, t, d), x.device())
     }
 
-    /// Keeps rows `rows` (old indices, in their new order). The
-    /// cross-attention keys and values stay: they belong to the inputs.
+    /// Keeps rows `rows` (old indices, in their new order; repeats
+    /// allowed). The self-attention caches are reordered by the next step,
+    /// as it appends to them; the cross-attention keys and values stay:
+    /// they belong to the inputs.
     pub(super) fn select(&mut self, rows: &[usize]) -> Result<(), BackendError> {
-        if let Some(Some((k, _))) = self.self_kv.iter().find(|kv| kv.is_some()) {
-            let index: Vec<u32> = rows.iter().map(|&r| r as u32).collect();
-            let index = Tensor::new(index.as_slice(), k.device())?;
-            for kv in self.self_kv.iter_mut().flatten() {
-                *kv = (kv.0.index_select(&index, 0)?, kv.1.index_select(&index, 0)?);
-            }
-        }
+        self.keep = Some(match &self.keep {
+            Some(keep) => rows.iter().map(|&r| keep[r]).collect(),
+            None => rows.to_vec(),
+        });
         self.row_input = rows.iter().map(|&r| self.row_input[r]).collect();
         Ok(())
+    }
+}
+
+/// The rows `keep` of a cache `old` (`[rows, heads, len, head_dim]`; every
+/// row, in order, when `None`) with `new` (`[kept rows, heads, t,
+/// head_dim]`) appended after each row's positions: one copy, in parallel
+/// over (row, head), where an index-select and a concatenation made two.
+fn gather_append(
+    old: &Tensor,
+    keep: Option<&[usize]>,
+    new: &Tensor,
+) -> candle_core::Result<Tensor> {
+    let (rows, heads, t, hd) = new.dims4()?;
+    let len = old.dim(2)?;
+    let (old_data, old_layout) = old.storage_and_layout();
+    let (new_data, new_layout) = new.storage_and_layout();
+    let slices = match (&*old_data, &*new_data) {
+        (candle_core::Storage::Cpu(o), candle_core::Storage::Cpu(n)) => {
+            match (
+                old_layout.contiguous_offsets(),
+                new_layout.contiguous_offsets(),
+            ) {
+                (Some((o0, o1)), Some((n0, n1))) => {
+                    match (o.as_slice::<f32>(), n.as_slice::<f32>()) {
+                        (Ok(o), Ok(n)) => Some((&o[o0..o1], &n[n0..n1])),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        _ => None,
+    };
+    let Some((o, n)) = slices else {
+        drop((old_data, new_data));
+        let old = match keep {
+            Some(keep) => {
+                let index: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+                let index = Tensor::new(index.as_slice(), old.device())?;
+                old.contiguous()?.index_select(&index, 0)?
+            }
+            None => old.clone(),
+        };
+        return Tensor::cat(&[&old, new], 2);
+    };
+    let (before, added) = (len * hd, t * hd);
+    let mut out = vec![0f32; rows * heads * (before + added)];
+    out.par_chunks_mut(before + added)
+        .enumerate()
+        .for_each(|(rh, out)| {
+            let (r, h) = (rh / heads, rh % heads);
+            let from = (keep.map_or(r, |keep| keep[r]) * heads + h) * before;
+            out[..before].copy_from_slice(&o[from..from + before]);
+            out[before..].copy_from_slice(&n[rh * added..(rh + 1) * added]);
+        });
+    drop((old_data, new_data));
+    Tensor::from_vec(out, (rows, heads, len + t, hd), new.device())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A `[rows, heads, len, hd]` tensor whose values say where they are.
+    fn cache(rows: usize, heads: usize, len: usize, hd: usize, base: f32) -> Tensor {
+        let n = rows * heads * len * hd;
+        let values: Vec<f32> = (0..n).map(|i| base + i as f32).collect();
+        Tensor::from_vec(values, (rows, heads, len, hd), &Device::Cpu).unwrap()
+    }
+
+    /// What candle's own index-select and concatenation give.
+    fn reference(old: &Tensor, keep: Option<&[usize]>, new: &Tensor) -> Vec<f32> {
+        let old = match keep {
+            Some(keep) => {
+                let index: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
+                let index = Tensor::new(index.as_slice(), &Device::Cpu).unwrap();
+                old.contiguous().unwrap().index_select(&index, 0).unwrap()
+            }
+            None => old.clone(),
+        };
+        let out = Tensor::cat(&[&old, new], 2).unwrap();
+        out.flatten_all().unwrap().to_vec1().unwrap()
+    }
+
+    #[test]
+    fn gather_append_equals_index_select_then_cat() {
+        let old = cache(4, 3, 5, 2, 0.0);
+        for keep in [
+            None,
+            Some(vec![3, 0, 0, 2]),
+            Some(vec![1]),
+            Some(vec![2, 2, 2]),
+        ] {
+            let rows = keep.as_ref().map_or(4, Vec::len);
+            let new = cache(rows, 3, 1, 2, 1000.0);
+            let got = gather_append(&old, keep.as_deref(), &new).unwrap();
+            assert_eq!(got.dims(), &[rows, 3, 6, 2]);
+            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+            assert_eq!(got, reference(&old, keep.as_deref(), &new), "{keep:?}");
+        }
+        // A cache that is not contiguous takes candle's path, same result.
+        let wide = cache(4, 5, 3, 2, 0.0).transpose(1, 2).unwrap();
+        let new = cache(2, 3, 1, 2, 500.0);
+        let got = gather_append(&wide, Some(&[1, 3]), &new).unwrap();
+        let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(got, reference(&wide, Some(&[1, 3]), &new));
+    }
+
+    #[test]
+    fn rows_kept_by_two_selects_compose_before_the_next_step() {
+        let attn: Vec<&Attention> = Vec::new();
+        let mut state = DecoderState::new(attn.into_iter(), &[], &[1, 1, 1], 1);
+        state.self_kv = vec![Some((cache(3, 1, 2, 1, 0.0), cache(3, 1, 2, 1, 50.0)))];
+        state.select(&[2, 0, 1]).unwrap();
+        state.select(&[1, 1]).unwrap();
+        assert_eq!(state.row_input, [0, 0]);
+        let (k, _) = state
+            .push_self(0, cache(2, 1, 1, 1, 100.0), cache(2, 1, 1, 1, 200.0))
+            .unwrap();
+        // Both rows are old row 0 (positions 0, 1), then this step's key.
+        let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
+        assert_eq!(k, [0.0, 1.0, 100.0, 0.0, 1.0, 101.0]);
+        state.advance();
+        assert!(state.keep.is_none());
     }
 }
