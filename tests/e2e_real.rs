@@ -94,6 +94,7 @@ fn assert_digest_shape(v: &Value) {
             assert!(
                 [
                     "script_share_low",
+                    "mixed_script_words",
                     "loop_detected",
                     "token_limit_reached",
                     "numbers_not_in_source",

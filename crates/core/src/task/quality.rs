@@ -31,6 +31,13 @@ pub enum QualityFlag {
         /// The threshold it fell below.
         threshold: f32,
     },
+    /// Words of the output mix letters of two scripts ("Lavров"): a word
+    /// left half untranslated, or a look-alike letter of another alphabet.
+    MixedScriptWords {
+        /// The words, in output order, without repeats (at most
+        /// [`MAX_LISTED_WORDS`]).
+        words: Vec<String>,
+    },
     /// Generation was stopped because the output started repeating itself.
     LoopDetected,
     /// Generation hit its token limit: the output may be cut off.
@@ -57,6 +64,7 @@ impl QualityFlag {
     pub fn code(&self) -> &'static str {
         match self {
             QualityFlag::ScriptShareLow { .. } => "script_share_low",
+            QualityFlag::MixedScriptWords { .. } => "mixed_script_words",
             QualityFlag::LoopDetected => "loop_detected",
             QualityFlag::TokenLimitReached => "token_limit_reached",
             QualityFlag::NumbersNotInSource { .. } => "numbers_not_in_source",
@@ -79,6 +87,10 @@ impl QualityFlag {
                     threshold * 100.0
                 )
             }
+            QualityFlag::MixedScriptWords { words } => format!(
+                "words mixing letters of two scripts: {}; part of a word may be left untranslated",
+                words.join(", ")
+            ),
             QualityFlag::LoopDetected => {
                 "generation stopped because the output began repeating itself".to_string()
             }
@@ -108,6 +120,10 @@ pub(crate) enum FlagRepr<'a> {
         language: &'a str,
         share: f32,
         threshold: f32,
+        message: String,
+    },
+    MixedScriptWords {
+        words: &'a [String],
         message: String,
     },
     LoopDetected {
@@ -142,6 +158,9 @@ impl Serialize for QualityFlag {
                 threshold: *threshold,
                 message,
             },
+            QualityFlag::MixedScriptWords { words } => {
+                FlagRepr::MixedScriptWords { words, message }
+            }
             QualityFlag::LoopDetected => FlagRepr::LoopDetected { message },
             QualityFlag::TokenLimitReached => FlagRepr::TokenLimitReached { message },
             QualityFlag::NumbersNotInSource { numbers } => {
@@ -167,6 +186,7 @@ impl Serialize for QualityFlag {
 /// | `script_share_low` | fewer than `min_script_share` of the output's letters are in the target language's script (en: Latin, ru: Cyrillic, hi: Devanagari); not checked for other languages or an output without letters | 0.6 |
 /// | `length_ratio_out_of_range` (summary) | output characters / source characters outside `summary_ratio` | 0.02 – 0.6 |
 /// | `length_ratio_out_of_range` (translation) | output characters / source characters outside `translation_ratio` (Russian and Hindi run longer than English) | 0.5 – 3.0 |
+/// | `mixed_script_words` | a word of the output (a run of letters, digits and marks) has letters of two of the Latin, Cyrillic and Devanagari scripts, and is not a word of the source | any |
 /// | `numbers_not_in_source` | a number in the output (digits, normalised: `1,000` = `1 000` = `1000`, `3,5` = `3.5`, `२०२३` = `2023`) is not among the source's numbers; list numbering ("1." at a line start) is ignored | any |
 /// | `loop_detected` | generation stopped on a repetition loop | — |
 /// | `token_limit_reached` | generation stopped at its token limit | — |
@@ -224,8 +244,8 @@ pub(crate) struct QualityInput<'a> {
 
 /// Runs every check on one output; an empty list means nothing looked wrong.
 ///
-/// Flags come in a fixed order: loop, token limit, script share, numbers,
-/// length ratio. Never panics, whatever the input (NaN thresholds simply
+/// Flags come in a fixed order: loop, token limit, script share, mixed
+/// words, numbers, length ratio. Never panics, whatever the input (NaN thresholds simply
 /// never fire).
 pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
     let mut flags = Vec::new();
@@ -243,6 +263,10 @@ pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<Qua
                 threshold: t.min_script_share,
             });
         }
+    }
+    let words = mixed_script_words(input.source, input.output);
+    if !words.is_empty() {
+        flags.push(QualityFlag::MixedScriptWords { words });
     }
     let missing = numbers_not_in_source(input.source, input.output);
     if !missing.is_empty() {
@@ -310,6 +334,46 @@ pub fn numbers_in(text: &str) -> Vec<String> {
 
 // ---------------------------------------------------------------------------
 // Scripts
+
+/// Most words a [`QualityFlag::MixedScriptWords`] lists, so that a long
+/// garbled output gives a short flag.
+pub const MAX_LISTED_WORDS: usize = 20;
+
+/// The words of `text`: maximal runs of letters, digits and the marks of
+/// the scripts precis knows (a Devanagari virama joins its word), so that
+/// hyphens, apostrophes and dots separate words ("IT-компания" is two).
+fn words(text: &str) -> impl Iterator<Item = &str> {
+    let inside = |c: char| c.is_alphanumeric() || Script::Devanagari.contains(c);
+    text.split(move |c: char| !inside(c))
+        .filter(|w| !w.is_empty())
+}
+
+/// The words of `output` whose letters belong to more than one of the
+/// Latin, Cyrillic and Devanagari scripts, in order and without repeats,
+/// leaving out words the source writes itself (a name it spells so is
+/// copied, not garbled); at most [`MAX_LISTED_WORDS`].
+fn mixed_script_words(source: &str, output: &str) -> Vec<String> {
+    const SCRIPTS: [Script; 3] = [Script::Latin, Script::Cyrillic, Script::Devanagari];
+    let mixed = |word: &str| {
+        let used = SCRIPTS
+            .iter()
+            .filter(|s| word.chars().any(|c| c.is_alphabetic() && s.contains(c)))
+            .count();
+        used > 1
+    };
+    let mut found: Vec<String> = Vec::new();
+    let mut in_source: Option<std::collections::HashSet<&str>> = None;
+    for word in words(output).filter(|w| mixed(w)) {
+        if found.len() == MAX_LISTED_WORDS {
+            break;
+        }
+        let source_words = in_source.get_or_insert_with(|| words(source).collect());
+        if !source_words.contains(word) && !found.iter().any(|f| f == word) {
+            found.push(word.to_string());
+        }
+    }
+    found
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Script {
@@ -587,6 +651,9 @@ mod tests {
                 share: 0.25,
                 threshold: 0.6,
             },
+            QualityFlag::MixedScriptWords {
+                words: vec!["Lavров".into()],
+            },
             QualityFlag::LoopDetected,
             QualityFlag::TokenLimitReached,
             QualityFlag::NumbersNotInSource {
@@ -652,6 +719,38 @@ mod tests {
             जो पिछले साल के 260 से अधिक है। कोष 120 मिलियन डॉलर से शुरू होगा और 1,870 किमी लंबी नदी \
             23 मिलियन लोगों की सेवा करती है; G20 ने कहा कि 2023 में वृद्धि 3.5 प्रतिशत थी।";
         assert!(assess(&input(SOURCE, hi, "hi", OutputKind::Translation), &t).is_empty());
+    }
+
+    #[test]
+    fn words_mixing_scripts_are_listed_once_unless_the_source_has_them() {
+        let t = QualityThresholds::default();
+        let source = "Lavrov met Modi in Delhi; the iPhone maker and IT firms, says Pаul.";
+        let ru = "Lavров встретился с Modi в Дели; downstreamстраны и IT-компании, \
+            Lavров, iPhone'ом и Pаul.";
+        let flags = assess(&input(source, ru, "ru", OutputKind::Translation), &t);
+        assert!(
+            flags.contains(&QualityFlag::MixedScriptWords {
+                words: vec!["Lavров".into(), "downstreamстраны".into()],
+            }),
+            "{flags:?}"
+        );
+        // Devanagari glued to Latin, virama and vowel signs inside the word.
+        let hi = "प्रधानमंत्री Modi ने Delhiमें कहा";
+        assert_eq!(
+            mixed_script_words("Prime Minister Modi said in Delhi", hi),
+            ["Delhiमें"]
+        );
+        // Clean text in any script, digits glued to letters, other scripts.
+        for clean in [
+            "Министры G20 договорились; COVID-19 и 5G.",
+            "प्रधानमंत्री मोदी ने २०२३ में कहा",
+            "Ελλάδα и Athens",
+        ] {
+            assert!(mixed_script_words("", clean).is_empty(), "{clean}");
+        }
+        // A long garbled output lists at most MAX_LISTED_WORDS words.
+        let garbled: String = (0..100).map(|i| format!("wоrd{i} ")).collect();
+        assert_eq!(mixed_script_words("", &garbled).len(), MAX_LISTED_WORDS);
     }
 
     #[test]
