@@ -367,7 +367,6 @@ impl GenerationSettings {
     }
 }
 
-/// `log_softmax` of one row, in f32.
 /// `logits` sized for `rows` rows of `vocab` (what it held is overwritten
 /// by the step; only growth writes zeros).
 fn logits_for(logits: &mut Vec<f32>, rows: usize, vocab: usize) -> &mut [f32] {
@@ -375,6 +374,7 @@ fn logits_for(logits: &mut Vec<f32>, rows: usize, vocab: usize) -> &mut [f32] {
     logits
 }
 
+/// `log_softmax` of one row, in f32.
 fn log_softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let sum = super::kernels::sum_exp(row, max);
