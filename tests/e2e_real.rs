@@ -95,6 +95,7 @@ fn assert_digest_shape(v: &Value) {
                 [
                     "script_share_low",
                     "mixed_script_words",
+                    "sentence_count_mismatch",
                     "loop_detected",
                     "token_limit_reached",
                     "numbers_not_in_source",

@@ -38,6 +38,14 @@ pub enum QualityFlag {
         /// [`MAX_LISTED_WORDS`]).
         words: Vec<String>,
     },
+    /// A translation has far more or far fewer sentences than its source:
+    /// a sentence dropped, or commentary added.
+    SentenceCountMismatch {
+        /// Sentences of the source (see [`sentence_count`]).
+        source: usize,
+        /// Sentences of the output.
+        output: usize,
+    },
     /// Generation was stopped because the output started repeating itself.
     LoopDetected,
     /// Generation hit its token limit: the output may be cut off.
@@ -65,6 +73,7 @@ impl QualityFlag {
         match self {
             QualityFlag::ScriptShareLow { .. } => "script_share_low",
             QualityFlag::MixedScriptWords { .. } => "mixed_script_words",
+            QualityFlag::SentenceCountMismatch { .. } => "sentence_count_mismatch",
             QualityFlag::LoopDetected => "loop_detected",
             QualityFlag::TokenLimitReached => "token_limit_reached",
             QualityFlag::NumbersNotInSource { .. } => "numbers_not_in_source",
@@ -90,6 +99,9 @@ impl QualityFlag {
             QualityFlag::MixedScriptWords { words } => format!(
                 "words mixing letters of two scripts: {}; part of a word may be left untranslated",
                 words.join(", ")
+            ),
+            QualityFlag::SentenceCountMismatch { source, output } => format!(
+                "the translation has {output} sentences where the source has {source}; a sentence may be missing or added"
             ),
             QualityFlag::LoopDetected => {
                 "generation stopped because the output began repeating itself".to_string()
@@ -124,6 +136,11 @@ pub(crate) enum FlagRepr<'a> {
     },
     MixedScriptWords {
         words: &'a [String],
+        message: String,
+    },
+    SentenceCountMismatch {
+        source: usize,
+        output: usize,
         message: String,
     },
     LoopDetected {
@@ -161,6 +178,13 @@ impl Serialize for QualityFlag {
             QualityFlag::MixedScriptWords { words } => {
                 FlagRepr::MixedScriptWords { words, message }
             }
+            QualityFlag::SentenceCountMismatch { source, output } => {
+                FlagRepr::SentenceCountMismatch {
+                    source: *source,
+                    output: *output,
+                    message,
+                }
+            }
             QualityFlag::LoopDetected => FlagRepr::LoopDetected { message },
             QualityFlag::TokenLimitReached => FlagRepr::TokenLimitReached { message },
             QualityFlag::NumbersNotInSource { numbers } => {
@@ -187,6 +211,7 @@ impl Serialize for QualityFlag {
 /// | `length_ratio_out_of_range` (summary) | output characters / source characters outside `summary_ratio` | 0.02 – 0.6 |
 /// | `length_ratio_out_of_range` (translation) | output characters / source characters outside `translation_ratio` (Russian and Hindi run longer than English) | 0.5 – 3.0 |
 /// | `mixed_script_words` | a word of the output (a run of letters, digits and marks) has letters of two of the Latin, Cyrillic and Devanagari scripts, and is not a word of the source | any |
+/// | `sentence_count_mismatch` (translation) | the output's and the source's sentence counts ([`sentence_count`]) differ by at least 2 and the larger is more than 1.5× the smaller | — |
 /// | `numbers_not_in_source` | a number in the output (digits, normalised: `1,000` = `1 000` = `1000`, `3,5` = `3.5`, `२०२३` = `2023`) is not among the source's numbers; list numbering ("1." at a line start) is ignored | any |
 /// | `loop_detected` | generation stopped on a repetition loop | — |
 /// | `token_limit_reached` | generation stopped at its token limit | — |
@@ -245,7 +270,7 @@ pub(crate) struct QualityInput<'a> {
 /// Runs every check on one output; an empty list means nothing looked wrong.
 ///
 /// Flags come in a fixed order: loop, token limit, script share, mixed
-/// words, numbers, length ratio. Never panics, whatever the input (NaN thresholds simply
+/// words, sentence count, numbers, length ratio. Never panics, whatever the input (NaN thresholds simply
 /// never fire).
 pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
     let mut flags = Vec::new();
@@ -267,6 +292,13 @@ pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<Qua
     let words = mixed_script_words(input.source, input.output);
     if !words.is_empty() {
         flags.push(QualityFlag::MixedScriptWords { words });
+    }
+    if input.kind == OutputKind::Translation {
+        let (source, output) = (sentence_count(input.source), sentence_count(input.output));
+        let (few, many) = (source.min(output), source.max(output));
+        if many - few >= 2 && many as f32 > 1.5 * few as f32 {
+            flags.push(QualityFlag::SentenceCountMismatch { source, output });
+        }
     }
     let missing = numbers_not_in_source(input.source, input.output);
     if !missing.is_empty() {
@@ -334,6 +366,34 @@ pub fn numbers_in(text: &str) -> Vec<String> {
 
 // ---------------------------------------------------------------------------
 // Scripts
+
+/// The sentences of `text`: pieces that hold a letter, ended by `.`, `!`,
+/// `?`, `…`, the Devanagari danda `।` or `॥` before a space or the end, or
+/// by a line break. A `.` after a lone capital ("J. K. Rowling", "U.S.")
+/// or inside a number ("3.5") ends nothing.
+pub fn sentence_count(text: &str) -> usize {
+    let chars: Vec<char> = text.chars().collect();
+    let (mut count, mut letters) = (0, false);
+    for (i, &c) in chars.iter().enumerate() {
+        letters |= c.is_alphabetic();
+        let next_is_break = chars.get(i + 1).is_none_or(|n| n.is_whitespace());
+        let initial = c == '.'
+            && i >= 1
+            && chars[i - 1].is_uppercase()
+            && (i < 2 || !chars[i - 2].is_alphanumeric());
+        let ends = match c {
+            '\n' => true,
+            '.' => next_is_break && !initial,
+            '!' | '?' | '…' | '।' | '॥' => next_is_break,
+            _ => false,
+        };
+        if ends && letters {
+            count += 1;
+            letters = false;
+        }
+    }
+    count + usize::from(letters)
+}
 
 /// Most words a [`QualityFlag::MixedScriptWords`] lists, so that a long
 /// garbled output gives a short flag.
@@ -654,6 +714,10 @@ mod tests {
             QualityFlag::MixedScriptWords {
                 words: vec!["Lavров".into()],
             },
+            QualityFlag::SentenceCountMismatch {
+                source: 4,
+                output: 2,
+            },
             QualityFlag::LoopDetected,
             QualityFlag::TokenLimitReached,
             QualityFlag::NumbersNotInSource {
@@ -751,6 +815,60 @@ mod tests {
         // A long garbled output lists at most MAX_LISTED_WORDS words.
         let garbled: String = (0..100).map(|i| format!("wоrd{i} ")).collect();
         assert_eq!(mixed_script_words("", &garbled).len(), MAX_LISTED_WORDS);
+    }
+
+    #[test]
+    fn sentences_are_counted_past_initials_numbers_and_dandas() {
+        assert_eq!(sentence_count(""), 0);
+        assert_eq!(sentence_count("No end mark"), 1);
+        assert_eq!(
+            sentence_count("J. K. Rowling met U.S. officials. Growth was 3.5 percent!"),
+            2
+        );
+        assert_eq!(sentence_count("Why? Because. \"Quoted.\" 42."), 3);
+        assert_eq!(sentence_count("मोदी ने कहा। वृद्धि ३.५ प्रतिशत थी॥ अंत"), 3);
+        assert_eq!(sentence_count("Heading\n\nFirst. Second."), 3);
+        assert_eq!(sentence_count("... !!! ?"), 0);
+    }
+
+    #[test]
+    fn translations_far_from_the_source_s_sentence_count_are_flagged() {
+        let t = QualityThresholds::default();
+        let source = "One. Two. Three. Four.";
+        let flagged = |output: &str, kind| {
+            assess(&input(source, output, "en", kind), &t)
+                .into_iter()
+                .find(|f| f.code() == "sentence_count_mismatch")
+        };
+        let two = "One and two, all of it. Three and four, the rest of it.";
+        assert_eq!(
+            flagged(two, OutputKind::Translation),
+            Some(QualityFlag::SentenceCountMismatch {
+                source: 4,
+                output: 2
+            })
+        );
+        // One sentence more or less, or a summary, is not flagged.
+        assert_eq!(
+            flagged("One. Two. Three and four.", OutputKind::Translation),
+            None
+        );
+        assert_eq!(
+            flagged("One. Two. Three. Four. Five.", OutputKind::Translation),
+            None
+        );
+        assert_eq!(flagged(two, OutputKind::Summary), None);
+        // A single sentence that comes back as three.
+        let one = assess(
+            &input(
+                "A sentence.",
+                "Here it is. A sentence. Hope it helps!",
+                "en",
+                OutputKind::Translation,
+            ),
+            &t,
+        );
+        assert!(codes(&one).contains(&"sentence_count_mismatch"), "{one:?}");
     }
 
     #[test]
