@@ -99,6 +99,7 @@ fn assert_digest_shape(v: &Value) {
                     "loop_detected",
                     "token_limit_reached",
                     "numbers_not_in_source",
+                    "numbers_missing",
                     "length_ratio_out_of_range"
                 ]
                 .contains(&code.as_str()),

@@ -55,6 +55,12 @@ pub enum QualityFlag {
         /// The numbers, normalised (see [`numbers_in`]), in output order.
         numbers: Vec<String>,
     },
+    /// A translation lacks numbers that its source has: dropped or changed.
+    NumbersMissing {
+        /// The source's numbers, normalised (see [`numbers_in`]), in source
+        /// order.
+        numbers: Vec<String>,
+    },
     /// Output length / source length (in characters) is out of the expected
     /// range.
     LengthRatioOutOfRange {
@@ -77,6 +83,7 @@ impl QualityFlag {
             QualityFlag::LoopDetected => "loop_detected",
             QualityFlag::TokenLimitReached => "token_limit_reached",
             QualityFlag::NumbersNotInSource { .. } => "numbers_not_in_source",
+            QualityFlag::NumbersMissing { .. } => "numbers_missing",
             QualityFlag::LengthRatioOutOfRange { .. } => "length_ratio_out_of_range",
         }
     }
@@ -111,6 +118,10 @@ impl QualityFlag {
             }
             QualityFlag::NumbersNotInSource { numbers } => format!(
                 "numbers not found in the source: {}; check them",
+                numbers.join(", ")
+            ),
+            QualityFlag::NumbersMissing { numbers } => format!(
+                "numbers of the source missing from the translation: {}; check that none was dropped or changed",
                 numbers.join(", ")
             ),
             QualityFlag::LengthRatioOutOfRange { ratio, min, max } => format!(
@@ -153,6 +164,10 @@ pub(crate) enum FlagRepr<'a> {
         numbers: &'a [String],
         message: String,
     },
+    NumbersMissing {
+        numbers: &'a [String],
+        message: String,
+    },
     LengthRatioOutOfRange {
         ratio: f32,
         min: f32,
@@ -190,6 +205,9 @@ impl Serialize for QualityFlag {
             QualityFlag::NumbersNotInSource { numbers } => {
                 FlagRepr::NumbersNotInSource { numbers, message }
             }
+            QualityFlag::NumbersMissing { numbers } => {
+                FlagRepr::NumbersMissing { numbers, message }
+            }
             QualityFlag::LengthRatioOutOfRange { ratio, min, max } => {
                 FlagRepr::LengthRatioOutOfRange {
                     ratio: *ratio,
@@ -208,6 +226,7 @@ impl Serialize for QualityFlag {
 /// | code | fires when | default |
 /// |---|---|---|
 /// | `script_share_low` | fewer than `min_script_share` of the output's letters are in the target language's script (en: Latin, ru: Cyrillic, hi: Devanagari); not checked for other languages or an output without letters | 0.6 |
+/// | `numbers_missing` (translation) | a number of the source (normalised as above) is not among the output's | any |
 /// | `length_ratio_out_of_range` (summary) | output characters / source characters outside `summary_ratio` | 0.02 – 0.6 |
 /// | `length_ratio_out_of_range` (translation) | output characters / source characters outside `translation_ratio` (Russian and Hindi run longer than English) | 0.5 – 3.0 |
 /// | `mixed_script_words` | a word of the output (a run of letters, digits and marks) has letters of two of the Latin, Cyrillic and Devanagari scripts, and is not a word of the source | any |
@@ -270,7 +289,8 @@ pub(crate) struct QualityInput<'a> {
 /// Runs every check on one output; an empty list means nothing looked wrong.
 ///
 /// Flags come in a fixed order: loop, token limit, script share, mixed
-/// words, sentence count, numbers, length ratio. Never panics, whatever the input (NaN thresholds simply
+/// words, sentence count, numbers not in the source, numbers missing,
+/// length ratio. Never panics, whatever the input (NaN thresholds simply
 /// never fire).
 pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
     let mut flags = Vec::new();
@@ -303,6 +323,13 @@ pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<Qua
     let missing = numbers_not_in_source(input.source, input.output);
     if !missing.is_empty() {
         flags.push(QualityFlag::NumbersNotInSource { numbers: missing });
+    }
+    if input.kind == OutputKind::Translation {
+        // The same comparison the other way round.
+        let missing = numbers_not_in_source(input.output, input.source);
+        if !missing.is_empty() {
+            flags.push(QualityFlag::NumbersMissing { numbers: missing });
+        }
     }
     let source_len = input.source.trim().chars().count();
     if source_len > 0 {
@@ -723,6 +750,9 @@ mod tests {
             QualityFlag::NumbersNotInSource {
                 numbers: vec!["410".into()],
             },
+            QualityFlag::NumbersMissing {
+                numbers: vec!["2023".into()],
+            },
             QualityFlag::LengthRatioOutOfRange {
                 ratio: 3.5,
                 min: 0.5,
@@ -869,6 +899,26 @@ mod tests {
             &t,
         );
         assert!(codes(&one).contains(&"sentence_count_mismatch"), "{one:?}");
+    }
+
+    #[test]
+    fn numbers_a_translation_drops_are_flagged_and_a_summary_s_are_not() {
+        let t = QualityThresholds::default();
+        let ru = "Министры договорились выпускать 410 кубометров в секунду с 1 июня; \
+            фонд начнётся со 120 млн долларов, а 1 870 км реки обслуживают 23 млн человек; \
+            рост составил 3,5 процента в 2023 году, сообщила G20.";
+        let flags = assess(&input(SOURCE, ru, "ru", OutputKind::Translation), &t);
+        // "260 last year" was dropped; every other number is there, in
+        // another notation.
+        assert!(
+            flags.contains(&QualityFlag::NumbersMissing {
+                numbers: vec!["260".into()]
+            }),
+            "{flags:?}"
+        );
+        let summary = "Ministers agreed to release more water.";
+        let flags = assess(&input(SOURCE, summary, "en", OutputKind::Summary), &t);
+        assert!(!codes(&flags).contains(&"numbers_missing"), "{flags:?}");
     }
 
     #[test]
