@@ -606,3 +606,224 @@ async fn many_to_many_manifests_load_by_hub_id() {
         assert_eq!(text, want, "{id}");
     }
 }
+
+/// The choice a run makes with no model named: the default LLM last.
+fn default_choice(allow_noncommercial: bool) -> precis_core::engine::ModelChoice {
+    precis_core::engine::ModelChoice {
+        model: "qwen2.5-coder-1.5b-instruct-q4_k_m".into(),
+        forced: false,
+        summarizer: None,
+        translator: None,
+        allow_noncommercial,
+    }
+}
+
+/// Dedicated models the hub has are routed to as if present, each only
+/// where it is the first to write one of its languages; none is
+/// downloaded by routing (the hub is asked only for a file's first byte).
+#[tokio::test(flavor = "multi_thread")]
+async fn routing_takes_obtainable_models_first_for_their_languages() {
+    use precis_backend::store::Availability;
+    use precis_core::engine::Routing;
+
+    let config = |repo: &'static str| (repo, b"{}".to_vec());
+    let (store, hub, _tmp) = hub_store(vec![
+        config("Helsinki-NLP/opus-mt-en-hi/main/config.json"),
+        config("jbochi/madlad400-3b-mt/main/config.json"),
+        config("facebook/m2m100_418M/main/config.json"),
+        config("facebook/nllb-200-distilled-600M/main/config.json"),
+        config("sshleifer/distilbart-cnn-12-6/main/config.json"),
+        config("facebook/bart-large-cnn/main/config.json"),
+    ])
+    .await;
+    let resolve = |choice, unverified| {
+        let store = Arc::clone(&store);
+        // Routing blocks (it asks the hub on a thread of its own).
+        std::thread::spawn(move || Routing::resolve(&choice, &store, unverified))
+            .join()
+            .unwrap()
+    };
+    let llm = "qwen2.5-coder-1.5b-instruct-q4_k_m";
+
+    let (routing, notes) = resolve(default_choice(false), true);
+    assert!(notes.is_empty(), "{notes:?}");
+    // opus-mt for Hindi, MADLAD for every other language; M2M100 writes
+    // nothing MADLAD does not, so it would never be used; NLLB is
+    // non-commercial; no opus-mt-en-ru on this hub.
+    assert_eq!(
+        routing.translators,
+        ["opus-mt-en-hi", "madlad400-3b-mt-q4k", llm]
+    );
+    assert_eq!(routing.summarizers, ["distilbart-cnn-12-6", llm]);
+    let (routing, _) = resolve(default_choice(true), true);
+    assert_eq!(
+        routing.translators,
+        ["nllb-200-distilled-600m", llm],
+        "NLLB writes every language of precis's table that MADLAD does"
+    );
+    // The server without --allow-unverified: none of these has pinned hashes.
+    let (routing, _) = resolve(default_choice(false), false);
+    assert_eq!(routing.translators, [llm]);
+    assert_eq!(routing.summarizers, [llm]);
+    // A model named with --model serves everything: the hub is not asked.
+    let asked = hub.requests().len();
+    let forced = precis_core::engine::ModelChoice {
+        forced: true,
+        ..default_choice(false)
+    };
+    assert_eq!(resolve(forced, true).0.translators, [llm]);
+    assert_eq!(hub.requests().len(), asked);
+    assert!(
+        hub.requests().iter().all(|r| r.ends_with("bytes=0-0")),
+        "{:?}",
+        hub.requests()
+    );
+    assert_eq!(
+        files_under(&store.config().root.join("models")),
+        Vec::<PathBuf>::new()
+    );
+
+    // What is present is routed whatever the hub says, and not asked about.
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/m2m100/tiny-m2m100");
+    let dir = store.config().root.join("models/m2m100-418m");
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&fixture).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(&path, dir.join(path.file_name().unwrap())).unwrap();
+    }
+    let spec = store.resolve("m2m100-418m").unwrap();
+    let found = {
+        let store = Arc::clone(&store);
+        std::thread::spawn(move || store.availability(&[spec]))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(found, [Availability::Present]);
+    let (routing, notes) = resolve(default_choice(false), true);
+    assert_eq!(
+        routing.translators,
+        ["opus-mt-en-hi", "madlad400-3b-mt-q4k", "m2m100-418m", llm]
+    );
+    assert!(notes.is_empty(), "{notes:?}");
+    let (routing, notes) = resolve(default_choice(false), false);
+    assert_eq!(routing.translators, [llm]);
+    assert!(
+        notes.len() == 1
+            && notes[0].contains("m2m100-418m")
+            && notes[0].contains("--allow-unverified"),
+        "{notes:?}"
+    );
+}
+
+/// A hub that cannot be reached makes nothing obtainable, and is not asked
+/// again within the hour at the same endpoint (a memo in the store's root).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_hub_is_asked_once_an_hour() {
+    use precis_backend::store::Availability;
+
+    let (endpoint, hub) = start_hub(vec![("test/memo/main/model.gguf", b"x".to_vec())], &[]).await;
+    let s = setup("memo", b"x", &endpoint);
+    let spec = s.store.resolve("memo").unwrap();
+    let ask = |store: &ModelStore| {
+        let (store, spec) = (store.clone(), spec.clone());
+        std::thread::spawn(move || store.availability(&[spec]))
+            .join()
+            .unwrap()
+    };
+    assert_eq!(ask(&s.store), [Availability::Obtainable]);
+    assert_eq!(hub.requests().len(), 1);
+    assert_eq!(
+        files_under(&s.root),
+        Vec::<PathBuf>::new(),
+        "nothing written"
+    );
+
+    // A closed port: unreachable, fast, and remembered.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let closed = format!("http://127.0.0.1:{port}");
+    let mut cfg = s.store.config().clone();
+    cfg.hub_endpoint = Some(closed.clone());
+    let start = Instant::now();
+    assert_eq!(ask(&ModelStore::open(cfg).unwrap()), [Availability::Absent]);
+    assert!(
+        start.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        start.elapsed()
+    );
+    let memo = s.root.join("hub-unreachable");
+    assert_eq!(std::fs::read_to_string(&memo).unwrap(), closed);
+
+    // The memo names another endpoint: the live hub is still asked.
+    assert_eq!(ask(&s.store), [Availability::Obtainable]);
+    assert_eq!(hub.requests().len(), 2);
+    // Written for this endpoint, it spares asking.
+    std::fs::write(&memo, &endpoint).unwrap();
+    assert_eq!(ask(&s.store), [Availability::Absent]);
+    assert_eq!(hub.requests().len(), 2);
+}
+
+/// `precis translate --to ru` on a machine whose hub has M2M100 (and no
+/// model present, no opus-mt-en-ru): the translator is fetched with the
+/// run and writes what transformers writes; the LLM is not fetched.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_obtainable_translator_is_fetched_by_the_run_that_needs_it() {
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/m2m100/tiny-m2m100");
+    let (endpoint, hub) = start_hub(
+        served_dirs(&[("facebook/m2m100_418M", fixture.clone())]),
+        &[],
+    )
+    .await;
+    let (source, want) = first_reference(&fixture);
+    let home = tempfile::tempdir().unwrap();
+    let input = home.path().join("article.txt");
+    std::fs::write(&input, &source).unwrap();
+    let out = {
+        let home = home.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_precis"))
+                .args([
+                    "translate",
+                    "--to",
+                    "ru",
+                    "--from",
+                    "en",
+                    "--format",
+                    "json",
+                ])
+                .arg(&input)
+                .env("PRECIS_HOME", &home)
+                .env("HF_HOME", home.join("hf"))
+                .env("HF_ENDPOINT", &endpoint)
+                .env("PRECIS_PIP", "false")
+                .env("PRECIS_NO_CACHE", "1")
+                .env_remove("PRECIS_MODEL")
+                .env_remove("PRECIS_CONFIG")
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap()
+    };
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let t = &v["translations"][0];
+    assert_eq!(t["model"]["id"], "m2m100-418m", "{v}");
+    assert_eq!(t["model"]["license"], "MIT");
+    assert_eq!(t["text"].as_str().unwrap(), want);
+    assert!(
+        !hub.requests()
+            .iter()
+            .any(|r| r.contains("Qwen") || r.contains("qwen")),
+        "{:?}",
+        hub.requests()
+    );
+    assert!(home
+        .path()
+        .join("models/m2m100-418m/pytorch_model.bin")
+        .is_file());
+}

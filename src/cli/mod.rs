@@ -50,7 +50,7 @@ pub struct Cli {
     /// No progress bars.
     #[arg(long, short, global = true)]
     pub quiet: bool,
-    /// Let translators under a non-commercial licence (NLLB-200, CC-BY-NC-4.0) serve requests when their files are present; results name the licence [default: the config file's `allow_noncommercial`, else no].
+    /// Let translators under a non-commercial licence (NLLB-200, CC-BY-NC-4.0) serve requests when their files are present or obtainable; results name the licence [default: the config file's `allow_noncommercial`, else no].
     #[arg(
         long,
         global = true,
@@ -89,7 +89,7 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct LanguagesArgs {
     /// The model to ask about (default: the configured models, dedicated
-    /// models whose files are present, and the default model).
+    /// models whose files are present or obtainable, and the default model).
     #[arg(long, env = "PRECIS_MODEL", hide_env_values = true)]
     model: Option<String>,
     /// As JSON.
@@ -168,10 +168,10 @@ pub struct TaskArgs {
     /// Model for every job: a manifest id, a hub repo id, a local .gguf file, or a checkpoint directory (Marian, BART, T5) [default: from the config file, else qwen2.5-coder-1.5b-instruct-q4_k_m].
     #[arg(long, short, env = "PRECIS_MODEL", hide_env_values = true)]
     pub model: Option<String>,
-    /// Summarizer for summarize and digest: a manifest id (distilbart-cnn-12-6, flan-t5-base, ...), a hub repo id, or a checkpoint directory [default: the config file's `summarizer`, else a dedicated summarizer whose files are present, else --model].
+    /// Summarizer for summarize and digest: a manifest id (distilbart-cnn-12-6, flan-t5-base, ...), a hub repo id, or a checkpoint directory [default: the config file's `summarizer`, else a dedicated summarizer whose files are present or obtainable from the hub, else --model].
     #[arg(long, value_name = "MODEL")]
     pub summarizer: Option<String>,
-    /// Translator for translate and digest: a manifest id (opus-mt-en-ru, m2m100-418m, ...), a hub repo id, or a checkpoint directory [default: the config file's `translator`, else the dedicated translators whose files are present (NLLB-200 with --allow-noncommercial, opus-mt, M2M100), else --model].
+    /// Translator for translate and digest: a manifest id (opus-mt-en-ru, m2m100-418m, ...), a hub repo id, or a checkpoint directory [default: the config file's `translator`, else the dedicated translators whose files are present or obtainable from the hub (NLLB-200 with --allow-noncommercial, opus-mt, MADLAD-400, M2M100), else --model].
     #[arg(long, value_name = "MODEL")]
     pub translator: Option<String>,
     /// Keep non-story paragraphs (photo credits, comment forms, ...).

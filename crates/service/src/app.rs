@@ -68,7 +68,8 @@ impl Services {
     /// be opened; a cache that cannot is a warning.
     pub fn build(settings: &Settings) -> Result<Self, Box<StoreError>> {
         let store = Arc::new(ModelStore::open(settings.store.clone())?);
-        let routing = Routing::resolve(&settings.models, &store);
+        let unverified = settings.allow_unverified || settings.access == ModelAccess::Any;
+        let (routing, notes) = Routing::resolve(&settings.models, &store, unverified);
         let loader = Arc::new(match settings.access {
             ModelAccess::Any => StoreLoader::open(Arc::clone(&store), settings.cuda),
             ModelAccess::Configured => StoreLoader::closed(
@@ -78,7 +79,7 @@ impl Services {
                 settings.allow_unverified,
             ),
         });
-        let mut warnings = Vec::new();
+        let mut warnings = notes;
         let cache = settings.cache.and_then(|limits| {
             ResultCache::open(&settings.database, limits)
                 .map(Arc::new)

@@ -14,19 +14,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hf_hub::api::tokio::{ApiBuilder, ApiError, Progress};
+use hf_hub::api::tokio::{Api, ApiBuilder, ApiError, Metadata, Progress};
 use hf_hub::{Cache, Repo, RepoType};
 use indicatif::ProgressBar;
 
 use super::{byte_bar, hash_with_progress, remove_empty_dirs, Downloaded, StoreError};
 use super::{HubSource, ModelFile, StoreConfig};
 
-/// Everything one hub download needs.
-pub(crate) struct HubDownload<'a> {
+/// One file of a model's hub repo, as the store asks for it.
+pub(crate) struct HubFile<'a> {
     pub cfg: &'a StoreConfig,
     pub id: &'a str,
     pub hub: &'a HubSource,
     pub file: &'a ModelFile,
+}
+
+/// Everything one hub download needs.
+pub(crate) struct HubDownload<'a> {
+    pub source: HubFile<'a>,
     /// Final path of the file.
     pub dest: &'a Path,
     /// `ROOT/models/ID`, which holds the staging directory.
@@ -65,16 +70,72 @@ pub(crate) async fn download(req: HubDownload<'_>) -> Result<Downloaded, StoreEr
         let _ = std::fs::remove_dir_all(&staging);
         remove_empty_dirs(
             staging.parent().unwrap_or(&staging),
-            req.cfg.root.join("models").as_path(),
+            req.source.cfg.root.join("models").as_path(),
         );
     }
     result
 }
 
+/// An API client for the configured endpoint, with `cache` as hf-hub's cache.
+fn client(cfg: &StoreConfig, cache: &Path) -> Result<Api, ApiError> {
+    ApiBuilder::from_cache(Cache::new(cache.to_path_buf()))
+        .with_endpoint(cfg.endpoint())
+        .with_token(hub_token())
+        .with_progress(false)
+        .with_user_agent("precis", env!("CARGO_PKG_VERSION"))
+        .build()
+}
+
+/// The hub's metadata of the file, asked within `deadline` (an unreachable
+/// hub fails here, fast) and checked against the manifest's size.
+async fn ask(src: &HubFile<'_>, api: &Api, deadline: Duration) -> Result<Metadata, StoreError> {
+    let repo = api.repo(Repo::with_revision(
+        src.hub.repo.clone(),
+        RepoType::Model,
+        src.hub.revision.clone(),
+    ));
+    let url = repo.url(&src.file.name);
+    let meta = match tokio::time::timeout(deadline, api.metadata(&url)).await {
+        Err(_) => {
+            return Err(StoreError::HubUnreachable {
+                id: src.id.to_string(),
+                file: src.file.name.clone(),
+                endpoint: src.cfg.endpoint(),
+                message: format!("no answer within {} s", deadline.as_secs_f32()),
+            })
+        }
+        Ok(Err(e)) => return Err(classify(src, e)),
+        Ok(Ok(meta)) => meta,
+    };
+    match src.file.size {
+        Some(expected) if meta.size() as u64 != expected => Err(StoreError::DownloadMismatch {
+            id: src.id.to_string(),
+            file: src.file.name.clone(),
+            origin: "hub",
+            expected: format!("{expected} bytes"),
+            actual: format!("{} bytes", meta.size()),
+        }),
+        _ => Ok(meta),
+    }
+}
+
+/// Whether the hub serves the file at the manifest's size, asked within
+/// `deadline`: `Ok(false)` when the hub answers that it does not (missing,
+/// denied, another size), an error when it cannot be asked.
+pub(crate) async fn probe(src: HubFile<'_>, deadline: Duration) -> Result<bool, StoreError> {
+    // Asking for metadata writes nothing into hf-hub's cache.
+    let api = client(src.cfg, &src.cfg.root).map_err(|e| classify(&src, e))?;
+    match ask(&src, &api, deadline).await {
+        Ok(_) => Ok(true),
+        Err(e @ (StoreError::HubUnreachable { .. } | StoreError::Hub { .. })) => Err(e),
+        Err(_) => Ok(false),
+    }
+}
+
 async fn download_into(req: &HubDownload<'_>, staging: &Path) -> Result<Downloaded, StoreError> {
-    let endpoint = req.cfg.endpoint();
-    let file = &req.file.name;
-    let id = req.id;
+    let src = &req.source;
+    let file = &src.file.name;
+    let id = src.id;
     let other = |message: String| StoreError::Hub {
         id: id.to_string(),
         file: file.clone(),
@@ -82,50 +143,20 @@ async fn download_into(req: &HubDownload<'_>, staging: &Path) -> Result<Download
     };
     std::fs::create_dir_all(staging)
         .map_err(|e| StoreError::io("create the staging directory", staging, e))?;
-    let api = ApiBuilder::from_cache(Cache::new(staging.to_path_buf()))
-        .with_endpoint(endpoint.clone())
-        .with_token(hub_token())
-        .with_progress(false)
-        .with_user_agent("precis", env!("CARGO_PKG_VERSION"))
-        .build()
-        .map_err(|e| other(e.to_string()))?;
+    let api = client(src.cfg, staging).map_err(|e| other(e.to_string()))?;
+    let meta = ask(src, &api, src.cfg.hub_timeout).await?;
     let repo = api.repo(Repo::with_revision(
-        req.hub.repo.clone(),
+        src.hub.repo.clone(),
         RepoType::Model,
-        req.hub.revision.clone(),
+        src.hub.revision.clone(),
     ));
 
-    // A first request with a deadline: an unreachable hub fails here, fast.
-    let url = repo.url(file);
-    let meta = match tokio::time::timeout(req.cfg.hub_timeout, api.metadata(&url)).await {
-        Err(_) => {
-            return Err(StoreError::HubUnreachable {
-                id: id.to_string(),
-                file: file.clone(),
-                endpoint,
-                message: format!("no answer within {} s", req.cfg.hub_timeout.as_secs()),
-            })
-        }
-        Ok(Err(e)) => return Err(classify(req, &endpoint, e)),
-        Ok(Ok(meta)) => meta,
-    };
-    if let Some(expected) = req.file.size {
-        if meta.size() as u64 != expected {
-            return Err(StoreError::DownloadMismatch {
-                id: id.to_string(),
-                file: file.clone(),
-                origin: "hub",
-                expected: format!("{expected} bytes"),
-                actual: format!("{} bytes", meta.size()),
-            });
-        }
-    }
-
-    let watch = Watch::new(byte_bar(req.cfg.progress, 0, "downloading", file));
-    let stall = req.cfg.hub_timeout * 6;
+    let what = format!("{id}: {file}");
+    let watch = Watch::new(byte_bar(src.cfg.progress, 0, "downloading", &what));
+    let stall = src.cfg.hub_timeout * 6;
     let pointer = tokio::select! {
         result = repo.download_with_progress(file, watch.clone()) => {
-            result.map_err(|e| classify(req, &endpoint, e))?
+            result.map_err(|e| classify(src, e))?
         }
         _ = watch.stalled(stall) => {
             return Err(other(format!("no data arrived for {} s", stall.as_secs())));
@@ -141,7 +172,7 @@ async fn download_into(req: &HubDownload<'_>, staging: &Path) -> Result<Download
     let (size, sha256) = {
         let blob_for_hash = blob.clone();
         let bar = byte_bar(
-            req.cfg.progress && meta.size() as u64 >= super::HASH_PROGRESS_MIN,
+            src.cfg.progress && meta.size() as u64 >= super::HASH_PROGRESS_MIN,
             meta.size() as u64,
             "verifying",
             file,
@@ -165,7 +196,7 @@ async fn download_into(req: &HubDownload<'_>, staging: &Path) -> Result<Download
         expected,
         actual,
     };
-    if let Some(expected) = req.file.size {
+    if let Some(expected) = src.file.size {
         if size != expected {
             return Err(mismatch(
                 format!("{expected} bytes"),
@@ -173,7 +204,7 @@ async fn download_into(req: &HubDownload<'_>, staging: &Path) -> Result<Download
             ));
         }
     }
-    if let Some(expected) = &req.file.sha256 {
+    if let Some(expected) = &src.file.sha256 {
         if *expected != sha256 {
             return Err(mismatch(
                 format!("sha256 {expected}"),
@@ -190,9 +221,10 @@ async fn download_into(req: &HubDownload<'_>, staging: &Path) -> Result<Download
 }
 
 /// Turns an `hf-hub` error into one that says what to do.
-fn classify(req: &HubDownload<'_>, endpoint: &str, err: ApiError) -> StoreError {
+fn classify(req: &HubFile<'_>, err: ApiError) -> StoreError {
     let id = req.id.to_string();
     let file = req.file.name.clone();
+    let endpoint = req.cfg.endpoint();
     let mut inner = &err;
     while let ApiError::TooManyRetries(e) = inner {
         inner = e;
@@ -205,7 +237,7 @@ fn classify(req: &HubDownload<'_>, endpoint: &str, err: ApiError) -> StoreError 
                     file,
                     repo: req.hub.repo.clone(),
                     revision: req.hub.revision.clone(),
-                    endpoint: endpoint.to_string(),
+                    endpoint,
                 }
             }
             Some(status @ (401 | 403)) => {
@@ -221,7 +253,7 @@ fn classify(req: &HubDownload<'_>, endpoint: &str, err: ApiError) -> StoreError 
                 return StoreError::HubUnreachable {
                     id,
                     file,
-                    endpoint: endpoint.to_string(),
+                    endpoint,
                     message: error_chain(e),
                 }
             }

@@ -326,6 +326,27 @@ impl ModelStatus {
     }
 }
 
+/// How a model's files can be had, as [`ModelStore::availability`] finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Availability {
+    /// Every file is present and usable.
+    Present,
+    /// Not all present, but the hub answers for them: a fetch would get them.
+    Obtainable,
+    /// Neither.
+    Absent,
+}
+
+/// How long the hub may take to say whether it has a model's files, when
+/// the store looks for models it could fetch (not when it downloads).
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long a hub found unreachable is not asked again which models it has.
+pub const UNREACHABLE_MEMO: Duration = Duration::from_secs(3600);
+
+/// The memo of an unreachable hub, in the store's root: the endpoint.
+const UNREACHABLE_FILE: &str = "hub-unreachable";
+
 /// The result of re-hashing one file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FileReport {
@@ -596,6 +617,115 @@ impl ModelStore {
             id: spec.id.clone(),
             files,
         }
+    }
+
+    /// How each of `specs` can be had: [`Availability::Present`] when
+    /// [`status`](Self::status) finds it ready, else [`Availability::Obtainable`]
+    /// when the hub (if allowed) answers for its first missing file, asked
+    /// for all of them at once within [`PROBE_TIMEOUT`]. A hub that cannot be
+    /// reached is not asked again for [`UNREACHABLE_MEMO`] (noted in the
+    /// store's root), so that a machine without it pays at most once an hour.
+    /// Blocks; callable from any thread, inside a runtime or not.
+    pub fn availability(&self, specs: &[ModelSpec]) -> Vec<Availability> {
+        let mut out: Vec<Availability> = specs
+            .iter()
+            .map(|spec| match self.status(spec).is_ready() {
+                true => Availability::Present,
+                false => Availability::Absent,
+            })
+            .collect();
+        let cfg = &self.inner.cfg;
+        if !cfg.allow_hub || self.hub_recently_unreachable() {
+            return out;
+        }
+        // (index, id, hub, first missing file) of each model to ask about.
+        let asks: Vec<(usize, String, HubSource, ModelFile)> = specs
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| out[*i] == Availability::Absent)
+            .filter_map(|(i, spec)| {
+                let hub = spec.hub.clone()?;
+                let file = spec.files.iter().find(|f| self.find(spec, f).is_none())?;
+                Some((i, spec.id.clone(), hub, file.clone()))
+            })
+            .collect();
+        if asks.is_empty() {
+            return out;
+        }
+        let deadline = PROBE_TIMEOUT.min(cfg.hub_timeout);
+        let answers: Vec<Result<bool, StoreError>> = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .map_err(|e| e.to_string())?;
+                    Ok::<_, String>(runtime.block_on(async {
+                        let mut set = tokio::task::JoinSet::new();
+                        for (k, (_, id, hub, file)) in asks.iter().enumerate() {
+                            let (cfg, id, hub, file) =
+                                (cfg.clone(), id.clone(), hub.clone(), file.clone());
+                            set.spawn(async move {
+                                let source = hub::HubFile {
+                                    cfg: &cfg,
+                                    id: &id,
+                                    hub: &hub,
+                                    file: &file,
+                                };
+                                (k, hub::probe(source, deadline).await)
+                            });
+                        }
+                        let mut answers: Vec<Option<Result<bool, StoreError>>> =
+                            asks.iter().map(|_| None).collect();
+                        while let Some(Ok((k, answer))) = set.join_next().await {
+                            answers[k] = Some(answer);
+                        }
+                        answers
+                            .into_iter()
+                            .map(|a| a.unwrap_or(Ok(false)))
+                            .collect()
+                    }))
+                })
+                .join()
+                .unwrap_or_else(|_| Err("the hub probe panicked".to_string()))
+                .unwrap_or_else(|e| {
+                    tracing::warn!("cannot ask the hub which models it has: {e}");
+                    Vec::new()
+                })
+        });
+        let unreachable = !answers.is_empty()
+            && answers
+                .iter()
+                .all(|a| matches!(a, Err(StoreError::HubUnreachable { .. })));
+        for ((i, id, _, _), answer) in asks.iter().zip(&answers) {
+            match answer {
+                Ok(true) => out[*i] = Availability::Obtainable,
+                Ok(false) => {}
+                Err(e) => tracing::info!("model `{id}` cannot be had from the hub: {e}"),
+            }
+        }
+        if unreachable {
+            tracing::info!(
+                "the hub at {} cannot be reached; not asked again for {} minutes",
+                cfg.endpoint(),
+                UNREACHABLE_MEMO.as_secs() / 60
+            );
+            let _ = std::fs::create_dir_all(&cfg.root)
+                .and_then(|()| std::fs::write(cfg.root.join(UNREACHABLE_FILE), cfg.endpoint()));
+        }
+        out
+    }
+
+    /// Whether the memo says the configured hub could not be reached less
+    /// than [`UNREACHABLE_MEMO`] ago.
+    fn hub_recently_unreachable(&self) -> bool {
+        let path = self.inner.cfg.root.join(UNREACHABLE_FILE);
+        let fresh = std::fs::metadata(&path)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age < UNREACHABLE_MEMO);
+        fresh && std::fs::read_to_string(&path).is_ok_and(|e| e == self.inner.cfg.endpoint())
     }
 
     /// Makes every file present and usable: looks in the user's local
@@ -883,10 +1013,12 @@ impl ModelStore {
         let mut errors = Vec::new();
         if let (true, Some(hub_source)) = (cfg.allow_hub, &spec.hub) {
             let request = hub::HubDownload {
-                cfg,
-                id: &spec.id,
-                hub: hub_source,
-                file,
+                source: hub::HubFile {
+                    cfg,
+                    id: &spec.id,
+                    hub: hub_source,
+                    file,
+                },
                 dest: &dest,
                 model_dir: &self.model_dir(spec),
             };

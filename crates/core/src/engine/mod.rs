@@ -15,7 +15,9 @@ use crate::task::{
     self, language_name, CancelToken, EventFn, ModelRouter, TaskError, TaskOptions, TaskRequest,
     TaskResult, TextModel,
 };
-use precis_backend::store::{ModelFamily, ModelSpec, ModelStore, ModelTask};
+use precis_backend::store::{
+    Availability, ModelFamily, ModelManifest, ModelSpec, ModelStore, ModelTask,
+};
 use precis_backend::{ModelInfo, ModelKind};
 
 mod loader;
@@ -61,7 +63,7 @@ pub struct LanguageOffer {
 }
 
 /// The models asked for by the command line and the config file, before
-/// the store says which dedicated models are present.
+/// the store says which dedicated models are present or obtainable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ModelChoice {
     /// The model for every job nothing else covers.
@@ -79,47 +81,84 @@ pub struct ModelChoice {
 }
 
 impl Routing {
-    /// The routing `choice` makes with the models in `store`: the named
-    /// summarizer or translator first, then (unless `model` is forced)
-    /// dedicated models whose files are all present, in the manifests'
-    /// order of preference (BART and T5 summarize; NLLB-200, opus-mt,
-    /// MADLAD-400 and M2M100 translate: they work before the LLM does, for
-    /// the languages they write), leaving out those under a non-commercial licence unless
-    /// the choice allows them, then `model`.
-    pub fn resolve(choice: &ModelChoice, store: &ModelStore) -> Self {
-        let dedicated = |task: ModelTask, families: &[ModelFamily]| -> Vec<String> {
-            if choice.forced {
-                return Vec::new();
-            }
-            store
-                .manifests()
-                .iter()
-                .filter(|m| families.contains(&m.family) && m.tasks.contains(&task))
-                .filter(|m| choice.allow_noncommercial || !m.noncommercial())
-                .filter(|m| store.status(&ModelSpec::from_manifest(m)).is_ready())
-                .map(|m| m.id.clone())
-                .collect()
+    /// The routing `choice` makes with the models in `store`, and a note
+    /// for the operator on each present model passed over. First the named
+    /// summarizer or translator; then (unless `model` is forced) the
+    /// dedicated models in the manifests' order of preference (BART and T5
+    /// summarize; NLLB-200, opus-mt, MADLAD-400 and M2M100 translate: they
+    /// work before the LLM does, for the languages they write), leaving out
+    /// those under a non-commercial licence unless the choice allows them,
+    /// and those whose files have no pinned hash unless `unverified`; then
+    /// `model`. A dedicated model is routed when its files are present, or
+    /// when they are obtainable from the hub and it is the first routed
+    /// model to write one of its languages (so that nothing is fetched that
+    /// would never be used).
+    pub fn resolve(
+        choice: &ModelChoice,
+        store: &ModelStore,
+        unverified: bool,
+    ) -> (Self, Vec<String>) {
+        const SUMMARIZERS: &[ModelFamily] = &[ModelFamily::Bart, ModelFamily::T5];
+        const TRANSLATORS: &[ModelFamily] =
+            &[ModelFamily::Marian, ModelFamily::M2m100, ModelFamily::T5];
+        let serves = |m: &ModelManifest, task: ModelTask, families: &[ModelFamily]| {
+            families.contains(&m.family) && m.tasks.contains(&task)
         };
+        let mut notes = Vec::new();
+        let candidates: Vec<&ModelManifest> = store
+            .manifests()
+            .iter()
+            .filter(|_| !choice.forced)
+            .filter(|m| {
+                serves(m, ModelTask::Summarize, SUMMARIZERS)
+                    || serves(m, ModelTask::Translate, TRANSLATORS)
+            })
+            .filter(|m| choice.allow_noncommercial || !m.noncommercial())
+            .collect();
+        let specs: Vec<ModelSpec> = candidates
+            .iter()
+            .map(|m| ModelSpec::from_manifest(m))
+            .collect();
+        let availability = store.availability(&specs);
+        let usable: Vec<(&ModelManifest, Availability)> = candidates
+            .into_iter()
+            .zip(availability)
+            .filter(|(m, found)| {
+                let pinned = m.files.iter().all(|f| f.sha256.is_some());
+                if unverified || pinned {
+                    return true;
+                }
+                if *found == Availability::Present {
+                    notes.push(format!("model `{}` is present but its files have no pinned sha256, so it is not routed to; pass --allow-unverified to use it", m.id));
+                }
+                false
+            })
+            .collect();
         let chain = |first: &Option<String>, task, families: &[ModelFamily]| -> Vec<String> {
+            let mut written: BTreeSet<&str> = BTreeSet::new();
+            let mut dedicated = Vec::new();
+            for (m, found) in usable.iter().filter(|(m, _)| serves(m, task, families)) {
+                let targets = &m.languages.targets;
+                let first_for_some = targets.iter().any(|l| !written.contains(l.as_str()));
+                if *found == Availability::Present
+                    || (*found == Availability::Obtainable && first_for_some)
+                {
+                    written.extend(targets.iter().map(String::as_str));
+                    dedicated.push(m.id.clone());
+                }
+            }
             first
                 .iter()
                 .cloned()
-                .chain(dedicated(task, families))
+                .chain(dedicated)
                 .chain([choice.model.clone()])
                 .collect()
         };
-        Routing {
-            summarizers: chain(
-                &choice.summarizer,
-                ModelTask::Summarize,
-                &[ModelFamily::Bart, ModelFamily::T5],
-            ),
-            translators: chain(
-                &choice.translator,
-                ModelTask::Translate,
-                &[ModelFamily::Marian, ModelFamily::M2m100, ModelFamily::T5],
-            ),
-        }
+        let routing = Routing {
+            summarizers: chain(&choice.summarizer, ModelTask::Summarize, SUMMARIZERS),
+            translators: chain(&choice.translator, ModelTask::Translate, TRANSLATORS),
+        };
+        (routing, notes)
     }
 
     /// Every model named, once.
