@@ -25,6 +25,10 @@ Options:
                      then target/release/precis]
   --eval-dir DIR     folder with eng_Latn.txt, rus_Cyrl.txt, hin_Deva.txt
                      [default: ../shared/eval/flores200-dev, from the repo root]
+  --config NAME      what this run tries (a label: letters, digits, . _ -),
+                     written into the results row and the run folder's name, so
+                     configurations compared on the same model and sentences
+                     each keep their own files [default: default]
   -h, --help         this help
   -- ARGS...         further options passed to `precis translate`
                      (e.g. -- --max-new-tokens 256)
@@ -41,7 +45,8 @@ Environment:
   PRECIS_HOME        precis model directory (passed through to precis)
   RESULTS            file each run appends one row per language to (tab
                      separated: date, CPU, model, sentences, language, chrF,
-                     BLEU, outputs flagged); the README's quality table is
+                     BLEU, outputs flagged, configuration, seconds per
+                     sentence and language); the README's quality tables are
                      made from it [default: benches/results/quality.tsv]
 
 Failed articles (precis exit code 1, an {"error": ...} line) are scored as
@@ -51,6 +56,7 @@ Examples:
   benches/quality.sh
   benches/quality.sh --model smollm2-135m-instruct-q4_1 --bin target/debug/precis --sentences 20
   benches/quality.sh --to hi --sentences 100 -- --max-new-tokens 400
+  benches/quality.sh --sentences 200 --config baseline --bin /tmp/precis-before -- --parallel 8
 EOF
 }
 
@@ -75,12 +81,13 @@ sentences=50
 to=ru,hi
 bin=""
 eval_dir="$repo_root/../shared/eval/flores200-dev"
+config=default
 extra=()
 
 while (($#)); do
     case "$1" in
         -h | --help) usage; exit 0 ;;
-        --model | --sentences | --to | --bin | --eval-dir)
+        --model | --sentences | --to | --bin | --eval-dir | --config)
             (($# >= 2)) || die "$1 needs a value (see --help)"
             case "$1" in
                 --model) model=$2 ;;
@@ -88,10 +95,11 @@ while (($#)); do
                 --to) to=$2 ;;
                 --bin) bin=$(abspath "$2") ;;
                 --eval-dir) eval_dir=$(abspath "$2") ;;
+                --config) config=$2 ;;
             esac
             shift 2
             ;;
-        --model=* | --sentences=* | --to=* | --bin=* | --eval-dir=*)
+        --model=* | --sentences=* | --to=* | --bin=* | --eval-dir=* | --config=*)
             opt=${1%%=*} val=${1#*=}
             shift
             set -- "$opt" "$val" "$@"
@@ -103,6 +111,7 @@ done
 
 [[ $sentences =~ ^[1-9][0-9]*$ ]] || die "--sentences wants a positive integer, not '$sentences'"
 [[ -n $model ]] || die "--model is empty"
+[[ $config =~ ^[A-Za-z0-9._-]+$ ]] || die "--config wants letters, digits, '.', '_' or '-', not '$config'"
 
 # Target languages → reference files.
 declare -A ref_file=([ru]=rus_Cyrl.txt [hi]=hin_Deva.txt)
@@ -159,7 +168,7 @@ out_root=$(abspath "$out_root")
 tag=$(basename -- "$model")
 tag=${tag%.gguf}
 tag=$(printf '%s' "$tag" | tr -c 'A-Za-z0-9._-' '_')
-run_dir=$out_root/$tag-n$sentences
+run_dir=$out_root/$tag-$config-n$sentences
 mkdir -p "$run_dir"
 rm -f "$run_dir"/{input.jsonl,output.jsonl,report.txt,report.json,precis.stderr} "$run_dir"/hyp.*.txt "$run_dir"/ref.*.txt
 
@@ -188,11 +197,11 @@ results_file=$(abspath "${RESULTS:-$repo_root/benches/results/quality.tsv}")
 mkdir -p "$(dirname -- "$results_file")"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 "$venv/bin/python" - "$run_dir" "$eval_dir" "$sentences" "$to_csv" "$model" \
-    "$bin" "$start" "$end" "$rc" "$results_file" "${cpu:-unknown CPU}" <<'PY'
+    "$bin" "$start" "$end" "$rc" "$results_file" "${cpu:-unknown CPU}" "$config" <<'PY'
 import collections, datetime, json, os, sys, unicodedata
 import sacrebleu
 
-run_dir, eval_dir, n, to_csv, model_arg, binary, start, end, rc, results_file, cpu = sys.argv[1:]
+run_dir, eval_dir, n, to_csv, model_arg, binary, start, end, rc, results_file, cpu, config = sys.argv[1:]
 n = int(n)
 langs = to_csv.split(",")
 wall = float(end) - float(start)
@@ -289,8 +298,10 @@ mins, secs = divmod(wall, 60)
 out = []
 out.append(f"precis translation quality: FLORES-200 devtest, first {n} sentences, en→{to_csv}")
 out.append(f"model:      {'; '.join(model_ids) or model_arg + ' (no successful output)'}")
+out.append(f"config:     {config}")
 out.append(f"binary:     {binary}")
-out.append(f"wall time:  {int(mins)}m {secs:04.1f}s ({wall / n:.1f} s per sentence, all languages, incl. model load)")
+per_sentence = wall / (n * len(langs))
+out.append(f"wall time:  {int(mins)}m {secs:04.1f}s ({per_sentence:.2f} s per sentence and language, incl. model load)")
 out.append(f"failures:   {len(failures)} of {n} articles (scored as empty hypotheses); precis exit code {rc}")
 for fid, code, msg in failures[:10]:
     out.append(f"            id {fid}: {code}: {msg}")
@@ -319,14 +330,15 @@ with open(f"{run_dir}/report.txt", "w", encoding="utf-8") as f:
 with open(f"{run_dir}/report.json", "w", encoding="utf-8") as f:
     json.dump({
         "dataset": "flores200-devtest", "sentences": n, "languages": langs,
-        "model_arg": model_arg,
+        "model_arg": model_arg, "config": config,
+        "seconds_per_sentence_and_language": round(per_sentence, 3),
         "models": [{"id": mid, "revision": rev, "outputs": k} for (mid, rev), k in models.most_common()],
         "binary": binary, "wall_seconds": round(wall, 2), "precis_exit_code": int(rc),
         "failures": [{"id": a, "code": b, "message": c} for a, b, c in failures],
         "scores": scores, "sacrebleu_version": sacrebleu.__version__,
     }, f, ensure_ascii=False, indent=2)
     f.write("\n")
-header = "date\tcpu\tmodel\tsentences\tlanguage\tchrf\tbleu\tflagged\n"
+header = "date\tcpu\tmodel\tsentences\tlanguage\tchrf\tbleu\tflagged\tconfig\ts_per_sentence\n"
 new_file = not os.path.exists(results_file) or os.path.getsize(results_file) == 0
 with open(results_file, "a", encoding="utf-8") as f:
     if new_file:
@@ -335,6 +347,6 @@ with open(results_file, "a", encoding="utf-8") as f:
     for l in langs:
         s = scores[l]
         f.write(f"{datetime.date.today()}\t{cpu}\t{model_id}\t{n}\t{l}\t{s['chrf']:.2f}\t"
-                f"{s['bleu']:.2f}\t{s['outputs_flagged']}/{n}\n")
+                f"{s['bleu']:.2f}\t{s['outputs_flagged']}/{n}\t{config}\t{per_sentence:.2f}\n")
 print(f"appended to {results_file}")
 PY

@@ -183,3 +183,88 @@ fn batched_decoding_equals_decoding_alone() {
         );
     }
 }
+
+/// A chat request translating `text` into `target`, after a long shared
+/// start (instructions and a worked example), as precis's prompts are made.
+fn translation_request(text: &str, target: &str) -> precis_backend::GenerationRequest {
+    use precis_backend::{ChatMessage, GenerationParams, GenerationRequest};
+    GenerationRequest {
+        messages: vec![
+            ChatMessage::system(format!(
+                "You are a professional translator. Translate the user's English text into \
+{0}. Output only the {0} translation.",
+                precis_backend::languages::language_name(target).unwrap()
+            )),
+            ChatMessage::user("The central bank raised its key rate to 6.5% on Wednesday."),
+            ChatMessage::assistant("В среду центральный банк повысил ключевую ставку до 6,5%."),
+            ChatMessage::user(text),
+        ],
+        params: GenerationParams {
+            max_new_tokens: 24,
+            ..GenerationParams::default()
+        },
+        seq2seq: None,
+        direction: None,
+    }
+    .translating("en", target)
+}
+
+fn generate_one(
+    model: &mut GgufModel,
+    request: precis_backend::GenerationRequest,
+) -> precis_backend::Generation {
+    use precis_backend::{Backend, Flow};
+    model
+        .generate(&[request], &mut |_, _| Flow::Continue)
+        .pop()
+        .unwrap()
+        .expect("generates")
+}
+
+/// A prompt that shares its start with the one before copies that part's
+/// cache instead of computing it, and writes exactly what it writes alone.
+#[test]
+fn a_shared_prompt_start_gives_the_same_text_as_a_fresh_model() {
+    let second = "NASA's chief Bill Nelson met the Indian minister in Delhi on Monday.";
+    let mut warm = load(common::SMALLEST);
+    generate_one(
+        &mut warm,
+        translation_request("Prices rose by 3% in May.", "ru"),
+    );
+    let reused = generate_one(&mut warm, translation_request(second, "ru"));
+    let fresh = generate_one(
+        &mut load(common::SMALLEST),
+        translation_request(second, "ru"),
+    );
+    assert_eq!(reused.text, fresh.text);
+    assert_eq!(reused.generated_tokens, fresh.generated_tokens);
+    assert_eq!(reused.prompt_tokens, fresh.prompt_tokens);
+}
+
+/// The real tiny model, translating into Russian and Hindi, writes letters
+/// of the target's script only, outside the spans the source protects
+/// (left alone it writes English words into its "Russian").
+#[test]
+fn the_script_guard_keeps_a_real_model_in_the_targets_script() {
+    use precis_backend::script::{protected_spans, Script};
+    let source = "NASA's chief Bill Nelson met the Indian minister in Delhi on Monday.";
+    let spans = protected_spans(source);
+    assert_eq!(spans, ["NASA's"]);
+    let mut model = load(common::SMALLEST);
+    for (target, script) in [("ru", Script::Cyrillic), ("hi", Script::Devanagari)] {
+        let out = generate_one(&mut model, translation_request(source, target));
+        let text = out.text;
+        assert!(text.chars().any(|c| script.contains(c)), "{target}: {text}");
+        for word in text.split(|c: char| !c.is_alphanumeric()) {
+            if word
+                .chars()
+                .any(|c| c.is_alphabetic() && !script.contains(c))
+            {
+                assert!(
+                    spans.iter().any(|s| s.starts_with(word)),
+                    "{target}: `{word}` in {text:?}"
+                );
+            }
+        }
+    }
+}

@@ -12,11 +12,14 @@ use sha2::{Digest, Sha256};
 /// out (where files come from does not change what a model writes).
 const SOURCES: &[&str] = &[
     "src/task/prompt.rs",
+    "src/task/translate.rs",
     "../backend/src/lib.rs",
     "../backend/src/decoder.rs",
     "../backend/src/generation.rs",
     "../backend/src/gguf.rs",
     "../backend/src/kernels",
+    "../backend/src/languages.rs",
+    "../backend/src/script.rs",
     "../backend/src/seq2seq",
     "../backend/src/weights.rs",
     "../backend/src/tokenizer",

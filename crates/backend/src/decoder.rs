@@ -101,6 +101,37 @@ impl KvCache {
         (layer * self.kv_heads + head) * self.stride * self.head_dim
     }
 
+    /// Makes this cache hold the first `len` positions of `other` (a prompt
+    /// prefix computed before), as if they had been fed here. Refused
+    /// unless this cache is empty, has room, and has `other`'s shape.
+    pub fn fill_from(&mut self, other: &KvCache, len: usize) -> Result<(), BackendError> {
+        let same_shape = self.kv_heads == other.kv_heads
+            && self.head_dim == other.head_dim
+            && self.k.len() / self.stride == other.k.len() / other.stride;
+        if !self.is_empty() || len > other.len || len > self.capacity || !same_shape {
+            return Err(BackendError::Runtime(format!(
+                "cannot copy {len} cached positions (of {}) into a cache of {} holding {}",
+                other.len, self.capacity, self.len
+            )));
+        }
+        let blocks = self.k.len() / (self.stride * self.head_dim);
+        for block in 0..blocks {
+            let (to, from) = (
+                block * self.stride * self.head_dim,
+                block * other.stride * other.head_dim,
+            );
+            // Keys are stored transposed: one row of positions per dimension.
+            for d in 0..self.head_dim {
+                let (t, f) = (to + d * self.stride, from + d * other.stride);
+                self.k[t..t + len].copy_from_slice(&other.k[f..f + len]);
+            }
+            let n = len * self.head_dim;
+            self.v[to..to + n].copy_from_slice(&other.v[from..from + n]);
+        }
+        self.len = len;
+        Ok(())
+    }
+
     /// Stores the key and value of position `pos` for `layer` and `head`.
     fn put(&mut self, layer: usize, head: usize, pos: usize, key: &[f32], value: &[f32]) {
         let (base, hd, stride) = (self.base(layer, head), self.head_dim, self.stride);

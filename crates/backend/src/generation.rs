@@ -38,6 +38,35 @@ impl Sampler {
         }
     }
 
+    /// The next token as [`next`](Self::next) picks it, among the tokens
+    /// `allowed` accepts: a token it refuses is taken out and the pick made
+    /// again, up to [`GUARD_TRIES`] picks; `None` when none was accepted.
+    pub fn next_where(
+        &mut self,
+        logits: &Tensor,
+        generated: &[u32],
+        allowed: &mut dyn FnMut(u32) -> bool,
+    ) -> Result<Option<u32>, BackendError> {
+        let mut pick = self.next(logits, generated)?;
+        if allowed(pick) {
+            return Ok(Some(pick));
+        }
+        let mut masked: Vec<f32> = logits.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+        for _ in 1..GUARD_TRIES {
+            match masked.get_mut(pick as usize) {
+                Some(slot) if *slot != f32::NEG_INFINITY => *slot = f32::NEG_INFINITY,
+                // Every token is out (the pick of all -inf logits).
+                _ => break,
+            }
+            let tensor = Tensor::from_slice(&masked, masked.len(), logits.device())?;
+            pick = self.next(&tensor, generated)?;
+            if allowed(pick) {
+                return Ok(Some(pick));
+            }
+        }
+        Ok(None)
+    }
+
     /// The next token, given the logits of the last position (`[vocab]`) and the tokens generated so far.
     pub fn next(&mut self, logits: &Tensor, generated: &[u32]) -> Result<u32, BackendError> {
         let logits = logits.to_dtype(candle_core::DType::F32)?;
@@ -55,6 +84,9 @@ impl Sampler {
         Ok(self.processor.sample(&logits)?)
     }
 }
+
+/// Most picks [`Sampler::next_where`] makes before it gives up on a guard.
+pub const GUARD_TRIES: usize = 64;
 
 /// Longest repeated block the loop guard looks for, in tokens.
 pub(crate) const LOOP_MAX_PERIOD: usize = 256;
@@ -181,6 +213,28 @@ mod tests {
                 prop_assert!(block.len() * reps < LOOP_MIN_SPAN);
             }
         }
+    }
+
+    #[test]
+    fn a_guarded_pick_takes_the_best_token_the_guard_accepts() {
+        let greedy = GenerationParams {
+            temperature: 0.0,
+            ..GenerationParams::default()
+        };
+        let logits = Tensor::new(&[0.1f32, 0.9, 0.5, 0.3], &candle_core::Device::Cpu).unwrap();
+        let mut sampler = Sampler::new(&greedy);
+        let mut asked = Vec::new();
+        let mut not_1 = |t: u32| {
+            asked.push(t);
+            t != 1
+        };
+        assert_eq!(
+            sampler.next_where(&logits, &[], &mut not_1).unwrap(),
+            Some(2)
+        );
+        assert_eq!(asked, [1, 2]);
+        let mut none = |_| false;
+        assert_eq!(sampler.next_where(&logits, &[], &mut none).unwrap(), None);
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! # Ok(()) }
 //! ```
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
 use std::sync::Arc;
@@ -27,6 +28,7 @@ use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
 use super::decoder::{Decoder, KvCache, SeqInput};
 use super::generation::{loop_cut, IncrementalText, Sampler};
+use super::script::{Script, ScriptGuard};
 use super::weights::GgufFile;
 use super::{
     Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
@@ -88,6 +90,8 @@ struct Active<'r> {
     prompt_len: usize,
     cache: KvCache,
     sampler: Sampler,
+    /// For a translation into a script other than Latin: keeps to it.
+    guard: Option<Guard>,
     generated: Vec<u32>,
     text: IncrementalText,
     next: Option<u32>,
@@ -100,6 +104,48 @@ pub struct GgufModel {
     tokenizer: Arc<GgufTokenizer>,
     template: ChatTemplate,
     info: ModelInfo,
+    /// The start of the last prompt prefilled on the CPU, with its cache.
+    prefix: Option<PromptPrefix>,
+    /// Per script, which tokens hold a letter of another script.
+    foreign: HashMap<Script, Arc<Vec<bool>>>,
+}
+
+/// A script guard with its vocabulary table.
+struct Guard {
+    rule: ScriptGuard,
+    /// Indexed by token id: whether the token holds a letter the rule's
+    /// script does not have.
+    foreign: Arc<Vec<bool>>,
+}
+
+/// The first tokens of a prompt and their cache. Prompts of one task share
+/// their start (instructions and worked examples, hundreds of tokens), so
+/// the next prompt copies the cache of what it shares instead of computing it.
+struct PromptPrefix {
+    ids: Vec<u32>,
+    cache: KvCache,
+}
+
+/// Most prompt tokens kept for the next prompt to share: what prompts share
+/// comes first, and the copy stays small (under 60 MB for Qwen2.5-1.5B).
+const PREFIX_KEEP: usize = 1024;
+
+/// Fewest shared tokens worth copying instead of computing.
+const PREFIX_MIN: usize = 16;
+
+impl PromptPrefix {
+    /// How many of the first tokens of `ids` this prefix has computed,
+    /// leaving at least the last one to run (its logits are needed); 0 when
+    /// too few to be worth a copy.
+    fn shared(&self, ids: &[u32]) -> usize {
+        let common = self.ids.iter().zip(ids).take_while(|(a, b)| a == b).count();
+        let usable = common.min(ids.len().saturating_sub(1));
+        if usable >= PREFIX_MIN {
+            usable
+        } else {
+            0
+        }
+    }
 }
 
 impl GgufModel {
@@ -171,6 +217,8 @@ impl GgufModel {
                 target_languages: opts.target_languages,
                 license: opts.license,
             },
+            prefix: None,
+            foreign: HashMap::new(),
         })
     }
 
@@ -283,6 +331,26 @@ impl GgufModel {
         Ok(logits[0].chunks_exact(vocab).map(argmax).collect())
     }
 
+    /// The script guard of a translation request (one naming its
+    /// direction) into a language written in a script other than Latin,
+    /// with the vocabulary's table for that script (made on first use).
+    fn guard_for(&mut self, request: &GenerationRequest) -> Option<Guard> {
+        let direction = request.direction.as_ref()?;
+        let rule = ScriptGuard::new(&direction.target, request.source_text())?;
+        let tokenizer = &self.tokenizer;
+        let foreign = self.foreign.entry(rule.script()).or_insert_with(|| {
+            Arc::new(
+                (0..tokenizer.vocab_size() as u32)
+                    .map(|id| rule.has_foreign_letter(&tokenizer.token_bytes(id)))
+                    .collect(),
+            )
+        });
+        Some(Guard {
+            foreign: Arc::clone(foreign),
+            rule,
+        })
+    }
+
     fn check_fits(&self, prompt_tokens: usize, max_new_tokens: usize) -> Result<(), BackendError> {
         if prompt_tokens + max_new_tokens > self.info.context_length {
             return Err(BackendError::ContextOverflow {
@@ -303,7 +371,13 @@ impl GgufModel {
     ) -> Result<(), BackendError> {
         let params = &seq.request.params;
         let logits = Tensor::from_slice(logits, logits.len(), &Device::Cpu)?;
-        let next = seq.sampler.next(&logits, &seq.generated)?;
+        let next = pick(
+            &self.tokenizer,
+            &mut seq.sampler,
+            seq.guard.as_ref(),
+            &logits,
+            &seq.generated,
+        )?;
         if self.tokenizer.stop_ids.contains(&next) {
             seq.finish = Some(FinishReason::Stop);
             return Ok(());
@@ -365,15 +439,26 @@ impl GgufModel {
                     continue;
                 }
             };
+            let guard = self.guard_for(request);
             let Runner::Cpu(decoder) = &mut self.runner else {
                 unreachable!("generate_batched runs on the CPU decoder");
             };
+            let mut cache = decoder.new_cache(ids.len() + request.params.max_new_tokens);
+            let shared = self.prefix.as_ref().map_or(0, |p| p.shared(&ids));
+            if shared > 0 {
+                let from = &self.prefix.as_ref().expect("a prefix was shared").cache;
+                if let Err(e) = cache.fill_from(from, shared) {
+                    results[index] = Some(Err(e));
+                    continue;
+                }
+            }
             let mut seq = Active {
                 index,
                 request,
                 prompt_len: ids.len(),
-                cache: decoder.new_cache(ids.len() + request.params.max_new_tokens),
+                cache,
                 sampler: Sampler::new(&request.params),
+                guard,
                 generated: Vec::new(),
                 text: IncrementalText::new(),
                 next: None,
@@ -385,9 +470,19 @@ impl GgufModel {
             }
             let logits = decoder.forward(&mut [SeqInput {
                 cache: &mut seq.cache,
-                logits_from: ids.len() - 1,
-                tokens: &ids,
+                logits_from: ids.len() - 1 - shared,
+                tokens: &ids[shared..],
             }]);
+            if logits.is_ok() {
+                let keep = ids.len().min(PREFIX_KEEP);
+                let mut kept = decoder.new_cache(keep);
+                if kept.fill_from(&seq.cache, keep).is_ok() {
+                    self.prefix = Some(PromptPrefix {
+                        ids: ids[..keep].to_vec(),
+                        cache: kept,
+                    });
+                }
+            }
             let step = logits.and_then(|l| self.advance(&mut seq, &l[0], on_token));
             match step {
                 Err(e) => results[index] = Some(Err(e)),
@@ -448,6 +543,7 @@ impl GgufModel {
         let prompt_ids = self.chat_ids(&request.messages)?;
         let params = &request.params;
         self.check_fits(prompt_ids.len(), params.max_new_tokens)?;
+        let guard = self.guard_for(request);
         let Runner::Candle(weights, device) = &mut self.runner else {
             unreachable!("generate_candle runs on candle's models");
         };
@@ -459,7 +555,13 @@ impl GgufModel {
         let input = Tensor::new(prompt_ids.as_slice(), device)?.unsqueeze(0)?;
         let mut logits = weights.forward(&input, 0)?.squeeze(0)?;
         while generated.len() < params.max_new_tokens {
-            let next = sampler.next(&logits, &generated)?;
+            let next = pick(
+                &self.tokenizer,
+                &mut sampler,
+                guard.as_ref(),
+                &logits,
+                &generated,
+            )?;
             if self.tokenizer.stop_ids.contains(&next) {
                 finish = FinishReason::Stop;
                 break;
@@ -496,6 +598,46 @@ impl GgufModel {
             finish,
             cache: Cached::Off,
         })
+    }
+}
+
+/// The next token: the sampler's pick, among those that keep the text in
+/// the guard's script when there is a guard (a stop token always may). The
+/// model's first choices are tried, then its choices among the tokens with
+/// no foreign letter at all (a small model may rank hundreds of
+/// wrong-script tokens first); when nothing passes, its own first choice
+/// (the quality flags then show what the guard could not stop).
+fn pick(
+    tokenizer: &GgufTokenizer,
+    sampler: &mut Sampler,
+    guard: Option<&Guard>,
+    logits: &Tensor,
+    generated: &[u32],
+) -> Result<u32, BackendError> {
+    let Some(guard) = guard else {
+        return sampler.next(logits, generated);
+    };
+    let before: Vec<u8> = generated
+        .iter()
+        .flat_map(|&t| tokenizer.token_bytes(t))
+        .collect();
+    let mut allowed = |token: u32| {
+        tokenizer.stop_ids.contains(&token)
+            || guard.rule.allows(&before, &tokenizer.token_bytes(token))
+    };
+    if let Some(token) = sampler.next_where(logits, generated, &mut allowed)? {
+        return Ok(token);
+    }
+    let mut masked: Vec<f32> = logits.to_dtype(candle_core::DType::F32)?.to_vec1()?;
+    for (value, foreign) in masked.iter_mut().zip(guard.foreign.iter()) {
+        if *foreign {
+            *value = f32::NEG_INFINITY;
+        }
+    }
+    let masked = Tensor::from_slice(&masked, masked.len(), logits.device())?;
+    match sampler.next_where(&masked, generated, &mut allowed)? {
+        Some(token) => Ok(token),
+        None => sampler.next(logits, generated),
     }
 }
 

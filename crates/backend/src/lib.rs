@@ -33,6 +33,7 @@ pub mod kernels;
 #[allow(dead_code, unused_imports)] // what only the benchmarks and tests use
 pub(crate) mod kernels;
 pub mod languages;
+pub mod script;
 pub mod seq2seq;
 pub mod store;
 pub mod tokenizer;
@@ -71,6 +72,13 @@ impl ChatMessage {
     pub fn user(content: impl Into<String>) -> Self {
         Self {
             role: Role::User,
+            content: content.into(),
+        }
+    }
+    /// A message of the model's (an earlier answer, e.g. a worked example).
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self {
+            role: Role::Assistant,
             content: content.into(),
         }
     }
@@ -123,9 +131,10 @@ pub struct GenerationRequest {
     /// the checkpoint's own (`generation_config.json` keys); `None` keeps
     /// the checkpoint's.
     pub seq2seq: Option<seq2seq::GenerationConfig>,
-    /// For a many-to-many translator (NLLB, M2M100): the languages to
-    /// translate from and into. `None` for every other model (a Marian pair
-    /// writes its one language).
+    /// The languages to translate from and into: for a many-to-many
+    /// translator (NLLB, M2M100, MADLAD) which codes to use; for an LLM, the
+    /// script its output keeps to ([`script::ScriptGuard`]). `None` for a
+    /// Marian pair (it writes its one language) and for every other request.
     pub direction: Option<Direction>,
 }
 

@@ -194,10 +194,58 @@ impl GgufTokenizer {
         self.tokenizer.token_to_id(token)
     }
 
+    /// The bytes token `id` stands for (its vocabulary entry with the
+    /// byte-level characters mapped back; a control token's own text), or
+    /// nothing past the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Vec<u8> {
+        static BYTES: std::sync::LazyLock<std::collections::HashMap<char, u8>> =
+            std::sync::LazyLock::new(|| {
+                byte_chars()
+                    .into_iter()
+                    .enumerate()
+                    .map(|(byte, c)| (c, byte as u8))
+                    .collect()
+            });
+        let Some(entry) = self.token_str(id) else {
+            return Vec::new();
+        };
+        let mut out = Vec::with_capacity(entry.len());
+        for c in entry.chars() {
+            match BYTES.get(&c) {
+                Some(&b) => out.push(b),
+                None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        out
+    }
+
     /// How many ids the vocabulary has (`tokenizer.ggml.tokens`' length).
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
     }
+}
+
+/// GPT-2's map from bytes to the printable characters that stand for
+/// them in a byte-level vocabulary.
+pub(crate) fn byte_chars() -> Vec<char> {
+    let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
+        .chain(0xA1..=0xAC)
+        .chain(0xAE..=0xFF)
+        .collect();
+    let mut chars: Vec<u32> = printable.clone();
+    let mut extra = 0;
+    for byte in 0..256 {
+        if !printable.contains(&byte) {
+            printable.push(byte);
+            chars.push(256 + extra);
+            extra += 1;
+        }
+    }
+    let mut by_byte = vec!['\0'; 256];
+    for (byte, c) in printable.into_iter().zip(chars) {
+        by_byte[byte as usize] = char::from_u32(c).expect("a valid char");
+    }
+    by_byte
 }
 
 /// Builds the tokenizer described by a GGUF file's metadata.
@@ -496,29 +544,6 @@ mod tests {
     use candle_core::quantized::gguf_file;
 
     use super::*;
-
-    /// GPT-2's map from bytes to the printable characters that stand for
-    /// them in a byte-level vocabulary.
-    fn byte_chars() -> Vec<char> {
-        let mut printable: Vec<u32> = (u32::from(b'!')..=u32::from(b'~'))
-            .chain(0xA1..=0xAC)
-            .chain(0xAE..=0xFF)
-            .collect();
-        let mut chars: Vec<u32> = printable.clone();
-        let mut extra = 0;
-        for byte in 0..256 {
-            if !printable.contains(&byte) {
-                printable.push(byte);
-                chars.push(256 + extra);
-                extra += 1;
-            }
-        }
-        let mut by_byte = vec!['\0'; 256];
-        for (byte, c) in printable.into_iter().zip(chars) {
-            by_byte[byte as usize] = char::from_u32(c).expect("a valid char");
-        }
-        by_byte
-    }
 
     /// A tiny byte-level vocabulary: `<|endoftext|>`, the 256 bytes, a few
     /// merges, `<|im_start|>`/`<|im_end|>` as control tokens and `<tool>` as a

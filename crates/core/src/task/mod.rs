@@ -17,6 +17,7 @@ use precis_backend::{
 pub mod budget;
 pub mod clean;
 pub mod digest;
+mod entities;
 pub mod prompt;
 pub mod quality;
 pub mod summarize;

@@ -10,6 +10,7 @@
 //! The checks, their thresholds and defaults are listed on
 //! `QualityThresholds`.
 
+use precis_backend::script::Script;
 use serde::ser::{Serialize, Serializer};
 use serde::Deserialize;
 
@@ -55,6 +56,12 @@ pub enum QualityFlag {
         /// The numbers, normalised (see [`numbers_in`]), in output order.
         numbers: Vec<String>,
     },
+    /// A Russian or Hindi translation lacks names, month names or weekdays
+    /// of its source (see `entities`): dropped, or changed past recognition.
+    EntitiesMissing {
+        /// The entities, as the source writes them, in source order.
+        entities: Vec<String>,
+    },
     /// A translation lacks numbers that its source has: dropped or changed.
     NumbersMissing {
         /// The source's numbers, normalised (see [`numbers_in`]), in source
@@ -84,6 +91,7 @@ impl QualityFlag {
             QualityFlag::TokenLimitReached => "token_limit_reached",
             QualityFlag::NumbersNotInSource { .. } => "numbers_not_in_source",
             QualityFlag::NumbersMissing { .. } => "numbers_missing",
+            QualityFlag::EntitiesMissing { .. } => "entities_missing",
             QualityFlag::LengthRatioOutOfRange { .. } => "length_ratio_out_of_range",
         }
     }
@@ -96,7 +104,7 @@ impl QualityFlag {
                 share,
                 threshold,
             } => {
-                let script = expected_script(language).map_or("expected", Script::name);
+                let script = Script::of_language(language).map_or("expected", Script::name);
                 format!(
                     "only {:.0}% of the letters are in the {script} script expected for `{language}` (at least {:.0}% wanted); the output may be in the wrong language",
                     share * 100.0,
@@ -123,6 +131,10 @@ impl QualityFlag {
             QualityFlag::NumbersMissing { numbers } => format!(
                 "numbers of the source missing from the translation: {}; check that none was dropped or changed",
                 numbers.join(", ")
+            ),
+            QualityFlag::EntitiesMissing { entities } => format!(
+                "names or dates of the source not found in the translation: {}; check that none was dropped or changed",
+                entities.join(", ")
             ),
             QualityFlag::LengthRatioOutOfRange { ratio, min, max } => format!(
                 "the output is {ratio:.3}× the length of the source; expected {min}× to {max}×"
@@ -168,6 +180,10 @@ pub(crate) enum FlagRepr<'a> {
         numbers: &'a [String],
         message: String,
     },
+    EntitiesMissing {
+        entities: &'a [String],
+        message: String,
+    },
     LengthRatioOutOfRange {
         ratio: f32,
         min: f32,
@@ -208,6 +224,9 @@ impl Serialize for QualityFlag {
             QualityFlag::NumbersMissing { numbers } => {
                 FlagRepr::NumbersMissing { numbers, message }
             }
+            QualityFlag::EntitiesMissing { entities } => {
+                FlagRepr::EntitiesMissing { entities, message }
+            }
             QualityFlag::LengthRatioOutOfRange { ratio, min, max } => {
                 FlagRepr::LengthRatioOutOfRange {
                     ratio: *ratio,
@@ -225,7 +244,7 @@ impl Serialize for QualityFlag {
 ///
 /// | code | fires when | default |
 /// |---|---|---|
-/// | `script_share_low` | fewer than `min_script_share` of the output's letters are in the target language's script (en: Latin, ru: Cyrillic, hi: Devanagari); not checked for other languages or an output without letters | 0.6 |
+/// | `script_share_low` | fewer than `min_script_share` of the output's letters are in the target language's script (Latin for en, de, …; Cyrillic for ru, uk, …; Devanagari for hi, mr, ne); not checked for languages in other scripts or an output without letters | 0.6 |
 /// | `numbers_missing` (translation) | a number of the source (normalised as above) is not among the output's | any |
 /// | `length_ratio_out_of_range` (summary) | output characters / source characters outside `summary_ratio` | 0.02 – 0.6 |
 /// | `length_ratio_out_of_range` (translation) | output characters / source characters outside `translation_ratio` (Russian and Hindi run longer than English) | 0.5 – 3.0 |
@@ -290,7 +309,7 @@ pub(crate) struct QualityInput<'a> {
 ///
 /// Flags come in a fixed order: loop, token limit, script share, mixed
 /// words, sentence count, numbers not in the source, numbers missing,
-/// length ratio. Never panics, whatever the input (NaN thresholds simply
+/// entities missing, length ratio. Never panics, whatever the input (NaN thresholds simply
 /// never fire).
 pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<QualityFlag> {
     let mut flags = Vec::new();
@@ -300,8 +319,10 @@ pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<Qua
     if input.hit_token_limit {
         flags.push(QualityFlag::TokenLimitReached);
     }
+    let mut wrong_script = false;
     if let Some(share) = script_share(input.output, input.target_language) {
         if share < t.min_script_share {
+            wrong_script = true;
             flags.push(QualityFlag::ScriptShareLow {
                 language: primary_subtag(input.target_language),
                 share: round3(share),
@@ -330,6 +351,16 @@ pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<Qua
         if !missing.is_empty() {
             flags.push(QualityFlag::NumbersMissing { numbers: missing });
         }
+        // Only in a text in the right script: in another, everything is missing.
+        let entities = match wrong_script {
+            true => Vec::new(),
+            false => {
+                super::entities::entities_missing(input.source, input.output, input.target_language)
+            }
+        };
+        if !entities.is_empty() {
+            flags.push(QualityFlag::EntitiesMissing { entities });
+        }
     }
     let source_len = input.source.trim().chars().count();
     if source_len > 0 {
@@ -355,7 +386,7 @@ pub(crate) fn assess(input: &QualityInput<'_>, t: &QualityThresholds) -> Vec<Qua
 ///
 /// `None` for another language, or when `text` has no letters.
 pub(crate) fn script_share(text: &str, language: &str) -> Option<f32> {
-    let script = expected_script(language)?;
+    let script = Script::of_language(language)?;
     let (mut letters, mut in_script) = (0usize, 0usize);
     for c in text.chars().filter(|c| c.is_alphabetic()) {
         letters += 1;
@@ -440,9 +471,8 @@ fn words(text: &str) -> impl Iterator<Item = &str> {
 /// leaving out words the source writes itself (a name it spells so is
 /// copied, not garbled); at most [`MAX_LISTED_WORDS`].
 fn mixed_script_words(source: &str, output: &str) -> Vec<String> {
-    const SCRIPTS: [Script; 3] = [Script::Latin, Script::Cyrillic, Script::Devanagari];
     let mixed = |word: &str| {
-        let used = SCRIPTS
+        let used = Script::ALL
             .iter()
             .filter(|s| word.chars().any(|c| c.is_alphabetic() && s.contains(c)))
             .count();
@@ -462,51 +492,6 @@ fn mixed_script_words(source: &str, output: &str) -> Vec<String> {
     found
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Script {
-    Latin,
-    Cyrillic,
-    Devanagari,
-}
-
-impl Script {
-    fn name(self) -> &'static str {
-        match self {
-            Script::Latin => "Latin",
-            Script::Cyrillic => "Cyrillic",
-            Script::Devanagari => "Devanagari",
-        }
-    }
-
-    fn contains(self, c: char) -> bool {
-        let ranges: &[(u32, u32)] = match self {
-            Script::Latin => &[
-                (0x0041, 0x005A),
-                (0x0061, 0x007A),
-                (0x00AA, 0x00AA),
-                (0x00BA, 0x00BA),
-                (0x00C0, 0x024F),
-                (0x0250, 0x02AF),
-                (0x1E00, 0x1EFF),
-                (0x2C60, 0x2C7F),
-                (0xA720, 0xA7FF),
-                (0xAB30, 0xAB6F),
-                (0xFF21, 0xFF3A),
-                (0xFF41, 0xFF5A),
-            ],
-            Script::Cyrillic => &[
-                (0x0400, 0x052F),
-                (0x1C80, 0x1C8F),
-                (0x2DE0, 0x2DFF),
-                (0xA640, 0xA69F),
-            ],
-            Script::Devanagari => &[(0x0900, 0x097F), (0xA8E0, 0xA8FF), (0x11B00, 0x11B5F)],
-        };
-        let c = u32::from(c);
-        ranges.iter().any(|&(lo, hi)| (lo..=hi).contains(&c))
-    }
-}
-
 /// "ru-RU" → "ru".
 fn primary_subtag(language: &str) -> String {
     language
@@ -515,15 +500,6 @@ fn primary_subtag(language: &str) -> String {
         .next()
         .unwrap_or_default()
         .to_ascii_lowercase()
-}
-
-fn expected_script(language: &str) -> Option<Script> {
-    match primary_subtag(language).as_str() {
-        "en" => Some(Script::Latin),
-        "ru" => Some(Script::Cyrillic),
-        "hi" => Some(Script::Devanagari),
-        _ => None,
-    }
 }
 
 fn round3(x: f32) -> f32 {
@@ -708,7 +684,7 @@ fn number_tokens(text: &str) -> Vec<NumberToken> {
 }
 
 /// Numbers of `output` that are not among those of `source`, without repeats.
-fn numbers_not_in_source(source: &str, output: &str) -> Vec<String> {
+pub(crate) fn numbers_not_in_source(source: &str, output: &str) -> Vec<String> {
     let mut known: Vec<String> = Vec::new();
     for token in number_tokens(source) {
         known.push(token.canonical);
@@ -935,7 +911,7 @@ mod tests {
             }]
         );
         // Russian with a few Latin names passes; mostly Latin fails.
-        let mostly_ru = "Министр Tomasz Ardel заявил, что соглашение выполнено полностью.";
+        let mostly_ru = "Министр Tomasz Ardel заявил во вторник, что соглашение выполнено.";
         assert!(assess(
             &input(english, mostly_ru, "ru-RU", OutputKind::Translation),
             &t
@@ -961,7 +937,13 @@ mod tests {
         assert_eq!(script_share("नमस्ते", "hi"), Some(1.0));
         assert_eq!(script_share("Ünïcödé", "EN"), Some(1.0));
         assert_eq!(script_share("123 !!", "en"), None);
-        assert_eq!(script_share("abc", "fr"), None);
+        assert_eq!(script_share("abc", "fr"), Some(1.0));
+        assert_eq!(script_share("абв", "uk"), Some(1.0));
+        assert_eq!(
+            script_share("abc", "ar"),
+            None,
+            "a script precis does not know"
+        );
         assert_eq!(script_share("", "ru"), None);
     }
 

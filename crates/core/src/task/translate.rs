@@ -139,7 +139,11 @@ pub(crate) fn translate_texts(
                     messages: prompt::translation(&chunk, input.language),
                     params,
                     seq2seq: None,
-                    direction: None,
+                    // The LLM keeps to the target's script.
+                    direction: Some(precis_backend::Direction {
+                        source: input.from.to_string(),
+                        target: input.language.to_string(),
+                    }),
                 }],
                 cancel,
             )?
@@ -389,12 +393,13 @@ fn fits(
     options: &TaskOptions,
 ) -> Result<(bool, usize), TaskError> {
     let params = params_for(model, text, language, options)?;
-    let system = prompt::translation("", language)
+    // Everything the prompt holds besides the text: instructions, examples.
+    let around: Vec<String> = prompt::translation("", language)
         .into_iter()
-        .next()
         .map(|m| m.content)
-        .unwrap_or_default();
-    let tokens = budget::prompt_tokens(model, &[&system, text])?;
+        .collect();
+    let texts: Vec<&str> = around.iter().map(String::as_str).chain([text]).collect();
+    let tokens = budget::prompt_tokens(model, &texts)?;
     Ok((
         tokens + params.max_new_tokens <= model.info().context_length,
         tokens,

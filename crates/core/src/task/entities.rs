@@ -1,0 +1,334 @@
+//! Named entities of an English source and whether a Russian or Hindi
+//! translation keeps them: names (capitalised words inside a sentence),
+//! month names and weekdays. A name is kept when some word of the
+//! translation sounds like it: both are reduced to a skeleton of consonant
+//! classes (Latin spelling for the source; Cyrillic or Devanagari read
+//! letter by letter for the translation) and compared. Months and weekdays
+//! are looked up in each language's own words. The quality flag
+//! `entities_missing` is made from this.
+
+use precis_backend::script::Script;
+
+/// English month names and weekdays with how Russian and Hindi write them
+/// (word beginnings, lower case; any of them counts).
+const CALENDAR: &[(&str, &[&str], &[&str])] = &[
+    ("January", &["январ"], &["जनवरी"]),
+    ("February", &["феврал"], &["फ़रवरी", "फरवरी"]),
+    ("March", &["март"], &["मार्च"]),
+    ("April", &["апрел"], &["अप्रैल"]),
+    ("May", &["май", "мая", "мае", "маю"], &["मई"]),
+    ("June", &["июн"], &["जून"]),
+    ("July", &["июл"], &["जुलाई"]),
+    ("August", &["август"], &["अगस्त"]),
+    ("September", &["сентябр"], &["सितंबर", "सितम्बर"]),
+    ("October", &["октябр"], &["अक्टूबर", "अक्तूबर"]),
+    ("November", &["ноябр"], &["नवंबर", "नवम्बर"]),
+    ("December", &["декабр"], &["दिसंबर", "दिसम्बर"]),
+    ("Monday", &["понедельник"], &["सोमवार"]),
+    ("Tuesday", &["вторник"], &["मंगलवार"]),
+    (
+        "Wednesday",
+        &["среда", "среду", "среды", "среде"],
+        &["बुधवार"],
+    ),
+    ("Thursday", &["четверг"], &["गुरुवार", "बृहस्पतिवार"]),
+    ("Friday", &["пятниц"], &["शुक्रवार"]),
+    ("Saturday", &["суббот"], &["शनिवार"]),
+    ("Sunday", &["воскресень"], &["रविवार", "इतवार"]),
+];
+
+/// Capitalised words inside a sentence that are not names.
+const NOT_NAMES: &[&str] = &["I", "Mr", "Mrs", "Ms", "Dr", "Prof", "St"];
+
+/// Shortest share of a name's consonant skeleton a translated word must
+/// share (as a common subsequence, the first consonant included) for the
+/// name to count as kept.
+const NAME_MATCH: f32 = 0.75;
+
+/// The source's entities that the translation into `language` (ru or hi;
+/// other languages are not checked) does not keep, as the source writes
+/// them, in source order and without repeats.
+pub(crate) fn entities_missing(source: &str, output: &str, language: &str) -> Vec<String> {
+    let script = match Script::of_language(language) {
+        Some(Script::Cyrillic) if language.starts_with("ru") => Script::Cyrillic,
+        Some(Script::Devanagari) if language.starts_with("hi") => Script::Devanagari,
+        _ => return Vec::new(),
+    };
+    let output_lower = output.to_lowercase();
+    let output_words: Vec<Vec<u8>> = output
+        .split(|c: char| !(c.is_alphanumeric() || script.contains(c)))
+        .filter(|w| !w.is_empty())
+        .map(|w| skeleton_of_translation(w, script))
+        .collect();
+    // A name written as the source writes it (an acronym, a Latin name) is kept.
+    let copied = |name: &str| output.contains(name);
+    let mut missing: Vec<String> = Vec::new();
+    for name in entities(source) {
+        if missing.contains(&name) {
+            continue;
+        }
+        let kept = match CALENDAR.iter().find(|(en, _, _)| *en == name) {
+            Some((_, ru, hi)) => {
+                let forms = if script == Script::Cyrillic { ru } else { hi };
+                forms.iter().any(|f| output_lower.contains(f))
+            }
+            None => {
+                let wanted = skeleton_of_english(&name);
+                copied(&name)
+                    || wanted.len() < 2
+                    || output_words.iter().any(|w| {
+                        w.first() == wanted.first()
+                            && common_subsequence(&wanted, w) as f32
+                                >= NAME_MATCH * wanted.len() as f32
+                    })
+            }
+        };
+        if !kept {
+            missing.push(name);
+        }
+    }
+    missing
+}
+
+/// The entities of an English source: month names and weekdays wherever
+/// they stand ("May" only inside a sentence), and other capitalised words
+/// that do not begin a sentence (names), without acronyms (two capitals or
+/// more: a translation may render them its own way) and one-letter words.
+fn entities(source: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut sentence_start = true;
+    for raw in source.split_whitespace() {
+        let word = raw.trim_matches(|c: char| !c.is_alphanumeric());
+        let word = word.split('\'').next().unwrap_or(word); // Blinken's → Blinken
+        let starts = sentence_start;
+        sentence_start = raw.ends_with(['.', '!', '?', ':']) || raw.ends_with(".\"");
+        let mut letters = word.chars();
+        let Some(first) = letters.next() else {
+            continue;
+        };
+        if !first.is_ascii_uppercase() || !word.chars().all(|c| c.is_ascii_alphabetic()) {
+            continue;
+        }
+        let calendar = CALENDAR.iter().any(|(en, _, _)| *en == word);
+        let capitals = word.chars().filter(char::is_ascii_uppercase).count();
+        let name = !starts && capitals == 1 && word.len() > 1 && !NOT_NAMES.contains(&word);
+        if (calendar && (word != "May" || !starts)) || name {
+            out.push(word.to_string());
+        }
+    }
+    out
+}
+
+/// Consonant classes: sounds a transliteration keeps apart. Vowels, `h`,
+/// `w` and `y` are dropped (transliterations differ most there).
+#[derive(Clone, Copy)]
+#[repr(u8)]
+enum Class {
+    P = b'p',
+    T = b't',
+    K = b'k',
+    F = b'f',
+    S = b's',
+    Sh = b'x',
+    Ch = b'c',
+    J = b'j',
+    L = b'l',
+    M = b'm',
+    N = b'n',
+    R = b'r',
+}
+
+/// The skeleton of an English (Latin) word.
+fn skeleton_of_english(word: &str) -> Vec<u8> {
+    let w: Vec<char> = word.to_ascii_lowercase().chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < w.len() {
+        let next = w.get(i + 1).copied();
+        let (class, used) = match (w[i], next) {
+            ('s', Some('h')) => (Some(Class::Sh), 2),
+            ('c', Some('h')) => (Some(Class::Ch), 2),
+            ('t', Some('h')) | ('t', Some('t')) => (Some(Class::T), 2),
+            ('p', Some('h')) => (Some(Class::F), 2),
+            ('c', Some('k')) => (Some(Class::K), 2),
+            ('c', Some('e' | 'i' | 'y')) => (Some(Class::S), 1),
+            ('z', Some('h')) => (Some(Class::Sh), 2),
+            ('k', Some('h')) => (Some(Class::K), 2),
+            ('x', _) => {
+                out.push(Class::K as u8);
+                (Some(Class::S), 1)
+            }
+            (c, _) => (latin_class(c), 1),
+        };
+        if let Some(class) = class {
+            // Doubled letters are one sound.
+            if out.last() != Some(&(class as u8)) {
+                out.push(class as u8);
+            }
+        }
+        i += used;
+    }
+    out
+}
+
+fn latin_class(c: char) -> Option<Class> {
+    Some(match c {
+        'b' | 'p' => Class::P,
+        'd' | 't' => Class::T,
+        'g' | 'k' | 'c' | 'q' => Class::K,
+        'f' | 'v' | 'w' => return (c != 'w').then_some(Class::F),
+        's' | 'z' => Class::S,
+        'j' => Class::J,
+        'l' => Class::L,
+        'm' => Class::M,
+        'n' => Class::N,
+        'r' => Class::R,
+        _ => return None,
+    })
+}
+
+/// The skeleton of a word of the translation, read letter by letter.
+fn skeleton_of_translation(word: &str, script: Script) -> Vec<u8> {
+    let lower = word.to_lowercase();
+    let chars: Vec<char> = lower.chars().collect();
+    let mut out: Vec<u8> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        let next = chars.get(i + 1).copied();
+        let (class, used) = if script == Script::Cyrillic {
+            match (c, next) {
+                ('д', Some('ж')) => (Some(Class::J), 2),
+                (c, _) => (cyrillic_class(c), 1),
+            }
+        } else {
+            (
+                devanagari_class(c, next),
+                if next == Some('\u{093C}') { 2 } else { 1 },
+            )
+        };
+        let class = class.or_else(|| latin_class(c));
+        if let Some(class) = class {
+            if out.last() != Some(&(class as u8)) {
+                out.push(class as u8);
+            }
+        }
+        i += used;
+    }
+    out
+}
+
+fn cyrillic_class(c: char) -> Option<Class> {
+    Some(match c {
+        'б' | 'п' => Class::P,
+        'д' | 'т' => Class::T,
+        'г' | 'к' => Class::K,
+        'в' | 'ф' => Class::F,
+        'с' | 'з' | 'ц' => Class::S,
+        'ш' | 'щ' | 'ж' => Class::Sh,
+        'ч' => Class::Ch,
+        'л' => Class::L,
+        'м' => Class::M,
+        'н' => Class::N,
+        'р' => Class::R,
+        _ => return None,
+    })
+}
+
+/// A Devanagari consonant's class; `next` is the character after it (a
+/// nukta makes ज़ a z and फ़ an f).
+fn devanagari_class(c: char, next: Option<char>) -> Option<Class> {
+    let nukta = next == Some('\u{093C}');
+    Some(match c {
+        'ब' | 'भ' | 'प' => Class::P,
+        'फ' if nukta => Class::F,
+        'फ' => Class::P,
+        'द' | 'ध' | 'त' | 'थ' | 'ड' | 'ढ' | 'ट' | 'ठ' => Class::T,
+        'ग' | 'घ' | 'क' | 'ख' => Class::K,
+        'व' => Class::F,
+        'स' => Class::S,
+        'ज' if nukta => Class::S,
+        'श' | 'ष' => Class::Sh,
+        'च' | 'छ' => Class::Ch,
+        'ज' | 'झ' => Class::J,
+        'ल' => Class::L,
+        'म' => Class::M,
+        'न' | 'ण' | 'ं' => Class::N,
+        'र' => Class::R,
+        _ => return None,
+    })
+}
+
+/// Length of the longest common subsequence of `a` and `b`.
+fn common_subsequence(a: &[u8], b: &[u8]) -> usize {
+    let mut row = vec![0usize; b.len() + 1];
+    for &x in a {
+        let mut diagonal = 0;
+        for (j, &y) in b.iter().enumerate() {
+            let above = row[j + 1];
+            row[j + 1] = if x == y {
+                diagonal + 1
+            } else {
+                above.max(row[j])
+            };
+            diagonal = above;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entities_are_names_inside_sentences_months_and_weekdays() {
+        assert_eq!(
+            entities("The minister Sergei Lavrov met Blinken's aide on Monday. May prices rose in May, NASA said."),
+            ["Sergei", "Lavrov", "Blinken", "Monday", "May"]
+        );
+    }
+
+    #[test]
+    fn names_kept_in_russian_and_hindi_are_found_by_sound() {
+        let source =
+            "On Monday, Antony Blinken met Sergei Lavrov and Subrahmanyam Jaishankar in March.";
+        let ru = "В понедельник Энтони Блинкен встретился с Сергеем Лавровым и Субраманьямом Джайшанкаром в марте.";
+        assert!(
+            entities_missing(source, ru, "ru").is_empty(),
+            "{:?}",
+            entities_missing(source, ru, "ru")
+        );
+        let hi = "सोमवार को एंटनी ब्लिंकन ने मार्च में सर्गेई लावरोव और सुब्रह्मण्यम जयशंकर से मुलाकात की।";
+        assert!(
+            entities_missing(source, hi, "hi").is_empty(),
+            "{:?}",
+            entities_missing(source, hi, "hi")
+        );
+        // A title and a name changed ("Президент Индии Мудрий" for Prime
+        // Minister Narendra Modi), a weekday and a month dropped. "Мудрий"
+        // still sounds like "Modi": a garbled name can pass.
+        let source = "Prime Minister Narendra Modi spoke on Friday in June.";
+        let ru = "Президент Индии Мудрий выступил в четверг.";
+        assert_eq!(
+            entities_missing(source, ru, "ru"),
+            ["Minister", "Narendra", "Friday", "June"]
+        );
+        // Languages without tables are not checked.
+        assert!(entities_missing(source, "x", "de").is_empty());
+    }
+
+    #[test]
+    fn skeletons_keep_consonant_classes() {
+        assert_eq!(skeleton_of_english("Blinken"), b"plnkn");
+        assert_eq!(
+            skeleton_of_translation("Блинкен", Script::Cyrillic),
+            b"plnkn"
+        );
+        assert_eq!(
+            skeleton_of_translation("ब्लिंकन", Script::Devanagari),
+            b"plnkn"
+        );
+        assert_eq!(common_subsequence(b"plnkn", b"pnkn"), 4);
+    }
+}
