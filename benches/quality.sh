@@ -25,7 +25,7 @@ Options:
                      then target/release/precis]
   --eval-dir DIR     folder with eng_Latn.txt, rus_Cyrl.txt, hin_Deva.txt
                      [default: ../shared/eval/flores200-dev, from the repo root]
-  --config NAME      what this run tries (a label: letters, digits, . _ -),
+  --config NAME      what this run tries (a label: letters, digits, . _ + -),
                      written into the results row and the run folder's name, so
                      configurations compared on the same model and sentences
                      each keep their own files [default: default]
@@ -111,7 +111,7 @@ done
 
 [[ $sentences =~ ^[1-9][0-9]*$ ]] || die "--sentences wants a positive integer, not '$sentences'"
 [[ -n $model ]] || die "--model is empty"
-[[ $config =~ ^[A-Za-z0-9._-]+$ ]] || die "--config wants letters, digits, '.', '_' or '-', not '$config'"
+[[ $config =~ ^[A-Za-z0-9._+-]+$ ]] || die "--config wants letters, digits, '.', '_', '+' or '-', not '$config'"
 
 # Target languages → reference files.
 declare -A ref_file=([ru]=rus_Cyrl.txt [hi]=hin_Deva.txt)
@@ -179,7 +179,8 @@ for i, line in enumerate(sys.stdin, 1):
     print(json.dumps({"id": str(i), "text": line.rstrip("\r\n")}, ensure_ascii=False))
 ' >"$run_dir/input.jsonl"
 
-cmd=("$bin" translate --to "$to_csv" --format jsonl --no-clean --model "$model"
+# --no-cache: every sentence is translated by the model, so the time is its time.
+cmd=("$bin" translate --to "$to_csv" --format jsonl --no-clean --no-cache --model "$model"
     --out "$run_dir/output.jsonl" "${extra[@]}" "$run_dir/input.jsonl")
 echo "quality.sh: ${cmd[*]}" >&2
 start=$(date +%s.%N)

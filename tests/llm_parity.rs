@@ -184,8 +184,8 @@ fn batched_decoding_equals_decoding_alone() {
     }
 }
 
-/// A chat request translating `text` into `target`, after a long shared
-/// start (instructions and a worked example), as precis's prompts are made.
+/// A chat request translating `text` into `target`, after a start shared
+/// by every request into that language (instructions and an earlier turn).
 fn translation_request(text: &str, target: &str) -> precis_backend::GenerationRequest {
     use precis_backend::{ChatMessage, GenerationParams, GenerationRequest};
     GenerationRequest {
@@ -221,16 +221,19 @@ fn generate_one(
         .expect("generates")
 }
 
-/// A prompt that shares its start with the one before copies that part's
-/// cache instead of computing it, and writes exactly what it writes alone.
+/// A prompt that shares its start with an earlier one (here a Russian
+/// prompt after a Russian and a Hindi one) copies that part's cache instead
+/// of computing it, and writes exactly what it writes alone.
 #[test]
 fn a_shared_prompt_start_gives_the_same_text_as_a_fresh_model() {
     let second = "NASA's chief Bill Nelson met the Indian minister in Delhi on Monday.";
     let mut warm = load(common::SMALLEST);
-    generate_one(
-        &mut warm,
-        translation_request("Prices rose by 3% in May.", "ru"),
-    );
+    for target in ["ru", "hi"] {
+        generate_one(
+            &mut warm,
+            translation_request("Prices rose by 3% in May.", target),
+        );
+    }
     let reused = generate_one(&mut warm, translation_request(second, "ru"));
     let fresh = generate_one(
         &mut load(common::SMALLEST),

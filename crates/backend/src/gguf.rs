@@ -104,8 +104,9 @@ pub struct GgufModel {
     tokenizer: Arc<GgufTokenizer>,
     template: ChatTemplate,
     info: ModelInfo,
-    /// The start of the last prompt prefilled on the CPU, with its cache.
-    prefix: Option<PromptPrefix>,
+    /// The starts of the last prompts prefilled on the CPU, with their
+    /// caches, the most recently used last.
+    prefixes: Vec<PromptPrefix>,
     /// Per script, which tokens hold a letter of another script.
     foreign: HashMap<Script, Arc<Vec<bool>>>,
 }
@@ -119,16 +120,20 @@ struct Guard {
 }
 
 /// The first tokens of a prompt and their cache. Prompts of one task share
-/// their start (instructions and worked examples, hundreds of tokens), so
-/// the next prompt copies the cache of what it shares instead of computing it.
+/// their start (the instructions for a language), so a later prompt copies
+/// the cache of what it shares instead of computing it.
 struct PromptPrefix {
     ids: Vec<u32>,
     cache: KvCache,
 }
 
-/// Most prompt tokens kept for the next prompt to share: what prompts share
-/// comes first, and the copy stays small (under 60 MB for Qwen2.5-1.5B).
-const PREFIX_KEEP: usize = 1024;
+/// Most prompt tokens kept for later prompts to share: what prompts share
+/// comes first, and a copy stays small (15 MB for Qwen2.5-1.5B).
+const PREFIX_KEEP: usize = 256;
+
+/// Prompt starts kept: one per prompt kind in use (a digest alternates a
+/// summary and a translation into each language).
+const PREFIX_SLOTS: usize = 4;
 
 /// Fewest shared tokens worth copying instead of computing.
 const PREFIX_MIN: usize = 16;
@@ -217,7 +222,7 @@ impl GgufModel {
                 target_languages: opts.target_languages,
                 license: opts.license,
             },
-            prefix: None,
+            prefixes: Vec::new(),
             foreign: HashMap::new(),
         })
     }
@@ -444,10 +449,14 @@ impl GgufModel {
                 unreachable!("generate_batched runs on the CPU decoder");
             };
             let mut cache = decoder.new_cache(ids.len() + request.params.max_new_tokens);
-            let shared = self.prefix.as_ref().map_or(0, |p| p.shared(&ids));
-            if shared > 0 {
-                let from = &self.prefix.as_ref().expect("a prefix was shared").cache;
-                if let Err(e) = cache.fill_from(from, shared) {
+            // The kept start that shares the most with this prompt.
+            let best = (self.prefixes.iter().enumerate())
+                .map(|(slot, p)| (slot, p.shared(&ids)))
+                .max_by_key(|&(_, shared)| shared)
+                .filter(|&(_, shared)| shared > 0);
+            let shared = best.map_or(0, |(_, shared)| shared);
+            if let Some((slot, shared)) = best {
+                if let Err(e) = cache.fill_from(&self.prefixes[slot].cache, shared) {
                     results[index] = Some(Err(e));
                     continue;
                 }
@@ -474,10 +483,17 @@ impl GgufModel {
                 tokens: &ids[shared..],
             }]);
             if logits.is_ok() {
+                // This prompt's start replaces the one it shared (it holds
+                // that part too), else the least recently used.
+                if let Some((slot, _)) = best {
+                    self.prefixes.remove(slot);
+                } else if self.prefixes.len() == PREFIX_SLOTS {
+                    self.prefixes.remove(0);
+                }
                 let keep = ids.len().min(PREFIX_KEEP);
                 let mut kept = decoder.new_cache(keep);
                 if kept.fill_from(&seq.cache, keep).is_ok() {
-                    self.prefix = Some(PromptPrefix {
+                    self.prefixes.push(PromptPrefix {
                         ids: ids[..keep].to_vec(),
                         cache: kept,
                     });

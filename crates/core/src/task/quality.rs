@@ -684,7 +684,7 @@ fn number_tokens(text: &str) -> Vec<NumberToken> {
 }
 
 /// Numbers of `output` that are not among those of `source`, without repeats.
-pub(crate) fn numbers_not_in_source(source: &str, output: &str) -> Vec<String> {
+fn numbers_not_in_source(source: &str, output: &str) -> Vec<String> {
     let mut known: Vec<String> = Vec::new();
     for token in number_tokens(source) {
         known.push(token.canonical);
