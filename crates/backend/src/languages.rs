@@ -98,6 +98,15 @@ pub const LANGUAGES: &[Language] = &[
     Language { code: "zu", name: "Zulu", flores: "zul_Latn" },
 ];
 
+/// The primary subtag of a language tag, lower case: `ru-RU` → `ru`.
+pub fn primary_subtag(tag: &str) -> String {
+    tag.trim()
+        .split(['-', '_'])
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase()
+}
+
 /// The language of an ISO 639-1 code, when the table has it.
 pub fn language(code: &str) -> Option<&'static Language> {
     LANGUAGES

@@ -4,7 +4,7 @@
 //! [`Script`], so a letter the guard lets through and a letter a flag counts
 //! are judged by one rule.
 
-use crate::languages::language;
+use crate::languages::{language, primary_subtag};
 
 /// A script precis knows the letters of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -65,8 +65,7 @@ impl Script {
     /// written in, from its FLORES-200 code (`rus_Cyrl`); `None` for a
     /// language precis does not know or a script it does not.
     pub fn of_language(code: &str) -> Option<Script> {
-        let primary = code.trim().split(['-', '_']).next().unwrap_or_default();
-        let flores = language(&primary.to_ascii_lowercase())?.flores;
+        let flores = language(&primary_subtag(code))?.flores;
         match flores.rsplit('_').next()? {
             "Latn" => Some(Script::Latin),
             "Cyrl" => Some(Script::Cyrillic),

@@ -708,12 +708,7 @@ pub fn prepare(article: &Article, options: &TaskOptions) -> Result<PreparedArtic
 /// text, else English (text too short to tell).
 pub fn article_language(declared: Option<&str>, prepared: &PreparedArticle) -> ArticleLanguage {
     if let Some(code) = declared {
-        let primary = code
-            .trim()
-            .split(['-', '_'])
-            .next()
-            .unwrap_or("")
-            .to_ascii_lowercase();
+        let primary = precis_backend::languages::primary_subtag(code);
         // A language subtag is two or three letters; anything else (a
         // caller's or a feed's junk, however long) is no declaration.
         if (2..=3).contains(&primary.len()) && primary.bytes().all(|b| b.is_ascii_lowercase()) {

@@ -10,6 +10,7 @@
 //! The checks, their thresholds and defaults are listed on
 //! `QualityThresholds`.
 
+use precis_backend::languages::primary_subtag;
 use precis_backend::script::Script;
 use serde::ser::{Serialize, Serializer};
 use serde::Deserialize;
@@ -490,16 +491,6 @@ fn mixed_script_words(source: &str, output: &str) -> Vec<String> {
         }
     }
     found
-}
-
-/// "ru-RU" → "ru".
-fn primary_subtag(language: &str) -> String {
-    language
-        .trim()
-        .split(['-', '_'])
-        .next()
-        .unwrap_or_default()
-        .to_ascii_lowercase()
 }
 
 fn round3(x: f32) -> f32 {
