@@ -225,14 +225,18 @@ fn skeleton_of_english(word: &str) -> Vec<u8> {
             (c, _) => (latin_class(c), 1),
         };
         if let Some(class) = class {
-            // Doubled letters are one sound.
-            if out.last() != Some(&(class as u8)) {
-                out.push(class as u8);
-            }
+            push_sound(&mut out, class);
         }
         i += used;
     }
     out
+}
+
+/// Adds a sound to a skeleton; a doubled letter is one sound.
+fn push_sound(skeleton: &mut Vec<u8>, class: Class) {
+    if skeleton.last() != Some(&(class as u8)) {
+        skeleton.push(class as u8);
+    }
 }
 
 fn latin_class(c: char) -> Option<Class> {
@@ -273,9 +277,7 @@ fn skeleton_of_translation(word: &str, script: Script) -> Vec<u8> {
         };
         let class = class.or_else(|| latin_class(c));
         if let Some(class) = class {
-            if out.last() != Some(&(class as u8)) {
-                out.push(class as u8);
-            }
+            push_sound(&mut out, class);
         }
         i += used;
     }
@@ -288,8 +290,7 @@ fn cyrillic_class(c: char) -> Option<Class> {
         'д' | 'т' => Class::T,
         'г' | 'к' => Class::K,
         'в' | 'ф' => Class::F,
-        'с' | 'з' | 'ц' => Class::S,
-        'ш' | 'щ' | 'ж' => Class::S,
+        'с' | 'з' | 'ц' | 'ш' | 'щ' | 'ж' => Class::S,
         'ч' => Class::Ch,
         'л' => Class::L,
         'м' => Class::M,
