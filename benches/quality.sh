@@ -10,8 +10,9 @@ Usage: benches/quality.sh [OPTIONS] [-- PRECIS_OPTIONS...]
 
 Translation-quality benchmark for precis: translates the first N English
 sentences of FLORES-200 devtest into Russian and/or Hindi with ONE
-`precis translate --format jsonl --no-clean` call (each sentence is a
-one-paragraph article) and scores the output against the references with
+`precis translate --format jsonl --no-clean` call (each sentence a
+one-paragraph article, or K consecutive sentences an article: see
+--per-article) and scores the output against the references with
 sacrebleu: corpus chrF (the headline figure, default settings: chrF2, char
 order 6) and corpus BLEU (for information; sacrebleu's default tokenizer 13a
 for both languages).
@@ -25,6 +26,13 @@ Options:
                      then target/release/precis]
   --eval-dir DIR     folder with eng_Latn.txt, rus_Cyrl.txt, hin_Deva.txt
                      [default: ../shared/eval/flores200-dev, from the repo root]
+  --per-article K    K consecutive sentences make one article, each sentence
+                     its own paragraph (scored sentence by sentence), so a
+                     sentence is translated after the one before it, as in a
+                     real article (FLORES takes a few sentences from each of
+                     its source articles) [default: 1]
+  --joined           with --per-article: the K sentences make ONE paragraph,
+                     scored against the K references joined with spaces
   --config NAME      what this run tries (a label: letters, digits, . _ + -),
                      written into the results row and the run folder's name, so
                      configurations compared on the same model and sentences
@@ -82,12 +90,15 @@ to=ru,hi
 bin=""
 eval_dir="$repo_root/../shared/eval/flores200-dev"
 config=default
+per_article=1
+joined=0
 extra=()
 
 while (($#)); do
     case "$1" in
         -h | --help) usage; exit 0 ;;
-        --model | --sentences | --to | --bin | --eval-dir | --config)
+        --joined) joined=1; shift ;;
+        --model | --sentences | --to | --bin | --eval-dir | --config | --per-article)
             (($# >= 2)) || die "$1 needs a value (see --help)"
             case "$1" in
                 --model) model=$2 ;;
@@ -96,10 +107,11 @@ while (($#)); do
                 --bin) bin=$(abspath "$2") ;;
                 --eval-dir) eval_dir=$(abspath "$2") ;;
                 --config) config=$2 ;;
+                --per-article) per_article=$2 ;;
             esac
             shift 2
             ;;
-        --model=* | --sentences=* | --to=* | --bin=* | --eval-dir=* | --config=*)
+        --model=* | --sentences=* | --to=* | --bin=* | --eval-dir=* | --config=* | --per-article=*)
             opt=${1%%=*} val=${1#*=}
             shift
             set -- "$opt" "$val" "$@"
@@ -111,6 +123,8 @@ done
 
 [[ $sentences =~ ^[1-9][0-9]*$ ]] || die "--sentences wants a positive integer, not '$sentences'"
 [[ -n $model ]] || die "--model is empty"
+[[ $per_article =~ ^[1-9][0-9]*$ ]] || die "--per-article wants a positive integer, not '$per_article'"
+((per_article <= sentences)) || die "--per-article $per_article is more than --sentences $sentences"
 [[ $config =~ ^[A-Za-z0-9._+-]+$ ]] || die "--config wants letters, digits, '.', '_', '+' or '-', not '$config'"
 
 # Target languages → reference files.
@@ -168,16 +182,23 @@ out_root=$(abspath "$out_root")
 tag=$(basename -- "$model")
 tag=${tag%.gguf}
 tag=$(printf '%s' "$tag" | tr -c 'A-Za-z0-9._-' '_')
-run_dir=$out_root/$tag-$config-n$sentences
+layout=""
+((per_article == 1)) || layout=-a$per_article
+((joined == 0)) || layout=${layout}j
+run_dir=$out_root/$tag-$config-n$sentences$layout
 mkdir -p "$run_dir"
 rm -f "$run_dir"/{input.jsonl,output.jsonl,report.txt,report.json,precis.stderr} "$run_dir"/hyp.*.txt "$run_dir"/ref.*.txt
 
-# Input: the first N English sentences as JSON Lines, ids "1".."N".
+# Input: the first N English sentences as JSON Lines, K to an article (ids
+# "1", "2", ...), each sentence a paragraph, or all K one paragraph.
 head -n "$sentences" "$eval_dir/eng_Latn.txt" | python3 -c '
 import json, sys
-for i, line in enumerate(sys.stdin, 1):
-    print(json.dumps({"id": str(i), "text": line.rstrip("\r\n")}, ensure_ascii=False))
-' >"$run_dir/input.jsonl"
+k, joined = int(sys.argv[1]), sys.argv[2] == "1"
+lines = [line.rstrip("\r\n") for line in sys.stdin]
+for i in range(0, len(lines), k):
+    text = (" " if joined else "\n\n").join(lines[i:i + k])
+    print(json.dumps({"id": str(i // k + 1), "text": text}, ensure_ascii=False))
+' "$per_article" "$joined" >"$run_dir/input.jsonl"
 
 # --no-cache: every sentence is translated by the model, so the time is its time.
 cmd=("$bin" translate --to "$to_csv" --format jsonl --no-clean --no-cache --model "$model"
@@ -198,12 +219,13 @@ results_file=$(abspath "${RESULTS:-$repo_root/benches/results/quality.tsv}")
 mkdir -p "$(dirname -- "$results_file")"
 cpu=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -n 1)
 "$venv/bin/python" - "$run_dir" "$eval_dir" "$sentences" "$to_csv" "$model" \
-    "$bin" "$start" "$end" "$rc" "$results_file" "${cpu:-unknown CPU}" "$config" <<'PY'
+    "$bin" "$start" "$end" "$rc" "$results_file" "${cpu:-unknown CPU}" "$config" "$per_article" "$joined" <<'PY'
 import collections, datetime, json, os, sys, unicodedata
 import sacrebleu
 
-run_dir, eval_dir, n, to_csv, model_arg, binary, start, end, rc, results_file, cpu, config = sys.argv[1:]
-n = int(n)
+run_dir, eval_dir, n, to_csv, model_arg, binary, start, end, rc, results_file, cpu, config, k, joined = sys.argv[1:]
+n, k, joined = int(n), int(k), joined == "1"
+articles = (n + k - 1) // k
 langs = to_csv.split(",")
 wall = float(end) - float(start)
 ref_names = {"ru": "rus_Cyrl.txt", "hi": "hin_Deva.txt"}
@@ -213,8 +235,14 @@ def read_lines(path, k):
     with open(path, encoding="utf-8") as f:
         return [line.rstrip("\r\n") for _, line in zip(range(k), f)]
 
-src = read_lines(f"{eval_dir}/eng_Latn.txt", n)
-refs = {l: read_lines(f"{eval_dir}/{ref_names[l]}", n) for l in langs}
+# Scored segments: sentences, or (--joined) articles, each its sentences
+# joined with spaces.
+def segments(lines):
+    return [" ".join(lines[i:i + k]) for i in range(0, n, k)] if joined else lines
+
+src = segments(read_lines(f"{eval_dir}/eng_Latn.txt", n))
+refs = {l: segments(read_lines(f"{eval_dir}/{ref_names[l]}", n)) for l in langs}
+segs = len(src)
 
 results = {}
 with open(f"{run_dir}/output.jsonl", encoding="utf-8") as f:
@@ -224,7 +252,7 @@ with open(f"{run_dir}/output.jsonl", encoding="utf-8") as f:
             results[str(obj.get("id"))] = obj
 
 failures = []  # (id, code, message)
-hyps = {l: [""] * n for l in langs}
+hyps = {l: [""] * segs for l in langs}
 flags = {l: collections.Counter() for l in langs}
 flagged = {l: 0 for l in langs}
 missing = {l: 0 for l in langs}
@@ -239,14 +267,14 @@ def latin_share(text):
         return 0.0
     return sum("LATIN" in unicodedata.name(c, "") for c in letters) / len(letters)
 
-for i in range(n):
-    obj = results.get(str(i + 1))
+for a in range(articles):
+    obj = results.get(str(a + 1))
     if obj is None:
-        failures.append((str(i + 1), "missing", "no output line for this id"))
+        failures.append((str(a + 1), "missing", "no output line for this id"))
         continue
     if "error" in obj:
         err = obj["error"] or {}
-        failures.append((str(i + 1), err.get("code", "?"), err.get("message", "")))
+        failures.append((str(a + 1), err.get("code", "?"), err.get("message", "")))
         continue
     by_lang = {t.get("language"): t for t in obj.get("translations") or []}
     for l in langs:
@@ -254,8 +282,19 @@ for i in range(n):
         if t is None:
             missing[l] += 1
             continue
-        text = " ".join((t.get("text") or "").split())
-        hyps[l][i] = text
+        if joined or k == 1:
+            pieces = {a: t.get("text") or ""}
+        else:
+            # One paragraph per sentence; a missing one is scored empty.
+            pieces = {a * k + j: p for j, p in enumerate(t.get("paragraphs") or []) if a * k + j < n}
+        for i, piece in pieces.items():
+            hyps[l][i] = " ".join(piece.split())
+            if latin_share(hyps[l][i]) > 0.5:
+                mostly_latin[l] += 1
+            if hyps[l][i].strip() == src[i].strip():
+                same_as_source[l] += 1
+            if "\ufffd" in hyps[l][i]:
+                replacement_char[l] += 1
         m = t.get("model") or {}
         models[(m.get("id"), m.get("revision"))] += 1
         fl = t.get("flags") or []
@@ -263,12 +302,6 @@ for i in range(n):
             flagged[l] += 1
         for x in fl:
             flags[l][x.get("code", "?")] += 1
-        if latin_share(text) > 0.5:
-            mostly_latin[l] += 1
-        if text.strip() == src[i].strip():
-            same_as_source[l] += 1
-        if "\ufffd" in text:
-            replacement_char[l] += 1
 
 scores = {}
 for l in langs:
@@ -298,19 +331,22 @@ model_ids = [f"{mid} (revision {rev})" for (mid, rev), _ in models.most_common()
 mins, secs = divmod(wall, 60)
 out = []
 out.append(f"precis translation quality: FLORES-200 devtest, first {n} sentences, en→{to_csv}")
+if k > 1:
+    layout = "one paragraph" if joined else "a paragraph each"
+    out.append(f"articles:   {articles} of {k} sentences ({layout}); flags counted per article")
 out.append(f"model:      {'; '.join(model_ids) or model_arg + ' (no successful output)'}")
 out.append(f"config:     {config}")
 out.append(f"binary:     {binary}")
 per_sentence = wall / (n * len(langs))
 out.append(f"wall time:  {int(mins)}m {secs:04.1f}s ({per_sentence:.2f} s per sentence and language, incl. model load)")
-out.append(f"failures:   {len(failures)} of {n} articles (scored as empty hypotheses); precis exit code {rc}")
+out.append(f"failures:   {len(failures)} of {articles} articles (scored as empty hypotheses); precis exit code {rc}")
 for fid, code, msg in failures[:10]:
     out.append(f"            id {fid}: {code}: {msg}")
 out.append("")
 out.append(f"{'lang':<5} {'chrF':>6} {'BLEU':>6}  {'flagged':>8}  {'latin>50%':>9}  {'=source':>7}  {'U+FFFD':>6}  {'len hyp/ref':>11}")
 for l in langs:
     s = scores[l]
-    out.append(f"{l:<5} {s['chrf']:>6.2f} {s['bleu']:>6.2f}  {str(s['outputs_flagged']) + '/' + str(n):>8}  "
+    out.append(f"{l:<5} {s['chrf']:>6.2f} {s['bleu']:>6.2f}  {str(s['outputs_flagged']) + '/' + str(articles):>8}  "
                f"{s['mostly_latin_outputs']:>9}  {s['identical_to_source']:>7}  {s['outputs_with_U+FFFD']:>6}  "
                f"{s['char_length_ratio_hyp_ref']:>11}")
 out.append("")
@@ -330,7 +366,8 @@ with open(f"{run_dir}/report.txt", "w", encoding="utf-8") as f:
     f.write(report)
 with open(f"{run_dir}/report.json", "w", encoding="utf-8") as f:
     json.dump({
-        "dataset": "flores200-devtest", "sentences": n, "languages": langs,
+        "dataset": "flores200-devtest", "sentences": n, "sentences_per_article": k, "joined": joined,
+        "languages": langs,
         "model_arg": model_arg, "config": config,
         "seconds_per_sentence_and_language": round(per_sentence, 3),
         "models": [{"id": mid, "revision": rev, "outputs": k} for (mid, rev), k in models.most_common()],
@@ -348,6 +385,6 @@ with open(results_file, "a", encoding="utf-8") as f:
     for l in langs:
         s = scores[l]
         f.write(f"{datetime.date.today()}\t{cpu}\t{model_id}\t{n}\t{l}\t{s['chrf']:.2f}\t"
-                f"{s['bleu']:.2f}\t{s['outputs_flagged']}/{n}\t{config}\t{per_sentence:.2f}\n")
+                f"{s['bleu']:.2f}\t{s['outputs_flagged']}/{articles}\t{config}\t{per_sentence:.2f}\n")
 print(f"appended to {results_file}")
 PY

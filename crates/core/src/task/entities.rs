@@ -107,17 +107,11 @@ const NAME_MATCH: f32 = 0.66;
 /// other languages are not checked) does not keep, as the source writes
 /// them, in source order and without repeats.
 pub(crate) fn entities_missing(source: &str, output: &str, language: &str) -> Vec<String> {
-    let script = match Script::of_language(language) {
-        Some(Script::Cyrillic) if language.starts_with("ru") => Script::Cyrillic,
-        Some(Script::Devanagari) if language.starts_with("hi") => Script::Devanagari,
-        _ => return Vec::new(),
+    let Some(script) = checked_script(language) else {
+        return Vec::new();
     };
     let output_lower = output.to_lowercase();
-    let output_words: Vec<Vec<u8>> = output
-        .split(|c: char| !(c.is_alphanumeric() || script.contains(c)))
-        .filter(|w| !w.is_empty())
-        .map(|w| skeleton_of_translation(w, script))
-        .collect();
+    let output_words = words_of(output, script);
     // A name written as the source writes it (an acronym, a Latin name) is kept.
     let copied = |name: &str| output.contains(name);
     let mut missing: Vec<String> = Vec::new();
@@ -132,13 +126,7 @@ pub(crate) fn entities_missing(source: &str, output: &str, language: &str) -> Ve
             }
             None => {
                 let wanted = skeleton_of_english(&name);
-                copied(&name)
-                    || wanted.len() < 2
-                    || output_words.iter().any(|w| {
-                        w.first() == wanted.first()
-                            && common_subsequence(&wanted, w) as f32
-                                >= NAME_MATCH * wanted.len() as f32
-                    })
+                copied(&name) || wanted.len() < 2 || rendering(&wanted, &output_words).is_some()
             }
         };
         if !kept {
@@ -146,6 +134,113 @@ pub(crate) fn entities_missing(source: &str, output: &str, language: &str) -> Ve
         }
     }
     missing
+}
+
+/// How the translation into `language` (ru or hi) writes the names of the
+/// source that it renders by sound: (name as the source writes it, its
+/// rendering), in source order, each name once. A Russian rendering is the
+/// capitalised word that sounds most like the name; when the name ends in a
+/// consonant, a hard case ending is taken off (Лаврова, Лавровым → Лавров),
+/// so that the rendering can be reused in any sentence.
+pub(crate) fn renderings(source: &str, output: &str, language: &str) -> Vec<(String, String)> {
+    let Some(script) = checked_script(language) else {
+        return Vec::new();
+    };
+    let words: Vec<(&str, Vec<u8>)> = words_of(output, script)
+        .into_iter()
+        // Russian writes names with a capital.
+        .filter(|(w, _)| script != Script::Cyrillic || w.starts_with(char::is_uppercase))
+        .collect();
+    let mut out: Vec<(String, String)> = Vec::new();
+    for name in entities(source) {
+        let wanted = skeleton_of_english(&name);
+        if wanted.len() < 2
+            || LOOKED_UP.iter().any(|(en, _, _)| *en == name)
+            || out.iter().any(|(n, _)| *n == name)
+        {
+            continue;
+        }
+        let Some(word) = rendering(&wanted, &words) else {
+            continue;
+        };
+        let rendering = if script == Script::Cyrillic {
+            russian_nominative(&name, &wanted, word)
+        } else {
+            word.to_string()
+        };
+        out.push((name, rendering));
+    }
+    out
+}
+
+/// The Russian rendering `word` of `name` (skeleton `wanted`) in the
+/// nominative, where its case ending is one of a hard stem: a name ending in
+/// a consonant loses it (Блинкена, Лавровым → Блинкен, Лавров), a name
+/// ending in `a` gets its `а` back (Сары, Обамой → Сара, Обама). Only an
+/// ending that adds no sound of the name is taken off.
+fn russian_nominative(name: &str, wanted: &[u8], word: &str) -> String {
+    let (endings, nominative): (&[&str], &str) = if name.ends_with('a') {
+        (&["ой", "ы", "у", "е"], "а")
+    } else if name.ends_with(['e', 'i', 'o', 'u', 'y']) {
+        return word.to_string();
+    } else {
+        (&["ым", "ом", "а", "у", "е"], "")
+    };
+    let shared =
+        |w: &str| common_subsequence(wanted, &skeleton_of_translation(w, Script::Cyrillic));
+    match endings.iter().find(|e| word.ends_with(**e)) {
+        Some(ending) => {
+            let stem = &word[..word.len() - ending.len()];
+            if stem.chars().count() >= 2 && shared(stem) == shared(word) {
+                format!("{stem}{nominative}")
+            } else {
+                word.to_string()
+            }
+        }
+        None => word.to_string(),
+    }
+}
+
+/// The script names are checked in for `language`: Russian's and Hindi's
+/// (other languages are not checked).
+fn checked_script(language: &str) -> Option<Script> {
+    match Script::of_language(language) {
+        Some(Script::Cyrillic) if language.starts_with("ru") => Some(Script::Cyrillic),
+        Some(Script::Devanagari) if language.starts_with("hi") => Some(Script::Devanagari),
+        _ => None,
+    }
+}
+
+/// The words of a translation, each with its skeleton.
+fn words_of(output: &str, script: Script) -> Vec<(&str, Vec<u8>)> {
+    output
+        .split(|c: char| !(c.is_alphanumeric() || script.contains(c)))
+        .filter(|w| !w.is_empty())
+        .map(|w| (w, skeleton_of_translation(w, script)))
+        .collect()
+}
+
+/// The word among `words` that sounds most like the name whose skeleton is
+/// `wanted`: the same first consonant class, and at least `NAME_MATCH` of
+/// the name's skeleton in common; of those, the one with the most sounds in
+/// common, then the fewest sounds of its own, then the first.
+fn rendering<'a>(wanted: &[u8], words: &[(&'a str, Vec<u8>)]) -> Option<&'a str> {
+    let mut best: Option<(&str, usize, usize)> = None;
+    for (word, skeleton) in words {
+        if skeleton.first() != wanted.first() {
+            continue;
+        }
+        let shared = common_subsequence(wanted, skeleton);
+        let own = skeleton.len() - shared;
+        if shared as f32 >= NAME_MATCH * wanted.len() as f32
+            && best.is_none_or(|(_, s, o)| {
+                (shared, std::cmp::Reverse(own)) > (s, std::cmp::Reverse(o))
+            })
+        {
+            best = Some((word, shared, own));
+        }
+    }
+    best.map(|(w, _, _)| w)
 }
 
 /// The entities of an English source: month names and weekdays wherever
@@ -344,6 +439,65 @@ fn common_subsequence(a: &[u8], b: &[u8]) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn pairs(list: &[(&str, &str)]) -> Vec<(String, String)> {
+        list.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn renderings_are_the_words_that_sound_like_the_names() {
+        // Russian: in the nominative, whatever case the sentence put them in.
+        assert_eq!(
+            renderings(
+                "On Monday Sergei Lavrov met Antony Blinken and Sara Danius.",
+                "В понедельник Сергей Лавров встретился с Энтони Блинкеном и Сарой Даниус.",
+                "ru"
+            ),
+            pairs(&[
+                ("Sergei", "Сергей"),
+                ("Lavrov", "Лавров"),
+                ("Antony", "Энтони"),
+                ("Blinken", "Блинкен"),
+                ("Sara", "Сара"),
+                ("Danius", "Даниус"),
+            ])
+        );
+        assert_eq!(
+            renderings("He spoke with Lavrov.", "Он говорил с Лавровым.", "ru"),
+            pairs(&[("Lavrov", "Лавров")])
+        );
+        // An ending that is a sound of the name stays.
+        assert_eq!(
+            renderings("He met Ransom.", "Он встретил Рансома.", "ru"),
+            pairs(&[("Ransom", "Рансом")])
+        );
+        assert_eq!(
+            renderings("Then Ransom spoke.", "Затем Рансом выступил.", "ru"),
+            pairs(&[("Ransom", "Рансом")])
+        );
+        // A lower-case Russian word is not a name's rendering; a name not
+        // rendered (or looked up: Monday, countries) has none.
+        assert!(renderings(
+            "He met Blinken in China.",
+            "Он встретил блинкена в Китае.",
+            "ru"
+        )
+        .is_empty());
+        assert!(renderings("He met Blinken.", "Он встретил министра.", "ru").is_empty());
+        // Hindi names are not inflected.
+        assert_eq!(
+            renderings(
+                "He met Blinken in Delhi.",
+                "उन्होंने दिल्ली में ब्लिंकन से मुलाकात की।",
+                "hi"
+            ),
+            pairs(&[("Blinken", "ब्लिंकन"), ("Delhi", "दिल्ली")])
+        );
+        // Other languages are not read.
+        assert!(renderings("He met Blinken.", "Il a rencontré Blinken.", "fr").is_empty());
+    }
 
     #[test]
     fn entities_are_names_inside_sentences_months_and_weekdays() {

@@ -1,12 +1,15 @@
 //! Translation, paragraph by paragraph: N paragraphs in, N paragraphs out.
 //!
-//! Each paragraph is one generation call. A paragraph too long for the model's
-//! context is split at sentence boundaries into chunks that fit; the chunk
-//! translations are joined with a space, so the paragraph still comes out as
-//! one paragraph. A single sentence that does not fit is refused with
-//! [`TaskError::InputTooLong`] naming it: nothing is dropped silently.
+//! Each paragraph is split into sentences, and a sentence too long for the
+//! model into clauses (then words) that fit; the pieces' translations are
+//! joined with a space, so the paragraph still comes out as one paragraph and
+//! nothing is dropped. A dedicated translator takes a paragraph's pieces as
+//! one batch. The LLM takes them one by one, each told how it wrote the
+//! piece's names earlier in the article, so that it writes them the same
+//! way throughout.
 
 use super::clean::split_sentences;
+use super::entities;
 use super::quality::{self, OutputKind, QualityInput, QualityThresholds};
 use super::{
     budget, generate_all, prompt, CancelToken, EventFn, ModelRouter, ModelUsed, PreparedArticle,
@@ -114,6 +117,7 @@ pub(crate) fn translate_texts(
     if model.info().kind == ModelKind::Translator {
         return translate_sentences(model.as_ref(), input, cancel, steps);
     }
+    let language = input.language;
     let mut tokens = TokenStats::default();
     let mut loop_detected = false;
     let mut hit_limit = false;
@@ -122,39 +126,50 @@ pub(crate) fn translate_texts(
         ..GenerationParams::default()
     };
     let mut done = steps.offset;
+    let mut rendered = Names::default();
     let mut translate_one = |text: &str, index: Option<usize>| -> Result<String, TaskError> {
-        let what = match index {
-            Some(i) => format!("paragraph {}", i + 1),
-            None => "the headline".to_string(),
-        };
         let mut pieces = Vec::new();
-        for chunk in chunks_that_fit(model.as_ref(), text, input.language, options, &what)? {
-            let params = params_for(model.as_ref(), &chunk, input.language, options)?;
-            if params.max_new_tokens > largest.max_new_tokens {
-                largest = params.clone();
+        for sentence in split_sentences(text) {
+            let mut fits_alone = |t: &str| fits(model.as_ref(), t, language, options, &[]);
+            for piece in split_to_fit(&sentence, &mut fits_alone)? {
+                let params = params_for(model.as_ref(), &piece, language, options)?;
+                if params.max_new_tokens > largest.max_new_tokens {
+                    largest = params.clone();
+                }
+                let mut names = rendered.used_in(&piece);
+                if !fits(model.as_ref(), &piece, language, options, &names)? {
+                    names.clear();
+                }
+                let g = generate_all(
+                    model.as_ref(),
+                    vec![GenerationRequest {
+                        messages: prompt::translation(&piece, language, &names),
+                        params,
+                        seq2seq: None,
+                        // The LLM keeps to the target's script.
+                        direction: Some(precis_backend::Direction {
+                            source: input.from.to_string(),
+                            target: language.to_string(),
+                        }),
+                    }],
+                    cancel,
+                )?
+                .pop()
+                .ok_or_else(|| {
+                    TaskError::Internal("the model returned no result for a request".into())
+                })?;
+                tokens.add(&g);
+                loop_detected |= g.finish == FinishReason::Loop;
+                hit_limit |= g.finish == FinishReason::Length;
+                let out = one_paragraph(&g.text);
+                // A translation cut short is not learnt from.
+                if !matches!(g.finish, FinishReason::Loop | FinishReason::Length) {
+                    rendered.learn(&piece, &out, language);
+                }
+                if !out.is_empty() {
+                    pieces.push(out);
+                }
             }
-            let g = generate_all(
-                model.as_ref(),
-                vec![GenerationRequest {
-                    messages: prompt::translation(&chunk, input.language),
-                    params,
-                    seq2seq: None,
-                    // The LLM keeps to the target's script.
-                    direction: Some(precis_backend::Direction {
-                        source: input.from.to_string(),
-                        target: input.language.to_string(),
-                    }),
-                }],
-                cancel,
-            )?
-            .pop()
-            .ok_or_else(|| {
-                TaskError::Internal("the model returned no result for a request".into())
-            })?;
-            tokens.add(&g);
-            loop_detected |= g.finish == FinishReason::Loop;
-            hit_limit |= g.finish == FinishReason::Length;
-            pieces.push(one_paragraph(&g.text));
         }
         let out = pieces.join(" ");
         done += 1;
@@ -386,67 +401,47 @@ fn params_for(
     }))
 }
 
+/// Whether the prompt for translating `text` (with `names`), with the
+/// tokens its translation may take, fits the model's context.
 fn fits(
     model: &dyn TextModel,
     text: &str,
     language: &str,
     options: &TaskOptions,
-) -> Result<(bool, usize), TaskError> {
+    names: &[(String, String)],
+) -> Result<bool, TaskError> {
     let params = params_for(model, text, language, options)?;
-    // Everything the prompt holds besides the text: instructions, examples.
-    let around: Vec<String> = prompt::translation("", language)
-        .into_iter()
-        .map(|m| m.content)
-        .collect();
-    let texts: Vec<&str> = around.iter().map(String::as_str).chain([text]).collect();
+    let messages = prompt::translation(text, language, names);
+    let texts: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
     let tokens = budget::prompt_tokens(model, &texts)?;
-    Ok((
-        tokens + params.max_new_tokens <= model.info().context_length,
-        tokens,
-    ))
+    Ok(tokens + params.max_new_tokens <= model.info().context_length)
 }
 
-/// Splits `text` at sentence boundaries into the fewest consecutive chunks that each fit the model.
-pub(crate) fn chunks_that_fit(
-    model: &dyn TextModel,
-    text: &str,
-    language: &str,
-    options: &TaskOptions,
-    what: &str,
-) -> Result<Vec<String>, TaskError> {
-    if fits(model, text, language, options)?.0 {
-        return Ok(vec![text.to_string()]);
+/// How the LLM wrote each name the first time in an article, so that later
+/// sentences are asked to write it the same way (a name's first rendering is
+/// reused).
+#[derive(Default)]
+struct Names(Vec<(String, String)>);
+
+impl Names {
+    /// The names of `text` rendered earlier, with their renderings.
+    fn used_in(&self, text: &str) -> Vec<(String, String)> {
+        let words: Vec<&str> = text.split(|c: char| !c.is_alphanumeric()).collect();
+        (self.0.iter())
+            .filter(|(name, _)| words.contains(&name.as_str()))
+            .cloned()
+            .collect()
     }
-    let mut chunks: Vec<String> = Vec::new();
-    let mut current = String::new();
-    for sentence in split_sentences(text) {
-        let candidate = if current.is_empty() {
-            sentence.clone()
-        } else {
-            format!("{current} {sentence}")
-        };
-        if fits(model, &candidate, language, options)?.0 {
-            current = candidate;
-            continue;
+
+    /// Learns the names that `source`, translated as `translation`, renders
+    /// for the first time.
+    fn learn(&mut self, source: &str, translation: &str, language: &str) {
+        for (name, rendering) in entities::renderings(source, translation, language) {
+            if !self.0.iter().any(|(n, _)| *n == name) {
+                self.0.push((name, rendering));
+            }
         }
-        if !current.is_empty() {
-            chunks.push(std::mem::take(&mut current));
-        }
-        let (ok, tokens) = fits(model, &sentence, language, options)?;
-        if !ok {
-            return Err(TaskError::InputTooLong {
-                what: format!("a sentence in {what}"),
-                tokens,
-                limit: model.info().context_length,
-                model: model.info().id.clone(),
-            });
-        }
-        current = sentence;
     }
-    if !current.is_empty() {
-        chunks.push(current);
-    }
-    Ok(chunks)
 }
 
 /// Makes a model's output one paragraph: trims it and joins its lines with spaces.
@@ -462,7 +457,146 @@ pub(crate) fn one_paragraph(text: &str) -> String {
 mod tests {
     use super::*;
 
+    use std::sync::{Arc, Mutex};
+
+    use precis_backend::{BackendError, ChatMessage, Generation, ModelInfo};
     use proptest::prelude::*;
+
+    use crate::task::TextSink;
+
+    /// An LLM that answers from a table of translations and keeps every
+    /// prompt it is given.
+    struct Recording {
+        info: ModelInfo,
+        answers: Vec<(&'static str, &'static str)>,
+        prompts: Mutex<Vec<Vec<ChatMessage>>>,
+    }
+
+    impl TextModel for Recording {
+        fn info(&self) -> &ModelInfo {
+            &self.info
+        }
+        fn count_tokens(&self, text: &str) -> Result<usize, BackendError> {
+            Ok(text.split_whitespace().count())
+        }
+        fn generate(
+            &self,
+            requests: Vec<GenerationRequest>,
+            _: &CancelToken,
+            _: Option<TextSink<'_>>,
+        ) -> Vec<Result<Generation, BackendError>> {
+            (requests.into_iter())
+                .map(|r| {
+                    let last = r.messages.last().unwrap().content.clone();
+                    self.prompts.lock().unwrap().push(r.messages);
+                    let (_, text) = self.answers.iter().find(|(s, _)| *s == last).unwrap();
+                    Ok(Generation {
+                        text: text.to_string(),
+                        prompt_tokens: 1,
+                        generated_tokens: 1,
+                        finish: FinishReason::Stop,
+                        cache: Default::default(),
+                    })
+                })
+                .collect()
+        }
+    }
+
+    impl ModelRouter for Arc<Recording> {
+        fn summarizer(&self, _: &str) -> Result<Arc<dyn TextModel>, TaskError> {
+            Ok(self.clone())
+        }
+        fn translator(&self, _: &str, _: &str) -> Result<Arc<dyn TextModel>, TaskError> {
+            Ok(self.clone())
+        }
+    }
+
+    #[test]
+    fn the_llm_is_told_the_names_it_rendered_before() {
+        let model = Arc::new(Recording {
+            info: ModelInfo {
+                kind: ModelKind::Chat,
+                id: "recording".into(),
+                revision: "test".into(),
+                family: "test".into(),
+                context_length: 4096,
+                target_languages: vec!["ru".into()],
+                license: None,
+            },
+            answers: vec![
+                ("Talks in Delhi", "Переговоры в Дели"),
+                (
+                    "Then Sergei Lavrov met Antony Blinken.",
+                    "Затем Сергей Лавров встретился с Энтони Блинкеном.",
+                ),
+                ("Lavrov left.", "Лавров уехал."),
+                ("Blinken stayed.", "Блинкен остался."),
+            ],
+            prompts: Mutex::new(Vec::new()),
+        });
+        let paragraphs = vec![
+            "Then Sergei Lavrov met Antony Blinken. Lavrov left.".to_string(),
+            "Blinken stayed.".to_string(),
+        ];
+        let events = |_: TaskEvent<'_>| {};
+        let t = translate_texts(
+            &TranslationInput {
+                title: Some("Talks in Delhi"),
+                paragraphs: &paragraphs,
+                language: "ru",
+                from: "en",
+                source: TranslationSource::Article,
+            },
+            &TaskOptions::default(),
+            &model,
+            &CancelToken::new(),
+            &StepCounter {
+                offset: 0,
+                total: 3,
+                events: &events,
+            },
+        )
+        .unwrap();
+        assert_eq!(t.title.as_deref(), Some("Переговоры в Дели"));
+        assert_eq!(
+            t.paragraphs,
+            [
+                "Затем Сергей Лавров встретился с Энтони Блинкеном. Лавров уехал.",
+                "Блинкен остался."
+            ]
+        );
+        let prompts = model.prompts.lock().unwrap();
+        assert!(prompts.iter().all(|p| p.len() == 2), "system and user");
+        let users: Vec<&str> = prompts.iter().map(|p| p[1].content.as_str()).collect();
+        assert_eq!(
+            users,
+            [
+                "Talks in Delhi",
+                "Then Sergei Lavrov met Antony Blinken.",
+                "Lavrov left.",
+                "Blinken stayed."
+            ]
+        );
+        let told = |i: usize| {
+            prompts[i][0]
+                .content
+                .split_once(" Write these names")
+                .map(|(_, n)| n.to_string())
+        };
+        assert_eq!(told(0), None);
+        // Delhi was rendered in the headline, but the sentence has no Delhi.
+        assert_eq!(told(1), None);
+        // Later sentences: the names they hold, as first rendered (in the
+        // nominative), across paragraphs.
+        assert_eq!(
+            told(2).as_deref(),
+            Some(" as earlier in the article: Lavrov = Лавров.")
+        );
+        assert_eq!(
+            told(3).as_deref(),
+            Some(" as earlier in the article: Blinken = Блинкен.")
+        );
+    }
 
     fn words_fit(max: usize) -> impl FnMut(&str) -> Result<bool, TaskError> {
         move |t: &str| Ok(t.split_whitespace().count() <= max && t.chars().count() <= 200)
