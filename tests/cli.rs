@@ -187,7 +187,9 @@ fn serve_refuses_settings_that_would_quietly_weaken_it() {
 fn jobs_prune_deletes_only_jobs_past_their_retention() {
     let home = tempfile::tempdir().unwrap();
     let db = home.path().join("precis.sqlite3");
-    let store = precis_service::jobs::JobStore::open(&db).unwrap();
+    let store =
+        precis_service::jobs::JobStore::open(&precis_core::database::Database::Sqlite(db.clone()))
+            .unwrap();
     let request = precis_service::jobs::JobRequest::default();
     for _ in 0..2 {
         store.create(&request, Vec::new(), "", None, 8).unwrap();

@@ -1386,7 +1386,7 @@ async fn a_client_that_closes_its_stream_stops_its_generation_and_frees_its_slot
 async fn the_result_cache_answers_repeated_work_without_running_the_model() {
     let dir = tempfile::tempdir().unwrap();
     let cache = precis_core::cache::ResultCache::open(
-        &dir.path().join("results.sqlite3"),
+        &precis_core::database::Database::Sqlite(dir.path().join("results.sqlite3")),
         precis_core::cache::CacheLimits::default(),
     )
     .unwrap();
@@ -1453,7 +1453,7 @@ fn jobs_app_with(db: &std::path::Path, limits: ServerLimits) -> axum::Router {
 /// The state of [`jobs_app_with`].
 fn jobs_state(db: &std::path::Path, limits: ServerLimits) -> AppState {
     let mut services = services("fake", &limits, None);
-    services.database = Some(db.to_path_buf());
+    services.database = Some(precis_core::database::Database::Sqlite(db.to_path_buf()));
     let mut state = AppState::new(Arc::clone(&services.engine), limits);
     let settings = precis_service::jobs::JobSettings {
         parallel: 2,
@@ -1467,6 +1467,8 @@ fn jobs_state(db: &std::path::Path, limits: ServerLimits) -> AppState {
         retry_delay: std::time::Duration::from_millis(50),
         max_active_per_caller: 3,
         retention: None,
+        lease: std::time::Duration::from_secs(30),
+        run_items: true,
     };
     state.jobs = Some(services.start_jobs(settings).unwrap());
     state
@@ -1674,7 +1676,9 @@ async fn accepted_jobs_survive_a_restart_and_resume() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("precis.sqlite3");
     // Accepted by a server that stopped before working on it.
-    let store = precis_service::jobs::JobStore::open(&db).unwrap();
+    let store =
+        precis_service::jobs::JobStore::open(&precis_core::database::Database::Sqlite(db.clone()))
+            .unwrap();
     let request: precis_service::jobs::JobRequest =
         serde_json::from_value(json!({"task": "summarize"})).unwrap();
     let articles = vec![

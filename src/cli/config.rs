@@ -30,10 +30,14 @@
 //! no_cache = false
 //! max_mb = 1024
 //! max_age_days = 90
+//!
+//! [database]                     # also --database and PRECIS_DATABASE_URL
+//! url = "postgres://precis:secret@db.internal/precis?sslmode=require"
 //! ```
 
 use std::path::{Path, PathBuf};
 
+use precis_core::database::Database;
 use serde::Deserialize;
 
 /// The model used for every job unless configured otherwise.
@@ -64,6 +68,17 @@ pub struct Config {
     /// Result cache settings.
     #[serde(default)]
     pub cache: CacheConfig,
+    /// The shared database, when there is one.
+    #[serde(default)]
+    pub database: DatabaseTable,
+}
+
+/// The `[database]` table of the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseTable {
+    /// A `postgres://` URL the result cache and batch jobs are kept in.
+    pub url: Option<String>,
 }
 
 /// The result cache's settings: the `[cache]` table of the configuration
@@ -81,6 +96,16 @@ pub struct CacheConfig {
         value_name = "FILE"
     )]
     pub path: Option<PathBuf>,
+    /// PostgreSQL database that every replica shares for the result cache and batch jobs (postgres://user:password@host/db?sslmode=require); without it, the SQLite file of --cache.
+    #[arg(
+        long = "database",
+        global = true,
+        env = "PRECIS_DATABASE_URL",
+        hide_env_values = true,
+        value_name = "URL"
+    )]
+    #[serde(skip)]
+    pub database: Option<String>,
     /// Do not use the result cache: every article runs its model, nothing is stored.
     #[arg(
         long,
@@ -112,11 +137,12 @@ pub struct CacheConfig {
 }
 
 impl CacheConfig {
-    /// These settings, each unset one taken from `file`.
-    pub fn or(self, file: &CacheConfig) -> CacheConfig {
-        let file = file.clone();
+    /// These settings, each unset one taken from the configuration file.
+    pub fn or(self, config: &Config) -> CacheConfig {
+        let file = config.cache.clone();
         CacheConfig {
             path: self.path.or(file.path),
+            database: self.database.or_else(|| config.database.url.clone()),
             no_cache: self.no_cache || file.no_cache,
             max_mb: self.max_mb.or(file.max_mb),
             max_age_days: self.max_age_days.or(file.max_age_days),
@@ -136,12 +162,36 @@ impl CacheConfig {
         }
     }
 
-    /// The cache file, default filled in.
+    /// The SQLite file of `--cache`, default filled in: the cache's when no
+    /// `--database` is given, and batch jobs' in any case.
     pub fn file(&self) -> PathBuf {
         self.path
             .clone()
             .unwrap_or_else(precis_core::cache::default_path)
     }
+
+    /// The database the cache is kept in: the one
+    /// `--database` names, else the SQLite file of `--cache` (default
+    /// filled in).
+    pub fn database(&self) -> Result<Database, String> {
+        match &self.database {
+            Some(url) => Database::parse(url),
+            None => Ok(Database::Sqlite(self.file())),
+        }
+    }
+}
+
+/// What a `precis serve` process does (see `--role`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Answers HTTP and runs batch-job items.
+    #[default]
+    All,
+    /// Answers HTTP; runs no batch-job item.
+    Api,
+    /// Runs batch-job items; answers only /health, /ready and /metrics.
+    Worker,
 }
 
 /// The server's settings: the `[server]` table of the configuration file,
@@ -236,6 +286,19 @@ pub struct ServerConfig {
     /// for ever [default: 30].
     #[arg(long, env = "PRECIS_JOB_RETENTION_DAYS", hide_env_values = true)]
     pub job_retention_days: Option<u64>,
+    /// What this process does: `all` (the default) answers HTTP and runs
+    /// batch-job items; `api` answers HTTP (interactive requests, jobs
+    /// accepted and shown) and runs no job item; `worker` runs job items and
+    /// answers only /health, /ready and /metrics. Scale the two separately
+    /// on a shared --database.
+    #[arg(long, env = "PRECIS_ROLE", hide_env_values = true, value_enum)]
+    pub role: Option<Role>,
+    /// Seconds a batch-job item claimed by this node stays its own without
+    /// a renewal (renewed every third of it while it runs); with a shared
+    /// database, a node that dies leaves its items to the others after
+    /// this long [default: 30].
+    #[arg(long, env = "PRECIS_JOB_LEASE_SECS", hide_env_values = true, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub job_lease_secs: Option<u64>,
     /// Hosts or networks that jobs' feed URLs and webhooks may reach
     /// although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
     /// intranet.example [default: public addresses only].
@@ -310,6 +373,8 @@ impl ServerConfig {
             allow_addresses: self.allow_addresses.or(file.allow_addresses),
             max_jobs_per_key: self.max_jobs_per_key.or(file.max_jobs_per_key),
             job_retention_days: self.job_retention_days.or(file.job_retention_days),
+            job_lease_secs: self.job_lease_secs.or(file.job_lease_secs),
+            role: self.role.or(file.role),
         }
     }
 }

@@ -18,6 +18,7 @@ pub mod input;
 use crate::cli::config::{CacheConfig, Config, DEFAULT_MODEL};
 use precis_backend::store::{ModelSpec, ModelStore, StoreConfig};
 use precis_core::cache::ResultCache;
+use precis_core::database::Database;
 use precis_core::engine::{Engine, EngineError, ModelChoice};
 use precis_core::task::{
     CancelToken, GenerationOverrides, Length, Task, TaskEvent, TaskOptions, TaskRequest,
@@ -362,8 +363,8 @@ pub fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Models(m) => models_command(m, &ModelStore::open(store)?),
         Command::Serve(a) => serve(a, &config, store),
-        Command::Cache(c) => cache_command(c.command, &c.cache.or(&config.cache)),
-        Command::Jobs(j) => jobs_command(j.command, &j.cache.or(&config.cache), &config.server),
+        Command::Cache(c) => cache_command(c.command, &c.cache.or(&config)),
+        Command::Jobs(j) => jobs_command(j.command, &j.cache.or(&config), &config.server),
         Command::Languages(l) => languages_command(&l, &config, store),
     }
 }
@@ -388,7 +389,7 @@ fn languages_command(
         &no_cache,
         None,
         true,
-    ))?;
+    )?)?;
     let languages = services.engine.languages();
     if args.json {
         println!("{}", serde_json::to_string_pretty(&languages)?);
@@ -421,7 +422,14 @@ fn jobs_command(
                 println!("jobs are kept for ever (job retention 0 days): nothing to prune");
                 return Ok(EXIT_OK);
             };
-            let store = match precis_service::jobs::JobStore::open(&cache.file()) {
+            let database = match cache.database() {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    return Ok(EXIT_USAGE);
+                }
+            };
+            let store = match precis_service::jobs::JobStore::open(&database) {
                 Ok(store) => store,
                 Err(e) => {
                     eprintln!("error: {e}");
@@ -474,17 +482,17 @@ fn settings(
     cache: &CacheConfig,
     max_chars: Option<usize>,
     allow_unverified: bool,
-) -> Settings {
-    Settings {
+) -> anyhow::Result<Settings> {
+    Ok(Settings {
         store,
         models,
         access,
         cuda,
-        database: cache.file(),
+        database: cache.database().map_err(anyhow::Error::msg)?,
         cache: (!cache.no_cache).then(|| cache.limits()),
         max_chars,
         allow_unverified,
-    }
+    })
 }
 
 /// The parts `settings` make, each warning said on stderr.
@@ -508,7 +516,14 @@ fn cache_command(
     cmd: CacheCommand,
     settings: &crate::cli::config::CacheConfig,
 ) -> anyhow::Result<i32> {
-    let cache = match ResultCache::open_unpruned(&settings.file(), settings.limits()) {
+    let database = match settings.database() {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_USAGE);
+        }
+    };
+    let cache = match ResultCache::open_unpruned(&database, settings.limits()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: {e}");
@@ -522,12 +537,12 @@ fn cache_command(
                 println!("{}", serde_json::to_string_pretty(&stats)?);
                 return Ok(EXIT_OK);
             }
-            println!("cache:   {}", stats.path.display());
+            println!("cache:   {}", stats.database);
             println!(
-                "entries: {} ({} of results; {} on disk)",
+                "entries: {} ({} of results; {} stored)",
                 stats.entries,
                 megabytes(stats.bytes),
-                megabytes(stats.file_bytes)
+                megabytes(stats.stored_bytes)
             );
             println!(
                 "limits:  {}, entries unused for {} days dropped",
@@ -554,10 +569,7 @@ fn cache_command(
         }
         CacheCommand::Clear => {
             let removed = cache.clear()?;
-            println!(
-                "removed {removed} cached results from {}",
-                cache.path().display()
-            );
+            println!("removed {removed} cached results from {}", cache.database());
         }
     }
     Ok(EXIT_OK)
@@ -705,7 +717,7 @@ fn run_task(
         args.summarizer.as_deref(),
         args.translator.as_deref(),
     );
-    let cache = args.cache.clone().or(&config.cache);
+    let cache = args.cache.clone().or(config);
     let services = build(&settings(
         store,
         models,
@@ -714,7 +726,7 @@ fn run_task(
         &cache,
         None,
         true,
-    ))?;
+    )?)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -988,7 +1000,7 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
     }
     let grace = std::time::Duration::from_secs(server.shutdown_grace_secs.unwrap_or(30));
     let models = model_choice(config, a.model.as_deref(), None, None);
-    let cache = a.cache.clone().or(&config.cache);
+    let cache = a.cache.clone().or(config);
     let services = build(&settings(
         store,
         models,
@@ -997,8 +1009,10 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
         &cache,
         Some(limits.max_chars),
         server.allow_unverified,
-    ))?;
+    )?)?;
+    let role = server.role.unwrap_or_default();
     let mut state = crate::http::AppState::new(Arc::clone(&services.engine), limits);
+    state.api_routes = role != crate::cli::config::Role::Worker;
     state.api_keys = api_keys;
     state.cors_origins = server.cors_origins.clone().unwrap_or_default();
     if let Some(keys) = &state.api_keys {
@@ -1017,11 +1031,18 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
         retry_delay: std::time::Duration::from_secs(5),
         max_active_per_caller: server.max_jobs_per_key.unwrap_or(8),
         retention: server.job_retention(),
+        lease: std::time::Duration::from_secs(server.job_lease_secs.unwrap_or(30).clamp(1, 3600)),
+        run_items: role != crate::cli::config::Role::Api,
     };
     {
         let _runtime = rt.enter();
         match services.start_jobs(job_settings) {
             Ok(jobs) => state.jobs = Some(jobs),
+            // A replica of a cluster without its shared jobs would accept
+            // none and run none: better to stop, and be restarted.
+            Err(e) if matches!(services.database, Some(Database::Postgres(_))) => {
+                anyhow::bail!("{e}: the shared database must be reachable at start")
+            }
             Err(e) => eprintln!("warning: {e}; batch jobs (/v1/jobs) are off"),
         }
     }

@@ -180,11 +180,21 @@ pub(super) async fn show(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let queue = queue(&state)?;
-    let view = owned(queue, &id, caller).and_then(|mine| match mine {
-        true => queue.store.view(&id),
-        false => Ok(None),
-    });
+    let queue = queue(&state)?.clone();
+    let owner = owner(caller);
+    let job = id.clone();
+    // The store waits for its database: off the async threads.
+    let view = tokio::task::spawn_blocking(move || {
+        queue
+            .store
+            .owned_by(&job, &owner)
+            .and_then(|mine| match mine {
+                true => queue.store.view(&job),
+                false => Ok(None),
+            })
+    })
+    .await
+    .map_err(ApiError::internal)?;
     answer_view(&id, view)
 }
 
@@ -202,27 +212,26 @@ pub(super) async fn cancel(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let queue = queue(&state)?;
-    let view = owned(queue, &id, caller).and_then(|mine| match mine {
-        true => queue.cancel(&id),
-        false => Ok(None),
-    });
+    let queue = queue(&state)?.clone();
+    let owner = owner(caller);
+    let job = id.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        queue
+            .store
+            .owned_by(&job, &owner)
+            .and_then(|mine| match mine {
+                true => queue.cancel(&job),
+                false => Ok(None),
+            })
+    })
+    .await
+    .map_err(ApiError::internal)?;
     answer_view(&id, view)
 }
 
 /// The scope a caller's jobs are kept in (see [`Caller`]).
 fn owner(caller: Option<Extension<Caller>>) -> String {
     caller.map(|Extension(c)| c.0).unwrap_or_default()
-}
-
-/// Whether job `id` is the caller's: another caller's job is answered as
-/// one that does not exist.
-fn owned(
-    queue: &JobQueue,
-    id: &str,
-    caller: Option<Extension<Caller>>,
-) -> Result<bool, precis_service::jobs::JobStoreError> {
-    queue.store.owned_by(id, &owner(caller))
 }
 
 fn answer_view(
@@ -233,7 +242,7 @@ fn answer_view(
         Ok(Some(view)) => Ok(answer(StatusCode::OK, view)),
         Ok(None) => Err(ApiError::new(
             ErrorCode::NotFound,
-            format!("no job `{id}` on this node (jobs are kept per node)"),
+            format!("no job `{id}`: it does not exist, belongs to another API key, or was deleted after its retention"),
         )),
         Err(e) => Err(ApiError::internal(e)),
     }

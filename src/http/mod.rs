@@ -106,6 +106,9 @@ pub struct AppState {
     pub cors_origins: Vec<String>,
     /// Batch jobs; `None`: this server keeps none (`/v1/jobs` is 404).
     pub jobs: Option<precis_service::jobs::JobQueue>,
+    /// Whether the API is served; false (`--role worker`): only /health,
+    /// /ready and /metrics.
+    pub api_routes: bool,
 }
 
 impl AppState {
@@ -119,6 +122,7 @@ impl AppState {
             api_keys: None,
             cors_origins: Vec::new(),
             jobs: None,
+            api_routes: true,
         }
     }
 }
@@ -132,16 +136,20 @@ pub fn router(state: AppState) -> Router {
     let mut app = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/metrics", get(ops::metrics_text))
-        .route("/openapi.json", get(docs::openapi_json))
-        .route("/docs", get(docs::docs_page))
-        .route("/v1/models", get(models))
-        .route("/v1/languages", get(languages))
-        .route("/v1/summarize", post(summarize))
-        .route("/v1/translate", post(translate))
-        .route("/v1/digest", post(digest))
-        .route("/v1/jobs", post(jobs::create))
-        .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel))
+        .route("/metrics", get(ops::metrics_text));
+    if state.api_routes {
+        app = app
+            .route("/openapi.json", get(docs::openapi_json))
+            .route("/docs", get(docs::docs_page))
+            .route("/v1/models", get(models))
+            .route("/v1/languages", get(languages))
+            .route("/v1/summarize", post(summarize))
+            .route("/v1/translate", post(translate))
+            .route("/v1/digest", post(digest))
+            .route("/v1/jobs", post(jobs::create))
+            .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel));
+    }
+    let mut app = app
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(limit))

@@ -25,18 +25,33 @@ pub struct Server {
 }
 
 impl Server {
-    /// Starts `precis serve` (`binary`) with `args`, and waits until
-    /// `/ready` says 200 (at most `wait`).
+    /// Starts `precis serve` (`binary`) with `args`, without the result
+    /// cache (every request runs the model), and waits until `/ready` says
+    /// 200 (at most `wait`).
     pub fn start(binary: &Path, args: &[&str], wait: Duration) -> Result<Server, String> {
+        let args: Vec<&str> = ["--no-cache"]
+            .into_iter()
+            .chain(args.iter().copied())
+            .collect();
+        Self::start_with(binary, &args, &[], wait)
+    }
+
+    /// Starts `precis serve` (`binary`) with `args` and the environment
+    /// variables `env`, and waits until `/ready` says 200 (at most `wait`).
+    pub fn start_with(
+        binary: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+        wait: Duration,
+    ) -> Result<Server, String> {
         let port = TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .map_err(|e| format!("no free port: {e}"))?
             .port();
-        // Without the result cache: every request runs the model.
         let child = Command::new(binary)
             .arg("serve")
             .arg("--quiet")
-            .arg("--no-cache")
+            .envs(env.iter().copied())
             .args(args)
             .arg("--addr")
             .arg(format!("127.0.0.1:{port}"))
@@ -70,6 +85,25 @@ impl Server {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Kills the server with SIGKILL (no shutdown of any kind) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The sum of the metric lines whose name is `name` (all labels).
+    pub fn metric(&self, name: &str) -> f64 {
+        let text = client(Duration::from_secs(5))
+            .get(format!("{}/metrics", self.base))
+            .send()
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
     }
 
     /// The server's process id.

@@ -6,11 +6,11 @@
 //! Models are fetched by [`Services::fetch_models`], on the caller's
 //! runtime, before the engine loads them: loading never downloads.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use precis_backend::store::{ModelStore, StoreConfig, StoreError};
 use precis_core::cache::{CacheLimits, ResultCache};
+use precis_core::database::Database;
 use precis_core::engine::{Engine, EngineError, ModelChoice, ModelLoader, Routing, StoreLoader};
 use precis_core::task::TaskError;
 
@@ -39,8 +39,9 @@ pub struct Settings {
     pub access: ModelAccess,
     /// Run GGUF models on the GPU.
     pub cuda: bool,
-    /// The SQLite file of the result cache and of batch jobs.
-    pub database: PathBuf,
+    /// The database of the result cache and of batch jobs: an SQLite
+    /// file, or PostgreSQL shared by every replica.
+    pub database: Database,
     /// The result cache's limits; `None`: no result cache.
     pub cache: Option<CacheLimits>,
     /// Most characters of one article; `None`: no limit.
@@ -57,8 +58,8 @@ pub struct Services {
     pub engine: Arc<Engine>,
     /// What was not available, each said once for the operator.
     pub warnings: Vec<String>,
-    /// The SQLite file batch jobs are kept in.
-    pub database: Option<PathBuf>,
+    /// The database batch jobs are kept in.
+    pub database: Option<Database>,
     loader: Option<Arc<StoreLoader>>,
 }
 
@@ -67,6 +68,10 @@ impl Services {
     /// nothing is fetched or loaded yet. Fails only when the store cannot
     /// be opened; a cache that cannot is a warning.
     pub fn build(settings: &Settings) -> Result<Self, Box<StoreError>> {
+        #[cfg(feature = "test-backend")]
+        if std::env::var_os("PRECIS_TEST_FAKE_MODEL").is_some() {
+            return Ok(Self::fake(settings));
+        }
         let store = Arc::new(ModelStore::open(settings.store.clone())?);
         let unverified = settings.allow_unverified || settings.access == ModelAccess::Any;
         let (routing, notes) = Routing::resolve(&settings.models, &store, unverified);
@@ -79,23 +84,45 @@ impl Services {
                 settings.allow_unverified,
             ),
         });
-        let mut warnings = notes;
+        let mut services = Self::with_databases(
+            settings,
+            Arc::clone(&loader) as Arc<dyn ModelLoader>,
+            routing,
+        );
+        services.loader = Some(loader);
+        services.warnings.splice(0..0, notes);
+        Ok(services)
+    }
+
+    /// The parts over `loader`, with the cache and the job file `settings`
+    /// name.
+    fn with_databases(settings: &Settings, loader: Arc<dyn ModelLoader>, routing: Routing) -> Self {
+        let mut warnings = Vec::new();
         let cache = settings.cache.and_then(|limits| {
             ResultCache::open(&settings.database, limits)
                 .map(Arc::new)
                 .map_err(|e| warnings.push(format!("{e}; running without the cache")))
                 .ok()
         });
-        let mut services = Self::assemble(
-            Arc::clone(&loader) as Arc<dyn ModelLoader>,
-            routing,
-            cache,
-            settings.max_chars,
-        );
-        services.loader = Some(loader);
+        let mut services = Self::assemble(loader, routing, cache, settings.max_chars);
         services.database = Some(settings.database.clone());
         services.warnings = warnings;
-        Ok(services)
+        services
+    }
+
+    /// The fake model (feature `test-backend`) under the chosen model's
+    /// name, for every job, with the databases `settings` name: what the
+    /// tests that start `precis` processes run (`PRECIS_TEST_FAKE_MODEL`
+    /// set). A binary built without the feature has no such path.
+    #[cfg(feature = "test-backend")]
+    fn fake(settings: &Settings) -> Self {
+        let name = settings.models.model.clone();
+        let loader = Arc::new(precis_core::engine::FakeLoader::new(&[name.as_str()]));
+        let routing = Routing {
+            summarizers: vec![name.clone()],
+            translators: vec![name],
+        };
+        Self::with_databases(settings, loader, routing)
     }
 
     /// The parts over a loader the caller made (the tests' fake models);
@@ -140,11 +167,11 @@ impl Services {
     /// Starts the batch-job runner and its webhook outbox on the current
     /// tokio runtime, the jobs kept in [`database`](Self::database).
     pub fn start_jobs(&self, settings: JobSettings) -> Result<JobQueue, JobStoreError> {
-        let path = self.database.as_deref().ok_or_else(|| JobStoreError {
-            path: PathBuf::new(),
+        let database = self.database.as_ref().ok_or_else(|| JobStoreError {
+            database: String::new(),
             source: "no database was configured".into(),
         })?;
-        let store = Arc::new(JobStore::open(path)?);
+        let store = Arc::new(JobStore::open(database)?);
         Ok(JobQueue::start(store, Arc::clone(&self.engine), settings))
     }
 }
