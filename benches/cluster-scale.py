@@ -96,7 +96,7 @@ def run(binary, database, workers, items, words, parallel, lease):
             view = json.loads(http("GET", f"{base}/v1/jobs/{job}")[1])
             if view["state"] not in ("queued", "running"):
                 break
-            time.sleep(0.05)
+            time.sleep(0.1)
         elapsed = time.time() - t0
         # pg_stat counters are flushed at most once a second.
         time.sleep(1.2)

@@ -495,17 +495,9 @@ async fn work(runner: Runner, wake: Arc<Notify>) {
     let mut set: tokio::task::JoinSet<(String, usize, Option<JobItem>)> =
         tokio::task::JoinSet::new();
     let mut renew_at = tokio::time::Instant::now() + lease / 3;
+    // Requests of the jobs whose items run here, read once per job.
+    let mut requests: HashMap<String, Arc<JobRequest>> = HashMap::new();
     loop {
-        // Feeds first: their items are the work.
-        let (n, l) = (node.clone(), lease);
-        match blocking(&store, move |s| s.claim_feed(&n, l)).await {
-            Ok(Some((id, request))) => {
-                read_job_feed(&store, &settings, &id, &request).await;
-                continue;
-            }
-            Ok(None) => {}
-            Err(e) => tracing::error!("{e}"),
-        }
         let room = settings.parallel.max(1).saturating_sub(set.len());
         let mut claimed_all = false;
         if room > 0 {
@@ -514,27 +506,42 @@ async fn work(runner: Runner, wake: Arc<Notify>) {
                 Ok(items) => {
                     claimed_all = items.len() == room;
                     for item in items {
-                        start_item(&store, &engine, &settings, &node, &running, &mut set, item)
-                            .await;
+                        let request = job_request(&store, &mut requests, &item.job).await;
+                        start_item(&engine, &settings, &node, &running, &mut set, item, request);
                     }
                 }
                 Err(e) => tracing::error!("{e}"),
             }
-            if let Err(e) = blocking(&store, |s| s.settle()).await {
-                tracing::error!("{e}");
-            }
-            outbox.notify_one();
         }
-        if claimed_all {
-            // There may be more to claim as soon as a slot frees.
+        if !claimed_all {
+            // Nothing more to claim now: read a feed whose items are the
+            // next work, and end the jobs left with nothing to run.
+            let (n, l) = (node.clone(), lease);
+            match blocking(&store, move |s| s.claim_feed(&n, l)).await {
+                Ok(Some((id, request))) => {
+                    read_job_feed(&store, &settings, &id, &request).await;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => tracing::error!("{e}"),
+            }
+            match blocking(&store, |s| s.settle()).await {
+                Ok(0) => {}
+                Ok(_) => outbox.notify_one(),
+                Err(e) => tracing::error!("{e}"),
+            }
+        }
+        if set.is_empty() {
+            requests.clear();
         }
         tokio::select! {
             Some(done) = set.join_next(), if !set.is_empty() => {
                 let Ok((job, index, item)) = done else { continue };
                 lock(&running).remove(&(job.clone(), index));
                 if let Some(item) = item {
-                    commit(&store, &node, &job, item, lease).await;
-                    outbox.notify_one();
+                    if commit(&store, &node, &job, item, lease).await {
+                        outbox.notify_one();
+                    }
                 }
             }
             _ = tokio::time::sleep_until(renew_at), if !set.is_empty() => {
@@ -561,17 +568,23 @@ async fn work(runner: Runner, wake: Arc<Notify>) {
 
 /// Commits a finished item; while the database cannot be reached (it
 /// restarts), tries again for as long as the lease, so that the work is
-/// not lost.
-async fn commit(store: &Arc<JobStore>, node: &str, job: &str, item: JobItem, lease: Duration) {
+/// not lost. Gives whether the item ended its job.
+async fn commit(
+    store: &Arc<JobStore>,
+    node: &str,
+    job: &str,
+    item: JobItem,
+    lease: Duration,
+) -> bool {
     let started = tokio::time::Instant::now();
     let index = item.index;
     loop {
         let (n, j, i) = (node.to_string(), job.to_string(), item.clone());
         match blocking(store, move |s| s.finish_item(&n, &j, &i)).await {
-            Ok(true) => return,
-            Ok(false) => {
+            Ok(Some(ended)) => return ended,
+            Ok(None) => {
                 tracing::warn!(job, index, "item finished after its lease was lost (its job ended, or another node took it); this result is dropped");
-                return;
+                return false;
             }
             Err(e) if started.elapsed() < lease => {
                 tracing::warn!(job, index, "cannot commit the item yet, trying again: {e}");
@@ -583,23 +596,47 @@ async fn commit(store: &Arc<JobStore>, node: &str, job: &str, item: JobItem, lea
                     index,
                     "the item's result is lost; another node will run it again: {e}"
                 );
-                return;
+                return false;
             }
         }
     }
 }
 
-/// Starts a claimed item (or fails it, when it was claimed too often or
-/// its article cannot be read back).
-#[allow(clippy::too_many_arguments)]
-async fn start_item(
+/// The request of job `id`, from `requests` or else the store (`None`:
+/// it cannot be read, logged).
+async fn job_request(
     store: &Arc<JobStore>,
+    requests: &mut HashMap<String, Arc<JobRequest>>,
+    id: &str,
+) -> Option<Arc<JobRequest>> {
+    if let Some(r) = requests.get(id) {
+        return Some(Arc::clone(r));
+    }
+    let job = id.to_string();
+    match blocking(store, move |s| s.request(&job)).await {
+        Ok(Some(r)) => {
+            let r = Arc::new(r);
+            requests.insert(id.to_string(), Arc::clone(&r));
+            Some(r)
+        }
+        Ok(None) => None,
+        Err(e) => {
+            tracing::error!(job = %id, "{e}");
+            None
+        }
+    }
+}
+
+/// Starts a claimed item of the job `request` asks for (or fails it, when
+/// it was claimed too often or it cannot be read back).
+fn start_item(
     engine: &Arc<Engine>,
     settings: &JobSettings,
     node: &str,
     running: &Running,
     set: &mut tokio::task::JoinSet<(String, usize, Option<JobItem>)>,
     item: store::Claimed,
+    request: Option<Arc<JobRequest>>,
 ) {
     let store::Claimed {
         job,
@@ -607,10 +644,6 @@ async fn start_item(
         article,
         attempts,
     } = item;
-    let request = {
-        let id = job.clone();
-        blocking(store, move |s| s.request(&id)).await
-    };
     let failed = move |message: String| {
         JobItem::failed(
             index,
@@ -621,16 +654,9 @@ async fn start_item(
             },
         )
     };
-    let (Some(article), Ok(Some(request))) = (article, request) else {
-        set.spawn(async move {
-            (
-                job,
-                index,
-                Some(failed(
-                    "the item could not be read back from the job store".into(),
-                )),
-            )
-        });
+    let (Some(article), Some(request)) = (article, request) else {
+        let message = "the item could not be read back from the job store".to_string();
+        set.spawn(async move { (job, index, Some(failed(message))) });
         return;
     };
     if attempts > store::MAX_ITEM_ATTEMPTS {
@@ -1053,19 +1079,17 @@ mod tests {
                 (1, 1, 2),
                 "{database}"
             );
-            assert!(
-                !store.finish_item("b", &id, &done(1)).unwrap(),
-                "{database}"
-            );
+            assert_eq!(store.finish_item("b", &id, &done(1)).unwrap(), None);
             assert_eq!(store.renew("b", long).unwrap(), vec![]);
             assert_eq!(store.renew("a", long).unwrap(), vec![(id.clone(), 0)]);
-            assert!(store.finish_item("a", &id, &done(0)).unwrap());
-            assert!(
-                !store.finish_item("a", &id, &done(0)).unwrap(),
+            assert_eq!(store.finish_item("a", &id, &done(0)).unwrap(), Some(false));
+            assert_eq!(
+                store.finish_item("a", &id, &done(0)).unwrap(),
+                None,
                 "committed once"
             );
             assert_eq!(store.view(&id).unwrap().unwrap().state, JobState::Running);
-            assert!(store.finish_item("c", &id, &done(1)).unwrap());
+            assert_eq!(store.finish_item("c", &id, &done(1)).unwrap(), Some(true));
             // The last item ends the job and queues its webhook, at once.
             let view = store.view(&id).unwrap().unwrap();
             assert_eq!(view.state, JobState::Done, "{database}");

@@ -467,14 +467,15 @@ impl JobStore {
 
     /// Commits `item` of job `id`, when `node` still holds its lease, and
     /// ends the job as done when it was its last item (its webhook, if
-    /// any, put in the outbox in the same transaction). Gives whether the
-    /// item was committed (false: its lease was lost, or it has an outcome).
+    /// any, put in the outbox in the same transaction). Gives whether that
+    /// ended the job; `None` when the item was not committed (its lease
+    /// was lost, or it has an outcome).
     pub(crate) fn finish_item(
         &self,
         node: &str,
         id: &str,
         item: &JobItem,
-    ) -> Result<bool, JobStoreError> {
+    ) -> Result<Option<bool>, JobStoreError> {
         let outcome = serde_json::to_string(item).unwrap_or_default();
         let (node, id, index) = (node.to_string(), id.to_string(), item.index as i64);
         self.sql(move |c| {
@@ -489,10 +490,10 @@ impl JobStore {
                         outcome.into(),
                     ],
                 )? > 0;
-                if committed {
-                    settle(tx, Some(&id))?;
+                if !committed {
+                    return Ok(None);
                 }
-                Ok(committed)
+                Ok(Some(settle(tx, Some(&id))? > 0))
             })
         })
     }
