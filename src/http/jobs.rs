@@ -11,7 +11,7 @@ use super::error::{ApiError, ErrorCode};
 use super::ops::Caller;
 use super::{read_body, AppState};
 use precis_core::task::{Article, Task};
-use precis_service::jobs::{Created, JobQueue, JobRequest, JobView, MAX_JOB_ITEMS};
+use precis_service::jobs::{Created, JobQueue, JobRequest, JobStoreError, JobView, MAX_JOB_ITEMS};
 
 /// Seconds a caller with too many jobs is told to wait.
 const JOB_RETRY_AFTER_SECS: u64 = 30;
@@ -180,22 +180,7 @@ pub(super) async fn show(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let queue = queue(&state)?.clone();
-    let owner = owner(caller);
-    let job = id.clone();
-    // The store waits for its database: off the async threads.
-    let view = tokio::task::spawn_blocking(move || {
-        queue
-            .store
-            .owned_by(&job, &owner)
-            .and_then(|mine| match mine {
-                true => queue.store.view(&job),
-                false => Ok(None),
-            })
-    })
-    .await
-    .map_err(ApiError::internal)?;
-    answer_view(&id, view)
+    on_own_job(&state, caller, id, |queue, job| queue.store.view(job)).await
 }
 
 /// Cancels a job: a queued one never starts, a running one stops its items
@@ -212,17 +197,24 @@ pub(super) async fn cancel(
     caller: Option<Extension<Caller>>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let queue = queue(&state)?.clone();
+    on_own_job(&state, caller, id, |queue, job| queue.cancel(job)).await
+}
+
+/// Answers with what `f` gives for job `id` when it is the caller's (another
+/// caller's job is answered as one that does not exist); run off the async
+/// threads, since the store waits for its database.
+async fn on_own_job(
+    state: &AppState,
+    caller: Option<Extension<Caller>>,
+    id: String,
+    f: impl FnOnce(&JobQueue, &str) -> Result<Option<JobView>, JobStoreError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let queue = queue(state)?.clone();
     let owner = owner(caller);
     let job = id.clone();
-    let view = tokio::task::spawn_blocking(move || {
-        queue
-            .store
-            .owned_by(&job, &owner)
-            .and_then(|mine| match mine {
-                true => queue.cancel(&job),
-                false => Ok(None),
-            })
+    let view = tokio::task::spawn_blocking(move || match queue.store.owned_by(&job, &owner)? {
+        true => f(&queue, &job),
+        false => Ok(None),
     })
     .await
     .map_err(ApiError::internal)?;
@@ -236,7 +228,7 @@ fn owner(caller: Option<Extension<Caller>>) -> String {
 
 fn answer_view(
     id: &str,
-    view: Result<Option<JobView>, precis_service::jobs::JobStoreError>,
+    view: Result<Option<JobView>, JobStoreError>,
 ) -> Result<Response, ApiError> {
     match view {
         Ok(Some(view)) => Ok(answer(StatusCode::OK, view)),

@@ -126,15 +126,7 @@ impl Server {
 
     /// `precis_tokens_generated_total`, all models together.
     pub fn tokens_generated(&self) -> u64 {
-        let text = client(Duration::from_secs(5))
-            .get(format!("{}/metrics", self.base))
-            .send()
-            .and_then(|r| r.text())
-            .unwrap_or_default();
-        text.lines()
-            .filter(|l| l.starts_with("precis_tokens_generated_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum::<f64>() as u64
+        self.metric("precis_tokens_generated_total") as u64
     }
 }
 

@@ -14,9 +14,12 @@
 //! (what logs, errors and `precis cache stats` print) leaves it out.
 //!
 //! **TLS.** A connection negotiates TLS with rustls as the URL's `sslmode`
-//! says (`disable`, `prefer`, the default, or `require`), trusting the
-//! web's root certificates and, when the URL names `sslrootcert=FILE`, the
-//! PEM certificates in that file (a private CA, as managed databases use).
+//! says, with libpq's meanings: `disable`; `prefer` (the default) and
+//! `require` encrypt without checking the server's certificate, unless
+//! `sslrootcert=FILE` names a root certificate; `verify-ca` and
+//! `verify-full` check it (chain and host name) against the web's root
+//! certificates and those of `sslrootcert` (a private CA, as managed
+//! databases use).
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -158,8 +161,9 @@ impl PostgresUrl {
 
     /// The driver's configuration and the CA file the URL names, if any
     /// (`sslrootcert` is ours: the driver does not know it).
-    fn config(url: &str) -> Result<(tokio_postgres::Config, Option<PathBuf>), String> {
+    fn config(url: &str) -> Result<(tokio_postgres::Config, Tls), String> {
         let mut root_cert = None;
+        let mut mode = "prefer".to_string();
         let url = match url.split_once('?') {
             Some((base, query)) => {
                 let kept: Vec<&str> = query
@@ -167,6 +171,10 @@ impl PostgresUrl {
                     .filter(|p| match p.split_once('=') {
                         Some(("sslrootcert", file)) => {
                             root_cert = Some(PathBuf::from(file));
+                            false
+                        }
+                        Some(("sslmode", m)) => {
+                            mode = m.to_string();
                             false
                         }
                         _ => true,
@@ -182,14 +190,39 @@ impl PostgresUrl {
         };
         let mut config = tokio_postgres::Config::from_str(&url)
             .map_err(|e| format!("the database URL {} is not valid: {e}", redact(&url)))?;
+        use tokio_postgres::config::SslMode;
+        // libpq's modes: `prefer` and `require` encrypt without checking
+        // the certificate unless a root certificate is named; the `verify`
+        // modes check it (chain and host name).
+        let (ssl, verify) = match mode.as_str() {
+            "disable" => (SslMode::Disable, false),
+            "allow" | "prefer" => (SslMode::Prefer, root_cert.is_some()),
+            "require" => (SslMode::Require, root_cert.is_some()),
+            "verify-ca" | "verify-full" => (SslMode::Require, true),
+            other => {
+                return Err(format!(
+                    "sslmode `{other}` in the database URL is not one of disable, prefer, require, verify-ca, verify-full"
+                ))
+            }
+        };
+        config.ssl_mode(ssl);
         if config.get_application_name().is_none() {
             config.application_name("precis");
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(10));
         }
-        Ok((config, root_cert))
+        Ok((config, Tls { verify, root_cert }))
     }
+}
+
+/// How a connection's TLS is checked.
+struct Tls {
+    /// Whether the server's certificate must chain to a trusted root and
+    /// name the host.
+    verify: bool,
+    /// PEM certificates trusted besides the web's roots.
+    root_cert: Option<PathBuf>,
 }
 
 /// The runtime every PostgreSQL connection of the process lives on: its
@@ -237,6 +270,39 @@ impl std::fmt::Debug for Pool {
     }
 }
 
+/// The process's PostgreSQL pool for `url`: made on first use, then shared
+/// (the cache and the job store use one pool, [`POOL_SIZE`] connections).
+fn postgres_pool(url: &PostgresUrl) -> Result<deadpool_postgres::Pool, Cause> {
+    static POOLS: OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, deadpool_postgres::Pool>>,
+    > = OnceLock::new();
+    let mut pools = POOLS
+        .get_or_init(Default::default)
+        .lock()
+        .map_err(|_| cause("the pool registry's lock is poisoned"))?;
+    if let Some(pool) = pools.get(&url.0) {
+        return Ok(pool.clone());
+    }
+    let (config, tls) = PostgresUrl::config(&url.0)?;
+    let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(&tls)?);
+    let manager = deadpool_postgres::Manager::from_config(
+        config,
+        tls,
+        deadpool_postgres::ManagerConfig {
+            recycling_method: deadpool_postgres::RecyclingMethod::Fast,
+        },
+    );
+    let pool = deadpool_postgres::Pool::builder(manager)
+        .max_size(POOL_SIZE)
+        .runtime(deadpool_postgres::Runtime::Tokio1)
+        .wait_timeout(Some(POOL_WAIT))
+        .create_timeout(Some(POOL_WAIT))
+        .build()
+        .map_err(cause)?;
+    pools.insert(url.0.clone(), pool.clone());
+    Ok(pool)
+}
+
 /// The error of a statement or of getting a connection, as a cause.
 fn cause(e: impl std::fmt::Display) -> Cause {
     Cause::from(e.to_string())
@@ -261,27 +327,7 @@ impl Pool {
             Database::Sqlite(path) => {
                 Connections::Sqlite(std::sync::Mutex::new(open_sqlite(path)?))
             }
-            Database::Postgres(url) => {
-                let (config, root_cert) = PostgresUrl::config(&url.0)?;
-                let tls = tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(
-                    root_cert.as_deref(),
-                )?);
-                let manager = deadpool_postgres::Manager::from_config(
-                    config,
-                    tls,
-                    deadpool_postgres::ManagerConfig {
-                        recycling_method: deadpool_postgres::RecyclingMethod::Fast,
-                    },
-                );
-                let pool = deadpool_postgres::Pool::builder(manager)
-                    .max_size(POOL_SIZE)
-                    .runtime(deadpool_postgres::Runtime::Tokio1)
-                    .wait_timeout(Some(POOL_WAIT))
-                    .create_timeout(Some(POOL_WAIT))
-                    .build()
-                    .map_err(cause)?;
-                Connections::Postgres(pool)
-            }
+            Database::Postgres(url) => Connections::Postgres(postgres_pool(url)?),
         };
         let pool = Self {
             engine,
@@ -662,13 +708,14 @@ impl Sql for PgSql {
     }
 }
 
-/// rustls' client settings: the web's roots, and the certificates of
-/// `root_cert` when given.
-fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, Cause> {
+/// rustls' client settings for `tls`: the web's roots and the certificates
+/// of its root file; without verification, a verifier that checks the
+/// handshake's signatures and accepts any certificate (libpq's `require`).
+fn tls_config(tls: &Tls) -> Result<rustls::ClientConfig, Cause> {
     use rustls::pki_types::{pem::PemObject, CertificateDer};
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(file) = root_cert {
+    if let Some(file) = &tls.root_cert {
         let certs = CertificateDer::pem_file_iter(file)
             .map_err(|e| format!("cannot read sslrootcert {}: {e}", file.display()))?;
         for cert in certs {
@@ -679,11 +726,67 @@ fn tls_config(root_cert: Option<&Path>) -> Result<rustls::ClientConfig, Cause> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(cause)?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
+        .map_err(cause)?;
+    let config = if tls.verify {
+        builder.with_root_certificates(roots)
+    } else {
+        builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(Unverified(provider)))
+    };
+    Ok(config.with_no_client_auth())
+}
+
+/// Accepts any server certificate, checking only that the server holds its
+/// key (the handshake's signatures): libpq's `prefer` and `require`.
+#[derive(Debug)]
+struct Unverified(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for Unverified {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &rustls::pki_types::CertificateDer<'_>,
+        _intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        _server_name: &rustls::pki_types::ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }
 
 /// The PostgreSQL server the tests of both engines use, from
@@ -778,6 +881,35 @@ mod tests {
     }
 
     #[test]
+    fn tls_is_negotiated_and_the_server_verified_when_the_url_asks() {
+        let (Some(Database::Postgres(url)), Ok(ca)) = (
+            test_database("tls"),
+            std::env::var("PRECIS_TEST_POSTGRES_CA"),
+        ) else {
+            eprintln!("no test PostgreSQL with TLS (PRECIS_TEST_POSTGRES_CA): skipped");
+            return;
+        };
+        let with = |extra: &str| Database::parse(&format!("{}&{extra}", url.0)).unwrap();
+        let ssl = |database: &Database| {
+            Pool::open(database)?.with(|c| {
+                c.one(
+                    "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+            })
+        };
+        // The cluster's CA named: TLS, the certificate checked.
+        let verified = with(&format!("sslmode=verify-full&sslrootcert={ca}"));
+        assert_eq!(ssl(&verified).unwrap(), Value::Int(1));
+        // Verification asked without the CA: the certificate is not trusted.
+        assert!(ssl(&with("sslmode=verify-full")).is_err());
+        // libpq's defaults: encrypted, the certificate not checked.
+        assert_eq!(ssl(&with("sslmode=require")).unwrap(), Value::Int(1));
+        assert_eq!(ssl(&with("sslmode=prefer")).unwrap(), Value::Int(1));
+        assert_eq!(ssl(&with("sslmode=disable")).unwrap(), Value::Int(0));
+    }
+
+    #[test]
     fn passwords_are_never_shown() {
         let url = Database::parse(
             "postgres://app:s3cr%40t@db.internal:5432/precis?sslmode=require&password=other",
@@ -794,16 +926,26 @@ mod tests {
     }
 
     #[test]
-    fn sslrootcert_is_read_by_precis_and_not_passed_to_the_driver() {
-        let (config, root) =
+    fn sslmode_and_sslrootcert_mean_what_they_mean_to_libpq() {
+        use tokio_postgres::config::SslMode;
+        let (config, tls) =
             PostgresUrl::config("postgres://u@h/db?sslmode=require&sslrootcert=/etc/ca.pem")
                 .unwrap();
-        assert_eq!(root.as_deref(), Some(Path::new("/etc/ca.pem")));
-        assert_eq!(
-            config.get_ssl_mode(),
-            tokio_postgres::config::SslMode::Require
-        );
-        let e = tls_config(Some(Path::new("/nonexistent/ca.pem"))).unwrap_err();
+        assert_eq!(tls.root_cert.as_deref(), Some(Path::new("/etc/ca.pem")));
+        assert!(tls.verify, "require with a root certificate verifies");
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        let (config, tls) = PostgresUrl::config("postgres://u@h/db?sslmode=verify-full").unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Require);
+        assert!(tls.verify);
+        let (config, tls) = PostgresUrl::config("postgres://u@h/db").unwrap();
+        assert_eq!(config.get_ssl_mode(), SslMode::Prefer);
+        assert!(!tls.verify);
+        assert!(PostgresUrl::config("postgres://u@h/db?sslmode=sometimes").is_err());
+        let e = tls_config(&Tls {
+            verify: true,
+            root_cert: Some("/nonexistent/ca.pem".into()),
+        })
+        .unwrap_err();
         assert!(e.to_string().contains("sslrootcert"), "{e}");
     }
 }

@@ -367,8 +367,9 @@ impl JobQueue {
     /// Starts the job runner and the webhook outbox on the current tokio
     /// runtime. The runner claims work from the store (see
     /// [`JobStore`]): every unfinished job's items, whichever
-    /// node accepted it; on one machine (SQLite) the leases of a server
-    /// that stopped are let go first, so its jobs resume at once.
+    /// node accepted it; on one machine (SQLite, where one process runs
+    /// the items) the leases of a server that stopped are let go first, so
+    /// its jobs resume at once.
     pub fn start(store: Arc<JobStore>, engine: Arc<Engine>, settings: JobSettings) -> Self {
         let queue = Self {
             store: Arc::clone(&store),
@@ -378,7 +379,7 @@ impl JobQueue {
             fetch: settings.fetch.clone(),
             max_active_per_caller: settings.max_active_per_caller,
         };
-        if !store.shared() {
+        if !store.shared() && settings.run_items {
             if let Err(e) = store.release_all_leases() {
                 tracing::error!("{e}");
             }
