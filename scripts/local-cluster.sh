@@ -37,7 +37,8 @@ stop() {
   scripts/throwaway-postgres.sh stop "$PRECIS_TEST_POSTGRES_DIR"
   echo "stopped; logs in $logs"
 }
-trap stop EXIT INT TERM
+trap stop EXIT
+trap 'exit 130' INT TERM
 
 export PRECIS_DATABASE_URL=$PRECIS_TEST_DATABASE_URL
 start() { # NAME ROLE PORT

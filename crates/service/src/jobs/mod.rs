@@ -500,7 +500,8 @@ async fn work(runner: Runner, wake: Arc<Notify>) {
     let mut requests: HashMap<String, Arc<JobRequest>> = HashMap::new();
     loop {
         let room = settings.parallel.max(1).saturating_sub(set.len());
-        let mut claimed_all = false;
+        // Busy: every slot taken, or filled just now (more may be waiting).
+        let mut claimed_all = room == 0;
         if room > 0 {
             let (n, l) = (node.clone(), lease);
             match blocking(&store, move |s| s.claim_items(&n, room, l)).await {
