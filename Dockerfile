@@ -7,7 +7,7 @@
 # PRECIS_HOME (a volume) at start, with progress in the log, or finds them
 # there when the volume is mounted already filled.
 
-FROM rust:1.89-bookworm AS build
+FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bin precis \

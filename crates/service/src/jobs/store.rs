@@ -319,10 +319,7 @@ impl JobStore {
     ) -> Result<Option<(String, JobRequest)>, JobStoreError> {
         let node = node.to_string();
         let row = self.sql(move |c| {
-            let lock = match c.engine() {
-                Engine::Postgres => "FOR UPDATE SKIP LOCKED",
-                Engine::Sqlite => "",
-            };
+            let lock = skip_locked(c, "");
             let now = now_ms();
             c.transaction(|tx| {
                 tx.row(
@@ -373,10 +370,7 @@ impl JobStore {
     ) -> Result<Vec<Claimed>, JobStoreError> {
         let node = node.to_string();
         let rows = self.sql(move |c| {
-            let lock = match c.engine() {
-                Engine::Postgres => "FOR UPDATE OF i SKIP LOCKED",
-                Engine::Sqlite => "",
-            };
+            let lock = skip_locked(c, "OF i");
             let now = now_ms();
             c.transaction(|tx| {
                 let rows = tx.query(
@@ -531,10 +525,7 @@ impl JobStore {
         lease: Duration,
     ) -> Result<Vec<(String, String, u32)>, JobStoreError> {
         let rows = self.sql(move |c| {
-            let lock = match c.engine() {
-                Engine::Postgres => "FOR UPDATE SKIP LOCKED",
-                Engine::Sqlite => "",
-            };
+            let lock = skip_locked(c, "");
             let now = now_ms();
             c.transaction(|tx| {
                 tx.query(
@@ -653,6 +644,16 @@ impl JobStore {
             }),
             output,
         }))
+    }
+}
+
+/// The clause that makes a claim's select pass over rows another node has
+/// locked (PostgreSQL; `of` names the table, when the select joins);
+/// nothing on SQLite, whose write lock covers the whole claim.
+fn skip_locked(c: &dyn Sql, of: &str) -> String {
+    match c.engine() {
+        Engine::Postgres => format!("FOR UPDATE {of} SKIP LOCKED"),
+        Engine::Sqlite => String::new(),
     }
 }
 
