@@ -45,6 +45,31 @@ fn usage_errors_exit_2() {
 }
 
 #[test]
+fn database_and_role_settings_are_checked_and_a_password_never_shown() {
+    for args in [
+        vec!["serve", "--role", "boss"],
+        vec!["serve", "--job-lease-secs", "0"],
+    ] {
+        let out = common::precis().args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+    for url in [
+        "postgres://app:hunter2@db.example:notaport/precis",
+        "postgres://app:hunter2@db.example/precis?sslmode=sometimes",
+        "mysql://app:hunter2@db.example/precis",
+    ] {
+        let out = common::precis()
+            .args(["cache", "stats", "--database", url])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(2), "{url}: {stderr}");
+        assert!(stderr.contains("error:"), "{stderr}");
+        assert!(!format!("{stdout}{stderr}").contains("hunter2"), "{stderr}");
+    }
+}
+
+#[test]
 fn a_missing_model_is_exit_3_with_what_to_do() {
     let home = tempfile::tempdir().unwrap();
     let out = common::precis_offline(home.path())

@@ -255,7 +255,7 @@ const POOL_WAIT: Duration = Duration::from_secs(30);
 /// documentation). The stores write their statements once, against
 /// [`Sql`], and run them through [`Pool::with`].
 pub struct Pool {
-    engine: Connections,
+    connections: Connections,
     database: Database,
 }
 
@@ -308,6 +308,21 @@ fn cause(e: impl std::fmt::Display) -> Cause {
     Cause::from(e.to_string())
 }
 
+/// An error with the causes under it ("error connecting to server:
+/// Connection refused"), each said once.
+fn with_sources(e: &dyn std::error::Error) -> Cause {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let said = s.to_string();
+        if !text.contains(&said) {
+            text = format!("{text}: {said}");
+        }
+        source = s.source();
+    }
+    Cause::from(text)
+}
+
 /// A driver's error with what the server said (its `Display` alone is
 /// "db error").
 fn pg_cause(e: tokio_postgres::Error) -> Cause {
@@ -323,14 +338,14 @@ impl Pool {
     /// connection made now, so that a wrong host, user or password is an
     /// error at start.
     pub fn open(database: &Database) -> Result<Self, Cause> {
-        let engine = match database {
+        let connections = match database {
             Database::Sqlite(path) => {
                 Connections::Sqlite(std::sync::Mutex::new(open_sqlite(path)?))
             }
             Database::Postgres(url) => Connections::Postgres(postgres_pool(url)?),
         };
         let pool = Self {
-            engine,
+            connections,
             database: database.clone(),
         };
         pool.with(|_| Ok(()))?;
@@ -353,7 +368,7 @@ impl Pool {
         T: Send + 'static,
         F: FnOnce(&mut dyn Sql) -> Result<T, Cause> + Send + 'static,
     {
-        let pool = match &self.engine {
+        let pool = match &self.connections {
             Connections::Sqlite(conn) => {
                 let mut conn = conn
                     .lock()
@@ -368,7 +383,7 @@ impl Pool {
         runtime.spawn_blocking(move || {
             let done = handle
                 .block_on(pool.get())
-                .map_err(cause)
+                .map_err(|e| with_sources(&e))
                 .and_then(|client| {
                     let mut conn = PgSql {
                         client,
@@ -405,7 +420,7 @@ pub fn open_sqlite(path: &Path) -> Result<rusqlite::Connection, Cause> {
 pub fn migrate(c: &mut dyn Sql, component: &str, steps: &[&str]) -> Result<(), Cause> {
     let known = steps.len() as i64;
     c.transaction(|tx| {
-        if tx.engine() == Engine::Postgres {
+        if tx.dialect() == Dialect::Postgres {
             tx.execute("SELECT pg_advisory_xact_lock(7256120613)", &[])?;
         }
         tx.batch(
@@ -498,8 +513,9 @@ impl<T: Into<Value>> From<Option<T>> for Value {
 /// numbers them the same way); write SQL both engines read (`BIGINT`,
 /// `ON CONFLICT`, `RETURNING`, casts with `CAST(x AS BIGINT)`).
 pub trait Sql {
-    /// Which engine this is, for the few statements that differ.
-    fn engine(&self) -> Engine;
+    /// Which database engine's SQL this speaks, for the few statements
+    /// that differ.
+    fn dialect(&self) -> Dialect;
     /// Runs a statement; gives the rows it changed.
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, Cause>;
     /// Runs a query; gives its rows.
@@ -508,9 +524,10 @@ pub trait Sql {
     fn batch(&mut self, sql: &str) -> Result<(), Cause>;
 }
 
-/// The two engines.
+/// The SQL of the two database engines (not to be confused with the
+/// model [`Engine`](crate::engine::Engine)).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Engine {
+pub enum Dialect {
     /// SQLite.
     Sqlite,
     /// PostgreSQL.
@@ -538,9 +555,9 @@ impl dyn Sql + '_ {
         &mut self,
         f: impl FnOnce(&mut dyn Sql) -> Result<T, Cause>,
     ) -> Result<T, Cause> {
-        self.batch(match self.engine() {
-            Engine::Sqlite => "BEGIN IMMEDIATE",
-            Engine::Postgres => "BEGIN",
+        self.batch(match self.dialect() {
+            Dialect::Sqlite => "BEGIN IMMEDIATE",
+            Dialect::Postgres => "BEGIN",
         })?;
         match f(self) {
             Ok(v) => {
@@ -556,8 +573,8 @@ impl dyn Sql + '_ {
 }
 
 impl Sql for rusqlite::Connection {
-    fn engine(&self) -> Engine {
-        Engine::Sqlite
+    fn dialect(&self) -> Dialect {
+        Dialect::Sqlite
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, Cause> {
@@ -653,8 +670,8 @@ impl PgSql {
 }
 
 impl Sql for PgSql {
-    fn engine(&self) -> Engine {
-        Engine::Postgres
+    fn dialect(&self) -> Dialect {
+        Dialect::Postgres
     }
 
     fn execute(&mut self, sql: &str, params: &[Value]) -> Result<u64, Cause> {

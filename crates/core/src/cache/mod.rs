@@ -44,7 +44,7 @@ pub(crate) const PIPELINE_VERSION: &str =
 /// File name of the cache in its directory.
 pub(crate) const FILE_NAME: &str = "results.sqlite3";
 
-use crate::database::{Database, Engine, Pool, Sql, Value};
+use crate::database::{Database, Dialect, Pool, Sql, Value};
 
 /// The cache's migrations, in order (step `i` brings the schema to
 /// `i + 1`), in SQL both engines read. Step 1 is what files written before
@@ -335,11 +335,11 @@ impl ResultCache {
                     entries: r[1].int().unwrap_or(0) as u64,
                 })
                 .collect::<Vec<_>>();
-            let table_bytes = match c.engine() {
-                Engine::Postgres => c
+            let table_bytes = match c.dialect() {
+                Dialect::Postgres => c
                     .one("SELECT pg_total_relation_size('generations')", &[])?
                     .int(),
-                Engine::Sqlite => None,
+                Dialect::Sqlite => None,
             };
             Ok((row, models, table_bytes))
         })?;
@@ -375,7 +375,7 @@ impl ResultCache {
     pub fn clear(&self) -> Result<u64, CacheError> {
         self.sql(|c| {
             let removed = c.execute("DELETE FROM generations", &[])?;
-            if c.engine() == Engine::Sqlite {
+            if c.dialect() == Dialect::Sqlite {
                 c.batch("VACUUM")?;
             }
             Ok(removed)

@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use super::{render_output, WEBHOOK_ATTEMPTS};
 use super::{Created, JobItem, JobProgress, JobRequest, JobState, JobView, WebhookState};
 use precis_backend::Cause;
-use precis_core::database::{Database, Engine, Pool, Sql, Value};
+use precis_core::database::{Database, Dialect, Pool, Sql, Value};
 use precis_core::error::{ErrorCode, ErrorDetail};
 use precis_core::task::{Article, Task};
 
@@ -127,7 +127,7 @@ fn ms(d: Duration) -> i64 {
 /// wrote them. An SQLite file whose tables predate the version record is
 /// at version 1.
 fn migrate(c: &mut dyn Sql) -> Result<(), Cause> {
-    if c.engine() == Engine::Sqlite {
+    if c.dialect() == Dialect::Sqlite {
         c.batch(
             "CREATE TABLE IF NOT EXISTS schema_versions (
                  component TEXT PRIMARY KEY,
@@ -651,9 +651,9 @@ impl JobStore {
 /// locked (PostgreSQL; `of` names the table, when the select joins);
 /// nothing on SQLite, whose write lock covers the whole claim.
 fn skip_locked(c: &dyn Sql, of: &str) -> String {
-    match c.engine() {
-        Engine::Postgres => format!("FOR UPDATE {of} SKIP LOCKED"),
-        Engine::Sqlite => String::new(),
+    match c.dialect() {
+        Dialect::Postgres => format!("FOR UPDATE {of} SKIP LOCKED"),
+        Dialect::Sqlite => String::new(),
     }
 }
 
