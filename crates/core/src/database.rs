@@ -308,8 +308,9 @@ fn cause(e: impl std::fmt::Display) -> Cause {
     Cause::from(e.to_string())
 }
 
-/// An error with the causes under it ("error connecting to server:
-/// Connection refused"), each said once.
+/// An error with the causes under it, each said once: "error connecting
+/// to server: Connection refused", or the driver's "db error" followed by
+/// what the server said.
 fn with_sources(e: &dyn std::error::Error) -> Cause {
     let mut text = e.to_string();
     let mut source = e.source();
@@ -321,15 +322,6 @@ fn with_sources(e: &dyn std::error::Error) -> Cause {
         source = s.source();
     }
     Cause::from(text)
-}
-
-/// A driver's error with what the server said (its `Display` alone is
-/// "db error").
-fn pg_cause(e: tokio_postgres::Error) -> Cause {
-    match e.as_db_error() {
-        Some(db) => Cause::from(format!("{}: {}", db.severity(), db.message())),
-        None => Cause::from(e.to_string()),
-    }
 }
 
 impl Pool {
@@ -678,7 +670,7 @@ impl Sql for PgSql {
         let params = Self::params(params);
         self.runtime
             .block_on(self.client.execute(sql, &params))
-            .map_err(pg_cause)
+            .map_err(|e| with_sources(&e))
     }
 
     fn query(&mut self, sql: &str, params: &[Value]) -> Result<Vec<Vec<Value>>, Cause> {
@@ -687,7 +679,7 @@ impl Sql for PgSql {
         let rows = self
             .runtime
             .block_on(self.client.query(sql, &params))
-            .map_err(pg_cause)?;
+            .map_err(|e| with_sources(&e))?;
         rows.iter()
             .map(|row| {
                 (0..row.len())
@@ -721,7 +713,7 @@ impl Sql for PgSql {
     fn batch(&mut self, sql: &str) -> Result<(), Cause> {
         self.runtime
             .block_on(self.client.batch_execute(sql))
-            .map_err(pg_cause)
+            .map_err(|e| with_sources(&e))
     }
 }
 
