@@ -20,7 +20,20 @@ tokens/s for each and the ratios. The last lines are
   ratio beam=4 precis/ct2-fp32=X
   ratio beam=1 precis/ct2-fp32=Y
 
-(above 1: precis is faster).
+(above 1: precis is faster), and for precis int8 (--quantize int8: weights
+quantized per row at load, activations per token) against CTranslate2 int8
+
+  ratio beam=4 precis-int8/ct2-int8=X
+  ratio beam=1 precis-int8/ct2-int8=Y
+  ratio peak RSS precis-int8/ct2-int8=Z
+
+then the int8 quality guard: on the first --agreement inputs, the f32
+model's greedy outputs read teacher-forced by each engine's int8 and
+fp32 versions, and the share of positions whose top-1 tokens agree
+
+  agreement ct2-int8/ct2-fp32=A
+  agreement precis-int8/precis-f32=B
+  agreement precis-minus-ct2=B-A (at least 0 is the target)
 
 The protocol, --family marian (translation; the default):
   - the model: a full-size, randomly initialised Marian with
@@ -114,8 +127,11 @@ Options:
                      ~/.cache/precis/bench/nllb-200-distilled-600m-random]; the
                      CTranslate2 conversions go next to it (DIR-ct2-float32,
                      DIR-ct2-int8)
-  --engines LIST     timed engines [default: precis,transformers,ct2-fp32,ct2-int8]
-                     (precis is always timed; the ids check always runs)
+  --engines LIST     timed engines [default:
+                     precis,precis-int8,transformers,ct2-fp32,ct2-int8] (precis
+                     is always timed; the ids check always runs)
+  --agreement N      inputs of the int8 quality guard [default: 32 / 16]; 0
+                     skips it
   --bin PATH         precis bench executable to run instead of building one
                      [default: `cargo build --release --bench seq2seq`]
   --wait-idle S      before each timed engine, wait up to S seconds for the
@@ -183,14 +199,15 @@ sample=8
 sentences=""
 input_tokens=380
 checkpoint=""
-engines=precis,transformers,ct2-fp32,ct2-int8
+engines=precis,precis-int8,transformers,ct2-fp32,ct2-int8
+agreement=""
 bin=""
 wait_idle=0
 
 while (($#)); do
     case "$1" in
         -h | --help) usage; exit 0 ;;
-        --family | --count | --batch | --beams | --tokens | --threads | --sample | --sentences | --input-tokens | --checkpoint | --engines | --bin | --wait-idle)
+        --family | --count | --batch | --beams | --tokens | --threads | --sample | --sentences | --input-tokens | --checkpoint | --engines | --agreement | --bin | --wait-idle)
             (($# >= 2)) || die "$1 needs a value (see --help)"
             case "$1" in
                 --family) family=$2 ;;
@@ -204,6 +221,7 @@ while (($#)); do
                 --input-tokens) input_tokens=$2 ;;
                 --checkpoint) checkpoint=$(abspath "$2") ;;
                 --engines) engines=$2 ;;
+                --agreement) agreement=$2 ;;
                 --bin) bin=$(abspath "$2") ;;
                 --wait-idle) wait_idle=$2 ;;
             esac
@@ -219,21 +237,22 @@ while (($#)); do
 done
 
 case "$family" in
-    marian | nllb) count=${count:-200} tokens=${tokens:-32} ;;
-    bart) count=${count:-100} tokens=${tokens:-64} ;;
+    marian | nllb) count=${count:-200} tokens=${tokens:-32} agreement=${agreement:-32} ;;
+    bart) count=${count:-100} tokens=${tokens:-64} agreement=${agreement:-16} ;;
     *) die "--family wants marian, bart or nllb, not '$family'" ;;
 esac
 for pair in "count:$count" "batch:$batch" "tokens:$tokens" "threads:$threads" "sample:$sample" "input-tokens:$input_tokens"; do
     [[ ${pair#*:} =~ ^[1-9][0-9]*$ ]] || die "--${pair%%:*} wants a positive integer, not '${pair#*:}'"
 done
 [[ $wait_idle =~ ^[0-9]+$ ]] || die "--wait-idle wants a number of seconds, not '$wait_idle'"
+[[ $agreement =~ ^[0-9]+$ ]] || die "--agreement wants a number of inputs, not '$agreement'"
 [[ $beams =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || die "--beams wants sizes separated by commas, not '$beams'"
 ((sample <= count)) || die "--sample ($sample) is more than --count ($count)"
 IFS=, read -r -a engine_list <<<"$engines"
 for e in "${engine_list[@]}"; do
     case "$e" in
-        precis | transformers | ct2-fp32 | ct2-int8) ;;
-        *) die "unknown engine '$e' in --engines (precis, transformers, ct2-fp32, ct2-int8)" ;;
+        precis | precis-int8 | transformers | ct2-fp32 | ct2-int8) ;;
+        *) die "unknown engine '$e' in --engines (precis, precis-int8, transformers, ct2-fp32, ct2-int8)" ;;
     esac
 done
 wants() {
@@ -330,7 +349,7 @@ checkpoint_family=$(python3 -c 'import json, sys; t = json.load(open(sys.argv[1]
 declare -A ct2_dir=([ct2-fp32]=$checkpoint-ct2-float32 [ct2-int8]=$checkpoint-ct2-int8)
 declare -A ct2_quant=([ct2-fp32]=float32 [ct2-int8]=int8)
 for e in ct2-fp32 ct2-int8; do
-    wants "$e" || continue
+    wants "$e" || ((agreement > 0)) || continue
     d=${ct2_dir[$e]}
     if [[ ! -f $d/model.bin || $checkpoint/bench-checkpoint.json -nt $d/model.bin ]]; then
         note "converting the checkpoint for CTranslate2 (${ct2_quant[$e]}) into $d"
@@ -342,7 +361,7 @@ done
 out_dir=${OUT_DIR:-$repo_root/target/bench-compare/$family}
 out_dir=$(abspath "$out_dir")
 mkdir -p "$out_dir"
-rm -f "$out_dir"/{precis,transformers,ct2-fp32,ct2-int8,report}.json "$out_dir"/{precis,transformers}-sample.json
+rm -f "$out_dir"/{precis,precis-int8,transformers,ct2-fp32,ct2-int8,report,agreement,ct2-agreement}.json "$out_dir"/{precis,transformers}-sample.json
 
 # The inputs every engine gets: the sentences themselves (marian), or
 # articles joined from them (bart).
@@ -402,6 +421,17 @@ check_idle precis
 run_precis PRECIS_BENCH_JSON="$out_dir/precis.json" || die "the precis bench failed (see above)"
 report_args=(--precis "$out_dir/precis.json" --transformers-sample "$out_dir/transformers-sample.json")
 
+if wants precis-int8; then
+    echo
+    echo "== precis int8 ($bin, PRECIS_BENCH_QUANTIZE=int8)"
+    check_idle precis-int8
+    run_precis PRECIS_BENCH_QUANTIZE=int8 PRECIS_BENCH_JSON="$out_dir/precis-int8.json" ||
+        die "the precis int8 bench failed (see above)"
+    report_args+=(--precis-int8 "$out_dir/precis-int8.json")
+else
+    busy+=("")
+fi
+
 if wants transformers; then
     echo
     echo "== transformers $TRANSFORMERS_VERSION (torch $(have torch), $venv)"
@@ -427,3 +457,14 @@ done
 
 echo
 compare report "${report_args[@]}" --busy "${busy[@]}" --out "$out_dir/report.json"
+
+# 3. The int8 quality guard, untimed.
+if ((agreement > 0)); then
+    echo
+    echo "== int8 quality guard: the first $agreement inputs, teacher-forced along precis f32's greedy outputs"
+    run_precis PRECIS_BENCH_AGREEMENT="$agreement" PRECIS_BENCH_JSON="$out_dir/agreement.json" >/dev/null ||
+        die "the precis agreement run failed (run the bench with PRECIS_BENCH_AGREEMENT=$agreement to see why)"
+    compare ct2-agreement --ids "$out_dir/agreement.json" --fp32 "${ct2_dir[ct2-fp32]}" \
+        --int8 "${ct2_dir[ct2-int8]}" --batch "$batch" --threads "$threads" --out "$out_dir/ct2-agreement.json" ||
+        die "the CTranslate2 agreement run failed"
+fi

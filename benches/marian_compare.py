@@ -986,9 +986,68 @@ def cmd_busy(_args) -> None:
     print(f"{((t1 - t0) - (i1 - i0)) / max(t1 - t0, 1) * (os.cpu_count() or 1):.2f}")
 
 
+def cmd_ct2_agreement(args) -> None:
+    """CTranslate2 int8's teacher-forced top-1 agreement with CTranslate2
+    fp32, on the inputs and targets of a precis agreement file (the seq2seq
+    bench's PRECIS_BENCH_AGREEMENT, or tests/int8_agreement.rs's
+    PRECIS_AGREEMENT_OUT): for every position j of every target, each
+    compute type's greedy next token after the target's first j tokens
+    (given as a target prefix, so both read the same prefixes precis read);
+    the share of positions where the two agree, beside precis's."""
+    import ctranslate2
+
+    data = json.load(open(args.ids, encoding="utf-8"))
+
+    # The tokens of the ids, by the converted model's own vocabularies (a
+    # token's index is its transformers id).
+    def vocabulary(side):
+        for name in (f"{side}_vocabulary.json", "shared_vocabulary.json"):
+            path = Path(args.fp32) / name
+            if path.exists():
+                return json.load(open(path, encoding="utf-8"))
+        die(f"{args.fp32} has no {side}_vocabulary.json or shared_vocabulary.json")
+
+    src_vocab, tgt_vocab = vocabulary("source"), vocabulary("target")
+    source = [[src_vocab[i] for i in ids] for ids in data["input_ids"]]
+    targets = [[tgt_vocab[i] for i in ids] for ids in data["targets"]]
+
+    def top1(model_dir, compute_type):
+        translator = ctranslate2.Translator(
+            model_dir, device="cpu", compute_type=compute_type, inter_threads=1, intra_threads=args.threads
+        )
+        out = [[] for _ in source]
+        for j in range(max(map(len, targets), default=0)):
+            rows = [i for i, t in enumerate(targets) if len(t) > j]
+            for chunk in batches_of(rows, args.batch):
+                results = translator.translate_batch(
+                    [source[i] for i in chunk],
+                    [targets[i][:j] for i in chunk] if j else None,
+                    beam_size=1,
+                    max_decoding_length=j + 1,
+                    return_end_token=True,
+                )
+                for i, r in zip(chunk, results):
+                    h = r.hypotheses[0]
+                    out[i].append(h[j] if len(h) > j else None)
+        return out
+
+    a, b = top1(args.fp32, "float32"), top1(args.int8, "int8")
+    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+    total = sum(map(len, a))
+    share = same / max(total, 1)
+    mine = data.get("agreement")
+    print(f"agreement ct2-int8/ct2-fp32={share:.4} ({same} of {total} teacher-forced positions, {len(source)} inputs)")
+    if mine is not None:
+        print(f"agreement precis-int8/precis-f32={mine:.4} ({data['same']} of {data['total']})")
+        print(f"agreement precis-minus-ct2={mine - share:+.4} (at least 0: precis int8 keeps as close to its f32 as CTranslate2 int8 to its fp32)")
+    if args.out:
+        write_json(args.out, {"precis": mine, "ct2": share, "same": same, "total": total, "inputs": len(source)})
+
+
 def cmd_report(args) -> None:
     engines = [
         ("precis", args.precis),
+        ("precis-int8", args.precis_int8),
         ("transformers", args.transformers),
         ("ct2-fp32", args.ct2_fp32),
         ("ct2-int8", args.ct2_int8),
@@ -1086,22 +1145,29 @@ def cmd_report(args) -> None:
                     f"{name} beam={r['beams']}: first {cut} ids equal transformers' for {same} of {n} sample "
                     f"inputs (equal from the start: {min(common)}..{max(common)} ids)"
                 )
-    if "breakdown" in (rate("precis", beams[0]) or {}):
+    for mine in ["precis", "precis-int8"]:
+        if "breakdown" not in (rate(mine, beams[0]) or {}):
+            continue
         for b in beams:
-            r = rate("precis", b)
+            r = rate(mine, b)
             bd = r["breakdown"]
             total = r["wall_s"]
             order = ["encoder", "decoder steps", "beam reorder", "search"]
             keys = [k for k in order if k in bd] + [k for k in bd if k not in order]
             parts = ", ".join(f"{k} {bd[k]:.2f} s ({100 * bd[k] / total:.0f}%)" for k in keys)
-            print(f"precis beam={b} time: {parts}")
+            print(f"{mine} beam={b} time: {parts}")
     ratios = {}
     for b in beams:
-        pr = rate("precis", b)
-        for other in ["transformers", "ct2-fp32", "ct2-int8"]:
-            o = rate(other, b)
-            if pr and o:
-                ratios[f"beam={b} precis/{other}"] = pr["tok_s"] / o["tok_s"]
+        for mine in ["precis", "precis-int8"]:
+            pr = rate(mine, b)
+            for other in ["transformers", "ct2-fp32", "ct2-int8"]:
+                o = rate(other, b)
+                if pr and o:
+                    ratios[f"beam={b} {mine}/{other}"] = pr["tok_s"] / o["tok_s"]
+    if "precis-int8" in data and "ct2-int8" in data:
+        mine, theirs = data["precis-int8"].get("peak_rss_mb"), data["ct2-int8"].get("peak_rss_mb")
+        if mine and theirs:
+            ratios["peak RSS precis-int8/ct2-int8"] = mine / theirs
     report = {
         "protocol": {"family": p.get("family", "marian"), **{k: p[k] for k in ("inputs_file", "inputs", "batch", "tokens", "threads")}},
         "engines": data,
@@ -1120,6 +1186,13 @@ def cmd_report(args) -> None:
         key = f"beam={b} precis/ct2-fp32"
         if key in ratios:
             print(f"ratio {key}={ratios[key]:.2f}")
+    for b in beams:
+        key = f"beam={b} precis-int8/ct2-int8"
+        if key in ratios:
+            print(f"ratio {key}={ratios[key]:.2f}")
+    key = "peak RSS precis-int8/ct2-int8"
+    if key in ratios:
+        print(f"ratio {key}={ratios[key]:.2f} (at most 1: precis int8 holds no more memory)")
 
 
 def main() -> None:
@@ -1178,13 +1251,22 @@ def main() -> None:
 
     sub.add_parser("busy", help="cores busy over one second")
 
+    g = sub.add_parser("ct2-agreement", help="CTranslate2 int8's teacher-forced top-1 agreement with its fp32")
+    g.add_argument("--ids", required=True, help="a precis agreement file: input_ids, targets, agreement")
+    g.add_argument("--fp32", required=True, help="the float32 conversion")
+    g.add_argument("--int8", required=True, help="the int8 conversion")
+    g.add_argument("--batch", type=int, default=8)
+    g.add_argument("--threads", type=int, default=2)
+    g.add_argument("--out")
+
     r = sub.add_parser("report", help="table and ratios")
     r.add_argument("--precis", required=True)
+    r.add_argument("--precis-int8")
     r.add_argument("--transformers")
     r.add_argument("--ct2-fp32")
     r.add_argument("--ct2-int8")
     r.add_argument("--transformers-sample", help="transformers' ids on the sample (for the CTranslate2 line)")
-    r.add_argument("--busy", nargs="*", help="busy cores before precis, transformers, ct2-fp32, ct2-int8")
+    r.add_argument("--busy", nargs="*", help="busy cores before precis, precis-int8, transformers, ct2-fp32, ct2-int8")
     r.add_argument("--out")
 
     args = ap.parse_args()
@@ -1194,6 +1276,7 @@ def main() -> None:
         "transformers": cmd_transformers,
         "ct2-convert": cmd_ct2_convert,
         "ct2": cmd_ct2,
+        "ct2-agreement": cmd_ct2_agreement,
         "check": cmd_check,
         "busy": cmd_busy,
         "report": cmd_report,

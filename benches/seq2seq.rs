@@ -54,6 +54,10 @@
 //!   `CANDLE_NUM_THREADS` (candle-core 0.11 runs elementwise
 //!   ops of 64k elements or more on a barrier pool of that many threads,
 //!   the caller included; matrix products use rayon's pool).
+//! - `PRECIS_BENCH_QUANTIZE` [none]: `int8` quantizes the weights at load
+//!   (`--quantize int8`).
+//! - `PRECIS_BENCH_AGREEMENT=N`: time nothing; the int8 quality guard on
+//!   the first N inputs (see [`agreement`]).
 //! - `PRECIS_BENCH_SAMPLE=N`: time nothing; generate the first N inputs
 //!   and record the ids (for the equality check against transformers).
 //! - `PRECIS_BENCH_JSON`: write the figures (and the ids) to this path.
@@ -74,12 +78,13 @@ use precis_backend::seq2seq::backend::checkpoint_generation;
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::{
-    generate, pad_outputs, EncoderDecoder, GenerationConfig, GenerationSettings, Seq2SeqConfig,
+    generate, pad_outputs, teacher_forced_top1, EncoderDecoder, GenerationConfig,
+    GenerationSettings, Seq2SeqConfig,
 };
 use precis_backend::tokenizer::checkpoint::{CheckpointTokenizer, Family};
 use precis_backend::tokenizer::m2m::ManyToManyTokenizer;
 use precis_backend::tokenizer::marian::MarianTokenizer;
-use precis_backend::BackendError;
+use precis_backend::{BackendError, Quantize};
 
 /// Jiffies of the whole machine so far: (all, idle + iowait).
 fn machine_jiffies() -> Option<(u64, u64)> {
@@ -344,14 +349,13 @@ fn main() -> anyhow::Result<()> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
 
-    let load_start = Instant::now();
-    let tokenizer = SourceTokenizer::load(&dir, family)?;
-    let model = match family {
-        ModelFamily::Marian | ModelFamily::Bart => Model::Bart(Bart::load(&dir, &Device::Cpu)?),
-        ModelFamily::Nllb => Model::M2M100(M2M100::load(&dir, &Device::Cpu)?),
+    let quantize = match std::env::var("PRECIS_BENCH_QUANTIZE") {
+        Ok(v) if !v.trim().is_empty() => v
+            .parse::<Quantize>()
+            .map_err(|e| anyhow::anyhow!("PRECIS_BENCH_QUANTIZE: {e}"))?,
+        _ => Quantize::None,
     };
-    let load_s = load_start.elapsed().as_secs_f64();
-
+    let tokenizer = SourceTokenizer::load(&dir, family)?;
     let inputs = read_inputs(&inputs_path, count)?;
     let input_ids: Vec<Vec<u32>> = inputs
         .iter()
@@ -362,6 +366,18 @@ fn main() -> anyhow::Result<()> {
     if let Some(forced) = tokenizer.forced_first()? {
         checkpoint.forced_bos_token_id = Some(forced);
     }
+    let agreement_inputs = env_usize("PRECIS_BENCH_AGREEMENT", 0)?;
+    if agreement_inputs > 0 {
+        let n = agreement_inputs.min(input_ids.len());
+        let report = agreement(&dir, family, &input_ids[..n], &checkpoint, tokens, batch)?;
+        if let Some(path) = &json_path {
+            std::fs::write(path, serde_json::to_string(&report)? + "\n")?;
+        }
+        return Ok(());
+    }
+    let load_start = Instant::now();
+    let model = Model::load(&dir, family, quantize)?;
+    let load_s = load_start.elapsed().as_secs_f64();
 
     println!("checkpoint       {} ({})", dir.display(), family.name());
     println!(
@@ -421,6 +437,7 @@ fn main() -> anyhow::Result<()> {
             "candle_barrier_pool_threads": candle_pool,
             "tokens": tokens,
             "load_s": load_s,
+            "quantize": quantize.name(),
             "peak_rss_mb": peak_mb,
             "input_ids": input_ids,
             "runs": runs,
@@ -449,6 +466,90 @@ struct Plan<'a> {
 enum Model {
     Bart(Bart),
     M2M100(M2M100),
+}
+
+impl Model {
+    fn load(dir: &Path, family: ModelFamily, quantize: Quantize) -> anyhow::Result<Self> {
+        Ok(match family {
+            ModelFamily::Marian | ModelFamily::Bart => {
+                Model::Bart(Bart::load_quantized(dir, &Device::Cpu, quantize)?)
+            }
+            ModelFamily::Nllb => {
+                Model::M2M100(M2M100::load_quantized(dir, &Device::Cpu, quantize)?)
+            }
+        })
+    }
+}
+
+/// The int8 quality guard on this checkpoint (`PRECIS_BENCH_AGREEMENT`):
+/// the f32 model's greedy outputs of `inputs` (exactly `tokens` new
+/// tokens), read teacher-forced by the f32 and the int8 model; the share of
+/// positions whose top-1 tokens agree, printed and returned with the ids
+/// (which `marian_compare.py ct2-agreement` gives CTranslate2).
+fn agreement(
+    dir: &Path,
+    family: ModelFamily,
+    inputs: &[Vec<u32>],
+    checkpoint: &GenerationConfig,
+    tokens: usize,
+    batch: usize,
+) -> anyhow::Result<serde_json::Value> {
+    fn run<M: EncoderDecoder>(
+        f: &M,
+        q: &M,
+        inputs: &[Vec<u32>],
+        checkpoint: &GenerationConfig,
+        tokens: usize,
+        batch: usize,
+    ) -> anyhow::Result<(Vec<Vec<u32>>, usize, usize)> {
+        let overrides = checkpoint.clone().then(&GenerationConfig {
+            num_beams: Some(1),
+            min_new_tokens: Some(tokens),
+            max_new_tokens: Some(tokens),
+            ..GenerationConfig::default()
+        });
+        let settings = GenerationSettings::resolve(&overrides, &f.seq2seq_config())
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let (mut targets, mut same, mut total) = (Vec::new(), 0, 0);
+        for b in inputs.chunks(batch) {
+            let out = generate(f, b, &settings, &mut |_| true)?;
+            let t: Vec<Vec<u32>> = out.into_iter().map(|o| o[1..].to_vec()).collect();
+            let (a, c) = (
+                teacher_forced_top1(f, b, &t)?,
+                teacher_forced_top1(q, b, &t)?,
+            );
+            for (a, c) in a.iter().zip(&c) {
+                same += a.iter().zip(c).filter(|(x, y)| x == y).count();
+                total += a.len();
+            }
+            targets.extend(t);
+        }
+        Ok((targets, same, total))
+    }
+    let (f, q) = (
+        Model::load(dir, family, Quantize::None)?,
+        Model::load(dir, family, Quantize::Int8)?,
+    );
+    let (targets, same, total) = match (&f, &q) {
+        (Model::Bart(f), Model::Bart(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
+        (Model::M2M100(f), Model::M2M100(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
+        _ => unreachable!("one family"),
+    };
+    let share = same as f64 / total.max(1) as f64;
+    println!(
+        "agreement precis-int8/precis-f32={share:.4} ({same} of {total} teacher-forced positions, \
+         {} inputs)",
+        inputs.len()
+    );
+    Ok(serde_json::json!({
+        "engine": "precis",
+        "family": family.name(),
+        "input_ids": inputs,
+        "targets": targets,
+        "same": same,
+        "total": total,
+        "agreement": share,
+    }))
 }
 
 impl Plan<'_> {

@@ -19,7 +19,7 @@ use precis_backend::gguf::{GgufModel, GgufOptions};
 use precis_backend::seq2seq::backend::{Seq2SeqBackend, Seq2SeqOptions};
 use precis_backend::{
     Backend, BackendError, ChatMessage, FinishReason, Flow, Generation, GenerationParams,
-    GenerationRequest,
+    GenerationRequest, Quantize,
 };
 
 /// A chat model's request: `text` as the user's message, a short answer.
@@ -58,6 +58,10 @@ fn smollm2() -> Box<dyn Backend> {
 }
 
 fn checkpoint(name: &str) -> Box<dyn Backend> {
+    checkpoint_as(name, Quantize::None)
+}
+
+fn checkpoint_as(name: &str, quantize: Quantize) -> Box<dyn Backend> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
@@ -67,6 +71,7 @@ fn checkpoint(name: &str) -> Box<dyn Backend> {
         target_languages: Vec::new(),
         license: None,
         gguf: None,
+        quantize,
     };
     Box::new(Seq2SeqBackend::load(&dir, options).expect("the test checkpoint loads"))
 }
@@ -196,3 +201,23 @@ contract!(bart, || checkpoint("bart/tiny-cnn"), source);
 contract!(t5, || checkpoint("t5/tiny-flan"), source);
 contract!(nllb, || checkpoint("m2m100/tiny-nllb"), into_hindi);
 contract!(m2m100, || checkpoint("m2m100/tiny-m2m100"), into_hindi);
+contract!(
+    marian_int8,
+    || checkpoint_as("marian/tiny-en-ru", Quantize::Int8),
+    source
+);
+contract!(
+    bart_int8,
+    || checkpoint_as("bart/tiny-cnn", Quantize::Int8),
+    source
+);
+contract!(
+    t5_int8,
+    || checkpoint_as("t5/tiny-flan", Quantize::Int8),
+    source
+);
+contract!(
+    nllb_int8,
+    || checkpoint_as("m2m100/tiny-nllb", Quantize::Int8),
+    into_hindi
+);

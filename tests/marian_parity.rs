@@ -185,3 +185,68 @@ fn paragraphs_come_out_as_many_as_went_in() {
         .iter()
         .all(|p| !p.as_str().unwrap().trim().is_empty()));
 }
+
+/// `--quantize int8` runs the checkpoint's int8 version, says so in the
+/// result, and keeps its results apart from f32's in the cache; a model's
+/// own `quantize` in the config file does the same; a bad value is refused
+/// before anything runs.
+#[test]
+fn the_cli_runs_int8_weights_when_asked() {
+    let home = tempfile::tempdir().unwrap();
+    let sentence = "The minister will visit Moscow in May.";
+    let cache = home.path().join("results.sqlite3");
+    let run = |extra: &[&str]| {
+        common::precis_offline(home.path())
+            .env_remove("PRECIS_NO_CACHE")
+            .env("PRECIS_CACHE", &cache)
+            .args(["translate", "--model"])
+            .arg(dir("tiny-en-ru"))
+            .args(["--to", "ru", "--format", "json"])
+            .args(extra)
+            .arg("-")
+            .stdin_json(sentence, "tiny-en-ru")
+    };
+    let plain = run(&[]);
+    assert!(plain["translations"][0]["model"].get("quantize").is_none());
+    let int8 = run(&["--quantize", "int8"]);
+    let t = &int8["translations"][0];
+    assert_eq!(t["model"]["quantize"], "int8", "{int8}");
+    assert!(!t["text"].as_str().unwrap().trim().is_empty());
+    assert_eq!(
+        int8["cache"]["hits"], 0,
+        "f32's result is not int8's: {int8}"
+    );
+    let again = run(&["--quantize", "int8"]);
+    assert_eq!(again["cache"]["misses"], 0, "{again}");
+    assert_eq!(again["translations"][0]["text"], t["text"]);
+
+    // The model's own setting, by the name it is given by.
+    let config = home.path().join("precis.toml");
+    let key = dir("tiny-en-ru").display().to_string();
+    std::fs::write(
+        &config,
+        format!("[models.{}]\nquantize = \"int8\"\n", toml_key(&key)),
+    )
+    .unwrap();
+    let from_file = run(&["--config", config.to_str().unwrap()]);
+    assert_eq!(from_file["translations"][0]["model"]["quantize"], "int8");
+    let flag_wins = run(&["--config", config.to_str().unwrap(), "--quantize", "none"]);
+    assert!(flag_wins["translations"][0]["model"]
+        .get("quantize")
+        .is_none());
+
+    let out = common::precis_offline(home.path())
+        .args(["translate", "--model"])
+        .arg(dir("tiny-en-ru"))
+        .args(["--to", "ru", "--quantize", "int4", "-"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`none`") && err.contains("`int8`"), "{err}");
+}
+
+/// A TOML basic string holding `s`.
+fn toml_key(s: &str) -> String {
+    format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))
+}

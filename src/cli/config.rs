@@ -9,6 +9,10 @@
 //! translator = "qwen2.5-coder-1.5b-instruct-q4_k_m"  # optional, defaults to `model`
 //! models_dir = "/srv/precis"                      # where fetched models live
 //! manifest_dirs = ["/etc/precis/models"]          # extra model manifests
+//! quantize = "int8"                               # encoder-decoder weights at load: none (f32) or int8; also --quantize
+//!
+//! [models."opus-mt-en-ru"]       # one model's own settings, by the id it is named by
+//! quantize = "none"
 //!
 //! [server]                       # each also a `precis serve` flag and a PRECIS_* variable
 //! addr = "127.0.0.1:8080"
@@ -37,7 +41,11 @@
 
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
+use precis_backend::Quantize;
 use precis_core::database::Database;
+use precis_core::engine::Quantization;
 use serde::Deserialize;
 
 /// The model used for every job unless configured otherwise.
@@ -62,6 +70,11 @@ pub struct Config {
     /// Extra directories of model manifests.
     #[serde(default)]
     pub manifest_dirs: Vec<PathBuf>,
+    /// What encoder-decoder models' weights are quantized to at load.
+    pub quantize: Option<Quantize>,
+    /// Settings of one model, by the id it is named by.
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelTable>,
     /// Server settings.
     #[serde(default)]
     pub server: ServerConfig,
@@ -71,6 +84,36 @@ pub struct Config {
     /// The shared database, when there is one.
     #[serde(default)]
     pub database: DatabaseTable,
+}
+
+/// A `[models."ID"]` table of the configuration file.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelTable {
+    /// What this model's weights are quantized to at load.
+    pub quantize: Option<Quantize>,
+}
+
+impl Config {
+    /// Each model's quantization: `flag` (`--quantize`) for every model
+    /// when given (a flag wins over the file), else the file's: a model's
+    /// own table, else its `quantize`.
+    pub fn quantization(&self, flag: Option<Quantize>) -> Quantization {
+        if let Some(every) = flag {
+            return Quantization {
+                default: every,
+                models: BTreeMap::new(),
+            };
+        }
+        Quantization {
+            default: self.quantize.unwrap_or_default(),
+            models: self
+                .models
+                .iter()
+                .filter_map(|(id, t)| Some((id.clone(), t.quantize?)))
+                .collect(),
+        }
+    }
 }
 
 /// The `[database]` table of the configuration file.
@@ -455,6 +498,26 @@ max_mb = 5
         assert!(e.contains("10.0.0.0/99"), "{e}");
         assert_eq!(c.cache.limits().max_bytes, 5 * 1024 * 1024);
         assert!(!c.cache.no_cache);
+    }
+
+    #[test]
+    fn quantization_per_model_and_the_flag_over_the_file() {
+        let c = Config::parse(
+            "quantize = \"int8\"\n[models.\"opus-mt-en-ru\"]\nquantize = \"none\"\n[models.m]\n",
+        )
+        .unwrap();
+        let q = c.quantization(None);
+        assert_eq!(q.of("opus-mt-en-ru"), Quantize::None);
+        assert_eq!(q.of("distilbart-cnn-12-6"), Quantize::Int8);
+        assert_eq!(q.of("m"), Quantize::Int8, "a table without the key");
+        let flag = c.quantization(Some(Quantize::None));
+        assert_eq!(flag.of("distilbart-cnn-12-6"), Quantize::None);
+        assert_eq!(flag.of("opus-mt-en-ru"), Quantize::None);
+        assert_eq!(Config::default().quantization(None).of("x"), Quantize::None);
+        let e = Config::parse("quantize = \"int4\"").unwrap_err();
+        assert!(e.contains("int4"), "{e}");
+        let e = Config::parse("[models.m]\nquantise = \"int8\"").unwrap_err();
+        assert!(e.contains("unknown field"), "{e}");
     }
 
     #[test]

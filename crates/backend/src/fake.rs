@@ -37,6 +37,7 @@ impl FakeBackend {
                 context_length: 4096,
                 target_languages: FAKE_LANGUAGES.iter().map(|l| l.to_string()).collect(),
                 license: None,
+                quantize: crate::Quantize::None,
             },
         }
     }

@@ -221,6 +221,7 @@ impl GgufModel {
                 context_length,
                 target_languages: opts.target_languages,
                 license: opts.license,
+                quantize: crate::Quantize::None,
             },
             prefixes: Vec::new(),
             foreign: HashMap::new(),

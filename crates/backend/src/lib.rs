@@ -245,6 +245,51 @@ pub enum ModelKind {
     Summarizer,
 }
 
+/// What an encoder-decoder model's weights are quantized to at load
+/// (`--quantize`, and a `quantize` setting per model). A GGUF checkpoint's
+/// weights are run in their stored type whatever this says.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    /// None: f32, as the checkpoint stores them (transformers' results).
+    #[default]
+    None,
+    /// int8 per weight row, activations per token (CTranslate2's int8);
+    /// embeddings stay f32.
+    Int8,
+}
+
+impl Quantize {
+    /// Whether the weights stay as they are.
+    pub fn is_none(&self) -> bool {
+        *self == Quantize::None
+    }
+
+    /// The setting's name (`none`, `int8`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::None => "none",
+            Quantize::Int8 => "int8",
+        }
+    }
+}
+
+impl std::str::FromStr for Quantize {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "none" => Ok(Quantize::None),
+            "int8" => Ok(Quantize::Int8),
+            other => Err(format!(
+                "quantize wants `none` (f32 weights) or `int8`, not `{other}`"
+            )),
+        }
+    }
+}
+
 /// What a loaded model is.
 #[derive(Debug, Clone, PartialEq, Serialize, utoipa::ToSchema)]
 pub struct ModelInfo {
@@ -264,6 +309,9 @@ pub struct ModelInfo {
     /// (a checkpoint named by path).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
+    /// What precis quantized the weights to at load (absent: nothing).
+    #[serde(skip_serializing_if = "Quantize::is_none")]
+    pub quantize: Quantize,
 }
 
 /// Counts the tokens of a text as the model would see it.

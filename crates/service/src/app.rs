@@ -11,7 +11,9 @@ use std::sync::Arc;
 use precis_backend::store::{ModelStore, StoreConfig, StoreError};
 use precis_core::cache::{CacheLimits, ResultCache};
 use precis_core::database::Database;
-use precis_core::engine::{Engine, EngineError, ModelChoice, ModelLoader, Routing, StoreLoader};
+use precis_core::engine::{
+    Engine, EngineError, ModelChoice, ModelLoader, Quantization, Routing, StoreLoader,
+};
 use precis_core::task::TaskError;
 
 use crate::jobs::{JobQueue, JobSettings, JobStore, JobStoreError};
@@ -39,6 +41,8 @@ pub struct Settings {
     pub access: ModelAccess,
     /// Run GGUF models on the GPU.
     pub cuda: bool,
+    /// What encoder-decoder models' weights are quantized to at load.
+    pub quantize: Quantization,
     /// The database of the result cache and of batch jobs: an SQLite
     /// file, or PostgreSQL shared by every replica.
     pub database: Database,
@@ -75,7 +79,7 @@ impl Services {
         let store = Arc::new(ModelStore::open(settings.store.clone())?);
         let unverified = settings.allow_unverified || settings.access == ModelAccess::Any;
         let (routing, notes) = Routing::resolve(&settings.models, &store, unverified);
-        let loader = Arc::new(match settings.access {
+        let loader = match settings.access {
             ModelAccess::Any => StoreLoader::open(Arc::clone(&store), settings.cuda),
             ModelAccess::Configured => StoreLoader::closed(
                 Arc::clone(&store),
@@ -83,7 +87,8 @@ impl Services {
                 routing.ids().into_iter().collect(),
                 settings.allow_unverified,
             ),
-        });
+        };
+        let loader = Arc::new(loader.with_quantization(settings.quantize.clone()));
         let mut services = Self::with_databases(
             settings,
             Arc::clone(&loader) as Arc<dyn ModelLoader>,

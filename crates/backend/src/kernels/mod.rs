@@ -19,7 +19,9 @@
 //!   the keys, streaming softmax) and the SiLU gate, vectorised the same way.
 //! - `packed` holds dense f32 products with weights packed once into panels
 //!   ([`PackedF32`]), for the encoder-decoder models' layers: outer products
-//!   on a block of 32 outputs × 8 tokens kept in registers.
+//!   on a block of 32 outputs × 8 tokens kept in registers; `int8` holds
+//!   their int8 counterpart ([`PackedI8`]): weights quantized per row at
+//!   load, activations per token, integer multiply-adds (VNNI or AVX2).
 //!
 //! A product runs in parallel over contiguous chunks of weight rows on
 //! rayon's current pool (small ones on the calling thread). Within a chunk,
@@ -49,9 +51,11 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 pub use attn::{attention, silu_mul, sum_exp, Keys, KEY_BLOCK};
+pub use int8::PackedI8;
 pub use packed::{Epilogue, PackedF32, PANEL};
 
 mod attn;
+mod int8;
 mod packed;
 mod scalar;
 #[cfg(test)]

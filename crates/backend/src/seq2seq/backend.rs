@@ -29,7 +29,7 @@ use crate::tokenizer::m2m::ManyToManyTokenizer;
 use crate::tokenizer::marian::MarianTokenizer;
 use crate::{
     Backend, BackendError, Cached, ChatMessage, Direction, FinishReason, Flow, Generation,
-    GenerationRequest, ModelInfo, ModelKind, TokenCounter,
+    GenerationRequest, ModelInfo, ModelKind, Quantize, TokenCounter,
 };
 
 /// What a T5 summarizer's inputs start with when its config names no
@@ -285,6 +285,9 @@ pub struct Seq2SeqOptions {
     /// A GGUF file of quantized weights to run instead of the directory's
     /// (a manifest names one of the several a hub repo may hold); T5 only.
     pub gguf: Option<PathBuf>,
+    /// What the weights are quantized to at load (not those of `gguf`,
+    /// which run in their stored type).
+    pub quantize: Quantize,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
@@ -390,7 +393,7 @@ impl Seq2SeqBackend {
                 }
                 let tokenizer =
                     MarianTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
-                let model = Bart::load(dir, &device)?;
+                let model = Bart::load_quantized(dir, &device, options.quantize)?;
                 let context = model
                     .config()
                     .max_position_embeddings
@@ -407,7 +410,7 @@ impl Seq2SeqBackend {
             Architecture::Bart => {
                 let tokenizer = CheckpointTokenizer::from_dir(dir, Family::Bart)
                     .map_err(|e| BackendError::load(dir, e))?;
-                let model = Bart::load(dir, &device)?;
+                let model = Bart::load_quantized(dir, &device, options.quantize)?;
                 let context = model.config().max_position_embeddings;
                 let (base, prefix) = (checkpoint_generation(dir)?, summarization_prefix(dir)?);
                 (
@@ -431,7 +434,8 @@ impl Seq2SeqBackend {
                         .as_u64()
                         .map_or(UNLIMITED, |n| n as usize),
                 };
-                let model = T5::load_weights(dir, options.gguf.as_deref(), &device)?;
+                let model =
+                    T5::load_weights(dir, options.gguf.as_deref(), &device, options.quantize)?;
                 let languages = TargetTagged::languages_of(&tokenizer);
                 if !languages.is_empty() {
                     // `<2xx>` tokens: a translator (MADLAD-400).
@@ -469,7 +473,7 @@ impl Seq2SeqBackend {
             Architecture::M2M100 => {
                 let tokenizer =
                     ManyToManyTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
-                let model = M2M100::load(dir, &device)?;
+                let model = M2M100::load_quantized(dir, &device, options.quantize)?;
                 let positions = model.config().max_position_embeddings;
                 let context = tokenizer
                     .max_length()
@@ -501,6 +505,12 @@ impl Seq2SeqBackend {
             context_length,
             target_languages,
             license: options.license,
+            // A GGUF checkpoint's weights run as they are stored.
+            quantize: if options.gguf.is_some() {
+                Quantize::None
+            } else {
+                options.quantize
+            },
         };
         Ok(Self {
             network,

@@ -35,11 +35,11 @@ use serde::Deserialize;
 
 use super::layers::{
     activation, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, Checkpoint,
-    DecoderState, Dense, RowNorm,
+    DecoderState, Dense, RowNorm, Storage,
 };
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
-use crate::kernels::{Epilogue, PackedF32};
-use crate::BackendError;
+use crate::kernels::Epilogue;
+use crate::{BackendError, Quantize};
 
 /// `config.json` of a BART or Marian checkpoint (the fields the model
 /// reads).
@@ -135,10 +135,11 @@ impl FeedForward {
         d: usize,
         ffn: usize,
         act: Epilogue,
+        storage: Storage,
     ) -> candle_core::Result<Self> {
         Ok(Self {
-            fc1: Dense::load(d, ffn, vb.pp("fc1"), true, None)?,
-            fc2: Dense::load(ffn, d, vb.pp("fc2"), true, None)?,
+            fc1: Dense::load(d, ffn, vb.pp("fc1"), true, storage)?,
+            fc2: Dense::load(ffn, d, vb.pp("fc2"), true, storage)?,
             act,
         })
     }
@@ -167,11 +168,21 @@ struct DecoderLayer {
 
 /// The input side of the encoder or the decoder.
 struct Embeddings {
-    tokens: Embedding,
+    tokens: TokenRows,
     /// Row `p` is position `p` (BART's offset of 2 already skipped).
     positions: Tensor,
     /// BART's `layernorm_embedding`.
     norm: Option<LayerNorm>,
+}
+
+/// Where one side's token embeddings are read.
+enum TokenRows {
+    /// Its own f32 table.
+    Table(Embedding),
+    /// The rows of the output layer, which the side's table is tied to:
+    /// with int8 weights the table is kept once, quantized (as CTranslate2
+    /// keeps it), not a second time in f32.
+    Head,
 }
 
 /// A loaded BART or Marian model.
@@ -183,7 +194,7 @@ pub struct Bart {
     decoder: Vec<DecoderLayer>,
     /// The output layer with `final_logits_bias`, packed once: candle's
     /// matmul would repack this largest matrix at every step.
-    lm_head: PackedF32,
+    lm_head: Dense,
     vocab: usize,
     embed_scale: f64,
     device: Device,
@@ -215,14 +226,25 @@ impl Bart {
     /// Loads `config.json` and the weights (`model.safetensors`, or
     /// `pytorch_model.bin`) of a checkpoint directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
+        Self::load_quantized(dir, device, Quantize::None)
+    }
+
+    /// [`Bart::load`], the linear layers kept as `quantize` says.
+    pub fn load_quantized(
+        dir: &Path,
+        device: &Device,
+        quantize: Quantize,
+    ) -> Result<Self, BackendError> {
         let cfg: BartConfig = read_config(dir)?;
         let Checkpoint { vb, file, .. } = weights(dir, None, device)?;
-        Self::from_var_builder(cfg, vb, device).map_err(|e| BackendError::load(&file, e))
+        Self::from_var_builder(cfg, vb, Storage::of(quantize), device)
+            .map_err(|e| BackendError::load(&file, e))
     }
 
     fn from_var_builder(
         cfg: BartConfig,
         vb: VarBuilder,
+        storage: Storage,
         device: &Device,
     ) -> Result<Self, BackendError> {
         let d = cfg.d_model;
@@ -292,17 +314,36 @@ impl Bart {
                 table(&["decoder.embed_tokens.weight"], target_vocab)?,
             )
         };
-        let lm_head = if !cfg.tie_word_embeddings && vb.contains_tensor("lm_head.weight") {
-            vb.get((target_vocab, d), "lm_head.weight")?
-        } else {
-            dec_table.clone()
-        };
+        let tied = cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight");
         let final_logits_bias = if vb.contains_tensor("final_logits_bias") {
             vb.get((1, target_vocab), "final_logits_bias")
                 .and_then(|t| t.squeeze(0))?
         } else {
             Tensor::zeros(target_vocab, DType::F32, device)?
         };
+        // The output layer first: with int8 weights the f32 tables it
+        // replaces are dropped before the layers are read, so the load's
+        // peak holds one table, not a table and every layer.
+        let lm_head = Dense::new(
+            &if tied {
+                dec_table.clone()
+            } else {
+                vb.get((target_vocab, d), "lm_head.weight")?
+            },
+            Some(&final_logits_bias.to_vec1::<f32>()?),
+            storage,
+        )?;
+        let vocab = lm_head.rows();
+        let head_rows = tied && matches!(lm_head, Dense::Int8(_));
+        let tokens = |table: Tensor, tied: bool| {
+            if head_rows && tied {
+                TokenRows::Head
+            } else {
+                TokenRows::Table(Embedding::new(table, d))
+            }
+        };
+        let enc_tokens = tokens(enc_table, cfg.share_encoder_decoder_embeddings);
+        let dec_tokens = tokens(dec_table, true);
         let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
         let max_pos = cfg.max_position_embeddings;
         let (enc_positions, dec_positions) = if cfg.is_marian() {
@@ -331,7 +372,7 @@ impl Bart {
             names: ["q_proj", "k_proj", "v_proj", "out_proj"],
             bias: true,
             scale: ((d / heads) as f64).powf(-0.5),
-            mapped: None,
+            storage,
         };
         let mut encoder = Vec::with_capacity(cfg.encoder_layers);
         for i in 0..cfg.encoder_layers {
@@ -339,7 +380,7 @@ impl Bart {
             encoder.push(EncoderLayer {
                 attn: Attention::load(vb.pp("self_attn"), &spec(cfg.encoder_attention_heads))?,
                 attn_norm: RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm"))?,
-                ffn: FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act)?,
+                ffn: FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act, storage)?,
                 ffn_norm: RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm"))?,
             });
         }
@@ -351,7 +392,7 @@ impl Bart {
                 attn_norm: ln(vb.pp("self_attn_layer_norm"))?,
                 cross: Attention::load(vb.pp("encoder_attn"), &spec(cfg.decoder_attention_heads))?,
                 cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
-                ffn: FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act)?,
+                ffn: FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act, storage)?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
             });
         }
@@ -360,22 +401,15 @@ impl Bart {
         } else {
             1.0
         };
-        let vocab = lm_head.dim(0)?;
-        let lm_head = PackedF32::new(
-            &lm_head.flatten_all().and_then(|t| t.to_vec1::<f32>())?,
-            Some(&final_logits_bias.to_vec1::<f32>()?),
-            vocab,
-            d,
-        );
         Ok(Self {
             vocab,
             enc_embed: Embeddings {
-                tokens: Embedding::new(enc_table, d),
+                tokens: enc_tokens,
                 positions: enc_positions,
                 norm: enc_norm,
             },
             dec_embed: Embeddings {
-                tokens: Embedding::new(dec_table, d),
+                tokens: dec_tokens,
                 positions: dec_positions,
                 norm: dec_norm,
             },
@@ -396,8 +430,23 @@ impl Bart {
     /// Embeddings of `ids` (`[n, t]`) at positions `start..`: scaled
     /// tokens plus positions, then the embedding layer norm (BART).
     fn embed(&self, side: &Embeddings, ids: &Tensor, start: usize) -> candle_core::Result<Tensor> {
-        let t = ids.dim(1)?;
-        let x = (side.tokens.forward(ids)? * self.embed_scale)?;
+        let (n, t) = ids.dims2()?;
+        let tokens = match &side.tokens {
+            TokenRows::Table(table) => table.forward(ids)?,
+            TokenRows::Head => {
+                let (d, vocab) = (self.cfg.d_model, self.lm_head.rows());
+                let ids = ids.flatten_all()?.to_vec1::<u32>()?;
+                let mut x = vec![0f32; ids.len() * d];
+                for (row, &id) in x.chunks_exact_mut(d).zip(&ids) {
+                    if id as usize >= vocab {
+                        candle_core::bail!("token id {id} is outside the vocabulary of {vocab}");
+                    }
+                    self.lm_head.row(id as usize, row);
+                }
+                Tensor::from_vec(x, (n, t, d), &self.device)?
+            }
+        };
+        let x = (tokens * self.embed_scale)?;
         let x = x.broadcast_add(&side.positions.i(start..start + t)?)?;
         match &side.norm {
             Some(norm) => norm.forward(&x),
@@ -493,7 +542,7 @@ impl EncoderDecoder for Bart {
         state.advance();
         let x: Vec<f32> = x.flatten_all()?.to_vec1()?;
         let out = logits_for(logits, n, self.lm_head.rows());
-        self.lm_head.forward(&x, n, out);
+        self.lm_head.write_rows(&x, n, Epilogue::None, out);
         Ok(())
     }
 

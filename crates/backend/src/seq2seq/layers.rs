@@ -11,9 +11,10 @@ use serde::de::DeserializeOwned;
 
 use rayon::prelude::*;
 
-use crate::kernels::{self, Activations, Epilogue, Keys, PackedF32, KEY_BLOCK};
+use super::safetensors::SafetensorsFiles;
+use crate::kernels::{self, Activations, Epilogue, Keys, PackedF32, PackedI8, KEY_BLOCK};
 use crate::weights::{GgufFile, TensorRef};
-use crate::BackendError;
+use crate::{BackendError, Quantize};
 
 /// `config.json` of a checkpoint directory.
 pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendError> {
@@ -30,6 +31,39 @@ pub(super) struct Checkpoint {
     pub(super) vb: VarBuilder<'static>,
     pub(super) file: PathBuf,
     pub(super) mapped: Option<Arc<GgufFile>>,
+}
+
+impl Checkpoint {
+    /// How its linear layers keep their weights: in the mapped file's
+    /// stored type for a GGUF checkpoint (already quantized: `quantize`
+    /// does not apply), else as `quantize` says.
+    pub(super) fn storage(&self, quantize: Quantize) -> Storage<'_> {
+        match &self.mapped {
+            Some(file) => Storage::Mapped(file),
+            None => Storage::of(quantize),
+        }
+    }
+}
+
+/// How a checkpoint's linear layers keep their weights.
+#[derive(Clone, Copy)]
+pub(super) enum Storage<'a> {
+    /// f32, packed ([`PackedF32`]).
+    F32,
+    /// Quantized to int8 per row at load ([`PackedI8`]).
+    Int8,
+    /// A mapped GGUF file's matrices, in their stored type.
+    Mapped(&'a Arc<GgufFile>),
+}
+
+impl Storage<'static> {
+    /// Weights read in f32, kept as `quantize` says.
+    pub(super) fn of(quantize: Quantize) -> Self {
+        match quantize {
+            Quantize::None => Storage::F32,
+            Quantize::Int8 => Storage::Int8,
+        }
+    }
 }
 
 /// The weights of a checkpoint directory (`model.safetensors`; else the
@@ -49,20 +83,18 @@ pub(super) fn weights(
     let safetensors = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let pth = dir.join("pytorch_model.bin");
-    let (vb, file) = if safetensors.exists() {
-        let bytes = std::fs::read(&safetensors).map_err(|e| BackendError::load(&safetensors, e))?;
-        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)
-            .map_err(|e| BackendError::load(&safetensors, e))?;
-        (vb, safetensors)
-    } else if index.exists() {
-        let mut tensors = std::collections::HashMap::new();
-        for shard in shards(dir, &index)? {
-            let bytes = std::fs::read(&shard).map_err(|e| BackendError::load(&shard, e))?;
-            let loaded = candle_core::safetensors::load_buffer(&bytes, device)
-                .map_err(|e| BackendError::load(&shard, e))?;
-            tensors.extend(loaded);
-        }
-        (VarBuilder::from_tensors(tensors, DType::F32, device), index)
+    let (vb, file) = if safetensors.exists() || index.exists() {
+        // One tensor at a time from disk (see `safetensors`).
+        let (files, named) = if safetensors.exists() {
+            (vec![safetensors.clone()], safetensors)
+        } else {
+            (shards(dir, &index)?, index)
+        };
+        let tensors = SafetensorsFiles::open(&files)?;
+        (
+            VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone()),
+            named,
+        )
     } else if pth.exists() {
         let vb = VarBuilder::from_pth(&pth, DType::F32, device)
             .map_err(|e| BackendError::load(&pth, e))?;
@@ -235,11 +267,14 @@ fn shards(dir: &Path, index: &Path) -> Result<Vec<PathBuf>, BackendError> {
 /// A linear layer `y = x Wᵀ (+ b)`: on [`PackedF32`], whose weights are
 /// packed once at load (candle's matmul repacks them at every call, which
 /// costs more than the product itself for a decoder step's few dozen rows),
-/// or on a GGUF file's matrix in its stored type (Q4_K, Q6_K, Q8_0, …), read
-/// in place by the kernels' quantized products.
+/// on [`PackedI8`] (the same, quantized to int8), or on a GGUF file's matrix
+/// in its stored type (Q4_K, Q6_K, Q8_0, …), read in place by the kernels'
+/// quantized products.
 pub(super) enum Dense {
     /// f32 weights, packed.
     Packed(PackedF32),
+    /// int8 weights, packed.
+    Int8(PackedI8),
     /// A matrix of a mapped GGUF file, and its bias in f32.
     Mapped {
         file: Arc<GgufFile>,
@@ -249,29 +284,41 @@ pub(super) enum Dense {
 }
 
 impl Dense {
-    /// `weight` (`rows × cols`) and, when `bias`, `bias` under `vb`; the
-    /// weight read from `mapped` in its stored type when the checkpoint is
-    /// a GGUF file.
+    /// `weight` (`rows × cols`) and, when `bias`, `bias` under `vb`, kept
+    /// as `storage` says.
     pub(super) fn load(
         cols: usize,
         rows: usize,
         vb: VarBuilder,
         bias: bool,
-        mapped: Option<&Arc<GgufFile>>,
+        storage: Storage,
     ) -> candle_core::Result<Self> {
         let b = if bias {
             Some(vb.get(rows, "bias")?.to_vec1::<f32>()?)
         } else {
             None
         };
-        if let Some(file) = mapped {
+        if let Storage::Mapped(file) = storage {
             return Self::mapped(file, &format!("{}.weight", vb.prefix()), rows, cols, b);
         }
-        let w = vb
-            .get((rows, cols), "weight")?
-            .flatten_all()?
-            .to_vec1::<f32>()?;
-        Ok(Dense::Packed(PackedF32::new(&w, b.as_deref(), rows, cols)))
+        let w = vb.get((rows, cols), "weight")?;
+        Self::new(&w, b.as_deref(), storage)
+    }
+
+    /// The matrix `w` (`rows × cols`) and `bias` packed as `storage` says
+    /// (f32 for a mapped file's: it has no such matrix).
+    pub(super) fn new(
+        w: &Tensor,
+        bias: Option<&[f32]>,
+        storage: Storage,
+    ) -> candle_core::Result<Self> {
+        let (rows, cols) = w.dims2()?;
+        with_values(w, |w| match storage {
+            Storage::Int8 if cols <= PackedI8::MAX_COLS => {
+                Dense::Int8(PackedI8::new(w, bias, rows, cols))
+            }
+            _ => Dense::Packed(PackedF32::new(w, bias, rows, cols)),
+        })
     }
 
     /// The matrix `name` of a mapped file, checked to be `rows × cols`.
@@ -293,7 +340,19 @@ impl Dense {
     pub(super) fn rows(&self) -> usize {
         match self {
             Dense::Packed(p) => p.rows(),
+            Dense::Int8(p) => p.rows(),
             Dense::Mapped { weight, .. } => weight.rows,
+        }
+    }
+
+    /// Row `r` of the weights (`cols` values, as the layer holds them)
+    /// into `out`: an embedding lookup in a table kept as an output layer.
+    /// Panics unless `r < rows` and `out` holds `cols` values.
+    pub(super) fn row(&self, r: usize, out: &mut [f32]) {
+        match self {
+            Dense::Packed(p) => p.row(r, out),
+            Dense::Int8(p) => p.row(r, out),
+            Dense::Mapped { file, weight, .. } => file.matrix(weight).dequantize_row(r, out),
         }
     }
 
@@ -329,6 +388,7 @@ impl Dense {
     pub(super) fn write_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue, out: &mut [f32]) {
         match self {
             Dense::Packed(p) => p.forward_then(x, rows, out, epilogue),
+            Dense::Int8(p) => p.forward_then(x, rows, out, epilogue),
             Dense::Mapped { file, weight, bias } => {
                 let matrix = file.matrix(weight);
                 let mut acts = Activations::new();
@@ -349,6 +409,24 @@ impl Dense {
             }
         }
     }
+}
+
+/// `f` of the values of `t` in f32, row-major: borrowed from the tensor's
+/// own storage when it is an f32 tensor on the CPU laid out in order (no
+/// copy: an output layer of 256206 rows is 1 GB), else a copy.
+fn with_values<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> R) -> candle_core::Result<R> {
+    {
+        let (storage, layout) = t.storage_and_layout();
+        if let (candle_core::Storage::Cpu(candle_core::CpuStorage::F32(v)), Some((start, end))) =
+            (&*storage, layout.contiguous_offsets())
+        {
+            return Ok(f(&v[start..end]));
+        }
+    }
+    Ok(f(&t
+        .flatten_all()?
+        .to_dtype(DType::F32)?
+        .to_vec1::<f32>()?))
 }
 
 /// A layer norm (`nn.LayerNorm`) applied row by row to flat buffers, rows in
@@ -441,8 +519,8 @@ pub(super) struct AttentionSpec<'a> {
     pub(super) names: [&'static str; 4],
     pub(super) bias: bool,
     pub(super) scale: f64,
-    /// The checkpoint's mapped GGUF file, when the weights come from one.
-    pub(super) mapped: Option<&'a Arc<GgufFile>>,
+    /// How the projections keep their weights.
+    pub(super) storage: Storage<'a>,
 }
 
 impl Attention {
@@ -450,10 +528,10 @@ impl Attention {
         let (d, inner) = (spec.d_model, spec.heads * spec.head_dim);
         let [q, k, v, o] = spec.names;
         Ok(Self {
-            q: Dense::load(d, inner, vb.pp(q), spec.bias, spec.mapped)?,
-            k: Dense::load(d, inner, vb.pp(k), spec.bias, spec.mapped)?,
-            v: Dense::load(d, inner, vb.pp(v), spec.bias, spec.mapped)?,
-            out: Dense::load(inner, d, vb.pp(o), spec.bias, spec.mapped)?,
+            q: Dense::load(d, inner, vb.pp(q), spec.bias, spec.storage)?,
+            k: Dense::load(d, inner, vb.pp(k), spec.bias, spec.storage)?,
+            v: Dense::load(d, inner, vb.pp(v), spec.bias, spec.storage)?,
+            out: Dense::load(inner, d, vb.pp(o), spec.bias, spec.storage)?,
             heads: spec.heads,
             head_dim: spec.head_dim,
             scale: spec.scale,

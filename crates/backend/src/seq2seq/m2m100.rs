@@ -30,11 +30,11 @@ use serde::Deserialize;
 use super::bart::{FeedForward, LN_EPS};
 use super::layers::{
     activation, read_config, repad, weights, Attention, AttentionSpec, Checkpoint, DecoderState,
-    RowNorm,
+    Dense, RowNorm, Storage,
 };
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
-use crate::kernels::{Epilogue, PackedF32};
-use crate::BackendError;
+use crate::kernels::Epilogue;
+use crate::{BackendError, Quantize};
 
 /// `config.json` of an M2M100 or NLLB checkpoint (the fields the model
 /// reads).
@@ -119,7 +119,7 @@ pub struct M2M100 {
     decoder: Vec<DecoderLayer>,
     decoder_norm: LayerNorm,
     /// The output layer, tied to the shared embedding: also its table.
-    lm_head: PackedF32,
+    lm_head: Dense,
     embed_scale: f64,
     device: Device,
 }
@@ -151,9 +151,19 @@ impl M2M100 {
     /// Loads `config.json` and the weights (`model.safetensors`, or
     /// `pytorch_model.bin`) of a checkpoint directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
+        Self::load_quantized(dir, device, Quantize::None)
+    }
+
+    /// [`M2M100::load`], the linear layers (and the tied embedding, read
+    /// from the output layer) kept as `quantize` says.
+    pub fn load_quantized(
+        dir: &Path,
+        device: &Device,
+        quantize: Quantize,
+    ) -> Result<Self, BackendError> {
         let cfg: M2M100Config = read_config(dir)?;
         let Checkpoint { vb, file, .. } = weights(dir, None, device)?;
-        Self::from_var_builder(cfg, vb, device).map_err(|e| match e {
+        Self::from_var_builder(cfg, vb, Storage::of(quantize), device).map_err(|e| match e {
             BackendError::Candle(e) => BackendError::load(&file, e),
             other => other,
         })
@@ -162,6 +172,7 @@ impl M2M100 {
     fn from_var_builder(
         cfg: M2M100Config,
         vb: VarBuilder,
+        storage: Storage,
         device: &Device,
     ) -> Result<Self, BackendError> {
         let d = cfg.d_model;
@@ -208,7 +219,7 @@ impl M2M100 {
             names: ["q_proj", "k_proj", "v_proj", "out_proj"],
             bias: true,
             scale: ((d / heads) as f64).powf(-0.5),
-            mapped: None,
+            storage,
         };
         let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
         let mut encoder = Vec::with_capacity(cfg.encoder_layers);
@@ -218,7 +229,7 @@ impl M2M100 {
                 attn_norm: RowNorm::load(d, LN_EPS, vb.pp("self_attn_layer_norm"))?,
                 attn: Attention::load(vb.pp("self_attn"), &spec(cfg.encoder_attention_heads))?,
                 ffn_norm: RowNorm::load(d, LN_EPS, vb.pp("final_layer_norm"))?,
-                ffn: FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act)?,
+                ffn: FeedForward::load(&vb, d, cfg.encoder_ffn_dim, act, storage)?,
             });
         }
         let mut decoder = Vec::with_capacity(cfg.decoder_layers);
@@ -230,7 +241,7 @@ impl M2M100 {
                 cross_norm: ln(vb.pp("encoder_attn_layer_norm"))?,
                 cross: Attention::load(vb.pp("encoder_attn"), &spec(cfg.decoder_attention_heads))?,
                 ffn_norm: ln(vb.pp("final_layer_norm"))?,
-                ffn: FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act)?,
+                ffn: FeedForward::load(&vb, d, cfg.decoder_ffn_dim, act, storage)?,
             });
         }
         // The output layer is tied to the shared embedding
@@ -241,12 +252,7 @@ impl M2M100 {
         } else {
             table.clone()
         };
-        let lm_head = PackedF32::new(
-            &head.flatten_all().and_then(|t| t.to_vec1::<f32>())?,
-            None,
-            cfg.vocab_size,
-            d,
-        );
+        let lm_head = Dense::new(&head, None, storage)?;
         let embed_scale = if cfg.scale_embedding {
             (d as f64).sqrt()
         } else {
@@ -448,7 +454,7 @@ impl EncoderDecoder for M2M100 {
         state.advance();
         let x: Vec<f32> = self.decoder_norm.forward(&x)?.flatten_all()?.to_vec1()?;
         let out = logits_for(logits, n, self.lm_head.rows());
-        self.lm_head.forward(&x, n, out);
+        self.lm_head.write_rows(&x, n, Epilogue::None, out);
         Ok(())
     }
 

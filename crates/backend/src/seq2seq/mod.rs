@@ -13,6 +13,7 @@
 pub mod bart;
 mod layers;
 pub mod m2m100;
+mod safetensors;
 pub mod t5;
 pub use layers::DecoderState;
 pub mod backend;
@@ -382,6 +383,56 @@ fn log_softmax(row: &mut [f32]) {
     for v in row.iter_mut() {
         *v = *v - max - log_sum;
     }
+}
+
+/// The model's most likely next token at every position of `targets`, read
+/// teacher-forced: input `i`'s decoder is fed its start token, then
+/// `targets[i]` one token at a time, and entry `j` of row `i` is the arg-max
+/// of the raw logits (no logits processor) after `targets[i][..j]`, for
+/// every `j < targets[i].len()` (the first of equal maxima). What a quality
+/// guard compares between two versions of a model (int8 against f32): the
+/// share of positions where they agree, on the same prefixes.
+pub fn teacher_forced_top1<M: EncoderDecoder>(
+    model: &M,
+    inputs: &[Vec<u32>],
+    targets: &[Vec<u32>],
+) -> Result<Vec<Vec<u32>>, BackendError> {
+    assert_eq!(inputs.len(), targets.len(), "one target per input");
+    let mut out: Vec<Vec<u32>> = targets
+        .iter()
+        .map(|t| Vec::with_capacity(t.len()))
+        .collect();
+    if inputs.is_empty() {
+        return Ok(out);
+    }
+    let start = model.seq2seq_config().decoder_start_token_id;
+    let mut state = model.start(inputs, 1)?;
+    let mut tokens = vec![start; inputs.len()];
+    let mut logits = Vec::new();
+    let longest = targets.iter().map(Vec::len).max().unwrap_or(0);
+    for j in 0..longest {
+        model.step(&mut state, &tokens, &mut logits)?;
+        let vocab = logits.len() / inputs.len();
+        for (i, row) in logits.chunks_exact(vocab).enumerate() {
+            // A finished target's row is fed its start token again; its
+            // predictions are not kept.
+            tokens[i] = match targets[i].get(j) {
+                Some(&next) => {
+                    let best = row
+                        .iter()
+                        .enumerate()
+                        .fold(
+                            (0, f32::NEG_INFINITY),
+                            |b, (k, &v)| if v > b.1 { (k, v) } else { b },
+                        );
+                    out[i].push(best.0 as u32);
+                    next
+                }
+                None => start,
+            };
+        }
+    }
+    Ok(out)
 }
 
 /// Generates for every input; returns each input's best sequence, decoder

@@ -31,12 +31,12 @@ use serde::Deserialize;
 
 use super::layers::{
     activation, matrix_ref, pad, read_config, unpad, weights, Attention, AttentionSpec, Checkpoint,
-    DecoderState, Dense,
+    DecoderState, Dense, Storage,
 };
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::Epilogue;
 use crate::weights::{GgufFile, TensorRef};
-use crate::BackendError;
+use crate::{BackendError, Quantize};
 
 /// `config.json` of a T5 checkpoint (the fields the model reads).
 #[derive(Debug, Clone, Deserialize)]
@@ -119,22 +119,22 @@ impl FeedForward {
         vb: VarBuilder,
         cfg: &T5Config,
         (act, gated): (Epilogue, bool),
-        mapped: Option<&Arc<GgufFile>>,
+        storage: Storage,
     ) -> candle_core::Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
         let vb = vb.pp("DenseReluDense");
         let (wi, gate) = if gated {
             (
-                Dense::load(d, ff, vb.pp("wi_0"), false, mapped)?,
-                Some(Dense::load(d, ff, vb.pp("wi_1"), false, mapped)?),
+                Dense::load(d, ff, vb.pp("wi_0"), false, storage)?,
+                Some(Dense::load(d, ff, vb.pp("wi_1"), false, storage)?),
             )
         } else {
-            (Dense::load(d, ff, vb.pp("wi"), false, mapped)?, None)
+            (Dense::load(d, ff, vb.pp("wi"), false, storage)?, None)
         };
         Ok(Self {
             wi,
             gate,
-            wo: Dense::load(ff, d, vb.pp("wo"), false, mapped)?,
+            wo: Dense::load(ff, d, vb.pp("wo"), false, storage)?,
             act,
         })
     }
@@ -306,22 +306,24 @@ impl T5 {
     /// shards, `pytorch_model.bin`, or one `.gguf` file) of a checkpoint
     /// directory.
     pub fn load(dir: &Path, device: &Device) -> Result<Self, BackendError> {
-        Self::load_weights(dir, None, device)
+        Self::load_weights(dir, None, device, Quantize::None)
     }
 
     /// [`T5::load`], with the weights from the GGUF file `gguf` when given
     /// (a quantized checkpoint, as candle's `tensor-tools quantize` writes
     /// one: the checkpoint's tensor names; `config.json` in `dir`). Its
-    /// matrices are multiplied in their stored type (Q4_K, Q6_K, Q8_0, …).
+    /// matrices are multiplied in their stored type (Q4_K, Q6_K, Q8_0, …);
+    /// those of other weights are kept as `quantize` says.
     pub fn load_weights(
         dir: &Path,
         gguf: Option<&Path>,
         device: &Device,
+        quantize: Quantize,
     ) -> Result<Self, BackendError> {
         let cfg: T5Config = read_config(dir)?;
         let checkpoint = weights(dir, gguf, device)?;
         let file = checkpoint.file.clone();
-        Self::from_checkpoint(cfg, checkpoint, device).map_err(|e| match e {
+        Self::from_checkpoint(cfg, checkpoint, quantize, device).map_err(|e| match e {
             BackendError::Candle(e) => BackendError::load(&file, e),
             other => other,
         })
@@ -329,10 +331,12 @@ impl T5 {
 
     fn from_checkpoint(
         cfg: T5Config,
-        Checkpoint { vb, mapped, .. }: Checkpoint,
+        checkpoint: Checkpoint,
+        quantize: Quantize,
         device: &Device,
     ) -> Result<Self, BackendError> {
-        let mapped = mapped.as_ref();
+        let storage = checkpoint.storage(quantize);
+        let (vb, mapped) = (&checkpoint.vb, checkpoint.mapped.as_ref());
         if cfg.model_type != "t5" {
             return Err(BackendError::Config(format!(
                 "model_type `{}` is not run by the T5 backend (only `t5`)",
@@ -368,7 +372,7 @@ impl T5 {
             names: ["q", "k", "v", "o"],
             bias: false,
             scale: 1.0,
-            mapped,
+            storage,
         };
         let mut encoder = Vec::with_capacity(cfg.num_layers);
         for i in 0..cfg.num_layers {
@@ -377,7 +381,7 @@ impl T5 {
                 attn_norm: norm(vb.pp("0.layer_norm"))?,
                 attn: Attention::load(vb.pp("0.SelfAttention"), &spec)?,
                 ffn_norm: norm(vb.pp("1.layer_norm"))?,
-                ffn: FeedForward::load(vb.pp("1"), &cfg, ffn, mapped)?,
+                ffn: FeedForward::load(vb.pp("1"), &cfg, ffn, storage)?,
             });
         }
         let layers = cfg.num_decoder_layers.unwrap_or(cfg.num_layers);
@@ -390,7 +394,7 @@ impl T5 {
                 cross_norm: norm(vb.pp("1.layer_norm"))?,
                 cross: Attention::load(vb.pp("1.EncDecAttention"), &spec)?,
                 ffn_norm: norm(vb.pp("2.layer_norm"))?,
-                ffn: FeedForward::load(vb.pp("2"), &cfg, ffn, mapped)?,
+                ffn: FeedForward::load(vb.pp("2"), &cfg, ffn, storage)?,
             });
         }
         let encoder_bias =
@@ -416,7 +420,7 @@ impl T5 {
                     cfg.vocab_size,
                     vb.pp(head.trim_end_matches(".weight")),
                     false,
-                    None,
+                    storage,
                 )?;
                 (TokenTable::Dense(Embedding::new(shared, d)), lm_head)
             }

@@ -116,12 +116,15 @@ pub struct CacheKey([u8; 32]);
 impl CacheKey {
     /// The key of `request` on `model`, whose files have `fingerprint`.
     pub fn new(model: &ModelInfo, fingerprint: &str, request: &GenerationRequest) -> Self {
+        use precis_backend::Quantize;
         #[derive(Serialize)]
         struct Material<'a> {
             pipeline: &'a str,
             model: &'a str,
             revision: &'a str,
             family: &'a str,
+            #[serde(skip_serializing_if = "Quantize::is_none")]
+            quantize: Quantize,
             fingerprint: &'a str,
             messages: &'a [precis_backend::ChatMessage],
             params: &'a precis_backend::GenerationParams,
@@ -133,6 +136,7 @@ impl CacheKey {
             model: &model.id,
             revision: &model.revision,
             family: &model.family,
+            quantize: model.quantize,
             fingerprint,
             messages: &request.messages,
             params: &request.params,
@@ -423,6 +427,7 @@ mod tests {
             context_length: 4096,
             target_languages: Vec::new(),
             license: None,
+            quantize: precis_backend::Quantize::None,
         }
     }
 

@@ -11,7 +11,7 @@ use precis_backend::seq2seq::backend::{
     target_language, Architecture, Seq2SeqBackend, Seq2SeqOptions,
 };
 use precis_backend::store::{LocatedModel, ModelFamily, ModelSpec, ModelStore, SpecOrigin};
-use precis_backend::Backend;
+use precis_backend::{Backend, Quantize};
 
 /// Loads models by name for the engine: [`StoreLoader`] from the model
 /// store, `FakeLoader` (feature `test-backend`) in tests.
@@ -84,6 +84,25 @@ pub struct StoreLoader {
     open: bool,
     configured: Vec<String>,
     allow_unverified: bool,
+    quantize: Quantization,
+}
+
+/// What each encoder-decoder model's weights are quantized to at load:
+/// its own setting (the config file's `[models."ID"] quantize`), else the
+/// default (`--quantize`, the file's `quantize`), else none (f32).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Quantization {
+    /// For a model without a setting of its own.
+    pub default: Quantize,
+    /// By the name a model is configured or asked for.
+    pub models: std::collections::BTreeMap<String, Quantize>,
+}
+
+impl Quantization {
+    /// The setting of the model loaded as `id`.
+    pub fn of(&self, id: &str) -> Quantize {
+        self.models.get(id).copied().unwrap_or(self.default)
+    }
 }
 
 /// Languages assumed for a GGUF chat model named by path, with no manifest.
@@ -99,7 +118,13 @@ impl StoreLoader {
             open: true,
             configured: Vec::new(),
             allow_unverified: true,
+            quantize: Quantization::default(),
         }
+    }
+
+    /// This loader, quantizing models' weights as `quantize` says.
+    pub fn with_quantization(self, quantize: Quantization) -> Self {
+        Self { quantize, ..self }
     }
 
     /// A loader for the server: manifest ids, their hub repos, and
@@ -312,6 +337,7 @@ impl ModelLoader for StoreLoader {
                     target_languages,
                     license: spec.manifest.as_ref().map(|m| m.license.clone()),
                     gguf,
+                    quantize: self.quantize.of(id),
                 },
             )?;
             return Ok(Box::new(model));

@@ -25,7 +25,7 @@ mod worker;
 
 #[cfg(feature = "test-backend")]
 pub use loader::FakeLoader;
-pub use loader::{ModelLoader, StoreLoader};
+pub use loader::{ModelLoader, Quantization, StoreLoader};
 pub use worker::ModelHandle;
 
 /// Why the engine could not serve a request.

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use precis_backend::{
-    BackendError, Cached, Generation, GenerationParams, GenerationRequest, ModelInfo,
+    BackendError, Cached, Generation, GenerationParams, GenerationRequest, ModelInfo, Quantize,
 };
 
 pub mod budget;
@@ -283,6 +283,10 @@ pub struct ModelUsed {
     /// used for).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub license: Option<String>,
+    /// What precis quantized the weights to at load (`--quantize`;
+    /// absent: nothing, the checkpoint's own weights).
+    #[serde(default, skip_serializing_if = "Quantize::is_none")]
+    pub quantize: Quantize,
 }
 
 impl From<&ModelInfo> for ModelUsed {
@@ -292,6 +296,7 @@ impl From<&ModelInfo> for ModelUsed {
             revision: i.revision.clone(),
             family: i.family.clone(),
             license: i.license.clone(),
+            quantize: i.quantize,
         }
     }
 }

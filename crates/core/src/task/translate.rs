@@ -522,6 +522,7 @@ mod tests {
                 context_length: 4096,
                 target_languages: vec!["ru".into()],
                 license: None,
+                quantize: precis_backend::Quantize::None,
             },
             answers: vec![
                 ("Talks in Delhi", "Переговоры в Дели"),

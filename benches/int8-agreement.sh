@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# The int8 quality guard on the trained parity checkpoints (tests/fixtures):
+# precis int8's teacher-forced top-1 agreement with precis f32
+# (tests/int8_agreement.rs, which CI runs with a floor), beside CTranslate2
+# int8's agreement with CTranslate2 fp32 on the same inputs and prefixes.
+# The full-size checkpoints' guard is part of benches/compare-marian.sh.
+# Run on demand, not in CI: `benches/int8-agreement.sh`.
+set -euo pipefail
+
+case "${1:-}" in
+    -h | --help)
+        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        echo
+        echo "Environment: OUT_DIR [target/bench-compare/int8-agreement], PRECIS_MARIAN_VENV (see benches/compare-marian.sh --help)"
+        exit 0
+        ;;
+    "") ;;
+    *) echo "int8-agreement.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+esac
+
+script_dir=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+repo_root=$(cd "$script_dir/.." && pwd)
+out_dir=${OUT_DIR:-$repo_root/target/bench-compare/int8-agreement}
+venv=${PRECIS_MARIAN_VENV:-$HOME/.cache/precis/fixtures-venv}
+py=$venv/bin/python
+[[ -x $py ]] || { echo "int8-agreement.sh: no virtualenv at $venv: run benches/compare-marian.sh once to make it" >&2; exit 2; }
+"$py" -c "import ctranslate2" 2>/dev/null || { echo "int8-agreement.sh: $venv has no ctranslate2 (run benches/compare-marian.sh once)" >&2; exit 2; }
+rm -rf "$out_dir"
+mkdir -p "$out_dir"
+
+echo "== precis (cargo test --test int8_agreement)"
+(cd "$repo_root" && PRECIS_AGREEMENT_OUT="$out_dir/precis" cargo test --quiet --test int8_agreement -- --nocapture int8_agrees) |
+    grep 'agrees with f32' || { echo "int8-agreement.sh: the test failed" >&2; exit 1; }
+
+printf '\n%-14s %12s %12s %10s\n' checkpoint precis-int8 ct2-int8 difference
+for ids in "$out_dir"/precis/*.json; do
+    name=$(basename "$ids" .json)
+    checkpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$ids")
+    for q in float32 int8; do
+        "$py" -W ignore "$script_dir/marian_compare.py" ct2-convert --model "$checkpoint" --out "$out_dir/$name-ct2-$q" \
+            --quantization "$q" --force >/dev/null 2>&1 || { echo "int8-agreement.sh: converting $name for CTranslate2 failed" >&2; exit 1; }
+    done
+    "$py" -W ignore "$script_dir/marian_compare.py" ct2-agreement --ids "$ids" \
+        --fp32 "$out_dir/$name-ct2-float32" --int8 "$out_dir/$name-ct2-int8" --out "$out_dir/$name.json" >/dev/null
+    python3 - "$out_dir/$name.json" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]:<14} {r['precis']:>12.4f} {r['ct2']:>12.4f} {r['precis'] - r['ct2']:>+10.4f}")
+PY
+done

@@ -1,0 +1,654 @@
+//! int8 products for the encoder-decoder models' layers: weights quantized
+//! once at load, activations quantized per token at each product.
+//!
+//! Why this exists: CPU translation services run int8 (CTranslate2,
+//! Bergamot). A weight takes one byte instead of four, so a decoder step
+//! reads a quarter of the memory and the model holds a quarter of the
+//! room, and one VNNI multiply-add does 64 byte products where an f32 FMA
+//! does 16.
+//!
+//! The quantization is CTranslate2's: weight row `r` gets the scale
+//! `s_r = max|W_r| / 127` and the values `round(W_r / s_r)` in
+//! [-127, 127]; each activation row (a token) `t` gets `a_t = max|x_t| / 127`
+//! the same way. A product is `Σ_c q_w · q_x`, exact in i32, and the output
+//! `sum · (a_t · s_r) + bias_r`, then the epilogue. Every level computes the
+//! same integer sums and the same float tail, so unlike the f32 products
+//! the scalar, AVX2 and AVX-512 results are the same bits, and a token's
+//! result does not depend on what it is batched with.
+//!
+//! Layout: panels of [`PANEL`] output rows, as [`super::PackedF32`]'s, in
+//! groups of 4 input columns: lane `j`'s 4 bytes `W[r0 + j, 4g..4g + 4]`
+//! lie together, so that one 512-bit register holds 16 lanes of one group,
+//! which is what `vpdpbusd` multiplies by one token's 4 activation bytes
+//! broadcast. `vpdpbusd` multiplies unsigned by signed bytes: on that level
+//! activations go in as `q + 128`, and each row's `128 · Σ_c q_w` is taken
+//! off the sum afterwards. AVX2 has no such instruction: its path multiplies
+//! `|q_x|` by `q_w` carrying `q_x`'s sign (`vpmaddubsw`), whose pairs stay
+//! below i16's saturation because no value is -128.
+
+use rayon::prelude::*;
+
+use super::{level, Epilogue, Level, OutSink, PANEL};
+
+/// Input columns per group (the bytes one i32 lane of `vpdpbusd` sums).
+const GROUP: usize = 4;
+/// Products smaller than this (multiply-adds) run on the calling thread.
+const SERIAL_WORK: usize = 256 * 1024;
+/// Tasks per thread, so that a thread slowed by other work is caught up.
+const TASKS_PER_THREAD: usize = 4;
+/// Activation bytes a task keeps in its core's L2 cache while every panel
+/// of the task passes over them (a long encoder input is taken in tiles).
+const TILE_BYTES: usize = 256 * 1024;
+
+/// A `rows × cols` matrix quantized to int8 per row, with an f32 bias,
+/// packed for [`PackedI8::forward`].
+pub struct PackedI8 {
+    /// Panel `p`, group `g`, lane `j`, byte `k` at
+    /// `((p * groups + g) * PANEL + j) * GROUP + k`: the quantized
+    /// `W[p * PANEL + j, g * GROUP + k]`, zero past the last row or column.
+    panels: Vec<i8>,
+    /// `s_r` per row.
+    scales: Vec<f32>,
+    /// `128 · Σ_c q(W[r, c])` per row (what unsigned activations add).
+    offsets: Vec<i32>,
+    /// `rows` values (zeros when the layer has none).
+    bias: Vec<f32>,
+    rows: usize,
+    cols: usize,
+    groups: usize,
+}
+
+/// `round(v · 127 / max|v|)` of every value into `q` (halves to even), and
+/// the scale `max|v| / 127` (0 for a row of zeros, whose values are all 0;
+/// NaN for a row with a value that is not finite). Written so that both
+/// passes vectorise: lanes of maxima (a float reduction in one chain does
+/// not), and rounding by adding 1.5 · 2²³, whose float sum keeps the
+/// integer in its low mantissa bits (no libm call, no saturating cast).
+fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
+    const LANES: usize = 16;
+    let mut maxima = [0f32; LANES];
+    let mut odd = [false; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    for chunk in chunks {
+        for ((m, o), &x) in maxima.iter_mut().zip(&mut odd).zip(chunk) {
+            let a = x.abs();
+            *m = if a > *m { a } else { *m };
+            // Neither NaN nor infinite.
+            *o |= a.is_nan() || a == f32::INFINITY;
+        }
+    }
+    for (&x, (m, o)) in rest.iter().zip(maxima.iter_mut().zip(&mut odd)) {
+        let a = x.abs();
+        *m = if a > *m { a } else { *m };
+        *o |= a.is_nan() || a == f32::INFINITY;
+    }
+    let max = maxima.iter().fold(0f32, |m, &a| if a > m { a } else { m });
+    if max == 0.0 || odd.iter().any(|&o| o) {
+        q.iter_mut().for_each(|q| *q = 0);
+        return if max == 0.0 && !odd.iter().any(|&o| o) {
+            0.0
+        } else {
+            f32::NAN
+        };
+    }
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
+    let inv = 127.0 / max;
+    for (q, &x) in q.iter_mut().zip(v) {
+        // |x · inv| ≤ 127 (and a rounding), well inside the trick's range.
+        let y = (x * inv).clamp(-127.0, 127.0);
+        *q = ((y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32) as i8;
+    }
+    max / 127.0
+}
+
+impl PackedI8 {
+    /// Most input columns: `cols · 255 · 127` must stay inside an i32.
+    pub const MAX_COLS: usize = 65_536;
+
+    /// Quantizes and packs `w` (`rows × cols`, row-major, as
+    /// `nn.Linear.weight` stores it) and keeps `bias` (`rows` values).
+    /// Panics if the lengths do not match the shape or `cols` is above
+    /// [`PackedI8::MAX_COLS`].
+    pub fn new(w: &[f32], bias: Option<&[f32]>, rows: usize, cols: usize) -> Self {
+        assert_eq!(w.len(), rows * cols, "weights of {rows} × {cols}");
+        assert!(
+            cols <= Self::MAX_COLS,
+            "{cols} input columns (at most {})",
+            Self::MAX_COLS
+        );
+        let groups = cols.div_ceil(GROUP);
+        let panel_len = groups * PANEL * GROUP;
+        let mut panels = vec![0i8; rows.div_ceil(PANEL) * panel_len];
+        let mut scales = vec![0f32; rows];
+        let mut offsets = vec![0i32; rows];
+        let mut q = vec![0i8; cols];
+        for r in 0..rows {
+            scales[r] = quantize_row(&w[r * cols..(r + 1) * cols], &mut q);
+            offsets[r] = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
+            let (p, j) = (r / PANEL, r % PANEL);
+            let panel = &mut panels[p * panel_len..(p + 1) * panel_len];
+            for (c, &v) in q.iter().enumerate() {
+                panel[((c / GROUP) * PANEL + j) * GROUP + c % GROUP] = v;
+            }
+        }
+        let bias = match bias {
+            Some(b) => {
+                assert_eq!(b.len(), rows, "bias of {rows}");
+                b.to_vec()
+            }
+            None => vec![0.0; rows],
+        };
+        Self {
+            panels,
+            scales,
+            offsets,
+            bias,
+            rows,
+            cols,
+            groups,
+        }
+    }
+
+    /// Row `r` of the matrix as it is quantized (`q · s_r`, `cols` values)
+    /// into `out`: an embedding lookup in a table packed as an output
+    /// layer. Panics unless `r < rows` and `out` holds `cols` values.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        assert!(r < self.rows, "row {r} of {}", self.rows);
+        let (p, j) = (r / PANEL, r % PANEL);
+        let panel = self.panel(p);
+        for (c, v) in out[..self.cols].iter_mut().enumerate() {
+            *v = panel[((c / GROUP) * PANEL + j) * GROUP + c % GROUP] as f32 * self.scales[r];
+        }
+    }
+
+    /// Output values per token.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input values per token.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Bytes the matrix holds (weights, scales, offsets and bias).
+    pub fn bytes(&self) -> usize {
+        self.panels.len() + 12 * self.rows
+    }
+
+    fn panel(&self, p: usize) -> &[i8] {
+        let len = self.groups * PANEL * GROUP;
+        &self.panels[p * len..(p + 1) * len]
+    }
+
+    /// `out[t * rows + r] ≈ bias[r] + Σ_c W[r, c] · x[t * cols + c]` for the
+    /// `n` tokens of `x`, each token quantized to int8 first, `epilogue`
+    /// applied to every output, in parallel over panels on rayon's current
+    /// pool. Panics unless `x` holds `n × cols` values and `out` `n × rows`.
+    pub fn forward_then(&self, x: &[f32], n: usize, out: &mut [f32], epilogue: Epilogue) {
+        self.forward_at(level(), x, n, out, epilogue);
+    }
+
+    /// [`PackedI8::forward_then`] at a given level (tests compare them).
+    pub(crate) fn forward_at(
+        &self,
+        level: Level,
+        x: &[f32],
+        n: usize,
+        out: &mut [f32],
+        epilogue: Epilogue,
+    ) {
+        assert_eq!(x.len(), n * self.cols, "{n} tokens of {}", self.cols);
+        assert_eq!(out.len(), n * self.rows, "{n} tokens of {}", self.rows);
+        let count = self.rows.div_ceil(PANEL);
+        if count == 0 || n == 0 {
+            return;
+        }
+        let x = Tokens::quantize(x, n, self.cols, self.groups, unsigned(level));
+        let sink = OutSink::new(out, self.rows);
+        let run = |panels: std::ops::Range<usize>| {
+            let task = Task {
+                m: self,
+                x: &x,
+                panels,
+                out: sink,
+                epilogue,
+            };
+            match level {
+                Level::Scalar => scalar_panels(&task),
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Avx2` is only chosen when the CPU has AVX2.
+                Level::Avx2 => unsafe { x86::panels_avx2(&task) },
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `Avx512Vnni` is only chosen when the CPU has
+                // AVX-512F, BW and VNNI.
+                Level::Avx512Vnni => unsafe { x86::panels_vnni(&task) },
+            }
+        };
+        let threads = rayon::current_num_threads();
+        if n * self.rows * self.cols < SERIAL_WORK || threads == 1 {
+            run(0..count);
+            return;
+        }
+        let tasks = (threads * TASKS_PER_THREAD).min(count);
+        let step = count.div_ceil(tasks);
+        (0..count.div_ceil(step))
+            .into_par_iter()
+            .with_max_len(1)
+            .for_each(|i| run(i * step..((i + 1) * step).min(count)));
+    }
+}
+
+/// Whether `level` takes activations as unsigned bytes (`q + 128`).
+fn unsigned(level: Level) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if level == Level::Avx512Vnni {
+        return true;
+    }
+    let _ = level;
+    false
+}
+
+/// A product's activations, quantized per token.
+struct Tokens {
+    /// Token `t`'s `width` bytes at `t · width`: `q` as i8, or `q + 128`
+    /// as u8 when `unsigned`; zero (`128`) past the last column.
+    bytes: Vec<u8>,
+    /// `a_t` per token.
+    scales: Vec<f32>,
+    width: usize,
+    n: usize,
+    unsigned: bool,
+}
+
+impl Tokens {
+    fn quantize(x: &[f32], n: usize, cols: usize, groups: usize, unsigned: bool) -> Self {
+        let width = groups * GROUP;
+        let mut q = vec![0i8; n * width];
+        let mut scales = vec![0f32; n];
+        for ((q, x), s) in q
+            .chunks_exact_mut(width)
+            .zip(x.chunks_exact(cols.max(1)))
+            .zip(&mut scales)
+        {
+            *s = quantize_row(x, &mut q[..cols]);
+        }
+        let mut bytes: Vec<u8> = q.into_iter().map(|v| v as u8).collect();
+        if unsigned {
+            bytes.iter_mut().for_each(|b| *b ^= 0x80);
+        }
+        Self {
+            bytes,
+            scales,
+            width,
+            n,
+            unsigned,
+        }
+    }
+
+    /// Tokens per tile kept in L2 (at least 8).
+    fn tile(&self) -> usize {
+        (TILE_BYTES / self.width.max(1)).max(8)
+    }
+}
+
+/// One thread's share of a product: a range of panels against every token.
+struct Task<'a> {
+    m: &'a PackedI8,
+    x: &'a Tokens,
+    panels: std::ops::Range<usize>,
+    out: OutSink,
+    epilogue: Epilogue,
+}
+
+impl Task<'_> {
+    /// Writes panel `p`'s integer sums for token `t` (`PANEL` lanes, those
+    /// past the last row dropped): scaled, the bias added, the epilogue
+    /// applied.
+    #[inline(always)]
+    fn put(&self, p: usize, t: usize, sums: &[i32; PANEL]) {
+        let m = self.m;
+        let r0 = p * PANEL;
+        let live = (m.rows - r0).min(PANEL);
+        let a = self.x.scales[t];
+        let off = if self.x.unsigned {
+            &m.offsets[r0..r0 + live]
+        } else {
+            &[0; PANEL][..live]
+        };
+        let (scales, bias) = (&m.scales[r0..r0 + live], &m.bias[r0..r0 + live]);
+        let mut v = [0f32; PANEL];
+        // One loop per function, so that each vectorises.
+        macro_rules! each {
+            ($e:expr) => {
+                for ((((v, &s), &o), &ws), &b) in
+                    v.iter_mut().zip(sums).zip(off).zip(scales).zip(bias)
+                {
+                    *v = $e.apply((s - o) as f32 * (a * ws) + b);
+                }
+            };
+        }
+        match self.epilogue {
+            Epilogue::None => each!(Epilogue::None),
+            Epilogue::Relu => each!(Epilogue::Relu),
+            Epilogue::Silu => each!(Epilogue::Silu),
+            Epilogue::Gelu => each!(Epilogue::Gelu),
+            Epilogue::GeluTanh => each!(Epilogue::GeluTanh),
+        }
+        self.out.put_row(t, r0, &v[..live]);
+    }
+}
+
+/// The plain reference: one token at a time, lanes in a scalar loop.
+fn scalar_panels(task: &Task<'_>) {
+    let (groups, width) = (task.m.groups, task.x.width);
+    for p in task.panels.clone() {
+        let panel = task.m.panel(p);
+        for t in 0..task.x.n {
+            let x = &task.x.bytes[t * width..(t + 1) * width];
+            let mut sums = [0i32; PANEL];
+            for g in 0..groups {
+                let w = &panel[g * PANEL * GROUP..(g + 1) * PANEL * GROUP];
+                for (j, s) in sums.iter_mut().enumerate() {
+                    for k in 0..GROUP {
+                        let xv = x[g * GROUP + k] as i8 as i32;
+                        *s += w[j * GROUP + k] as i32 * xv;
+                    }
+                }
+            }
+            task.put(p, t, &sums);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(unsafe_code)]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{Task, GROUP, PANEL};
+
+    /// Token `t`'s 4 activation bytes of group `g`, as one i32.
+    #[inline(always)]
+    unsafe fn group_of(x: *const u8, width: usize, t: usize, g: usize) -> i32 {
+        // SAFETY: the caller's `t` is a token of the task and `g` a group,
+        // so the 4 bytes lie inside `Tokens::bytes`.
+        unsafe { std::ptr::read_unaligned(x.add(t * width + g * GROUP).cast::<i32>()) }
+    }
+
+    /// `T` tokens from `t0` against panel `p`, 512-bit: two registers of
+    /// i32 sums per token, one `vpdpbusd` each per group.
+    #[inline(always)]
+    unsafe fn block_vnni<const T: usize>(task: &Task<'_>, p: usize, t0: usize) {
+        unsafe {
+            let (groups, width) = (task.m.groups, task.x.width);
+            let w = task.m.panel(p).as_ptr();
+            let x = task.x.bytes.as_ptr();
+            let mut acc = [[_mm512_setzero_si512(); 2]; T];
+            for g in 0..groups {
+                let w0 = _mm512_loadu_si512(w.add(g * PANEL * GROUP).cast());
+                let w1 = _mm512_loadu_si512(w.add(g * PANEL * GROUP + 64).cast());
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm512_set1_epi32(group_of(x, width, t0 + t, g));
+                    acc[0] = _mm512_dpbusd_epi32(acc[0], xv, w0);
+                    acc[1] = _mm512_dpbusd_epi32(acc[1], xv, w1);
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                let mut sums = [0i32; PANEL];
+                _mm512_storeu_si512(sums.as_mut_ptr().cast(), acc[0]);
+                _mm512_storeu_si512(sums.as_mut_ptr().add(16).cast(), acc[1]);
+                task.put(p, t0 + t, &sums);
+            }
+        }
+    }
+
+    /// `T` tokens from `t0` against panel `p`, 256-bit: four registers of
+    /// i32 sums per token; per group and register, `|x| · sign(w, x)` in
+    /// i16 pairs, then widened.
+    #[inline(always)]
+    unsafe fn block_avx2<const T: usize>(task: &Task<'_>, p: usize, t0: usize) {
+        unsafe {
+            let (groups, width) = (task.m.groups, task.x.width);
+            let w = task.m.panel(p).as_ptr();
+            let x = task.x.bytes.as_ptr();
+            let ones = _mm256_set1_epi16(1);
+            let mut acc = [[_mm256_setzero_si256(); 4]; T];
+            for g in 0..groups {
+                let ws = [0, 32, 64, 96]
+                    .map(|o| _mm256_loadu_si256(w.add(g * PANEL * GROUP + o).cast()));
+                for (t, acc) in acc.iter_mut().enumerate() {
+                    let xv = _mm256_set1_epi32(group_of(x, width, t0 + t, g));
+                    let ax = _mm256_abs_epi8(xv);
+                    for (a, &wv) in acc.iter_mut().zip(&ws) {
+                        let pairs = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(wv, xv));
+                        *a = _mm256_add_epi32(*a, _mm256_madd_epi16(pairs, ones));
+                    }
+                }
+            }
+            for (t, acc) in acc.iter().enumerate() {
+                let mut sums = [0i32; PANEL];
+                for (j, a) in acc.iter().enumerate() {
+                    _mm256_storeu_si256(sums.as_mut_ptr().add(8 * j).cast(), *a);
+                }
+                task.put(p, t0 + t, &sums);
+            }
+        }
+    }
+
+    /// Runs `block::<T>(task, p, t)` over tokens `tokens` of panel `p`, `T`
+    /// the widest of `wide`, 4, 2, 1 that fits the tokens left.
+    macro_rules! sweep {
+        ($wide:literal, $block:ident, $task:expr, $p:expr, $tokens:expr) => {{
+            let (task, p, tokens) = ($task, $p, $tokens);
+            let mut t = tokens.start;
+            while t < tokens.end {
+                let left = tokens.end - t;
+                t += if left >= $wide {
+                    $block::<$wide>(task, p, t);
+                    $wide
+                } else if left >= 4 {
+                    $block::<4>(task, p, t);
+                    4
+                } else if left >= 2 {
+                    $block::<2>(task, p, t);
+                    2
+                } else {
+                    $block::<1>(task, p, t);
+                    1
+                };
+            }
+        }};
+    }
+
+    /// # Safety
+    /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VNNI, and the
+    /// task's activations must be unsigned (`q + 128`).
+    #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn panels_vnni(task: &Task<'_>) {
+        debug_assert!(task.x.unsigned);
+        let (n, tile) = (task.x.n, task.x.tile());
+        for t0 in (0..n).step_by(tile) {
+            for p in task.panels.clone() {
+                // SAFETY: this function's target features are the blocks'.
+                unsafe { sweep!(8, block_vnni, task, p, t0..(t0 + tile).min(n)) }
+            }
+        }
+    }
+
+    /// # Safety
+    /// The CPU must have AVX2, and the task's activations must be signed.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn panels_avx2(task: &Task<'_>) {
+        debug_assert!(!task.x.unsigned);
+        let (n, tile) = (task.x.n, task.x.tile());
+        for t0 in (0..n).step_by(tile) {
+            for p in task.panels.clone() {
+                // SAFETY: this function's target features are the blocks'.
+                unsafe { sweep!(2, block_avx2, task, p, t0..(t0 + tile).min(n)) }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A deterministic pseudo-random matrix in [-1, 1).
+    fn values(len: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..len)
+            .map(|_| {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// The definition, written out: each row and token quantized on its own,
+    /// the integer sum, scaled.
+    fn reference(w: &[f32], b: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let quant = |v: &[f32]| {
+            let mut q = vec![0i8; v.len()];
+            let s = quantize_row(v, &mut q);
+            (q, s)
+        };
+        let n = x.len() / cols;
+        let mut out = vec![0f32; n * rows];
+        for t in 0..n {
+            let (qx, a) = quant(&x[t * cols..(t + 1) * cols]);
+            for r in 0..rows {
+                let (qw, s) = quant(&w[r * cols..(r + 1) * cols]);
+                let sum: i32 = qx.iter().zip(&qw).map(|(&x, &w)| x as i32 * w as i32).sum();
+                out[t * rows + r] = sum as f32 * (a * s) + b[r];
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_level_gives_the_reference_bits_whatever_the_batch() {
+        // Partial last panels and groups, odd token counts, more tokens
+        // than one tile, columns past i16's reach.
+        for (rows, cols, n) in [
+            (70, 37, 11),
+            (32, 64, 8),
+            (5, 3, 1),
+            (96, 129, 33),
+            (40, 2500, 13),
+            (33, 40, 7000),
+        ] {
+            let (w, b, x) = (values(rows * cols, 1), values(rows, 2), values(n * cols, 3));
+            let want = reference(&w, &b, &x, rows, cols);
+            let m = PackedI8::new(&w, Some(&b), rows, cols);
+            for level in Level::available() {
+                let mut out = vec![f32::NAN; n * rows];
+                m.forward_at(level, &x, n, &mut out, Epilogue::None);
+                assert_eq!(out, want, "{level:?} {rows}×{cols}, {n} tokens");
+                let t = n / 2;
+                let mut alone = vec![0f32; rows];
+                let one = &x[t * cols..(t + 1) * cols];
+                m.forward_at(level, one, 1, &mut alone, Epilogue::None);
+                assert_eq!(alone, want[t * rows..(t + 1) * rows], "{level:?} token {t}");
+            }
+        }
+    }
+
+    #[test]
+    fn extreme_values_neither_saturate_nor_overflow() {
+        // Every weight and activation at ±max: the sums reach 127 · 127 ·
+        // cols, which i16 pairs of the AVX2 path would saturate if a value
+        // could be -128, and the unsigned path's offset is largest.
+        let (rows, cols, n) = (40, 4096, 9);
+        let w: Vec<f32> = (0..rows * cols)
+            .map(|i| if (i / 3) % 2 == 0 { 2.0 } else { -2.0 })
+            .collect();
+        let x: Vec<f32> = (0..n * cols)
+            .map(|i| if (i / 5) % 3 == 0 { -0.5 } else { 0.5 })
+            .collect();
+        let b = vec![0.25; rows];
+        let want = reference(&w, &b, &x, rows, cols);
+        let m = PackedI8::new(&w, Some(&b), rows, cols);
+        for level in Level::available() {
+            let mut out = vec![f32::NAN; n * rows];
+            m.forward_at(level, &x, n, &mut out, Epilogue::None);
+            assert_eq!(out, want, "{level:?}");
+        }
+        // And the exact products: ±2 and ±0.5 quantize without error.
+        let exact: Vec<f32> = (0..n)
+            .flat_map(|t| {
+                let (w, x) = (&w, &x);
+                (0..rows).map(move |r| {
+                    0.25 + (0..cols)
+                        .map(|c| w[r * cols + c] * x[t * cols + c])
+                        .sum::<f32>()
+                })
+            })
+            .collect();
+        for (got, want) in want.iter().zip(&exact) {
+            assert!((got - want).abs() < 1e-3, "{got} vs {want}");
+        }
+    }
+
+    #[test]
+    fn products_are_close_to_f32_and_zeros_stay_zero() {
+        let (rows, cols, n) = (64, 512, 6);
+        let (w, x) = (values(rows * cols, 4), values(n * cols, 5));
+        let m = PackedI8::new(&w, None, rows, cols);
+        let mut out = vec![0f32; n * rows];
+        m.forward_then(&x, n, &mut out, Epilogue::None);
+        let f = super::super::PackedF32::new(&w, None, rows, cols).apply(&x, n);
+        // Each sum of 512 products of values in [-1, 1) is a few units;
+        // int8 rounding errs by well under 1 % of the largest.
+        let scale = f.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for (a, b) in out.iter().zip(&f) {
+            assert!((a - b).abs() < 0.01 * scale, "{a} vs {b} (scale {scale})");
+        }
+        // A token of zeros gives the bias; a row of zero weights gives it too.
+        let zero = vec![0f32; cols];
+        let b = values(rows, 6);
+        let m = PackedI8::new(&w, Some(&b), rows, cols);
+        let mut out = vec![f32::NAN; rows];
+        m.forward_then(&zero, 1, &mut out, Epilogue::None);
+        assert_eq!(out, b);
+    }
+
+    #[test]
+    fn rows_read_back_within_half_a_step() {
+        let (rows, cols) = (70, 37);
+        let w = values(rows * cols, 7);
+        let m = PackedI8::new(&w, None, rows, cols);
+        let mut row = vec![0f32; cols];
+        for r in 0..rows {
+            m.row(r, &mut row);
+            let want = &w[r * cols..(r + 1) * cols];
+            let step = want.iter().fold(0f32, |m, v| m.max(v.abs())) / 127.0;
+            for (a, b) in row.iter().zip(want) {
+                assert!((a - b).abs() <= step * 0.5 + 1e-7, "row {r}: {a} vs {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn epilogues_apply_after_the_scale_and_bias() {
+        let (rows, cols, n) = (40, 24, 9);
+        let (w, b, x) = (
+            values(rows * cols, 8),
+            values(rows, 9),
+            values(n * cols, 10),
+        );
+        let m = PackedI8::new(&w, Some(&b), rows, cols);
+        let mut plain = vec![0f32; n * rows];
+        m.forward_then(&x, n, &mut plain, Epilogue::None);
+        for e in [Epilogue::Relu, Epilogue::Gelu, Epilogue::Silu] {
+            let mut out = vec![0f32; n * rows];
+            m.forward_then(&x, n, &mut out, e);
+            let want: Vec<f32> = plain.iter().map(|&v| e.apply(v)).collect();
+            assert_eq!(out, want, "{e:?}");
+        }
+    }
+}
