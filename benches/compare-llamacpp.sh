@@ -9,8 +9,12 @@ usage() {
 Usage: benches/compare-llamacpp.sh [OPTIONS] MODEL
 
 Runs precis's backend (the `llm` bench, benches/llm.rs) and llama.cpp
-(llama-cpp-python 0.3.36, built from source with its default flags, in a
-virtualenv outside the repository) on the same prompt, thread count and
+(llama-cpp-python 0.3.36, built from source in a virtualenv outside the
+repository, with this CPU's instruction set extensions listed explicitly:
+AVX2 / AVX-512 / VNNI / BF16 on where /proc/cpuinfo has them, AMX always
+off; llama.cpp's own -march=native build uses AMX tiles on a Xeon that
+advertises AMX, and dies with "Illegal instruction" where the kernel or
+sandbox does not grant them; the venv is rebuilt when the list changes) on the same prompt, thread count and
 number of greedy tokens, one after the other in one run, and prints prefill
 tok/s, decode tok/s and peak RSS for both. The last line is
 
@@ -152,8 +156,33 @@ article=$(cd "$(dirname "$article")" && pwd)/$(basename "$article")
 
 command -v python3 >/dev/null || die "python3 is needed"
 
+# llama.cpp's instruction set extensions, listed explicitly from this CPU's
+# flags instead of -march=native (GGML_NATIVE): a native build on a Xeon
+# that advertises AMX uses AMX tiles, which the sandboxes this project runs
+# in do not grant (the process dies with "Illegal instruction"), so AMX is
+# always off. Not x86: llama.cpp's defaults.
+cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name: *//p' | head -n 1)
+cpu_model=${cpu_model:-unknown}
+cmake_args=""
+if [[ $(uname -m) == x86_64 ]]; then
+    cpu_flags=" $(grep -m 1 '^flags' /proc/cpuinfo | cut -d: -f2) "
+    has_flag() { [[ $cpu_flags == *" $1 "* ]]; }
+    on_if() {
+        local f
+        for f in "$@"; do has_flag "$f" || { echo OFF; return; }; done
+        echo ON
+    }
+    cmake_args="-DGGML_NATIVE=OFF -DGGML_AVX=$(on_if avx) -DGGML_AVX2=$(on_if avx2) -DGGML_FMA=$(on_if fma)"
+    cmake_args+=" -DGGML_F16C=$(on_if f16c) -DGGML_BMI2=$(on_if bmi2) -DGGML_AVX_VNNI=$(on_if avx_vnni)"
+    cmake_args+=" -DGGML_AVX512=$(on_if avx512f avx512cd avx512vl avx512dq avx512bw)"
+    cmake_args+=" -DGGML_AVX512_VBMI=$(on_if avx512f avx512vbmi) -DGGML_AVX512_VNNI=$(on_if avx512f avx512_vnni)"
+    cmake_args+=" -DGGML_AVX512_BF16=$(on_if avx512f avx512_bf16)"
+    cmake_args+=" -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF"
+fi
+note "CPU: $cpu_model; llama.cpp build flags: ${cmake_args:-the defaults of llama.cpp}"
+
 # llama-cpp-python in a virtualenv outside the repository, built from source
-# with its default flags (CMAKE_ARGS cleared for the build).
+# with those flags (rebuilt when they differ from the build's).
 venv=${PRECIS_LLAMACPP_VENV:-$HOME/.cache/precis/llamacpp-venv}
 venv=$(abspath "$venv")
 installed_version() {
@@ -164,16 +193,19 @@ if [[ ! -x $venv/bin/python ]]; then
     mkdir -p "$(dirname "$venv")"
     python3 -m venv "$venv" || die "could not create the virtualenv $venv (python3 -m venv; is the venv module installed?)"
 fi
-if [[ $(installed_version) != "$LLAMA_CPP_PYTHON_VERSION" ]]; then
+built_with=$venv.cmake-args
+if [[ $(installed_version) != "$LLAMA_CPP_PYTHON_VERSION" || $(cat "$built_with" 2>/dev/null) != "$cmake_args" ]]; then
     log=$venv.build.log
-    note "installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION into $venv: this compiles llama.cpp (several minutes, unless pip kept the wheel it built before); log: $log"
+    note "installing llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION into $venv: this compiles llama.cpp (several minutes); log: $log"
     { command -v gcc && command -v g++; } >/dev/null || die "gcc and g++ are needed to build llama.cpp"
-    if ! env -u CMAKE_ARGS -u FORCE_CMAKE "$venv/bin/python" -m pip install -v --no-binary llama-cpp-python \
-        "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy >"$log" 2>&1; then
+    rm -f "$built_with"
+    if ! env -u FORCE_CMAKE CMAKE_ARGS="$cmake_args" "$venv/bin/python" -m pip install -v --no-binary llama-cpp-python \
+        --no-cache-dir --force-reinstall "llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION" numpy >"$log" 2>&1; then
         tail -n 30 "$log" >&2
         die "pip install llama-cpp-python==$LLAMA_CPP_PYTHON_VERSION failed (full log: $log)"
     fi
     [[ $(installed_version) == "$LLAMA_CPP_PYTHON_VERSION" ]] || die "llama_cpp $LLAMA_CPP_PYTHON_VERSION does not import from $venv after the install (log: $log)"
+    printf '%s' "$cmake_args" >"$built_with"
 fi
 
 # The precis bench executable.
@@ -258,10 +290,10 @@ echo "== llama.cpp (llama-cpp-python $LLAMA_CPP_PYTHON_VERSION, $venv)"
 [[ -s $llama_json ]] || die "the llama.cpp run wrote no report ($llama_json)"
 
 echo
-python3 - "$precis_json" "$llama_json" "$report_json" "$busy_before_precis" "$busy_before_llama" <<'PY'
+python3 - "$precis_json" "$llama_json" "$report_json" "$busy_before_precis" "$busy_before_llama" "$cpu_model" "$cmake_args" <<'PY'
 import json, os, sys
 
-precis_path, llama_path, report_path, busy_p, busy_l = sys.argv[1:]
+precis_path, llama_path, report_path, busy_p, busy_l, cpu_model, cmake_args = sys.argv[1:]
 busy = {"precis": float(busy_p), "llama.cpp": float(busy_l)}
 p = json.load(open(precis_path, encoding="utf-8"))
 l = json.load(open(llama_path, encoding="utf-8"))
@@ -275,6 +307,8 @@ def first_diff(a, b):
 def ratio(a, b):
     return a / b if a is not None and b else None
 
+print(f"cpu {cpu_model}")
+print(f"llama.cpp build flags {cmake_args or 'llama.cpp defaults'}")
 print(f"model {p['model']} ({p['file']})")
 print(f"prompt {p['prompt_tokens']} tokens, {p['threads']} threads, "
       f"{p['max_new_tokens']} greedy tokens (1 + {p['max_new_tokens'] - 1} decode)")
@@ -330,6 +364,7 @@ ratios = {
     "rss": ratio(p.get("peak_rss_mb"), l.get("peak_rss_mb")),
 }
 report = {
+    "cpu": cpu_model, "llama_cpp_cmake_args": cmake_args,
     "model": p["model"], "file": p["file"], "article": p.get("article"),
     "threads": p["threads"], "prompt_tokens": p["prompt_tokens"],
     "max_new_tokens": p["max_new_tokens"],

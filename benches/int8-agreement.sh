@@ -36,10 +36,16 @@ printf '\n%-14s %12s %12s %10s\n' checkpoint precis-int8 ct2-int8 difference
 for ids in "$out_dir"/precis/*.json; do
     name=$(basename "$ids" .json)
     checkpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$ids")
+    converted=yes
     for q in float32 int8; do
         "$py" -W ignore "$script_dir/marian_compare.py" ct2-convert --model "$checkpoint" --out "$out_dir/$name-ct2-$q" \
-            --quantization "$q" --force >/dev/null 2>&1 || { echo "int8-agreement.sh: converting $name for CTranslate2 failed" >&2; exit 1; }
+            --quantization "$q" --force >"$out_dir/$name-ct2-$q.log" 2>&1 || converted=no
     done
+    if [[ $converted == no ]]; then
+        precis=$(python3 -c 'import json, sys; print(f"{json.load(open(sys.argv[1]))[\"agreement\"]:.4f}")' "$ids")
+        printf '%-14s %12s %12s %10s  (CTranslate2 cannot convert it: %s)\n' "$name" "$precis" - - "$out_dir/$name-ct2-*.log"
+        continue
+    fi
     "$py" -W ignore "$script_dir/marian_compare.py" ct2-agreement --ids "$ids" \
         --fp32 "$out_dir/$name-ct2-float32" --int8 "$out_dir/$name-ct2-int8" --out "$out_dir/$name.json" >/dev/null
     python3 - "$out_dir/$name.json" "$name" <<'PY'

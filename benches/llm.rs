@@ -47,7 +47,7 @@ use common::{cpu_seconds, env_usize, peak_rss_mb, proc_status_field};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use precis_backend::gguf::{GgufModel, GgufOptions};
+use precis_backend::gguf::{GgufModel, GgufOptions, Speculation};
 use precis_backend::store::{ModelStore, StoreConfig};
 use precis_backend::{Backend, ChatMessage, Flow, GenerationParams, GenerationRequest};
 use precis_core::task::{clean, prompt, Length};
@@ -84,6 +84,9 @@ fn main() -> anyhow::Result<()> {
         GgufOptions {
             id: Some(spec.id.clone()),
             threads,
+            // Plain decoding, as llama.cpp's greedy run; speculative
+            // decoding is measured on its own below.
+            speculation: Speculation::Off,
             ..GgufOptions::default()
         },
     )?;
@@ -231,6 +234,61 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    // Speculative decoding: the summary request again, `PRECIS_BENCH_SPEC_TOKENS`
+    // greedy tokens, plain and with each drafting method; the outputs must be
+    // the same tokens.
+    let spec_tokens = env_usize("PRECIS_BENCH_SPEC_TOKENS", 128)?;
+    let mut speculative = Vec::new();
+    let mut plain_text: Option<String> = None;
+    for (name, method) in [
+        ("plain", Speculation::Off),
+        ("prompt-lookup", Speculation::PromptLookup),
+    ] {
+        model.set_speculation(method);
+        let before = model.speculation_stats();
+        let start = Instant::now();
+        let mut first: Option<f64> = None;
+        let out = model.generate(&[request(spec_tokens + 1)], &mut |_, _| {
+            first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+            Flow::Continue
+        });
+        let end = start.elapsed().as_secs_f64();
+        let g = out.into_iter().next().transpose()?.expect("one result");
+        let decode_s = (end - first.unwrap_or(end)).max(1e-9);
+        let rate = g.generated_tokens.saturating_sub(1) as f64 / decode_s;
+        let after = model.speculation_stats();
+        let drafted = after.drafted - before.drafted;
+        let accepted = after.accepted - before.accepted;
+        let passes = after.passes - before.passes;
+        let acceptance = (drafted > 0).then(|| accepted as f64 / drafted as f64);
+        let same = match &plain_text {
+            None => {
+                plain_text = Some(g.text.clone());
+                true
+            }
+            Some(p) => *p == g.text,
+        };
+        println!(
+            "decode {name:<14} {rate:.2} tok/s ({} tokens{}){}",
+            g.generated_tokens,
+            acceptance.map_or(String::new(), |a| format!(
+                ", {accepted} of {drafted} drafted tokens kept ({:.0}%) in {passes} passes",
+                100.0 * a
+            )),
+            if same {
+                ""
+            } else {
+                "  OUTPUT DIFFERS FROM PLAIN DECODING"
+            }
+        );
+        speculative.push(serde_json::json!({
+            "method": name, "decode_tok_s": rate, "tokens": g.generated_tokens,
+            "drafted": drafted, "accepted": accepted, "passes": passes,
+            "acceptance": acceptance, "same_output": same,
+        }));
+    }
+    model.set_speculation(Speculation::Off);
+
     if let Some(json_path) = json_path {
         // Untimed: the ids of a pure arg-max run of the same length, for comparison.
         let greedy = if want_ids {
@@ -261,6 +319,7 @@ fn main() -> anyhow::Result<()> {
             "decode_cores_busy": decode_cores,
             "peak_rss_mb": peak_mb,
             "concurrent": concurrent,
+            "speculative": speculative,
         });
         if let Some(dir) = json_path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)?;

@@ -271,3 +271,103 @@ fn the_script_guard_keeps_a_real_model_in_the_targets_script() {
         }
     }
 }
+
+/// Greedy requests that copy from their prompt (a summary, a translation
+/// with names and numbers, a list to continue), several lengths in one
+/// batch.
+fn copying_requests() -> Vec<precis_backend::GenerationRequest> {
+    use precis_backend::{ChatMessage, GenerationParams, GenerationRequest};
+    let article = "Antony J. Blinken met Sergey Lavrov in New Delhi on Thursday, on the \
+margins of the G20 foreign ministers' meeting. The talks lasted about ten minutes, a senior \
+State Department official said. Blinken urged Russia to return to the New START treaty and \
+to release Paul Whelan. Lavrov said the United States had not raised anything new. India's \
+External Affairs Minister S. Jaishankar hosted the meeting of the Group of 20.";
+    let greedy = |max_new_tokens| GenerationParams {
+        max_new_tokens,
+        temperature: 0.0,
+        ..GenerationParams::default()
+    };
+    vec![
+        GenerationRequest {
+            messages: vec![ChatMessage::user(format!(
+                "Summarize this article in two sentences, keeping every name:\n\n{article}"
+            ))],
+            params: greedy(64),
+            seq2seq: None,
+            direction: None,
+        },
+        GenerationRequest {
+            messages: vec![ChatMessage::user(format!(
+                "Repeat the following text exactly:\n\n{article}"
+            ))],
+            params: greedy(48),
+            seq2seq: None,
+            direction: None,
+        },
+        translation_request(
+            "Blinken met Lavrov in New Delhi on Thursday for about ten minutes.",
+            "ru",
+        ),
+    ]
+}
+
+/// Speculative decoding (prompt-lookup drafts verified in one pass) writes
+/// token for token what plain greedy decoding writes, batched and alone,
+/// and drafts were kept (else the test would prove nothing).
+fn speculation_changes_nothing(model_id: &str) {
+    use precis_backend::gguf::Speculation;
+    use precis_backend::{Backend, Flow};
+    let requests = copying_requests();
+    let mut model = load(model_id);
+    model.set_speculation(Speculation::Off);
+    let run = |model: &mut GgufModel, requests: &[precis_backend::GenerationRequest]| {
+        let mut streamed = vec![String::new(); requests.len()];
+        let out: Vec<_> = model
+            .generate(requests, &mut |i, piece| {
+                streamed[i].push_str(piece);
+                Flow::Continue
+            })
+            .into_iter()
+            .map(|g| g.expect("generates"))
+            .collect();
+        (out, streamed)
+    };
+    let (plain, plain_streamed) = run(&mut model, &requests);
+    model.set_speculation(Speculation::PromptLookup);
+    let (batched, batched_streamed) = run(&mut model, &requests);
+    for (i, (p, s)) in plain.iter().zip(&batched).enumerate() {
+        assert_eq!(s.text, p.text, "{model_id} request {i}, batched");
+        assert_eq!(
+            s.generated_tokens, p.generated_tokens,
+            "{model_id} request {i}"
+        );
+        assert_eq!(s.finish, p.finish, "{model_id} request {i}");
+    }
+    assert_eq!(
+        batched_streamed, plain_streamed,
+        "{model_id}: the streamed pieces"
+    );
+    for (i, request) in requests.iter().enumerate() {
+        let (alone, _) = run(&mut model, std::slice::from_ref(request));
+        assert_eq!(
+            alone[0].text, plain[i].text,
+            "{model_id} request {i}, alone"
+        );
+    }
+    let stats = model.speculation_stats();
+    assert!(
+        stats.accepted > 0 && stats.accepted <= stats.drafted,
+        "{model_id}: {stats:?}"
+    );
+    println!("{model_id}: {stats:?}");
+}
+
+#[test]
+fn speculative_decoding_writes_what_plain_decoding_writes_smollm2() {
+    speculation_changes_nothing(common::SMALLEST);
+}
+
+#[test]
+fn speculative_decoding_writes_what_plain_decoding_writes_qwen_0_5b() {
+    speculation_changes_nothing("qwen2.5-coder-0.5b-instruct-q4_k_m");
+}

@@ -132,6 +132,25 @@ impl KvCache {
         Ok(())
     }
 
+    /// Forgets every position from `len` on (the drafted tokens a
+    /// speculative step did not keep), zeroing them as a new cache holds
+    /// them. Nothing happens when `len` is not below what is filled.
+    pub fn truncate(&mut self, len: usize) {
+        if len >= self.len {
+            return;
+        }
+        let (stride, hd) = (self.stride, self.head_dim);
+        for block in 0..self.k.len() / (stride * hd) {
+            let base = block * stride * hd;
+            for d in 0..hd {
+                let row = base + d * stride;
+                self.k[row + len..row + self.len].fill(0.0);
+            }
+            self.v[base + len * hd..base + self.len * hd].fill(0.0);
+        }
+        self.len = len;
+    }
+
     /// Stores the key and value of position `pos` for `layer` and `head`.
     fn put(&mut self, layer: usize, head: usize, pos: usize, key: &[f32], value: &[f32]) {
         let (base, hd, stride) = (self.base(layer, head), self.head_dim, self.stride);

@@ -97,6 +97,27 @@ pub(crate) const LOOP_LONG_BLOCK: usize = 16;
 /// Fewest tokens the repeated copies must cover together.
 pub(crate) const LOOP_MIN_SPAN: usize = 24;
 
+/// Longest run of last tokens prompt-lookup drafting looks for.
+const LOOKUP_NGRAM: usize = 3;
+/// Shortest: a single token matches too often to predict what follows.
+const LOOKUP_MIN_NGRAM: usize = 2;
+
+/// Prompt-lookup drafting: up to `max` tokens that followed the latest
+/// earlier occurrence, in `tokens` (the prompt, then what was generated), of
+/// its last [`LOOKUP_NGRAM`] tokens, else of fewer (down to
+/// [`LOOKUP_MIN_NGRAM`]); none when they occur nowhere before.
+pub(crate) fn prompt_lookup(tokens: &[u32], max: usize) -> &[u32] {
+    let len = tokens.len();
+    for n in (LOOKUP_MIN_NGRAM..=LOOKUP_NGRAM.min(len.saturating_sub(1))).rev() {
+        let tail = &tokens[len - n..];
+        if let Some(start) = (0..len - n).rev().find(|&i| &tokens[i..i + n] == tail) {
+            let from = start + n;
+            return &tokens[from..(from + max).min(len)];
+        }
+    }
+    &[]
+}
+
 /// The loop guard. When the generated tokens end with one block of `p` tokens
 /// (1 ≤ p ≤ [`LOOP_MAX_PERIOD`]) repeated back to back, covering at least
 /// [`LOOP_MIN_SPAN`] tokens, at least [`LOOP_MIN_REPEATS`] times for a short
@@ -157,6 +178,28 @@ impl Default for IncrementalText {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn prompt_lookup_copies_what_followed_the_latest_match() {
+        // "… 7 8 9 | 1 2 3 4 5 … 1 2" → what followed "1 2": "3 4 5".
+        let t = [7, 8, 9, 1, 2, 3, 4, 5, 6, 1, 2];
+        assert_eq!(prompt_lookup(&t, 3), [3, 4, 5]);
+        assert_eq!(prompt_lookup(&t, 100), [3, 4, 5, 6, 1, 2]);
+        // The longest tail wins over a later shorter match.
+        let t = [1, 2, 3, 10, 9, 2, 3, 11, 1, 2, 3];
+        assert_eq!(prompt_lookup(&t, 1), [10]);
+        // The latest of equal matches.
+        let t = [4, 5, 20, 4, 5, 21, 4, 5];
+        assert_eq!(prompt_lookup(&t, 1), [21]);
+        // No match, a single token, nothing at all.
+        assert!(prompt_lookup(&[1, 2, 3, 4], 5).is_empty());
+        assert!(
+            prompt_lookup(&[1, 2, 1], 5).is_empty(),
+            "one token does not draft"
+        );
+        assert!(prompt_lookup(&[], 5).is_empty());
+        assert!(prompt_lookup(&[1, 2, 1, 2], 0).is_empty());
+    }
     use proptest::prelude::*;
 
     #[test]

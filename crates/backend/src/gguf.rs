@@ -27,7 +27,7 @@ use candle_core::{Device, Tensor};
 use candle_transformers::models::{quantized_llama, quantized_qwen2};
 
 use super::decoder::{Decoder, KvCache, SeqInput};
-use super::generation::{loop_cut, IncrementalText, Sampler};
+use super::generation::{loop_cut, prompt_lookup, IncrementalText, Sampler};
 use super::script::{Script, ScriptGuard};
 use super::weights::GgufFile;
 use super::{
@@ -52,6 +52,39 @@ pub struct GgufOptions {
     pub cuda: bool,
     /// Worker threads of the CPU decoder (0: one per core).
     pub threads: usize,
+    /// How greedy decoding on the CPU drafts tokens to verify in one pass.
+    pub speculation: Speculation,
+}
+
+/// Speculative decoding of greedy generations on the CPU decoder: tokens
+/// are drafted cheaply, then the model runs the sequence's next token and
+/// the drafts in one forward pass and keeps the drafts it would itself have
+/// chosen, so the output is token for token that of plain decoding (the
+/// pass computes each token's logits as a pass of one token does).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Speculation {
+    /// One token per forward pass.
+    Off,
+    /// Drafts copied from the prompt (and the text so far): the tokens that
+    /// followed the latest earlier occurrence of the last few tokens.
+    /// Summaries and translations copy names, numbers and phrases of their
+    /// article.
+    #[default]
+    PromptLookup,
+}
+
+/// Most tokens drafted at once.
+const DRAFT_MAX: usize = 6;
+
+/// Tokens drafted and kept by speculative decoding, since the model loaded.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SpeculationStats {
+    /// Forward passes that verified at least one drafted token.
+    pub passes: u64,
+    /// Tokens drafted.
+    pub drafted: u64,
+    /// Drafted tokens the model kept.
+    pub accepted: u64,
 }
 
 /// candle-transformers' quantized models: the CUDA path.
@@ -87,6 +120,8 @@ enum Runner {
 struct Active<'r> {
     index: usize,
     request: &'r GenerationRequest,
+    /// The prompt's ids (what drafts are looked up in).
+    prompt: Vec<u32>,
     prompt_len: usize,
     cache: KvCache,
     sampler: Sampler,
@@ -109,6 +144,8 @@ pub struct GgufModel {
     prefixes: Vec<PromptPrefix>,
     /// Per script, which tokens hold a letter of another script.
     foreign: HashMap<Script, Arc<Vec<bool>>>,
+    speculation: Speculation,
+    stats: SpeculationStats,
 }
 
 /// A script guard with its vocabulary table.
@@ -225,6 +262,8 @@ impl GgufModel {
             },
             prefixes: Vec::new(),
             foreign: HashMap::new(),
+            speculation: opts.speculation,
+            stats: SpeculationStats::default(),
         })
     }
 
@@ -411,6 +450,72 @@ impl GgufModel {
         Ok(())
     }
 
+    /// What a decoding step feeds a sequence: its next token, then, for a
+    /// greedy sequence under [`Speculation::PromptLookup`], the tokens drafted
+    /// after it (no more than it may still generate).
+    fn feed(&self, seq: &Active<'_>) -> Vec<u32> {
+        let next = seq.next.expect("an active sequence has a next token");
+        let greedy = seq.request.params.temperature <= 0.0;
+        let room = seq
+            .request
+            .params
+            .max_new_tokens
+            .saturating_sub(seq.generated.len());
+        let mut feed = vec![next];
+        if self.speculation == Speculation::PromptLookup && greedy && room > 0 {
+            // `generated` ends with `next`.
+            let context: Vec<u32> = seq.prompt.iter().chain(&seq.generated).copied().collect();
+            feed.extend_from_slice(prompt_lookup(&context, DRAFT_MAX.min(room)));
+        }
+        feed
+    }
+
+    /// Takes the tokens of one decoding step from its logits (one row per
+    /// token of `feed`): the next token after `feed[0]`, and while each is
+    /// the drafted token that follows, the next after that one, exactly as
+    /// plain decoding would have taken them one pass at a time. The cache
+    /// keeps the fed tokens up to the last one kept.
+    fn verify(
+        &mut self,
+        seq: &mut Active<'_>,
+        logits: &[f32],
+        feed: &[u32],
+        on_token: &mut dyn FnMut(usize, &str) -> Flow,
+    ) -> Result<(), BackendError> {
+        let vocab = logits.len() / feed.len();
+        let start = seq.cache.len() - feed.len();
+        let mut kept = 0;
+        for (row, drafted) in logits
+            .chunks_exact(vocab)
+            .zip(feed[1..].iter().map(Some).chain([None]))
+        {
+            seq.next = None;
+            self.advance(seq, row, on_token)?;
+            match (seq.next, drafted) {
+                (Some(next), Some(&d)) if seq.finish.is_none() && next == d => kept += 1,
+                _ => break,
+            }
+        }
+        if feed.len() > 1 {
+            self.stats.passes += 1;
+            self.stats.drafted += (feed.len() - 1) as u64;
+            self.stats.accepted += kept as u64;
+        }
+        seq.cache.truncate(start + 1 + kept);
+        Ok(())
+    }
+
+    /// Tokens drafted and kept by speculative decoding since the model
+    /// loaded.
+    pub fn speculation_stats(&self) -> SpeculationStats {
+        self.stats
+    }
+
+    /// Decodes greedy generations with `speculation` from now on.
+    pub fn set_speculation(&mut self, speculation: Speculation) {
+        self.speculation = speculation;
+    }
+
     fn finish(&self, seq: &Active<'_>) -> Result<Generation, BackendError> {
         let out = self.tokenizer.decode(&seq.generated)?;
         Ok(Generation {
@@ -465,6 +570,7 @@ impl GgufModel {
             let mut seq = Active {
                 index,
                 request,
+                prompt: ids.clone(),
                 prompt_len: ids.len(),
                 cache,
                 sampler: Sampler::new(&request.params),
@@ -508,19 +614,17 @@ impl GgufModel {
             }
         }
         while !active.is_empty() {
+            // Each sequence's next token, then what is drafted after it.
+            let feeds: Vec<Vec<u32>> = active.iter().map(|s| self.feed(s)).collect();
             let Runner::Cpu(decoder) = &mut self.runner else {
                 unreachable!("generate_batched runs on the CPU decoder");
             };
-            let nexts: Vec<[u32; 1]> = active
-                .iter()
-                .map(|s| [s.next.expect("an active sequence has a next token")])
-                .collect();
             let mut inputs: Vec<SeqInput<'_>> = active
                 .iter_mut()
-                .zip(&nexts)
-                .map(|(s, n)| SeqInput {
+                .zip(&feeds)
+                .map(|(s, feed)| SeqInput {
                     cache: &mut s.cache,
-                    tokens: n,
+                    tokens: feed,
                     logits_from: 0,
                 })
                 .collect();
@@ -536,9 +640,8 @@ impl GgufModel {
             };
             drop(inputs);
             let mut still = Vec::with_capacity(active.len());
-            for (mut seq, l) in active.drain(..).zip(logits) {
-                seq.next = None;
-                match self.advance(&mut seq, &l, on_token) {
+            for ((mut seq, l), feed) in active.drain(..).zip(logits).zip(&feeds) {
+                match self.verify(&mut seq, &l, feed, on_token) {
                     Err(e) => results[seq.index] = Some(Err(e)),
                     Ok(()) if seq.finish.is_some() => results[seq.index] = Some(self.finish(&seq)),
                     Ok(()) => still.push(seq),

@@ -265,18 +265,29 @@ struct Tokens {
 impl Tokens {
     fn quantize(x: &[f32], n: usize, cols: usize, groups: usize, unsigned: bool) -> Self {
         let width = groups * GROUP;
-        let mut q = vec![0i8; n * width];
+        let mut bytes = vec![0u8; n * width];
         let mut scales = vec![0f32; n];
-        for ((q, x), s) in q
+        let row = |(q, x): (&mut [u8], &[f32])| -> f32 {
+            let q: &mut [i8] = bytemuck::cast_slice_mut(q);
+            let s = quantize_row(x, &mut q[..cols]);
+            if unsigned {
+                q.iter_mut().for_each(|b| *b ^= i8::MIN);
+            }
+            s
+        };
+        let rows = bytes
             .chunks_exact_mut(width)
-            .zip(x.chunks_exact(cols.max(1)))
-            .zip(&mut scales)
-        {
-            *s = quantize_row(x, &mut q[..cols]);
-        }
-        let mut bytes: Vec<u8> = q.into_iter().map(|v| v as u8).collect();
-        if unsigned {
-            bytes.iter_mut().for_each(|b| *b ^= 0x80);
+            .zip(x.chunks_exact(cols.max(1)));
+        if n * cols < SERIAL_WORK / 4 {
+            for (pair, s) in rows.zip(&mut scales) {
+                *s = row(pair);
+            }
+        } else {
+            // A long encoder input: its rows on every thread.
+            let rows: Vec<_> = rows.collect();
+            rows.into_par_iter()
+                .zip(scales.par_iter_mut())
+                .for_each(|(pair, s)| *s = row(pair));
         }
         Self {
             bytes,

@@ -529,10 +529,13 @@ impl EncoderDecoder for Bart {
         let n = tokens.len();
         let ids = Tensor::from_vec(tokens.to_vec(), (n, 1), &self.device)?;
         let mut x = self.embed(&self.dec_embed, &ids, state.len())?;
+        let d = self.cfg.d_model;
         for (i, layer) in self.decoder.iter().enumerate() {
-            let (k, v) = layer.attn.keys_values(&x)?;
-            let (k, v) = state.push_self(i, k, v)?;
-            let a = layer.attn.attend(&x, &k, &v, None)?;
+            let flat: Vec<f32> = x.flatten_all()?.to_vec1()?;
+            let (k, v) = layer.attn.project_kv(&flat, n);
+            state.push_self(i, &layer.attn, &k, &v);
+            let a = state.self_attend(i, &layer.attn, &flat);
+            let a = Tensor::from_vec(a, (n, 1, d), &self.device)?;
             x = layer.attn_norm.forward(&(x + a)?)?;
             let c = state.cross_attend(i, &layer.cross, &x)?;
             x = layer.cross_norm.forward(&(x + c)?)?;

@@ -546,6 +546,15 @@ impl Attention {
             .contiguous()
     }
 
+    /// Keys and values of `x` (`rows` rows of `d`, flat): `rows` rows of
+    /// `heads · head_dim` each.
+    pub(super) fn project_kv(&self, x: &[f32], rows: usize) -> (Vec<f32>, Vec<f32>) {
+        (
+            self.k.apply_rows(x, rows, Epilogue::None),
+            self.v.apply_rows(x, rows, Epilogue::None),
+        )
+    }
+
     /// Keys and values of `x` (`[n, heads, t, head_dim]` each).
     pub(super) fn keys_values(&self, x: &Tensor) -> candle_core::Result<(Tensor, Tensor)> {
         Ok((
@@ -631,6 +640,30 @@ impl HeadKv {
         }
     }
 
+    fn view(&self) -> KvView<'_> {
+        KvView {
+            kt: &self.kt,
+            v: &self.v,
+            lens: &self.lens,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            stride: self.stride,
+        }
+    }
+}
+
+/// Keys and values of several sequences in [`HeadKv`]'s layout, borrowed.
+#[derive(Clone, Copy)]
+pub(super) struct KvView<'a> {
+    kt: &'a [f32],
+    v: &'a [f32],
+    lens: &'a [usize],
+    heads: usize,
+    head_dim: usize,
+    stride: usize,
+}
+
+impl KvView<'_> {
     fn keys(&self, sequence: usize, head: usize) -> Keys<'_> {
         let block = self.head_dim * self.stride;
         let at = (sequence * self.heads + head) * block;
@@ -668,7 +701,7 @@ impl Attention {
     /// other mask, no bias); then the output projection. Each (sequence,
     /// head) runs on [`kernels::attention`] (streaming softmax), in
     /// parallel.
-    pub(super) fn attend_rows(&self, x: &[f32], sequence: &[usize], kv: &HeadKv) -> Vec<f32> {
+    pub(super) fn attend_rows(&self, x: &[f32], sequence: &[usize], kv: KvView<'_>) -> Vec<f32> {
         let (heads, hd) = (self.heads, self.head_dim);
         let inner = heads * hd;
         let rows = sequence.len();
@@ -714,7 +747,7 @@ impl Attention {
             .flat_map(|(i, &l)| std::iter::repeat_n(i, l))
             .collect();
         let kv = self.head_kv(x, lens);
-        self.attend_rows(x, &sequence, &kv)
+        self.attend_rows(x, &sequence, kv.view())
     }
 }
 
@@ -789,10 +822,10 @@ pub(super) fn pad(
 /// and values so far and the cross-attention ones (once per input, however
 /// many rows decode it), and the input each row belongs to.
 pub struct DecoderState {
-    self_kv: Vec<Option<(Tensor, Tensor)>>,
+    self_kv: Vec<SelfKv>,
     /// The cache rows to keep, in their new order, since the last
     /// [`DecoderState::select`]: each layer applies them in the copy that
-    /// appends its next keys and values ([`gather_append`]).
+    /// appends its next keys and values ([`SelfKv::push`]).
     keep: Option<Vec<usize>>,
     cross_kv: Vec<HeadKv>,
     /// The input each row belongs to.
@@ -816,7 +849,7 @@ impl DecoderState {
             .collect();
         let layers = cross.len();
         Self {
-            self_kv: vec![None; layers],
+            self_kv: (0..layers).map(|_| SelfKv::default()).collect(),
             keep: None,
             cross_kv: cross.map(|attn| attn.head_kv(hidden, lens)).collect(),
             row_input,
@@ -836,22 +869,32 @@ impl DecoderState {
         self.keep = None;
     }
 
-    /// Appends this step's keys and values of layer `layer` to its cache
-    /// (its rows reordered first, after a [`DecoderState::select`]);
-    /// returns the whole cache.
-    pub(super) fn push_self(
-        &mut self,
-        layer: usize,
-        k: Tensor,
-        v: Tensor,
-    ) -> candle_core::Result<(Tensor, Tensor)> {
+    /// Appends this step's keys and values of layer `layer` (one position
+    /// per row: `rows` rows of `heads · head_dim`, flat) to its cache, its
+    /// rows reordered first after a [`DecoderState::select`].
+    pub(super) fn push_self(&mut self, layer: usize, attn: &Attention, k: &[f32], v: &[f32]) {
         let keep = self.keep.as_deref();
-        let (k, v) = match self.self_kv[layer].take() {
-            Some((pk, pv)) => (gather_append(&pk, keep, &k)?, gather_append(&pv, keep, &v)?),
-            None => (k, v),
-        };
-        self.self_kv[layer] = Some((k.clone(), v.clone()));
-        Ok((k, v))
+        self.self_kv[layer].push(keep, attn.heads, attn.head_dim, k, v);
+    }
+
+    /// Layer `layer`'s self-attention `attn` of `x` (`rows` rows of `d`,
+    /// flat, a row per row of the state, this step's keys and values
+    /// pushed) over the row's positions so far, then the output
+    /// projection.
+    pub(super) fn self_attend(&self, layer: usize, attn: &Attention, x: &[f32]) -> Vec<f32> {
+        let cache = &self.self_kv[layer];
+        let sequence: Vec<usize> = (0..cache.rows).collect();
+        attn.attend_rows(x, &sequence, cache.view())
+    }
+
+    /// Layer `layer`'s self-attention keys and values as tensors
+    /// (`[rows, heads, len, head_dim]` each), for attention with a bias.
+    pub(super) fn self_tensors(
+        &self,
+        layer: usize,
+        device: &Device,
+    ) -> candle_core::Result<(Tensor, Tensor)> {
+        self.self_kv[layer].tensors(device)
     }
 
     /// Layer `layer`'s cross-attention `attn` of `x` (`[rows, 1, d]`, a
@@ -867,7 +910,7 @@ impl DecoderState {
         let sequence: Vec<usize> = (self.row_input.iter())
             .flat_map(|&i| std::iter::repeat_n(i, t))
             .collect();
-        let out = attn.attend_rows(&flat, &sequence, &self.cross_kv[layer]);
+        let out = attn.attend_rows(&flat, &sequence, self.cross_kv[layer].view());
         Tensor::from_vec(out, (rows, t, d), x.device())
     }
 
@@ -885,60 +928,136 @@ impl DecoderState {
     }
 }
 
-/// The rows `keep` of a cache `old` (`[rows, heads, len, head_dim]`; every
-/// row, in order, when `None`) with `new` (`[kept rows, heads, t,
-/// head_dim]`) appended after each row's positions: one copy, in parallel
-/// over (row, head), where an index-select and a concatenation made two.
-fn gather_append(
-    old: &Tensor,
-    keep: Option<&[usize]>,
-    new: &Tensor,
-) -> candle_core::Result<Tensor> {
-    let (rows, heads, t, hd) = new.dims4()?;
-    let len = old.dim(2)?;
-    let (old_data, old_layout) = old.storage_and_layout();
-    let (new_data, new_layout) = new.storage_and_layout();
-    let slices = match (&*old_data, &*new_data) {
-        (candle_core::Storage::Cpu(o), candle_core::Storage::Cpu(n)) => {
-            match (
-                old_layout.contiguous_offsets(),
-                new_layout.contiguous_offsets(),
-            ) {
-                (Some((o0, o1)), Some((n0, n1))) => {
-                    match (o.as_slice::<f32>(), n.as_slice::<f32>()) {
-                        (Ok(o), Ok(n)) => Some((&o[o0..o1], &n[n0..n1])),
-                        _ => None,
-                    }
-                }
-                _ => None,
-            }
+/// One decoder layer's self-attention keys and values, in
+/// [`kernels::attention`]'s layout: per (row, head), the keys transposed
+/// over `stride` positions and the values by position. A step writes its
+/// position in place; only a beam reorder (or a full cache, whose stride
+/// then doubles) copies, into a second buffer kept for the next time, so a
+/// step neither allocates nor zeroes memory.
+#[derive(Default)]
+pub(super) struct SelfKv {
+    kt: Vec<f32>,
+    v: Vec<f32>,
+    /// The other buffers, for the next copy.
+    spare: (Vec<f32>, Vec<f32>),
+    rows: usize,
+    heads: usize,
+    head_dim: usize,
+    stride: usize,
+    len: usize,
+    /// `len` for each row.
+    lens: Vec<usize>,
+}
+
+impl SelfKv {
+    /// Appends one position per row (`k`, `v`: rows of `heads · head_dim`),
+    /// the rows `keep` (old indices, in their new order) first.
+    fn push(
+        &mut self,
+        keep: Option<&[usize]>,
+        heads: usize,
+        head_dim: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
+        let inner = heads * head_dim;
+        let rows = k.len() / inner.max(1);
+        assert_eq!(v.len(), k.len(), "keys and values of different sizes");
+        if self.len == 0 {
+            (self.heads, self.head_dim, self.stride) = (heads, head_dim, 0);
         }
-        _ => None,
-    };
-    let Some((o, n)) = slices else {
-        drop((old_data, new_data));
-        let old = match keep {
-            Some(keep) => {
-                let index: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
-                let index = Tensor::new(index.as_slice(), old.device())?;
-                old.contiguous()?.index_select(&index, 0)?
+        let full = self.len + 1 > self.stride;
+        if keep.is_some() || full || rows != self.rows {
+            let stride = if full {
+                (self.stride * 2).max(KEY_BLOCK)
+            } else {
+                self.stride
+            };
+            self.copy_rows(keep, rows, stride);
+        }
+        let (len, stride, block) = (self.len, self.stride, head_dim * self.stride);
+        self.kt
+            .par_chunks_mut(block)
+            .zip(self.v.par_chunks_mut(block))
+            .enumerate()
+            .for_each(|(rh, (kt, vv))| {
+                let at = (rh / heads) * inner + (rh % heads) * head_dim;
+                for (d, &x) in k[at..at + head_dim].iter().enumerate() {
+                    kt[d * stride + len] = x;
+                }
+                vv[len * head_dim..(len + 1) * head_dim].copy_from_slice(&v[at..at + head_dim]);
+            });
+        self.len += 1;
+        self.lens = vec![self.len; rows];
+    }
+
+    /// Makes the cache `rows` rows over `stride` positions, row `r` the old
+    /// row `keep[r]` (`r` when `None`).
+    fn copy_rows(&mut self, keep: Option<&[usize]>, rows: usize, stride: usize) {
+        let (heads, hd, len) = (self.heads, self.head_dim, self.len);
+        let (old_stride, old_block) = (self.stride, hd * self.stride);
+        let block = hd * stride;
+        let (mut kt, mut vv) = std::mem::take(&mut self.spare);
+        // What a buffer held past a row's positions is read with weight
+        // zero: it only needs to be finite, which old keys and values are.
+        kt.resize(rows * heads * block, 0.0);
+        vv.resize(rows * heads * block, 0.0);
+        let (old_kt, old_v) = (&self.kt, &self.v);
+        if len > 0 {
+            kt.par_chunks_mut(block)
+                .zip(vv.par_chunks_mut(block))
+                .enumerate()
+                .for_each(|(rh, (kt, vv))| {
+                    let (r, h) = (rh / heads, rh % heads);
+                    let at = (keep.map_or(r, |keep| keep[r]) * heads + h) * old_block;
+                    for d in 0..hd {
+                        let from = at + d * old_stride;
+                        kt[d * stride..d * stride + len].copy_from_slice(&old_kt[from..from + len]);
+                    }
+                    vv[..len * hd].copy_from_slice(&old_v[at..at + len * hd]);
+                });
+        }
+        self.spare = (
+            std::mem::replace(&mut self.kt, kt),
+            std::mem::replace(&mut self.v, vv),
+        );
+        (self.rows, self.stride) = (rows, stride);
+    }
+
+    /// The rows as sequences of `len` positions, for [`Attention::attend_rows`].
+    fn view(&self) -> KvView<'_> {
+        KvView {
+            kt: &self.kt,
+            v: &self.v,
+            lens: &self.lens,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            stride: self.stride,
+        }
+    }
+
+    /// `[rows, heads, len, head_dim]` keys and values.
+    fn tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
+        let (hd, len, stride) = (self.head_dim, self.len, self.stride);
+        let mut k = Vec::with_capacity(self.rows * self.heads * len * hd);
+        let mut v = Vec::with_capacity(k.capacity());
+        for (kt, vv) in self
+            .kt
+            .chunks_exact((hd * stride).max(1))
+            .zip(self.v.chunks_exact((hd * stride).max(1)))
+            .take(self.rows * self.heads)
+        {
+            for j in 0..len {
+                k.extend((0..hd).map(|d| kt[d * stride + j]));
             }
-            None => old.clone(),
-        };
-        return Tensor::cat(&[&old, new], 2);
-    };
-    let (before, added) = (len * hd, t * hd);
-    let mut out = vec![0f32; rows * heads * (before + added)];
-    out.par_chunks_mut(before + added)
-        .enumerate()
-        .for_each(|(rh, out)| {
-            let (r, h) = (rh / heads, rh % heads);
-            let from = (keep.map_or(r, |keep| keep[r]) * heads + h) * before;
-            out[..before].copy_from_slice(&o[from..from + before]);
-            out[before..].copy_from_slice(&n[rh * added..(rh + 1) * added]);
-        });
-    drop((old_data, new_data));
-    Tensor::from_vec(out, (rows, heads, len + t, hd), new.device())
+            v.extend_from_slice(&vv[..len * hd]);
+        }
+        let shape = (self.rows, self.heads, len, hd);
+        Ok((
+            Tensor::from_vec(k, shape, device)?,
+            Tensor::from_vec(v, shape, device)?,
+        ))
+    }
 }
 
 #[cfg(test)]
@@ -953,7 +1072,7 @@ mod tests {
     }
 
     /// What candle's own index-select and concatenation give.
-    fn reference(old: &Tensor, keep: Option<&[usize]>, new: &Tensor) -> Vec<f32> {
+    fn reference(old: &Tensor, keep: Option<&[usize]>, new: &Tensor) -> Tensor {
         let old = match keep {
             Some(keep) => {
                 let index: Vec<u32> = keep.iter().map(|&r| r as u32).collect();
@@ -962,48 +1081,69 @@ mod tests {
             }
             None => old.clone(),
         };
-        let out = Tensor::cat(&[&old, new], 2).unwrap();
-        out.flatten_all().unwrap().to_vec1().unwrap()
+        Tensor::cat(&[&old, new], 2).unwrap()
+    }
+
+    /// `[rows, heads, 1, hd]` as the flat rows `push` takes.
+    fn flat(t: &Tensor) -> Vec<f32> {
+        t.flatten_all().unwrap().to_vec1().unwrap()
     }
 
     #[test]
-    fn gather_append_equals_index_select_then_cat() {
-        let old = cache(4, 3, 5, 2, 0.0);
-        for keep in [
-            None,
-            Some(vec![3, 0, 0, 2]),
-            Some(vec![1]),
-            Some(vec![2, 2, 2]),
-        ] {
-            let rows = keep.as_ref().map_or(4, Vec::len);
-            let new = cache(rows, 3, 1, 2, 1000.0);
-            let got = gather_append(&old, keep.as_deref(), &new).unwrap();
-            assert_eq!(got.dims(), &[rows, 3, 6, 2]);
-            let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-            assert_eq!(got, reference(&old, keep.as_deref(), &new), "{keep:?}");
+    fn pushes_reorder_and_grow_as_index_select_then_cat() {
+        let (heads, hd) = (3, 2);
+        let mut kv = SelfKv::default();
+        let mut want: Option<(Tensor, Tensor)> = None;
+        let mut rows = 4;
+        // 150 positions: the stride doubles past 64 and 128; rows are
+        // reordered, repeated and dropped on the way.
+        for step in 0..150 {
+            let keep: Option<Vec<usize>> = match step % 7 {
+                3 => Some((0..rows).rev().collect()),
+                5 if rows > 1 => Some(vec![rows - 1; rows - 1]),
+                6 => Some(vec![0; rows]),
+                _ => None,
+            };
+            let new_rows = keep.as_ref().map_or(rows, Vec::len);
+            let k = cache(new_rows, heads, 1, hd, 1000.0 * step as f32);
+            let v = cache(new_rows, heads, 1, hd, -1000.0 * step as f32);
+            kv.push(keep.as_deref(), heads, hd, &flat(&k), &flat(&v));
+            want = Some(match want {
+                None => (k, v),
+                Some((wk, wv)) => (
+                    reference(&wk, keep.as_deref(), &k),
+                    reference(&wv, keep.as_deref(), &v),
+                ),
+            });
+            rows = new_rows;
+            let (gk, gv) = kv.tensors(&Device::Cpu).unwrap();
+            let (wk, wv) = want.as_ref().unwrap();
+            assert_eq!(gk.dims(), wk.dims(), "step {step}");
+            assert_eq!(flat(&gk), flat(wk), "keys at step {step}");
+            assert_eq!(flat(&gv), flat(wv), "values at step {step}");
         }
-        // A cache that is not contiguous takes candle's path, same result.
-        let wide = cache(4, 5, 3, 2, 0.0).transpose(1, 2).unwrap();
-        let new = cache(2, 3, 1, 2, 500.0);
-        let got = gather_append(&wide, Some(&[1, 3]), &new).unwrap();
-        let got: Vec<f32> = got.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(got, reference(&wide, Some(&[1, 3]), &new));
+        assert!(kv.stride >= 150 && kv.stride.is_multiple_of(KEY_BLOCK));
     }
 
     #[test]
     fn rows_kept_by_two_selects_compose_before_the_next_step() {
         let attn: Vec<&Attention> = Vec::new();
         let mut state = DecoderState::new(attn.into_iter(), &[], &[1, 1, 1], 1);
-        state.self_kv = vec![Some((cache(3, 1, 2, 1, 0.0), cache(3, 1, 2, 1, 50.0)))];
+        let mut layer = SelfKv::default();
+        // Rows 0, 1, 2 hold keys 0, 1 / 10, 11 / 20, 21.
+        for p in 0..2 {
+            let k = [p as f32, 10.0 + p as f32, 20.0 + p as f32];
+            layer.push(None, 1, 1, &k, &k);
+        }
+        state.self_kv = vec![layer];
         state.select(&[2, 0, 1]).unwrap();
         state.select(&[1, 1]).unwrap();
         assert_eq!(state.row_input, [0, 0]);
-        let (k, _) = state
-            .push_self(0, cache(2, 1, 1, 1, 100.0), cache(2, 1, 1, 1, 200.0))
-            .unwrap();
+        let keep = state.keep.clone();
+        state.self_kv[0].push(keep.as_deref(), 1, 1, &[100.0, 101.0], &[0.0, 0.0]);
         // Both rows are old row 0 (positions 0, 1), then this step's key.
-        let k: Vec<f32> = k.flatten_all().unwrap().to_vec1().unwrap();
-        assert_eq!(k, [0.0, 1.0, 100.0, 0.0, 1.0, 101.0]);
+        let (k, _) = state.self_tensors(0, &Device::Cpu).unwrap();
+        assert_eq!(flat(&k), [0.0, 1.0, 100.0, 0.0, 1.0, 101.0]);
         state.advance();
         assert!(state.keep.is_none());
     }

@@ -442,10 +442,11 @@ impl EncoderDecoder for M2M100 {
         let rows = self.embed(tokens, &positions)?;
         let mut x = Tensor::from_vec(rows, (n, 1, d), &self.device)?;
         for (i, layer) in self.decoder.iter().enumerate() {
-            let h = layer.attn_norm.forward(&x)?;
-            let (k, v) = layer.attn.keys_values(&h)?;
-            let (k, v) = state.push_self(i, k, v)?;
-            x = (x + layer.attn.attend(&h, &k, &v, None)?)?;
+            let h: Vec<f32> = layer.attn_norm.forward(&x)?.flatten_all()?.to_vec1()?;
+            let (k, v) = layer.attn.project_kv(&h, n);
+            state.push_self(i, &layer.attn, &k, &v);
+            let a = state.self_attend(i, &layer.attn, &h);
+            x = (x + Tensor::from_vec(a, (n, 1, d), &self.device)?)?;
             let h = layer.cross_norm.forward(&x)?;
             x = (&x + state.cross_attend(i, &layer.cross, &h)?)?;
             let h = layer.ffn_norm.forward(&x)?;

@@ -515,8 +515,10 @@ impl EncoderDecoder for T5 {
         let mut x = self.embed.forward(&ids)?;
         for (i, block) in self.decoder.iter().enumerate() {
             let h = block.attn_norm.forward(&x)?;
-            let (k, v) = block.attn.keys_values(&h)?;
-            let (k, v) = state.push_self(i, k, v)?;
+            let flat: Vec<f32> = h.flatten_all()?.to_vec1()?;
+            let (k, v) = block.attn.project_kv(&flat, flat.len() / self.cfg.d_model);
+            state.push_self(i, &block.attn, &k, &v);
+            let (k, v) = state.self_tensors(i, &self.device)?;
             x = (x + block.attn.attend(&h, &k, &v, Some(&self_bias))?)?;
             let h = block.cross_norm.forward(&x)?;
             x = (x + state.cross_attend(i, &block.cross, &h)?)?;

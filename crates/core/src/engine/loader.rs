@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use crate::error::LoadError;
-use precis_backend::gguf::{GgufModel, GgufOptions};
+use precis_backend::gguf::{GgufModel, GgufOptions, Speculation};
 use precis_backend::seq2seq::backend::{
     target_language, Architecture, Seq2SeqBackend, Seq2SeqOptions,
 };
@@ -361,6 +361,7 @@ impl ModelLoader for StoreLoader {
                 license: spec.manifest.as_ref().map(|m| m.license.clone()),
                 cuda: self.cuda,
                 threads: 0,
+                speculation: Speculation::default(),
             },
         )?;
         Ok(Box::new(model))
