@@ -505,20 +505,8 @@ mod x86 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::packed::tests::values;
     use super::*;
-
-    /// A deterministic pseudo-random matrix in [-1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
 
     /// The definition, written out: each row and token quantized on its own,
     /// the integer sum, scaled.

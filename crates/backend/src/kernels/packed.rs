@@ -490,11 +490,12 @@ mod x86 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
-    /// A deterministic pseudo-random matrix in [-1, 1).
-    fn values(len: usize, seed: u64) -> Vec<f32> {
+    /// A deterministic pseudo-random matrix in [-1, 1) (the int8 tests'
+    /// too).
+    pub(crate) fn values(len: usize, seed: u64) -> Vec<f32> {
         let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
         (0..len)
             .map(|_| {

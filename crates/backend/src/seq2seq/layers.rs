@@ -201,14 +201,7 @@ impl candle_nn::var_builder::SimpleBackend for MappedTensors {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.get_unchecked(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            candle_core::bail!(
-                "tensor `{name}` has shape {:?} in the file; expected {shape:?}",
-                tensor.shape()
-            );
-        }
-        Ok(tensor)
+        of_shape(self.get_unchecked(name, dtype, device)?, name, &shape)
     }
 
     fn get_unchecked(
@@ -231,6 +224,21 @@ impl candle_nn::var_builder::SimpleBackend for MappedTensors {
     fn contains_tensor(&self, name: &str) -> bool {
         self.0.has(name)
     }
+}
+
+/// `tensor`, read as `name`, when it has `shape`; else an error naming both.
+pub(super) fn of_shape(
+    tensor: Tensor,
+    name: &str,
+    shape: &candle_core::Shape,
+) -> candle_core::Result<Tensor> {
+    if tensor.shape() != shape {
+        candle_core::bail!(
+            "tensor `{name}` has shape {:?} in the file; expected {shape:?}",
+            tensor.shape()
+        );
+    }
+    Ok(tensor)
 }
 
 /// The shard files a `model.safetensors.index.json` names (its
@@ -595,6 +603,7 @@ impl Attention {
 /// stride`) and the values (`stride × head_dim`), where `stride` is the
 /// longest sequence rounded up to [`KEY_BLOCK`] and positions past a
 /// sequence's end hold zeros (read with weight exactly zero).
+#[derive(Default)]
 pub(super) struct HeadKv {
     kt: Vec<f32>,
     v: Vec<f32>,
@@ -884,7 +893,7 @@ impl DecoderState {
     pub(super) fn self_attend(&self, layer: usize, attn: &Attention, x: &[f32]) -> Vec<f32> {
         let cache = &self.self_kv[layer];
         let sequence: Vec<usize> = (0..cache.rows).collect();
-        attn.attend_rows(x, &sequence, cache.view())
+        attn.attend_rows(x, &sequence, cache.kv.view())
     }
 
     /// Layer `layer`'s self-attention keys and values as tensors
@@ -936,17 +945,12 @@ impl DecoderState {
 /// step neither allocates nor zeroes memory.
 #[derive(Default)]
 pub(super) struct SelfKv {
-    kt: Vec<f32>,
-    v: Vec<f32>,
+    /// The rows as sequences (every one `len` positions long).
+    kv: HeadKv,
     /// The other buffers, for the next copy.
     spare: (Vec<f32>, Vec<f32>),
     rows: usize,
-    heads: usize,
-    head_dim: usize,
-    stride: usize,
     len: usize,
-    /// `len` for each row.
-    lens: Vec<usize>,
 }
 
 impl SelfKv {
@@ -964,21 +968,22 @@ impl SelfKv {
         let rows = k.len() / inner.max(1);
         assert_eq!(v.len(), k.len(), "keys and values of different sizes");
         if self.len == 0 {
-            (self.heads, self.head_dim, self.stride) = (heads, head_dim, 0);
+            (self.kv.heads, self.kv.head_dim, self.kv.stride) = (heads, head_dim, 0);
         }
-        let full = self.len + 1 > self.stride;
+        let full = self.len + 1 > self.kv.stride;
         if keep.is_some() || full || rows != self.rows {
             let stride = if full {
-                (self.stride * 2).max(KEY_BLOCK)
+                (self.kv.stride * 2).max(KEY_BLOCK)
             } else {
-                self.stride
+                self.kv.stride
             };
             self.copy_rows(keep, rows, stride);
         }
-        let (len, stride, block) = (self.len, self.stride, head_dim * self.stride);
-        self.kt
+        let (len, stride, block) = (self.len, self.kv.stride, head_dim * self.kv.stride);
+        self.kv
+            .kt
             .par_chunks_mut(block)
-            .zip(self.v.par_chunks_mut(block))
+            .zip(self.kv.v.par_chunks_mut(block))
             .enumerate()
             .for_each(|(rh, (kt, vv))| {
                 let at = (rh / heads) * inner + (rh % heads) * head_dim;
@@ -988,21 +993,21 @@ impl SelfKv {
                 vv[len * head_dim..(len + 1) * head_dim].copy_from_slice(&v[at..at + head_dim]);
             });
         self.len += 1;
-        self.lens = vec![self.len; rows];
+        self.kv.lens = vec![self.len; rows];
     }
 
     /// Makes the cache `rows` rows over `stride` positions, row `r` the old
     /// row `keep[r]` (`r` when `None`).
     fn copy_rows(&mut self, keep: Option<&[usize]>, rows: usize, stride: usize) {
-        let (heads, hd, len) = (self.heads, self.head_dim, self.len);
-        let (old_stride, old_block) = (self.stride, hd * self.stride);
+        let (heads, hd, len) = (self.kv.heads, self.kv.head_dim, self.len);
+        let (old_stride, old_block) = (self.kv.stride, hd * self.kv.stride);
         let block = hd * stride;
         let (mut kt, mut vv) = std::mem::take(&mut self.spare);
         // What a buffer held past a row's positions is read with weight
         // zero: it only needs to be finite, which old keys and values are.
         kt.resize(rows * heads * block, 0.0);
         vv.resize(rows * heads * block, 0.0);
-        let (old_kt, old_v) = (&self.kt, &self.v);
+        let (old_kt, old_v) = (&self.kv.kt, &self.kv.v);
         if len > 0 {
             kt.par_chunks_mut(block)
                 .zip(vv.par_chunks_mut(block))
@@ -1018,41 +1023,30 @@ impl SelfKv {
                 });
         }
         self.spare = (
-            std::mem::replace(&mut self.kt, kt),
-            std::mem::replace(&mut self.v, vv),
+            std::mem::replace(&mut self.kv.kt, kt),
+            std::mem::replace(&mut self.kv.v, vv),
         );
-        (self.rows, self.stride) = (rows, stride);
-    }
-
-    /// The rows as sequences of `len` positions, for [`Attention::attend_rows`].
-    fn view(&self) -> KvView<'_> {
-        KvView {
-            kt: &self.kt,
-            v: &self.v,
-            lens: &self.lens,
-            heads: self.heads,
-            head_dim: self.head_dim,
-            stride: self.stride,
-        }
+        (self.rows, self.kv.stride) = (rows, stride);
     }
 
     /// `[rows, heads, len, head_dim]` keys and values.
     fn tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let (hd, len, stride) = (self.head_dim, self.len, self.stride);
-        let mut k = Vec::with_capacity(self.rows * self.heads * len * hd);
+        let (hd, len, stride) = (self.kv.head_dim, self.len, self.kv.stride);
+        let mut k = Vec::with_capacity(self.rows * self.kv.heads * len * hd);
         let mut v = Vec::with_capacity(k.capacity());
         for (kt, vv) in self
+            .kv
             .kt
             .chunks_exact((hd * stride).max(1))
-            .zip(self.v.chunks_exact((hd * stride).max(1)))
-            .take(self.rows * self.heads)
+            .zip(self.kv.v.chunks_exact((hd * stride).max(1)))
+            .take(self.rows * self.kv.heads)
         {
             for j in 0..len {
                 k.extend((0..hd).map(|d| kt[d * stride + j]));
             }
             v.extend_from_slice(&vv[..len * hd]);
         }
-        let shape = (self.rows, self.heads, len, hd);
+        let shape = (self.rows, self.kv.heads, len, hd);
         Ok((
             Tensor::from_vec(k, shape, device)?,
             Tensor::from_vec(v, shape, device)?,
@@ -1122,7 +1116,7 @@ mod tests {
             assert_eq!(flat(&gk), flat(wk), "keys at step {step}");
             assert_eq!(flat(&gv), flat(wv), "values at step {step}");
         }
-        assert!(kv.stride >= 150 && kv.stride.is_multiple_of(KEY_BLOCK));
+        assert!(kv.kv.stride >= 150 && kv.kv.stride.is_multiple_of(KEY_BLOCK));
     }
 
     #[test]

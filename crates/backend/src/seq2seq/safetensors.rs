@@ -195,14 +195,7 @@ impl candle_nn::var_builder::SimpleBackend for SafetensorsFiles {
         dtype: DType,
         device: &Device,
     ) -> candle_core::Result<Tensor> {
-        let tensor = self.get_unchecked(name, dtype, device)?;
-        if tensor.shape() != &shape {
-            candle_core::bail!(
-                "tensor `{name}` has shape {:?} in the file; expected {shape:?}",
-                tensor.shape()
-            );
-        }
-        Ok(tensor)
+        super::layers::of_shape(self.get_unchecked(name, dtype, device)?, name, &shape)
     }
 
     fn get_unchecked(
