@@ -256,8 +256,9 @@ pub enum Quantize {
     /// None: f32, as the checkpoint stores them (transformers' results).
     #[default]
     None,
-    /// int8 per weight row, activations per token (CTranslate2's int8);
-    /// embeddings stay f32.
+    /// int8 per weight row, activations per token (CTranslate2's int8),
+    /// the output layer included; token embeddings tied to it are read
+    /// from its int8 rows, a table of their own stays f32.
     Int8,
 }
 
