@@ -122,7 +122,6 @@ struct Active<'r> {
     request: &'r GenerationRequest,
     /// The prompt's ids (what drafts are looked up in).
     prompt: Vec<u32>,
-    prompt_len: usize,
     cache: KvCache,
     sampler: Sampler,
     /// For a translation into a script other than Latin: keeps to it.
@@ -520,7 +519,7 @@ impl GgufModel {
         let out = self.tokenizer.decode(&seq.generated)?;
         Ok(Generation {
             text: out.trim().to_string(),
-            prompt_tokens: seq.prompt_len,
+            prompt_tokens: seq.prompt.len(),
             generated_tokens: seq.generated.len(),
             finish: seq.finish.unwrap_or(FinishReason::Length),
             cache: Cached::Off,
@@ -571,7 +570,6 @@ impl GgufModel {
                 index,
                 request,
                 prompt: ids.clone(),
-                prompt_len: ids.len(),
                 cache,
                 sampler: Sampler::new(&request.params),
                 guard,

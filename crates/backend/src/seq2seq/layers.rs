@@ -699,9 +699,7 @@ impl Attention {
     /// Keys and values of `x` (`Σ lens` rows of `d`, the sequences one
     /// after the other) in the layout [`Attention::attend_rows`] reads.
     pub(super) fn head_kv(&self, x: &[f32], lens: &[usize]) -> HeadKv {
-        let rows = lens.iter().sum();
-        let k = self.k.apply_rows(x, rows, Epilogue::None);
-        let v = self.v.apply_rows(x, rows, Epilogue::None);
+        let (k, v) = self.project_kv(x, lens.iter().sum());
         HeadKv::new(&k, &v, lens, self.heads, self.head_dim)
     }
 
