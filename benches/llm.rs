@@ -31,6 +31,9 @@
 //!   barrier pool of its quantized matmuls from them, else from the number of
 //!   physical cores) and a decoder pool built with the default size. The
 //!   report shows the CPU time over wall time of the timed run, which checks it.
+//! - `PRECIS_BENCH_DRAFT`: a draft model (manifest id or `.gguf` path, same
+//!   vocabulary) for the speculative section's `draft-model` line
+//!   (Qwen2.5-Coder-0.5B for the 1.5B); unset: no such line
 //! - `PRECIS_BENCH_JSON`: also write the figures as JSON to this path: model,
 //!   file, threads, the prompt's token ids, prefill/decode tok/s, peak RSS,
 //!   load time, and the greedy ids (from an extra, untimed pure arg-max run of
@@ -240,10 +243,29 @@ fn main() -> anyhow::Result<()> {
     let spec_tokens = env_usize("PRECIS_BENCH_SPEC_TOKENS", 128)?;
     let mut speculative = Vec::new();
     let mut plain_text: Option<String> = None;
-    for (name, method) in [
+    let mut methods = vec![
         ("plain", Speculation::Off),
         ("prompt-lookup", Speculation::PromptLookup),
-    ] {
+    ];
+    if let Some(draft) = std::env::var("PRECIS_BENCH_DRAFT")
+        .ok()
+        .filter(|v| !v.is_empty())
+    {
+        let spec = store.resolve(&draft)?;
+        let located = tokio::runtime::Runtime::new()?.block_on(store.fetch(&spec))?;
+        let draft = GgufModel::load(
+            located.first_path(),
+            GgufOptions {
+                id: Some(spec.id.clone()),
+                threads,
+                ..GgufOptions::default()
+            },
+        )?;
+        println!("draft model      {}", spec.id);
+        model.set_draft(draft)?;
+        methods.push(("draft-model", Speculation::DraftModel));
+    }
+    for (name, method) in methods {
         model.set_speculation(method);
         let before = model.speculation_stats();
         let start = Instant::now();

@@ -24,7 +24,7 @@
 mod common;
 
 use precis_backend::decoder::SeqInput;
-use precis_backend::gguf::{GgufModel, GgufOptions};
+use precis_backend::gguf::{GgufModel, GgufOptions, Speculation};
 use serde::Deserialize;
 
 #[derive(Deserialize)]
@@ -311,14 +311,21 @@ External Affairs Minister S. Jaishankar hosted the meeting of the Group of 20.";
     ]
 }
 
-/// Speculative decoding (prompt-lookup drafts verified in one pass) writes
-/// token for token what plain greedy decoding writes, batched and alone,
-/// and drafts were kept (else the test would prove nothing).
-fn speculation_changes_nothing(model_id: &str) {
+/// Speculative decoding (drafts verified in one pass) writes token for
+/// token what plain greedy decoding writes, batched and alone, and drafts
+/// were kept (else the test would prove nothing). The draft model is the
+/// same file: its drafts are plain arg-max, the requests' repetition
+/// penalty makes the target refuse some.
+fn speculation_changes_nothing(model_id: &str, method: precis_backend::gguf::Speculation) {
     use precis_backend::gguf::Speculation;
     use precis_backend::{Backend, Flow};
     let requests = copying_requests();
     let mut model = load(model_id);
+    if method == Speculation::DraftModel {
+        model
+            .set_draft(load(model_id))
+            .expect("a model drafts for itself");
+    }
     model.set_speculation(Speculation::Off);
     let run = |model: &mut GgufModel, requests: &[precis_backend::GenerationRequest]| {
         let mut streamed = vec![String::new(); requests.len()];
@@ -333,7 +340,7 @@ fn speculation_changes_nothing(model_id: &str) {
         (out, streamed)
     };
     let (plain, plain_streamed) = run(&mut model, &requests);
-    model.set_speculation(Speculation::PromptLookup);
+    model.set_speculation(method);
     let (batched, batched_streamed) = run(&mut model, &requests);
     for (i, (p, s)) in plain.iter().zip(&batched).enumerate() {
         assert_eq!(s.text, p.text, "{model_id} request {i}, batched");
@@ -364,10 +371,181 @@ fn speculation_changes_nothing(model_id: &str) {
 
 #[test]
 fn speculative_decoding_writes_what_plain_decoding_writes_smollm2() {
-    speculation_changes_nothing(common::SMALLEST);
+    speculation_changes_nothing(common::SMALLEST, Speculation::PromptLookup);
+}
+
+#[test]
+fn draft_model_decoding_writes_what_plain_decoding_writes_smollm2() {
+    speculation_changes_nothing(common::SMALLEST, Speculation::DraftModel);
 }
 
 #[test]
 fn speculative_decoding_writes_what_plain_decoding_writes_qwen_0_5b() {
-    speculation_changes_nothing("qwen2.5-coder-0.5b-instruct-q4_k_m");
+    speculation_changes_nothing(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        Speculation::PromptLookup,
+    );
+}
+
+#[test]
+fn draft_model_decoding_writes_what_plain_decoding_writes_qwen_0_5b() {
+    speculation_changes_nothing(
+        "qwen2.5-coder-0.5b-instruct-q4_k_m",
+        Speculation::DraftModel,
+    );
+}
+
+/// Requests released to [`GgufModel`]'s joining loop at given steps (a
+/// step is one call of `join`), with what each streamed, when, and its
+/// result.
+struct Staggered {
+    /// Each request with the step it arrives at, in arrival order.
+    arriving: Vec<(usize, precis_backend::GenerationRequest)>,
+    released: usize,
+    step: usize,
+    streamed: Vec<String>,
+    /// Per request, the steps at which it streamed text.
+    text_steps: Vec<Vec<usize>>,
+    results: Vec<Option<precis_backend::Generation>>,
+    done_step: Vec<usize>,
+}
+
+impl Staggered {
+    fn new(arriving: Vec<(usize, precis_backend::GenerationRequest)>) -> Self {
+        let n = arriving.len();
+        Self {
+            arriving,
+            released: 0,
+            step: 0,
+            streamed: vec![String::new(); n],
+            text_steps: vec![Vec::new(); n],
+            results: vec![None; n],
+            done_step: vec![0; n],
+        }
+    }
+}
+
+impl precis_backend::Arrivals for Staggered {
+    fn join(&mut self) -> Vec<precis_backend::GenerationRequest> {
+        let step = self.step;
+        self.step += 1;
+        let due = self.arriving[self.released..]
+            .iter()
+            .take_while(|(at, _)| *at <= step)
+            .count();
+        let out = self.arriving[self.released..self.released + due]
+            .iter()
+            .map(|(_, r)| r.clone())
+            .collect();
+        self.released += due;
+        out
+    }
+
+    fn text(&mut self, i: usize, piece: &str) -> precis_backend::Flow {
+        self.streamed[i].push_str(piece);
+        self.text_steps[i].push(self.step);
+        precis_backend::Flow::Continue
+    }
+
+    fn done(
+        &mut self,
+        i: usize,
+        result: Result<precis_backend::Generation, precis_backend::BackendError>,
+    ) {
+        self.results[i] = Some(result.expect("generates"));
+        self.done_step[i] = self.step;
+    }
+}
+
+/// Continuous batching (issue 20): a request writes the same text, token
+/// for token, whether it runs alone, joins a running batch (its prompt read
+/// in chunks between the running sequences' steps), or is joined by others;
+/// greedy (with prompt-lookup drafts) and sampled requests alike. The
+/// sequence already generating keeps generating while a long prompt that
+/// joined is read.
+#[test]
+fn a_request_writes_the_same_alone_joining_or_joined_smollm2() {
+    use precis_backend::{Backend, Flow, GenerationParams};
+    let mut requests = copying_requests();
+    // A prompt longer than one step's share of prompt tokens.
+    let mut long = requests[0].clone();
+    long.messages[0].content = format!(
+        "{}\n\n{}",
+        long.messages[0].content,
+        long.messages[0].content.repeat(4)
+    );
+    long.params.max_new_tokens = 24;
+    requests.insert(1, long);
+    let mut sampled = requests[2].clone();
+    sampled.params = GenerationParams {
+        max_new_tokens: 32,
+        temperature: 0.8,
+        top_p: Some(0.9),
+        seed: 7,
+        ..GenerationParams::default()
+    };
+    requests.push(sampled);
+    let mut model = load(common::SMALLEST);
+    let long_tokens = model.chat_ids(&requests[1].messages).unwrap().len();
+    assert!(
+        long_tokens > 400,
+        "the long prompt has {long_tokens} tokens"
+    );
+
+    let alone: Vec<(String, precis_backend::Generation)> = requests
+        .iter()
+        .map(|r| {
+            let mut streamed = String::new();
+            let g = model.generate(std::slice::from_ref(r), &mut |_, piece| {
+                streamed.push_str(piece);
+                Flow::Continue
+            });
+            (streamed, g.into_iter().next().unwrap().expect("generates"))
+        })
+        .collect();
+
+    // Request 0 starts alone; the long one joins it at step 2, the others
+    // while that prompt is still being read and after. Drafted by prompt
+    // lookup (the default), then by a draft model (reading the prompts
+    // beside the target).
+    let steps = [0, 2, 3, 5, 9];
+    let staggered = |model: &mut GgufModel| {
+        let mut run = Staggered::new(steps.iter().copied().zip(requests.clone()).collect());
+        model.generate_joining(&mut run);
+        for (i, (streamed, g)) in alone.iter().enumerate() {
+            let joined = run.results[i].as_ref().expect("a result for every request");
+            assert_eq!(joined.text, g.text, "request {i}");
+            assert_eq!(joined.generated_tokens, g.generated_tokens, "request {i}");
+            assert_eq!(joined.finish, g.finish, "request {i}");
+            assert_eq!(&run.streamed[i], streamed, "request {i}: the streamed text");
+        }
+        run
+    };
+    model
+        .set_draft(load(common::SMALLEST))
+        .expect("a model drafts for itself");
+    model.set_speculation(Speculation::DraftModel);
+    staggered(&mut model);
+    model.set_speculation(Speculation::PromptLookup);
+    let run = staggered(&mut model);
+    // Each one joined the running batch: it wrote before request 0 ended.
+    for i in 1..requests.len() {
+        let first = run.text_steps[i][0];
+        assert!(
+            first < run.done_step[0],
+            "request {i} first wrote at step {first}, request 0 ended at {}",
+            run.done_step[0]
+        );
+    }
+    // The long prompt took more than one step to read, and request 0 wrote
+    // in the steps between.
+    let first_long = run.text_steps[1][0];
+    assert!(first_long > steps[1] + 1, "first text at step {first_long}");
+    assert!(
+        run.text_steps[0]
+            .iter()
+            .any(|&s| s > steps[1] && s < first_long),
+        "request 0 wrote nothing while the long prompt was read: {:?}",
+        run.text_steps[0]
+    );
 }

@@ -10,6 +10,8 @@
 //! mix sequences of different lengths and positions (prefill of one prompt, or
 //! one new token for each of several sequences, in one pass).
 
+use std::sync::Arc;
+
 use rayon::prelude::*;
 
 use super::kernels::{self, Activations, QMatrix};
@@ -178,7 +180,9 @@ pub struct SeqInput<'a> {
     /// New tokens.
     pub tokens: &'a [u32],
     /// Index (within `tokens`) of the first token whose logits are wanted; the
-    /// logits of every token from there to the last are returned.
+    /// logits of every token from there to the last are returned (none when
+    /// it is `tokens.len()`: a prompt read in chunks needs no logits until
+    /// its last one).
     pub logits_from: usize,
 }
 
@@ -208,7 +212,7 @@ pub struct Decoder {
     out_norm: Vec<f32>,
     output: TensorRef,
     scratch: Scratch,
-    pool: rayon::ThreadPool,
+    pool: Arc<rayon::ThreadPool>,
 }
 
 fn err(file: &GgufFile, source: impl Into<crate::Cause>) -> BackendError {
@@ -356,8 +360,14 @@ impl Decoder {
             out_norm,
             output,
             scratch: Scratch::default(),
-            pool,
+            pool: Arc::new(pool),
         })
+    }
+
+    /// Runs on `other`'s threads from now on: a draft model and its target
+    /// take turns, and two pools would keep each other's cores spinning.
+    pub fn share_threads(&mut self, other: &Decoder) {
+        self.pool = Arc::clone(&other.pool);
     }
 
     /// The model's shape.
@@ -398,7 +408,7 @@ impl Decoder {
                     s.cache.capacity
                 )));
             }
-            if s.logits_from >= s.tokens.len() {
+            if s.logits_from > s.tokens.len() {
                 return Err(BackendError::Runtime(
                     "logits requested past the last token".into(),
                 ));
@@ -571,10 +581,12 @@ fn forward(
     for &r in &rows {
         picked.extend_from_slice(&s.x[r * hidden..(r + 1) * hidden]);
     }
-    rms_norm(&picked, &mut s.h, hidden, out_norm, cfg.eps);
-    s.acts.quantize(&s.h, rows.len(), hidden, output.qtype);
     let mut logits = vec![0.0; rows.len() * output.rows];
-    kernels::matmul(&output, &s.acts, &mut logits);
+    if !rows.is_empty() {
+        rms_norm(&picked, &mut s.h, hidden, out_norm, cfg.eps);
+        s.acts.quantize(&s.h, rows.len(), hidden, output.qtype);
+        kernels::matmul(&output, &s.acts, &mut logits);
+    }
 
     // Split per sequence and advance the caches.
     let mut out = Vec::with_capacity(batch.len());

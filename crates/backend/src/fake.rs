@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
-    ModelInfo, Role, TokenCounter,
+    Arrivals, Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation,
+    GenerationRequest, ModelInfo, Role, TokenCounter, WholeBatch,
 };
 
 /// The languages the fake model writes.
@@ -160,60 +160,131 @@ impl Backend for FakeBackend {
         requests: &[GenerationRequest],
         on_token: &mut dyn FnMut(usize, &str) -> Flow,
     ) -> Vec<Result<Generation, BackendError>> {
-        requests
+        let mut batch = WholeBatch::new(requests, on_token);
+        self.generate_joining(&mut batch);
+        batch.results()
+    }
+
+    /// A word per step for every sequence, as a decoder writes a token per
+    /// forward pass; a request joins at the next step. `FAKE_SLOW` makes a
+    /// step take 50 ms while such a request runs.
+    fn generate_joining(&mut self, arrivals: &mut dyn Arrivals) {
+        let mut active: Vec<Writing> = Vec::new();
+        let mut joined = 0;
+        loop {
+            for request in arrivals.join() {
+                let index = joined;
+                joined += 1;
+                match self.start(index, &request) {
+                    Ok(w) if w.finish().is_some() => arrivals.done(index, Ok(w.result())),
+                    Ok(w) => active.push(w),
+                    Err(e) => arrivals.done(index, Err(e)),
+                }
+            }
+            if active.is_empty() {
+                return;
+            }
+            if active.iter().any(|w| w.slow) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let mut still = Vec::with_capacity(active.len());
+            for mut w in active.drain(..) {
+                let word = w.words[w.written].clone();
+                w.text.push_str(&word);
+                w.written += 1;
+                if arrivals.text(w.index, &word) == Flow::Stop {
+                    w.cancelled = true;
+                }
+                if w.finish().is_some() {
+                    arrivals.done(w.index, Ok(w.result()));
+                } else {
+                    still.push(w);
+                }
+            }
+            active = still;
+        }
+    }
+}
+
+/// A request the fake model is answering.
+struct Writing {
+    index: usize,
+    /// The answer, a word (with its trailing space) per step.
+    words: Vec<String>,
+    written: usize,
+    text: String,
+    max_new_tokens: usize,
+    prompt_tokens: usize,
+    slow: bool,
+    looping: bool,
+    cancelled: bool,
+}
+
+impl FakeBackend {
+    /// Checks a request and plans its answer (`FAKE_PANIC` panics here,
+    /// `FAKE_ERROR` fails).
+    fn start(&self, index: usize, req: &GenerationRequest) -> Result<Writing, BackendError> {
+        let user = req
+            .messages
             .iter()
-            .enumerate()
-            .map(|(i, req)| {
-                let user = req
-                    .messages
-                    .iter()
-                    .map(|m| m.content.as_str())
-                    .collect::<String>();
-                if user.contains("FAKE_PANIC") {
-                    panic!("fake backend asked to panic");
-                }
-                if user.contains("FAKE_ERROR") {
-                    return Err(BackendError::Runtime("fake backend asked to fail".into()));
-                }
-                let prompt_tokens = self.prompt_tokens(&req.messages)?;
-                if prompt_tokens + req.params.max_new_tokens > self.info.context_length {
-                    return Err(BackendError::ContextOverflow {
-                        prompt_tokens,
-                        max_new_tokens: req.params.max_new_tokens,
-                        context_length: self.info.context_length,
-                    });
-                }
-                let slow = user.contains("FAKE_SLOW");
-                let full = answer(&req.messages);
-                let mut text = String::new();
-                let mut finish = FinishReason::Stop;
-                let mut count = 0;
-                for word in full.split_inclusive(' ') {
-                    if count == req.params.max_new_tokens {
-                        finish = FinishReason::Length;
-                        break;
-                    }
-                    if slow {
-                        std::thread::sleep(Duration::from_millis(50));
-                    }
-                    text.push_str(word);
-                    count += 1;
-                    if on_token(i, word) == Flow::Stop {
-                        finish = FinishReason::Cancelled;
-                        break;
-                    }
-                }
-                if user.contains("FAKE_LOOP") {
-                    finish = FinishReason::Loop;
-                }
-                Ok(Generation {
-                    text: text.trim().to_string(),
-                    prompt_tokens,
-                    generated_tokens: count,
-                    finish,
-                    cache: Cached::Off,
-                })
-            })
-            .collect()
+            .map(|m| m.content.as_str())
+            .collect::<String>();
+        if user.contains("FAKE_PANIC") {
+            panic!("fake backend asked to panic");
+        }
+        if user.contains("FAKE_ERROR") {
+            return Err(BackendError::Runtime("fake backend asked to fail".into()));
+        }
+        let prompt_tokens = self.prompt_tokens(&req.messages)?;
+        if prompt_tokens + req.params.max_new_tokens > self.info.context_length {
+            return Err(BackendError::ContextOverflow {
+                prompt_tokens,
+                max_new_tokens: req.params.max_new_tokens,
+                context_length: self.info.context_length,
+            });
+        }
+        Ok(Writing {
+            index,
+            words: (answer(&req.messages).split_inclusive(' '))
+                .map(str::to_string)
+                .collect(),
+            written: 0,
+            text: String::new(),
+            max_new_tokens: req.params.max_new_tokens,
+            prompt_tokens,
+            slow: user.contains("FAKE_SLOW"),
+            looping: user.contains("FAKE_LOOP"),
+            cancelled: false,
+        })
+    }
+}
+
+impl Writing {
+    /// Why it ended, once it has.
+    fn finish(&self) -> Option<FinishReason> {
+        if self.cancelled {
+            Some(FinishReason::Cancelled)
+        } else if self.written == self.words.len() {
+            Some(FinishReason::Stop)
+        } else if self.written == self.max_new_tokens {
+            Some(FinishReason::Length)
+        } else {
+            None
+        }
+    }
+
+    fn result(&self) -> Generation {
+        let finish = self.finish().unwrap_or(FinishReason::Length);
+        Generation {
+            text: self.text.trim().to_string(),
+            prompt_tokens: self.prompt_tokens,
+            generated_tokens: self.written,
+            finish: if self.looping {
+                FinishReason::Loop
+            } else {
+                finish
+            },
+            cache: Cached::Off,
+        }
     }
 }

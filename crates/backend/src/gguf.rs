@@ -31,8 +31,8 @@ use super::generation::{loop_cut, prompt_lookup, IncrementalText, Sampler};
 use super::script::{Script, ScriptGuard};
 use super::weights::GgufFile;
 use super::{
-    Backend, BackendError, Cached, ChatMessage, FinishReason, Flow, Generation, GenerationRequest,
-    ModelInfo, TokenCounter,
+    batch_after_batch, Arrivals, Backend, BackendError, Cached, ChatMessage, FinishReason, Flow,
+    Generation, GenerationRequest, ModelInfo, TokenCounter, WholeBatch,
 };
 use crate::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 
@@ -71,10 +71,18 @@ pub enum Speculation {
     /// article.
     #[default]
     PromptLookup,
+    /// Drafts written greedily by a smaller model with the same vocabulary
+    /// ([`GgufModel::set_draft`]; Qwen2.5-0.5B for the 1.5B), which reads
+    /// every prompt too and keeps its own caches.
+    DraftModel,
 }
 
-/// Most tokens drafted at once.
+/// Most tokens drafted at once by prompt lookup.
 const DRAFT_MAX: usize = 6;
+
+/// Tokens the draft model writes ahead per step: each costs one of its
+/// forward passes whether the target keeps it or not.
+const DRAFT_MODEL_TOKENS: usize = 4;
 
 /// Tokens drafted and kept by speculative decoding, since the model loaded.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -116,10 +124,11 @@ enum Runner {
     Candle(Box<CandleWeights>, Device),
 }
 
-/// A sequence being generated.
-struct Active<'r> {
+/// A sequence being generated: first its prompt is read into its cache,
+/// then it generates.
+struct Active {
     index: usize,
-    request: &'r GenerationRequest,
+    request: GenerationRequest,
     /// The prompt's ids (what drafts are looked up in).
     prompt: Vec<u32>,
     cache: KvCache,
@@ -130,7 +139,28 @@ struct Active<'r> {
     text: IncrementalText,
     next: Option<u32>,
     finish: Option<FinishReason>,
+    /// Under [`Speculation::DraftModel`], a greedy sequence's cache in the
+    /// draft model: a start of the prompt and the text so far (what the
+    /// target kept).
+    draft: Option<KvCache>,
 }
+
+impl Active {
+    /// Tokens it may still generate.
+    fn room(&self) -> usize {
+        (self.request.params.max_new_tokens).saturating_sub(self.generated.len())
+    }
+
+    /// The prompt's tokens not yet in the cache.
+    fn unread(&self) -> &[u32] {
+        self.prompt.get(self.cache.len()..).unwrap_or(&[])
+    }
+}
+
+/// Most prompt tokens a step reads while sequences are generating: a
+/// request joining a running batch delays them by no more than this per
+/// token (on two cores, about 0.4 s for Qwen2.5-0.5B).
+const PREFILL_STEP: usize = 128;
 
 /// A loaded GGUF decoder.
 pub struct GgufModel {
@@ -145,6 +175,8 @@ pub struct GgufModel {
     foreign: HashMap<Script, Arc<Vec<bool>>>,
     speculation: Speculation,
     stats: SpeculationStats,
+    /// The draft model's decoder ([`Speculation::DraftModel`]).
+    draft: Option<Box<Decoder>>,
 }
 
 /// A script guard with its vocabulary table.
@@ -263,6 +295,7 @@ impl GgufModel {
             foreign: HashMap::new(),
             speculation: opts.speculation,
             stats: SpeculationStats::default(),
+            draft: None,
         })
     }
 
@@ -409,7 +442,7 @@ impl GgufModel {
     /// Takes the next token of a sequence from its logits; returns whether it goes on.
     fn advance(
         &self,
-        seq: &mut Active<'_>,
+        seq: &mut Active,
         logits: &[f32],
         on_token: &mut dyn FnMut(usize, &str) -> Flow,
     ) -> Result<(), BackendError> {
@@ -449,24 +482,112 @@ impl GgufModel {
         Ok(())
     }
 
-    /// What a decoding step feeds a sequence: its next token, then, for a
-    /// greedy sequence under [`Speculation::PromptLookup`], the tokens drafted
-    /// after it (no more than it may still generate).
-    fn feed(&self, seq: &Active<'_>) -> Vec<u32> {
+    /// What a decoding step feeds a sequence: its next token, then the
+    /// tokens drafted after it (by prompt lookup for a greedy sequence under
+    /// [`Speculation::PromptLookup`], else `drafted`), no more than it may
+    /// still generate.
+    fn feed(&self, seq: &Active, drafted: &[u32]) -> Vec<u32> {
         let next = seq.next.expect("an active sequence has a next token");
         let greedy = seq.request.params.temperature <= 0.0;
-        let room = seq
-            .request
-            .params
-            .max_new_tokens
-            .saturating_sub(seq.generated.len());
+        let room = seq.room();
         let mut feed = vec![next];
         if self.speculation == Speculation::PromptLookup && greedy && room > 0 {
             // `generated` ends with `next`.
             let context: Vec<u32> = seq.prompt.iter().chain(&seq.generated).copied().collect();
             feed.extend_from_slice(prompt_lookup(&context, DRAFT_MAX.min(room)));
+        } else {
+            feed.extend_from_slice(&drafted[..drafted.len().min(room)]);
         }
         feed
+    }
+
+    /// Under [`Speculation::DraftModel`]: runs the draft model for the
+    /// sequences that have a cache in it, in passes shared by all of them.
+    /// A sequence reading its prompt reads there what the target holds and
+    /// its chunk (`chunks[i]`); a generating one catches up with its text
+    /// (what the target kept since the last step) and writes up to
+    /// [`DRAFT_MODEL_TOKENS`] greedy tokens ahead, returned per sequence. On a failure of the draft model nothing is
+    /// drafted (the target decodes on, one token a step).
+    fn draft(&mut self, active: &mut [Active], chunks: &[Vec<u32>]) -> Vec<Vec<u32>> {
+        let mut drafts = vec![Vec::new(); active.len()];
+        let Some(decoder) = self.draft.as_mut() else {
+            return drafts;
+        };
+        // First pass: chunks and catching up; the last token's logits.
+        let mut tails: Vec<Vec<u32>> = Vec::with_capacity(active.len());
+        let mut wanted = vec![0; active.len()];
+        for (i, seq) in active.iter().enumerate() {
+            let Some(draft) = &seq.draft else {
+                tails.push(Vec::new());
+                continue;
+            };
+            // Up to what the target holds after this step's chunk, or all
+            // the text so far (ending with the next token).
+            let upto = match seq.next {
+                None => seq.cache.len() + chunks[i].len(),
+                Some(_) => {
+                    wanted[i] = DRAFT_MODEL_TOKENS.min(seq.room());
+                    seq.prompt.len() + seq.generated.len()
+                }
+            };
+            let context = seq.prompt.iter().chain(&seq.generated);
+            let behind = upto.saturating_sub(draft.len());
+            tails.push(context.skip(draft.len()).take(behind).copied().collect());
+        }
+        let mut first = true;
+        loop {
+            let mut inputs = Vec::new();
+            let mut who = Vec::new();
+            for (i, (seq, tail)) in active.iter_mut().zip(&tails).enumerate() {
+                let Some(draft) = seq.draft.as_mut() else {
+                    continue;
+                };
+                let tokens: &[u32] = if first {
+                    tail
+                } else if drafts[i].len() < wanted[i] {
+                    std::slice::from_ref(drafts[i].last().expect("a draft before"))
+                } else {
+                    continue;
+                };
+                if tokens.is_empty() {
+                    continue;
+                }
+                who.push(i);
+                inputs.push(SeqInput {
+                    cache: draft,
+                    tokens,
+                    // Logits only where a draft is wanted.
+                    logits_from: if wanted[i] > 0 {
+                        tokens.len() - 1
+                    } else {
+                        tokens.len()
+                    },
+                });
+            }
+            if inputs.is_empty() {
+                break;
+            }
+            let Ok(logits) = decoder.forward(&mut inputs) else {
+                drop(inputs);
+                for seq in active.iter_mut() {
+                    seq.draft = None;
+                }
+                return vec![Vec::new(); active.len()];
+            };
+            drop(inputs);
+            for (i, l) in who.into_iter().zip(logits) {
+                if !l.is_empty() {
+                    let token = argmax(&l);
+                    drafts[i].push(token);
+                    if self.tokenizer.stop_ids.contains(&token) {
+                        // It would end there: nothing to draft after.
+                        wanted[i] = drafts[i].len();
+                    }
+                }
+            }
+            first = false;
+        }
+        drafts
     }
 
     /// Takes the tokens of one decoding step from its logits (one row per
@@ -476,7 +597,7 @@ impl GgufModel {
     /// keeps the fed tokens up to the last one kept.
     fn verify(
         &mut self,
-        seq: &mut Active<'_>,
+        seq: &mut Active,
         logits: &[f32],
         feed: &[u32],
         on_token: &mut dyn FnMut(usize, &str) -> Flow,
@@ -501,6 +622,10 @@ impl GgufModel {
             self.stats.accepted += kept as u64;
         }
         seq.cache.truncate(start + 1 + kept);
+        if let Some(draft) = &mut seq.draft {
+            // What it drafted past the first token not kept is gone.
+            draft.truncate(seq.cache.len());
+        }
         Ok(())
     }
 
@@ -515,7 +640,32 @@ impl GgufModel {
         self.speculation = speculation;
     }
 
-    fn finish(&self, seq: &Active<'_>) -> Result<Generation, BackendError> {
+    /// Makes `draft` this model's draft model ([`Speculation::DraftModel`]):
+    /// a smaller model with the same vocabulary, token for token, both on
+    /// the CPU decoder.
+    pub fn set_draft(&mut self, draft: GgufModel) -> Result<(), BackendError> {
+        let same_vocabulary = draft.tokenizer.vocab_size() == self.tokenizer.vocab_size()
+            && (0..self.tokenizer.vocab_size() as u32)
+                .all(|id| draft.tokenizer.token_bytes(id) == self.tokenizer.token_bytes(id));
+        if !same_vocabulary {
+            return Err(BackendError::Config(format!(
+                "{} cannot draft for {}: their vocabularies differ (a draft model must share the target's tokenizer)",
+                draft.info.id, self.info.id
+            )));
+        }
+        match (draft.runner, &self.runner) {
+            (Runner::Cpu(mut decoder), Runner::Cpu(target)) => {
+                decoder.share_threads(target);
+                self.draft = Some(decoder);
+                Ok(())
+            }
+            _ => Err(BackendError::Config(
+                "a draft model runs on the CPU decoder only".into(),
+            )),
+        }
+    }
+
+    fn finish(&self, seq: &Active) -> Result<Generation, BackendError> {
         let out = self.tokenizer.decode(&seq.generated)?;
         Ok(Generation {
             text: out.trim().to_string(),
@@ -526,131 +676,177 @@ impl GgufModel {
         })
     }
 
-    /// Generates for all requests together on the CPU decoder: each prompt is
-    /// prefilled on its own, then every unfinished sequence gets its next
-    /// token in one shared forward pass per step.
-    fn generate_batched(
-        &mut self,
-        requests: &[GenerationRequest],
-        on_token: &mut dyn FnMut(usize, &str) -> Flow,
-    ) -> Vec<Result<Generation, BackendError>> {
-        let mut results: Vec<Option<Result<Generation, BackendError>>> =
-            (0..requests.len()).map(|_| None).collect();
-        let mut active: Vec<Active<'_>> = Vec::new();
-        for (index, request) in requests.iter().enumerate() {
-            let prepared = self.chat_ids(&request.messages).and_then(|ids| {
-                self.check_fits(ids.len(), request.params.max_new_tokens)?;
-                Ok(ids)
-            });
-            let ids = match prepared {
-                Ok(ids) => ids,
-                Err(e) => {
-                    results[index] = Some(Err(e));
-                    continue;
-                }
-            };
-            let guard = self.guard_for(request);
-            let Runner::Cpu(decoder) = &mut self.runner else {
-                unreachable!("generate_batched runs on the CPU decoder");
-            };
-            let mut cache = decoder.new_cache(ids.len() + request.params.max_new_tokens);
-            // The kept start that shares the most with this prompt.
-            let best = (self.prefixes.iter().enumerate())
-                .map(|(slot, p)| (slot, p.shared(&ids)))
-                .max_by_key(|&(_, shared)| shared)
-                .filter(|&(_, shared)| shared > 0);
-            let shared = best.map_or(0, |(_, shared)| shared);
-            if let Some((slot, shared)) = best {
-                if let Err(e) = cache.fill_from(&self.prefixes[slot].cache, shared) {
-                    results[index] = Some(Err(e));
-                    continue;
-                }
-            }
-            let mut seq = Active {
-                index,
-                request,
-                prompt: ids.clone(),
-                cache,
-                sampler: Sampler::new(&request.params),
-                guard,
-                generated: Vec::new(),
-                text: IncrementalText::new(),
-                next: None,
-                finish: None,
-            };
-            if request.params.max_new_tokens == 0 {
-                results[index] = Some(self.finish(&seq));
-                continue;
-            }
-            let logits = decoder.forward(&mut [SeqInput {
-                cache: &mut seq.cache,
-                logits_from: ids.len() - 1 - shared,
-                tokens: &ids[shared..],
-            }]);
-            if logits.is_ok() {
-                // This prompt's start replaces the one it shared (it holds
-                // that part too), else the least recently used.
-                if let Some((slot, _)) = best {
-                    self.prefixes.remove(slot);
-                } else if self.prefixes.len() == PREFIX_SLOTS {
-                    self.prefixes.remove(0);
-                }
-                let keep = ids.len().min(PREFIX_KEEP);
-                let mut kept = decoder.new_cache(keep);
-                if kept.fill_from(&seq.cache, keep).is_ok() {
-                    self.prefixes.push(PromptPrefix {
-                        ids: ids[..keep].to_vec(),
-                        cache: kept,
-                    });
-                }
-            }
-            let step = logits.and_then(|l| self.advance(&mut seq, &l[0], on_token));
-            match step {
-                Err(e) => results[index] = Some(Err(e)),
-                Ok(()) if seq.finish.is_some() => results[index] = Some(self.finish(&seq)),
-                Ok(()) => active.push(seq),
+    /// Makes a request a sequence: its prompt's ids, checked against the
+    /// context, and a cache holding the longest start it shares with a kept
+    /// prompt.
+    fn admit(&mut self, index: usize, request: GenerationRequest) -> Result<Active, BackendError> {
+        let ids = self.chat_ids(&request.messages)?;
+        self.check_fits(ids.len(), request.params.max_new_tokens)?;
+        let guard = self.guard_for(&request);
+        let Runner::Cpu(decoder) = &mut self.runner else {
+            unreachable!("admit runs on the CPU decoder");
+        };
+        let mut cache = decoder.new_cache(ids.len() + request.params.max_new_tokens);
+        let positions = ids.len() + request.params.max_new_tokens;
+        let draft = (self.draft.as_ref())
+            .filter(|d| {
+                self.speculation == Speculation::DraftModel
+                    && request.params.temperature <= 0.0
+                    && positions <= d.config().context_length
+            })
+            .map(|d| d.new_cache(positions));
+        if let Some(prefix) = (self.prefixes.iter()).max_by_key(|p| p.shared(&ids)) {
+            let shared = prefix.shared(&ids);
+            if shared > 0 {
+                cache.fill_from(&prefix.cache, shared)?;
             }
         }
-        while !active.is_empty() {
-            // Each sequence's next token, then what is drafted after it.
-            let feeds: Vec<Vec<u32>> = active.iter().map(|s| self.feed(s)).collect();
-            let Runner::Cpu(decoder) = &mut self.runner else {
-                unreachable!("generate_batched runs on the CPU decoder");
-            };
-            let mut inputs: Vec<SeqInput<'_>> = active
-                .iter_mut()
-                .zip(&feeds)
-                .map(|(s, feed)| SeqInput {
-                    cache: &mut s.cache,
-                    tokens: feed,
-                    logits_from: 0,
+        Ok(Active {
+            index,
+            sampler: Sampler::new(&request.params),
+            request,
+            prompt: ids,
+            cache,
+            guard,
+            generated: Vec::new(),
+            text: IncrementalText::new(),
+            next: None,
+            finish: None,
+            draft,
+        })
+    }
+
+    /// Keeps the start of a prompt just read for later prompts: it replaces
+    /// the kept start it shares the most with (it holds that part too),
+    /// else the least recently used.
+    fn keep_prefix(&mut self, seq: &Active) {
+        let best = (self.prefixes.iter().enumerate())
+            .map(|(slot, p)| (slot, p.shared(&seq.prompt)))
+            .max_by_key(|&(_, shared)| shared)
+            .filter(|&(_, shared)| shared > 0);
+        if let Some((slot, _)) = best {
+            self.prefixes.remove(slot);
+        } else if self.prefixes.len() == PREFIX_SLOTS {
+            self.prefixes.remove(0);
+        }
+        let Runner::Cpu(decoder) = &mut self.runner else {
+            return;
+        };
+        let keep = seq.prompt.len().min(PREFIX_KEEP);
+        let ids = &seq.prompt[..keep];
+        let mut kept = decoder.new_cache(keep);
+        if kept.fill_from(&seq.cache, keep).is_ok() {
+            self.prefixes.push(PromptPrefix {
+                ids: ids.to_vec(),
+                cache: kept,
+            });
+        }
+    }
+
+    /// Generates on the CPU decoder for every request that joins, in shared
+    /// forward passes: each step runs every generating sequence's next token
+    /// (and its drafts) together with up to [`PREFILL_STEP`] tokens of the
+    /// prompts still being read, oldest first, so a request that joins
+    /// starts at the next step and those generating wait for no more than
+    /// a chunk of its prompt. A finished sequence leaves at once. What a
+    /// sequence writes does not depend on what runs beside it: every token's
+    /// logits are computed as they would be alone.
+    fn generate_joining_cpu(&mut self, arrivals: &mut dyn Arrivals) {
+        let mut active: Vec<Active> = Vec::new();
+        let mut joined = 0;
+        loop {
+            for request in arrivals.join() {
+                let index = joined;
+                joined += 1;
+                match self.admit(index, request) {
+                    Ok(seq) if seq.request.params.max_new_tokens == 0 => {
+                        arrivals.done(index, self.finish(&seq));
+                    }
+                    Ok(seq) => active.push(seq),
+                    Err(e) => arrivals.done(index, Err(e)),
+                }
+            }
+            if active.is_empty() {
+                return;
+            }
+            // What each sequence runs in this step: a generating one its next
+            // token and drafts; one reading its prompt, the next chunk of it
+            // (none once the step's prompt tokens are spent). While none
+            // generates, no one waits: the prompts are read whole.
+            let generating = active.iter().any(|seq| seq.unread().is_empty());
+            let mut budget = if generating { PREFILL_STEP } else { usize::MAX };
+            let chunks: Vec<Vec<u32>> = (active.iter())
+                .map(|seq| {
+                    let unread = seq.unread();
+                    let n = unread.len().min(budget);
+                    budget -= n;
+                    unread[..n].to_vec()
                 })
                 .collect();
-            let logits = match decoder.forward(&mut inputs) {
-                Ok(l) => l,
+            let drafts = self.draft(&mut active, &chunks);
+            let feeds: Vec<Vec<u32>> = (active.iter().zip(chunks).zip(&drafts))
+                .map(|((seq, chunk), drafted)| match seq.next {
+                    Some(_) => self.feed(seq, drafted),
+                    None => chunk,
+                })
+                .collect();
+            let Runner::Cpu(decoder) = &mut self.runner else {
+                unreachable!("generate_joining_cpu runs on the CPU decoder");
+            };
+            let mut inputs: Vec<SeqInput<'_>> = (active.iter_mut().zip(&feeds))
+                .filter(|(_, feed)| !feed.is_empty())
+                .map(|(seq, feed)| {
+                    let unread = seq.unread().len();
+                    SeqInput {
+                        logits_from: match unread {
+                            0 => 0,
+                            // The prompt's last token gives the first token;
+                            // an earlier chunk gives nothing.
+                            n if n == feed.len() => n - 1,
+                            _ => feed.len(),
+                        },
+                        cache: &mut seq.cache,
+                        tokens: feed,
+                    }
+                })
+                .collect();
+            let logits = decoder.forward(&mut inputs);
+            drop(inputs);
+            let mut logits = match logits {
+                Ok(l) => l.into_iter(),
                 Err(e) => {
                     let msg = e.to_string();
-                    for s in active.drain(..) {
-                        results[s.index] = Some(Err(BackendError::Runtime(msg.clone())));
+                    for seq in active.drain(..) {
+                        arrivals.done(seq.index, Err(BackendError::Runtime(msg.clone())));
                     }
-                    break;
+                    continue;
                 }
             };
-            drop(inputs);
             let mut still = Vec::with_capacity(active.len());
-            for ((mut seq, l), feed) in active.drain(..).zip(logits).zip(&feeds) {
-                match self.verify(&mut seq, &l, feed, on_token) {
-                    Err(e) => results[seq.index] = Some(Err(e)),
-                    Ok(()) if seq.finish.is_some() => results[seq.index] = Some(self.finish(&seq)),
+            for (mut seq, feed) in active.drain(..).zip(&feeds) {
+                if feed.is_empty() {
+                    still.push(seq);
+                    continue;
+                }
+                let l = logits.next().expect("logits for every sequence run");
+                let stepped = if seq.next.is_some() {
+                    self.verify(&mut seq, &l, feed, &mut |i, piece| arrivals.text(i, piece))
+                } else if seq.unread().is_empty() {
+                    // The prompt is read: keep its start, take the first token.
+                    self.keep_prefix(&seq);
+                    self.advance(&mut seq, &l, &mut |i, piece| arrivals.text(i, piece))
+                } else {
+                    still.push(seq);
+                    continue;
+                };
+                match stepped {
+                    Err(e) => arrivals.done(seq.index, Err(e)),
+                    Ok(()) if seq.finish.is_some() => arrivals.done(seq.index, self.finish(&seq)),
                     Ok(()) => still.push(seq),
                 }
             }
             active = still;
         }
-        results
-            .into_iter()
-            .map(|r| r.expect("every request gets a result"))
-            .collect()
     }
 
     fn generate_candle(
@@ -797,12 +993,22 @@ impl Backend for GgufModel {
         on_token: &mut dyn FnMut(usize, &str) -> Flow,
     ) -> Vec<Result<Generation, BackendError>> {
         match self.runner {
-            Runner::Cpu(_) => self.generate_batched(requests, on_token),
+            Runner::Cpu(_) => {
+                let mut batch = WholeBatch::new(requests, on_token);
+                self.generate_joining_cpu(&mut batch);
+                batch.results()
+            }
             Runner::Candle(..) => requests
                 .iter()
                 .enumerate()
                 .map(|(i, req)| self.generate_candle(req, &mut |piece| on_token(i, piece)))
                 .collect(),
+        }
+    }
+    fn generate_joining(&mut self, arrivals: &mut dyn Arrivals) {
+        match self.runner {
+            Runner::Cpu(_) => self.generate_joining_cpu(arrivals),
+            Runner::Candle(..) => batch_after_batch(self, arrivals),
         }
     }
 }

@@ -398,4 +398,95 @@ pub trait Backend: Send {
         requests: &[GenerationRequest],
         on_token: &mut dyn FnMut(usize, &str) -> Flow,
     ) -> Vec<Result<Generation, BackendError>>;
+
+    /// Generates for requests that may arrive while others are generating:
+    /// asks [`Arrivals::join`] before each step, runs what joins alongside
+    /// what is already running, hands each result to [`Arrivals::done`] as
+    /// soon as it is finished, and returns once nothing runs and nothing
+    /// joins. A backend that decodes step by step (the CPU GGUF decoder, the
+    /// fake model) lets a request join a running batch; by default, the
+    /// requests that join together run as one [`generate`](Self::generate)
+    /// batch, after the batch before.
+    fn generate_joining(&mut self, arrivals: &mut dyn Arrivals) {
+        batch_after_batch(self, arrivals);
+    }
+}
+
+/// Where [`Backend::generate_joining`] takes its requests from and hands its
+/// text and results to. Requests are numbered in the order `join` gives
+/// them, from 0.
+pub trait Arrivals {
+    /// The requests that join now; none when none is waiting (never waits).
+    fn join(&mut self) -> Vec<GenerationRequest>;
+    /// New text of request `i`; [`Flow::Stop`] ends that request.
+    fn text(&mut self, i: usize, piece: &str) -> Flow;
+    /// Request `i`'s result; nothing more comes for it.
+    fn done(&mut self, i: usize, result: Result<Generation, BackendError>);
+}
+
+/// [`Backend::generate_joining`] for a backend that runs a batch to its end:
+/// each group of requests that joins together is one batch.
+pub fn batch_after_batch<B: Backend + ?Sized>(backend: &mut B, arrivals: &mut dyn Arrivals) {
+    let mut first = 0;
+    loop {
+        let requests = arrivals.join();
+        if requests.is_empty() {
+            return;
+        }
+        let results = backend.generate(&requests, &mut |i, piece| arrivals.text(first + i, piece));
+        for (i, result) in results.into_iter().enumerate() {
+            arrivals.done(first + i, result);
+        }
+        first += requests.len();
+    }
+}
+
+/// One batch known in full, as [`Arrivals`]: all its requests join at once,
+/// and the results are kept in order. How a backend that lets requests join
+/// runs [`Backend::generate`].
+pub(crate) struct WholeBatch<'a> {
+    requests: Option<Vec<GenerationRequest>>,
+    on_token: &'a mut dyn FnMut(usize, &str) -> Flow,
+    results: Vec<Option<Result<Generation, BackendError>>>,
+}
+
+impl<'a> WholeBatch<'a> {
+    pub(crate) fn new(
+        requests: &[GenerationRequest],
+        on_token: &'a mut dyn FnMut(usize, &str) -> Flow,
+    ) -> Self {
+        Self {
+            requests: Some(requests.to_vec()),
+            on_token,
+            results: (0..requests.len()).map(|_| None).collect(),
+        }
+    }
+
+    /// The results, in the requests' order.
+    pub(crate) fn results(self) -> Vec<Result<Generation, BackendError>> {
+        self.results
+            .into_iter()
+            .map(|r| {
+                r.unwrap_or_else(|| {
+                    Err(BackendError::Runtime("the model returned no result".into()))
+                })
+            })
+            .collect()
+    }
+}
+
+impl Arrivals for WholeBatch<'_> {
+    fn join(&mut self) -> Vec<GenerationRequest> {
+        self.requests.take().unwrap_or_default()
+    }
+
+    fn text(&mut self, i: usize, piece: &str) -> Flow {
+        (self.on_token)(i, piece)
+    }
+
+    fn done(&mut self, i: usize, result: Result<Generation, BackendError>) {
+        if let Some(slot) = self.results.get_mut(i) {
+            *slot = Some(result);
+        }
+    }
 }

@@ -10,12 +10,12 @@ use std::thread;
 use crate::cache::{CacheKey, ResultCache};
 use crate::task::{CancelToken, TextModel, TextSink};
 use precis_backend::{
-    Backend, BackendError, Cached, FinishReason, Flow, Generation, GenerationRequest, ModelInfo,
-    TokenCounter,
+    Arrivals, Backend, BackendError, Cached, FinishReason, Flow, Generation, GenerationRequest,
+    ModelInfo, TokenCounter,
 };
 
-/// One caller's generation requests, sent to the model worker together; the
-/// worker runs every batch queued at the time as one backend batch.
+/// One caller's generation requests, sent to the model worker together; it
+/// joins the batches already running.
 enum WorkerBatch {
     Generate {
         requests: Vec<GenerationRequest>,
@@ -74,146 +74,199 @@ impl ModelHandle {
     }
 }
 
-/// Most queued requests the worker runs together in one batch.
+/// Most requests the worker runs at once: a batch that arrives while this
+/// many run waits for some to finish.
 pub(crate) const MAX_BATCH_REQUESTS: usize = 16;
 
-/// The worker loop: takes the next batch, and with it every batch already queued
-/// (up to [`MAX_BATCH_REQUESTS`] requests), so concurrent callers share one
-/// batched generation (the CPU decoder decodes them in the same forward
-/// passes); each batch gets its own results back.
+/// The worker loop: waits for a batch, then runs it with every batch that
+/// arrives while it runs ([`Backend::generate_joining`]: on the CPU decoder
+/// a request joins the running sequences at the next step); each batch gets
+/// its results as soon as its last request is finished. A panic in the
+/// model fails only the batches it stopped, each tried again alone first.
 fn worker(mut backend: Box<dyn Backend>, rx: mpsc::Receiver<WorkerBatch>) {
     while let Ok(first) = rx.recv() {
-        let mut batches = vec![first];
-        let mut queued: usize = batches.iter().map(WorkerBatch::len).sum();
-        while queued < MAX_BATCH_REQUESTS {
-            match rx.try_recv() {
-                Ok(batch) => {
-                    queued += batch.len();
-                    batches.push(batch);
-                }
-                Err(_) => break,
+        let mut run = Run::new(first, &rx);
+        let outcome = catch_unwind(AssertUnwindSafe(|| backend.generate_joining(&mut run)));
+        count_generated(backend.as_ref(), run.generated);
+        if outcome.is_err() {
+            tracing::error!(model = %backend.info().id, "the model panicked; the batches it was running are tried again one by one");
+            for joined in run.unfinished() {
+                rerun_alone(backend.as_mut(), joined);
             }
         }
-        run_batches(backend.as_mut(), batches);
     }
+}
+
+fn count_generated(backend: &dyn Backend, tokens: usize) {
+    metrics::counter!("precis_tokens_generated_total", "model" => backend.info().id.clone())
+        .increment(tokens as u64);
+}
+
+/// A batch in the running set, with the results of its requests so far.
+struct Joined {
+    batch: WorkerBatch,
+    results: Vec<Option<Result<Generation, BackendError>>>,
+    /// Per request, the bytes of text streamed to the caller.
+    streamed: Vec<usize>,
+    /// Whether its results have gone back.
+    answered: bool,
+}
+
+/// The batches the worker is running, as the backend's [`Arrivals`]:
+/// waiting batches join while fewer than [`MAX_BATCH_REQUESTS`] requests
+/// run; request `i` (numbered as they join) is `owners[i]`.
+struct Run<'a> {
+    rx: &'a mpsc::Receiver<WorkerBatch>,
+    first: Option<WorkerBatch>,
+    joined: Vec<Joined>,
+    /// Per request: its batch in `joined` and its index there.
+    owners: Vec<(usize, usize)>,
+    running: usize,
+    generated: usize,
+}
+
+impl<'a> Run<'a> {
+    fn new(first: WorkerBatch, rx: &'a mpsc::Receiver<WorkerBatch>) -> Self {
+        Self {
+            rx,
+            first: Some(first),
+            joined: Vec::new(),
+            owners: Vec::new(),
+            running: 0,
+            generated: 0,
+        }
+    }
+
+    /// The batches whose results have not gone back (after a panic).
+    fn unfinished(self) -> impl Iterator<Item = Joined> {
+        self.joined.into_iter().filter(|j| !j.answered)
+    }
+}
+
+impl Arrivals for Run<'_> {
+    fn join(&mut self) -> Vec<GenerationRequest> {
+        let mut requests = Vec::new();
+        while self.running < MAX_BATCH_REQUESTS {
+            let Some(batch) = self.first.take().or_else(|| self.rx.try_recv().ok()) else {
+                break;
+            };
+            let WorkerBatch::Generate {
+                requests: reqs,
+                cancel,
+                reply,
+                ..
+            } = &batch;
+            if cancel.is_cancelled() {
+                let _ = reply.send(Reply::Done(Vec::new()));
+                continue;
+            }
+            let j = self.joined.len();
+            self.owners.extend((0..reqs.len()).map(|k| (j, k)));
+            self.running += reqs.len();
+            requests.extend(reqs.iter().cloned());
+            let empty = reqs.is_empty();
+            self.joined.push(Joined {
+                results: (0..reqs.len()).map(|_| None).collect(),
+                streamed: vec![0; reqs.len()],
+                batch,
+                answered: empty,
+            });
+            if empty {
+                let WorkerBatch::Generate { reply, .. } = &self.joined[j].batch;
+                let _ = reply.send(Reply::Done(Vec::new()));
+            }
+        }
+        requests
+    }
+
+    fn text(&mut self, i: usize, piece: &str) -> Flow {
+        let (j, k) = self.owners[i];
+        let joined = &mut self.joined[j];
+        joined.streamed[k] += joined.batch.send_text(k, piece);
+        joined.batch.flow()
+    }
+
+    fn done(&mut self, i: usize, result: Result<Generation, BackendError>) {
+        let (j, k) = self.owners[i];
+        if let Ok(g) = &result {
+            self.generated += g.generated_tokens;
+        }
+        self.running -= 1;
+        let joined = &mut self.joined[j];
+        joined.results[k] = Some(result);
+        if joined.results.iter().all(Option::is_some) {
+            // The batch is finished: its caller may go on (or may have gone).
+            let results = joined
+                .results
+                .iter_mut()
+                .map(|r| r.take().expect("checked"))
+                .collect();
+            let WorkerBatch::Generate { reply, .. } = &joined.batch;
+            let _ = reply.send(Reply::Done(results));
+            joined.answered = true;
+        }
+    }
+}
+
+/// Runs one batch on its own after a panic stopped the run it was in; its
+/// requests fail if the model panics again. Its text is what it would have
+/// been in the run (a sequence writes the same alone), so what was already
+/// streamed is not sent again.
+fn rerun_alone(backend: &mut dyn Backend, joined: Joined) {
+    let Joined {
+        batch, streamed, ..
+    } = joined;
+    let WorkerBatch::Generate { requests, .. } = &batch;
+    let n = requests.len();
+    let mut written = vec![0; n];
+    let outcome = catch_unwind(AssertUnwindSafe(|| {
+        backend.generate(requests, &mut |k, piece| {
+            let before = written[k];
+            written[k] += piece.len();
+            let new = streamed[k].saturating_sub(before);
+            if let Some(rest) = piece.get(new.min(piece.len())..) {
+                batch.send_text(k, rest);
+            }
+            batch.flow()
+        })
+    }));
+    let results = outcome.unwrap_or_else(|_| {
+        tracing::error!(model = %backend.info().id, "the model panicked again on a batch run alone; its requests fail");
+        (0..n)
+            .map(|_| {
+                Err(BackendError::Runtime(
+                    "the model crashed on this input".into(),
+                ))
+            })
+            .collect()
+    });
+    let generated = (results.iter().filter_map(|r| r.as_ref().ok()))
+        .map(|g| g.generated_tokens)
+        .sum();
+    count_generated(backend, generated);
+    let WorkerBatch::Generate { reply, .. } = &batch;
+    let _ = reply.send(Reply::Done(results));
 }
 
 impl WorkerBatch {
-    fn len(&self) -> usize {
-        match self {
-            WorkerBatch::Generate { requests, .. } => requests.len(),
+    /// Sends new text of request `k` when the caller streams; the bytes sent.
+    fn send_text(&self, k: usize, piece: &str) -> usize {
+        let WorkerBatch::Generate { stream, reply, .. } = self;
+        if !*stream || piece.is_empty() {
+            return 0;
         }
+        let _ = reply.send(Reply::Text(k, piece.to_string()));
+        piece.len()
     }
-}
 
-fn crashed(n: usize) -> Vec<Result<Generation, BackendError>> {
-    (0..n)
-        .map(|_| {
-            Err(BackendError::Runtime(
-                "the model crashed on this input".into(),
-            ))
-        })
-        .collect()
-}
-
-/// Runs one batch; `None` when the model panicked (logged). Request `i`
-/// is request `locals[i]` of batch `owners[i]`; its text goes to the batch as
-/// it comes when the batch streams.
-fn generate_guarded(
-    backend: &mut dyn Backend,
-    requests: &[GenerationRequest],
-    owners: &[usize],
-    locals: &[usize],
-    batches: &[WorkerBatch],
-) -> Option<Vec<Result<Generation, BackendError>>> {
-    let result = catch_unwind(AssertUnwindSafe(|| {
-        backend.generate(requests, &mut |i, piece| {
-            let WorkerBatch::Generate {
-                cancel,
-                stream,
-                reply,
-                ..
-            } = &batches[owners[i]];
-            if *stream && !piece.is_empty() {
-                let _ = reply.send(Reply::Text(locals[i], piece.to_string()));
-            }
-            if cancel.is_cancelled() {
-                Flow::Stop
-            } else {
-                Flow::Continue
-            }
-        })
-    }));
-    if result.is_err() {
-        tracing::error!(model = %backend.info().id, "the model panicked; the batch failed and the worker goes on");
-    }
-    result.ok()
-}
-
-fn run_batches(backend: &mut dyn Backend, batches: Vec<WorkerBatch>) {
-    let mut requests = Vec::new();
-    let mut owners = Vec::new(); // batch index of each request
-    let mut locals = Vec::new(); // its index within the batch
-    let mut live = Vec::new();
-    for (j, batch) in batches.iter().enumerate() {
-        let WorkerBatch::Generate {
-            requests: reqs,
-            cancel,
-            reply,
-            ..
-        } = batch;
+    /// Whether the batch's requests go on.
+    fn flow(&self) -> Flow {
+        let WorkerBatch::Generate { cancel, .. } = self;
         if cancel.is_cancelled() {
-            let _ = reply.send(Reply::Done(Vec::new()));
-            continue;
+            Flow::Stop
+        } else {
+            Flow::Continue
         }
-        live.push(j);
-        for (k, r) in reqs.iter().enumerate() {
-            requests.push(r.clone());
-            owners.push(j);
-            locals.push(k);
-        }
-    }
-    if live.is_empty() {
-        return;
-    }
-    let mut out = match generate_guarded(backend, &requests, &owners, &locals, &batches) {
-        Some(out) => out,
-        // A panic in a shared batch: run each batch on its own, so only the batch
-        // whose input crashes the model fails.
-        None if live.len() > 1 => {
-            let mut out = Vec::with_capacity(requests.len());
-            for &j in &live {
-                let idx: Vec<usize> = (0..requests.len()).filter(|&i| owners[i] == j).collect();
-                let reqs: Vec<GenerationRequest> =
-                    idx.iter().map(|&i| requests[i].clone()).collect();
-                let own = vec![j; reqs.len()];
-                let local: Vec<usize> = idx.iter().map(|&i| locals[i]).collect();
-                out.extend(
-                    generate_guarded(backend, &reqs, &own, &local, &batches)
-                        .unwrap_or_else(|| crashed(reqs.len())),
-                );
-            }
-            out
-        }
-        None => crashed(requests.len()),
-    };
-    let model = backend.info().id.clone();
-    let generated: usize = out
-        .iter()
-        .filter_map(|r| r.as_ref().ok())
-        .map(|g| g.generated_tokens)
-        .sum();
-    metrics::counter!("precis_tokens_generated_total", "model" => model)
-        .increment(generated as u64);
-    // Hand each batch its results, in order; the caller may have gone away.
-    let mut per_batch: Vec<Vec<Result<Generation, BackendError>>> =
-        batches.iter().map(|_| Vec::new()).collect();
-    for (i, r) in out.drain(..).enumerate() {
-        per_batch[owners[i]].push(r);
-    }
-    for j in live {
-        let WorkerBatch::Generate { reply, .. } = &batches[j];
-        let _ = reply.send(Reply::Done(std::mem::take(&mut per_batch[j])));
     }
 }
 
@@ -334,5 +387,128 @@ impl ModelHandle {
                 Err(_) => return stopped(),
             }
         }
+    }
+}
+
+#[cfg(all(test, feature = "test-backend"))]
+mod tests {
+    use super::*;
+    use precis_backend::fake::FakeBackend;
+    use precis_backend::{ChatMessage, GenerationParams};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// A request for the fake model: it writes `text` back a word per step,
+    /// 50 ms a step (`FAKE_SLOW`).
+    fn slow(text: &str, max_new_tokens: usize) -> GenerationRequest {
+        GenerationRequest {
+            messages: vec![ChatMessage::user(format!("FAKE_SLOW {text}"))],
+            params: GenerationParams {
+                max_new_tokens,
+                ..GenerationParams::default()
+            },
+            seq2seq: None,
+            direction: None,
+        }
+    }
+
+    fn long() -> GenerationRequest {
+        let words: Vec<String> = (0..40).map(|i| format!("w{i}")).collect();
+        slow(&words.join(" "), 256)
+    }
+
+    /// Runs `request` on the model from another thread, streaming; returns
+    /// the thread, a channel that says when its first text came, and a flag
+    /// set when it has its result.
+    #[allow(clippy::type_complexity)]
+    fn start(
+        model: &Arc<ModelHandle>,
+        request: GenerationRequest,
+    ) -> (
+        thread::JoinHandle<(String, Result<Generation, BackendError>)>,
+        mpsc::Receiver<()>,
+        Arc<AtomicBool>,
+    ) {
+        let (first_tx, first) = mpsc::channel();
+        let finished = Arc::new(AtomicBool::new(false));
+        let (model, flag) = (Arc::clone(model), Arc::clone(&finished));
+        let run = thread::spawn(move || {
+            let mut streamed = String::new();
+            let mut sink = |_: usize, piece: &str| {
+                streamed.push_str(piece);
+                let _ = first_tx.send(());
+            };
+            let mut out = model.generate(vec![request], &CancelToken::new(), Some(&mut sink));
+            flag.store(true, Ordering::SeqCst);
+            (streamed, out.remove(0))
+        });
+        (run, first, finished)
+    }
+
+    fn alone(request: GenerationRequest) -> Generation {
+        let model = ModelHandle::spawn(Box::new(FakeBackend::new("fake")));
+        let mut out = model.generate(vec![request], &CancelToken::new(), None);
+        out.remove(0).expect("generates")
+    }
+
+    #[test]
+    fn a_request_that_arrives_joins_the_running_batch_and_leaves_when_done() {
+        let model = ModelHandle::spawn(Box::new(FakeBackend::new("fake")));
+        let (run, first, finished) = start(&model, long());
+        first.recv().expect("the long request writes");
+        // Three words, with a limit of two: it joins at the next step and
+        // is answered long before the 40-word request ends.
+        let short = slow("one two three.", 2);
+        let out = model.generate(vec![short.clone()], &CancelToken::new(), None);
+        assert!(
+            !finished.load(Ordering::SeqCst),
+            "the request that joined waited for the running one"
+        );
+        let joined = out.into_iter().next().unwrap().expect("generates");
+        assert_eq!(joined, alone(short));
+        assert_eq!(joined.finish, FinishReason::Length);
+        let (streamed, result) = run.join().unwrap();
+        let result = result.expect("generates");
+        assert_eq!(result, alone(long()));
+        assert_eq!(streamed.trim(), result.text);
+    }
+
+    #[test]
+    fn cancelling_a_request_that_joined_leaves_the_others_running() {
+        let model = ModelHandle::spawn(Box::new(FakeBackend::new("fake")));
+        let (run, first, _) = start(&model, long());
+        first.recv().expect("the long request writes");
+        let cancel = CancelToken::new();
+        let words: Vec<String> = (0..30).map(|i| format!("c{i}")).collect();
+        let mut sink = |_: usize, _: &str| cancel.cancel();
+        let out = model.generate(vec![slow(&words.join(" "), 256)], &cancel, Some(&mut sink));
+        let cancelled = out.into_iter().next().unwrap().expect("a result");
+        assert_eq!(cancelled.finish, FinishReason::Cancelled);
+        assert!(cancelled.generated_tokens < 30, "{cancelled:?}");
+        let (_, result) = run.join().unwrap();
+        assert_eq!(result.expect("generates"), alone(long()));
+    }
+
+    #[test]
+    fn a_request_that_crashes_the_model_fails_alone_and_nothing_is_streamed_twice() {
+        let model = ModelHandle::spawn(Box::new(FakeBackend::new("fake")));
+        let (run, first, _) = start(&model, long());
+        first.recv().expect("the long request writes");
+        thread::sleep(std::time::Duration::from_millis(120));
+        let crash = GenerationRequest {
+            messages: vec![ChatMessage::user("Boom. FAKE_PANIC")],
+            ..long()
+        };
+        let out = model.generate(vec![crash], &CancelToken::new(), None);
+        assert!(matches!(&out[0], Err(BackendError::Runtime(m)) if m.contains("crashed")));
+        let (streamed, result) = run.join().unwrap();
+        let result = result.expect("the running request survives the crash beside it");
+        assert_eq!(result, alone(long()));
+        assert_eq!(streamed.trim(), result.text, "streamed once, in order");
+        // The worker goes on.
+        let after = model.generate(vec![slow("after.", 8)], &CancelToken::new(), None);
+        assert_eq!(
+            after[0].as_ref().expect("generates").text,
+            "FAKE_SLOW after."
+        );
     }
 }
