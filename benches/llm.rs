@@ -121,7 +121,10 @@ fn main() -> anyhow::Result<()> {
     let cpu_start = cpu_seconds();
     let start = Instant::now();
     let mut first_token: Option<(f64, Option<f64>)> = None;
-    let out = model.generate(&[request(tokens + 1)], &mut |_, _| {
+    let out = model.generate(&[request(tokens + 1)], &mut |_, piece| {
+        if piece.is_empty() {
+            return Flow::Continue;
+        }
         first_token.get_or_insert_with(|| (start.elapsed().as_secs_f64(), cpu_seconds()));
         Flow::Continue
     });
@@ -215,8 +218,8 @@ fn main() -> anyhow::Result<()> {
         let start = Instant::now();
         let mut firsts = vec![false; k];
         let mut all_first: Option<f64> = None;
-        let out = model.generate(&requests, &mut |i, _| {
-            if !firsts[i] {
+        let out = model.generate(&requests, &mut |i, piece| {
+            if !firsts[i] && !piece.is_empty() {
                 firsts[i] = true;
                 if firsts.iter().all(|&f| f) {
                     all_first = Some(start.elapsed().as_secs_f64());
@@ -270,8 +273,10 @@ fn main() -> anyhow::Result<()> {
         let before = model.speculation_stats();
         let start = Instant::now();
         let mut first: Option<f64> = None;
-        let out = model.generate(&[request(spec_tokens + 1)], &mut |_, _| {
-            first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+        let out = model.generate(&[request(spec_tokens + 1)], &mut |_, piece| {
+            if !piece.is_empty() {
+                first.get_or_insert_with(|| start.elapsed().as_secs_f64());
+            }
             Flow::Continue
         });
         let end = start.elapsed().as_secs_f64();

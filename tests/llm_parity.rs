@@ -408,6 +408,8 @@ struct Staggered {
     text_steps: Vec<Vec<usize>>,
     results: Vec<Option<precis_backend::Generation>>,
     done_step: Vec<usize>,
+    /// A request whose caller has gone: told to stop at every call.
+    gone: Option<usize>,
 }
 
 impl Staggered {
@@ -421,6 +423,7 @@ impl Staggered {
             text_steps: vec![Vec::new(); n],
             results: vec![None; n],
             done_step: vec![0; n],
+            gone: None,
         }
     }
 }
@@ -442,9 +445,15 @@ impl precis_backend::Arrivals for Staggered {
     }
 
     fn text(&mut self, i: usize, piece: &str) -> precis_backend::Flow {
-        self.streamed[i].push_str(piece);
-        self.text_steps[i].push(self.step);
-        precis_backend::Flow::Continue
+        if !piece.is_empty() {
+            self.streamed[i].push_str(piece);
+            self.text_steps[i].push(self.step);
+        }
+        if self.gone == Some(i) {
+            precis_backend::Flow::Stop
+        } else {
+            precis_backend::Flow::Continue
+        }
     }
 
     fn done(
@@ -548,4 +557,17 @@ fn a_request_writes_the_same_alone_joining_or_joined_smollm2() {
         "request 0 wrote nothing while the long prompt was read: {:?}",
         run.text_steps[0]
     );
+
+    // A caller gone while its long prompt is read: it stops before its
+    // first token, the others write what they write alone.
+    let mut run = Staggered::new(steps.iter().copied().zip(requests.clone()).collect());
+    run.gone = Some(1);
+    model.generate_joining(&mut run);
+    let gone = run.results[1].as_ref().expect("a result");
+    assert_eq!(
+        (gone.finish, gone.generated_tokens),
+        (precis_backend::FinishReason::Cancelled, 0)
+    );
+    assert_eq!(run.results[0].as_ref().unwrap().text, alone[0].1.text);
+    assert_eq!(run.results[2].as_ref().unwrap().text, alone[2].1.text);
 }

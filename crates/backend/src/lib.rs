@@ -392,7 +392,8 @@ pub trait Backend: Send {
     fn prompt_tokens(&self, messages: &[ChatMessage]) -> Result<usize, BackendError>;
 
     /// Generates for each request. `on_token(i, piece)` receives text as it is
-    /// produced for request `i`; returning [`Flow::Stop`] ends that request.
+    /// produced for request `i` (an empty piece only asks whether to go on);
+    /// returning [`Flow::Stop`] ends that request.
     fn generate(
         &mut self,
         requests: &[GenerationRequest],
@@ -418,7 +419,9 @@ pub trait Backend: Send {
 pub trait Arrivals {
     /// The requests that join now; none when none is waiting (never waits).
     fn join(&mut self) -> Vec<GenerationRequest>;
-    /// New text of request `i`; [`Flow::Stop`] ends that request.
+    /// New text of request `i`; [`Flow::Stop`] ends that request. An empty
+    /// piece only asks whether to go on (between the chunks of a long
+    /// prompt, where no text comes for a while).
     fn text(&mut self, i: usize, piece: &str) -> Flow;
     /// Request `i`'s result; nothing more comes for it.
     fn done(&mut self, i: usize, result: Result<Generation, BackendError>);
