@@ -79,7 +79,7 @@ pub enum Speculation {
 
 /// Most tokens drafted at once by prompt lookup. On two cores a verifying
 /// pass costs more with every token it carries: 3 measured best on
-/// Qwen2.5-Coder-1.5B (1.34× plain decoding; 6 gave 1.09×) and as good as
+/// Qwen2.5-Coder-1.5B (1.34–1.43× plain decoding; 6 gave 1.09×) and as good as
 /// 6 on the 0.5B.
 const DRAFT_MAX: usize = 3;
 
@@ -657,6 +657,16 @@ impl GgufModel {
             )));
         }
         match (draft.runner, &self.runner) {
+            (Runner::Cpu(decoder), Runner::Cpu(target))
+                if decoder.config().vocab > target.config().vocab =>
+            {
+                Err(BackendError::Config(format!(
+                    "{} cannot draft for {}: it writes token ids past the target's {} rows",
+                    draft.info.id,
+                    self.info.id,
+                    target.config().vocab
+                )))
+            }
             (Runner::Cpu(mut decoder), Runner::Cpu(target)) => {
                 decoder.share_threads(target);
                 self.draft = Some(decoder);
@@ -680,16 +690,20 @@ impl GgufModel {
     }
 
     /// Makes a request a sequence: its prompt's ids, checked against the
-    /// context, and a cache holding the longest start it shares with a kept
-    /// prompt.
+    /// context, and an empty cache.
     fn admit(&mut self, index: usize, request: GenerationRequest) -> Result<Active, BackendError> {
         let ids = self.chat_ids(&request.messages)?;
+        if ids.is_empty() {
+            return Err(BackendError::Prompt(
+                "the chat template made an empty prompt; give the request some text".into(),
+            ));
+        }
         self.check_fits(ids.len(), request.params.max_new_tokens)?;
         let guard = self.guard_for(&request);
         let Runner::Cpu(decoder) = &mut self.runner else {
             unreachable!("admit runs on the CPU decoder");
         };
-        let mut cache = decoder.new_cache(ids.len() + request.params.max_new_tokens);
+        let cache = decoder.new_cache(ids.len() + request.params.max_new_tokens);
         let positions = ids.len() + request.params.max_new_tokens;
         let draft = (self.draft.as_ref())
             .filter(|d| {
@@ -698,12 +712,6 @@ impl GgufModel {
                     && positions <= d.config().context_length
             })
             .map(|d| d.new_cache(positions));
-        if let Some(prefix) = (self.prefixes.iter()).max_by_key(|p| p.shared(&ids)) {
-            let shared = prefix.shared(&ids);
-            if shared > 0 {
-                cache.fill_from(&prefix.cache, shared)?;
-            }
-        }
         Ok(Active {
             index,
             sampler: Sampler::new(&request.params),
@@ -717,6 +725,18 @@ impl GgufModel {
             finish: None,
             draft,
         })
+    }
+
+    /// Before a sequence reads its first chunk: copies into its cache the
+    /// longest start its prompt shares with a kept prompt (one read in an
+    /// earlier step, possibly one that joined with it).
+    fn share_prefix(&self, seq: &mut Active) {
+        if let Some(prefix) = (self.prefixes.iter()).max_by_key(|p| p.shared(&seq.prompt)) {
+            let shared = prefix.shared(&seq.prompt);
+            if shared > 0 && seq.cache.fill_from(&prefix.cache, shared).is_err() {
+                seq.cache.truncate(0);
+            }
+        }
     }
 
     /// Keeps the start of a prompt just read for later prompts: it replaces
@@ -775,17 +795,24 @@ impl GgufModel {
             // What each sequence runs in this step: a generating one its next
             // token and drafts; one reading its prompt, the next chunk of it
             // (none once the step's prompt tokens are spent). While none
-            // generates, no one waits: the prompts are read whole.
+            // generates, no one waits: the oldest prompt is read whole (one
+            // prompt per pass, as memory allows), and the next ones start
+            // from the start it leaves.
             let generating = active.iter().any(|seq| seq.unread().is_empty());
-            let mut budget = if generating { PREFILL_STEP } else { usize::MAX };
-            let chunks: Vec<Vec<u32>> = (active.iter())
-                .map(|seq| {
-                    let unread = seq.unread();
-                    let n = unread.len().min(budget);
-                    budget -= n;
-                    unread[..n].to_vec()
-                })
-                .collect();
+            let mut budget = match active.first() {
+                Some(oldest) if !generating => oldest.unread().len(),
+                _ => PREFILL_STEP,
+            };
+            let mut chunks: Vec<Vec<u32>> = Vec::with_capacity(active.len());
+            for seq in active.iter_mut() {
+                if budget > 0 && seq.cache.is_empty() {
+                    self.share_prefix(seq);
+                }
+                let unread = seq.unread();
+                let n = unread.len().min(budget);
+                budget -= n;
+                chunks.push(unread[..n].to_vec());
+            }
             let drafts = self.draft(&mut active, &chunks);
             let feeds: Vec<Vec<u32>> = (active.iter().zip(chunks).zip(&drafts))
                 .map(|((seq, chunk), drafted)| match seq.next {

@@ -208,21 +208,29 @@ impl Arrivals for Run<'_> {
     }
 }
 
-/// Runs one batch on its own after a panic stopped the run it was in; its
-/// requests fail if the model panics again. Its text is what it would have
+/// Runs the unfinished requests of one batch on their own after a panic
+/// stopped the run they were in (the finished ones keep their results);
+/// they fail if the model panics again. Their text is what it would have
 /// been in the run (a sequence writes the same alone), so what was already
 /// streamed is not sent again.
 fn rerun_alone(backend: &mut dyn Backend, joined: Joined) {
     let Joined {
-        batch, streamed, ..
+        batch,
+        mut results,
+        streamed,
+        ..
     } = joined;
     let WorkerBatch::Generate { requests, .. } = &batch;
-    let n = requests.len();
-    let mut written = vec![0; n];
+    let pending: Vec<usize> = (0..results.len())
+        .filter(|&k| results[k].is_none())
+        .collect();
+    let rerun: Vec<GenerationRequest> = pending.iter().map(|&k| requests[k].clone()).collect();
+    let mut written = vec![0; pending.len()];
     let outcome = catch_unwind(AssertUnwindSafe(|| {
-        backend.generate(requests, &mut |k, piece| {
-            let before = written[k];
-            written[k] += piece.len();
+        backend.generate(&rerun, &mut |r, piece| {
+            let k = pending[r];
+            let before = written[r];
+            written[r] += piece.len();
             let new = streamed[k].saturating_sub(before);
             if let Some(rest) = piece.get(new.min(piece.len())..) {
                 batch.send_text(k, rest);
@@ -230,9 +238,9 @@ fn rerun_alone(backend: &mut dyn Backend, joined: Joined) {
             batch.flow()
         })
     }));
-    let results = outcome.unwrap_or_else(|_| {
+    let rerun_results = outcome.unwrap_or_else(|_| {
         tracing::error!(model = %backend.info().id, "the model panicked again on a batch run alone; its requests fail");
-        (0..n)
+        (0..pending.len())
             .map(|_| {
                 Err(BackendError::Runtime(
                     "the model crashed on this input".into(),
@@ -240,10 +248,18 @@ fn rerun_alone(backend: &mut dyn Backend, joined: Joined) {
             })
             .collect()
     });
-    let generated = (results.iter().filter_map(|r| r.as_ref().ok()))
+    let generated = (rerun_results.iter().filter_map(|r| r.as_ref().ok()))
         .map(|g| g.generated_tokens)
         .sum();
     count_generated(backend, generated);
+    for (k, result) in pending.into_iter().zip(rerun_results) {
+        results[k] = Some(result);
+    }
+    let results = (results.into_iter())
+        .map(|r| {
+            r.unwrap_or_else(|| Err(BackendError::Runtime("the model returned no result".into())))
+        })
+        .collect();
     let WorkerBatch::Generate { reply, .. } = &batch;
     let _ = reply.send(Reply::Done(results));
 }
