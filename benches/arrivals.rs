@@ -32,15 +32,14 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::{env_usize, peak_rss_mb};
+use common::{argmax_params, bench_article, bench_threads, env_usize, gguf_file, peak_rss_mb};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use precis_backend::gguf::{GgufModel, GgufOptions};
-use precis_backend::store::{ModelStore, StoreConfig};
-use precis_backend::{ChatMessage, GenerationParams, GenerationRequest};
+use precis_backend::{ChatMessage, GenerationRequest};
 use precis_core::engine::ModelHandle;
 use precis_core::task::{clean, CancelToken, TextModel};
 
@@ -53,18 +52,10 @@ struct Seen {
 }
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .map_err(|e| anyhow::anyhow!("cannot build the rayon global pool: {e}"))?;
+    let threads = bench_threads()?;
     let model_name = std::env::var("PRECIS_BENCH_MODEL")
         .unwrap_or_else(|_| "qwen2.5-coder-0.5b-instruct-q4_k_m".to_string());
-    let article_path = std::env::var("PRECIS_BENCH_ARTICLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("examples/sample-article.txt"));
+    let article_path = bench_article();
     let k = env_usize("PRECIS_BENCH_ARRIVALS", 8)?.max(1);
     let gap = Duration::from_millis(env_usize("PRECIS_BENCH_ARRIVAL_GAP_MS", 500)? as u64);
     let max_tokens = env_usize("PRECIS_BENCH_ARRIVAL_TOKENS", 64)?;
@@ -73,14 +64,11 @@ fn main() -> anyhow::Result<()> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
 
-    let store = ModelStore::open(StoreConfig::from_env())?;
-    let spec = store.resolve(&model_name)?;
-    let located = tokio::runtime::Runtime::new()?.block_on(store.fetch(&spec))?;
-    let path = located.first_path().to_path_buf();
+    let (id, path) = gguf_file(&model_name)?;
     let model = GgufModel::load(
         &path,
         GgufOptions {
-            id: Some(spec.id.clone()),
+            id: Some(id.clone()),
             threads,
             ..GgufOptions::default()
         },
@@ -102,13 +90,7 @@ fn main() -> anyhow::Result<()> {
             messages: vec![ChatMessage::user(format!(
                 "Summarize in one paragraph:\n\n{stretch}"
             ))],
-            params: GenerationParams {
-                max_new_tokens: max_tokens,
-                temperature: 0.0,
-                repetition_penalty: 1.0,
-                loop_guard: false,
-                ..GenerationParams::default()
-            },
+            params: argmax_params(max_tokens),
             seq2seq: None,
             direction: None,
         }
@@ -167,7 +149,7 @@ fn main() -> anyhow::Result<()> {
     let end = seen.iter().map(|s| s.done_s).fold(0.0, f64::max);
     let first = seen.iter().map(|s| s.arrived_s).fold(f64::MAX, f64::min);
     let rate = tokens as f64 / (end - first).max(1e-9);
-    println!("model            {}", spec.id);
+    println!("model            {}", id);
     println!("article          {}", article_path.display());
     println!(
         "arrivals         {k} requests {:.1} s apart, at most {max_tokens} tokens each, {threads} threads",
@@ -199,7 +181,7 @@ fn main() -> anyhow::Result<()> {
     }
     if let Some(json_path) = json_path {
         let report = serde_json::json!({
-            "model": spec.id,
+            "model": id,
             "article": article_path.display().to_string(),
             "requests": k,
             "gap_s": gap.as_secs_f64(),

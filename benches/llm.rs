@@ -45,31 +45,24 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::{cpu_seconds, env_usize, peak_rss_mb, proc_status_field};
+use common::{
+    argmax_params, bench_article, bench_threads, cpu_seconds, env_usize, gguf_file, peak_rss_mb,
+    proc_status_field,
+};
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use precis_backend::gguf::{GgufModel, GgufOptions, Speculation};
-use precis_backend::store::{ModelStore, StoreConfig};
-use precis_backend::{Backend, ChatMessage, Flow, GenerationParams, GenerationRequest};
+use precis_backend::{Backend, ChatMessage, Flow, GenerationRequest};
 use precis_core::task::{clean, prompt, Length};
 
 fn main() -> anyhow::Result<()> {
-    let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);
-    // Before any thread exists: candle's pools read these when first used.
-    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
-    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build_global()
-        .map_err(|e| anyhow::anyhow!("cannot build the rayon global pool: {e}"))?;
+    let threads = bench_threads()?;
 
     let model_name = std::env::var("PRECIS_BENCH_MODEL")
         .unwrap_or_else(|_| "smollm2-135m-instruct-q4_1".to_string());
-    let article_path = std::env::var("PRECIS_BENCH_ARTICLE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from("examples/sample-article.txt"));
+    let article_path = bench_article();
     let tokens = env_usize("PRECIS_BENCH_TOKENS", 64)?;
     let json_path = std::env::var_os("PRECIS_BENCH_JSON")
         .filter(|v| !v.is_empty())
@@ -77,15 +70,12 @@ fn main() -> anyhow::Result<()> {
     let skip_ids = std::env::var("PRECIS_BENCH_IDS").is_ok_and(|v| v.trim() == "0");
     let want_ids = json_path.is_some() && !skip_ids;
 
-    let store = ModelStore::open(StoreConfig::from_env())?;
-    let spec = store.resolve(&model_name)?;
-    let located = tokio::runtime::Runtime::new()?.block_on(store.fetch(&spec))?;
-    let path = located.first_path().to_path_buf();
+    let (id, path) = gguf_file(&model_name)?;
     let load_start = Instant::now();
     let mut model = GgufModel::load(
         &path,
         GgufOptions {
-            id: Some(spec.id.clone()),
+            id: Some(id.clone()),
             threads,
             // Plain decoding, as llama.cpp's greedy run; speculative
             // decoding is measured on its own below.
@@ -102,13 +92,7 @@ fn main() -> anyhow::Result<()> {
     let prompt_ids = model.chat_ids(&messages)?;
     let request = |max_new_tokens| GenerationRequest {
         messages: messages.clone(),
-        params: GenerationParams {
-            max_new_tokens,
-            temperature: 0.0,
-            repetition_penalty: 1.0,
-            loop_guard: false,
-            ..GenerationParams::default()
-        },
+        params: argmax_params(max_new_tokens),
         seq2seq: None,
         direction: None,
     };
@@ -151,7 +135,7 @@ fn main() -> anyhow::Result<()> {
     let peak_mb = peak_rss_mb();
     let os_threads = proc_status_field("Threads:");
 
-    println!("model            {}", spec.id);
+    println!("model            {}", id);
     println!("file             {}", path.display());
     println!("article          {}", article_path.display());
     println!(
@@ -203,13 +187,7 @@ fn main() -> anyhow::Result<()> {
                     messages: vec![ChatMessage::user(format!(
                         "Summarize in one paragraph:\n\n{chars}"
                     ))],
-                    params: GenerationParams {
-                        max_new_tokens: concurrent_tokens,
-                        temperature: 0.0,
-                        repetition_penalty: 1.0,
-                        loop_guard: false,
-                        ..GenerationParams::default()
-                    },
+                    params: argmax_params(concurrent_tokens),
                     seq2seq: None,
                     direction: None,
                 }
@@ -254,17 +232,16 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|v| !v.is_empty())
     {
-        let spec = store.resolve(&draft)?;
-        let located = tokio::runtime::Runtime::new()?.block_on(store.fetch(&spec))?;
+        let (draft_id, draft_path) = gguf_file(&draft)?;
         let draft = GgufModel::load(
-            located.first_path(),
+            &draft_path,
             GgufOptions {
-                id: Some(spec.id.clone()),
+                id: Some(draft_id.clone()),
                 threads,
                 ..GgufOptions::default()
             },
         )?;
-        println!("draft model      {}", spec.id);
+        println!("draft model      {draft_id}");
         model.set_draft(draft)?;
         methods.push(("draft-model", Speculation::DraftModel));
     }
@@ -325,7 +302,7 @@ fn main() -> anyhow::Result<()> {
         };
         let report = serde_json::json!({
             "engine": "precis",
-            "model": spec.id,
+            "model": id,
             "file": path.display().to_string(),
             "article": article_path.display().to_string(),
             "threads": threads,

@@ -14,6 +14,51 @@ pub fn env_usize(name: &str, default: usize) -> anyhow::Result<usize> {
     }
 }
 
+/// The `PRECIS_BENCH_THREADS` knob (default 2), applied before any thread
+/// exists: rayon's global pool is built with it, and candle's pools, which
+/// read `RAYON_NUM_THREADS` / `CANDLE_NUM_THREADS` when first used, get it
+/// too.
+pub fn bench_threads() -> anyhow::Result<usize> {
+    let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);
+    std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+    std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("cannot build the rayon global pool: {e}"))?;
+    Ok(threads)
+}
+
+/// The article a bench reads: `PRECIS_BENCH_ARTICLE`, else the sample.
+pub fn bench_article() -> std::path::PathBuf {
+    std::env::var("PRECIS_BENCH_ARTICLE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::path::PathBuf::from("examples/sample-article.txt"))
+}
+
+/// Pure arg-max generation of up to `max_new_tokens` (no repetition
+/// penalty, no loop guard): llama.cpp's greedy run, and the same tokens on
+/// every run.
+pub fn argmax_params(max_new_tokens: usize) -> precis_backend::GenerationParams {
+    precis_backend::GenerationParams {
+        max_new_tokens,
+        temperature: 0.0,
+        repetition_penalty: 1.0,
+        loop_guard: false,
+        ..precis_backend::GenerationParams::default()
+    }
+}
+
+/// A GGUF model named by manifest id or path, fetched through the model
+/// store on first use: its id and file.
+pub fn gguf_file(name: &str) -> anyhow::Result<(String, std::path::PathBuf)> {
+    use precis_backend::store::{ModelStore, StoreConfig};
+    let store = ModelStore::open(StoreConfig::from_env())?;
+    let spec = store.resolve(name)?;
+    let located = tokio::runtime::Runtime::new()?.block_on(store.fetch(&spec))?;
+    Ok((spec.id.clone(), located.first_path().to_path_buf()))
+}
+
 /// A numeric field of `/proc/self/status` (`VmHWM:`, `Threads:`, …).
 pub fn proc_status_field(name: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
