@@ -429,16 +429,15 @@ impl Staggered {
 }
 
 impl precis_backend::Arrivals for Staggered {
-    fn join(&mut self) -> Vec<precis_backend::GenerationRequest> {
+    fn join(&mut self) -> Vec<(usize, precis_backend::GenerationRequest)> {
         let step = self.step;
         self.step += 1;
         let due = self.arriving[self.released..]
             .iter()
             .take_while(|(at, _)| *at <= step)
             .count();
-        let out = self.arriving[self.released..self.released + due]
-            .iter()
-            .map(|(_, r)| r.clone())
+        let out = (self.released..self.released + due)
+            .map(|i| (i, self.arriving[i].1.clone()))
             .collect();
         self.released += due;
         out

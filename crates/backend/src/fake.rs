@@ -170,11 +170,8 @@ impl Backend for FakeBackend {
     /// step take 50 ms while such a request runs.
     fn generate_joining(&mut self, arrivals: &mut dyn Arrivals) {
         let mut active: Vec<Writing> = Vec::new();
-        let mut joined = 0;
         loop {
-            for request in arrivals.join() {
-                let index = joined;
-                joined += 1;
+            for (index, request) in arrivals.join() {
                 match self.start(index, &request) {
                     Ok(w) if w.finish().is_some() => arrivals.done(index, Ok(w.result())),
                     Ok(w) => active.push(w),

@@ -776,11 +776,8 @@ impl GgufModel {
     /// logits are computed as they would be alone.
     fn generate_joining_cpu(&mut self, arrivals: &mut dyn Arrivals) {
         let mut active: Vec<Active> = Vec::new();
-        let mut joined = 0;
         loop {
-            for request in arrivals.join() {
-                let index = joined;
-                joined += 1;
+            for (index, request) in arrivals.join() {
                 match self.admit(index, request) {
                     Ok(seq) if seq.request.params.max_new_tokens == 0 => {
                         arrivals.done(index, self.finish(&seq));

@@ -414,11 +414,11 @@ pub trait Backend: Send {
 }
 
 /// Where [`Backend::generate_joining`] takes its requests from and hands its
-/// text and results to. Requests are numbered in the order `join` gives
-/// them, from 0.
+/// text and results to, by each request's number.
 pub trait Arrivals {
-    /// The requests that join now; none when none is waiting (never waits).
-    fn join(&mut self) -> Vec<GenerationRequest>;
+    /// The requests that join now, each with its number (from 0, in the
+    /// order they join); none when none is waiting (never waits).
+    fn join(&mut self) -> Vec<(usize, GenerationRequest)>;
     /// New text of request `i`; [`Flow::Stop`] ends that request. An empty
     /// piece only asks whether to go on (between the chunks of a long
     /// prompt, where no text comes for a while).
@@ -430,17 +430,16 @@ pub trait Arrivals {
 /// [`Backend::generate_joining`] for a backend that runs a batch to its end:
 /// each group of requests that joins together is one batch.
 pub fn batch_after_batch<B: Backend + ?Sized>(backend: &mut B, arrivals: &mut dyn Arrivals) {
-    let mut first = 0;
     loop {
-        let requests = arrivals.join();
+        let (numbers, requests): (Vec<usize>, Vec<GenerationRequest>) =
+            arrivals.join().into_iter().unzip();
         if requests.is_empty() {
             return;
         }
-        let results = backend.generate(&requests, &mut |i, piece| arrivals.text(first + i, piece));
-        for (i, result) in results.into_iter().enumerate() {
-            arrivals.done(first + i, result);
+        let results = backend.generate(&requests, &mut |i, piece| arrivals.text(numbers[i], piece));
+        for (i, result) in numbers.into_iter().zip(results) {
+            arrivals.done(i, result);
         }
-        first += requests.len();
     }
 }
 
@@ -479,8 +478,13 @@ impl<'a> WholeBatch<'a> {
 }
 
 impl Arrivals for WholeBatch<'_> {
-    fn join(&mut self) -> Vec<GenerationRequest> {
-        self.requests.take().unwrap_or_default()
+    fn join(&mut self) -> Vec<(usize, GenerationRequest)> {
+        self.requests
+            .take()
+            .unwrap_or_default()
+            .into_iter()
+            .enumerate()
+            .collect()
     }
 
     fn text(&mut self, i: usize, piece: &str) -> Flow {

@@ -114,7 +114,7 @@ struct Joined {
 
 /// The batches the worker is running, as the backend's [`Arrivals`]:
 /// waiting batches join while fewer than [`MAX_BATCH_REQUESTS`] requests
-/// run; request `i` (numbered as they join) is `owners[i]`.
+/// run; request number `i` is `owners[i]`.
 struct Run<'a> {
     rx: &'a mpsc::Receiver<WorkerBatch>,
     first: Option<WorkerBatch>,
@@ -144,7 +144,7 @@ impl<'a> Run<'a> {
 }
 
 impl Arrivals for Run<'_> {
-    fn join(&mut self) -> Vec<GenerationRequest> {
+    fn join(&mut self) -> Vec<(usize, GenerationRequest)> {
         let mut requests = Vec::new();
         while self.running < MAX_BATCH_REQUESTS {
             let Some(batch) = self.first.take().or_else(|| self.rx.try_recv().ok()) else {
@@ -161,9 +161,11 @@ impl Arrivals for Run<'_> {
                 continue;
             }
             let j = self.joined.len();
+            requests.extend(
+                (reqs.iter().cloned().enumerate()).map(|(k, r)| (self.owners.len() + k, r)),
+            );
             self.owners.extend((0..reqs.len()).map(|k| (j, k)));
             self.running += reqs.len();
-            requests.extend(reqs.iter().cloned());
             let empty = reqs.is_empty();
             self.joined.push(Joined {
                 results: (0..reqs.len()).map(|_| None).collect(),
