@@ -32,13 +32,12 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::{argmax_params, bench_article, bench_threads, env_usize, gguf_file, peak_rss_mb};
+use common::{argmax_params, bench_article, bench_threads, env_usize, load_gguf, peak_rss_mb};
 
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use precis_backend::gguf::{GgufModel, GgufOptions};
 use precis_backend::{ChatMessage, GenerationRequest};
 use precis_core::engine::ModelHandle;
 use precis_core::task::{clean, CancelToken, TextModel};
@@ -64,15 +63,7 @@ fn main() -> anyhow::Result<()> {
         .filter(|v| !v.is_empty())
         .map(PathBuf::from);
 
-    let (id, path) = gguf_file(&model_name)?;
-    let model = GgufModel::load(
-        &path,
-        GgufOptions {
-            id: Some(id.clone()),
-            threads,
-            ..GgufOptions::default()
-        },
-    )?;
+    let (id, model) = load_gguf(&model_name, threads)?;
 
     let text = std::fs::read_to_string(&article_path)?;
     let prepared = clean::prepare(&text, None, &clean::CleanOptions { enabled: true });

@@ -46,8 +46,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 use common::{
-    argmax_params, bench_article, bench_threads, cpu_seconds, env_usize, gguf_file, peak_rss_mb,
-    proc_status_field,
+    argmax_params, bench_article, bench_threads, cpu_seconds, env_usize, gguf_file, load_gguf,
+    peak_rss_mb, proc_status_field,
 };
 
 use std::path::PathBuf;
@@ -232,15 +232,7 @@ fn main() -> anyhow::Result<()> {
         .ok()
         .filter(|v| !v.is_empty())
     {
-        let (draft_id, draft_path) = gguf_file(&draft)?;
-        let draft = GgufModel::load(
-            &draft_path,
-            GgufOptions {
-                id: Some(draft_id.clone()),
-                threads,
-                ..GgufOptions::default()
-            },
-        )?;
+        let (draft_id, draft) = load_gguf(&draft, threads)?;
         println!("draft model      {draft_id}");
         model.set_draft(draft)?;
         methods.push(("draft-model", Speculation::DraftModel));

@@ -59,6 +59,25 @@ pub fn gguf_file(name: &str) -> anyhow::Result<(String, std::path::PathBuf)> {
     Ok((spec.id.clone(), located.first_path().to_path_buf()))
 }
 
+/// A GGUF model named by manifest id or path ([`gguf_file`]), loaded with
+/// the default options on `threads` threads: its id and the model.
+pub fn load_gguf(
+    name: &str,
+    threads: usize,
+) -> anyhow::Result<(String, precis_backend::gguf::GgufModel)> {
+    use precis_backend::gguf::{GgufModel, GgufOptions};
+    let (id, path) = gguf_file(name)?;
+    let model = GgufModel::load(
+        &path,
+        GgufOptions {
+            id: Some(id.clone()),
+            threads,
+            ..GgufOptions::default()
+        },
+    )?;
+    Ok((id, model))
+}
+
 /// A numeric field of `/proc/self/status` (`VmHWM:`, `Threads:`, …).
 pub fn proc_status_field(name: &str) -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
