@@ -19,7 +19,7 @@ use precis_backend::gguf::{GgufModel, GgufOptions};
 use precis_backend::seq2seq::backend::{Seq2SeqBackend, Seq2SeqOptions};
 use precis_backend::{
     Backend, BackendError, ChatMessage, FinishReason, Flow, Generation, GenerationParams,
-    GenerationRequest, Quantize,
+    GenerationRequest, Placement, Quantize,
 };
 
 /// A chat model's request: `text` as the user's message, a short answer.
@@ -62,6 +62,15 @@ fn checkpoint(name: &str) -> Box<dyn Backend> {
 }
 
 fn checkpoint_as(name: &str, quantize: Quantize) -> Box<dyn Backend> {
+    load(name, quantize, false)
+}
+
+/// The checkpoint on the portable path (candle ops only: what a GPU runs).
+fn portable(name: &str) -> Box<dyn Backend> {
+    load(name, Quantize::None, true)
+}
+
+fn load(name: &str, quantize: Quantize, portable: bool) -> Box<dyn Backend> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures")
         .join(name);
@@ -72,6 +81,8 @@ fn checkpoint_as(name: &str, quantize: Quantize) -> Box<dyn Backend> {
         license: None,
         gguf: None,
         quantize,
+        placement: Placement::Cpu,
+        portable,
     };
     Box::new(Seq2SeqBackend::load(&dir, options).expect("the test checkpoint loads"))
 }
@@ -201,6 +212,10 @@ contract!(bart, || checkpoint("bart/tiny-cnn"), source);
 contract!(t5, || checkpoint("t5/tiny-flan"), source);
 contract!(nllb, || checkpoint("m2m100/tiny-nllb"), into_hindi);
 contract!(m2m100, || checkpoint("m2m100/tiny-m2m100"), into_hindi);
+contract!(marian_portable, || portable("marian/tiny-en-ru"), source);
+contract!(bart_portable, || portable("bart/tiny-cnn"), source);
+contract!(t5_portable, || portable("t5/tiny-flan"), source);
+contract!(nllb_portable, || portable("m2m100/tiny-nllb"), into_hindi);
 contract!(
     marian_int8,
     || checkpoint_as("marian/tiny-en-ru", Quantize::Int8),

@@ -246,6 +246,63 @@ fn the_cli_runs_int8_weights_when_asked() {
     assert!(err.contains("`none`") && err.contains("`int8`"), "{err}");
 }
 
+/// `--device` (also `--cuda`, `PRECIS_DEVICE` and the config file's
+/// `device`): the CPU runs; a GPU in a build without CUDA (CI's) is refused
+/// in one line that says what to do, with a non-zero exit; a device name
+/// that is not one is a usage error.
+#[test]
+fn the_device_is_chosen_and_a_missing_gpu_is_refused() {
+    let home = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        common::precis_offline(home.path())
+            .args(["translate", "--model"])
+            .arg(dir("tiny-en-ru"))
+            .args(["--to", "ru"])
+            .args(extra)
+            .arg("-")
+            .stdin_text("The minister will visit Moscow in May.")
+    };
+    let cpu = run(&["--device", "cpu"]);
+    assert!(
+        cpu.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cpu.stderr)
+    );
+    let config = home.path().join("precis.toml");
+    std::fs::write(&config, "device = \"cuda:1\"\n").unwrap();
+    for extra in [
+        &["--device", "cuda"][..],
+        &["--cuda"][..],
+        &["--config", config.to_str().unwrap()][..],
+    ] {
+        let out = run(extra);
+        let err = String::from_utf8_lossy(&out.stderr);
+        if cfg!(feature = "cuda") {
+            // A CUDA build on a machine with a GPU runs; without one it
+            // refuses the same way.
+            assert!(
+                out.status.success() || err.contains("--device cpu"),
+                "{err}"
+            );
+            continue;
+        }
+        assert!(!out.status.success(), "{extra:?}");
+        let errors: Vec<&str> = err.lines().filter(|l| l.starts_with("error")).collect();
+        assert_eq!(errors.len(), 1, "{extra:?}: {err}");
+        assert!(
+            errors[0].contains("no CUDA support") && errors[0].contains("--device cpu"),
+            "{extra:?}: {err}"
+        );
+    }
+    // A flag wins over the file.
+    let flag_wins = run(&["--config", config.to_str().unwrap(), "--device", "cpu"]);
+    assert!(flag_wins.status.success());
+    let out = run(&["--device", "tpu"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`cuda:N`"), "{err}");
+}
+
 /// A TOML basic string holding `s`.
 fn toml_key(s: &str) -> String {
     format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""))

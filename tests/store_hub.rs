@@ -20,6 +20,7 @@ use axum::Router;
 use precis_backend::store::{
     hash_file, FileSource, ModelStore, StoreConfig, StoreError, Verification,
 };
+use precis_backend::Placement;
 use sha2::{Digest, Sha256};
 
 const COMMIT: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -475,7 +476,7 @@ async fn load_and_request(
     use precis_backend::Flow;
     use precis_core::engine::{ModelLoader, StoreLoader};
 
-    let loader = StoreLoader::open(Arc::clone(store), false);
+    let loader = StoreLoader::open(Arc::clone(store), Placement::Cpu);
     loader.fetch(id).await.expect("fetches from the hub");
     let id = id.to_string();
     tokio::task::spawn_blocking(move || {
@@ -520,14 +521,14 @@ async fn marian_checkpoints_load_by_hub_id() {
     // The server loads only files it can check, unless told otherwise:
     // these have no pinned sha256.
     use precis_core::engine::{ModelLoader, StoreLoader};
-    let strict = StoreLoader::closed(Arc::clone(&store), false, Vec::new(), false);
+    let strict = StoreLoader::closed(Arc::clone(&store), Placement::Cpu, Vec::new(), false);
     let err = strict.load("opus-mt-en-hi").err().expect("refused");
     assert!(err.to_string().contains("--allow-unverified"), "{err}");
-    let lenient = StoreLoader::closed(Arc::clone(&store), false, Vec::new(), true);
+    let lenient = StoreLoader::closed(Arc::clone(&store), Placement::Cpu, Vec::new(), true);
     assert!(lenient.load("opus-mt-en-hi").is_ok());
     // A GGUF named inside a hub repo becomes a path under the store: one
     // that would leave it is refused before anything is fetched or read.
-    let open = StoreLoader::open(Arc::clone(&store), false);
+    let open = StoreLoader::open(Arc::clone(&store), Placement::Cpu);
     for name in ["someone/repo/../../evil.gguf", "someone/repo/.hidden.gguf"] {
         let err = open.fetch(name).await.expect_err("refused");
         assert!(

@@ -10,6 +10,7 @@
 //! models_dir = "/srv/precis"                      # where fetched models live
 //! manifest_dirs = ["/etc/precis/models"]          # extra model manifests
 //! quantize = "int8"                               # encoder-decoder weights at load: none (f32) or int8; also --quantize
+//! device = "cpu"                                  # where models run: cpu, cuda or cuda:N; also --device
 //!
 //! [models."opus-mt-en-ru"]       # one model's own settings, by the id it is named by
 //! quantize = "none"
@@ -43,7 +44,7 @@ use std::path::{Path, PathBuf};
 
 use std::collections::BTreeMap;
 
-use precis_backend::Quantize;
+use precis_backend::{Placement, Quantize};
 use precis_core::database::Database;
 use precis_core::engine::Quantization;
 use serde::Deserialize;
@@ -72,6 +73,8 @@ pub struct Config {
     pub manifest_dirs: Vec<PathBuf>,
     /// What encoder-decoder models' weights are quantized to at load.
     pub quantize: Option<Quantize>,
+    /// Where models run.
+    pub device: Option<Placement>,
     /// Settings of one model, by the id it is named by.
     #[serde(default)]
     pub models: BTreeMap<String, ModelTable>,
@@ -95,6 +98,14 @@ pub struct ModelTable {
 }
 
 impl Config {
+    /// Where models run: `--device` (or `--cuda`, the first GPU) when
+    /// given, else the file's `device`, else the CPU.
+    pub fn placement(&self, flag: Option<Placement>, cuda: bool) -> Placement {
+        flag.or(cuda.then_some(Placement::Cuda(0)))
+            .or(self.device)
+            .unwrap_or_default()
+    }
+
     /// Each model's quantization: `flag` (`--quantize`) for every model
     /// when given (a flag wins over the file), else the file's: a model's
     /// own table, else its `quantize`.

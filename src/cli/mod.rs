@@ -202,8 +202,16 @@ pub struct TaskArgs {
     /// Write the output into this folder: `<job>.<ext>`, or for --format jsonfeed one `<job>.<language>.json` per language; each file atomically.
     #[arg(long, value_name = "DIR", conflicts_with = "out")]
     pub out_dir: Option<PathBuf>,
-    /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
-    #[arg(long)]
+    /// Where models run: cpu, or cuda / cuda:N for a CUDA GPU (needs a build with --features cuda; unverified on a GPU) [default: the config file's, else cpu].
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        env = "PRECIS_DEVICE",
+        hide_env_values = true
+    )]
+    pub device: Option<precis_backend::Placement>,
+    /// Same as --device cuda (the first CUDA GPU).
+    #[arg(long, conflicts_with = "device")]
     pub cuda: bool,
     /// Quantize encoder-decoder models' weights at load: int8 (CTranslate2's scheme: a quarter of the memory, faster on CPU, near-equal output) or none (f32: transformers' results) [default: the config file's, else none].
     #[arg(
@@ -321,8 +329,16 @@ pub struct ServeArgs {
     /// Do not fetch or load models at start-up; load present ones on first use (never downloads).
     #[arg(long)]
     lazy: bool,
-    /// Run on the first CUDA GPU (needs a build with --features cuda; unverified).
-    #[arg(long)]
+    /// Where models run: cpu, or cuda / cuda:N for a CUDA GPU (needs a build with --features cuda; unverified on a GPU) [default: the config file's, else cpu].
+    #[arg(
+        long,
+        value_name = "DEVICE",
+        env = "PRECIS_DEVICE",
+        hide_env_values = true
+    )]
+    device: Option<precis_backend::Placement>,
+    /// Same as --device cuda (the first CUDA GPU).
+    #[arg(long, conflicts_with = "device")]
     cuda: bool,
     /// Quantize encoder-decoder models' weights at load: int8 (CTranslate2's scheme: a quarter of the memory, faster on CPU, near-equal output) or none (f32: transformers' results) [default: the config file's, else none].
     #[arg(
@@ -501,7 +517,7 @@ fn settings(
         store,
         models,
         access,
-        cuda: false,
+        placement: precis_backend::Placement::Cpu,
         quantize: Quantization::default(),
         database: cache.database().map_err(anyhow::Error::msg)?,
         cache: (!cache.no_cache).then(|| cache.limits()),
@@ -734,7 +750,7 @@ fn run_task(
     );
     let cache = args.cache.clone().or(config);
     let services = build(&Settings {
-        cuda: args.cuda,
+        placement: config.placement(args.device, args.cuda),
         quantize: config.quantization(args.quantize),
         ..settings(store, models, ModelAccess::Any, &cache, None, true)?
     })?;
@@ -1013,7 +1029,7 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
     let models = model_choice(config, a.model.as_deref(), None, None);
     let cache = a.cache.clone().or(config);
     let services = build(&Settings {
-        cuda: a.cuda,
+        placement: config.placement(a.device, a.cuda),
         quantize: config.quantization(a.quantize),
         ..settings(
             store,

@@ -32,7 +32,7 @@ use super::script::{Script, ScriptGuard};
 use super::weights::GgufFile;
 use super::{
     batch_after_batch, Arrivals, Backend, BackendError, Cached, ChatMessage, FinishReason, Flow,
-    Generation, GenerationRequest, ModelInfo, TokenCounter, WholeBatch,
+    Generation, GenerationRequest, ModelInfo, Placement, TokenCounter, WholeBatch,
 };
 use crate::tokenizer::{tokenizer_from_gguf, GgufTokenizer};
 
@@ -47,9 +47,9 @@ pub struct GgufOptions {
     pub target_languages: Vec<String>,
     /// The weights' licence, from its manifest.
     pub license: Option<String>,
-    /// Run on the first CUDA device (needs the `cuda` feature) through
+    /// Where it runs: on a CUDA GPU (needs the `cuda` feature) through
     /// candle-transformers' quantized models instead of precis's CPU decoder.
-    pub cuda: bool,
+    pub placement: Placement,
     /// Worker threads of the CPU decoder (0: one per core).
     pub threads: usize,
     /// How greedy decoding on the CPU drafts tokens to verify in one pass.
@@ -248,8 +248,8 @@ impl GgufModel {
         let tokenizer =
             tokenizer_from_gguf(&file.content).map_err(|e| BackendError::load(path, e))?;
         let template = ChatTemplate::new(tokenizer.chat_template.clone());
-        let (runner, context_length) = if opts.cuda {
-            let device = select_device(true)?;
+        let (runner, context_length) = if opts.placement != Placement::Cpu {
+            let device = opts.placement.device()?;
             let mut reader = File::open(path).map_err(|e| BackendError::load(path, e))?;
             let content = gguf_file::Content::read(&mut reader)
                 .map_err(|e| BackendError::load(path, format!("not a valid GGUF file ({e})")))?;
@@ -1041,26 +1041,6 @@ impl Backend for GgufModel {
             Runner::Cpu(_) => self.generate_joining_cpu(arrivals),
             Runner::Candle(..) => batch_after_batch(self, arrivals),
         }
-    }
-}
-
-#[cfg(feature = "cuda")]
-fn select_device(cuda: bool) -> Result<Device, BackendError> {
-    if cuda {
-        Device::new_cuda(0).map_err(|e| BackendError::Runtime(format!("no CUDA device: {e}")))
-    } else {
-        Ok(Device::Cpu)
-    }
-}
-
-#[cfg(not(feature = "cuda"))]
-fn select_device(cuda: bool) -> Result<Device, BackendError> {
-    if cuda {
-        Err(BackendError::Runtime(
-            "this build of precis has no CUDA support; rebuild with `--features cuda`".into(),
-        ))
-    } else {
-        Ok(Device::Cpu)
     }
 }
 

@@ -245,6 +245,100 @@ pub enum ModelKind {
     Summarizer,
 }
 
+/// Where models run (`--device`, and a `device` setting): the CPU, on this
+/// crate's own kernels, or a CUDA GPU (`cuda`, `cuda:N`), on the portable
+/// path written with candle's ops (every encoder-decoder family) and on
+/// candle's quantized models (GGUF), which needs a build with the `cuda`
+/// feature.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Placement {
+    /// The CPU (the default).
+    #[default]
+    Cpu,
+    /// The CUDA GPU of this ordinal (`cuda` is `cuda:0`).
+    Cuda(usize),
+}
+
+impl Placement {
+    /// The candle device: a CUDA device is opened here, so a build without
+    /// CUDA, a machine without its driver, or an ordinal with no GPU is
+    /// refused with one line that says which.
+    pub fn device(self) -> Result<candle_core::Device, BackendError> {
+        match self {
+            Placement::Cpu => Ok(candle_core::Device::Cpu),
+            Placement::Cuda(ordinal) => cuda_device(ordinal),
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device(ordinal: usize) -> Result<candle_core::Device, BackendError> {
+    // A missing driver library panics inside the CUDA bindings rather than
+    // returning an error: caught here, it is the same one-line refusal.
+    let opened = std::panic::catch_unwind(|| candle_core::Device::new_cuda(ordinal));
+    match opened {
+        Ok(Ok(device)) => Ok(device),
+        Ok(Err(e)) => Err(BackendError::Device(format!(
+            "no CUDA GPU {ordinal} here ({e}); run with --device cpu"
+        ))),
+        Err(_) => Err(BackendError::Device(format!(
+            "no CUDA GPU {ordinal} here (the CUDA driver could not be loaded); run with --device cpu"
+        ))),
+    }
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device(_ordinal: usize) -> Result<candle_core::Device, BackendError> {
+    Err(BackendError::Device(
+        "this build of precis has no CUDA support: build it with `cargo build --release --features cuda` (scripts/cuda-build.sh), or run with --device cpu".into(),
+    ))
+}
+
+impl std::fmt::Display for Placement {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Placement::Cpu => f.write_str("cpu"),
+            Placement::Cuda(n) => write!(f, "cuda:{n}"),
+        }
+    }
+}
+
+impl std::str::FromStr for Placement {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim().to_ascii_lowercase();
+        let wrong =
+            || format!("device wants `cpu`, `cuda` or `cuda:N` (N a GPU number), not `{s}`");
+        match s.as_str() {
+            "cpu" => Ok(Placement::Cpu),
+            "cuda" => Ok(Placement::Cuda(0)),
+            _ => match s.strip_prefix("cuda:") {
+                Some(n)
+                    if !n.is_empty() && n.len() <= 4 && n.bytes().all(|b| b.is_ascii_digit()) =>
+                {
+                    Ok(Placement::Cuda(n.parse().map_err(|_| wrong())?))
+                }
+                _ => Err(wrong()),
+            },
+        }
+    }
+}
+
+impl Serialize for Placement {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Placement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// What an encoder-decoder model's weights are quantized to at load
 /// (`--quantize`, and a `quantize` setting per model). A GGUF checkpoint's
 /// weights are run in their stored type whatever this says.
@@ -362,6 +456,10 @@ pub enum BackendError {
     /// runs (it says what is wrong).
     #[error("{0}")]
     Config(String),
+    /// The device asked for cannot be used here (it says why and what to
+    /// do).
+    #[error("{0}")]
+    Device(String),
     /// A tensor operation failed.
     #[error("model failed while generating: {0}")]
     Candle(#[from] candle_core::Error),

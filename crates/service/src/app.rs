@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use precis_backend::store::{ModelStore, StoreConfig, StoreError};
+use precis_backend::Placement;
 use precis_core::cache::{CacheLimits, ResultCache};
 use precis_core::database::Database;
 use precis_core::engine::{
@@ -39,8 +40,8 @@ pub struct Settings {
     pub models: ModelChoice,
     /// Which model names are accepted.
     pub access: ModelAccess,
-    /// Run GGUF models on the GPU.
-    pub cuda: bool,
+    /// Where models run (`--device`).
+    pub placement: Placement,
     /// What encoder-decoder models' weights are quantized to at load.
     pub quantize: Quantization,
     /// The database of the result cache and of batch jobs: an SQLite
@@ -80,10 +81,10 @@ impl Services {
         let unverified = settings.allow_unverified || settings.access == ModelAccess::Any;
         let (routing, notes) = Routing::resolve(&settings.models, &store, unverified);
         let loader = match settings.access {
-            ModelAccess::Any => StoreLoader::open(Arc::clone(&store), settings.cuda),
+            ModelAccess::Any => StoreLoader::open(Arc::clone(&store), settings.placement),
             ModelAccess::Configured => StoreLoader::closed(
                 Arc::clone(&store),
-                settings.cuda,
+                settings.placement,
                 routing.ids().into_iter().collect(),
                 settings.allow_unverified,
             ),

@@ -18,10 +18,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use candle_core::Device;
+use candle_core::DType;
 
-use super::bart::Bart;
-use super::m2m100::M2M100;
+use super::bart::{Bart, BartConfig};
+use super::layers::read_config;
+use super::m2m100::{M2M100Config, M2M100};
+use super::portable::Portable;
 use super::t5::T5;
 use super::{generate, EncoderDecoder, GenerationConfig, GenerationSettings, Seq2SeqConfig};
 use crate::tokenizer::checkpoint::{CheckpointTokenizer, Family};
@@ -29,7 +31,7 @@ use crate::tokenizer::m2m::ManyToManyTokenizer;
 use crate::tokenizer::marian::MarianTokenizer;
 use crate::{
     Backend, BackendError, Cached, ChatMessage, Direction, FinishReason, Flow, Generation,
-    GenerationRequest, ModelInfo, ModelKind, Quantize, TokenCounter,
+    GenerationRequest, ModelInfo, ModelKind, Placement, Quantize, TokenCounter,
 };
 
 /// What a T5 summarizer's inputs start with when its config names no
@@ -228,6 +230,7 @@ enum Network {
     Bart(Bart),
     T5(T5),
     M2M100(M2M100),
+    Portable(Portable),
 }
 
 impl Network {
@@ -236,6 +239,7 @@ impl Network {
             Network::Bart(m) => m.seq2seq_config(),
             Network::T5(m) => m.seq2seq_config(),
             Network::M2M100(m) => m.seq2seq_config(),
+            Network::Portable(m) => m.seq2seq_config(),
         }
     }
 
@@ -249,6 +253,7 @@ impl Network {
             Network::Bart(m) => generate(m, inputs, settings, on_step),
             Network::T5(m) => generate(m, inputs, settings, on_step),
             Network::M2M100(m) => generate(m, inputs, settings, on_step),
+            Network::Portable(m) => generate(m, inputs, settings, on_step),
         }
     }
 }
@@ -288,6 +293,12 @@ pub struct Seq2SeqOptions {
     /// What the weights are quantized to at load (not those of `gguf`,
     /// which run in their stored type).
     pub quantize: Quantize,
+    /// Where it runs: the CPU on this crate's kernels, or a GPU on the
+    /// portable path (`seq2seq::portable`).
+    pub placement: Placement,
+    /// Run the portable path even on the CPU (the tests prove it there;
+    /// on the CPU it is slower than the CPU's own kernels).
+    pub portable: bool,
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, BackendError> {
@@ -373,7 +384,28 @@ impl Seq2SeqBackend {
                 format!("precis runs GGUF weights of T5 checkpoints only, and this one's model_type is `{}`", arch.name()),
             ));
         }
-        let device = Device::Cpu;
+        let device = options.placement.device()?;
+        let portable = options.portable || !device.is_cpu();
+        if portable && !options.quantize.is_none() {
+            return Err(BackendError::Config(
+                "--quantize int8 runs on the CPU's own kernels only; on a GPU the weights run in f32 (drop --quantize, or use --device cpu)".into(),
+            ));
+        }
+        if let (Some(gguf), true) = (&options.gguf, portable) {
+            return Err(BackendError::load(
+                gguf,
+                "GGUF encoder-decoder weights run on the CPU only; use --device cpu, or the checkpoint's safetensors",
+            ));
+        }
+        // The network on this device: the CPU's own kernels, or the
+        // portable path anywhere else.
+        let network = |cpu: &dyn Fn() -> Result<Network, BackendError>| {
+            if device.is_cpu() && !options.portable {
+                cpu()
+            } else {
+                Ok(Network::Portable(Portable::load(dir, &device, DType::F32)?))
+            }
+        };
         let (network, tokenizer, kind, context_length, base, prefix): (
             Network,
             Arc<dyn Codec>,
@@ -393,13 +425,17 @@ impl Seq2SeqBackend {
                 }
                 let tokenizer =
                     MarianTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
-                let model = Bart::load_quantized(dir, &device, options.quantize)?;
-                let context = model
-                    .config()
-                    .max_position_embeddings
-                    .min(tokenizer.max_length());
+                let cfg: BartConfig = read_config(dir)?;
+                let model = network(&|| {
+                    Ok(Network::Bart(Bart::load_quantized(
+                        dir,
+                        &device,
+                        options.quantize,
+                    )?))
+                })?;
+                let context = cfg.max_position_embeddings.min(tokenizer.max_length());
                 (
-                    Network::Bart(model),
+                    model,
                     Arc::new(tokenizer),
                     ModelKind::Translator,
                     context,
@@ -410,11 +446,18 @@ impl Seq2SeqBackend {
             Architecture::Bart => {
                 let tokenizer = CheckpointTokenizer::from_dir(dir, Family::Bart)
                     .map_err(|e| BackendError::load(dir, e))?;
-                let model = Bart::load_quantized(dir, &device, options.quantize)?;
-                let context = model.config().max_position_embeddings;
+                let cfg: BartConfig = read_config(dir)?;
+                let model = network(&|| {
+                    Ok(Network::Bart(Bart::load_quantized(
+                        dir,
+                        &device,
+                        options.quantize,
+                    )?))
+                })?;
+                let context = cfg.max_position_embeddings;
                 let (base, prefix) = (checkpoint_generation(dir)?, summarization_prefix(dir)?);
                 (
-                    Network::Bart(model),
+                    model,
                     Arc::new(tokenizer),
                     ModelKind::Summarizer,
                     context,
@@ -434,13 +477,19 @@ impl Seq2SeqBackend {
                         .as_u64()
                         .map_or(UNLIMITED, |n| n as usize),
                 };
-                let model =
-                    T5::load_weights(dir, options.gguf.as_deref(), &device, options.quantize)?;
+                let model = network(&|| {
+                    Ok(Network::T5(T5::load_weights(
+                        dir,
+                        options.gguf.as_deref(),
+                        &device,
+                        options.quantize,
+                    )?))
+                })?;
                 let languages = TargetTagged::languages_of(&tokenizer);
                 if !languages.is_empty() {
                     // `<2xx>` tokens: a translator (MADLAD-400).
                     (
-                        Network::T5(model),
+                        model,
                         Arc::new(TargetTagged {
                             inner: tokenizer,
                             languages,
@@ -461,7 +510,7 @@ impl Seq2SeqBackend {
                         prefix
                     };
                     (
-                        Network::T5(model),
+                        model,
                         Arc::new(tokenizer),
                         ModelKind::Summarizer,
                         context,
@@ -473,13 +522,20 @@ impl Seq2SeqBackend {
             Architecture::M2M100 => {
                 let tokenizer =
                     ManyToManyTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
-                let model = M2M100::load_quantized(dir, &device, options.quantize)?;
-                let positions = model.config().max_position_embeddings;
+                let cfg: M2M100Config = read_config(dir)?;
+                let model = network(&|| {
+                    Ok(Network::M2M100(M2M100::load_quantized(
+                        dir,
+                        &device,
+                        options.quantize,
+                    )?))
+                })?;
+                let positions = cfg.max_position_embeddings;
                 let context = tokenizer
                     .max_length()
                     .map_or(positions, |m| m.min(positions));
                 (
-                    Network::M2M100(model),
+                    model,
                     Arc::new(tokenizer),
                     ModelKind::Translator,
                     context,

@@ -105,6 +105,97 @@ impl BartConfig {
     pub(crate) fn is_marian(&self) -> bool {
         self.model_type == "marian"
     }
+
+    /// Refuses a configuration this code cannot run.
+    pub(super) fn check(&self) -> Result<(), BackendError> {
+        let d = self.d_model;
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(BackendError::Config(what.to_string()))
+            }
+        };
+        check(d > 0, "d_model is 0")?;
+        check(
+            self.encoder_attention_heads > 0 && d.is_multiple_of(self.encoder_attention_heads),
+            "d_model is not a multiple of encoder_attention_heads",
+        )?;
+        check(
+            self.decoder_attention_heads > 0 && d.is_multiple_of(self.decoder_attention_heads),
+            "d_model is not a multiple of decoder_attention_heads",
+        )?;
+        check(
+            self.model_type == "bart" || self.is_marian(),
+            "model_type is neither `bart` nor `marian`",
+        )?;
+        check(
+            !self.normalize_before && !self.add_final_layer_norm,
+            "pre-norm layers (normalize_before / add_final_layer_norm, as mBART has) are not supported",
+        )
+    }
+
+    /// What generation needs to know (the output layer has a row per
+    /// target token).
+    pub(super) fn seq2seq(&self) -> Seq2SeqConfig {
+        Seq2SeqConfig {
+            vocab_size: if self.share_encoder_decoder_embeddings {
+                self.vocab_size
+            } else {
+                self.decoder_vocab_size.unwrap_or(self.vocab_size)
+            },
+            pad_token_id: self.pad_token_id,
+            eos_token_id: self.eos_token_id,
+            decoder_start_token_id: self.decoder_start_token_id.unwrap_or(self.pad_token_id),
+            max_positions: self.max_position_embeddings,
+        }
+    }
+
+    /// The encoder's and the decoder's token tables (the same one when
+    /// shared) under the base model `base`.
+    pub(super) fn tables(&self, base: &VarBuilder) -> Result<(Tensor, Tensor), BackendError> {
+        let d = self.d_model;
+        let table = |names: &[&str], rows: usize| -> Result<Tensor, BackendError> {
+            for name in names {
+                if base.contains_tensor(name) {
+                    return Ok(base.get((rows, d), name)?);
+                }
+            }
+            Err(BackendError::Config(format!(
+                "no `{}` tensor",
+                names.join("` or `")
+            )))
+        };
+        Ok(if self.share_encoder_decoder_embeddings {
+            let shared = table(
+                &[
+                    "shared.weight",
+                    "encoder.embed_tokens.weight",
+                    "decoder.embed_tokens.weight",
+                ],
+                self.vocab_size,
+            )?;
+            (shared.clone(), shared)
+        } else {
+            (
+                table(&["encoder.embed_tokens.weight"], self.vocab_size)?,
+                table(&["decoder.embed_tokens.weight"], self.seq2seq().vocab_size)?,
+            )
+        })
+    }
+}
+
+/// The base model's weights: under `model.` in checkpoints saved from
+/// `…ForConditionalGeneration`, at the top in those of `BartModel` /
+/// `MarianModel` / `M2M100Model`.
+pub(super) fn base_model<'a>(vb: &VarBuilder<'a>) -> VarBuilder<'a> {
+    if vb.contains_tensor("model.shared.weight")
+        || vb.contains_tensor("model.encoder.embed_tokens.weight")
+    {
+        vb.pp("model")
+    } else {
+        vb.clone()
+    }
 }
 
 fn default_model_type() -> String {
@@ -195,7 +286,6 @@ pub struct Bart {
     /// The output layer with `final_logits_bias`, packed once: candle's
     /// matmul would repack this largest matrix at every step.
     lm_head: Dense,
-    vocab: usize,
     embed_scale: f64,
     device: Device,
 }
@@ -205,7 +295,7 @@ pub type BartState = DecoderState;
 
 /// The sinusoidal position table of `modeling_marian.py` (sines in the first
 /// half, cosines in the second; computed in f64 as numpy does, then f32).
-fn sinusoids(positions: usize, dim: usize) -> Vec<f32> {
+pub(super) fn marian_sinusoids(positions: usize, dim: usize) -> Vec<f32> {
     let mut out = vec![0f32; positions * dim];
     let sentinel = dim.div_ceil(2);
     for pos in 0..positions {
@@ -247,73 +337,12 @@ impl Bart {
         storage: Storage,
         device: &Device,
     ) -> Result<Self, BackendError> {
+        cfg.check()?;
         let d = cfg.d_model;
-        let check = |ok: bool, what: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BackendError::Config(what.to_string()))
-            }
-        };
-        check(d > 0, "d_model is 0")?;
-        check(
-            cfg.encoder_attention_heads > 0 && d.is_multiple_of(cfg.encoder_attention_heads),
-            "d_model is not a multiple of encoder_attention_heads",
-        )?;
-        check(
-            cfg.decoder_attention_heads > 0 && d.is_multiple_of(cfg.decoder_attention_heads),
-            "d_model is not a multiple of decoder_attention_heads",
-        )?;
-        check(
-            cfg.model_type == "bart" || cfg.is_marian(),
-            "model_type is neither `bart` nor `marian`",
-        )?;
-        check(
-            !cfg.normalize_before && !cfg.add_final_layer_norm,
-            "pre-norm layers (normalize_before / add_final_layer_norm, as mBART has) are not supported",
-        )?;
         let act = activation(&cfg.activation_function)?;
-        // Checkpoints saved from `…ForConditionalGeneration` prefix the base
-        // model with `model.`; those of `BartModel` / `MarianModel` do not.
-        let base = if vb.contains_tensor("model.shared.weight")
-            || vb.contains_tensor("model.encoder.embed_tokens.weight")
-        {
-            vb.pp("model")
-        } else {
-            vb.clone()
-        };
-        let target_vocab = if cfg.share_encoder_decoder_embeddings {
-            cfg.vocab_size
-        } else {
-            cfg.decoder_vocab_size.unwrap_or(cfg.vocab_size)
-        };
-        let table = |names: &[&str], rows: usize| -> Result<Tensor, BackendError> {
-            for name in names {
-                if base.contains_tensor(name) {
-                    return Ok(base.get((rows, d), name)?);
-                }
-            }
-            Err(BackendError::Config(format!(
-                "no `{}` tensor",
-                names.join("` or `")
-            )))
-        };
-        let (enc_table, dec_table) = if cfg.share_encoder_decoder_embeddings {
-            let shared = table(
-                &[
-                    "shared.weight",
-                    "encoder.embed_tokens.weight",
-                    "decoder.embed_tokens.weight",
-                ],
-                cfg.vocab_size,
-            )?;
-            (shared.clone(), shared)
-        } else {
-            (
-                table(&["encoder.embed_tokens.weight"], cfg.vocab_size)?,
-                table(&["decoder.embed_tokens.weight"], target_vocab)?,
-            )
-        };
+        let base = base_model(&vb);
+        let target_vocab = cfg.seq2seq().vocab_size;
+        let (enc_table, dec_table) = cfg.tables(&base)?;
         let tied = cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight");
         let final_logits_bias = if vb.contains_tensor("final_logits_bias") {
             vb.get((1, target_vocab), "final_logits_bias")
@@ -333,7 +362,6 @@ impl Bart {
             Some(&final_logits_bias.to_vec1::<f32>()?),
             storage,
         )?;
-        let vocab = lm_head.rows();
         let head_rows = tied && matches!(lm_head, Dense::Int8(_));
         let tokens = |table: Tensor, tied: bool| {
             if head_rows && tied {
@@ -347,7 +375,7 @@ impl Bart {
         let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
         let max_pos = cfg.max_position_embeddings;
         let (enc_positions, dec_positions) = if cfg.is_marian() {
-            let table = Tensor::from_vec(sinusoids(max_pos, d), (max_pos, d), device)?;
+            let table = Tensor::from_vec(marian_sinusoids(max_pos, d), (max_pos, d), device)?;
             (table.clone(), table)
         } else {
             // `BartLearnedPositionalEmbedding`: position p reads row p + 2.
@@ -402,7 +430,6 @@ impl Bart {
             1.0
         };
         Ok(Self {
-            vocab,
             enc_embed: Embeddings {
                 tokens: enc_tokens,
                 positions: enc_positions,
@@ -491,16 +518,7 @@ impl EncoderDecoder for Bart {
     type State = BartState;
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
-        Seq2SeqConfig {
-            vocab_size: self.vocab,
-            pad_token_id: self.cfg.pad_token_id,
-            eos_token_id: self.cfg.eos_token_id,
-            decoder_start_token_id: self
-                .cfg
-                .decoder_start_token_id
-                .unwrap_or(self.cfg.pad_token_id),
-            max_positions: self.cfg.max_position_embeddings,
-        }
+        self.cfg.seq2seq()
     }
 
     fn start(&self, inputs: &[Vec<u32>], rows_per_input: usize) -> Result<BartState, BackendError> {
@@ -560,7 +578,7 @@ mod tests {
 
     #[test]
     fn sinusoids_put_sines_first_and_cosines_second() {
-        let t = sinusoids(3, 4);
+        let t = marian_sinusoids(3, 4);
         // position 1: angles 1/10000^(0/4) = 1 and 1/10000^(2/4) = 0.01
         assert_eq!(&t[..4], &[0.0, 0.0, 1.0, 1.0]);
         assert!((t[4] - 1f32.sin()).abs() < 1e-7);

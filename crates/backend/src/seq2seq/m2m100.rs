@@ -27,7 +27,7 @@ use candle_core::{Device, Module, Tensor};
 use candle_nn::{LayerNorm, VarBuilder};
 use serde::Deserialize;
 
-use super::bart::{FeedForward, LN_EPS};
+use super::bart::{base_model, FeedForward, LN_EPS};
 use super::layers::{
     activation, read_config, repad, weights, Attention, AttentionSpec, Checkpoint, DecoderState,
     Dense, RowNorm, Storage,
@@ -128,7 +128,7 @@ pub struct M2M100 {
 /// builds it: `rows × dim`, frequencies `exp(-j · ln(10⁴) / (half − 1))`,
 /// sines in the first half, cosines in the second, a zero column when `dim`
 /// is odd, row `padding_idx` zeros; every step in f32, as torch computes it.
-fn sinusoids(rows: usize, dim: usize, padding_idx: usize) -> Vec<f32> {
+pub(super) fn fairseq_sinusoids(rows: usize, dim: usize, padding_idx: usize) -> Vec<f32> {
     let half = dim / 2;
     let step = (10000f64.ln() / (half as f64 - 1.0)) as f32;
     let freqs: Vec<f32> = (0..half).map(|j| (j as f32 * -step).exp()).collect();
@@ -145,6 +145,74 @@ fn sinusoids(rows: usize, dim: usize, padding_idx: usize) -> Vec<f32> {
         }
     }
     out
+}
+
+impl M2M100Config {
+    /// Refuses a configuration this code cannot run.
+    pub(super) fn check(&self) -> Result<(), BackendError> {
+        let d = self.d_model;
+        let check = |ok: bool, what: &str| {
+            if ok {
+                Ok(())
+            } else {
+                Err(BackendError::Config(what.to_string()))
+            }
+        };
+        check(d >= 4, "d_model is under 4")?;
+        for heads in [self.encoder_attention_heads, self.decoder_attention_heads] {
+            check(
+                heads > 0 && d.is_multiple_of(heads),
+                "d_model is not a multiple of the attention heads",
+            )?;
+        }
+        check(
+            (self.pad_token_id as usize) < self.vocab_size
+                && (self.eos_token_id as usize) < self.vocab_size,
+            "pad_token_id or eos_token_id is outside the vocabulary",
+        )
+    }
+
+    /// What generation needs to know.
+    pub(super) fn seq2seq(&self) -> Seq2SeqConfig {
+        Seq2SeqConfig {
+            vocab_size: self.vocab_size,
+            pad_token_id: self.pad_token_id,
+            eos_token_id: self.eos_token_id,
+            decoder_start_token_id: self.decoder_start_token_id.unwrap_or(self.eos_token_id),
+            max_positions: self.max_position_embeddings,
+        }
+    }
+
+    /// The shared token table under the base model `base`.
+    pub(super) fn table(&self, base: &VarBuilder) -> Result<Tensor, BackendError> {
+        let shared = [
+            "shared.weight",
+            "encoder.embed_tokens.weight",
+            "decoder.embed_tokens.weight",
+        ]
+        .into_iter()
+        .find(|n| base.contains_tensor(n))
+        .ok_or_else(|| BackendError::Config("no `shared.weight` tensor".into()))?;
+        Ok(base.get((self.vocab_size, self.d_model), shared)?)
+    }
+}
+
+/// The position row of each token of `ids` (one sequence, no batch
+/// padding), counting from `start` tokens already seen:
+/// `create_position_ids_from_input_ids` (a padding token reads row `pad`,
+/// the i-th other token row `pad + 1 + i`).
+pub(super) fn counted_positions(ids: &[u32], start: usize, pad: u32) -> Vec<usize> {
+    let mut seen = start;
+    ids.iter()
+        .map(|&t| {
+            if t == pad {
+                pad as usize
+            } else {
+                seen += 1;
+                seen + pad as usize
+            }
+        })
+        .collect()
 }
 
 impl M2M100 {
@@ -175,43 +243,11 @@ impl M2M100 {
         storage: Storage,
         device: &Device,
     ) -> Result<Self, BackendError> {
+        cfg.check()?;
         let d = cfg.d_model;
-        let check = |ok: bool, what: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BackendError::Config(what.to_string()))
-            }
-        };
-        check(d >= 4, "d_model is under 4")?;
-        for heads in [cfg.encoder_attention_heads, cfg.decoder_attention_heads] {
-            check(
-                heads > 0 && d.is_multiple_of(heads),
-                "d_model is not a multiple of the attention heads",
-            )?;
-        }
-        check(
-            (cfg.pad_token_id as usize) < cfg.vocab_size
-                && (cfg.eos_token_id as usize) < cfg.vocab_size,
-            "pad_token_id or eos_token_id is outside the vocabulary",
-        )?;
         let act = activation(&cfg.activation_function)?;
-        let base = if vb.contains_tensor("model.shared.weight")
-            || vb.contains_tensor("model.encoder.embed_tokens.weight")
-        {
-            vb.pp("model")
-        } else {
-            vb.clone()
-        };
-        let shared = [
-            "shared.weight",
-            "encoder.embed_tokens.weight",
-            "decoder.embed_tokens.weight",
-        ]
-        .into_iter()
-        .find(|n| base.contains_tensor(n))
-        .ok_or_else(|| BackendError::Config("no `shared.weight` tensor".into()))?;
-        let table = base.get((cfg.vocab_size, d), shared)?;
+        let base = base_model(&vb);
+        let table = cfg.table(&base)?;
         let spec = |heads: usize| AttentionSpec {
             d_model: d,
             heads,
@@ -263,7 +299,7 @@ impl M2M100 {
         let pad = cfg.pad_token_id as usize;
         let rows = pad + 1 + cfg.max_position_embeddings;
         Ok(Self {
-            positions: sinusoids(rows, d, pad),
+            positions: fairseq_sinusoids(rows, d, pad),
             encoder,
             encoder_norm: RowNorm::load(d, LN_EPS, base.pp("encoder.layer_norm"))?,
             decoder,
@@ -278,24 +314,6 @@ impl M2M100 {
     /// The model's configuration.
     pub fn config(&self) -> &M2M100Config {
         &self.cfg
-    }
-
-    /// The position row of each token of `ids` (one sequence, no batch
-    /// padding), counting from `start` tokens already seen:
-    /// `create_position_ids_from_input_ids`.
-    fn position_rows(&self, ids: &[u32], start: usize) -> Vec<usize> {
-        let pad = self.cfg.pad_token_id;
-        let mut seen = start;
-        ids.iter()
-            .map(|&t| {
-                if t == pad {
-                    pad as usize
-                } else {
-                    seen += 1;
-                    seen + pad as usize
-                }
-            })
-            .collect()
     }
 
     /// Scaled token embeddings of `ids` plus the position rows `positions`
@@ -365,7 +383,7 @@ impl M2M100 {
                     self.cfg.vocab_size
                 )));
             }
-            positions.extend(self.position_rows(input, 0));
+            positions.extend(counted_positions(input, 0, self.cfg.pad_token_id));
         }
         let mut x = self.embed(&inputs.concat(), &positions)?;
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
@@ -393,16 +411,7 @@ impl EncoderDecoder for M2M100 {
     type State = DecoderState;
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
-        Seq2SeqConfig {
-            vocab_size: self.cfg.vocab_size,
-            pad_token_id: self.cfg.pad_token_id,
-            eos_token_id: self.cfg.eos_token_id,
-            decoder_start_token_id: self
-                .cfg
-                .decoder_start_token_id
-                .unwrap_or(self.cfg.eos_token_id),
-            max_positions: self.cfg.max_position_embeddings,
-        }
+        self.cfg.seq2seq()
     }
 
     fn start(
@@ -437,7 +446,7 @@ impl EncoderDecoder for M2M100 {
         // Each row's one token sits after `state.len()` earlier ones.
         let positions: Vec<usize> = tokens
             .iter()
-            .flat_map(|&t| self.position_rows(&[t], state.len()))
+            .flat_map(|&t| counted_positions(&[t], state.len(), self.cfg.pad_token_id))
             .collect();
         let rows = self.embed(tokens, &positions)?;
         let mut x = Tensor::from_vec(rows, (n, 1, d), &self.device)?;
@@ -470,7 +479,7 @@ mod tests {
 
     #[test]
     fn sinusoids_skip_the_padding_row_and_put_sines_first() {
-        let t = sinusoids(4, 6, 1);
+        let t = fairseq_sinusoids(4, 6, 1);
         assert!(
             t[6..12].iter().all(|&v| v == 0.0),
             "the padding row is zeros"

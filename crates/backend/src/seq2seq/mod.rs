@@ -13,6 +13,7 @@
 pub mod bart;
 mod layers;
 pub mod m2m100;
+pub mod portable;
 mod safetensors;
 pub mod t5;
 pub use layers::DecoderState;

@@ -118,7 +118,7 @@ impl FeedForward {
     fn load(
         vb: VarBuilder,
         cfg: &T5Config,
-        (act, gated): (Epilogue, bool),
+        (gated, act): (bool, Epilogue),
         storage: Storage,
     ) -> candle_core::Result<Self> {
         let (d, ff) = (cfg.d_model, cfg.d_ff);
@@ -164,8 +164,57 @@ struct DecoderBlock {
     ffn: FeedForward,
 }
 
+impl T5Config {
+    /// Refuses a configuration this code cannot run.
+    pub(super) fn check(&self) -> Result<(), BackendError> {
+        if self.model_type != "t5" {
+            return Err(BackendError::Config(format!(
+                "model_type `{}` is not run by the T5 backend (only `t5`)",
+                self.model_type
+            )));
+        }
+        if self.d_model == 0 || self.num_heads == 0 || self.d_kv == 0 {
+            return Err(BackendError::Config(
+                "d_model, num_heads and d_kv must be positive".into(),
+            ));
+        }
+        feed_forward_kind(self).map(|_| ())
+    }
+
+    /// What generation needs to know.
+    pub(super) fn seq2seq(&self) -> Seq2SeqConfig {
+        Seq2SeqConfig {
+            vocab_size: self.vocab_size,
+            pad_token_id: self.pad_token_id,
+            eos_token_id: self.eos_token_id,
+            decoder_start_token_id: self.decoder_start_token_id.unwrap_or(self.pad_token_id),
+            // Relative positions: no table to run past.
+            max_positions: usize::MAX / 2,
+        }
+    }
+}
+
+/// Whether the feed-forward block is gated, and its activation:
+/// `T5Config.__post_init__` reads `gated-ACT` or `ACT`, and `gated-gelu`
+/// runs `gelu_new`.
+pub(super) fn feed_forward_kind(cfg: &T5Config) -> Result<(bool, Epilogue), BackendError> {
+    let parts: Vec<&str> = cfg.feed_forward_proj.split('-').collect();
+    let (gated, act) = match parts.as_slice() {
+        ["gated", "gelu"] => (true, "gelu_new"),
+        ["gated", act] => (true, *act),
+        [act] => (false, *act),
+        _ => {
+            return Err(BackendError::Config(format!(
+                "feed_forward_proj `{}` is not `gated-ACT` or `ACT`",
+                cfg.feed_forward_proj
+            )))
+        }
+    };
+    Ok((gated, activation(act)?))
+}
+
 /// The learned bias of each relative-position bucket, per head.
-struct PositionBias {
+pub(super) struct PositionBias {
     /// `buckets × heads`.
     table: Vec<f32>,
     heads: usize,
@@ -175,7 +224,11 @@ struct PositionBias {
 }
 
 impl PositionBias {
-    fn load(vb: VarBuilder, cfg: &T5Config, bidirectional: bool) -> candle_core::Result<Self> {
+    pub(super) fn load(
+        vb: VarBuilder,
+        cfg: &T5Config,
+        bidirectional: bool,
+    ) -> candle_core::Result<Self> {
         let buckets = cfg.relative_attention_num_buckets;
         let table = vb
             .get((buckets, cfg.num_heads), "relative_attention_bias.weight")?
@@ -192,7 +245,7 @@ impl PositionBias {
 
     /// `[1, heads, queries.len(), keys]`: the bias of each query position
     /// against key positions `0..keys`.
-    fn bias(
+    pub(super) fn bias(
         &self,
         queries: std::ops::Range<usize>,
         keys: usize,
@@ -337,32 +390,8 @@ impl T5 {
     ) -> Result<Self, BackendError> {
         let storage = checkpoint.storage(quantize);
         let (vb, mapped) = (&checkpoint.vb, checkpoint.mapped.as_ref());
-        if cfg.model_type != "t5" {
-            return Err(BackendError::Config(format!(
-                "model_type `{}` is not run by the T5 backend (only `t5`)",
-                cfg.model_type
-            )));
-        }
-        if cfg.d_model == 0 || cfg.num_heads == 0 || cfg.d_kv == 0 {
-            return Err(BackendError::Config(
-                "d_model, num_heads and d_kv must be positive".into(),
-            ));
-        }
-        // `T5Config.__post_init__`: `gated-ACT` or `ACT`; `gated-gelu` runs
-        // `gelu_new`.
-        let parts: Vec<&str> = cfg.feed_forward_proj.split('-').collect();
-        let (gated, act) = match parts.as_slice() {
-            ["gated", "gelu"] => (true, "gelu_new"),
-            ["gated", act] => (true, *act),
-            [act] => (false, *act),
-            _ => {
-                return Err(BackendError::Config(format!(
-                    "feed_forward_proj `{}` is not `gated-ACT` or `ACT`",
-                    cfg.feed_forward_proj
-                )))
-            }
-        };
-        let ffn = (activation(act)?, gated);
+        cfg.check()?;
+        let ffn = feed_forward_kind(&cfg)?;
         let d = cfg.d_model;
         let norm = |vb: VarBuilder| candle_nn::rms_norm(d, cfg.layer_norm_epsilon, vb);
         let spec = AttentionSpec {
@@ -476,17 +505,7 @@ impl EncoderDecoder for T5 {
     type State = T5State;
 
     fn seq2seq_config(&self) -> Seq2SeqConfig {
-        Seq2SeqConfig {
-            vocab_size: self.cfg.vocab_size,
-            pad_token_id: self.cfg.pad_token_id,
-            eos_token_id: self.cfg.eos_token_id,
-            decoder_start_token_id: self
-                .cfg
-                .decoder_start_token_id
-                .unwrap_or(self.cfg.pad_token_id),
-            // Relative positions: no table to run past.
-            max_positions: usize::MAX / 2,
-        }
+        self.cfg.seq2seq()
     }
 
     fn start(&self, inputs: &[Vec<u32>], rows_per_input: usize) -> Result<T5State, BackendError> {

@@ -11,7 +11,7 @@ use precis_backend::seq2seq::backend::{
     target_language, Architecture, Seq2SeqBackend, Seq2SeqOptions,
 };
 use precis_backend::store::{LocatedModel, ModelFamily, ModelSpec, ModelStore, SpecOrigin};
-use precis_backend::{Backend, Quantize};
+use precis_backend::{Backend, Placement, Quantize};
 
 /// Loads models by name for the engine: [`StoreLoader`] from the model
 /// store, `FakeLoader` (feature `test-backend`) in tests.
@@ -80,7 +80,7 @@ impl ModelLoader for FakeLoader {
 /// configured with, so no caller can make it read arbitrary paths.
 pub struct StoreLoader {
     store: Arc<ModelStore>,
-    cuda: bool,
+    placement: Placement,
     open: bool,
     configured: Vec<String>,
     allow_unverified: bool,
@@ -111,10 +111,10 @@ pub(crate) const AD_HOC_LLM_LANGUAGES: &[&str] = &["en", "ru", "hi"];
 impl StoreLoader {
     /// A loader for the CLI: accepts any name the store resolves, and
     /// files without a pinned hash (with a warning).
-    pub fn open(store: Arc<ModelStore>, cuda: bool) -> Self {
+    pub fn open(store: Arc<ModelStore>, placement: Placement) -> Self {
         Self {
             store,
-            cuda,
+            placement,
             open: true,
             configured: Vec::new(),
             allow_unverified: true,
@@ -132,7 +132,7 @@ impl StoreLoader {
     /// `allow_unverified`.
     pub fn closed(
         store: Arc<ModelStore>,
-        cuda: bool,
+        placement: Placement,
         configured: Vec<String>,
         allow_unverified: bool,
     ) -> Self {
@@ -140,7 +140,7 @@ impl StoreLoader {
             open: false,
             configured,
             allow_unverified,
-            ..Self::open(store, cuda)
+            ..Self::open(store, placement)
         }
     }
 
@@ -338,6 +338,8 @@ impl ModelLoader for StoreLoader {
                     license: spec.manifest.as_ref().map(|m| m.license.clone()),
                     gguf,
                     quantize: self.quantize.of(id),
+                    placement: self.placement,
+                    portable: false,
                 },
             )?;
             return Ok(Box::new(model));
@@ -359,7 +361,7 @@ impl ModelLoader for StoreLoader {
                 revision: Some(located.revision.clone()),
                 target_languages,
                 license: spec.manifest.as_ref().map(|m| m.license.clone()),
-                cuda: self.cuda,
+                placement: self.placement,
                 threads: 0,
                 speculation: Speculation::default(),
             },
