@@ -34,6 +34,10 @@
 //! - `PRECIS_BENCH_DRAFT`: a draft model (manifest id or `.gguf` path, same
 //!   vocabulary) for the speculative section's `draft-model` line
 //!   (Qwen2.5-Coder-0.5B for the 1.5B); unset: no such line
+//! - `PRECIS_BENCH_DEVICE` [cpu]: `cuda` / `cuda:N` runs the model on that GPU
+//!   through candle's quantized models (a build with `--features cuda`);
+//!   speculative decoding and the greedy ids are the CPU decoder's, and are
+//!   left out there
 //! - `PRECIS_BENCH_JSON`: also write the figures as JSON to this path: model,
 //!   file, threads, the prompt's token ids, prefill/decode tok/s, peak RSS,
 //!   load time, and the greedy ids (from an extra, untimed pure arg-max run of
@@ -54,7 +58,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use precis_backend::gguf::{GgufModel, GgufOptions, Speculation};
-use precis_backend::{Backend, ChatMessage, Flow, GenerationRequest};
+use precis_backend::{Backend, ChatMessage, Flow, GenerationRequest, Placement};
 use precis_core::task::{clean, prompt, Length};
 
 fn main() -> anyhow::Result<()> {
@@ -70,6 +74,17 @@ fn main() -> anyhow::Result<()> {
     let skip_ids = std::env::var("PRECIS_BENCH_IDS").is_ok_and(|v| v.trim() == "0");
     let want_ids = json_path.is_some() && !skip_ids;
 
+    let placement: Placement = std::env::var("PRECIS_BENCH_DEVICE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("PRECIS_BENCH_DEVICE: {e}"))
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let on_cpu = placement == Placement::Cpu;
+    let want_ids = want_ids && on_cpu;
     let (id, path) = gguf_file(&model_name)?;
     let load_start = Instant::now();
     let mut model = GgufModel::load(
@@ -80,6 +95,7 @@ fn main() -> anyhow::Result<()> {
             // Plain decoding, as llama.cpp's greedy run; speculative
             // decoding is measured on its own below.
             speculation: Speculation::Off,
+            placement,
             ..GgufOptions::default()
         },
     )?;
@@ -224,13 +240,17 @@ fn main() -> anyhow::Result<()> {
     let spec_tokens = env_usize("PRECIS_BENCH_SPEC_TOKENS", 128)?;
     let mut speculative = Vec::new();
     let mut plain_text: Option<String> = None;
-    let mut methods = vec![
-        ("plain", Speculation::Off),
-        ("prompt-lookup", Speculation::PromptLookup),
-    ];
+    let mut methods = if on_cpu {
+        vec![
+            ("plain", Speculation::Off),
+            ("prompt-lookup", Speculation::PromptLookup),
+        ]
+    } else {
+        Vec::new()
+    };
     if let Some(draft) = std::env::var("PRECIS_BENCH_DRAFT")
         .ok()
-        .filter(|v| !v.is_empty())
+        .filter(|v| on_cpu && !v.is_empty())
     {
         let (draft_id, draft) = load_gguf(&draft, threads)?;
         println!("draft model      {draft_id}");
@@ -298,6 +318,7 @@ fn main() -> anyhow::Result<()> {
             "file": path.display().to_string(),
             "article": article_path.display().to_string(),
             "threads": threads,
+            "device": placement.to_string(),
             "rayon_threads": rayon::current_num_threads(),
             "candle_threads": candle_core::utils::get_num_threads(),
             "load_s": load_s,

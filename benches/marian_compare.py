@@ -761,10 +761,15 @@ def cmd_transformers(args) -> None:
     load_start = time.perf_counter()
     tok = load_tokenizer(args.model)
     classes = {"marian": MarianMTModel, "bart": BartForConditionalGeneration, "nllb": M2M100ForConditionalGeneration}
-    model = classes[family].from_pretrained(args.model)
+    dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    model = classes[family].from_pretrained(args.model, dtype=dtype).to(args.device)
     model.eval()
     load_s = time.perf_counter() - load_start
-    encoded = [tok(b, padding=True, return_tensors="pt") for b in batches_of(inputs, args.batch)]
+    encoded = [tok(b, padding=True, return_tensors="pt").to(args.device) for b in batches_of(inputs, args.batch)]
+
+    def sync():
+        if args.device != "cpu":
+            torch.cuda.synchronize()
     input_ids = [tok(s)["input_ids"] for s in inputs]
     # On top of the checkpoint's generation_config.json (BART: its forced
     # <s> first and </s> at the last position, no_repeat_ngram_size 3,
@@ -786,6 +791,8 @@ def cmd_transformers(args) -> None:
         "batch": args.batch,
         "threads": args.threads,
         "torch_threads": torch.get_num_threads(),
+        "device": args.device,
+        "dtype": args.dtype,
         "tokens": args.tokens,
         "load_s": load_s,
         "input_ids": input_ids,
@@ -799,8 +806,14 @@ def cmd_transformers(args) -> None:
                 run["ids"] = [row for o in outs for row in o.tolist()]
             else:
                 model.generate(**encoded[0], num_beams=b, **kwargs)  # warm-up, untimed
+                sync()
+                if args.device != "cpu":
+                    torch.cuda.reset_peak_memory_stats()
                 with Clock() as clock:
                     outs = [model.generate(**e, num_beams=b, **kwargs) for e in encoded]
+                    sync()
+                if args.device != "cpu":
+                    run["peak_gpu_mb"] = torch.cuda.max_memory_allocated() / 2**20
                 wall = clock.wall
                 new = [o.shape[1] - 1 for o in outs]
                 run.update(
@@ -820,6 +833,54 @@ def cmd_transformers(args) -> None:
             report["runs"].append(run)
     report["peak_rss_mb"] = peak_rss_mb()
     write_json(args.out, report)
+
+
+# ---------------------------------------------------------------------------
+# Recipes: a full-size checkpoint carried without its weights
+# ---------------------------------------------------------------------------
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", MARKER)
+
+
+def cmd_recipe(args) -> None:
+    """The checkpoint's files but its weights (config, generation settings,
+    tokenizer), and its first --count inputs as inputs.txt: a few MB that
+    `weights` turns back into a checkpoint of the same shape elsewhere."""
+    out = Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for p in sorted(Path(args.model).iterdir()):
+        if p.is_file() and p.name not in WEIGHT_FILES:
+            shutil.copy(p, out / p.name)
+    lines = read_lines(args.inputs, args.count)
+    (out / "inputs.txt").write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    size = sum(p.stat().st_size for p in out.iterdir())
+    print(f"recipe {out}: {len(lines)} inputs, {size / 2**20:.1f} MiB")
+
+
+def cmd_weights(args) -> None:
+    """The recipe's checkpoint with random weights (init_std of its config,
+    seeded; Marian's <pad> embedding row zero, as the real one's), saved as
+    model.safetensors beside the recipe's files."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, GenerationConfig
+
+    recipe, out = Path(args.recipe), Path(args.out)
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(recipe, out)
+    (out / "inputs.txt").unlink(missing_ok=True)
+    config = AutoConfig.from_pretrained(str(recipe))
+    torch.manual_seed(args.seed)
+    model = AutoModelForSeq2SeqLM.from_config(config)
+    if config.model_type == "marian":
+        with torch.no_grad():
+            model.get_input_embeddings().weight[config.pad_token_id].zero_()
+    if (recipe / "generation_config.json").exists():
+        model.generation_config = GenerationConfig.from_pretrained(str(recipe))
+    model.save_pretrained(str(out), safe_serialization=True)
+    params = sum(p.numel() for p in model.parameters())
+    print(f"checkpoint {out}: {config.model_type}, {params / 1e6:.1f} M parameters, random (seed {args.seed})")
 
 
 # ---------------------------------------------------------------------------
@@ -1231,6 +1292,19 @@ def main() -> None:
 
     t = sub.add_parser("transformers", help="time transformers (or record ids with --sample)")
     t.add_argument("--model", required=True)
+    t.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N")
+    t.add_argument("--dtype", default="f32", choices=["f32", "f16", "bf16"])
+
+    rc = sub.add_parser("recipe", help="a checkpoint without its weights, and its first inputs: what scripts/gpu-check.sh carries")
+    rc.add_argument("--model", required=True)
+    rc.add_argument("--inputs", required=True)
+    rc.add_argument("--count", type=int, required=True)
+    rc.add_argument("--out", required=True)
+
+    w = sub.add_parser("weights", help="a recipe's checkpoint with random weights of its config (made where it runs)")
+    w.add_argument("--recipe", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--seed", type=int, default=20240611)
     common(t, True)
 
     cc = sub.add_parser("ct2-convert", help="convert the checkpoint for CTranslate2")
@@ -1274,6 +1348,8 @@ def main() -> None:
         "checkpoint": cmd_checkpoint,
         "inputs": cmd_inputs,
         "transformers": cmd_transformers,
+        "recipe": cmd_recipe,
+        "weights": cmd_weights,
         "ct2-convert": cmd_ct2_convert,
         "ct2": cmd_ct2,
         "ct2-agreement": cmd_ct2_agreement,

@@ -61,6 +61,10 @@
 //! - `PRECIS_BENCH_SAMPLE=N`: time nothing; generate the first N inputs
 //!   and record the ids (for the equality check against transformers).
 //! - `PRECIS_BENCH_JSON`: write the figures (and the ids) to this path.
+//! - `PRECIS_BENCH_DEVICE` [cpu]: `cuda` / `cuda:N` runs the portable path
+//!   on that GPU (a build with `--features cuda`), `PRECIS_BENCH_DTYPE`
+//!   [f32] in f32, f16 or bf16; `PRECIS_BENCH_PORTABLE=1` runs the portable
+//!   path on the CPU.
 
 /// The allocator the `precis` binary uses (see `src/main.rs`).
 #[global_allocator]
@@ -73,10 +77,11 @@ use std::cell::Cell;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use candle_core::Device;
+use candle_core::{DType, Device};
 use precis_backend::seq2seq::backend::checkpoint_generation;
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
+use precis_backend::seq2seq::portable::Portable;
 use precis_backend::seq2seq::{
     generate, pad_outputs, teacher_forced_top1, EncoderDecoder, GenerationConfig,
     GenerationSettings, Seq2SeqConfig,
@@ -84,7 +89,7 @@ use precis_backend::seq2seq::{
 use precis_backend::tokenizer::checkpoint::{CheckpointTokenizer, Family};
 use precis_backend::tokenizer::m2m::ManyToManyTokenizer;
 use precis_backend::tokenizer::marian::MarianTokenizer;
-use precis_backend::{BackendError, Quantize};
+use precis_backend::{BackendError, Placement, Quantize};
 
 /// Jiffies of the whole machine so far: (all, idle + iowait).
 fn machine_jiffies() -> Option<(u64, u64)> {
@@ -375,8 +380,32 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    let placement: Placement = std::env::var("PRECIS_BENCH_DEVICE")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .map(|v| {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("PRECIS_BENCH_DEVICE: {e}"))
+        })
+        .transpose()?
+        .unwrap_or_default();
+    let dtype = match std::env::var("PRECIS_BENCH_DTYPE").as_deref() {
+        Err(_) | Ok("" | "f32") => DType::F32,
+        Ok("f16") => DType::F16,
+        Ok("bf16") => DType::BF16,
+        Ok(other) => anyhow::bail!("PRECIS_BENCH_DTYPE wants f32, f16 or bf16, not `{other}`"),
+    };
+    let portable = placement != Placement::Cpu
+        || std::env::var("PRECIS_BENCH_PORTABLE").is_ok_and(|v| v == "1");
+    if portable && !quantize.is_none() {
+        anyhow::bail!("PRECIS_BENCH_QUANTIZE=int8 runs on the CPU path only");
+    }
     let load_start = Instant::now();
-    let model = Model::load(&dir, family, quantize)?;
+    let model = if portable {
+        Model::Portable(Portable::load(&dir, &placement.device()?, dtype)?)
+    } else {
+        Model::load(&dir, family, quantize)?
+    };
     let load_s = load_start.elapsed().as_secs_f64();
 
     println!("checkpoint       {} ({})", dir.display(), family.name());
@@ -400,7 +429,15 @@ fn main() -> anyhow::Result<()> {
             "warning: the thread pools are not of {threads} threads: figures are not comparable"
         );
     }
-    println!("load             {load_s:.2} s");
+    println!(
+        "load             {load_s:.2} s ({} path on {placement}{})",
+        if portable { "portable" } else { "CPU" },
+        if portable {
+            format!(", {dtype:?}")
+        } else {
+            String::new()
+        }
+    );
     println!(
         "protocol         batches of {batch}, exactly {tokens} new tokens per input \
          (min_new_tokens = max_new_tokens), tok/s = {tokens} × inputs / wall s of generation"
@@ -417,6 +454,7 @@ fn main() -> anyhow::Result<()> {
     let runs = match &model {
         Model::Bart(m) => plan.run(m)?,
         Model::M2M100(m) => plan.run(m)?,
+        Model::Portable(m) => plan.run(m)?,
     };
     let peak_mb = peak_rss_mb();
     if let Some(mb) = peak_mb {
@@ -438,6 +476,9 @@ fn main() -> anyhow::Result<()> {
             "tokens": tokens,
             "load_s": load_s,
             "quantize": quantize.name(),
+            "device": placement.to_string(),
+            "path": if portable { "portable" } else { "cpu" },
+            "dtype": format!("{dtype:?}").to_lowercase(),
             "peak_rss_mb": peak_mb,
             "input_ids": input_ids,
             "runs": runs,
@@ -466,6 +507,7 @@ struct Plan<'a> {
 enum Model {
     Bart(Bart),
     M2M100(M2M100),
+    Portable(Portable),
 }
 
 impl Model {

@@ -11,7 +11,7 @@ mod parity;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use parity::{batch_inputs, ids, reference};
+use parity::recorded_pairs;
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::t5::T5;
@@ -23,35 +23,12 @@ use precis_backend::Quantize;
 /// same integer sums, so other CPUs give the same figures.
 const FLOOR: f64 = 0.97;
 
-/// Each recorded output of the fixture, with its input: what transformers
-/// generated under every recorded setting, the decoder start token dropped
-/// and cut after the first end token; each (input, output) pair once.
-fn targets(dir: &Path, eos: u32) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
-    let r = reference(dir);
-    let inputs = batch_inputs(&r);
-    let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
-    for case in r["generation"].as_array().expect("generation cases") {
-        for (input, seq) in inputs.iter().zip(case["sequences"].as_array().unwrap()) {
-            let seq = ids(seq);
-            let mut out: Vec<u32> = seq.into_iter().skip(1).collect();
-            if let Some(end) = out.iter().position(|&t| t == eos) {
-                out.truncate(end + 1);
-            }
-            let pair = (input.clone(), out);
-            if !pair.1.is_empty() && !pairs.contains(&pair) {
-                pairs.push(pair);
-            }
-        }
-    }
-    pairs.into_iter().unzip()
-}
-
 /// Positions where the two models' teacher-forced top-1 tokens agree, and
 /// positions read. With `PRECIS_AGREEMENT_OUT` set, the inputs, targets and
 /// figures also go to `NAME.json` in that folder, where
 /// `benches/int8-agreement.sh` gives the same to CTranslate2.
 fn agreement<M: EncoderDecoder>(f32_model: &M, int8_model: &M, dir: &Path) -> (usize, usize) {
-    let (inputs, targets) = targets(dir, f32_model.seq2seq_config().eos_token_id);
+    let (inputs, targets) = recorded_pairs(dir, f32_model.seq2seq_config().eos_token_id);
     let out = std::env::var_os("PRECIS_AGREEMENT_OUT");
     let a = teacher_forced_top1(f32_model, &inputs, &targets).expect("f32 runs");
     let b = teacher_forced_top1(int8_model, &inputs, &targets).expect("int8 runs");
@@ -124,7 +101,7 @@ fn int8_is_deterministic_and_batch_independent() {
     let dir = parity::fixture("marian", "tiny-en-ru");
     let cpu = Device::Cpu;
     let q = Bart::load_quantized(&dir, &cpu, Quantize::Int8).unwrap();
-    let (inputs, targets) = targets(&dir, q.seq2seq_config().eos_token_id);
+    let (inputs, targets) = recorded_pairs(&dir, q.seq2seq_config().eos_token_id);
     let all = teacher_forced_top1(&q, &inputs, &targets).unwrap();
     let again = Bart::load_quantized(&dir, &cpu, Quantize::Int8).unwrap();
     assert_eq!(teacher_forced_top1(&again, &inputs, &targets).unwrap(), all);

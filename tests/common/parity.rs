@@ -17,12 +17,15 @@ use serde_json::Value;
 /// Tolerance of tensor comparisons.
 pub const TOLERANCE: f32 = 1e-4;
 
-/// A fixture checkpoint directory: `tests/fixtures/{family}/{name}`.
+/// A fixture checkpoint directory: `tests/fixtures/{family}/{name}`, or
+/// under `PRECIS_TEST_FIXTURES` when set (a test binary run on another
+/// machine, as `scripts/gpu-check.sh` runs one, from another checkout).
 pub fn fixture(family: &str, name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures")
-        .join(family)
-        .join(name)
+    let root = match std::env::var_os("PRECIS_TEST_FIXTURES") {
+        Some(dir) => PathBuf::from(dir),
+        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+    };
+    root.join(family).join(name)
 }
 
 /// A copy of the fixture directory `from` in `to` (created), every file
@@ -256,4 +259,27 @@ impl StdinText for std::process::Command {
             .unwrap();
         child.wait_with_output().unwrap()
     }
+}
+
+/// Each recorded output of the fixture, with its input: what transformers
+/// generated under every recorded setting, the decoder start token dropped
+/// and cut after the first end token; each (input, output) pair once.
+pub fn recorded_pairs(dir: &Path, eos: u32) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
+    let r = reference(dir);
+    let inputs = batch_inputs(&r);
+    let mut pairs: Vec<(Vec<u32>, Vec<u32>)> = Vec::new();
+    for case in r["generation"].as_array().expect("generation cases") {
+        for (input, seq) in inputs.iter().zip(case["sequences"].as_array().unwrap()) {
+            let seq = ids(seq);
+            let mut out: Vec<u32> = seq.into_iter().skip(1).collect();
+            if let Some(end) = out.iter().position(|&t| t == eos) {
+                out.truncate(end + 1);
+            }
+            let pair = (input.clone(), out);
+            if !pair.1.is_empty() && !pairs.contains(&pair) {
+                pairs.push(pair);
+            }
+        }
+    }
+    pairs.into_iter().unzip()
 }

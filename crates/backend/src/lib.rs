@@ -273,8 +273,30 @@ impl Placement {
 
 #[cfg(feature = "cuda")]
 fn cuda_device(ordinal: usize) -> Result<candle_core::Device, BackendError> {
-    // A missing driver library panics inside the CUDA bindings rather than
-    // returning an error: caught here, it is the same one-line refusal.
+    // The libraries candle's CUDA bindings load when a device is opened (a
+    // build by scripts/cuda-build.sh loads them at run time): each by the
+    // names those bindings try. Without one, the bindings would panic.
+    const LIBRARIES: [(&str, &str); 5] = [
+        ("cuda", "the NVIDIA driver's library"),
+        ("cublas", "cuBLAS"),
+        ("cublasLt", "cuBLASLt"),
+        ("curand", "cuRAND"),
+        ("nvrtc", "NVRTC"),
+    ];
+    for (name, what) in LIBRARIES {
+        let found = ["", ".1", ".13", ".12"].iter().any(|suffix| {
+            // SAFETY: loading a CUDA library runs only its initialisers,
+            // which set nothing this process relies on.
+            #[allow(unsafe_code)]
+            let loaded = unsafe { libloading::Library::new(format!("lib{name}.so{suffix}")) };
+            loaded.is_ok()
+        });
+        if !found {
+            return Err(BackendError::Device(format!(
+                "no CUDA GPU here: {what} (lib{name}.so) cannot be loaded; on a GPU machine put CUDA 12 or 13's library folder on LD_LIBRARY_PATH, or run with --device cpu"
+            )));
+        }
+    }
     let opened = std::panic::catch_unwind(|| candle_core::Device::new_cuda(ordinal));
     match opened {
         Ok(Ok(device)) => Ok(device),
@@ -282,7 +304,7 @@ fn cuda_device(ordinal: usize) -> Result<candle_core::Device, BackendError> {
             "no CUDA GPU {ordinal} here ({e}); run with --device cpu"
         ))),
         Err(_) => Err(BackendError::Device(format!(
-            "no CUDA GPU {ordinal} here (the CUDA driver could not be loaded); run with --device cpu"
+            "CUDA GPU {ordinal} could not be opened (see the message above); run with --device cpu"
         ))),
     }
 }

@@ -92,7 +92,11 @@ impl Attention {
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
         let (n, t, _) = x.dims3()?;
-        let q = self.split(&(self.q.forward(x)? * self.scale)?)?;
+        let mut q = self.q.forward(x)?;
+        if self.scale != 1.0 {
+            q = (q * self.scale)?;
+        }
+        let q = self.split(&q)?;
         let mut scores = q.matmul(&k.transpose(2, 3)?)?;
         if let Some(bias) = bias {
             scores = scores.broadcast_add(bias)?;
@@ -230,13 +234,15 @@ impl Portable {
             Some("marian" | "bart") => Self::bart(read_config(dir)?, vb),
             Some("m2m_100") => Self::m2m100(read_config(dir)?, vb),
             Some("t5") => Self::t5(read_config(dir)?, vb),
-            other => return Err(BackendError::load(
-                &dir.join("config.json"),
-                format!(
+            other => {
+                return Err(BackendError::load(
+                    &dir.join("config.json"),
+                    format!(
                     "model_type {} is not one the portable path runs (marian, bart, m2m_100, t5)",
                     other.map_or("(none)".to_string(), |t| format!("`{t}`"))
                 ),
-            )),
+                ))
+            }
         };
         model.map_err(|e| match e {
             BackendError::Candle(e) => BackendError::load(&file, e),
