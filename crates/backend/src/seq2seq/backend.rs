@@ -391,19 +391,18 @@ impl Seq2SeqBackend {
                 "--quantize int8 runs on the CPU's own kernels only; on a GPU the weights run in f32 (drop --quantize, or use --device cpu)".into(),
             ));
         }
-        if let (Some(gguf), true) = (&options.gguf, portable) {
-            return Err(BackendError::load(
-                gguf,
-                "GGUF encoder-decoder weights run on the CPU only; use --device cpu, or the checkpoint's safetensors",
-            ));
-        }
         // The network on this device: the CPU's own kernels, or the
         // portable path anywhere else.
         let network = |cpu: &dyn Fn() -> Result<Network, BackendError>| {
             if device.is_cpu() && !options.portable {
                 cpu()
             } else {
-                Ok(Network::Portable(Portable::load(dir, &device, DType::F32)?))
+                Ok(Network::Portable(Portable::load_weights(
+                    dir,
+                    options.gguf.as_deref(),
+                    &device,
+                    DType::F32,
+                )?))
             }
         };
         let (network, tokenizer, kind, context_length, base, prefix): (
