@@ -38,6 +38,10 @@
 //!   through candle's quantized models (a build with `--features cuda`);
 //!   speculative decoding and the greedy ids are the CPU decoder's, and are
 //!   left out there
+//! - `PRECIS_BENCH_SKELETON_OUT`: write the model's skeleton (metadata and
+//!   tensor shapes, no weights) to this path and stop; a skeleton given as
+//!   the model is made into a model of random weights of those shapes and
+//!   block types, and timed (`scripts/gpu-check.sh` carries skeletons)
 //! - `PRECIS_BENCH_JSON`: also write the figures as JSON to this path: model,
 //!   file, threads, the prompt's token ids, prefill/decode tok/s, peak RSS,
 //!   load time, and the greedy ids (from an extra, untimed pure arg-max run of
@@ -50,11 +54,11 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 use common::{
-    argmax_params, bench_article, bench_threads, cpu_seconds, env_usize, gguf_file, load_gguf,
-    peak_rss_mb, proc_status_field,
+    argmax_params, bench_article, bench_threads, cpu_seconds, env_usize, gguf_file, is_skeleton,
+    load_gguf, peak_rss_mb, proc_status_field, synthesize, write_skeleton,
 };
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use precis_backend::gguf::{GgufModel, GgufOptions, Speculation};
@@ -85,7 +89,27 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_default();
     let on_cpu = placement == Placement::Cpu;
     let want_ids = want_ids && on_cpu;
-    let (id, path) = gguf_file(&model_name)?;
+    let (id, mut path) = gguf_file(&model_name)?;
+    if let Some(out) = std::env::var_os("PRECIS_BENCH_SKELETON_OUT").filter(|v| !v.is_empty()) {
+        write_skeleton(&path, Path::new(&out))?;
+        println!(
+            "skeleton of {} written to {}",
+            path.display(),
+            Path::new(&out).display()
+        );
+        return Ok(());
+    }
+    if is_skeleton(&path)? {
+        let real = std::env::temp_dir().join(format!("precis-synthetic-{id}.gguf"));
+        let start = Instant::now();
+        synthesize(&path, &real)?;
+        println!(
+            "model            random weights in the shapes and block types of {} ({:.1} s to make)",
+            path.display(),
+            start.elapsed().as_secs_f64()
+        );
+        path = real;
+    }
     let load_start = Instant::now();
     let mut model = GgufModel::load(
         &path,

@@ -102,3 +102,105 @@ pub fn cpu_seconds() -> Option<f64> {
     let stime: f64 = fields.get(12)?.parse().ok()?;
     Some((utime + stime) / 100.0)
 }
+
+/// The metadata key under which a skeleton lists its tensors.
+const SKELETON_KEY: &str = "precis.skeleton.tensors";
+
+/// Writes to `out` the *skeleton* of the GGUF model `model`: its metadata
+/// (architecture, sizes, tokenizer, chat template) and each tensor's name,
+/// type and shape, without the weights: a few MB that stand for a model of
+/// hundreds (`scripts/gpu-check.sh` carries SmolLM2's and Qwen2.5-Coder-
+/// 0.5B's to a GPU machine, where [`synthesize`] makes the model again with
+/// random weights: the same shapes and block types, so the same speed).
+pub fn write_skeleton(model: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use candle_core::quantized::gguf_file::{Content, Value};
+    let content = Content::read(&mut std::fs::File::open(model)?)?;
+    let mut tensors: Vec<(&String, _)> = content.tensor_infos.iter().collect();
+    tensors.sort_by_key(|(_, info)| info.offset);
+    let listed = Value::Array(
+        tensors
+            .iter()
+            .map(|(name, info)| {
+                let dims: Vec<String> = info.shape.dims().iter().map(usize::to_string).collect();
+                Value::String(format!("{name}|{:?}|{}", info.ggml_dtype, dims.join(",")))
+            })
+            .collect(),
+    );
+    let mut metadata: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    metadata.sort_by_key(|(k, _)| *k);
+    metadata.push((SKELETON_KEY, &listed));
+    let mut file = std::fs::File::create(out)?;
+    candle_core::quantized::gguf_file::write(&mut file, &metadata, &[])?;
+    Ok(())
+}
+
+/// Whether `path` is a skeleton ([`write_skeleton`]).
+pub fn is_skeleton(path: &std::path::Path) -> anyhow::Result<bool> {
+    use candle_core::quantized::gguf_file::Content;
+    let content = Content::read(&mut std::fs::File::open(path)?)?;
+    Ok(content.metadata.contains_key(SKELETON_KEY))
+}
+
+/// The model a skeleton stands for, written to `out`: its metadata, and
+/// each tensor in its type and shape, quantized from random values (normal,
+/// σ 0.02; vectors, the norms' gains and biases, ones), tensors in parallel.
+pub fn synthesize(skeleton: &std::path::Path, out: &std::path::Path) -> anyhow::Result<()> {
+    use candle_core::quantized::gguf_file::{Content, Value};
+    use candle_core::quantized::{GgmlDType, QTensor};
+    use candle_core::{Device, Tensor};
+    use rayon::prelude::*;
+    let content = Content::read(&mut std::fs::File::open(skeleton)?)?;
+    let Some(Value::Array(listed)) = content.metadata.get(SKELETON_KEY) else {
+        anyhow::bail!("{} is not a skeleton", skeleton.display());
+    };
+    let dtype = |name: &str| -> anyhow::Result<GgmlDType> {
+        use GgmlDType::*;
+        let all = [
+            F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q8_1, Q2K, Q3K, Q4K, Q5K, Q6K, Q8K,
+        ];
+        all.into_iter()
+            .find(|d| format!("{d:?}") == name)
+            .ok_or_else(|| anyhow::anyhow!("unknown block type {name}"))
+    };
+    let specs: Vec<(String, GgmlDType, Vec<usize>)> = listed
+        .iter()
+        .map(|v| {
+            let s = v.to_string()?;
+            let mut parts = s.split('|');
+            let (Some(name), Some(kind), Some(dims)) = (parts.next(), parts.next(), parts.next())
+            else {
+                anyhow::bail!("a skeleton entry `{s}` is not name|type|dims");
+            };
+            let dims = dims
+                .split(',')
+                .map(|d| d.parse::<usize>().map_err(anyhow::Error::from))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            Ok((name.to_string(), dtype(kind)?, dims))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let tensors: Vec<(String, QTensor)> = specs
+        .into_par_iter()
+        .map(|(name, kind, dims)| -> anyhow::Result<(String, QTensor)> {
+            let values = if dims.len() == 1 {
+                Tensor::ones(dims.as_slice(), candle_core::DType::F32, &Device::Cpu)?
+            } else {
+                Tensor::randn(0f32, 0.02, dims.as_slice(), &Device::Cpu)?
+            };
+            Ok((name, QTensor::quantize(&values, kind)?))
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let metadata: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| k.as_str() != SKELETON_KEY)
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut file = std::io::BufWriter::new(std::fs::File::create(out)?);
+    candle_core::quantized::gguf_file::write(&mut file, &metadata, &refs)?;
+    Ok(())
+}
