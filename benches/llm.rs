@@ -54,8 +54,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
 use common::{
-    argmax_params, bench_article, bench_threads, cpu_seconds, env_usize, gguf_file, is_skeleton,
-    load_gguf, peak_rss_mb, proc_status_field, synthesize, write_skeleton,
+    argmax_params, bench_article, bench_device, bench_threads, cpu_seconds, env_usize, gguf_file,
+    is_skeleton, load_gguf, peak_rss_mb, proc_status_field, synthesize, write_skeleton,
 };
 
 use std::path::{Path, PathBuf};
@@ -78,15 +78,7 @@ fn main() -> anyhow::Result<()> {
     let skip_ids = std::env::var("PRECIS_BENCH_IDS").is_ok_and(|v| v.trim() == "0");
     let want_ids = json_path.is_some() && !skip_ids;
 
-    let placement: Placement = std::env::var("PRECIS_BENCH_DEVICE")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| {
-            v.parse()
-                .map_err(|e| anyhow::anyhow!("PRECIS_BENCH_DEVICE: {e}"))
-        })
-        .transpose()?
-        .unwrap_or_default();
+    let placement = bench_device()?;
     let on_cpu = placement == Placement::Cpu;
     let want_ids = want_ids && on_cpu;
     let (id, mut path) = gguf_file(&model_name)?;

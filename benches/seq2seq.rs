@@ -71,7 +71,7 @@
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod common;
-use common::{cpu_seconds, env_usize, peak_rss_mb};
+use common::{bench_device, cpu_seconds, env_usize, peak_rss_mb};
 
 use std::cell::Cell;
 use std::path::{Path, PathBuf};
@@ -380,15 +380,7 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
-    let placement: Placement = std::env::var("PRECIS_BENCH_DEVICE")
-        .ok()
-        .filter(|v| !v.trim().is_empty())
-        .map(|v| {
-            v.parse()
-                .map_err(|e| anyhow::anyhow!("PRECIS_BENCH_DEVICE: {e}"))
-        })
-        .transpose()?
-        .unwrap_or_default();
+    let placement = bench_device()?;
     let dtype = match std::env::var("PRECIS_BENCH_DTYPE").as_deref() {
         Err(_) | Ok("" | "f32") => DType::F32,
         Ok("f16") => DType::F16,

@@ -29,6 +29,17 @@ pub fn bench_threads() -> anyhow::Result<usize> {
     Ok(threads)
 }
 
+/// The `PRECIS_BENCH_DEVICE` knob: where the model runs (`cpu`, the
+/// default, or `cuda` / `cuda:N`).
+pub fn bench_device() -> anyhow::Result<precis_backend::Placement> {
+    match std::env::var("PRECIS_BENCH_DEVICE") {
+        Ok(v) if !v.trim().is_empty() => v
+            .parse()
+            .map_err(|e| anyhow::anyhow!("PRECIS_BENCH_DEVICE: {e}")),
+        _ => Ok(precis_backend::Placement::Cpu),
+    }
+}
+
 /// The article a bench reads: `PRECIS_BENCH_ARTICLE`, else the sample.
 pub fn bench_article() -> std::path::PathBuf {
     std::env::var("PRECIS_BENCH_ARTICLE")

@@ -391,6 +391,13 @@ impl Seq2SeqBackend {
                 "--quantize int8 runs on the CPU's own kernels only; on a GPU the weights run in f32 (drop --quantize, or use --device cpu)".into(),
             ));
         }
+        let bart = || {
+            Ok(Network::Bart(Bart::load_quantized(
+                dir,
+                &device,
+                options.quantize,
+            )?))
+        };
         // The network on this device: the CPU's own kernels, or the
         // portable path anywhere else.
         let network = |cpu: &dyn Fn() -> Result<Network, BackendError>| {
@@ -425,13 +432,7 @@ impl Seq2SeqBackend {
                 let tokenizer =
                     MarianTokenizer::from_dir(dir).map_err(|e| BackendError::load(dir, e))?;
                 let cfg: BartConfig = read_config(dir)?;
-                let model = network(&|| {
-                    Ok(Network::Bart(Bart::load_quantized(
-                        dir,
-                        &device,
-                        options.quantize,
-                    )?))
-                })?;
+                let model = network(&bart)?;
                 let context = cfg.max_position_embeddings.min(tokenizer.max_length());
                 (
                     model,
@@ -446,13 +447,7 @@ impl Seq2SeqBackend {
                 let tokenizer = CheckpointTokenizer::from_dir(dir, Family::Bart)
                     .map_err(|e| BackendError::load(dir, e))?;
                 let cfg: BartConfig = read_config(dir)?;
-                let model = network(&|| {
-                    Ok(Network::Bart(Bart::load_quantized(
-                        dir,
-                        &device,
-                        options.quantize,
-                    )?))
-                })?;
+                let model = network(&bart)?;
                 let context = cfg.max_position_embeddings;
                 let (base, prefix) = (checkpoint_generation(dir)?, summarization_prefix(dir)?);
                 (

@@ -34,8 +34,8 @@ use candle_nn::{Embedding, LayerNorm, VarBuilder};
 use serde::Deserialize;
 
 use super::layers::{
-    activation, pad, read_config, repad, unpad, weights, Attention, AttentionSpec, Checkpoint,
-    DecoderState, Dense, RowNorm, Storage,
+    activation, pad, read_config, repad, require, unpad, weights, Attention, AttentionSpec,
+    Checkpoint, DecoderState, Dense, RowNorm, Storage,
 };
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::Epilogue;
@@ -109,27 +109,20 @@ impl BartConfig {
     /// Refuses a configuration this code cannot run.
     pub(super) fn check(&self) -> Result<(), BackendError> {
         let d = self.d_model;
-        let check = |ok: bool, what: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BackendError::Config(what.to_string()))
-            }
-        };
-        check(d > 0, "d_model is 0")?;
-        check(
+        require(d > 0, "d_model is 0")?;
+        require(
             self.encoder_attention_heads > 0 && d.is_multiple_of(self.encoder_attention_heads),
             "d_model is not a multiple of encoder_attention_heads",
         )?;
-        check(
+        require(
             self.decoder_attention_heads > 0 && d.is_multiple_of(self.decoder_attention_heads),
             "d_model is not a multiple of decoder_attention_heads",
         )?;
-        check(
+        require(
             self.model_type == "bart" || self.is_marian(),
             "model_type is neither `bart` nor `marian`",
         )?;
-        check(
+        require(
             !self.normalize_before && !self.add_final_layer_norm,
             "pre-norm layers (normalize_before / add_final_layer_norm, as mBART has) are not supported",
         )

@@ -23,6 +23,16 @@ pub(super) fn read_config<T: DeserializeOwned>(dir: &Path) -> Result<T, BackendE
     serde_json::from_str(&text).map_err(|e| BackendError::load(&path, e))
 }
 
+/// `Ok` when `ok`, else the configuration error `what`: a check a family's
+/// configuration must pass before its weights are read.
+pub(super) fn require(ok: bool, what: &str) -> Result<(), BackendError> {
+    if ok {
+        Ok(())
+    } else {
+        Err(BackendError::Config(what.to_string()))
+    }
+}
+
 /// A checkpoint's weights: every tensor by name in f32 (`vb`), the file
 /// they came from, and, for a GGUF file, the mapped file itself, whose
 /// matrices [`Dense`] layers and embedding lookups read in place in their

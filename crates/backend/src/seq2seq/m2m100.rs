@@ -29,8 +29,8 @@ use serde::Deserialize;
 
 use super::bart::{base_model, FeedForward, LN_EPS};
 use super::layers::{
-    activation, read_config, repad, weights, Attention, AttentionSpec, Checkpoint, DecoderState,
-    Dense, RowNorm, Storage,
+    activation, read_config, repad, require, weights, Attention, AttentionSpec, Checkpoint,
+    DecoderState, Dense, RowNorm, Storage,
 };
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::Epilogue;
@@ -151,21 +151,14 @@ impl M2M100Config {
     /// Refuses a configuration this code cannot run.
     pub(super) fn check(&self) -> Result<(), BackendError> {
         let d = self.d_model;
-        let check = |ok: bool, what: &str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(BackendError::Config(what.to_string()))
-            }
-        };
-        check(d >= 4, "d_model is under 4")?;
+        require(d >= 4, "d_model is under 4")?;
         for heads in [self.encoder_attention_heads, self.decoder_attention_heads] {
-            check(
+            require(
                 heads > 0 && d.is_multiple_of(heads),
                 "d_model is not a multiple of the attention heads",
             )?;
         }
-        check(
+        require(
             (self.pad_token_id as usize) < self.vocab_size
                 && (self.eos_token_id as usize) < self.vocab_size,
             "pad_token_id or eos_token_id is outside the vocabulary",

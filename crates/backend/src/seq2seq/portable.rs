@@ -30,7 +30,7 @@ use std::path::Path;
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 
-use super::bart::{marian_sinusoids, BartConfig, LN_EPS};
+use super::bart::{base_model, marian_sinusoids, BartConfig, LN_EPS};
 use super::layers::{activation, pad, read_config, weights, Checkpoint};
 use super::m2m100::{counted_positions, fairseq_sinusoids, M2M100Config};
 use super::t5::{feed_forward_kind, PositionBias, T5Config};
@@ -648,18 +648,6 @@ impl Portable {
             x = norm.forward(&x)?;
         }
         Ok((x, mask))
-    }
-}
-
-/// The base model's weights: under `model.` in checkpoints saved from
-/// `…ForConditionalGeneration`, at the top in those of the bare model.
-fn base_model<'a>(vb: &VarBuilder<'a>) -> VarBuilder<'a> {
-    if vb.contains_tensor("model.shared.weight")
-        || vb.contains_tensor("model.encoder.embed_tokens.weight")
-    {
-        vb.pp("model")
-    } else {
-        vb.clone()
     }
 }
 
