@@ -590,22 +590,35 @@ impl Attention {
         v: &Tensor,
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let (n, t, _) = x.dims3()?;
         let q = self.split(&self.q.forward(x)?)?;
-        let mut scores = q.matmul(&k.t()?)?;
-        if self.scale != 1.0 {
-            scores = (scores * self.scale)?;
-        }
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((n, t, self.heads * self.head_dim))?;
-        self.out.forward(&out)
+        self.out.forward(&attend_heads(&q, k, v, self.scale, bias)?)
     }
+}
+
+/// Attention over split heads: `softmax(q kᵀ · scale + bias) v` for `q`
+/// (`[n, heads, t, hd]`) over `k`, `v` (`[n, heads, s, hd]`), `bias`
+/// broadcast to `[n, heads, t, s]`; the heads joined again,
+/// `[n, t, heads · hd]`. Candle ops only: the CPU path's T5 encoder and
+/// every layer of the portable path run it.
+pub(super) fn attend_heads(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    scale: f64,
+    bias: Option<&Tensor>,
+) -> candle_core::Result<Tensor> {
+    let (n, heads, t, hd) = q.dims4()?;
+    let mut scores = q.matmul(&k.t()?)?;
+    if scale != 1.0 {
+        scores = (scores * scale)?;
+    }
+    if let Some(bias) = bias {
+        scores = scores.broadcast_add(bias)?;
+    }
+    candle_nn::ops::softmax_last_dim(&scores)?
+        .matmul(v)?
+        .transpose(1, 2)?
+        .reshape((n, t, heads * hd))
 }
 
 /// Keys and values of several sequences in [`kernels::attention`]'s

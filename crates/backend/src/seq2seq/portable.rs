@@ -31,7 +31,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 
 use super::bart::{base_model, marian_sinusoids, BartConfig, LN_EPS};
-use super::layers::{activation, pad, read_config, weights, Checkpoint};
+use super::layers::{activation, attend_heads, pad, read_config, weights, Checkpoint};
 use super::m2m100::{counted_positions, fairseq_sinusoids, M2M100Config};
 use super::t5::{feed_forward_kind, PositionBias, T5Config};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
@@ -91,22 +91,8 @@ impl Attention {
         v: &Tensor,
         bias: Option<&Tensor>,
     ) -> candle_core::Result<Tensor> {
-        let (n, t, _) = x.dims3()?;
-        let mut q = self.q.forward(x)?;
-        if self.scale != 1.0 {
-            q = (q * self.scale)?;
-        }
-        let q = self.split(&q)?;
-        let mut scores = q.matmul(&k.transpose(2, 3)?)?;
-        if let Some(bias) = bias {
-            scores = scores.broadcast_add(bias)?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        let out = probs
-            .matmul(v)?
-            .transpose(1, 2)?
-            .reshape((n, t, self.heads * self.head_dim))?;
-        self.out.forward(&out)
+        let q = self.split(&self.q.forward(x)?)?;
+        self.out.forward(&attend_heads(&q, k, v, self.scale, bias)?)
     }
 }
 
