@@ -17,8 +17,9 @@
 #
 # The run, on the GPU (report: $OUT/gpu-check.json, else
 # target/gpu-check/out/gpu-check.json):
-# 1. the machine: GPU, driver, torch and transformers versions; CUDA's
-#    libraries found in the PyTorch install and put on LD_LIBRARY_PATH;
+# 1. the machine: GPU, driver (check: 580 or later, which CUDA 13's PTX
+#    needs), torch and transformers versions; CUDA's libraries found in the
+#    PyTorch install and put on LD_LIBRARY_PATH;
 # 2. parity: the portable path's parity suite (tests/portable_parity.rs) on
 #    --device cuda: every family's fixtures against transformers' recorded
 #    outputs, and f16 / bf16 teacher-forced agreement with f32 (check: at
@@ -50,7 +51,7 @@ mode=run
 device=cuda:0
 while (($#)); do
     case $1 in
-        -h | --help) sed -n '2,44p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h | --help) sed -n '2,45p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --prepare) mode=prepare ;;
         --device) device=${2:?--device wants cpu or cuda:N}; shift ;;
         *) echo "gpu-check.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
@@ -239,6 +240,11 @@ def load(name):
         return None
 report = {"device": device, "gpu": read("gpu.txt").strip(), "python": read("python.txt").strip(), "checks": {}}
 checks = report["checks"]
+# The kernels are CUDA 13 PTX, which the driver compiles at load: a driver
+# older than 580 cannot, and every GPU stage fails for that one reason.
+driver = re.search(r", (\d+)\.[\d.]+, ", report["gpu"])
+if driver:
+    checks["driver_runs_cuda_13_ptx"] = int(driver.group(1)) >= 580
 parity = read("parity.txt")
 summary = re.findall(r"^test result: (\w+)\. (\d+) passed; (\d+) failed", parity, re.M)
 failed = re.findall(r"^    (\S+) *$", parity.split("failures:")[-1], re.M) if "failures:" in parity else []
