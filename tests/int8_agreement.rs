@@ -11,7 +11,7 @@ mod parity;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use parity::recorded_pairs;
+use parity::{recorded_pairs, same_positions};
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::t5::T5;
@@ -32,13 +32,10 @@ fn agreement<M: EncoderDecoder>(f32_model: &M, int8_model: &M, dir: &Path) -> (u
     let out = std::env::var_os("PRECIS_AGREEMENT_OUT");
     let a = teacher_forced_top1(f32_model, &inputs, &targets).expect("f32 runs");
     let b = teacher_forced_top1(int8_model, &inputs, &targets).expect("int8 runs");
-    let mut same = 0;
-    let mut total = 0;
     for (a, b) in a.iter().zip(&b) {
         assert_eq!(a.len(), b.len());
-        same += a.iter().zip(b).filter(|(x, y)| x == y).count();
-        total += a.len();
     }
+    let (same, total) = same_positions(&a, &b);
     if let Some(out) = out {
         let name = dir.file_name().unwrap().to_string_lossy();
         let report = serde_json::json!({

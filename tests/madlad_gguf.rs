@@ -194,20 +194,14 @@ fn teacher_cases(f32_model: &T5) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
 }
 
 /// Top-1 agreement of `model` with `want`, and the number of steps.
-fn agreement(
-    model: &T5,
+fn agreement<M: EncoderDecoder>(
+    model: &M,
     inputs: &[Vec<u32>],
     sequences: &[Vec<u32>],
     want: &[Vec<u32>],
 ) -> (usize, usize) {
     let got = teacher_forced_top1(model, inputs, sequences);
-    let steps = want.iter().map(Vec::len).sum();
-    let agree = want
-        .iter()
-        .zip(&got)
-        .map(|(w, g)| w.iter().zip(g).filter(|(a, b)| a == b).count())
-        .sum();
-    (agree, steps)
+    parity::same_positions(want, &got)
 }
 
 /// Teacher-forced top-1 of each GGUF file against the f32 path.
@@ -282,13 +276,7 @@ fn the_portable_path_runs_a_gguf_checkpoint_dequantized() {
     quantized_values_in_f32(GgmlDType::Q4K, expanded_dir.path());
     let expanded = T5::load(expanded_dir.path(), &Device::Cpu).unwrap();
     let want = teacher_forced_top1(&expanded, &inputs, &sequences);
-    let got = teacher_forced_top1(&portable, &inputs, &sequences);
-    let steps: usize = want.iter().map(Vec::len).sum();
-    let agree: usize = want
-        .iter()
-        .zip(&got)
-        .map(|(w, g)| w.iter().zip(g).filter(|(a, b)| a == b).count())
-        .sum();
+    let (agree, steps) = agreement(&portable, &inputs, &sequences, &want);
     eprintln!("portable on Q4_K: {agree}/{steps} equal to its values in f32 on the CPU path");
     assert!(steps >= 600, "only {steps} steps");
     assert!(agree as f64 >= 0.995 * steps as f64, "{agree}/{steps}");

@@ -18,6 +18,7 @@ use std::path::Path;
 use candle_core::{DType, Device};
 use parity::{
     check_alone_equals_batched, check_forward, check_generation, recorded_pairs, reference,
+    same_positions,
 };
 use precis_backend::seq2seq::backend::checkpoint_generation;
 use precis_backend::seq2seq::portable::Portable;
@@ -143,12 +144,7 @@ fn half_precision_agrees_with_f32() {
         for (dtype, floor) in HALF_FLOOR {
             let half = Portable::load(&dir, &device, dtype).unwrap();
             let got = teacher_forced_top1(&half, &inputs, &targets).unwrap();
-            let total: usize = want.iter().map(Vec::len).sum();
-            let same: usize = want
-                .iter()
-                .zip(&got)
-                .map(|(a, b)| a.iter().zip(b).filter(|(x, y)| x == y).count())
-                .sum();
+            let (same, total) = same_positions(&want, &got);
             let share = same as f64 / total as f64;
             println!("agreement {name} {dtype:?}/f32 = {share:.4} ({same} of {total})");
             assert!(

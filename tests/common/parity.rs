@@ -283,3 +283,15 @@ pub fn recorded_pairs(dir: &Path, eos: u32) -> (Vec<Vec<u32>>, Vec<Vec<u32>>) {
     }
     pairs.into_iter().unzip()
 }
+
+/// Positions where two runs' teacher-forced top-1 tokens agree, and the
+/// positions read (rows paired in order, each row's tokens in order).
+pub fn same_positions(a: &[Vec<u32>], b: &[Vec<u32>]) -> (usize, usize) {
+    let total = a.iter().map(Vec::len).sum();
+    let same = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| x.iter().zip(y).filter(|(p, q)| p == q).count())
+        .sum();
+    (same, total)
+}

@@ -558,10 +558,7 @@ impl Attention {
 
     /// `[n, t, heads · head_dim]` → `[n, heads, t, head_dim]`.
     fn split(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, t, _) = x.dims3()?;
-        x.reshape((n, t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+        split_heads(x, self.heads, self.head_dim)
     }
 
     /// Keys and values of `x` (`rows` rows of `d`, flat): `rows` rows of
@@ -593,6 +590,18 @@ impl Attention {
         let q = self.split(&self.q.forward(x)?)?;
         self.out.forward(&attend_heads(&q, k, v, self.scale, bias)?)
     }
+}
+
+/// `[n, t, heads · head_dim]` → `[n, heads, t, head_dim]`, contiguous.
+pub(super) fn split_heads(
+    x: &Tensor,
+    heads: usize,
+    head_dim: usize,
+) -> candle_core::Result<Tensor> {
+    let (n, t, _) = x.dims3()?;
+    x.reshape((n, t, heads, head_dim))?
+        .transpose(1, 2)?
+        .contiguous()
 }
 
 /// Attention over split heads: `softmax(q kᵀ · scale + bias) v` for `q`

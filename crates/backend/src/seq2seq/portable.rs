@@ -31,7 +31,7 @@ use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{LayerNorm, Linear, RmsNorm, VarBuilder};
 
 use super::bart::{base_model, marian_sinusoids, BartConfig, LN_EPS};
-use super::layers::{activation, attend_heads, pad, read_config, weights, Checkpoint};
+use super::layers::{activation, attend_heads, pad, read_config, split_heads, weights, Checkpoint};
 use super::m2m100::{counted_positions, fairseq_sinusoids, M2M100Config};
 use super::t5::{feed_forward_kind, PositionBias, T5Config};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
@@ -68,10 +68,7 @@ struct Attention {
 impl Attention {
     /// `[n, t, heads · head_dim]` → `[n, heads, t, head_dim]`.
     fn split(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let (n, t, _) = x.dims3()?;
-        x.reshape((n, t, self.heads, self.head_dim))?
-            .transpose(1, 2)?
-            .contiguous()
+        split_heads(x, self.heads, self.head_dim)
     }
 
     /// Keys and values of `x` (`[n, s, d]`), split into heads.
