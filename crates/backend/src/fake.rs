@@ -38,6 +38,7 @@ impl FakeBackend {
                 target_languages: FAKE_LANGUAGES.iter().map(|l| l.to_string()).collect(),
                 license: None,
                 quantize: crate::Quantize::None,
+                device: crate::Placement::Cpu,
             },
         }
     }

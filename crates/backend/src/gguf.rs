@@ -293,6 +293,7 @@ impl GgufModel {
                 target_languages: opts.target_languages,
                 license: opts.license,
                 quantize: crate::Quantize::None,
+                device: opts.placement,
             },
             prefixes: Vec::new(),
             foreign: HashMap::new(),

@@ -260,6 +260,11 @@ pub enum Placement {
 }
 
 impl Placement {
+    /// Whether this is the CPU (a result leaves the device out then).
+    pub fn is_cpu(&self) -> bool {
+        *self == Placement::Cpu
+    }
+
     /// The candle device: a CUDA device is opened here, so a build without
     /// CUDA, a machine without its driver, or an ordinal with no GPU is
     /// refused with one line that says which.
@@ -429,6 +434,10 @@ pub struct ModelInfo {
     /// What precis quantized the weights to at load (absent: nothing).
     #[serde(skip_serializing_if = "Quantize::is_none")]
     pub quantize: Quantize,
+    /// Where it runs (absent: the CPU).
+    #[serde(skip_serializing_if = "Placement::is_cpu")]
+    #[schema(value_type = String, example = "cuda:0")]
+    pub device: Placement,
 }
 
 /// Counts the tokens of a text as the model would see it.
@@ -615,5 +624,53 @@ impl Arrivals for WholeBatch<'_> {
         if let Some(slot) = self.results.get_mut(i) {
             *slot = Some(result);
         }
+    }
+}
+
+#[cfg(test)]
+mod placement_tests {
+    use super::Placement;
+
+    #[test]
+    fn devices_are_named_and_refused_as_the_help_says() {
+        for (text, want) in [
+            ("cpu", Placement::Cpu),
+            ("CUDA", Placement::Cuda(0)),
+            ("cuda:0", Placement::Cuda(0)),
+            (" cuda:3 ", Placement::Cuda(3)),
+        ] {
+            assert_eq!(text.parse::<Placement>(), Ok(want), "{text}");
+        }
+        for bad in [
+            "",
+            "gpu",
+            "cuda:",
+            "cuda:-1",
+            "cuda:x",
+            "cuda:99999",
+            "cuda:1:2",
+        ] {
+            let e = bad.parse::<Placement>().unwrap_err();
+            assert!(e.contains("`cuda:N`"), "{bad}: {e}");
+        }
+        assert_eq!(Placement::Cuda(2).to_string(), "cuda:2");
+        assert_eq!(
+            serde_json::to_string(&Placement::Cuda(1)).unwrap(),
+            "\"cuda:1\""
+        );
+        let back: Placement = serde_json::from_str("\"cpu\"").unwrap();
+        assert!(back.is_cpu());
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn a_build_without_cuda_refuses_a_gpu_in_one_line() {
+        let e = Placement::Cuda(0).device().unwrap_err().to_string();
+        assert!(
+            e.contains("--features cuda") && e.contains("--device cpu"),
+            "{e}"
+        );
+        assert!(!e.contains('\n'), "{e}");
+        assert!(Placement::Cpu.device().unwrap().is_cpu());
     }
 }

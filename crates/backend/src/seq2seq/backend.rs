@@ -561,6 +561,7 @@ impl Seq2SeqBackend {
             } else {
                 options.quantize
             },
+            device: options.placement,
         };
         Ok(Self {
             network,

@@ -125,6 +125,9 @@ impl CacheKey {
             family: &'a str,
             #[serde(skip_serializing_if = "Quantize::is_none")]
             quantize: Quantize,
+            // A GPU's floats may round a near-tie the other way.
+            #[serde(skip_serializing_if = "precis_backend::Placement::is_cpu")]
+            device: precis_backend::Placement,
             fingerprint: &'a str,
             messages: &'a [precis_backend::ChatMessage],
             params: &'a precis_backend::GenerationParams,
@@ -137,6 +140,7 @@ impl CacheKey {
             revision: &model.revision,
             family: &model.family,
             quantize: model.quantize,
+            device: model.device,
             fingerprint,
             messages: &request.messages,
             params: &request.params,
@@ -428,6 +432,7 @@ mod tests {
             target_languages: Vec::new(),
             license: None,
             quantize: precis_backend::Quantize::None,
+            device: precis_backend::Placement::Cpu,
         }
     }
 
@@ -457,6 +462,11 @@ mod tests {
         assert_ne!(base, CacheKey::new(&info("r1"), "", &request("text!")));
         assert_ne!(base, CacheKey::new(&info("r2"), "", &request("text")));
         assert_ne!(base, CacheKey::new(&info("r1"), "f", &request("text")));
+        let on_gpu = ModelInfo {
+            device: precis_backend::Placement::Cuda(0),
+            ..info("r1")
+        };
+        assert_ne!(base, CacheKey::new(&on_gpu, "", &request("text")));
         let mut other = request("text");
         other.params.max_new_tokens += 1;
         assert_ne!(base, CacheKey::new(&info("r1"), "", &other));

@@ -11,7 +11,8 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use precis_backend::{
-    BackendError, Cached, Generation, GenerationParams, GenerationRequest, ModelInfo, Quantize,
+    BackendError, Cached, Generation, GenerationParams, GenerationRequest, ModelInfo, Placement,
+    Quantize,
 };
 
 pub mod budget;
@@ -287,6 +288,10 @@ pub struct ModelUsed {
     /// absent: nothing, the checkpoint's own weights).
     #[serde(default, skip_serializing_if = "Quantize::is_none")]
     pub quantize: Quantize,
+    /// Where it ran (`cuda:0`; absent: the CPU).
+    #[serde(default, skip_serializing_if = "Placement::is_cpu")]
+    #[schema(value_type = String, example = "cuda:0")]
+    pub device: Placement,
 }
 
 impl From<&ModelInfo> for ModelUsed {
@@ -297,6 +302,7 @@ impl From<&ModelInfo> for ModelUsed {
             family: i.family.clone(),
             license: i.license.clone(),
             quantize: i.quantize,
+            device: i.device,
         }
     }
 }

@@ -523,6 +523,7 @@ mod tests {
                 target_languages: vec!["ru".into()],
                 license: None,
                 quantize: precis_backend::Quantize::None,
+                device: precis_backend::Placement::Cpu,
             },
             answers: vec![
                 ("Talks in Delhi", "Переговоры в Дели"),
