@@ -218,12 +218,19 @@ impl Portable {
         dtype: DType,
     ) -> Result<Self, BackendError> {
         let value: serde_json::Value = read_config(dir)?;
+        // The family's own configuration, from the file read once.
+        fn typed<T: serde::de::DeserializeOwned>(
+            dir: &Path,
+            value: &serde_json::Value,
+        ) -> Result<T, BackendError> {
+            T::deserialize(value).map_err(|e| BackendError::load(&dir.join("config.json"), e))
+        }
         let Checkpoint { vb, file, .. } = weights(dir, gguf, device)?;
         let vb = vb.set_dtype(dtype);
         let model = match value["model_type"].as_str() {
-            Some("marian" | "bart") => Self::bart(read_config(dir)?, vb),
-            Some("m2m_100") => Self::m2m100(read_config(dir)?, vb),
-            Some("t5") => Self::t5(read_config(dir)?, vb),
+            Some("marian" | "bart") => Self::bart(typed(dir, &value)?, vb),
+            Some("m2m_100") => Self::m2m100(typed(dir, &value)?, vb),
+            Some("t5") => Self::t5(typed(dir, &value)?, vb),
             other => {
                 return Err(BackendError::load(
                     &dir.join("config.json"),
