@@ -870,7 +870,7 @@ async fn bodies_of_the_wrong_type_are_422_and_the_server_serves_on() {
 }
 
 /// Every route the router serves, with its method.
-const ROUTES: [(&str, &str); 13] = [
+const ROUTES: [(&str, &str); 18] = [
     ("post", "/v1/summarize"),
     ("post", "/v1/translate"),
     ("post", "/v1/digest"),
@@ -884,6 +884,11 @@ const ROUTES: [(&str, &str); 13] = [
     ("get", "/metrics"),
     ("get", "/openapi.json"),
     ("get", "/docs"),
+    ("get", "/"),
+    ("post", "/translate"),
+    ("post", "/detect"),
+    ("get", "/languages"),
+    ("get", "/frontend/settings"),
 ];
 
 /// Every `$ref` in `v`.
@@ -1997,4 +2002,499 @@ async fn a_cancelled_job_keeps_its_finished_items_and_runs_no_more() {
     let (status, v) = call(&app, "DELETE", "/v1/jobs/nope", Vec::new()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_eq!(code(&v), "not_found");
+}
+
+// LibreTranslate's API (`/translate`, `/detect`, `/languages`,
+// `/frontend/settings`): its bodies, answers, keys and errors.
+
+/// Sends `body` to `uri` with `content_type`; the status and JSON answer.
+async fn send_as(
+    app: &axum::Router,
+    uri: &str,
+    content_type: &str,
+    body: &str,
+) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method("POST")
+        .uri(uri)
+        .header("content-type", content_type)
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let (status, _, value) = send(app, req).await;
+    (status, value)
+}
+
+fn cyrillic(text: &str) -> bool {
+    text.chars().any(|c| ('\u{400}'..='\u{4ff}').contains(&c))
+}
+
+#[tokio::test]
+async fn libretranslate_translates_a_string_an_array_and_a_form() {
+    let app = app();
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": "The ministers met on Monday.", "source": "en", "target": "ru"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let text = v["translatedText"].as_str().unwrap();
+    assert!(cyrillic(text) && !text.contains("ministers"), "{text}");
+    assert!(v.get("detectedLanguage").is_none() && v.get("alternatives").is_none());
+
+    // An array answers an array, in order; `auto` says what it found.
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": ["The talks ended.", "", "They met again."], "source": "auto", "target": "hi", "alternatives": 2}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let items = v["translatedText"].as_array().unwrap();
+    assert_eq!(items.len(), 3);
+    assert_eq!(items[1], "");
+    assert!(items[0]
+        .as_str()
+        .unwrap()
+        .chars()
+        .any(|c| ('\u{900}'..='\u{97f}').contains(&c)));
+    assert_eq!(v["detectedLanguage"].as_array().unwrap().len(), 3);
+    assert_eq!(v["detectedLanguage"][0]["language"], "en");
+    assert_eq!(v["alternatives"], json!([[], [], []]));
+
+    // A form, as LibreTranslate's Python client sends it, and a multipart form.
+    let (status, v) = send_as(
+        &app,
+        "/translate",
+        "application/x-www-form-urlencoded",
+        "q=Hello+there.&source=en&target=ru",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(cyrillic(v["translatedText"].as_str().unwrap()));
+    let multipart = "--XyZ\r\nContent-Disposition: form-data; name=\"q\"\r\n\r\nHello there.\r\n--XyZ\r\nContent-Disposition: form-data; name=\"source\"\r\n\r\nen\r\n--XyZ\r\nContent-Disposition: form-data; name=\"target\"\r\n\r\nru\r\n--XyZ--\r\n";
+    let (status, v) = send_as(
+        &app,
+        "/translate",
+        "multipart/form-data; boundary=XyZ",
+        multipart,
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert!(cyrillic(v["translatedText"].as_str().unwrap()));
+}
+
+#[tokio::test]
+async fn libretranslate_keeps_lines_and_markup() {
+    let app = app();
+    let q = "Ministers meet\nThe ministers met on Monday.\n\n  They agreed on three points.  \n";
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": q, "source": "en", "target": "ru"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let text = v["translatedText"].as_str().unwrap();
+    let lines: Vec<&str> = text.split('\n').collect();
+    assert_eq!(lines.len(), 5, "{text:?}");
+    assert!(
+        lines
+            .iter()
+            .enumerate()
+            .all(|(i, l)| (i == 2 || i == 4) == l.is_empty()),
+        "{text:?}"
+    );
+    assert!(lines[3].starts_with("  ") && lines[3].ends_with("  ") && cyrillic(lines[3]));
+    assert!(cyrillic(lines[0]) && cyrillic(lines[1]));
+
+    let html = "<p class=\"green\">Hello!</p>\n<ul><li>Tom &amp; <b>Jerry</b></li></ul><script>var s = 'Hello';</script>";
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": html, "source": "en", "target": "ru", "format": "html"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let text = v["translatedText"].as_str().unwrap();
+    let tags: Vec<&str> = text
+        .split('<')
+        .skip(1)
+        .map(|t| t.split('>').next().unwrap())
+        .collect();
+    assert_eq!(
+        tags,
+        [
+            "p class=\"green\"",
+            "/p",
+            "ul",
+            "li",
+            "b",
+            "/b",
+            "/li",
+            "/ul",
+            "script",
+            "/script"
+        ],
+        "{text}"
+    );
+    assert!(text.contains("<script>var s = 'Hello';</script>"), "{text}");
+    assert!(text.contains(" &amp; <b>"), "{text}");
+    assert!(
+        !text.contains("Hello!") && !text.contains("Jerry"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn libretranslate_errors_are_its_shape() {
+    let app = app();
+    let cases = [
+        (
+            json!({"source": "en", "target": "ru"}),
+            "Invalid request: missing q parameter",
+        ),
+        (
+            json!({"q": [], "source": "en", "target": "ru"}),
+            "Invalid request: missing q parameter",
+        ),
+        (
+            json!({"q": "Hi.", "target": "ru"}),
+            "Invalid request: missing source parameter",
+        ),
+        (
+            json!({"q": "Hi.", "source": "en"}),
+            "Invalid request: missing target parameter",
+        ),
+        (
+            json!({"q": "Hi.", "source": "en", "target": "es"}),
+            "es is not supported",
+        ),
+        (
+            json!({"q": "Hi.", "source": "xx", "target": "ru"}),
+            "xx is not supported",
+        ),
+        (
+            json!({"q": "Hi.", "source": "ru", "target": "hi"}),
+            "Hindi (hi) is not available as a target language from Russian (ru)",
+        ),
+        (
+            json!({"q": "Hi.", "source": "en", "target": "ru", "format": "xml"}),
+            "xml format is not supported: use text or html",
+        ),
+        (
+            json!({"q": "Hi.", "source": "en", "target": "ru", "alternatives": "many"}),
+            "Invalid request: alternatives parameter is not a number",
+        ),
+        (
+            json!({"q": [1, 2], "source": "en", "target": "ru"}),
+            "Invalid request: q must be a string or an array of strings",
+        ),
+        (
+            json!({"q": "x".repeat(20_001), "source": "en", "target": "ru"}),
+            "the text has 20001 characters; at most 20000 are accepted per article (--max-chars)",
+        ),
+    ];
+    for (body, message) in cases {
+        let (status, v) = post(&app, "/translate", body.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert_eq!(v, json!({"error": message}), "{body}");
+    }
+    for (content_type, body) in [
+        ("application/json", "[1]"),
+        ("application/json", "{"),
+        ("text/csv", "q,source"),
+    ] {
+        let (status, v) = send_as(&app, "/translate", content_type, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
+        assert!(v["error"].is_string(), "{v}");
+    }
+    // A model that fails is a 500 whose message says nothing internal.
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": "FAKE_ERROR here.", "source": "en", "target": "ru"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{v}");
+    assert!(!v["error"].as_str().unwrap().contains("FAKE"), "{v}");
+}
+
+#[tokio::test]
+async fn libretranslate_keys_come_from_the_body_or_the_header() {
+    let mut s = state(limits());
+    s.api_keys = ApiKeys::new(["k-one"]);
+    let app = router(s);
+    let body = |key: Option<&str>| {
+        let mut b = json!({"q": "Hello there.", "source": "en", "target": "ru"});
+        if let Some(key) = key {
+            b["api_key"] = json!(key);
+        }
+        b
+    };
+    let (status, v) = post(&app, "/translate", body(None)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("API key"), "{v}");
+    let (status, v) = post(&app, "/translate", body(Some("wrong"))).await;
+    assert_eq!(
+        (status, v),
+        (StatusCode::FORBIDDEN, json!({"error": "Invalid API key"}))
+    );
+    let (status, v) = post(&app, "/translate", body(Some("k-one"))).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = send_as(
+        &app,
+        "/detect",
+        "application/x-www-form-urlencoded",
+        "q=Hello+there&api_key=k-one",
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, _) = send_as(
+        &app,
+        "/detect",
+        "application/x-www-form-urlencoded",
+        "q=Hello+there&api_key=nope",
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    // `apiKey`, as the npm client sends it; the header, as precis's clients do.
+    let mut camel = body(None);
+    camel["apiKey"] = json!("k-one");
+    let (status, v) = post(&app, "/translate", camel).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    for (key, expected) in [("k-one", StatusCode::OK), ("wrong", StatusCode::FORBIDDEN)] {
+        let req = Request::builder()
+            .method("POST")
+            .uri("/translate")
+            .header("content-type", "application/json")
+            .header("authorization", format!("Bearer {key}"))
+            .body(Body::from(body(None).to_string()))
+            .unwrap();
+        let (status, _, _) = send(&app, req).await;
+        assert_eq!(status, expected, "{key}");
+    }
+    // What a client reads before it has a key is open, as LibreTranslate's is.
+    let (status, v) = call(&app, "GET", "/languages", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = call(&app, "GET", "/frontend/settings", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (v["apiKeys"].clone(), v["keyRequired"].clone()),
+        (json!(true), json!(true))
+    );
+    // precis's own routes still want the header.
+    let (status, _) = post(&app, "/v1/languages", json!({})).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn libretranslate_languages_detect_and_settings() {
+    let app = app();
+    let (status, v) = call(&app, "GET", "/languages", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        v,
+        json!([
+            {"code": "en", "name": "English", "targets": ["hi", "ru"]},
+            {"code": "hi", "name": "Hindi", "targets": []},
+            {"code": "ru", "name": "Russian", "targets": []},
+        ])
+    );
+    let (status, v) = post(
+        &app,
+        "/detect",
+        json!({"q": "Министры иностранных дел встретились в четверг в Йоханнесбурге."}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v[0]["language"], "ru", "{v}");
+    assert!(v[0]["confidence"].as_f64().unwrap() > 50.0, "{v}");
+    let (_, v) = post(
+        &app,
+        "/detect",
+        json!({"q": "The foreign ministers met in Johannesburg on Thursday."}),
+    )
+    .await;
+    assert_eq!(v[0]["language"], "en", "{v}");
+    let (status, v) = post(&app, "/detect", json!({})).await;
+    assert_eq!(
+        (status, v),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "Invalid request: missing q parameter"})
+        )
+    );
+    // Text already in the target language comes back as it is.
+    let ru = "Министры иностранных дел встретились в четверг.";
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": ru, "source": "auto", "target": "ru"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["translatedText"], ru);
+    assert_eq!(v["detectedLanguage"]["language"], "ru");
+
+    let (status, v) = call(&app, "GET", "/frontend/settings", Vec::new()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["charLimit"], 20_000);
+    assert_eq!(v["keyRequired"], false);
+    assert_eq!(
+        v["language"]["source"],
+        json!({"code": "auto", "name": "Auto Detect"})
+    );
+    assert_eq!(v["language"]["target"]["code"], "ru");
+}
+
+#[tokio::test]
+async fn no_compat_turns_libretranslate_off() {
+    let mut s = state(limits());
+    s.compat = false;
+    let app = router(s);
+    for (method, path) in [
+        ("POST", "/translate"),
+        ("POST", "/detect"),
+        ("GET", "/languages"),
+    ] {
+        let (status, _) = call(&app, method, path, b"{}".to_vec()).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
+    }
+}
+
+/// An article given by `url` alone is fetched under the server's address
+/// rules and its page's main text read; a refused address is
+/// `unreadable_url`, and text given with a `url` is used as it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_article_can_be_given_by_its_url() {
+    use axum::routing::get;
+    let page = format!(
+        "<html lang=\"en\"><head><title>Ministers meet</title></head><body><nav>Home | World</nav><article><h1>Ministers meet</h1>{}</article></body></html>",
+        SAMPLE
+            .split("\n\n")
+            .map(|p| format!("<p>{p}</p>"))
+            .collect::<String>()
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let pages = axum::Router::new().route(
+        "/story",
+        get(move || async move { axum::response::Html(page) }),
+    );
+    tokio::spawn(async move { axum::serve(listener, pages).await.unwrap() });
+
+    let (status, v) = post(
+        &app(),
+        "/v1/summarize",
+        json!({"url": format!("{base}/story")}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert_eq!(code(&v), "unreadable_url");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("--allow-address"),
+        "{v}"
+    );
+
+    let mut s = state(limits());
+    s.fetch.allow = vec!["127.0.0.1".parse().unwrap()];
+    let app = router(s);
+    let (status, v) = post(
+        &app,
+        "/v1/digest",
+        json!({"url": format!("{base}/story"), "to": ["ru"]}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["url"], format!("{base}/story"));
+    assert!(v["input"]["paragraphs_kept"].as_u64().unwrap() >= 3, "{v}");
+    assert!(
+        !v["summary"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Home | World"),
+        "{v}"
+    );
+    let (status, v) = post(
+        &app,
+        "/v1/summarize",
+        json!({"url": format!("{base}/missing")}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "unreadable_url"),
+        "{v}"
+    );
+    let (status, v) = post(
+        &app,
+        "/v1/summarize",
+        json!({"url": "http://127.0.0.1:9/x", "text": "Given text. It is used."}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    let (status, v) = post(&app, "/v1/summarize", json!({})).await;
+    assert_eq!(
+        (status, code(&v)),
+        (StatusCode::UNPROCESSABLE_ENTITY, "empty_text"),
+        "{v}"
+    );
+}
+
+/// The page at `/`: served without a key, with a policy that allows its own
+/// script and style (by hash) and requests to its origin only.
+#[tokio::test]
+async fn the_page_is_self_contained_and_locked_down() {
+    let mut s = state(limits());
+    s.api_keys = ApiKeys::new(["k-one"]);
+    let app = router(s);
+    let req = Request::builder().uri("/").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    let headers = resp.headers().clone();
+    let html = String::from_utf8(
+        resp.into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap();
+    assert!(headers["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let csp = headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.starts_with("default-src 'none'; script-src 'sha256-"),
+        "{csp}"
+    );
+    assert!(
+        csp.contains("connect-src 'self'") && !csp.contains("unsafe"),
+        "{csp}"
+    );
+    // Nothing fetched from elsewhere: no external script, style, image or font.
+    for outside in [
+        "src=\"http",
+        "href=\"http",
+        "@import",
+        "url(",
+        "<link",
+        "<iframe",
+    ] {
+        assert!(!html.contains(outside), "the page has {outside}");
+    }
+    // Every control has its label.
+    for id in ["article", "url", "key", "length"] {
+        assert!(
+            html.contains(&format!("<label for=\"{id}\">")),
+            "{id} has no label"
+        );
+    }
+    insta::assert_snapshot!("page_html", html);
 }

@@ -28,7 +28,8 @@
 //! api_keys_file = "/etc/precis/keys"
 //! cors_origins = ["https://news.example"]
 //! webhook_secret = "..."           # signs batch jobs' webhook calls
-//! allow_addresses = ["10.0.0.0/8"] # non-public hosts jobs may fetch from or call
+//! allow_addresses = ["10.0.0.0/8"] # non-public hosts articles' URLs, feeds and webhooks may reach
+//! no_compat = false                # true: no LibreTranslate API
 //!
 //! [cache]                        # each also a flag (--cache, --no-cache, --cache-max-mb, ...) and a PRECIS_* variable
 //! path = "/var/cache/precis/results.sqlite3"
@@ -302,7 +303,9 @@ pub struct ServerConfig {
     pub shutdown_grace_secs: Option<u64>,
     /// File of API keys, one a line (`#` starts a comment). With it, or
     /// with keys in PRECIS_API_KEYS (comma-separated), every route but
-    /// /health and /ready needs `Authorization: Bearer KEY`.
+    /// /health, /ready, the page at / and LibreTranslate's /languages and
+    /// /frontend/settings needs `Authorization: Bearer KEY` (LibreTranslate's
+    /// /translate and /detect also take `api_key` in the body).
     #[arg(long, env = "PRECIS_API_KEYS_FILE", hide_env_values = true)]
     pub api_keys_file: Option<PathBuf>,
     /// Origins that browsers may call the API from (CORS), comma-separated,
@@ -319,6 +322,12 @@ pub struct ServerConfig {
     #[arg(long)]
     #[serde(default)]
     pub allow_unverified: bool,
+    /// Do not serve LibreTranslate's API (`/translate`, `/detect`,
+    /// `/languages`, `/frontend/settings`; served by default, for the tools
+    /// that speak it).
+    #[arg(long)]
+    #[serde(default)]
+    pub no_compat: bool,
     /// Let the API keys file be readable by others than its owner (by
     /// default such a file is refused, as ssh refuses an open private key).
     #[arg(long)]
@@ -353,8 +362,8 @@ pub struct ServerConfig {
     /// this long [default: 30].
     #[arg(long, env = "PRECIS_JOB_LEASE_SECS", hide_env_values = true, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub job_lease_secs: Option<u64>,
-    /// Hosts or networks that jobs' feed URLs and webhooks may reach
-    /// although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
+    /// Hosts or networks that articles' and jobs' feed URLs and webhooks
+    /// may reach although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
     /// intranet.example [default: public addresses only].
     #[arg(
         long = "allow-address",
@@ -421,6 +430,7 @@ impl ServerConfig {
             api_keys_file: self.api_keys_file.or(file.api_keys_file),
             allow_shared_key_file: self.allow_shared_key_file || file.allow_shared_key_file,
             allow_unverified: self.allow_unverified || file.allow_unverified,
+            no_compat: self.no_compat || file.no_compat,
             cors_origins: self.cors_origins.or(file.cors_origins),
             webhook_secret: self.webhook_secret.or(file.webhook_secret),
             webhook_secret_file: self.webhook_secret_file.or(file.webhook_secret_file),

@@ -1048,15 +1048,17 @@ fn serve(a: ServeArgs, config: &Config, store: StoreConfig) -> anyhow::Result<i3
     if let Some(keys) = &state.api_keys {
         tracing::info!(keys = keys.len(), "API keys required");
     }
+    state.compat = !server.no_compat;
+    state.fetch = precis_service::fetch::FetchPolicy {
+        allow: server.allow_addresses.clone().unwrap_or_default(),
+        ..precis_service::fetch::FetchPolicy::default()
+    };
     let rt = tokio::runtime::Runtime::new()?;
     let job_settings = precis_service::jobs::JobSettings {
         parallel: state.limits.max_concurrency,
         admission: Arc::clone(&state.admission),
         item_timeout: state.limits.timeout,
-        fetch: precis_service::fetch::FetchPolicy {
-            allow: server.allow_addresses.clone().unwrap_or_default(),
-            ..precis_service::fetch::FetchPolicy::default()
-        },
+        fetch: state.fetch.clone(),
         webhook_secret: secret,
         retry_delay: std::time::Duration::from_secs(5),
         max_active_per_caller: server.max_jobs_per_key.unwrap_or(8),

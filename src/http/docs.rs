@@ -101,7 +101,7 @@ pub enum JobResponses {
 #[openapi(
     info(
         title = "precis",
-        description = "Summaries of news articles, and their Russian and Hindi translations, from open models run on CPU or GPU. Errors are `{\"error\": {\"code\", \"message\"}}`; with API keys on, every route but /health and /ready needs `Authorization: Bearer KEY`."
+        description = "Summaries of news articles, and their Russian and Hindi translations, from open models run on CPU or GPU. Errors are `{\"error\": {\"code\", \"message\"}}`; with API keys on, every route but /health, /ready, the page at / and LibreTranslate's /languages and /frontend/settings needs `Authorization: Bearer KEY` (LibreTranslate's /translate and /detect also take `api_key` in the body)."
     ),
     paths(
         super::summarize,
@@ -117,6 +117,11 @@ pub enum JobResponses {
         super::ops::metrics_text,
         openapi_json,
         docs_page,
+        super::page::page,
+        super::compat::translate,
+        super::compat::detect,
+        super::compat::languages,
+        super::compat::frontend_settings,
     ),
     components(schemas(
         SummarizeBody,
@@ -143,11 +148,21 @@ pub enum JobResponses {
         precis_service::jobs::JobState,
         precis_service::jobs::JobProgress,
         precis_service::jobs::WebhookState,
+        super::compat::CompatTranslateBody,
+        super::compat::TranslateAnswer,
+        super::compat::CompatDetectBody,
+        super::compat::DetectedLanguage,
+        super::compat::CompatLanguage,
+        super::compat::CompatErrorBody,
+        super::compat::FrontendSettings,
+        super::compat::FrontendLanguages,
+        super::compat::FrontendLanguage,
     )),
     tags(
         (name = "jobs", description = "summarize, translate, digest: one article, an array, a stream, or a batch job"),
         (name = "models", description = "what the server runs"),
         (name = "operations", description = "probes, metrics and this description"),
+        (name = "libretranslate", description = "LibreTranslate's API, for the tools that speak it: its bodies (JSON, form or multipart form; `api_key` in the body or `Authorization: Bearer KEY`) and its errors, `{\"error\": \"…\"}` with 400, 403, 429 or 500; `--no-compat` turns it off"),
     )
 )]
 pub struct ApiDoc;

@@ -5,7 +5,8 @@
 //!
 //! Routes: `POST /v1/summarize`, `POST /v1/translate`, `POST /v1/digest`
 //! (one article, an array of them, or a stream of events: see [`stream`]),
-//! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`.
+//! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`;
+//! LibreTranslate's API (see [`compat`]) and the page at `/` (see [`page`]).
 
 use std::sync::Arc;
 
@@ -24,10 +25,12 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::trace::TraceLayer;
 
+pub mod compat;
 pub mod docs;
 pub mod error;
 pub mod jobs;
 pub mod ops;
+pub mod page;
 pub mod stream;
 
 use error::FailureCauses;
@@ -109,6 +112,10 @@ pub struct AppState {
     /// Whether the API is served; false (`--role worker`): only /health,
     /// /ready and /metrics.
     pub api_routes: bool,
+    /// Whether LibreTranslate's routes are served (`--no-compat`: not).
+    pub compat: bool,
+    /// What the server may fetch (an article's `url`, a job's feed).
+    pub fetch: precis_service::fetch::FetchPolicy,
 }
 
 impl AppState {
@@ -123,6 +130,8 @@ impl AppState {
             cors_origins: Vec::new(),
             jobs: None,
             api_routes: true,
+            compat: true,
+            fetch: precis_service::fetch::FetchPolicy::default(),
         }
     }
 }
@@ -139,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(ops::metrics_text));
     if state.api_routes {
         app = app
+            .route("/", get(page::page))
             .route("/openapi.json", get(docs::openapi_json))
             .route("/docs", get(docs::docs_page))
             .route("/v1/models", get(models))
@@ -148,6 +158,9 @@ pub fn router(state: AppState) -> Router {
             .route("/v1/digest", post(digest))
             .route("/v1/jobs", post(jobs::create))
             .route("/v1/jobs/{id}", get(jobs::show).delete(jobs::cancel));
+        if state.compat {
+            app = compat::routes(app);
+        }
     }
     let mut app = app
         .fallback(not_found)
@@ -242,6 +255,12 @@ async fn read_body(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
             "send the body as JSON with `Content-Type: application/json`",
         ));
     }
+    read_bytes(req, state).await
+}
+
+/// Reads a request's body whatever its type: 408 when it is slower than
+/// `--body-timeout-secs`, 413 past the limit.
+async fn read_bytes(req: Request, state: &AppState) -> Result<Bytes, ApiError> {
     let body_timeout = state.limits.body_timeout;
     let read = tokio::time::timeout(body_timeout, Bytes::from_request(req, state))
         .await
@@ -467,8 +486,14 @@ macro_rules! task_body {
         #[serde(deny_unknown_fields)]
         $(#[$meta])*
         pub struct $name {
-            /// The article text.
+            /// The article text (or give `url`).
+            #[serde(default)]
             pub text: String,
+            /// Where the article is published. Given alone, the server
+            /// fetches the page (public addresses only, unless
+            /// `--allow-address`) and reads its main text.
+            #[serde(default)]
+            pub url: Option<String>,
             /// Its headline, when separate.
             #[serde(default)]
             pub title: Option<String>,
@@ -551,6 +576,36 @@ fn check_call(state: &AppState, call: &TaskCall) -> Result<usize, ApiError> {
     Ok(state.engine.screen(&call.request)?)
 }
 
+/// An article given by its `url` alone: the page fetched under the
+/// server's address rules (`--allow-address`) and its main text read; its
+/// title and declared language fill the article's when they are not given.
+/// Any other article is left as it is.
+async fn fetch_article(state: &AppState, article: &mut Article) -> Result<(), ApiError> {
+    let Some(url) = article
+        .url
+        .clone()
+        .filter(|_| article.text.trim().is_empty())
+    else {
+        return Ok(());
+    };
+    let unreadable = |e: String| ApiError::new(ErrorCode::UnreadableUrl, e);
+    let fetched = precis_service::fetch::fetch(&url, &state.fetch)
+        .await
+        .map_err(|e| unreadable(e.to_string()))?;
+    // Reading a page is parsing work: off the async threads.
+    let page = tokio::task::spawn_blocking(move || {
+        let html = String::from_utf8_lossy(&fetched.body);
+        precis_service::sources::page_text(&html, Some(&fetched.url))
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("page reading failed: {e}")))?
+    .map_err(|e| unreadable(format!("{url}: {e}")))?;
+    article.title = article.title.take().or(page.title);
+    article.language = article.language.take().or(page.language);
+    article.text = page.text;
+    Ok(())
+}
+
 /// A slot for a request, and its deadline: 503 when not ready, 429 when
 /// the queue is full, 504 when the wait outlasts the deadline.
 async fn admit(state: &AppState) -> Result<(Arc<Slot>, Instant), ApiError> {
@@ -618,7 +673,8 @@ async fn serve_task<T: TaskBody>(
 ) -> Result<axum::response::Response, ApiError> {
     match body {
         SingleOrBatch::Single(req) => {
-            let call = req.into_call();
+            let mut call = req.into_call();
+            fetch_article(&state, &mut call.request.article).await?;
             check_call(&state, &call)?;
             let streamed = stream::wanted(&headers, call.stream);
             let (slot, deadline) = admit(&state).await?;
@@ -691,14 +747,16 @@ async fn run_batch<T: TaskBody>(
         ));
     }
     let mut chars = 0;
-    let calls: Vec<Result<TaskCall, ApiError>> = items
-        .into_iter()
-        .map(|item| {
-            let call = item?.into_call();
+    let mut calls: Vec<Result<TaskCall, ApiError>> = Vec::new();
+    for item in items {
+        let call = async {
+            let mut call = item?.into_call();
+            fetch_article(&state, &mut call.request.article).await?;
             chars += check_call(&state, &call)?;
             Ok(call)
-        })
-        .collect();
+        };
+        calls.push(call.await);
+    }
     if chars > state.limits.max_request_chars {
         return Err(ApiError::new(
             ErrorCode::RequestTooLong,
@@ -709,25 +767,10 @@ async fn run_batch<T: TaskBody>(
         ));
     }
     let (slot, deadline) = admit(&state).await?;
-    // Dropping the set (the client went away) aborts every article's task,
-    // which cancels its work.
-    let mut set = tokio::task::JoinSet::new();
-    for (index, call) in calls.into_iter().enumerate() {
-        let (state, slot) = (state.clone(), Arc::clone(&slot));
-        set.spawn(async move {
-            let result = match call {
-                Ok(call) => execute(&state, call, deadline, slot).await,
-                Err(e) => Err(e),
-            };
-            (index, result)
-        });
-    }
-    drop(slot);
     let mut results = Vec::new();
     let mut causes = Vec::new();
-    while let Some(done) = set.join_next().await {
-        let (index, result) =
-            done.map_err(|e| ApiError::internal(format!("batch task failed: {e}")))?;
+    let answers = run_calls(&state, calls, deadline, slot).await?;
+    for (index, result) in answers.into_iter().enumerate() {
         results.push(match result {
             Ok(r) => BatchItem {
                 index,
@@ -746,10 +789,38 @@ async fn run_batch<T: TaskBody>(
             }
         });
     }
-    results.sort_by_key(|item| item.index);
     let mut response = Json(BatchResponse { results }).into_response();
     response.extensions_mut().insert(FailureCauses(causes));
     Ok(response)
+}
+
+/// Runs calls under one slot, all at once (the model's worker batches
+/// them), until `deadline`: each call's result or error, in order.
+/// Dropping the future (the client went away) cancels every call's work.
+async fn run_calls(
+    state: &AppState,
+    calls: Vec<Result<TaskCall, ApiError>>,
+    deadline: Instant,
+    slot: Arc<Slot>,
+) -> Result<Vec<Result<TaskResult, ApiError>>, ApiError> {
+    let mut set = tokio::task::JoinSet::new();
+    for (index, call) in calls.into_iter().enumerate() {
+        let (state, slot) = (state.clone(), Arc::clone(&slot));
+        set.spawn(async move {
+            let result = match call {
+                Ok(call) => execute(&state, call, deadline, slot).await,
+                Err(e) => Err(e),
+            };
+            (index, result)
+        });
+    }
+    drop(slot);
+    let mut results = Vec::new();
+    while let Some(done) = set.join_next().await {
+        results.push(done.map_err(|e| ApiError::internal(format!("batch task failed: {e}")))?);
+    }
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().map(|(_, result)| result).collect())
 }
 
 /// The call a body makes: its article, `options` with the fields every
@@ -763,8 +834,8 @@ macro_rules! task_call {
                     id: $body.id,
                     title: $body.title,
                     text: $body.text,
+                    url: $body.url,
                     language: $body.from,
-                    ..Article::default()
                 },
                 options: TaskOptions {
                     clean: $body.clean.unwrap_or(true),

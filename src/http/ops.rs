@@ -107,9 +107,11 @@ impl Caller {
     }
 }
 
-/// Routes open without a key: what load balancers and orchestrators probe.
+/// Routes open without a key: what load balancers and orchestrators probe,
+/// the page at `/` (which asks its visitor for a key), and what
+/// LibreTranslate serves without one.
 fn open_route(path: &str) -> bool {
-    matches!(path, "/health" | "/ready")
+    matches!(path, "/health" | "/ready" | "/") || super::compat::open_route(path)
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
@@ -119,7 +121,8 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 /// Middleware: requires `Authorization: Bearer KEY` with a known key (401
-/// otherwise) on every route but /health and /ready.
+/// otherwise) on every route but the open ones; LibreTranslate's
+/// `/translate` and `/detect` may carry it in their body instead.
 pub async fn authorize(State(keys): State<ApiKeys>, mut req: Request, next: Next) -> Response {
     if open_route(req.uri().path()) {
         return next.run(req).await;
@@ -128,6 +131,16 @@ pub async fn authorize(State(keys): State<ApiKeys>, mut req: Request, next: Next
         Some(key) if keys.accepts(key) => {
             let caller = Caller::of_key(key);
             req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        // LibreTranslate's clients send the key in the body: the route
+        // checks it there.
+        given if super::compat::takes_body_key(req.uri().path()) => {
+            let check = super::compat::BodyKey {
+                keys,
+                header_given: given.is_some(),
+            };
+            req.extensions_mut().insert(check);
             next.run(req).await
         }
         given => {

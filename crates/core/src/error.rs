@@ -61,6 +61,9 @@ pub enum ErrorCode {
     Flagged,
     /// 422: an `Idempotency-Key` used before for a different request.
     IdempotencyKeyReused,
+    /// 422: an article's `url` cannot be fetched (not allowed, not
+    /// reachable, an error status) or has no article text.
+    UnreadableUrl,
     /// 401: no API key, or one the server does not know.
     Unauthorized,
     /// 429: every slot is busy and the queue is full (`Retry-After` says
@@ -102,7 +105,7 @@ impl ErrorCode {
             UnknownField | InvalidRequest | EmptyText | NotEnglish | TextTooLong
             | RequestTooLong | EmptyBatch | BatchTooLarge | InputTooLong | UnsupportedLanguage
             | DuplicateLanguage | NoTargetLanguage | UnknownModel | Flagged
-            | IdempotencyKeyReused => 422,
+            | IdempotencyKeyReused | UnreadableUrl => 422,
             Unauthorized => 401,
             QueueFull => 429,
             ModelUnavailable | NotReady => 503,

@@ -357,6 +357,36 @@ impl Engine {
             .collect()
     }
 
+    /// Each language the routed translators read or write, in code order,
+    /// with the languages they translate it into (none for a language they
+    /// only write).
+    pub fn translation_pairs(&self) -> Vec<(String, Vec<String>)> {
+        let loaded = self.loaded();
+        let mut pairs: std::collections::BTreeMap<String, BTreeSet<String>> = Default::default();
+        for id in &self.routing.translators {
+            let info = loaded.iter().find(|m| &m.id == id);
+            let written = match info {
+                Some(info) => info.target_languages.clone(),
+                None => self.loader.declared_targets(id),
+            };
+            let read: Vec<String> = std::iter::once("en".to_string())
+                .chain(written.iter().cloned())
+                .filter(|from| info.map_or(from == "en", |info| reads(info, from)))
+                .collect();
+            for code in written.iter().chain(&read) {
+                pairs.entry(code.clone()).or_default();
+            }
+            for from in &read {
+                let targets = pairs.entry(from.clone()).or_default();
+                targets.extend(written.iter().filter(|to| *to != from).cloned());
+            }
+        }
+        pairs
+            .into_iter()
+            .map(|(code, targets)| (code, targets.into_iter().collect()))
+            .collect()
+    }
+
     /// Runs a task, on the model the request names, else on the routed models.
     pub fn run(
         &self,

@@ -742,6 +742,46 @@ pub fn article_language(declared: Option<&str>, prepared: &PreparedArticle) -> A
     }
 }
 
+/// A language detection found in a text: its ISO 639-1 code and how sure
+/// detection is of it (0 to 1).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Detected {
+    /// The language's code.
+    pub code: String,
+    /// Detection's confidence, 0 to 1.
+    pub confidence: f64,
+}
+
+/// The language of `text` among `among` (ISO 639-1 codes; the languages
+/// detection knows of them), or `None` when detection cannot tell (no
+/// letters, or none of `among` is known to it). When detection among all
+/// the languages it knows finds another one likelier, the confidence is
+/// lowered by that one's: French text among English and Russian is
+/// English, barely.
+pub fn detect_language(text: &str, among: &[String]) -> Option<Detected> {
+    let allowed: Vec<whatlang::Lang> = whatlang::Lang::all()
+        .iter()
+        .copied()
+        .filter(|l| {
+            precis_backend::languages::iso_639_1(l.code())
+                .is_some_and(|code| among.iter().any(|a| a == code))
+        })
+        .collect();
+    if allowed.is_empty() {
+        return None;
+    }
+    let info = whatlang::Detector::with_allowlist(allowed).detect(text)?;
+    let confidence = match whatlang::detect(text) {
+        Some(any) if any.lang() == info.lang() => any.confidence(),
+        Some(other) => info.confidence() * (1.0 - other.confidence()),
+        None => info.confidence(),
+    };
+    Some(Detected {
+        code: precis_backend::languages::iso_639_1(info.lang().code())?.to_string(),
+        confidence,
+    })
+}
+
 /// Checks the languages of a request: no target twice, each served by a
 /// present model, and an article not in English read by a translator.
 pub(crate) fn validate_languages(
