@@ -196,9 +196,20 @@ async fn steps(
         ))
         .await?;
 
-    // The paragraphs came as a stream: events before the result.
-    let events = js(client, "return Number(document.body.dataset.events)").await;
-    assert!(events.as_u64().unwrap_or(0) >= 3, "events: {events}");
+    // The translated paragraphs came as a stream, each as its event, before
+    // the result.
+    let streamed = js(client, "return Number(document.body.dataset.paragraphs)").await;
+    let paragraphs: usize = expected["translations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t["paragraphs"].as_array().unwrap().len() + usize::from(t["title"].is_string()))
+        .sum();
+    assert_eq!(
+        streamed.as_u64(),
+        Some(paragraphs as u64),
+        "paragraph events"
+    );
     // The summary, each translation and the flags, as the API answers them.
     let shown = js(
         client,

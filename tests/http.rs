@@ -290,9 +290,10 @@ async fn unknown_and_wrong_fields_are_422() {
     let (status, v) = post(&app, "/v1/translate", json!({"text": "Hi.", "to": "ru"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(code(&v), "invalid_request");
+    // Neither `text` nor `url`: nothing to work on.
     let (status, v) = post(&app, "/v1/summarize", json!({"title": "x"})).await;
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(code(&v), "invalid_request");
+    assert_eq!(code(&v), "empty_text");
 }
 
 #[tokio::test]
@@ -2336,6 +2337,20 @@ async fn libretranslate_languages_detect_and_settings() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["translatedText"], ru);
     assert_eq!(v["detectedLanguage"]["language"], "ru");
+    // Text in a language not translated into the target is refused, named.
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": ru, "source": "auto", "target": "hi"}),
+    )
+    .await;
+    assert_eq!(
+        (status, v),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({"error": "Hindi (hi) is not available as a target language from Russian (ru)"})
+        )
+    );
 
     let (status, v) = call(&app, "GET", "/frontend/settings", Vec::new()).await;
     assert_eq!(status, StatusCode::OK);
@@ -2497,4 +2512,35 @@ async fn the_page_is_self_contained_and_locked_down() {
         );
     }
     insta::assert_snapshot!("page_html", html);
+}
+
+/// A full queue is LibreTranslate's 429, with `Retry-After`, in its shape.
+#[tokio::test]
+async fn libretranslate_past_the_queue_is_429() {
+    let app = router(state(ServerLimits {
+        max_concurrency: 1,
+        queue_depth: 1,
+        ..limits()
+    }));
+    let slow: Vec<String> = (0..4).map(|i| format!("w{i}")).collect();
+    let body =
+        json!({"q": format!("FAKE_SLOW {}.", slow.join(" ")), "source": "en", "target": "ru"});
+    let mut handles = Vec::new();
+    for _ in 0..5 {
+        let app = app.clone();
+        let req = json_request("/translate", &body);
+        handles.push(tokio::spawn(async move { send(&app, req).await }));
+    }
+    let mut refused = 0;
+    for h in handles {
+        let (status, headers, v) = h.await.unwrap();
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            refused += 1;
+            assert!(v["error"].is_string(), "{v}");
+            assert!(headers.contains_key("retry-after"));
+        } else {
+            assert_eq!(status, StatusCode::OK, "{v}");
+        }
+    }
+    assert_eq!(refused, 3);
 }

@@ -582,12 +582,9 @@ pub(super) async fn translate(
     }
     let auto = source == "auto";
     let detection = auto.then(|| {
-        // Among the languages translated into the target, and the target.
-        let among: Vec<String> = pairs
-            .iter()
-            .filter(|(c, targets)| targets.contains(&target) || *c == target)
-            .map(|(c, _)| c.clone())
-            .collect();
+        // Among every language the translators know, so that text in one
+        // they do not translate into the target is refused, not passed off.
+        let among: Vec<String> = pairs.iter().map(|(c, _)| c.clone()).collect();
         detected(&items.join("\n"), &among)
     });
     let from = match &detection {
@@ -661,7 +658,7 @@ impl Document {
             for piece in html_pieces(text) {
                 match piece {
                     HtmlPiece::Markup(m) => parts.push(Part::Kept(m.to_string())),
-                    HtmlPiece::Text(t) => parts.extend(segment(&decode_entities(t), true)),
+                    HtmlPiece::Text(t) => parts.push(segment(&decode_entities(t), t, true)),
                 }
             }
         } else {
@@ -669,7 +666,7 @@ impl Document {
                 if i > 0 {
                     parts.push(Part::Kept("\n".into()));
                 }
-                parts.extend(segment(line, false));
+                parts.push(segment(line, line, false));
             }
         }
         Self { parts }
@@ -707,28 +704,23 @@ impl Document {
     }
 }
 
-/// `text` as a segment with its surrounding white space kept apart, or as
-/// kept text when it has no words. HTML's escapes its white space's
-/// characters back; a segment's inner white space becomes single spaces,
-/// so that it stays one paragraph.
-fn segment(text: &str, html: bool) -> Vec<Part> {
+/// `text` as a segment with its surrounding white space kept apart, or,
+/// when it has no words, `written` (the text as the input has it) kept. A
+/// segment's inner white space becomes single spaces, so that it stays one
+/// paragraph.
+fn segment(text: &str, written: &str, html: bool) -> Part {
     let words: Vec<&str> = text.split_whitespace().collect();
     if words.is_empty() {
-        let kept = if html {
-            escape_text(text)
-        } else {
-            text.to_string()
-        };
-        return vec![Part::Kept(kept)];
+        return Part::Kept(written.to_string());
     }
     let start = text.len() - text.trim_start().len();
     let end = text.trim_end().len();
-    vec![Part::Segment {
+    Part::Segment {
         text: words.join(" "),
         lead: text[..start].to_string(),
         trail: text[end..].to_string(),
         html,
-    }]
+    }
 }
 
 /// Translates each document's segments from `from` into `to`: one article
@@ -839,12 +831,12 @@ mod tests {
         assert_eq!(doc.write(&["A".into(), "B".into()]), "  A\n\nB  \n\n");
 
         let html =
-            "<p class=\"green\">Hello!</p>\n<p>Tom &amp; <b>Jerry</b></p><script>x = 'y';</script>";
+            "<p class=\"green\">Hello!</p>\n<p>Tom &amp; <b>Jerry</b>&nbsp;</p><script>x = 'y';</script>";
         assert_eq!(segments_of(html, true), ["Hello!", "Tom &", "Jerry"]);
         let doc = Document::new(html, true);
         assert_eq!(
             doc.write(&["¡Hola!".into(), "<T> &".into(), "J".into()]),
-            "<p class=\"green\">¡Hola!</p>\n<p>&lt;T&gt; &amp; <b>J</b></p><script>x = 'y';</script>"
+            "<p class=\"green\">¡Hola!</p>\n<p>&lt;T&gt; &amp; <b>J</b>&nbsp;</p><script>x = 'y';</script>"
         );
     }
 

@@ -56,11 +56,7 @@ pub fn html_pieces(html: &str) -> Vec<HtmlPiece<'_>> {
         // The content of a script or style is never text to translate.
         if let Some(name) = start_tag_name(&html[start..end]) {
             if name.eq_ignore_ascii_case("script") || name.eq_ignore_ascii_case("style") {
-                let close = format!("</{}", name.to_ascii_lowercase());
-                end = html[end..]
-                    .to_ascii_lowercase()
-                    .find(&close)
-                    .map_or(bytes.len(), |i| end + i);
+                end = closing_tag(html, end, name).unwrap_or(bytes.len());
             }
         }
         pieces.push(HtmlPiece::Markup(&html[start..end]));
@@ -71,6 +67,21 @@ pub fn html_pieces(html: &str) -> Vec<HtmlPiece<'_>> {
         pieces.push(HtmlPiece::Text(&html[text_from..]));
     }
     pieces
+}
+
+/// Where the first `</name` (any case) at or after `from` starts.
+fn closing_tag(html: &str, from: usize, name: &str) -> Option<usize> {
+    let bytes = html.as_bytes();
+    let mut at = from;
+    while let Some(i) = html[at..].find("</") {
+        let start = at + i;
+        let tag = bytes.get(start + 2..start + 2 + name.len())?;
+        if tag.eq_ignore_ascii_case(name.as_bytes()) {
+            return Some(start);
+        }
+        at = start + 2;
+    }
+    None
 }
 
 /// Where the markup opening at `start` (a `<`) ends, or `None` when that
@@ -196,7 +207,7 @@ mod tests {
     #[test]
     fn html_is_cut_into_markup_and_text_that_join_back() {
         let html = "<!DOCTYPE html><p class=\"a>b\">Hello <b>big</b> world</p><!-- x < y -->\
-                    <script>if (a < b) { x = '<p>'; }</script><style>p>b{}</style>1 < 2 &amp; <br/>end";
+                    <script>if (a < b) { x = '</p>'; }</SCRIPT><style>p>b{}</style>1 < 2 &amp; <br/>end";
         let pieces = html_pieces(html);
         let joined: String = pieces
             .iter()
