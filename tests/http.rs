@@ -2337,6 +2337,19 @@ async fn libretranslate_languages_detect_and_settings() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["translatedText"], ru);
     assert_eq!(v["detectedLanguage"]["language"], "ru");
+    // HTML's language is its text's, not its markup's.
+    let html = format!("<div class=\"article-body\"><p>{ru}</p></div>");
+    let (status, v) = post(
+        &app,
+        "/translate",
+        json!({"q": html, "source": "auto", "target": "ru", "format": "html"}),
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(
+        (&v["translatedText"], &v["detectedLanguage"]["language"]),
+        (&json!(html), &json!("ru"))
+    );
     // Text in a language not translated into the target is refused, named.
     let (status, v) = post(
         &app,

@@ -580,12 +580,15 @@ pub(super) async fn translate(
     if !known(&target) {
         return Err(CompatError::bad(format!("{target} is not supported")));
     }
+    let documents: Vec<Document> = items.iter().map(|t| Document::new(t, html)).collect();
     let auto = source == "auto";
     let detection = auto.then(|| {
-        // Among every language the translators know, so that text in one
-        // they do not translate into the target is refused, not passed off.
+        // On the text alone (not its markup), among every language the
+        // translators know, so that text in one they do not translate into
+        // the target is refused, not passed off.
+        let text: Vec<&str> = documents.iter().flat_map(Document::segments).collect();
         let among: Vec<String> = pairs.iter().map(|(c, _)| c.clone()).collect();
-        detected(&items.join("\n"), &among)
+        detected(&text.join("\n"), &among)
     });
     let from = match &detection {
         Some(d) => d.language.clone(),
@@ -602,7 +605,6 @@ pub(super) async fn translate(
             name_of(&from)
         )));
     }
-    let documents: Vec<Document> = items.iter().map(|t| Document::new(t, html)).collect();
     let translated = translate_documents(&state, &documents, &from, &target).await?;
     let answer = |one: Vec<Value>| -> Value {
         if batch {
