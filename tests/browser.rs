@@ -4,7 +4,9 @@
 //! for the streamed paragraphs, checks what the page shows against what the
 //! API answers (summary, translations, a quality flag, the model), that no
 //! request left the server's origin, and that the page fits a phone's width;
-//! screenshots are kept under `target/browser/`.
+//! then, on a server with keys, that it asks for one, keeps it in the tab's
+//! session storage (never in the address) and sends it. Screenshots are
+//! kept under `target/browser/`.
 //!
 //! `.ci/run` installs Chromium and its driver. Elsewhere, without
 //! `chromedriver` on the PATH (or in PRECIS_CHROMEDRIVER), the test says so
@@ -124,12 +126,27 @@ fn the_page_runs_a_digest_in_chromium() {
         .send()
         .and_then(|r| r.json())
         .expect("the API answers");
+    let keyed = load::Server::start_with(
+        env!("CARGO_BIN_EXE_precis").as_ref(),
+        &["--model", "fake", "--no-cache"],
+        &[("PRECIS_TEST_FAKE_MODEL", "1"), ("PRECIS_API_KEYS", KEY)],
+        Duration::from_secs(60),
+    )
+    .expect("the server with keys starts");
     let driver = Driver::start(&chromedriver);
     let runtime = tokio::runtime::Runtime::new().expect("a runtime");
-    runtime.block_on(drive(&driver.url, chromium, &server.base, &expected));
+    runtime.block_on(drive(
+        &driver.url,
+        chromium,
+        [&server.base, &keyed.base],
+        &expected,
+    ));
 }
 
-async fn drive(webdriver: &str, chromium: Option<PathBuf>, base: &str, expected: &Value) {
+/// The key of the server that has one.
+const KEY: &str = "browser-key";
+
+async fn drive(webdriver: &str, chromium: Option<PathBuf>, bases: [&str; 2], expected: &Value) {
     let mut options = json!({
         "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1280,1800"],
     });
@@ -143,9 +160,72 @@ async fn drive(webdriver: &str, chromium: Option<PathBuf>, base: &str, expected:
         .connect(webdriver)
         .await
         .expect("a Chromium session");
-    let result = steps(&client, base, expected).await;
+    let result = match steps(&client, bases[0], expected).await {
+        Ok(()) => with_key(&client, bases[1]).await,
+        Err(e) => Err(e),
+    };
     let _ = client.close().await;
     result.unwrap();
+}
+
+/// On a server with keys, the page asks for one, keeps it in the tab's
+/// session storage (never in the address) and sends it.
+async fn with_key(
+    client: &fantoccini::Client,
+    base: &str,
+) -> Result<(), fantoccini::error::CmdError> {
+    client.set_window_size(1280, 1800).await?;
+    client.goto(&format!("{base}/")).await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::XPath(
+            "//div[@id='status' and contains(., 'needs an API key')]",
+        ))
+        .await?;
+    let typed = format!("{KEY}{}", char::from(fantoccini::key::Key::Tab));
+    client
+        .find(Locator::Id("key"))
+        .await?
+        .send_keys(&typed)
+        .await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("input[name=lang][value=ru]"))
+        .await?;
+    client
+        .find(Locator::Id("article"))
+        .await?
+        .send_keys("The ministers met on Thursday. They agreed on three points.")
+        .await?;
+    client
+        .find(Locator::Css("input[name=task][value=summarize]"))
+        .await?
+        .click()
+        .await?;
+    client.find(Locator::Id("run")).await?.click().await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(30))
+        .for_element(Locator::XPath(
+            "//p[@id='totals' and starts-with(normalize-space(.), 'Done in')]",
+        ))
+        .await?;
+    let kept = js(
+        client,
+        "return [sessionStorage.getItem('precis-api-key'), location.href, localStorage.length]",
+    )
+    .await;
+    assert_eq!(kept, json!([KEY, format!("{base}/"), 0]));
+    // A reload in the same tab keeps the key: no question asked.
+    client.refresh().await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("input[name=lang][value=ru]"))
+        .await?;
+    Ok(())
 }
 
 /// Runs `script` in the page and gives its value.

@@ -772,9 +772,10 @@ pub fn detect_language(text: &str, among: &[String]) -> Option<Detected> {
     }
     let info = whatlang::Detector::with_allowlist(allowed).detect(text)?;
     let confidence = match whatlang::detect(text) {
-        Some(any) if any.lang() == info.lang() => any.confidence(),
-        Some(other) => info.confidence() * (1.0 - other.confidence()),
-        None => info.confidence(),
+        Some(other) if other.lang() != info.lang() => {
+            info.confidence() * (1.0 - other.confidence())
+        }
+        _ => info.confidence(),
     };
     Some(Detected {
         code: precis_backend::languages::iso_639_1(info.lang().code())?.to_string(),
@@ -874,3 +875,33 @@ pub fn normalise_languages(codes: &[String]) -> Vec<String> {
 }
 
 pub use crate::languages::language_name;
+
+#[cfg(test)]
+mod tests {
+    use super::detect_language;
+
+    fn among(codes: &[&str]) -> Vec<String> {
+        codes.iter().map(|c| c.to_string()).collect()
+    }
+
+    #[test]
+    fn detection_names_a_language_among_those_given_and_says_how_sure() {
+        let all = among(&["en", "hi", "ru"]);
+        let ru = detect_language("Министры иностранных дел встретились в четверг.", &all).unwrap();
+        assert_eq!(ru.code, "ru");
+        assert!(ru.confidence > 0.5, "{ru:?}");
+        let en = detect_language("Foreign ministers met in New Delhi on Thursday.", &all).unwrap();
+        assert_eq!(en.code, "en");
+        assert!(en.confidence > 0.5, "{en:?}");
+        // French among English and Russian: English, barely.
+        let fr = detect_language(
+            "Les ministres des affaires étrangères se sont réunis jeudi à New Delhi.",
+            &among(&["en", "ru"]),
+        )
+        .unwrap();
+        assert_eq!(fr.code, "en");
+        assert!(fr.confidence < 0.5, "{fr:?}");
+        assert_eq!(detect_language("Hello there.", &[]), None);
+        assert_eq!(detect_language("12345 !!!", &all), None);
+    }
+}
