@@ -2389,6 +2389,15 @@ async fn no_compat_turns_libretranslate_off() {
         let (status, _) = call(&app, method, path, b"{}".to_vec()).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{path}");
     }
+    // Nor does the API's description name them.
+    let (_, doc) = call(&app, "GET", "/openapi.json", Vec::new()).await;
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.contains_key("/v1/translate") && !paths.contains_key("/translate"));
+    assert!(!doc["tags"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|t| t["name"] == "libretranslate"));
 }
 
 /// An article given by `url` alone is fetched under the server's address

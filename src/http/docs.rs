@@ -10,6 +10,7 @@
 use std::fmt::Write as _;
 use std::sync::OnceLock;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse, Response};
 use serde::Serialize;
@@ -19,7 +20,7 @@ use utoipa::OpenApi;
 use super::error::{ErrorBody, ErrorCode, ErrorDetail};
 use super::stream::{ParagraphEvent, ProgressEvent, StreamError, SummaryTextEvent};
 use super::{
-    BatchItem, BatchResponse, DigestRequest, Health, LanguagesResponse, ModelsResponse,
+    AppState, BatchItem, BatchResponse, DigestRequest, Health, LanguagesResponse, ModelsResponse,
     SummarizeRequest, TranslateRequest,
 };
 use precis_core::task::TaskResult;
@@ -167,14 +168,37 @@ pub enum JobResponses {
 )]
 pub struct ApiDoc;
 
-/// The document as JSON, built once.
-pub fn document() -> &'static Value {
-    static DOC: OnceLock<Value> = OnceLock::new();
-    DOC.get_or_init(|| {
+/// The document as JSON, built once for each answer to whether the
+/// server serves LibreTranslate's routes (`--no-compat`: they are left out).
+pub fn document(compat: bool) -> &'static Value {
+    static DOCS: [OnceLock<Value>; 2] = [OnceLock::new(), OnceLock::new()];
+    DOCS[usize::from(compat)].get_or_init(|| {
         let mut doc = serde_json::to_value(ApiDoc::openapi()).unwrap_or(Value::Null);
         add_event_streams(&mut doc);
+        if !compat {
+            leave_out_tag(&mut doc, "libretranslate");
+        }
         doc
     })
+}
+
+/// Removes the operations under `tag`, the paths left empty, and the tag.
+fn leave_out_tag(doc: &mut Value, tag: &str) {
+    if let Some(paths) = doc.get_mut("paths").and_then(Value::as_object_mut) {
+        for operations in paths.values_mut() {
+            if let Some(operations) = operations.as_object_mut() {
+                operations.retain(|_, op| {
+                    !op["tags"]
+                        .as_array()
+                        .is_some_and(|tags| tags.iter().any(|t| t == tag))
+                });
+            }
+        }
+        paths.retain(|_, operations| operations.as_object().is_some_and(|o| !o.is_empty()));
+    }
+    if let Some(tags) = doc.get_mut("tags").and_then(Value::as_array_mut) {
+        tags.retain(|t| t["name"] != tag);
+    }
 }
 
 /// The job routes' streamed answer, which utoipa cannot derive: a second
@@ -203,10 +227,10 @@ fn add_event_streams(doc: &mut Value) {
 /// This API's OpenAPI 3 document.
 #[utoipa::path(get, path = "/openapi.json", tag = "operations",
     responses((status = 200, description = "OpenAPI 3 document", content_type = "application/json", body = Object)))]
-pub async fn openapi_json() -> Response {
+pub async fn openapi_json(State(state): State<AppState>) -> Response {
     (
         [(header::CONTENT_TYPE, "application/json")],
-        document().to_string(),
+        document(state.compat).to_string(),
     )
         .into_response()
 }
@@ -214,9 +238,14 @@ pub async fn openapi_json() -> Response {
 /// A page describing every route and type, made from the OpenAPI document.
 #[utoipa::path(get, path = "/docs", tag = "operations",
     responses((status = 200, description = "HTML page", content_type = "text/html", body = String)))]
-pub async fn docs_page() -> Html<String> {
-    static PAGE: OnceLock<String> = OnceLock::new();
-    Html(PAGE.get_or_init(|| render(document())).clone())
+pub async fn docs_page(State(state): State<AppState>) -> Html<String> {
+    static PAGES: [OnceLock<String>; 2] = [OnceLock::new(), OnceLock::new()];
+    let compat = state.compat;
+    Html(
+        PAGES[usize::from(compat)]
+            .get_or_init(|| render(document(compat)))
+            .clone(),
+    )
 }
 
 /// The last part of a `$ref`, e.g. `TaskResult`.
