@@ -3,7 +3,8 @@
 //! serve` with the fake model. It pastes an article, runs a digest, waits
 //! for the streamed paragraphs, checks what the page shows against what the
 //! API answers (summary, translations, a quality flag, the model), that no
-//! request left the server's origin, and that the page fits a phone's width;
+//! request left the server's origin, runs a summary of an article given by
+//! its address, and checks that the page fits a phone's width;
 //! then, on a server with keys, that it asks for one, keeps it in the tab's
 //! session storage (never in the address) and sends it. Screenshots are
 //! kept under `target/browser/`.
@@ -114,7 +115,13 @@ fn the_page_runs_a_digest_in_chromium() {
     );
     let server = load::Server::start_with(
         env!("CARGO_BIN_EXE_precis").as_ref(),
-        &["--model", "fake", "--no-cache"],
+        &[
+            "--model",
+            "fake",
+            "--no-cache",
+            "--allow-address",
+            "127.0.0.1",
+        ],
         &[("PRECIS_TEST_FAKE_MODEL", "1")],
         Duration::from_secs(60),
     )
@@ -141,6 +148,26 @@ fn the_page_runs_a_digest_in_chromium() {
         [&server.base, &keyed.base],
         &expected,
     ));
+}
+
+/// A web server on loopback that answers every request with `html`.
+fn page_server(html: String) -> String {
+    use std::io::{Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a free port");
+    let base = format!("http://{}", listener.local_addr().expect("its address"));
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = stream.read(&mut request);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                html.len()
+            );
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(html.as_bytes());
+        }
+    });
+    base
 }
 
 /// The key of the server that has one.
@@ -377,6 +404,48 @@ async fn steps(
         );
     }
     std::fs::write(dir.join("page.png"), client.screenshot().await?).expect("screenshot kept");
+
+    // An article given by its address: the server fetches the page.
+    let story = format!(
+        "<html lang=\"en\"><head><title>Dam talks resume</title></head><body><nav>Home | World</nav><article><h1>Dam talks resume</h1>{}</article></body></html>",
+        SAMPLE
+            .split("\n\n")
+            .skip(1)
+            .map(|p| format!("<p>{p}</p>"))
+            .collect::<String>()
+    );
+    let url = format!("{}/story", page_server(story));
+    js(
+        client,
+        "document.getElementById('article').value = ''; return null",
+    )
+    .await;
+    client
+        .find(Locator::Id("url"))
+        .await?
+        .send_keys(&url)
+        .await?;
+    client
+        .find(Locator::Css("input[name=task][value=summarize]"))
+        .await?
+        .click()
+        .await?;
+    client.find(Locator::Id("run")).await?.click().await?;
+    client
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::XPath(
+            "//p[@id='totals' and starts-with(normalize-space(.), 'Done in')]",
+        ))
+        .await?;
+    let fetched = js(
+        client,
+        "return [document.getElementById('doc-title').textContent, document.querySelectorAll('section.part').length, document.querySelector('section[data-key=summary] .body').textContent]",
+    )
+    .await;
+    assert_eq!(fetched[0], "Dam talks resume", "{fetched}");
+    assert_eq!(fetched[1], 1, "{fetched}");
+    assert!(!fetched[2].as_str().unwrap().trim().is_empty(), "{fetched}");
 
     // At a phone's width nothing runs off the side.
     client.set_window_size(390, 1600).await?;
