@@ -362,7 +362,7 @@ pub struct ServerConfig {
     /// this long [default: 30].
     #[arg(long, env = "PRECIS_JOB_LEASE_SECS", hide_env_values = true, value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub job_lease_secs: Option<u64>,
-    /// Hosts or networks that articles' and jobs' feed URLs and webhooks
+    /// Hosts or networks that articles' URLs, jobs' feed URLs and webhooks
     /// may reach although not public, comma separated: 127.0.0.1, 10.0.0.0/8,
     /// intranet.example [default: public addresses only].
     #[arg(

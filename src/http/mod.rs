@@ -589,6 +589,11 @@ async fn fetch_article(state: &AppState, article: &mut Article) -> Result<(), Ap
         return Ok(());
     };
     let unreadable = |e: String| ApiError::new(ErrorCode::UnreadableUrl, e);
+    // A few pages fetched and read at once, whatever the clients send.
+    let _permit = FETCHES
+        .acquire()
+        .await
+        .map_err(|e| ApiError::internal(format!("fetch permits closed: {e}")))?;
     let fetched = precis_service::fetch::fetch(&url, &state.fetch)
         .await
         .map_err(|e| unreadable(e.to_string()))?;
@@ -605,6 +610,9 @@ async fn fetch_article(state: &AppState, article: &mut Article) -> Result<(), Ap
     article.text = page.text;
     Ok(())
 }
+
+/// Articles' pages fetched and read at once.
+static FETCHES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(4);
 
 /// A slot for a request, and its deadline: 503 when not ready, 429 when
 /// the queue is full, 504 when the wait outlasts the deadline.
