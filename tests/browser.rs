@@ -222,16 +222,17 @@ async fn with_key(
         .for_element(Locator::Css("input[name=lang][value=ru]"))
         .await?;
     client
-        .find(Locator::Id("article"))
-        .await?
-        .send_keys("The ministers met on Thursday. They agreed on three points.")
-        .await?;
-    client
         .find(Locator::Css("input[name=task][value=summarize]"))
         .await?
         .click()
         .await?;
-    client.find(Locator::Id("run")).await?.click().await?;
+    // Run from the keyboard: Ctrl+Enter in the text.
+    let run = format!(
+        "The ministers met on Thursday. They agreed on three points.{}{}",
+        char::from(fantoccini::key::Key::Control),
+        char::from(fantoccini::key::Key::Enter)
+    );
+    client.find(Locator::Id("article")).await?.send_keys(&run).await?;
     client
         .wait()
         .at_most(Duration::from_secs(30))
