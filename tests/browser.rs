@@ -203,24 +203,19 @@ async fn with_key(
 ) -> Result<(), fantoccini::error::CmdError> {
     client.set_window_size(1280, 1800).await?;
     client.goto(&format!("{base}/")).await?;
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::XPath(
-            "//div[@id='status' and contains(., 'needs an API key')]",
-        ))
-        .await?;
+    wait_for(
+        client,
+        Locator::XPath("//div[@id='status' and contains(., 'needs an API key')]"),
+        20,
+    )
+    .await?;
     let typed = format!("{KEY}{}", char::from(fantoccini::key::Key::Tab));
     client
         .find(Locator::Id("key"))
         .await?
         .send_keys(&typed)
         .await?;
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("input[name=lang][value=ru]"))
-        .await?;
+    wait_for(client, Locator::Css("input[name=lang][value=ru]"), 20).await?;
     client
         .find(Locator::Css("input[name=task][value=summarize]"))
         .await?
@@ -232,14 +227,12 @@ async fn with_key(
         char::from(fantoccini::key::Key::Control),
         char::from(fantoccini::key::Key::Enter)
     );
-    client.find(Locator::Id("article")).await?.send_keys(&run).await?;
     client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::XPath(
-            "//p[@id='totals' and starts-with(normalize-space(.), 'Done in')]",
-        ))
+        .find(Locator::Id("article"))
+        .await?
+        .send_keys(&run)
         .await?;
+    wait_done(client).await?;
     let kept = js(
         client,
         "return [sessionStorage.getItem('precis-api-key'), location.href, localStorage.length]",
@@ -248,12 +241,28 @@ async fn with_key(
     assert_eq!(kept, json!([KEY, format!("{base}/"), 0]));
     // A reload in the same tab keeps the key: no question asked.
     client.refresh().await?;
+    wait_for(client, Locator::Css("input[name=lang][value=ru]"), 20).await?;
+    Ok(())
+}
+
+/// Waits up to `secs` for an element `locator` finds.
+async fn wait_for(
+    client: &fantoccini::Client,
+    locator: Locator<'_>,
+    secs: u64,
+) -> Result<(), fantoccini::error::CmdError> {
     client
         .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("input[name=lang][value=ru]"))
-        .await?;
-    Ok(())
+        .at_most(Duration::from_secs(secs))
+        .for_element(locator)
+        .await
+        .map(|_| ())
+}
+
+/// Waits until the page says its run is done.
+async fn wait_done(client: &fantoccini::Client) -> Result<(), fantoccini::error::CmdError> {
+    let done = "//p[@id='totals' and starts-with(normalize-space(.), 'Done in')]";
+    wait_for(client, Locator::XPath(done), 60).await
 }
 
 /// Runs `script` in the page and gives its value.
@@ -269,11 +278,7 @@ async fn steps(
     let dir = artefacts();
     client.goto(&format!("{base}/")).await?;
     // The languages arrive from /v1/languages: Russian and Hindi, ticked.
-    client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("input[name=lang][value=hi]"))
-        .await?;
+    wait_for(client, Locator::Css("input[name=lang][value=hi]"), 20).await?;
     let ticked = js(
         client,
         "return Array.from(document.querySelectorAll('input[name=lang]:checked')).map(c => c.value)",
@@ -296,13 +301,7 @@ async fn steps(
         .click()
         .await?;
     client.find(Locator::Id("run")).await?.click().await?;
-    client
-        .wait()
-        .at_most(Duration::from_secs(60))
-        .for_element(Locator::XPath(
-            "//p[@id='totals' and starts-with(normalize-space(.), 'Done in')]",
-        ))
-        .await?;
+    wait_done(client).await?;
 
     // The translated paragraphs came as a stream, each as its event, before
     // the result.
@@ -376,13 +375,12 @@ async fn steps(
 
     // Copy as Markdown works without leaving the page.
     client.find(Locator::Id("copy")).await?.click().await?;
-    client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::XPath(
-            "//div[@id='status' and contains(., 'Markdown is copied')]",
-        ))
-        .await?;
+    wait_for(
+        client,
+        Locator::XPath("//div[@id='status' and contains(., 'Markdown is copied')]"),
+        10,
+    )
+    .await?;
 
     // Every request the page made went to its own origin.
     let requests = js(
@@ -432,13 +430,7 @@ async fn steps(
         .click()
         .await?;
     client.find(Locator::Id("run")).await?.click().await?;
-    client
-        .wait()
-        .at_most(Duration::from_secs(60))
-        .for_element(Locator::XPath(
-            "//p[@id='totals' and starts-with(normalize-space(.), 'Done in')]",
-        ))
-        .await?;
+    wait_done(client).await?;
     let fetched = js(
         client,
         "return [document.getElementById('doc-title').textContent, document.querySelectorAll('section.part').length, document.querySelector('section[data-key=summary] .body').textContent]",
