@@ -2210,6 +2210,33 @@ async fn libretranslate_errors_are_its_shape() {
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {v}");
         assert!(v["error"].is_string(), "{v}");
     }
+    // A file in a multipart form, and a body over --max-body-bytes.
+    let file = "--XyZ\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.txt\"\r\n\r\nHello.\r\n--XyZ--\r\n";
+    let (status, v) = send_as(
+        &app,
+        "/translate",
+        "multipart/form-data; boundary=XyZ",
+        file,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert_eq!(
+        v["error"],
+        "files are not translated here: send the text as `q`"
+    );
+    let huge = format!("q={}&source=en&target=ru", "a".repeat(2 * 1024 * 1024));
+    let (status, v) = send_as(
+        &app,
+        "/translate",
+        "application/x-www-form-urlencoded",
+        &huge,
+    )
+    .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("--max-body-bytes"),
+        "{v}"
+    );
     // A model that fails is a 500 whose message says nothing internal.
     let (status, v) = post(
         &app,
@@ -2456,6 +2483,18 @@ async fn an_article_can_be_given_by_its_url() {
             .contains("Home | World"),
         "{v}"
     );
+    for url in [
+        "file:///etc/passwd",
+        "http://169.254.169.254/latest/meta-data/",
+        "gopher://x/",
+    ] {
+        let (status, v) = post(&app, "/v1/summarize", json!({ "url": url })).await;
+        assert_eq!(
+            (status, code(&v)),
+            (StatusCode::UNPROCESSABLE_ENTITY, "unreadable_url"),
+            "{url}: {v}"
+        );
+    }
     let (status, v) = post(
         &app,
         "/v1/summarize",

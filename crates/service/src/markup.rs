@@ -223,6 +223,13 @@ mod tests {
         assert_eq!(texts("no markup"), vec!["no markup"]);
         assert_eq!(texts("<p unterminated"), Vec::<&str>::new());
         assert_eq!(texts("a <"), vec!["a <"]);
+        // Many scripts (each its start tag with its content, its end tag,
+        // then text), the last unterminated: each one's end is found once,
+        // and the text between them stays text.
+        let many = "<script>x</script>a".repeat(20_000) + "<script>y";
+        let pieces = html_pieces(&many);
+        assert_eq!(pieces.len(), 20_000 * 3 + 1);
+        assert_eq!(texts(&many).len(), 20_000);
     }
 
     #[test]
