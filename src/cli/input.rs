@@ -186,12 +186,7 @@ pub fn fetch_articles(items: &mut [InputItem], policy: &FetchPolicy) {
             .map_err(|e| e.to_string())
             .and_then(|f| sources::page_text(&String::from_utf8_lossy(&f.body), Some(&f.url)));
         item.article = match page {
-            Ok(page) => item.article.clone().map(|a| Article {
-                title: a.title.or(page.title),
-                text: page.text,
-                language: a.language.or(page.language),
-                ..a
-            }),
+            Ok(page) => item.article.clone().map(|a| page.fill(a)),
             Err(e) => Err(format!(
                 "{}: its text is a teaser and its article ({url}) cannot be read: {e}",
                 item.origin

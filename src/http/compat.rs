@@ -744,13 +744,14 @@ async fn translate_documents(
     from: &str,
     to: &str,
 ) -> Result<Vec<String>, CompatError> {
+    // Each document's segments, or none for one answered as it is.
+    let work: Vec<Vec<&str>> = documents
+        .iter()
+        .map(|d| if from == to { Vec::new() } else { d.segments() })
+        .collect();
     let mut calls = Vec::new();
     let mut chars = 0;
-    for document in documents {
-        let segments = document.segments();
-        if segments.is_empty() || from == to {
-            continue;
-        }
+    for segments in work.iter().filter(|s| !s.is_empty()) {
         let call = TaskCall {
             request: TaskRequest {
                 task: Task::Translate,
@@ -785,10 +786,17 @@ async fn translate_documents(
     }
     .into_iter();
     let mut out = Vec::new();
-    for document in documents {
-        let segments = document.segments();
-        if segments.is_empty() || from == to {
-            out.push(document.write(&segments.iter().map(|s| s.to_string()).collect::<Vec<_>>()));
+    for (document, segments) in documents.iter().zip(&work) {
+        if segments.is_empty() {
+            out.push(
+                document.write(
+                    &document
+                        .segments()
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect::<Vec<_>>(),
+                ),
+            );
             continue;
         }
         let result = results

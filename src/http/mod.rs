@@ -605,9 +605,7 @@ async fn fetch_article(state: &AppState, article: &mut Article) -> Result<(), Ap
     .await
     .map_err(|e| ApiError::internal(format!("page reading failed: {e}")))?
     .map_err(|e| unreadable(format!("{url}: {e}")))?;
-    article.title = article.title.take().or(page.title);
-    article.language = article.language.take().or(page.language);
-    article.text = page.text;
+    *article = page.fill(std::mem::take(article));
     Ok(())
 }
 

@@ -148,6 +148,19 @@ pub struct PageText {
     pub language: Option<String>,
 }
 
+impl PageText {
+    /// `article` read from this page: the page's text, and its title and
+    /// language where the article has none.
+    pub fn fill(self, article: Article) -> Article {
+        Article {
+            title: article.title.or(self.title),
+            text: self.text,
+            language: article.language.or(self.language),
+            ..article
+        }
+    }
+}
+
 /// The main text of an HTML page (navigation, ads, comments and other
 /// chrome left out), or why there is none.
 pub fn page_text(html: &str, url: Option<&str>) -> Result<PageText, String> {
