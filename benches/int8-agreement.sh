@@ -1,17 +1,21 @@
 #!/usr/bin/env bash
 # The int8 quality guard on the trained parity checkpoints (tests/fixtures):
-# precis int8's teacher-forced top-1 agreement with precis f32
-# (tests/int8_agreement.rs, which CI runs with a floor), beside CTranslate2
-# int8's agreement with CTranslate2 fp32 on the same inputs and prefixes.
+# precis int8's teacher-forced top-1 agreement with precis f32, beside
+# CTranslate2 int8's agreement with CTranslate2 fp32 on the same inputs and
+# prefixes, each distinct (input, prefix) counted once. Two samples: the
+# recorded outputs (tests/int8_agreement.rs, which CI runs with a floor),
+# and, for the Marian and BART checkpoints, 200 FLORES sentences with the
+# f32 model's 32 greedy tokens (the seq2seq bench's PRECIS_BENCH_AGREEMENT).
 # The full-size checkpoints' guard is part of benches/compare-marian.sh.
 # Run on demand, not in CI: `benches/int8-agreement.sh`.
 set -euo pipefail
 
 case "${1:-}" in
     -h | --help)
-        sed -n '2,7p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
         echo
-        echo "Environment: OUT_DIR [target/bench-compare/int8-agreement], PRECIS_MARIAN_VENV (see benches/compare-marian.sh --help)"
+        echo "Environment: OUT_DIR [target/bench-compare/int8-agreement], PRECIS_MARIAN_VENV (see benches/compare-marian.sh --help),"
+        echo "  SENTENCES [../shared/eval/flores200-dev/eng_Latn.txt; the second sample is skipped without it]"
         exit 0
         ;;
     "") ;;
@@ -32,7 +36,20 @@ echo "== precis (cargo test --test int8_agreement)"
 (cd "$repo_root" && PRECIS_AGREEMENT_OUT="$out_dir/precis" cargo test --quiet --test int8_agreement -- --nocapture int8_agrees) |
     grep 'agrees with f32' || { echo "int8-agreement.sh: the test failed" >&2; exit 1; }
 
-printf '\n%-14s %12s %12s %10s\n' checkpoint precis-int8 ct2-int8 difference
+# One line of a table: CTranslate2's agreement on the inputs and targets of
+# precis's agreement file $2, beside precis's.
+row() {
+    local name=$1 ids=$2 out=$3
+    "$py" -W ignore "$script_dir/marian_compare.py" ct2-agreement --ids "$ids" \
+        --fp32 "$out_dir/$name-ct2-float32" --int8 "$out_dir/$name-ct2-int8" --out "$out" >/dev/null
+    python3 - "$out" "$name" <<'PY'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"{sys.argv[2]:<14} {r['precis']:>12.4f} {r['ct2']:>12.4f} {r['precis'] - r['ct2']:>+10.4f} {r['total']:>9}")
+PY
+}
+
+printf '\n== the recorded outputs\n%-14s %12s %12s %10s %9s\n' checkpoint precis-int8 ct2-int8 difference positions
 for ids in "$out_dir"/precis/*.json; do
     name=$(basename "$ids" .json)
     checkpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$ids")
@@ -42,15 +59,29 @@ for ids in "$out_dir"/precis/*.json; do
             --quantization "$q" --force >"$out_dir/$name-ct2-$q.log" 2>&1 || converted=no
     done
     if [[ $converted == no ]]; then
-        precis=$(python3 -c 'import json, sys; print(f"{json.load(open(sys.argv[1]))[\"agreement\"]:.4f}")' "$ids")
-        printf '%-14s %12s %12s %10s  (CTranslate2 cannot convert it: %s)\n' "$name" "$precis" - - "$out_dir/$name-ct2-*.log"
+        precis=$(python3 -c 'import json, sys; print("%.4f" % json.load(open(sys.argv[1]))["agreement"])' "$ids")
+        printf '%-14s %12s %12s %10s %9s  (CTranslate2 cannot convert it: %s)\n' "$name" "$precis" - - - "$out_dir/$name-ct2-*.log"
         continue
     fi
-    "$py" -W ignore "$script_dir/marian_compare.py" ct2-agreement --ids "$ids" \
-        --fp32 "$out_dir/$name-ct2-float32" --int8 "$out_dir/$name-ct2-int8" --out "$out_dir/$name.json" >/dev/null
-    python3 - "$out_dir/$name.json" "$name" <<'PY'
-import json, sys
-r = json.load(open(sys.argv[1]))
-print(f"{sys.argv[2]:<14} {r['precis']:>12.4f} {r['ct2']:>12.4f} {r['precis'] - r['ct2']:>+10.4f}")
-PY
+    row "$name" "$ids" "$out_dir/$name.json"
+done
+
+sentences=${SENTENCES:-$repo_root/../shared/eval/flores200-dev/eng_Latn.txt}
+if [[ ! -f $sentences ]]; then
+    echo "int8-agreement.sh: no $sentences: the FLORES sample is skipped (set SENTENCES)"
+    exit 0
+fi
+printf '\n== 200 FLORES sentences, the f32 model'"'"'s 32 greedy tokens (%s)\n' "$sentences"
+printf '%-14s %12s %12s %10s %9s\n' checkpoint precis-int8 ct2-int8 difference positions
+for ids in "$out_dir"/precis/*.json; do
+    name=$(basename "$ids" .json)
+    checkpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$ids")
+    family=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model_type"])' "$checkpoint/config.json")
+    # The families the seq2seq bench reads and CTranslate2 converts here.
+    [[ $family == marian || $family == bart ]] && [[ -d $out_dir/$name-ct2-int8 ]] || continue
+    (cd "$repo_root" && PRECIS_BENCH_CHECKPOINT="$checkpoint" PRECIS_BENCH_INPUTS="$sentences" PRECIS_BENCH_COUNT=200 \
+        PRECIS_BENCH_AGREEMENT=200 PRECIS_BENCH_TOKENS=32 PRECIS_BENCH_JSON="$out_dir/$name-flores-precis.json" \
+        cargo bench --quiet --bench seq2seq >"$out_dir/$name-flores-precis.log" 2>&1) ||
+        { echo "int8-agreement.sh: the seq2seq bench failed on $name (see $out_dir/$name-flores-precis.log)" >&2; exit 1; }
+    row "$name" "$out_dir/$name-flores-precis.json" "$out_dir/$name-flores.json"
 done

@@ -1093,8 +1093,17 @@ def cmd_ct2_agreement(args) -> None:
         return out
 
     a, b = top1(args.fp32, "float32"), top1(args.int8, "int8")
-    same = sum(x == y for ra, rb in zip(a, b) for x, y in zip(ra, rb))
-    total = sum(map(len, a))
+    # Each distinct (input, target prefix) once, as precis counts
+    # (`precis_backend::seq2seq::agreement`): outputs of one input share
+    # their first tokens.
+    seen, same, total = set(), 0, 0
+    for src, tgt, ra, rb in zip(data["input_ids"], data["targets"], a, b):
+        for j, (x, y) in enumerate(zip(ra, rb)):
+            key = (tuple(src), tuple(tgt[:j]))
+            if key not in seen:
+                seen.add(key)
+                total += 1
+                same += x == y
     share = same / max(total, 1)
     mine = data.get("agreement")
     print(f"agreement ct2-int8/ct2-fp32={share:.4} ({same} of {total} teacher-forced positions, {len(source)} inputs)")

@@ -57,7 +57,7 @@
 //! - `PRECIS_BENCH_QUANTIZE` [none]: `int8` quantizes the weights at load
 //!   (`--quantize int8`).
 //! - `PRECIS_BENCH_AGREEMENT=N`: time nothing; the int8 quality guard on
-//!   the first N inputs (see [`agreement`]).
+//!   the first N inputs (see [`int8_guard`]).
 //! - `PRECIS_BENCH_SAMPLE=N`: time nothing; generate the first N inputs
 //!   and record the ids (for the equality check against transformers).
 //! - `PRECIS_BENCH_JSON`: write the figures (and the ids) to this path.
@@ -83,7 +83,7 @@ use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::portable::Portable;
 use precis_backend::seq2seq::{
-    generate, pad_outputs, teacher_forced_top1, EncoderDecoder, GenerationConfig,
+    agreement, generate, pad_outputs, teacher_forced_top1, EncoderDecoder, GenerationConfig,
     GenerationSettings, Seq2SeqConfig,
 };
 use precis_backend::tokenizer::checkpoint::{CheckpointTokenizer, Family};
@@ -374,7 +374,7 @@ fn main() -> anyhow::Result<()> {
     let agreement_inputs = env_usize("PRECIS_BENCH_AGREEMENT", 0)?;
     if agreement_inputs > 0 {
         let n = agreement_inputs.min(input_ids.len());
-        let report = agreement(&dir, family, &input_ids[..n], &checkpoint, tokens, batch)?;
+        let report = int8_guard(&dir, family, &input_ids[..n], &checkpoint, tokens, batch)?;
         if let Some(path) = &json_path {
             std::fs::write(path, serde_json::to_string(&report)? + "\n")?;
         }
@@ -515,12 +515,23 @@ impl Model {
     }
 }
 
+/// What [`int8_guard`] read: the inputs it used, the f32 model's outputs,
+/// and the positions where int8 and f32 agree out of those counted.
+struct Guard {
+    inputs: Vec<Vec<u32>>,
+    targets: Vec<Vec<u32>>,
+    same: usize,
+    total: usize,
+}
+
 /// The int8 quality guard on this checkpoint (`PRECIS_BENCH_AGREEMENT`):
 /// the f32 model's greedy outputs of `inputs` (exactly `tokens` new
-/// tokens), read teacher-forced by the f32 and the int8 model; the share of
-/// positions whose top-1 tokens agree, printed and returned with the ids
-/// (which `marian_compare.py ct2-agreement` gives CTranslate2).
-fn agreement(
+/// tokens; inputs longer than the model's positions left out), read
+/// teacher-forced by the f32 and the int8 model; the share of positions
+/// whose top-1 tokens agree (each distinct prefix once), printed and
+/// returned with the ids (which `marian_compare.py ct2-agreement` gives
+/// CTranslate2).
+fn int8_guard(
     dir: &Path,
     family: ModelFamily,
     inputs: &[Vec<u32>],
@@ -535,7 +546,11 @@ fn agreement(
         checkpoint: &GenerationConfig,
         tokens: usize,
         batch: usize,
-    ) -> anyhow::Result<(Vec<Vec<u32>>, usize, usize)> {
+    ) -> anyhow::Result<Guard> {
+        // A small parity checkpoint reads fewer positions than some inputs
+        // have: those inputs are left out (and the count says so).
+        let max = f.seq2seq_config().max_positions;
+        let inputs: Vec<Vec<u32>> = inputs.iter().filter(|i| i.len() <= max).cloned().collect();
         let overrides = checkpoint.clone().then(&GenerationConfig {
             num_beams: Some(1),
             min_new_tokens: Some(tokens),
@@ -544,27 +559,32 @@ fn agreement(
         });
         let settings = GenerationSettings::resolve(&overrides, &f.seq2seq_config())
             .map_err(|e| anyhow::anyhow!(e))?;
-        let (mut targets, mut same, mut total) = (Vec::new(), 0, 0);
+        let (mut targets, mut a, mut c) = (Vec::new(), Vec::new(), Vec::new());
         for b in inputs.chunks(batch) {
             let out = generate(f, b, &settings, &mut |_| true)?;
             let t: Vec<Vec<u32>> = out.into_iter().map(|o| o[1..].to_vec()).collect();
-            let (a, c) = (
-                teacher_forced_top1(f, b, &t)?,
-                teacher_forced_top1(q, b, &t)?,
-            );
-            for (a, c) in a.iter().zip(&c) {
-                same += a.iter().zip(c).filter(|(x, y)| x == y).count();
-                total += a.len();
-            }
+            a.extend(teacher_forced_top1(f, b, &t)?);
+            c.extend(teacher_forced_top1(q, b, &t)?);
             targets.extend(t);
         }
-        Ok((targets, same, total))
+        let (same, total) = agreement(&inputs, &targets, &a, &c);
+        Ok(Guard {
+            inputs,
+            targets,
+            same,
+            total,
+        })
     }
     let (f, q) = (
         Model::load(dir, family, Quantize::None)?,
         Model::load(dir, family, Quantize::Int8)?,
     );
-    let (targets, same, total) = match (&f, &q) {
+    let Guard {
+        inputs: used,
+        targets,
+        same,
+        total,
+    } = match (&f, &q) {
         (Model::Bart(f), Model::Bart(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
         (Model::M2M100(f), Model::M2M100(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
         _ => unreachable!("one family"),
@@ -572,13 +592,17 @@ fn agreement(
     let share = same as f64 / total.max(1) as f64;
     println!(
         "agreement precis-int8/precis-f32={share:.4} ({same} of {total} teacher-forced positions, \
-         {} inputs)",
-        inputs.len()
+         {} inputs{})",
+        used.len(),
+        match inputs.len() - used.len() {
+            0 => String::new(),
+            n => format!("; {n} longer than the model's positions left out"),
+        }
     );
     Ok(serde_json::json!({
         "engine": "precis",
         "family": family.name(),
-        "input_ids": inputs,
+        "input_ids": used,
         "targets": targets,
         "same": same,
         "total": total,

@@ -11,11 +11,11 @@ mod parity;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use parity::{recorded_pairs, same_positions};
+use parity::recorded_pairs;
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::t5::T5;
-use precis_backend::seq2seq::{teacher_forced_top1, EncoderDecoder};
+use precis_backend::seq2seq::{agreement, teacher_forced_top1, EncoderDecoder};
 use precis_backend::Quantize;
 
 /// Least share of positions where int8 and f32 agree. Measured on an Intel
@@ -27,7 +27,7 @@ const FLOOR: f64 = 0.97;
 /// positions read. With `PRECIS_AGREEMENT_OUT` set, the inputs, targets and
 /// figures also go to `NAME.json` in that folder, where
 /// `benches/int8-agreement.sh` gives the same to CTranslate2.
-fn agreement<M: EncoderDecoder>(f32_model: &M, int8_model: &M, dir: &Path) -> (usize, usize) {
+fn measure<M: EncoderDecoder>(f32_model: &M, int8_model: &M, dir: &Path) -> (usize, usize) {
     let (inputs, targets) = recorded_pairs(dir, f32_model.seq2seq_config().eos_token_id);
     let out = std::env::var_os("PRECIS_AGREEMENT_OUT");
     let a = teacher_forced_top1(f32_model, &inputs, &targets).expect("f32 runs");
@@ -35,7 +35,7 @@ fn agreement<M: EncoderDecoder>(f32_model: &M, int8_model: &M, dir: &Path) -> (u
     for (a, b) in a.iter().zip(&b) {
         assert_eq!(a.len(), b.len());
     }
-    let (same, total) = same_positions(&a, &b);
+    let (same, total) = agreement(&inputs, &targets, &a, &b);
     if let Some(out) = out {
         let name = dir.file_name().unwrap().to_string_lossy();
         let report = serde_json::json!({
@@ -75,19 +75,19 @@ fn int8_agrees_with_f32_on_every_family() {
         let dir = parity::fixture(family, name);
         let f = Bart::load_quantized(&dir, &cpu, Quantize::None).expect("f32 loads");
         let q = Bart::load_quantized(&dir, &cpu, Quantize::Int8).expect("int8 loads");
-        check(name, agreement(&f, &q, &dir));
+        check(name, measure(&f, &q, &dir));
     }
     for name in ["tiny-t5", "tiny-flan"] {
         let dir = parity::fixture("t5", name);
         let f = T5::load_weights(&dir, None, &cpu, Quantize::None).expect("f32 loads");
         let q = T5::load_weights(&dir, None, &cpu, Quantize::Int8).expect("int8 loads");
-        check(name, agreement(&f, &q, &dir));
+        check(name, measure(&f, &q, &dir));
     }
     for name in ["tiny-m2m100", "tiny-nllb"] {
         let dir = parity::fixture("m2m100", name);
         let f = M2M100::load_quantized(&dir, &cpu, Quantize::None).expect("f32 loads");
         let q = M2M100::load_quantized(&dir, &cpu, Quantize::Int8).expect("int8 loads");
-        check(name, agreement(&f, &q, &dir));
+        check(name, measure(&f, &q, &dir));
     }
 }
 

@@ -436,6 +436,31 @@ pub fn teacher_forced_top1<M: EncoderDecoder>(
     Ok(out)
 }
 
+/// Positions where two [`teacher_forced_top1`] readings of the same
+/// `inputs` and `targets` agree, and positions counted: each distinct
+/// (input, target prefix) once. Outputs of one input under several
+/// settings share their first tokens, and counting a shared prefix once
+/// per output would weigh one near-tie as many times as it is repeated.
+/// `benches/marian_compare.py ct2-agreement` counts CTranslate2's the same.
+pub fn agreement(
+    inputs: &[Vec<u32>],
+    targets: &[Vec<u32>],
+    a: &[Vec<u32>],
+    b: &[Vec<u32>],
+) -> (usize, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let (mut same, mut total) = (0, 0);
+    for (((input, target), a), b) in inputs.iter().zip(targets).zip(a).zip(b) {
+        for (j, (x, y)) in a.iter().zip(b).enumerate() {
+            if seen.insert((input.as_slice(), &target[..j])) {
+                total += 1;
+                same += usize::from(x == y);
+            }
+        }
+    }
+    (same, total)
+}
+
 /// Generates for every input; returns each input's best sequence, decoder
 /// start token first, up to and including its end token (or cut at
 /// `max_length`).
