@@ -11,7 +11,7 @@ use serde::de::DeserializeOwned;
 
 use rayon::prelude::*;
 
-use super::safetensors::SafetensorsFiles;
+use super::safetensors::{FileRows, SafetensorsFiles};
 use crate::kernels::{self, Activations, Epilogue, Keys, PackedF32, PackedI8, KEY_BLOCK};
 use crate::weights::{GgufFile, TensorRef};
 use crate::{BackendError, Quantize};
@@ -41,6 +41,53 @@ pub(super) struct Checkpoint {
     pub(super) vb: VarBuilder<'static>,
     pub(super) file: PathBuf,
     pub(super) mapped: Option<Arc<GgufFile>>,
+    /// The safetensors files `vb` reads, where the checkpoint has them.
+    pub(super) safetensors: Option<SafetensorsFiles>,
+}
+
+/// A token embedding table and the full name it was read under.
+#[derive(Clone)]
+pub(super) struct Table {
+    pub(super) values: Tensor,
+    pub(super) name: String,
+}
+
+impl Table {
+    /// The first of `names` under `base` (`rows × cols`).
+    pub(super) fn first(
+        base: &VarBuilder,
+        names: &[&str],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, BackendError> {
+        let name = names
+            .iter()
+            .find(|n| base.contains_tensor(n))
+            .ok_or_else(|| BackendError::Config(format!("no `{}` tensor", names.join("` or `"))))?;
+        let prefix = base.prefix();
+        Ok(Self {
+            values: base.get((rows, cols), name)?,
+            name: if prefix.is_empty() {
+                name.to_string()
+            } else {
+                format!("{prefix}.{name}")
+            },
+        })
+    }
+
+    /// Where an int8 model reads this table's rows: left in its
+    /// safetensors file when the checkpoint is one ([`FileRows`]), else
+    /// `None` (the output layer's int8 rows, as CTranslate2 reads them).
+    pub(super) fn file_rows(
+        &self,
+        checkpoint: Option<&SafetensorsFiles>,
+    ) -> Result<Option<FileRows>, BackendError> {
+        let (rows, cols) = self.values.dims2()?;
+        match checkpoint {
+            Some(files) => files.rows(&self.name, rows, cols),
+            None => Ok(None),
+        }
+    }
 }
 
 impl Checkpoint {
@@ -90,25 +137,26 @@ pub(super) fn weights(
     if let Some(file) = gguf {
         return mapped(file, device);
     }
-    let safetensors = dir.join("model.safetensors");
+    let single = dir.join("model.safetensors");
     let index = dir.join("model.safetensors.index.json");
     let pth = dir.join("pytorch_model.bin");
-    let (vb, file) = if safetensors.exists() || index.exists() {
+    let (vb, file, safetensors) = if single.exists() || index.exists() {
         // One tensor at a time from disk (see `safetensors`).
-        let (files, named) = if safetensors.exists() {
-            (vec![safetensors.clone()], safetensors)
+        let (files, named) = if single.exists() {
+            (vec![single.clone()], single)
         } else {
             (shards(dir, &index)?, index)
         };
         let tensors = SafetensorsFiles::open(&files)?;
         (
-            VarBuilder::from_backend(Box::new(tensors), DType::F32, device.clone()),
+            VarBuilder::from_backend(Box::new(tensors.clone()), DType::F32, device.clone()),
             named,
+            Some(tensors),
         )
     } else if pth.exists() {
         let vb = VarBuilder::from_pth(&pth, DType::F32, device)
             .map_err(|e| BackendError::load(&pth, e))?;
-        (vb, pth)
+        (vb, pth, None)
     } else {
         let ggufs = gguf_files(dir)?;
         match ggufs.as_slice() {
@@ -139,6 +187,7 @@ pub(super) fn weights(
         vb,
         file,
         mapped: None,
+        safetensors,
     })
 }
 
@@ -167,6 +216,7 @@ fn mapped(file: &Path, device: &Device) -> Result<Checkpoint, BackendError> {
         vb,
         file: file.to_path_buf(),
         mapped: Some(mapped),
+        safetensors: None,
     })
 }
 

@@ -30,8 +30,9 @@ use serde::Deserialize;
 use super::bart::{base_model, FeedForward, LN_EPS};
 use super::layers::{
     activation, read_config, repad, require, weights, Attention, AttentionSpec, Checkpoint,
-    DecoderState, Dense, RowNorm, Storage,
+    DecoderState, Dense, RowNorm, Storage, Table,
 };
+use super::safetensors::{FileRows, SafetensorsFiles};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
 use crate::kernels::Epilogue;
 use crate::{BackendError, Quantize};
@@ -120,6 +121,10 @@ pub struct M2M100 {
     decoder_norm: LayerNorm,
     /// The output layer, tied to the shared embedding: also its table.
     lm_head: Dense,
+    /// With int8 weights, the shared table's rows as stored in the
+    /// safetensors file, which the embeddings read instead of the output
+    /// layer's int8 rows (see `bart::TokenRows::File`).
+    tokens: Option<FileRows>,
     embed_scale: f64,
     device: Device,
 }
@@ -177,16 +182,17 @@ impl M2M100Config {
     }
 
     /// The shared token table under the base model `base`.
-    pub(super) fn table(&self, base: &VarBuilder) -> Result<Tensor, BackendError> {
-        let shared = [
-            "shared.weight",
-            "encoder.embed_tokens.weight",
-            "decoder.embed_tokens.weight",
-        ]
-        .into_iter()
-        .find(|n| base.contains_tensor(n))
-        .ok_or_else(|| BackendError::Config("no `shared.weight` tensor".into()))?;
-        Ok(base.get((self.vocab_size, self.d_model), shared)?)
+    pub(super) fn table(&self, base: &VarBuilder) -> Result<Table, BackendError> {
+        Table::first(
+            base,
+            &[
+                "shared.weight",
+                "encoder.embed_tokens.weight",
+                "decoder.embed_tokens.weight",
+            ],
+            self.vocab_size,
+            self.d_model,
+        )
     }
 }
 
@@ -223,17 +229,26 @@ impl M2M100 {
         quantize: Quantize,
     ) -> Result<Self, BackendError> {
         let cfg: M2M100Config = read_config(dir)?;
-        let Checkpoint { vb, file, .. } = weights(dir, None, device)?;
-        Self::from_var_builder(cfg, vb, Storage::of(quantize), device).map_err(|e| match e {
-            BackendError::Candle(e) => BackendError::load(&file, e),
-            other => other,
-        })
+        let Checkpoint {
+            vb,
+            file,
+            safetensors,
+            ..
+        } = weights(dir, None, device)?;
+        let storage = Storage::of(quantize);
+        Self::from_var_builder(cfg, vb, storage, safetensors.as_ref(), device).map_err(
+            |e| match e {
+                BackendError::Candle(e) => BackendError::load(&file, e),
+                other => other,
+            },
+        )
     }
 
     fn from_var_builder(
         cfg: M2M100Config,
         vb: VarBuilder,
         storage: Storage,
+        safetensors: Option<&SafetensorsFiles>,
         device: &Device,
     ) -> Result<Self, BackendError> {
         cfg.check()?;
@@ -279,9 +294,13 @@ impl M2M100 {
         let head = if vb.contains_tensor("lm_head.weight") {
             vb.get((cfg.vocab_size, d), "lm_head.weight")?
         } else {
-            table.clone()
+            table.values.clone()
         };
         let lm_head = Dense::new(&head, None, storage)?;
+        let tokens = match lm_head {
+            Dense::Int8(_) => table.file_rows(safetensors)?,
+            _ => None,
+        };
         let embed_scale = if cfg.scale_embedding {
             (d as f64).sqrt()
         } else {
@@ -298,6 +317,7 @@ impl M2M100 {
             decoder,
             decoder_norm: ln(base.pp("decoder.layer_norm"))?,
             lm_head,
+            tokens,
             embed_scale,
             device: device.clone(),
             cfg,
@@ -311,23 +331,29 @@ impl M2M100 {
 
     /// Scaled token embeddings of `ids` plus the position rows `positions`
     /// (one each), `ids.len()` rows of `d`. The table is the output layer's
-    /// (tied), read from its packed copy: it is not kept twice.
+    /// (tied), read from its packed f32 copy (it is not kept twice), or
+    /// with int8 weights from the file ([`M2M100::tokens`]).
     fn embed(&self, ids: &[u32], positions: &[usize]) -> Result<Vec<f32>, BackendError> {
         let d = self.cfg.d_model;
         let mut x = vec![0f32; ids.len() * d];
+        if let Some(id) = ids.iter().find(|&&id| id as usize >= self.cfg.vocab_size) {
+            return Err(BackendError::Runtime(format!(
+                "token id {id} is outside the vocabulary of {}",
+                self.cfg.vocab_size
+            )));
+        }
+        match &self.tokens {
+            Some(rows) => rows.gather(ids, &mut x)?,
+            None => {
+                for (row, &id) in x.chunks_mut(d).zip(ids) {
+                    self.lm_head.row(id as usize, row);
+                }
+            }
+        }
         // As candle's `tensor * scale` computes it: `v · scale + 0` in f32.
         let scale = self.embed_scale as f32;
-        for (row, &id) in x.chunks_mut(d).zip(ids) {
-            if id as usize >= self.cfg.vocab_size {
-                return Err(BackendError::Runtime(format!(
-                    "token id {id} is outside the vocabulary of {}",
-                    self.cfg.vocab_size
-                )));
-            }
-            self.lm_head.row(id as usize, row);
-            for v in row.iter_mut() {
-                *v = *v * scale + 0.0;
-            }
+        for v in x.iter_mut() {
+            *v = *v * scale + 0.0;
         }
         for (row, &p) in x.chunks_mut(d).zip(positions) {
             let Some(pos) = self.positions.get(p * d..(p + 1) * d) else {

@@ -260,6 +260,7 @@ impl Portable {
         let (dtype, device) = (vb.dtype(), vb.device().clone());
         let base = base_model(&vb);
         let (enc_table, dec_table) = cfg.tables(&base)?;
+        let (enc_table, dec_table) = (enc_table.values, dec_table.values);
         let lm_head = if cfg.tie_word_embeddings || !vb.contains_tensor("lm_head.weight") {
             dec_table.clone()
         } else {
@@ -355,7 +356,7 @@ impl Portable {
         let d = cfg.d_model;
         let (dtype, device) = (vb.dtype(), vb.device().clone());
         let base = base_model(&vb);
-        let table = cfg.table(&base)?;
+        let table = cfg.table(&base)?.values;
         let head = if vb.contains_tensor("lm_head.weight") {
             vb.get((cfg.vocab_size, d), "lm_head.weight")?
         } else {

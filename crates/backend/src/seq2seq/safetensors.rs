@@ -16,6 +16,7 @@ use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use candle_core::{DType, Device, Shape, Tensor};
 use serde::Deserialize;
@@ -27,6 +28,7 @@ use crate::BackendError;
 const MAX_HEADER: u64 = 100 * 1024 * 1024;
 
 /// Where one tensor lies.
+#[derive(Clone)]
 struct Entry {
     file: usize,
     dtype: DType,
@@ -37,6 +39,7 @@ struct Entry {
 }
 
 /// The tensors of one or more safetensors files, by name.
+#[derive(Clone)]
 pub(super) struct SafetensorsFiles {
     files: Vec<PathBuf>,
     entries: HashMap<String, Entry>,
@@ -139,6 +142,33 @@ impl SafetensorsFiles {
         Ok(())
     }
 
+    /// The `rows × cols` float table `name`, left in its file ([`FileRows`]);
+    /// `None` when there is no such tensor of that shape in F32, F16 or
+    /// BF16.
+    pub(super) fn rows(
+        &self,
+        name: &str,
+        rows: usize,
+        cols: usize,
+    ) -> Result<Option<FileRows>, BackendError> {
+        let Some(e) = self.entries.get(name) else {
+            return Ok(None);
+        };
+        if e.shape != [rows, cols] || !matches!(e.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Ok(None);
+        }
+        let path = &self.files[e.file];
+        let file = File::open(path).map_err(|err| BackendError::load(path, err))?;
+        Ok(Some(FileRows {
+            file: Mutex::new(file),
+            path: path.clone(),
+            start: e.start,
+            dtype: e.dtype,
+            rows,
+            cols,
+        }))
+    }
+
     fn read(&self, name: &str, device: &Device) -> candle_core::Result<Tensor> {
         let e = self
             .entries
@@ -183,6 +213,75 @@ impl SafetensorsFiles {
             }
         };
         Tensor::from_vec(values, e.shape.as_slice(), device)
+    }
+}
+
+/// A table left in its safetensors file, whose rows are read when asked
+/// for: the token embeddings of an int8 model (tied to its output layer),
+/// read as stored instead of from the output layer's int8 rows, without
+/// the table in memory. The file stays open, so a checkpoint fetched again
+/// (written to a new name and renamed over this one) does not change what
+/// is read.
+pub(super) struct FileRows {
+    file: Mutex<File>,
+    path: PathBuf,
+    /// Absolute byte offset of row 0.
+    start: u64,
+    dtype: DType,
+    rows: usize,
+    cols: usize,
+}
+
+impl FileRows {
+    /// Row `r` of each of `ids` into `out` (`ids.len() × cols` values).
+    pub(super) fn gather(&self, ids: &[u32], out: &mut [f32]) -> Result<(), BackendError> {
+        let cols = self.cols;
+        assert_eq!(out.len(), ids.len() * cols, "{} rows of {cols}", ids.len());
+        let size = self.dtype.size_in_bytes();
+        let mut bits = vec![0u16; if size == 2 { cols } else { 0 }];
+        let failed = |err: std::io::Error| {
+            BackendError::Runtime(format!(
+                "reading the token embeddings from {}: {err} (was the file changed while precis ran?)",
+                self.path.display()
+            ))
+        };
+        let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
+        for (&id, row) in ids.iter().zip(out.chunks_exact_mut(cols)) {
+            let r = id as usize;
+            if r >= self.rows {
+                return Err(BackendError::Runtime(format!(
+                    "token id {id} is outside the vocabulary of {}",
+                    self.rows
+                )));
+            }
+            file.seek(SeekFrom::Start(self.start + (r * cols * size) as u64))
+                .map_err(failed)?;
+            match self.dtype {
+                DType::F32 if cfg!(target_endian = "little") => file
+                    .read_exact(bytemuck::cast_slice_mut(row))
+                    .map_err(failed)?,
+                DType::F32 => {
+                    file.read_exact(bytemuck::cast_slice_mut(row))
+                        .map_err(failed)?;
+                    row.iter_mut()
+                        .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+                }
+                _ => {
+                    file.read_exact(bytemuck::cast_slice_mut(&mut bits))
+                        .map_err(failed)?;
+                    let f16 = self.dtype == DType::F16;
+                    for (v, &b) in row.iter_mut().zip(&bits) {
+                        let b = u16::from_le(b);
+                        *v = if f16 {
+                            half::f16::from_bits(b).to_f32()
+                        } else {
+                            half::bf16::from_bits(b).to_f32()
+                        };
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -263,6 +362,59 @@ mod tests {
             &Device::Cpu,
         );
         assert!(wrong.unwrap_err().to_string().contains("shape"));
+    }
+
+    #[test]
+    fn rows_left_in_the_file_read_as_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("model.safetensors");
+        let values: Vec<f32> = (0..5 * 4).map(|i| i as f32 * 0.37 - 3.0).collect();
+        let t = Tensor::from_vec(values, (5, 4), &Device::Cpu).unwrap();
+        let tensors: HashMap<String, Tensor> = [DType::F32, DType::F16, DType::BF16]
+            .into_iter()
+            .map(|dt| (format!("{dt:?}"), t.to_dtype(dt).unwrap()))
+            .chain([(
+                "ids".to_string(),
+                Tensor::new(&[1u32, 2], &Device::Cpu).unwrap(),
+            )])
+            .collect();
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let files = SafetensorsFiles::open(std::slice::from_ref(&path)).unwrap();
+        for dt in [DType::F32, DType::F16, DType::BF16] {
+            let name = format!("{dt:?}");
+            let rows = files.rows(&name, 5, 4).unwrap().expect("a float table");
+            let mut out = vec![f32::NAN; 3 * 4];
+            rows.gather(&[4, 0, 4], &mut out).unwrap();
+            // What reading the whole tensor gives, row for row.
+            let whole = files
+                .get_unchecked(&name, DType::F32, &Device::Cpu)
+                .unwrap();
+            let whole = whole.to_vec2::<f32>().unwrap();
+            assert_eq!(
+                out,
+                [&whole[4][..], &whole[0], &whole[4]].concat(),
+                "{name}"
+            );
+            let err = rows.gather(&[5], &mut out[..4]).unwrap_err().to_string();
+            assert!(
+                err.contains("token id 5 is outside the vocabulary of 5"),
+                "{err}"
+            );
+        }
+        // Not a float table, not that shape, not there: none.
+        assert!(files.rows("ids", 2, 1).unwrap().is_none());
+        assert!(files.rows("F32", 4, 5).unwrap().is_none());
+        assert!(files.rows("missing", 5, 4).unwrap().is_none());
+        // A file cut short after it was opened: an error, not a panic.
+        let rows = files.rows("F32", 5, 4).unwrap().unwrap();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(8)
+            .unwrap();
+        let err = rows.gather(&[3], &mut [0.0; 4]).unwrap_err().to_string();
+        assert!(err.contains("was the file changed"), "{err}");
     }
 
     #[test]
