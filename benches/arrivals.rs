@@ -27,7 +27,8 @@
 //! - `PRECIS_BENCH_THREADS`: threads [2]
 //! - `PRECIS_BENCH_JSON`: also write the figures as JSON to this path
 
-/// The allocator the `precis` binary uses (see `src/main.rs`).
+/// The allocator the `precis` binary uses, set as it sets it (see
+/// `precis::allocator`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -51,6 +52,7 @@ struct Seen {
 }
 
 fn main() -> anyhow::Result<()> {
+    precis::allocator::keep_freed_pages();
     let threads = bench_threads()?;
     let model_name = std::env::var("PRECIS_BENCH_MODEL")
         .unwrap_or_else(|_| "qwen2.5-coder-0.5b-instruct-q4_k_m".to_string());

@@ -48,7 +48,8 @@
 //!   the same length through `GgufModel::greedy_ids`; `PRECIS_BENCH_IDS=0`
 //!   skips it). `benches/compare-llamacpp.sh` reads this file.
 
-/// The allocator the `precis` binary uses (see `src/main.rs`).
+/// The allocator the `precis` binary uses, set as it sets it (see
+/// `precis::allocator`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -66,6 +67,7 @@ use precis_backend::{Backend, ChatMessage, Flow, GenerationRequest, Placement};
 use precis_core::task::{clean, prompt, Length};
 
 fn main() -> anyhow::Result<()> {
+    precis::allocator::keep_freed_pages();
     let threads = bench_threads()?;
 
     let model_name = std::env::var("PRECIS_BENCH_MODEL")

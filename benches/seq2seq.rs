@@ -66,7 +66,8 @@
 //!   [f32] in f32, f16 or bf16; `PRECIS_BENCH_PORTABLE=1` runs the portable
 //!   path on the CPU.
 
-/// The allocator the `precis` binary uses (see `src/main.rs`).
+/// The allocator the `precis` binary uses, set as it sets it (see
+/// `precis::allocator`).
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -307,6 +308,7 @@ fn env_either(name: &str, old: &str) -> Option<String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    precis::allocator::keep_freed_pages();
     let threads = env_usize("PRECIS_BENCH_THREADS", 2)?.max(1);
     // Before any thread exists: candle's pools read these when first used.
     std::env::set_var("RAYON_NUM_THREADS", threads.to_string());

@@ -10,5 +10,6 @@
 //! - `precis-backend`: candle models behind one small trait, tokenizers,
 //!   the model store.
 
+pub mod allocator;
 pub mod cli;
 pub mod http;

@@ -2,15 +2,12 @@
 
 use clap::Parser;
 
-/// mimalloc keeps freed memory for reuse where glibc's allocator returns
-/// every large block to the kernel and faults it back in zeroed on the next
-/// allocation: the BART encoder's activations (tens of MB per layer) spent a
-/// third of their time in page faults (measured 7.0 s → 4.3 s for 8 inputs
-/// of 400 tokens on distilbart-cnn-12-6's shape).
+/// mimalloc, kept longer than its default: see `precis::allocator`.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    precis::allocator::keep_freed_pages();
     // candle runs element-wise ops of 64k elements or more on a spinning pool
     // of its own, next to rayon's matrix-product threads; on a few cores they
     // compete (Marian beam search measured 14% slower with it). Unless the
