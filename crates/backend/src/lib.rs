@@ -378,8 +378,10 @@ pub enum Quantize {
     #[default]
     None,
     /// int8 per weight row, activations per token (CTranslate2's int8),
-    /// the output layer included; token embeddings tied to it are read
-    /// from its int8 rows, a table of their own stays f32.
+    /// the output layer included; token embeddings are not quantized (a
+    /// table tied to the output layer is read as stored from the
+    /// safetensors file, else from the layer's int8 rows; a table of their
+    /// own stays f32).
     Int8,
 }
 
