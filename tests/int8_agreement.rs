@@ -108,3 +108,27 @@ fn int8_is_deterministic_and_batch_independent() {
         assert_eq!(alone[0], all[i], "input {i} alone");
     }
 }
+
+/// int8 reads the tied token embeddings from the safetensors file, row by
+/// row, not from the output layer's int8 rows: a file cut short under a
+/// loaded model makes the next encoding fail, with an error that says so
+/// (never a panic, never rows read past the end).
+#[test]
+fn int8_embeddings_are_read_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let copy = dir.path().join("tiny-en-ru");
+    parity::copy_fixture(&parity::fixture("marian", "tiny-en-ru"), &copy, &[]);
+    let cpu = Device::Cpu;
+    let q = Bart::load_quantized(&copy, &cpu, Quantize::Int8).unwrap();
+    let (inputs, _) = recorded_pairs(&copy, q.seq2seq_config().eos_token_id);
+    assert!(q.encode(&inputs[..1]).is_ok());
+    let weights = copy.join("model.safetensors");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&weights)
+        .unwrap()
+        .set_len(1024)
+        .unwrap();
+    let err = q.encode(&inputs[..1]).unwrap_err().to_string();
+    assert!(err.contains("was the file changed"), "{err}");
+}
