@@ -28,6 +28,7 @@
 //! output embedding (or `lm_head`) plus `final_logits_bias`.
 
 use std::path::Path;
+use std::sync::Arc;
 
 use candle_core::{DType, Device, IndexOp, Module, Tensor};
 use candle_nn::{Embedding, LayerNorm, VarBuilder};
@@ -35,7 +36,7 @@ use serde::Deserialize;
 
 use super::layers::{
     activation, pad, read_config, repad, require, unpad, weights, Attention, AttentionSpec,
-    Checkpoint, DecoderState, Dense, RowNorm, Storage, Table,
+    Checkpoint, DecoderState, Dense, RowNorm, Storage, Table, SHARED_TABLE,
 };
 use super::safetensors::{FileRows, SafetensorsFiles};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
@@ -150,16 +151,7 @@ impl BartConfig {
     pub(super) fn tables(&self, base: &VarBuilder) -> Result<(Table, Table), BackendError> {
         let d = self.d_model;
         Ok(if self.share_encoder_decoder_embeddings {
-            let shared = Table::first(
-                base,
-                &[
-                    "shared.weight",
-                    "encoder.embed_tokens.weight",
-                    "decoder.embed_tokens.weight",
-                ],
-                self.vocab_size,
-                d,
-            )?;
+            let shared = Table::first(base, &SHARED_TABLE, self.vocab_size, d)?;
             (shared.clone(), shared)
         } else {
             (
@@ -257,6 +249,7 @@ struct Embeddings {
 }
 
 /// Where one side's token embeddings are read.
+#[derive(Clone)]
 enum TokenRows {
     /// Its own f32 table.
     Table(Embedding),
@@ -265,7 +258,7 @@ enum TokenRows {
     /// safetensors file. An embedding's error would reach every layer's
     /// residual stream: measured on the trained parity checkpoints, int8
     /// rows here double the int8 model's divergence from f32 (tiny-cnn).
-    File(FileRows),
+    File(Arc<FileRows>),
     /// A checkpoint that is not safetensors: the output layer's int8 rows
     /// (as CTranslate2 reads its tied tables).
     Head,
@@ -367,15 +360,19 @@ impl Bart {
         let tokens = |table: Table, tied: bool| -> Result<TokenRows, BackendError> {
             Ok(if head_rows && tied {
                 match table.file_rows(safetensors)? {
-                    Some(rows) => TokenRows::File(rows),
+                    Some(rows) => TokenRows::File(Arc::new(rows)),
                     None => TokenRows::Head,
                 }
             } else {
                 TokenRows::Table(Embedding::new(table.values, d))
             })
         };
-        let enc_tokens = tokens(enc_table, cfg.share_encoder_decoder_embeddings)?;
         let dec_tokens = tokens(dec_table, true)?;
+        let enc_tokens = if cfg.share_encoder_decoder_embeddings {
+            dec_tokens.clone()
+        } else {
+            tokens(enc_table, false)?
+        };
         let ln = |vb: VarBuilder| candle_nn::layer_norm(d, LN_EPS, vb);
         let max_pos = cfg.max_position_embeddings;
         let (enc_positions, dec_positions) = if cfg.is_marian() {

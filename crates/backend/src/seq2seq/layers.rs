@@ -45,6 +45,15 @@ pub(super) struct Checkpoint {
     pub(super) safetensors: Option<SafetensorsFiles>,
 }
 
+/// Where a checkpoint keeps a token table shared by the encoder and the
+/// decoder (BART and M2M100 write `shared.weight`; some conversions only
+/// the per-side copies of it).
+pub(super) const SHARED_TABLE: [&str; 3] = [
+    "shared.weight",
+    "encoder.embed_tokens.weight",
+    "decoder.embed_tokens.weight",
+];
+
 /// A token embedding table and the full name it was read under.
 #[derive(Clone)]
 pub(super) struct Table {

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::bart::{base_model, FeedForward, LN_EPS};
 use super::layers::{
     activation, read_config, repad, require, weights, Attention, AttentionSpec, Checkpoint,
-    DecoderState, Dense, RowNorm, Storage, Table,
+    DecoderState, Dense, RowNorm, Storage, Table, SHARED_TABLE,
 };
 use super::safetensors::{FileRows, SafetensorsFiles};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
@@ -183,16 +183,7 @@ impl M2M100Config {
 
     /// The shared token table under the base model `base`.
     pub(super) fn table(&self, base: &VarBuilder) -> Result<Table, BackendError> {
-        Table::first(
-            base,
-            &[
-                "shared.weight",
-                "encoder.embed_tokens.weight",
-                "decoder.embed_tokens.weight",
-            ],
-            self.vocab_size,
-            self.d_model,
-        )
+        Table::first(base, &SHARED_TABLE, self.vocab_size, self.d_model)
     }
 }
 
