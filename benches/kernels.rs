@@ -8,7 +8,7 @@
 //! 8960 × 1536 matrix (Qwen2.5-1.5B's FFN gate / up; Q4_K and Q6_K also on
 //! its 1536 × 8960 FFN down, whose long rows do not let a few tokens'
 //! activations stay in the L1 cache). The scalar reference runs once for
-//! comparison.
+//! comparison. `attention_*` times the attention kernel on one thread.
 //!
 //! Runs on a rayon pool that the main thread belongs to, so a product's
 //! parallel region starts from a worker thread; `overhead/*` measures a tiny
@@ -170,6 +170,68 @@ fn products(c: &mut Criterion) {
     quantize.finish();
 }
 
+/// int8 products of a BART-large encoder layer over a 400-token input
+/// (`PackedI8`, on the pool's threads). One element is one multiply-add.
+fn int8(c: &mut Criterion) {
+    let n = 400;
+    let mut group = c.benchmark_group("int8_400_tokens");
+    group.sample_size(20);
+    for (rows, cols) in [(1024, 1024), (4096, 1024), (1024, 4096)] {
+        let w = input(rows, cols);
+        let m = kernels::PackedI8::new(&w, None, rows, cols);
+        let x = input(n, cols);
+        let mut out = vec![0.0; n * rows];
+        group.throughput(Throughput::Elements((n * rows * cols) as u64));
+        group.bench_function(format!("{rows}x{cols}"), |b| {
+            b.iter(|| m.forward_then(&x, n, &mut out, kernels::Epilogue::None))
+        });
+    }
+    group.finish();
+}
+
+/// One (sequence, head) of attention, one thread, head size 64 over 400
+/// positions (a BART article): the encoder's self-attention (all 400
+/// positions query) and a beam-4 decoder step's cross-attention (4 rows).
+/// One element is one multiply-add of `q·k` or `w·v`.
+fn attention(c: &mut Criterion) {
+    let (dim, len) = (64usize, 400usize);
+    let stride = len.div_ceil(kernels::KEY_BLOCK) * kernels::KEY_BLOCK;
+    let kt = input(dim * stride, 1);
+    let v: Vec<f32> = kt.iter().rev().copied().collect();
+    let keys = kernels::Keys {
+        kt: &kt,
+        v: &v,
+        stride,
+    };
+    let mut group = c.benchmark_group("attention_hd64_400");
+    for (label, rows) in [("encoder_400_rows", len), ("cross_4_rows", 4)] {
+        let q = input(rows, dim);
+        let limits = vec![len; rows];
+        let mut out = vec![0.0; rows * dim];
+        group.throughput(Throughput::Elements((2 * rows * len * dim) as u64));
+        group.bench_function(label, |b| {
+            b.iter(|| kernels::attention(&q, &limits, keys, dim, 0.125, &mut out))
+        });
+    }
+    // The cross-attention of a decoder step reads every (sequence, head)'s
+    // keys and values once: 768 of them (8 inputs, 16 heads, 6 layers).
+    let copies: Vec<(Vec<f32>, Vec<f32>)> = (0..768).map(|_| (kt.clone(), v.clone())).collect();
+    let q = input(4, dim);
+    let limits = vec![len; 4];
+    let mut out = vec![0.0; 4 * dim];
+    let mut next = 0;
+    group.throughput(Throughput::Elements((2 * 4 * len * dim) as u64));
+    group.bench_function("cross_4_rows_from_memory", |b| {
+        b.iter(|| {
+            next = (next + 1) % copies.len();
+            let (kt, v) = &copies[next];
+            let keys = kernels::Keys { kt, v, stride };
+            kernels::attention(&q, &limits, keys, dim, 0.125, &mut out)
+        })
+    });
+    group.finish();
+}
+
 /// A product small enough that the parallel region's start-up dominates
 /// (256 × 896 Q8_0, a 0.5B model's K projection).
 fn overhead(c: &mut Criterion, label: &str) {
@@ -197,5 +259,7 @@ fn main() {
         .expect("a rayon pool");
     overhead(&mut c, "in_pool");
     products(&mut c);
+    attention(&mut c);
+    int8(&mut c);
     c.final_summary();
 }

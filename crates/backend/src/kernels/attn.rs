@@ -188,6 +188,32 @@ mod x86 {
         /// `a · b + c`, fused.
         unsafe fn fma(a: Self, b: Self, c: Self) -> Self;
         unsafe fn mul(a: Self, b: Self) -> Self;
+        unsafe fn add(a: Self, b: Self) -> Self;
+        unsafe fn sub(a: Self, b: Self) -> Self;
+        unsafe fn max(a: Self, b: Self) -> Self;
+        /// Each lane clamped to `[lo, hi]` (as `f32::clamp` for numbers).
+        unsafe fn clamp(self, lo: f32, hi: f32) -> Self;
+        /// The largest lane.
+        unsafe fn max_lane(self) -> f32;
+        /// [`exp`] (fused) of each lane.
+        unsafe fn exp(self) -> Self;
+    }
+
+    /// [`exp`]'s operations on vectors up to its last step: `(y, n)`, the
+    /// result being `y · 2^n` where `x > EXP_CUT`, 0 elsewhere.
+    #[inline(always)]
+    unsafe fn exp_parts<L: Lanes>(x: L) -> (L, L) {
+        unsafe {
+            let xc = x.clamp(EXP_CUT, EXP_TOP);
+            let round = L::splat(ROUND);
+            let n = L::sub(L::add(L::mul(xc, L::splat(LOG2E)), round), round);
+            let r = L::fma(n, L::splat(-LN2_LO), L::fma(n, L::splat(-LN2_HI), xc));
+            let mut p = L::splat(EXP_POLY[0]);
+            for &c in &EXP_POLY[1..] {
+                p = L::fma(p, r, L::splat(c));
+            }
+            (L::add(L::fma(p, L::mul(r, r), r), L::splat(1.0)), n)
+        }
     }
 
     impl Lanes for __m256 {
@@ -216,6 +242,43 @@ mod x86 {
         unsafe fn mul(a: Self, b: Self) -> Self {
             unsafe { _mm256_mul_ps(a, b) }
         }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm256_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm256_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { _mm256_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
+            unsafe { _mm256_min_ps(_mm256_max_ps(self, _mm256_set1_ps(lo)), _mm256_set1_ps(hi)) }
+        }
+        #[inline(always)]
+        unsafe fn max_lane(self) -> f32 {
+            unsafe {
+                let h = _mm_max_ps(
+                    _mm256_castps256_ps128(self),
+                    _mm256_extractf128_ps::<1>(self),
+                );
+                let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+                _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)))
+            }
+        }
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            unsafe {
+                let (y, n) = exp_parts(self);
+                let e = _mm256_add_epi32(_mm256_cvttps_epi32(n), _mm256_set1_epi32(127));
+                let two_n = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(e));
+                let keep = _mm256_cmp_ps::<_CMP_GT_OQ>(self, _mm256_set1_ps(EXP_CUT));
+                _mm256_and_ps(keep, _mm256_mul_ps(y, two_n))
+            }
+        }
     }
 
     impl Lanes for __m512 {
@@ -243,6 +306,36 @@ mod x86 {
         #[inline(always)]
         unsafe fn mul(a: Self, b: Self) -> Self {
             unsafe { _mm512_mul_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn add(a: Self, b: Self) -> Self {
+            unsafe { _mm512_add_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn sub(a: Self, b: Self) -> Self {
+            unsafe { _mm512_sub_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn max(a: Self, b: Self) -> Self {
+            unsafe { _mm512_max_ps(a, b) }
+        }
+        #[inline(always)]
+        unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
+            unsafe { _mm512_min_ps(_mm512_max_ps(self, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)) }
+        }
+        #[inline(always)]
+        unsafe fn max_lane(self) -> f32 {
+            unsafe { _mm512_reduce_max_ps(self) }
+        }
+        #[inline(always)]
+        unsafe fn exp(self) -> Self {
+            unsafe {
+                let (y, n) = exp_parts(self);
+                let e = _mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127));
+                let two_n = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(e));
+                let keep = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(self, _mm512_set1_ps(EXP_CUT));
+                _mm512_maskz_mul_ps(keep, y, two_n)
+            }
         }
     }
 
@@ -332,6 +425,50 @@ mod x86 {
     struct Tiled<L, const C: usize>(std::marker::PhantomData<L>);
 
     impl<L: Lanes, const C: usize> Micro for Tiled<L, C> {
+        /// The default's operations on vectors: the lanes' maximum taken in
+        /// any order (it is exact), each lane's sum in the same order.
+        #[inline(always)]
+        fn softmax_block(
+            s: &mut [f32; KEY_BLOCK],
+            visible: usize,
+            max: &mut f32,
+            sum: &mut f32,
+        ) -> f32 {
+            const LANES: usize = 16;
+            for v in &mut s[visible..] {
+                *v = f32::NEG_INFINITY;
+            }
+            let p = s.as_mut_ptr();
+            // SAFETY: the features are enabled; every offset read or written
+            // is below KEY_BLOCK, a multiple of LANES, itself one or two
+            // vectors (N is 8 or 16).
+            unsafe {
+                let mut m = L::load(p);
+                for i in (L::N..KEY_BLOCK).step_by(L::N) {
+                    m = L::max(m, L::load(p.add(i)));
+                }
+                let new_max = max.max(m.max_lane());
+                let rescale = exp::<true>(*max - new_max);
+                let shift = L::splat(new_max);
+                let mut acc = [L::zero(); 2];
+                for c in (0..KEY_BLOCK).step_by(LANES) {
+                    for (k, acc) in acc.iter_mut().take(LANES / L::N).enumerate() {
+                        let at = p.add(c + k * L::N);
+                        let e = L::sub(L::load(at), shift).exp();
+                        e.store(at);
+                        *acc = L::add(*acc, e);
+                    }
+                }
+                let mut lanes = [0.0f32; LANES];
+                for (k, acc) in acc.iter().take(LANES / L::N).enumerate() {
+                    acc.store(lanes.as_mut_ptr().add(k * L::N));
+                }
+                *sum = *sum * rescale + sum_lanes(&lanes);
+                *max = new_max;
+                rescale
+            }
+        }
+
         #[inline(always)]
         fn scores<const R: usize>(
             q: &[f32],
@@ -444,6 +581,82 @@ mod x86 {
     pub(super) unsafe fn silu_avx512(gate: &mut [f32], up: &[f32]) {
         silu_loop::<true>(gate, up)
     }
+
+    /// A block's softmax step on `L` vectors, for the tests.
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn softmax_avx2(
+        s: &mut [f32; KEY_BLOCK],
+        visible: usize,
+        max: &mut f32,
+        sum: &mut f32,
+    ) -> f32 {
+        Tiled::<__m256, 2>::softmax_block(s, visible, max, sum)
+    }
+
+    #[cfg(test)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl")]
+    unsafe fn softmax_avx512(
+        s: &mut [f32; KEY_BLOCK],
+        visible: usize,
+        max: &mut f32,
+        sum: &mut f32,
+    ) -> f32 {
+        Tiled::<__m512, 4>::softmax_block(s, visible, max, sum)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        /// The vector softmax step is the plain fused one, bit for bit: the
+        /// same weights, running maximum and sum, and rescale factor, for
+        /// scores over the whole range of `exp` (cut to 0, overflow-clamped),
+        /// any number of visible keys, and a row's first block or a later one.
+        #[test]
+        fn vector_softmax_is_the_plain_one_bit_for_bit() {
+            let levels = Level::available();
+            let mut x = 0x2545_f491_4f6c_dd1du64;
+            for case in 0..400 {
+                let amp = [0.5f32, 8.0, 60.0, 200.0][case % 4];
+                let mut s = [0.0f32; KEY_BLOCK];
+                for v in &mut s {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    *v = ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp;
+                }
+                let visible = [KEY_BLOCK, 1, 17, 40][(case / 4) % 4];
+                let start = if case % 3 == 0 {
+                    (f32::NEG_INFINITY, 0.0)
+                } else {
+                    (s[0] * 0.5, 3.25)
+                };
+                let (mut want, mut wmax, mut wsum) = (s, start.0, start.1);
+                let wscale = Fused::softmax_block(&mut want, visible, &mut wmax, &mut wsum);
+                for &level in &levels {
+                    let (mut got, mut max, mut sum) = (s, start.0, start.1);
+                    // SAFETY: the level is available, so are its features.
+                    let scale = unsafe {
+                        match level {
+                            Level::Avx2 => softmax_avx2(&mut got, visible, &mut max, &mut sum),
+                            Level::Avx512Vnni => {
+                                softmax_avx512(&mut got, visible, &mut max, &mut sum)
+                            }
+                            Level::Scalar => continue,
+                        }
+                    };
+                    let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&got), bits(&want), "{level:?} case {case}: weights");
+                    assert_eq!(
+                        [max.to_bits(), sum.to_bits(), scale.to_bits()],
+                        [wmax.to_bits(), wsum.to_bits(), wscale.to_bits()],
+                        "{level:?} case {case}: maximum, sum, rescale"
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// The two multiply-add loops of a block, and whether `exp` may fuse.
@@ -461,6 +674,47 @@ trait Micro {
         scale: f32,
         out: &mut [[f32; KEY_BLOCK]; R],
     );
+
+    /// One row's block of scores (its first `visible` seen) made softmax
+    /// weights: `e^(s - max')` where `max'` is the running maximum with the
+    /// block's, the running `sum` rescaled and increased by them; returns the
+    /// factor `e^(max - max')` for what the row has summed so far. Sixteen
+    /// lanes, each the block's elements `l, l + 16, …` in turn, added
+    /// pairwise at the end ([`sum_lanes`]) on every level.
+    #[inline(always)]
+    fn softmax_block(
+        s: &mut [f32; KEY_BLOCK],
+        visible: usize,
+        max: &mut f32,
+        sum: &mut f32,
+    ) -> f32 {
+        for v in &mut s[visible..] {
+            *v = f32::NEG_INFINITY;
+        }
+        // Lane by lane, then across the lanes (a chain of 64 would cost as
+        // much as the block's multiply-adds).
+        let mut lane_max = [f32::NEG_INFINITY; 16];
+        for chunk in s.chunks_exact(16) {
+            for (m, &v) in lane_max.iter_mut().zip(chunk) {
+                *m = m.max(v);
+            }
+        }
+        let block_max = lane_max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let new_max = max.max(block_max);
+        // 0 for a row's first block (its maximum was -inf); 1 for a block it
+        // sees nothing of (all its weights come out 0).
+        let rescale = exp_fused::<Self>(*max - new_max);
+        let mut lanes = [0.0f32; 16];
+        for chunk in s.chunks_exact_mut(16) {
+            for (l, v) in lanes.iter_mut().zip(chunk) {
+                *v = exp_fused::<Self>(*v - new_max);
+                *l += *v;
+            }
+        }
+        *sum = *sum * rescale + sum_lanes(&lanes);
+        *max = new_max;
+        rescale
+    }
 
     /// `out[r] = out[r] · rescale[r] + Σ_j w[r][j] · V[b0 + j]`, each value a
     /// chain of multiply-adds in order of `j`.
@@ -579,23 +833,18 @@ const EXP_CUT: f32 = -87.3;
 ///
 /// Cephes' `expf`: `x = n ln2 + r` with `|r| ≤ ln2 / 2` (ln2 in two parts),
 /// a degree-6 polynomial for `e^r`, and `2^n` put into the exponent bits.
+/// The SIMD levels' vector `exp` (in `x86`) does the same operations in the
+/// same order, lane by lane.
 #[inline(always)]
 fn exp<const FMA: bool>(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
-    // Adding and subtracting 1.5 · 2²³ rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
     let keep = x > EXP_CUT;
-    let xc = x.clamp(EXP_CUT, 88.0);
+    let xc = x.clamp(EXP_CUT, EXP_TOP);
     let n = (xc * LOG2E + ROUND) - ROUND;
     let r = madd::<FMA>(n, -LN2_LO, madd::<FMA>(n, -LN2_HI, xc));
-    let mut p = 1.987_569_1e-4;
-    p = madd::<FMA>(p, r, 1.398_199_9e-3);
-    p = madd::<FMA>(p, r, 8.333_452e-3);
-    p = madd::<FMA>(p, r, 4.166_579_6e-2);
-    p = madd::<FMA>(p, r, 1.666_666_5e-1);
-    p = madd::<FMA>(p, r, 0.5);
+    let mut p = EXP_POLY[0];
+    for &c in &EXP_POLY[1..] {
+        p = madd::<FMA>(p, r, c);
+    }
     let y = madd::<FMA>(p, r * r, r) + 1.0;
     let two_n = f32::from_bits((((n as i32) + 127) << 23) as u32);
     if keep {
@@ -604,6 +853,24 @@ fn exp<const FMA: bool>(x: f32) -> f32 {
         0.0
     }
 }
+
+/// [`exp`]'s constants: the largest argument, `log2 e`, `ln 2` in two
+/// parts, the rounding constant (adding and subtracting `1.5 · 2²³` rounds
+/// to the nearest integer), and the polynomial's coefficients from the
+/// highest degree.
+const EXP_TOP: f32 = 88.0;
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+const ROUND: f32 = 12_582_912.0;
+const EXP_POLY: [f32; 6] = [
+    1.987_569_1e-4,
+    1.398_199_9e-3,
+    8.333_452e-3,
+    4.166_579_6e-2,
+    1.666_666_5e-1,
+    0.5,
+];
 
 #[inline(always)]
 fn silu_loop<const FMA: bool>(gate: &mut [f32], up: &[f32]) {
@@ -661,33 +928,8 @@ fn group<const R: usize, M: Micro>(
         M::scores::<R>(q, keys, b0, dim, scale, &mut scores);
         // Softmax weights of the block, and the running maximum and sum.
         for r in 0..R {
-            let s = &mut scores[r];
             let visible = limits[r].saturating_sub(b0).min(KEY_BLOCK);
-            for v in &mut s[visible..] {
-                *v = f32::NEG_INFINITY;
-            }
-            // Lane by lane, then across the lanes (a chain of 64 would
-            // cost as much as the block's multiply-adds).
-            let mut lane_max = [f32::NEG_INFINITY; 16];
-            for chunk in s.chunks_exact(16) {
-                for (m, &v) in lane_max.iter_mut().zip(chunk) {
-                    *m = m.max(v);
-                }
-            }
-            let block_max = lane_max.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-            let new_max = max[r].max(block_max);
-            // 0 for a row's first block (its maximum was -inf); 1 for a
-            // block it sees nothing of (all its weights come out 0).
-            rescale[r] = exp_m::<M>(max[r] - new_max);
-            let mut lanes = [0.0f32; 16];
-            for chunk in s.chunks_exact_mut(16) {
-                for (l, v) in lanes.iter_mut().zip(chunk) {
-                    *v = exp_m::<M>(*v - new_max);
-                    *l += *v;
-                }
-            }
-            sum[r] = sum[r] * rescale[r] + sum_lanes(&lanes);
-            max[r] = new_max;
+            rescale[r] = M::softmax_block(&mut scores[r], visible, &mut max[r], &mut sum[r]);
         }
         M::weighted::<R>(&scores, &rescale, keys, b0, dim, out);
     }
@@ -701,7 +943,7 @@ fn group<const R: usize, M: Micro>(
 
 /// [`exp`] fused as `M` fuses.
 #[inline(always)]
-fn exp_m<M: Micro>(x: f32) -> f32 {
+fn exp_fused<M: Micro + ?Sized>(x: f32) -> f32 {
     if M::FMA {
         exp::<true>(x)
     } else {

@@ -980,9 +980,8 @@ impl DecoderState {
     /// pushed) over the row's positions so far, then the output
     /// projection.
     pub(super) fn self_attend(&self, layer: usize, attn: &Attention, x: &[f32]) -> Vec<f32> {
-        let cache = &self.self_kv[layer];
-        let sequence: Vec<usize> = (0..cache.rows).collect();
-        attn.attend_rows(x, &sequence, cache.kv.view())
+        let (kv, slot) = self.self_kv[layer].view();
+        attn.attend_rows(x, slot, kv)
     }
 
     /// Layer `layer`'s self-attention keys and values as tensors
@@ -1027,17 +1026,22 @@ impl DecoderState {
 }
 
 /// One decoder layer's self-attention keys and values, in
-/// [`kernels::attention`]'s layout: per (row, head), the keys transposed
-/// over `stride` positions and the values by position. A step writes its
-/// position in place; only a beam reorder (or a full cache, whose stride
-/// then doubles) copies, into a second buffer kept for the next time, so a
-/// step neither allocates nor zeroes memory.
+/// [`kernels::attention`]'s layout: per (slot, head), the keys transposed
+/// over `stride` positions and the values by position, each row in a slot
+/// of its own. A step writes its position in place. A beam reorder moves
+/// no row whose parent it keeps once: the first child of each kept row takes
+/// over its slot, and only the further children are copied, into the slots
+/// of rows no longer kept. A full cache (whose stride then doubles) or a
+/// change in the number of rows copies every row into a second buffer, kept
+/// for the next time, so a step neither allocates nor zeroes memory.
 #[derive(Default)]
 pub(super) struct SelfKv {
-    /// The rows as sequences (every one `len` positions long).
+    /// The slots as sequences (every one `len` positions long).
     kv: HeadKv,
     /// The other buffers, for the next copy.
     spare: (Vec<f32>, Vec<f32>),
+    /// The slot each row is in (a permutation of the rows).
+    slot: Vec<usize>,
     rows: usize,
     len: usize,
 }
@@ -1060,13 +1064,19 @@ impl SelfKv {
             (self.kv.heads, self.kv.head_dim, self.kv.stride) = (heads, head_dim, 0);
         }
         let full = self.len + 1 > self.kv.stride;
-        if keep.is_some() || full || rows != self.rows {
+        if full || rows != self.rows {
             let stride = if full {
                 (self.kv.stride * 2).max(KEY_BLOCK)
             } else {
                 self.kv.stride
             };
             self.copy_rows(keep, rows, stride);
+        } else if let Some(keep) = keep {
+            self.reslot(keep);
+        }
+        let mut row_of = vec![0; rows];
+        for (r, &s) in self.slot.iter().enumerate() {
+            row_of[s] = r;
         }
         let (len, stride, block) = (self.len, self.kv.stride, head_dim * self.kv.stride);
         self.kv
@@ -1074,8 +1084,8 @@ impl SelfKv {
             .par_chunks_mut(block)
             .zip(self.kv.v.par_chunks_mut(block))
             .enumerate()
-            .for_each(|(rh, (kt, vv))| {
-                let at = (rh / heads) * inner + (rh % heads) * head_dim;
+            .for_each(|(sh, (kt, vv))| {
+                let at = row_of[sh / heads] * inner + (sh % heads) * head_dim;
                 for (d, &x) in k[at..at + head_dim].iter().enumerate() {
                     kt[d * stride + len] = x;
                 }
@@ -1085,8 +1095,55 @@ impl SelfKv {
         self.kv.lens = vec![self.len; rows];
     }
 
+    /// The slots as sequences of [`kernels::attention`], a row's slot
+    /// standing for the row.
+    fn view(&self) -> (KvView<'_>, &[usize]) {
+        (self.kv.view(), &self.slot)
+    }
+
+    /// Row `r` becomes the old row `keep[r]`, as many rows as before, in
+    /// place: each kept row's first child takes over its slot; a further
+    /// child is copied into the slot of a row not kept.
+    fn reslot(&mut self, keep: &[usize]) {
+        let parent: Vec<usize> = keep.iter().map(|&r| self.slot[r]).collect();
+        let mut taken = vec![false; self.rows];
+        let mut slot = vec![usize::MAX; self.rows];
+        for (r, &p) in parent.iter().enumerate() {
+            if !taken[p] {
+                taken[p] = true;
+                slot[r] = p;
+            }
+        }
+        // As many free slots as children still without one.
+        let mut free = (0..self.rows).filter(|&s| !taken[s]);
+        let mut copies: Vec<(usize, usize)> = Vec::new();
+        for (r, s) in slot.iter_mut().enumerate() {
+            if *s == usize::MAX {
+                *s = free.next().expect("a free slot per child without one");
+                copies.push((parent[r], *s));
+            }
+        }
+        self.slot = slot;
+        if copies.is_empty() || self.len == 0 {
+            return;
+        }
+        let block = self.kv.heads * self.kv.head_dim * self.kv.stride;
+        for buffer in [&mut self.kv.kt, &mut self.kv.v] {
+            // The targets are slots no row was kept in, so never a source.
+            let mut slots: Vec<Option<&mut [f32]>> = buffer.chunks_mut(block).map(Some).collect();
+            let targets: Vec<(&mut [f32], usize)> = copies
+                .iter()
+                .map(|&(from, to)| (slots[to].take().expect("each free slot once"), from))
+                .collect();
+            let sources: Vec<Option<&[f32]>> = slots.into_iter().map(|s| s.map(|s| &*s)).collect();
+            targets.into_par_iter().for_each(|(to, from)| {
+                to.copy_from_slice(sources[from].expect("a source is a kept slot"));
+            });
+        }
+    }
+
     /// Makes the cache `rows` rows over `stride` positions, row `r` the old
-    /// row `keep[r]` (`r` when `None`).
+    /// row `keep[r]` (`r` when `None`), each in the slot of its index.
     fn copy_rows(&mut self, keep: Option<&[usize]>, rows: usize, stride: usize) {
         let (heads, hd, len) = (self.kv.heads, self.kv.head_dim, self.len);
         let (old_stride, old_block) = (self.kv.stride, hd * self.kv.stride);
@@ -1096,14 +1153,15 @@ impl SelfKv {
         // zero: it only needs to be finite, which old keys and values are.
         kt.resize(rows * heads * block, 0.0);
         vv.resize(rows * heads * block, 0.0);
-        let (old_kt, old_v) = (&self.kv.kt, &self.kv.v);
+        let (old_kt, old_v, slot) = (&self.kv.kt, &self.kv.v, &self.slot);
         if len > 0 {
             kt.par_chunks_mut(block)
                 .zip(vv.par_chunks_mut(block))
                 .enumerate()
                 .for_each(|(rh, (kt, vv))| {
                     let (r, h) = (rh / heads, rh % heads);
-                    let at = (keep.map_or(r, |keep| keep[r]) * heads + h) * old_block;
+                    let from = slot[keep.map_or(r, |keep| keep[r])];
+                    let at = (from * heads + h) * old_block;
                     for d in 0..hd {
                         let from = at + d * old_stride;
                         kt[d * stride..d * stride + len].copy_from_slice(&old_kt[from..from + len]);
@@ -1116,26 +1174,26 @@ impl SelfKv {
             std::mem::replace(&mut self.kv.v, vv),
         );
         (self.rows, self.kv.stride) = (rows, stride);
+        self.slot = (0..rows).collect();
     }
 
-    /// `[rows, heads, len, head_dim]` keys and values.
+    /// `[rows, heads, len, head_dim]` keys and values, row by row.
     fn tensors(&self, device: &Device) -> candle_core::Result<(Tensor, Tensor)> {
-        let (hd, len, stride) = (self.kv.head_dim, self.len, self.kv.stride);
-        let mut k = Vec::with_capacity(self.rows * self.kv.heads * len * hd);
+        let (heads, hd, len, stride) = (self.kv.heads, self.kv.head_dim, self.len, self.kv.stride);
+        let block = hd * stride;
+        let mut k = Vec::with_capacity(self.rows * heads * len * hd);
         let mut v = Vec::with_capacity(k.capacity());
-        for (kt, vv) in self
-            .kv
-            .kt
-            .chunks_exact((hd * stride).max(1))
-            .zip(self.kv.v.chunks_exact((hd * stride).max(1)))
-            .take(self.rows * self.kv.heads)
-        {
-            for j in 0..len {
-                k.extend((0..hd).map(|d| kt[d * stride + j]));
+        for &s in &self.slot {
+            for h in 0..heads {
+                let at = (s * heads + h) * block;
+                let (kt, vv) = (&self.kv.kt[at..at + block], &self.kv.v[at..at + block]);
+                for j in 0..len {
+                    k.extend((0..hd).map(|d| kt[d * stride + j]));
+                }
+                v.extend_from_slice(&vv[..len * hd]);
             }
-            v.extend_from_slice(&vv[..len * hd]);
         }
-        let shape = (self.rows, self.kv.heads, len, hd);
+        let shape = (self.rows, heads, len, hd);
         Ok((
             Tensor::from_vec(k, shape, device)?,
             Tensor::from_vec(v, shape, device)?,
@@ -1183,6 +1241,8 @@ mod tests {
         for step in 0..150 {
             let keep: Option<Vec<usize>> = match step % 7 {
                 3 => Some((0..rows).rev().collect()),
+                // Some rows kept twice, some dropped, as a beam search does.
+                4 if rows > 2 => Some((0..rows).map(|r| [1, 1, 0][r % 3].min(rows - 1)).collect()),
                 5 if rows > 1 => Some(vec![rows - 1; rows - 1]),
                 6 => Some(vec![0; rows]),
                 _ => None,
