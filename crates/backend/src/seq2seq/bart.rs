@@ -36,7 +36,7 @@ use serde::Deserialize;
 
 use super::layers::{
     activation, pad, read_config, repad, require, unpad, weights, Attention, AttentionSpec,
-    Checkpoint, DecoderState, Dense, RowNorm, Storage, Table, SHARED_TABLE,
+    Checkpoint, DecoderState, Dense, RowNorm, Scratch, Storage, Table, SHARED_TABLE,
 };
 use super::safetensors::{FileRows, SafetensorsFiles};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
@@ -219,6 +219,13 @@ impl FeedForward {
 
     pub(super) fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
         self.fc2.forward(&self.fc1.forward_then(x, self.act)?)
+    }
+
+    /// The block over `rows` rows of `x` (flat), into `s.ffn`.
+    pub(super) fn apply_rows(&self, x: &[f32], rows: usize, s: &mut Scratch) {
+        self.fc1.write_into(x, rows, self.act, &mut s.hidden);
+        self.fc2
+            .write_into(&s.hidden, rows, Epilogue::None, &mut s.ffn);
     }
 }
 
@@ -512,12 +519,12 @@ impl Bart {
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         let mut x = unpad(&self.embed(&self.enc_embed, &ids, 0)?, &lens)?;
         let rows = x.len() / self.cfg.d_model;
+        let mut s = Scratch::default();
         for layer in &self.encoder {
-            let a = layer.attn.attend_within(&x, &lens);
-            layer.attn_norm.add_norm(&mut x, &a);
-            let h = layer.ffn.fc1.apply_rows(&x, rows, layer.ffn.act);
-            let f = layer.ffn.fc2.apply_rows(&h, rows, Epilogue::None);
-            layer.ffn_norm.add_norm(&mut x, &f);
+            layer.attn.attend_within(&x, &lens, &mut s);
+            layer.attn_norm.add_norm(&mut x, &s.attn);
+            layer.ffn.apply_rows(&x, rows, &mut s);
+            layer.ffn_norm.add_norm(&mut x, &s.ffn);
         }
         Ok((x, bias))
     }

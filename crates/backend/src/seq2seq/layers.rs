@@ -461,6 +461,20 @@ impl Dense {
         out
     }
 
+    /// [`Dense::apply_rows`] into `out`, made `rows` rows of outputs long:
+    /// a buffer reused from layer to layer is neither reallocated nor
+    /// cleared (every output is written).
+    pub(super) fn write_into(
+        &self,
+        x: &[f32],
+        rows: usize,
+        epilogue: Epilogue,
+        out: &mut Vec<f32>,
+    ) {
+        out.resize(rows * self.rows(), 0.0);
+        self.write_rows(x, rows, epilogue, out);
+    }
+
     /// [`Dense::apply_rows`] into `out` (`rows` rows of outputs).
     pub(super) fn write_rows(&self, x: &[f32], rows: usize, epilogue: Epilogue, out: &mut [f32]) {
         match self {
@@ -708,6 +722,16 @@ impl HeadKv {
     /// From projected keys and values (`Σ lens` rows of `heads · head_dim`,
     /// the sequences one after the other, no padding).
     fn new(k: &[f32], v: &[f32], lens: &[usize], heads: usize, head_dim: usize) -> Self {
+        let mut kv = Self::default();
+        kv.fill(k, v, lens, heads, head_dim);
+        kv
+    }
+
+    /// [`HeadKv::new`] in this one's buffers (reallocated only to grow).
+    fn fill(&mut self, k: &[f32], v: &[f32], lens: &[usize], heads: usize, head_dim: usize) {
+        /// Positions transposed together: their keys' rows stay in the L1
+        /// cache while each dimension's stretch of them is written.
+        const TILE: usize = 16;
         let inner = heads * head_dim;
         let stride = lens
             .iter()
@@ -715,29 +739,36 @@ impl HeadKv {
             .map_or(0, |&m| m.div_ceil(KEY_BLOCK) * KEY_BLOCK);
         let block = head_dim * stride;
         let offsets = offsets(lens);
-        let mut kt = vec![0f32; lens.len() * heads * block];
-        let mut vv = vec![0f32; lens.len() * heads * block];
-        kt.par_chunks_mut(block.max(1))
-            .zip(vv.par_chunks_mut(block.max(1)))
+        self.kt.resize(lens.len() * heads * block, 0.0);
+        self.v.resize(lens.len() * heads * block, 0.0);
+        self.kt
+            .par_chunks_mut(block.max(1))
+            .zip(self.v.par_chunks_mut(block.max(1)))
             .enumerate()
             .for_each(|(ih, (kt, vv))| {
                 let (i, h) = (ih / heads, ih % heads);
-                for j in 0..lens[i] {
-                    let row = (offsets[i] + j) * inner + h * head_dim;
+                let (len, first) = (lens[i], offsets[i] * inner + h * head_dim);
+                for j0 in (0..len).step_by(TILE) {
+                    let n = TILE.min(len - j0);
                     for d in 0..head_dim {
-                        kt[d * stride + j] = k[row + d];
+                        let to = &mut kt[d * stride + j0..d * stride + j0 + n];
+                        for (jj, t) in to.iter_mut().enumerate() {
+                            *t = k[first + (j0 + jj) * inner + d];
+                        }
                     }
+                }
+                for j in 0..len {
+                    let row = first + j * inner;
                     vv[j * head_dim..(j + 1) * head_dim].copy_from_slice(&v[row..row + head_dim]);
                 }
+                // Past the sequence: zeros (read with weight exactly zero).
+                for d in 0..head_dim {
+                    kt[d * stride + len..(d + 1) * stride].fill(0.0);
+                }
+                vv[len * head_dim..].fill(0.0);
             });
-        Self {
-            kt,
-            v: vv,
-            lens: lens.to_vec(),
-            heads,
-            head_dim,
-            stride,
-        }
+        self.lens = lens.to_vec();
+        (self.heads, self.head_dim, self.stride) = (heads, head_dim, stride);
     }
 
     fn view(&self) -> KvView<'_> {
@@ -800,53 +831,117 @@ impl Attention {
     /// head) runs on [`kernels::attention`] (streaming softmax), in
     /// parallel.
     pub(super) fn attend_rows(&self, x: &[f32], sequence: &[usize], kv: KvView<'_>) -> Vec<f32> {
+        let mut out = Vec::new();
+        self.attend_rows_into(x, sequence, kv, &mut Vec::new(), &mut Vec::new(), &mut out);
+        out
+    }
+
+    /// [`Attention::attend_rows`] into `out`, with `q` and `heads` the
+    /// buffers of the queries and of the heads' outputs (all reused).
+    fn attend_rows_into(
+        &self,
+        x: &[f32],
+        sequence: &[usize],
+        kv: KvView<'_>,
+        q: &mut Vec<f32>,
+        heads_out: &mut Vec<f32>,
+        out: &mut Vec<f32>,
+    ) {
         let (heads, hd) = (self.heads, self.head_dim);
         let inner = heads * hd;
         let rows = sequence.len();
-        let q = self.q.apply_rows(x, rows, Epilogue::None);
+        self.q.write_into(x, rows, Epilogue::None, q);
+        let q = &*q;
         let mut members: Vec<Vec<usize>> = vec![Vec::new(); kv.lens.len()];
         for (r, &i) in sequence.iter().enumerate() {
             members[i].push(r);
         }
-        let tasks: Vec<(usize, usize)> = (0..kv.lens.len())
+        // A task per sequence and group of heads, with at least
+        // TASK_PAIRS (query, head) pairs where the sequence has the heads
+        // for it: a decoder step's one query per sequence would otherwise
+        // make tasks of a few thousand multiply-adds, fewer than the task
+        // costs to start.
+        const TASK_PAIRS: usize = 64;
+        let tasks: Vec<(usize, std::ops::Range<usize>)> = (0..kv.lens.len())
             .filter(|&i| !members[i].is_empty())
-            .flat_map(|i| (0..heads).map(move |h| (i, h)))
+            .flat_map(|i| {
+                let per = (TASK_PAIRS / members[i].len()).clamp(1, heads);
+                (0..heads)
+                    .step_by(per)
+                    .map(move |h0| (i, h0..(h0 + per).min(heads)))
+            })
             .collect();
         let scale = self.scale as f32;
         let per_task: Vec<Vec<f32>> = tasks
             .par_iter()
-            .map(|&(i, h)| {
-                let rows = &members[i];
-                let mut qq = Vec::with_capacity(rows.len() * hd);
-                for &r in rows {
-                    qq.extend_from_slice(&q[r * inner + h * hd..r * inner + (h + 1) * hd]);
+            .map(|(i, hs)| {
+                let rows = &members[*i];
+                let size = rows.len() * hd;
+                let limits = vec![kv.lens[*i]; rows.len()];
+                let mut qq = Vec::with_capacity(size);
+                let mut o = vec![0f32; size * hs.len()];
+                for (h, o) in hs.clone().zip(o.chunks_mut(size)) {
+                    qq.clear();
+                    for &r in rows {
+                        qq.extend_from_slice(&q[r * inner + h * hd..r * inner + (h + 1) * hd]);
+                    }
+                    kernels::attention(&qq, &limits, kv.keys(*i, h), hd, scale, o);
                 }
-                let limits = vec![kv.lens[i]; rows.len()];
-                let mut o = vec![0f32; rows.len() * hd];
-                kernels::attention(&qq, &limits, kv.keys(i, h), hd, scale, &mut o);
                 o
             })
             .collect();
-        let mut out = vec![0f32; rows * inner];
-        for (&(i, h), o) in tasks.iter().zip(&per_task) {
-            for (&r, o) in members[i].iter().zip(o.chunks(hd)) {
-                out[r * inner + h * hd..r * inner + (h + 1) * hd].copy_from_slice(o);
+        heads_out.resize(rows * inner, 0.0);
+        for ((i, hs), o) in tasks.iter().zip(&per_task) {
+            let size = members[*i].len() * hd;
+            for (h, o) in hs.clone().zip(o.chunks(size)) {
+                for (&r, o) in members[*i].iter().zip(o.chunks(hd)) {
+                    heads_out[r * inner + h * hd..r * inner + (h + 1) * hd].copy_from_slice(o);
+                }
             }
         }
-        self.out.apply_rows(&out, rows, Epilogue::None)
+        self.out.write_into(heads_out, rows, Epilogue::None, out);
     }
 
     /// Self-attention of `x` (`Σ lens` rows of `d`, the sequences one
-    /// after the other, no padding) within each sequence: the encoder's.
-    pub(super) fn attend_within(&self, x: &[f32], lens: &[usize]) -> Vec<f32> {
+    /// after the other, no padding) within each sequence: the encoder's,
+    /// into `scratch.attn`.
+    pub(super) fn attend_within(&self, x: &[f32], lens: &[usize], scratch: &mut Scratch) {
         let sequence: Vec<usize> = lens
             .iter()
             .enumerate()
             .flat_map(|(i, &l)| std::iter::repeat_n(i, l))
             .collect();
-        let kv = self.head_kv(x, lens);
-        self.attend_rows(x, &sequence, kv.view())
+        let rows = sequence.len();
+        let s = scratch;
+        self.k.write_into(x, rows, Epilogue::None, &mut s.k);
+        self.v.write_into(x, rows, Epilogue::None, &mut s.v);
+        s.kv.fill(&s.k, &s.v, lens, self.heads, self.head_dim);
+        self.attend_rows_into(
+            x,
+            &sequence,
+            s.kv.view(),
+            &mut s.q,
+            &mut s.heads,
+            &mut s.attn,
+        );
     }
+}
+
+/// The buffers an encoder's layers write, reused from layer to layer: a
+/// long input's activations (tens of megabytes per product) are allocated,
+/// and their pages cleared, once per input instead of once per layer.
+#[derive(Default)]
+pub(super) struct Scratch {
+    kv: HeadKv,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    q: Vec<f32>,
+    heads: Vec<f32>,
+    /// The last [`Attention::attend_within`]'s output.
+    pub(super) attn: Vec<f32>,
+    /// The feed-forward block's hidden layer and output.
+    pub(super) hidden: Vec<f32>,
+    pub(super) ffn: Vec<f32>,
 }
 
 /// The rows of `hidden` (`[n, s, d]`, right-padded) that hold tokens, input
@@ -1127,8 +1222,9 @@ impl SelfKv {
         if copies.is_empty() || self.len == 0 {
             return;
         }
-        let block = self.kv.heads * self.kv.head_dim * self.kv.stride;
-        for buffer in [&mut self.kv.kt, &mut self.kv.v] {
+        let (heads, hd, stride, len) = (self.kv.heads, self.kv.head_dim, self.kv.stride, self.len);
+        let block = heads * hd * stride;
+        for (buffer, transposed) in [(&mut self.kv.kt, true), (&mut self.kv.v, false)] {
             // The targets are slots no row was kept in, so never a source.
             let mut slots: Vec<Option<&mut [f32]>> = buffer.chunks_mut(block).map(Some).collect();
             let targets: Vec<(&mut [f32], usize)> = copies
@@ -1137,7 +1233,18 @@ impl SelfKv {
                 .collect();
             let sources: Vec<Option<&[f32]>> = slots.into_iter().map(|s| s.map(|s| &*s)).collect();
             targets.into_par_iter().for_each(|(to, from)| {
-                to.copy_from_slice(sources[from].expect("a source is a kept slot"));
+                let from = sources[from].expect("a source is a kept slot");
+                // The positions so far only: keys by dimension, values at
+                // the start of each head's block.
+                for (to, from) in to.chunks_mut(block / heads).zip(from.chunks(block / heads)) {
+                    if transposed {
+                        for (to, from) in to.chunks_mut(stride).zip(from.chunks(stride)) {
+                            to[..len].copy_from_slice(&from[..len]);
+                        }
+                    } else {
+                        to[..len * hd].copy_from_slice(&from[..len * hd]);
+                    }
+                }
             });
         }
     }

@@ -30,7 +30,7 @@ use serde::Deserialize;
 use super::bart::{base_model, FeedForward, LN_EPS};
 use super::layers::{
     activation, read_config, repad, require, weights, Attention, AttentionSpec, Checkpoint,
-    DecoderState, Dense, RowNorm, Storage, Table, SHARED_TABLE,
+    DecoderState, Dense, RowNorm, Scratch, Storage, Table, SHARED_TABLE,
 };
 use super::safetensors::{FileRows, SafetensorsFiles};
 use super::{logits_for, EncoderDecoder, Seq2SeqConfig};
@@ -398,14 +398,14 @@ impl M2M100 {
         let mut x = self.embed(&inputs.concat(), &positions)?;
         let lens: Vec<usize> = inputs.iter().map(Vec::len).collect();
         let rows = x.len() / self.cfg.d_model;
+        let mut s = Scratch::default();
         for layer in &self.encoder {
             let h = layer.attn_norm.norm(&x);
-            let a = layer.attn.attend_within(&h, &lens);
-            add(&mut x, &a);
+            layer.attn.attend_within(&h, &lens, &mut s);
+            add(&mut x, &s.attn);
             let h = layer.ffn_norm.norm(&x);
-            let h = layer.ffn.fc1.apply_rows(&h, rows, layer.ffn.act);
-            let f = layer.ffn.fc2.apply_rows(&h, rows, Epilogue::None);
-            add(&mut x, &f);
+            layer.ffn.apply_rows(&h, rows, &mut s);
+            add(&mut x, &s.ffn);
         }
         Ok(self.encoder_norm.norm(&x))
     }
