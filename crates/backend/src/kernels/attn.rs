@@ -216,48 +216,58 @@ mod x86 {
         }
     }
 
+    /// The operations both vector types have, each under its type's name.
+    macro_rules! common_lanes {
+        ($n:literal, $zero:ident, $load:ident, $store:ident, $splat:ident, $fma:ident,
+         $min:ident, $($op:ident = $f:ident),*) => {
+            const N: usize = $n;
+            #[inline(always)]
+            unsafe fn zero() -> Self {
+                unsafe { $zero() }
+            }
+            #[inline(always)]
+            unsafe fn load(p: *const f32) -> Self {
+                unsafe { $load(p) }
+            }
+            #[inline(always)]
+            unsafe fn store(self, p: *mut f32) {
+                unsafe { $store(p, self) }
+            }
+            #[inline(always)]
+            unsafe fn splat(x: f32) -> Self {
+                unsafe { $splat(x) }
+            }
+            #[inline(always)]
+            unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
+                unsafe { $fma(a, b, c) }
+            }
+            #[inline(always)]
+            unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
+                unsafe { $min(Self::max(self, $splat(lo)), $splat(hi)) }
+            }
+            $(
+                #[inline(always)]
+                unsafe fn $op(a: Self, b: Self) -> Self {
+                    unsafe { $f(a, b) }
+                }
+            )*
+        };
+    }
+
     impl Lanes for __m256 {
-        const N: usize = 8;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { _mm256_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm256_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm256_storeu_ps(p, self) }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self {
-            unsafe { _mm256_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm256_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            unsafe { _mm256_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            unsafe { _mm256_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self, b: Self) -> Self {
-            unsafe { _mm256_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn max(a: Self, b: Self) -> Self {
-            unsafe { _mm256_max_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
-            unsafe { _mm256_min_ps(_mm256_max_ps(self, _mm256_set1_ps(lo)), _mm256_set1_ps(hi)) }
-        }
+        common_lanes!(
+            8,
+            _mm256_setzero_ps,
+            _mm256_loadu_ps,
+            _mm256_storeu_ps,
+            _mm256_set1_ps,
+            _mm256_fmadd_ps,
+            _mm256_min_ps,
+            mul = _mm256_mul_ps,
+            add = _mm256_add_ps,
+            sub = _mm256_sub_ps,
+            max = _mm256_max_ps
+        );
         #[inline(always)]
         unsafe fn max_lane(self) -> f32 {
             unsafe {
@@ -282,47 +292,19 @@ mod x86 {
     }
 
     impl Lanes for __m512 {
-        const N: usize = 16;
-        #[inline(always)]
-        unsafe fn zero() -> Self {
-            unsafe { _mm512_setzero_ps() }
-        }
-        #[inline(always)]
-        unsafe fn load(p: *const f32) -> Self {
-            unsafe { _mm512_loadu_ps(p) }
-        }
-        #[inline(always)]
-        unsafe fn store(self, p: *mut f32) {
-            unsafe { _mm512_storeu_ps(p, self) }
-        }
-        #[inline(always)]
-        unsafe fn splat(x: f32) -> Self {
-            unsafe { _mm512_set1_ps(x) }
-        }
-        #[inline(always)]
-        unsafe fn fma(a: Self, b: Self, c: Self) -> Self {
-            unsafe { _mm512_fmadd_ps(a, b, c) }
-        }
-        #[inline(always)]
-        unsafe fn mul(a: Self, b: Self) -> Self {
-            unsafe { _mm512_mul_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn add(a: Self, b: Self) -> Self {
-            unsafe { _mm512_add_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn sub(a: Self, b: Self) -> Self {
-            unsafe { _mm512_sub_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn max(a: Self, b: Self) -> Self {
-            unsafe { _mm512_max_ps(a, b) }
-        }
-        #[inline(always)]
-        unsafe fn clamp(self, lo: f32, hi: f32) -> Self {
-            unsafe { _mm512_min_ps(_mm512_max_ps(self, _mm512_set1_ps(lo)), _mm512_set1_ps(hi)) }
-        }
+        common_lanes!(
+            16,
+            _mm512_setzero_ps,
+            _mm512_loadu_ps,
+            _mm512_storeu_ps,
+            _mm512_set1_ps,
+            _mm512_fmadd_ps,
+            _mm512_min_ps,
+            mul = _mm512_mul_ps,
+            add = _mm512_add_ps,
+            sub = _mm512_sub_ps,
+            max = _mm512_max_ps
+        );
         #[inline(always)]
         unsafe fn max_lane(self) -> f32 {
             unsafe { _mm512_reduce_max_ps(self) }
@@ -616,16 +598,10 @@ mod x86 {
         #[test]
         fn vector_softmax_is_the_plain_one_bit_for_bit() {
             let levels = Level::available();
-            let mut x = 0x2545_f491_4f6c_dd1du64;
             for case in 0..400 {
                 let amp = [0.5f32, 8.0, 60.0, 200.0][case % 4];
                 let mut s = [0.0f32; KEY_BLOCK];
-                for v in &mut s {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
-                    *v = ((x >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * amp;
-                }
+                s.copy_from_slice(&super::super::tests::data(KEY_BLOCK, case as u64, amp));
                 let visible = [KEY_BLOCK, 1, 17, 40][(case / 4) % 4];
                 let start = if case % 3 == 0 {
                     (f32::NEG_INFINITY, 0.0)
@@ -994,7 +970,8 @@ mod tests {
         out
     }
 
-    fn data(n: usize, seed: u64, amp: f32) -> Vec<f32> {
+    /// `n` pseudo-random values in `[-amp, amp)` (xorshift from `seed`).
+    pub(super) fn data(n: usize, seed: u64, amp: f32) -> Vec<f32> {
         let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
         (0..n)
             .map(|_| {
