@@ -78,7 +78,7 @@ for ids in "$out_dir"/precis/*.json; do
     checkpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$ids")
     family=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model_type"])' "$checkpoint/config.json")
     # The families the seq2seq bench reads and CTranslate2 converts here.
-    [[ $family == marian || $family == bart ]] && [[ -d $out_dir/$name-ct2-int8 ]] || continue
+    [[ $family == marian || $family == bart || $family == t5 ]] && [[ -d $out_dir/$name-ct2-int8 ]] || continue
     (cd "$repo_root" && PRECIS_BENCH_CHECKPOINT="$checkpoint" PRECIS_BENCH_INPUTS="$sentences" PRECIS_BENCH_COUNT=200 \
         PRECIS_BENCH_AGREEMENT=200 PRECIS_BENCH_TOKENS=32 PRECIS_BENCH_JSON="$out_dir/$name-flores-precis.json" \
         cargo bench --quiet --bench seq2seq >"$out_dir/$name-flores-precis.log" 2>&1) ||

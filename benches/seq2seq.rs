@@ -3,8 +3,10 @@
 //! Python transformers and CTranslate2 on the same checkpoint. Both families
 //! of [`Bart`] are timed, Marian translation (`--family marian`, the
 //! default) and BART summarization (`--family bart`), and [`M2M100`]'s NLLB
-//! translation into Hindi (`--family nllb`, `hin_Deva` forced first); the
-//! checkpoint's `config.json` (`model_type`) says which this is.
+//! translation into Hindi (`--family nllb`, `hin_Deva` forced first); a T5
+//! checkpoint (`model_type` `t5`) reads FLORES sentences as given, for the
+//! int8 quality guard (`benches/int8-agreement.sh`). The checkpoint's
+//! `config.json` (`model_type`) says which this is.
 //!
 //! ```sh
 //! benches/compare-marian.sh                 # Marian: all engines, table and ratios
@@ -21,10 +23,11 @@
 //! 100 articles of ~400 tokens that the script builds from them), tokenized
 //! before the clock starts (Marian: precis's `MarianTokenizer`; BART:
 //! precis's `CheckpointTokenizer`, byte-level BPE; NLLB: precis's
-//! `ManyToManyTokenizer`, reading English), in batches of
+//! `ManyToManyTokenizer`, reading English; T5: `CheckpointTokenizer`,
+//! SentencePiece unigram), in batches of
 //! `PRECIS_BENCH_BATCH` (8) in file order, generated with the checkpoint's
 //! `generation_config.json` overridden by `num_beams` and `min_new_tokens =
-//! max_new_tokens = PRECIS_BENCH_TOKENS` (Marian and NLLB 32, BART 64), and
+//! max_new_tokens = PRECIS_BENCH_TOKENS` (Marian, NLLB and T5 32, BART 64), and
 //! for NLLB `forced_bos_token_id` = the `hin_Deva` code, exactly what
 //! transformers gets from `generate(**batch, num_beams=…,
 //! min_new_tokens=N, max_new_tokens=N)`. For each beam size one untimed
@@ -83,6 +86,7 @@ use precis_backend::seq2seq::backend::checkpoint_generation;
 use precis_backend::seq2seq::bart::Bart;
 use precis_backend::seq2seq::m2m100::M2M100;
 use precis_backend::seq2seq::portable::Portable;
+use precis_backend::seq2seq::t5::T5;
 use precis_backend::seq2seq::{
     agreement, generate, pad_outputs, teacher_forced_top1, EncoderDecoder, GenerationConfig,
     GenerationSettings, Seq2SeqConfig,
@@ -190,6 +194,8 @@ enum ModelFamily {
     Bart,
     /// Many-to-many translation, English into Hindi (`model_type` `m2m_100`).
     Nllb,
+    /// T5 (`model_type` `t5`), its input the sentence as it is.
+    T5,
 }
 
 impl ModelFamily {
@@ -209,8 +215,9 @@ impl ModelFamily {
             Some("marian") => Ok(Self::Marian),
             Some("bart") => Ok(Self::Bart),
             Some("m2m_100") => Ok(Self::Nllb),
+            Some("t5") => Ok(Self::T5),
             other => anyhow::bail!(
-                "{}: model_type {other:?} is not \"marian\", \"bart\" or \"m2m_100\"",
+                "{}: model_type {other:?} is not \"marian\", \"bart\", \"m2m_100\" or \"t5\"",
                 path.display()
             ),
         }
@@ -221,6 +228,7 @@ impl ModelFamily {
             Self::Marian => "marian",
             Self::Bart => "bart",
             Self::Nllb => "nllb",
+            Self::T5 => "t5",
         }
     }
 
@@ -228,21 +236,21 @@ impl ModelFamily {
     /// to the repository root, where `cargo bench` runs).
     fn default_inputs(self) -> PathBuf {
         PathBuf::from(match self {
-            Self::Marian | Self::Nllb => "../shared/eval/flores200-dev/eng_Latn.txt",
+            Self::Marian | Self::Nllb | Self::T5 => "../shared/eval/flores200-dev/eng_Latn.txt",
             Self::Bart => "target/bench-compare/bart/inputs.txt",
         })
     }
 
     fn default_count(self) -> usize {
         match self {
-            Self::Marian | Self::Nllb => 200,
+            Self::Marian | Self::Nllb | Self::T5 => 200,
             Self::Bart => 100,
         }
     }
 
     fn default_tokens(self) -> usize {
         match self {
-            Self::Marian | Self::Nllb => 32,
+            Self::Marian | Self::Nllb | Self::T5 => 32,
             Self::Bart => 64,
         }
     }
@@ -253,6 +261,7 @@ enum SourceTokenizer {
     Marian(Box<MarianTokenizer>),
     Bart(Box<CheckpointTokenizer>),
     Nllb(Box<ManyToManyTokenizer>),
+    T5(Box<CheckpointTokenizer>),
 }
 
 /// The language NLLB inputs are read in, and the one they are translated into.
@@ -267,6 +276,7 @@ impl SourceTokenizer {
                 Self::Bart(Box::new(CheckpointTokenizer::from_dir(dir, Family::Bart)?))
             }
             ModelFamily::Nllb => Self::Nllb(Box::new(ManyToManyTokenizer::from_dir(dir)?)),
+            ModelFamily::T5 => Self::T5(Box::new(CheckpointTokenizer::from_dir(dir, Family::T5)?)),
         })
     }
 
@@ -285,7 +295,7 @@ impl SourceTokenizer {
     fn encode(&self, text: &str) -> anyhow::Result<Vec<u32>> {
         match self {
             Self::Marian(t) => Ok(t.encode_source(text)),
-            Self::Bart(t) => t.encode(text).map_err(|e| anyhow::anyhow!(e)),
+            Self::Bart(t) | Self::T5(t) => t.encode(text).map_err(|e| anyhow::anyhow!(e)),
             Self::Nllb(t) => t.encode(text, NLLB_SOURCE).map_err(|e| anyhow::anyhow!(e)),
         }
     }
@@ -296,6 +306,7 @@ impl SourceTokenizer {
             Self::Marian(_) => "</s> included",
             Self::Bart(_) => "<s> and </s> included",
             Self::Nllb(_) => "eng_Latn and </s> included",
+            Self::T5(_) => "</s> included",
         }
     }
 }
@@ -448,6 +459,7 @@ fn main() -> anyhow::Result<()> {
     let runs = match &model {
         Model::Bart(m) => plan.run(m)?,
         Model::M2M100(m) => plan.run(m)?,
+        Model::T5(m) => plan.run(m)?,
         Model::Portable(m) => plan.run(m)?,
     };
     let peak_mb = peak_rss_mb();
@@ -501,6 +513,7 @@ struct Plan<'a> {
 enum Model {
     Bart(Bart),
     M2M100(M2M100),
+    T5(T5),
     Portable(Portable),
 }
 
@@ -513,6 +526,7 @@ impl Model {
             ModelFamily::Nllb => {
                 Model::M2M100(M2M100::load_quantized(dir, &Device::Cpu, quantize)?)
             }
+            ModelFamily::T5 => Model::T5(T5::load_weights(dir, None, &Device::Cpu, quantize)?),
         })
     }
 }
@@ -589,6 +603,7 @@ fn int8_guard(
     } = match (&f, &q) {
         (Model::Bart(f), Model::Bart(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
         (Model::M2M100(f), Model::M2M100(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
+        (Model::T5(f), Model::T5(q)) => run(f, q, inputs, checkpoint, tokens, batch)?,
         _ => unreachable!("one family"),
     };
     let share = same as f64 / total.max(1) as f64;
