@@ -679,11 +679,11 @@ trait Micro {
         let new_max = max.max(block_max);
         // 0 for a row's first block (its maximum was -inf); 1 for a block it
         // sees nothing of (all its weights come out 0).
-        let rescale = exp_fused::<Self>(*max - new_max);
+        let rescale = exp_m::<Self>(*max - new_max);
         let mut lanes = [0.0f32; 16];
         for chunk in s.chunks_exact_mut(16) {
             for (l, v) in lanes.iter_mut().zip(chunk) {
-                *v = exp_fused::<Self>(*v - new_max);
+                *v = exp_m::<Self>(*v - new_max);
                 *l += *v;
             }
         }
@@ -919,7 +919,7 @@ fn group<const R: usize, M: Micro>(
 
 /// [`exp`] fused as `M` fuses.
 #[inline(always)]
-fn exp_fused<M: Micro + ?Sized>(x: f32) -> f32 {
+fn exp_m<M: Micro + ?Sized>(x: f32) -> f32 {
     if M::FMA {
         exp::<true>(x)
     } else {
