@@ -7,24 +7,29 @@
 //! room, and one VNNI multiply-add does 64 byte products where an f32 FMA
 //! does 16.
 //!
-//! The quantization is CTranslate2's: weight row `r` gets the scale
-//! `s_r = max|W_r| / 127` and the values `round(W_r / s_r)` in
-//! [-127, 127]; each activation row (a token) `t` gets `a_t = max|x_t| / 127`
-//! the same way. A product is `Σ_c q_w · q_x`, exact in i32, and the output
-//! `sum · (a_t · s_r) + bias_r`, then the epilogue. Every level computes the
-//! same integer sums and the same float tail, so unlike the f32 products
-//! the scalar, AVX2 and AVX-512 results are the same bits, and a token's
-//! result does not depend on what it is batched with.
+//! Weights are quantized as CTranslate2 does: row `r` gets the scale
+//! `s_r = max|W_r| / 127` and the values `round(W_r / s_r)` in [-127, 127].
+//! Activations are quantized per token over their own range, zero point
+//! included (CTranslate2 takes `max|x_t| / 127` symmetrically): token `t`
+//! gets `a_t = (max(x_t, 0) - min(x_t, 0)) / 255`, a zero point `z_t` and
+//! the bytes `u = round(x / a_t) + z_t` in [0, 255], so `x ≈ a_t · (u - z_t)`.
+//! A feed-forward's second product reads a GELU's, ReLU's or SiLU's output,
+//! which hardly goes below zero: its step is half the symmetric one. A
+//! product is `Σ_c q_w · u - z_t · Σ_c q_w`, exact in i32, and the output
+//! that times `a_t · s_r`, plus `bias_r`, then the epilogue. Every level
+//! computes the same integer sums and the same float tail, so unlike the
+//! f32 products the scalar, AVX2 and AVX-512 results are the same bits,
+//! and a token's result does not depend on what it is batched with.
 //!
 //! Layout: panels of [`PANEL`] output rows, as [`super::PackedF32`]'s, in
 //! groups of 4 input columns: lane `j`'s 4 bytes `W[r0 + j, 4g..4g + 4]`
 //! lie together, so that one 512-bit register holds 16 lanes of one group,
 //! which is what `vpdpbusd` multiplies by one token's 4 activation bytes
-//! broadcast. `vpdpbusd` multiplies unsigned by signed bytes: on that level
-//! activations go in as `q + 128`, and each row's `128 · Σ_c q_w` is taken
-//! off the sum afterwards. AVX2 has no such instruction: its path multiplies
-//! `|q_x|` by `q_w` carrying `q_x`'s sign (`vpmaddubsw`), whose pairs stay
-//! below i16's saturation because no value is -128.
+//! broadcast (unsigned by signed, as the bytes are). AVX2 has no such
+//! instruction: its path takes the bytes as `u - 128` in [-128, 127] and
+//! multiplies `|u - 128|` by `q_w` carrying the sign (`vpmaddubsw`), whose
+//! pairs (at most 2 · 128 · 127) stay below i16's saturation because no
+//! weight is -128; its zero point is `z_t - 128`.
 
 use rayon::prelude::*;
 
@@ -49,8 +54,8 @@ pub struct PackedI8 {
     panels: Vec<i8>,
     /// `s_r` per row.
     scales: Vec<f32>,
-    /// `128 · Σ_c q(W[r, c])` per row (what unsigned activations add).
-    offsets: Vec<i32>,
+    /// `Σ_c q(W[r, c])` per row (what a token's zero point adds).
+    sums: Vec<i32>,
     /// `rows` values (zeros when the layer has none).
     bias: Vec<f32>,
     rows: usize,
@@ -102,6 +107,50 @@ fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
     max / 127.0
 }
 
+/// A token's values `v` into `u` as `round(v / a) + z` in [0, 255], and
+/// `(a, z)`: the scale `a = (hi - lo) / 255` over `lo = min(v, 0)` and
+/// `hi = max(v, 0)` (zero is in the range, so it is exact), and the zero
+/// point `z = round(-lo / a)`. A token of zeros gives `(0, 0)` and zeros; a
+/// token with a value that is not finite `(NaN, 0)` and zeros. Written to
+/// vectorise as [`quantize_row`] is.
+fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
+    const LANES: usize = 16;
+    let (mut lows, mut highs) = ([0f32; LANES], [0f32; LANES]);
+    let mut odd = [false; LANES];
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    let see = |x: f32, lo: &mut f32, hi: &mut f32, o: &mut bool| {
+        *lo = if x < *lo { x } else { *lo };
+        *hi = if x > *hi { x } else { *hi };
+        // Neither NaN nor infinite.
+        *o |= x.is_nan() || x.abs() == f32::INFINITY;
+    };
+    for chunk in chunks {
+        for (((lo, hi), o), &x) in lows.iter_mut().zip(&mut highs).zip(&mut odd).zip(chunk) {
+            see(x, lo, hi, o);
+        }
+    }
+    for (((lo, hi), o), &x) in lows.iter_mut().zip(&mut highs).zip(&mut odd).zip(rest) {
+        see(x, lo, hi, o);
+    }
+    let lo = lows.iter().fold(0f32, |m, &a| if a < m { a } else { m });
+    let hi = highs.iter().fold(0f32, |m, &a| if a > m { a } else { m });
+    let odd = odd.iter().any(|&o| o);
+    if odd || hi == lo {
+        u.iter_mut().for_each(|u| *u = 0);
+        return (if odd { f32::NAN } else { 0.0 }, 0);
+    }
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
+    let inv = 255.0 / (hi - lo);
+    let z = (-lo * inv).round().clamp(0.0, 255.0);
+    for (u, &x) in u.iter_mut().zip(v) {
+        // In [0, 255] (and a rounding), well inside the trick's range.
+        let y = (x * inv + z).clamp(0.0, 255.0);
+        *u = ((y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32) as u8;
+    }
+    ((hi - lo) / 255.0, z as u8)
+}
+
 impl PackedI8 {
     /// Most input columns: `cols · 255 · 127` must stay inside an i32.
     pub const MAX_COLS: usize = 65_536;
@@ -121,11 +170,11 @@ impl PackedI8 {
         let panel_len = groups * PANEL * GROUP;
         let mut panels = vec![0i8; rows.div_ceil(PANEL) * panel_len];
         let mut scales = vec![0f32; rows];
-        let mut offsets = vec![0i32; rows];
+        let mut sums = vec![0i32; rows];
         let mut q = vec![0i8; cols];
         for r in 0..rows {
             scales[r] = quantize_row(&w[r * cols..(r + 1) * cols], &mut q);
-            offsets[r] = 128 * q.iter().map(|&v| v as i32).sum::<i32>();
+            sums[r] = q.iter().map(|&v| v as i32).sum::<i32>();
             let (p, j) = (r / PANEL, r % PANEL);
             let panel = &mut panels[p * panel_len..(p + 1) * panel_len];
             for (c, &v) in q.iter().enumerate() {
@@ -142,7 +191,7 @@ impl PackedI8 {
         Self {
             panels,
             scales,
-            offsets,
+            sums,
             bias,
             rows,
             cols,
@@ -172,7 +221,7 @@ impl PackedI8 {
         self.cols
     }
 
-    /// Bytes the matrix holds (weights, scales, offsets and bias).
+    /// Bytes the matrix holds (weights, scales, sums and bias).
     pub fn bytes(&self) -> usize {
         self.panels.len() + 12 * self.rows
     }
@@ -205,7 +254,7 @@ impl PackedI8 {
         if count == 0 || n == 0 {
             return;
         }
-        let x = Tokens::quantize(x, n, self.cols, self.groups, unsigned(level));
+        let x = Tokens::quantize(x, n, self.cols, self.groups, signed(level));
         let sink = OutSink::new(out, self.rows);
         let run = |panels: std::ops::Range<usize>| {
             let task = Task {
@@ -240,10 +289,10 @@ impl PackedI8 {
     }
 }
 
-/// Whether `level` takes activations as unsigned bytes (`q + 128`).
-fn unsigned(level: Level) -> bool {
+/// Whether `level` takes activations as signed bytes (`u - 128`).
+fn signed(level: Level) -> bool {
     #[cfg(target_arch = "x86_64")]
-    if level == Level::Avx512Vnni {
+    if level == Level::Avx2 {
         return true;
     }
     let _ = level;
@@ -252,49 +301,51 @@ fn unsigned(level: Level) -> bool {
 
 /// A product's activations, quantized per token.
 struct Tokens {
-    /// Token `t`'s `width` bytes at `t · width`: `q` as i8, or `q + 128`
-    /// as u8 when `unsigned`; zero (`128`) past the last column.
+    /// Token `t`'s `width` bytes at `t · width`: `u`, or `u - 128` as i8
+    /// when `signed` (past the last column, where the weights are zero,
+    /// any value).
     bytes: Vec<u8>,
-    /// `a_t` per token.
-    scales: Vec<f32>,
+    /// `a_t` per token, and its zero point as the bytes hold it: `z_t`, or
+    /// `z_t - 128` when `signed`.
+    scales: Vec<(f32, i32)>,
     width: usize,
     n: usize,
-    unsigned: bool,
+    signed: bool,
 }
 
 impl Tokens {
-    fn quantize(x: &[f32], n: usize, cols: usize, groups: usize, unsigned: bool) -> Self {
+    fn quantize(x: &[f32], n: usize, cols: usize, groups: usize, signed: bool) -> Self {
         let width = groups * GROUP;
         let mut bytes = vec![0u8; n * width];
-        let mut scales = vec![0f32; n];
-        let row = |(q, x): (&mut [u8], &[f32])| -> f32 {
-            let q: &mut [i8] = bytemuck::cast_slice_mut(q);
-            let s = quantize_row(x, &mut q[..cols]);
-            if unsigned {
-                q.iter_mut().for_each(|b| *b ^= i8::MIN);
+        let mut scales = vec![(0f32, 0i32); n];
+        // One token's bytes (`width`, the first `cols` its values') and its
+        // scale and zero point as the bytes hold it.
+        let token = |u: &mut [u8], x: &[f32]| -> (f32, i32) {
+            let (a, z) = quantize_token(x, &mut u[..cols]);
+            if !signed {
+                return (a, z as i32);
             }
-            s
+            u.iter_mut().for_each(|b| *b ^= 0x80);
+            (a, z as i32 - 128)
         };
         let rows = bytes
             .chunks_exact_mut(width)
-            .zip(x.chunks_exact(cols.max(1)));
+            .zip(x.chunks_exact(cols.max(1)))
+            .zip(&mut scales);
         if n * cols < SERIAL_WORK / 4 {
-            for (pair, s) in rows.zip(&mut scales) {
-                *s = row(pair);
-            }
+            rows.for_each(|((u, x), s)| *s = token(u, x));
         } else {
             // A long encoder input: its rows on every thread.
             let rows: Vec<_> = rows.collect();
             rows.into_par_iter()
-                .zip(scales.par_iter_mut())
-                .for_each(|(pair, s)| *s = row(pair));
+                .for_each(|((u, x), s)| *s = token(u, x));
         }
         Self {
             bytes,
             scales,
             width,
             n,
-            unsigned,
+            signed,
         }
     }
 
@@ -322,21 +373,23 @@ impl Task<'_> {
         let m = self.m;
         let r0 = p * PANEL;
         let live = (m.rows - r0).min(PANEL);
-        let a = self.x.scales[t];
-        let off = if self.x.unsigned {
-            &m.offsets[r0..r0 + live]
-        } else {
-            &[0; PANEL][..live]
-        };
-        let (scales, bias) = (&m.scales[r0..r0 + live], &m.bias[r0..r0 + live]);
+        let (a, z) = self.x.scales[t];
+        let (w_sums, scales, bias) = (
+            &m.sums[r0..r0 + live],
+            &m.scales[r0..r0 + live],
+            &m.bias[r0..r0 + live],
+        );
         let mut v = [0f32; PANEL];
         // One loop per function, so that each vectorises.
         macro_rules! each {
             ($e:expr) => {
-                for ((((v, &s), &o), &ws), &b) in
-                    v.iter_mut().zip(sums).zip(off).zip(scales).zip(bias)
+                for ((((v, &s), &w), &ws), &b) in
+                    v.iter_mut().zip(sums).zip(w_sums).zip(scales).zip(bias)
                 {
-                    *v = $e.apply((s - o) as f32 * (a * ws) + b);
+                    // Σ (u - z) · q_w fits an i32 (`MAX_COLS`); its two
+                    // terms may not, and wrap back.
+                    let s = s.wrapping_sub(z.wrapping_mul(w));
+                    *v = $e.apply(s as f32 * (a * ws) + b);
                 }
             };
         }
@@ -363,7 +416,7 @@ fn scalar_panels(task: &Task<'_>) {
                 let w = &panel[g * PANEL * GROUP..(g + 1) * PANEL * GROUP];
                 for (j, s) in sums.iter_mut().enumerate() {
                     for k in 0..GROUP {
-                        let xv = x[g * GROUP + k] as i8 as i32;
+                        let xv = x[g * GROUP + k] as i32;
                         *s += w[j * GROUP + k] as i32 * xv;
                     }
                 }
@@ -475,10 +528,10 @@ mod x86 {
 
     /// # Safety
     /// The CPU must have AVX-512F, AVX-512BW and AVX-512 VNNI, and the
-    /// task's activations must be unsigned (`q + 128`).
+    /// task's activations must be unsigned.
     #[target_feature(enable = "avx2,avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn panels_vnni(task: &Task<'_>) {
-        debug_assert!(task.x.unsigned);
+        debug_assert!(!task.x.signed);
         let (n, tile) = (task.x.n, task.x.tile());
         for t0 in (0..n).step_by(tile) {
             for p in task.panels.clone() {
@@ -492,7 +545,7 @@ mod x86 {
     /// The CPU must have AVX2, and the task's activations must be signed.
     #[target_feature(enable = "avx2")]
     pub(super) unsafe fn panels_avx2(task: &Task<'_>) {
-        debug_assert!(!task.x.unsigned);
+        debug_assert!(task.x.signed);
         let (n, tile) = (task.x.n, task.x.tile());
         for t0 in (0..n).step_by(tile) {
             for p in task.panels.clone() {
@@ -511,18 +564,19 @@ mod tests {
     /// The definition, written out: each row and token quantized on its own,
     /// the integer sum, scaled.
     fn reference(w: &[f32], b: &[f32], x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-        let quant = |v: &[f32]| {
-            let mut q = vec![0i8; v.len()];
-            let s = quantize_row(v, &mut q);
-            (q, s)
-        };
         let n = x.len() / cols;
         let mut out = vec![0f32; n * rows];
         for t in 0..n {
-            let (qx, a) = quant(&x[t * cols..(t + 1) * cols]);
+            let mut u = vec![0u8; cols];
+            let (a, z) = quantize_token(&x[t * cols..(t + 1) * cols], &mut u);
             for r in 0..rows {
-                let (qw, s) = quant(&w[r * cols..(r + 1) * cols]);
-                let sum: i32 = qx.iter().zip(&qw).map(|(&x, &w)| x as i32 * w as i32).sum();
+                let mut qw = vec![0i8; cols];
+                let s = quantize_row(&w[r * cols..(r + 1) * cols], &mut qw);
+                let sum: i32 = u
+                    .iter()
+                    .zip(&qw)
+                    .map(|(&u, &w)| (u as i32 - z as i32) * w as i32)
+                    .sum();
                 out[t * rows + r] = sum as f32 * (a * s) + b[r];
             }
         }
@@ -559,15 +613,16 @@ mod tests {
 
     #[test]
     fn extreme_values_neither_saturate_nor_overflow() {
-        // Every weight and activation at ±max: the sums reach 127 · 127 ·
-        // cols, which i16 pairs of the AVX2 path would saturate if a value
-        // could be -128, and the unsigned path's offset is largest.
+        // Every weight at ±127 and every activation at an end of its range
+        // (bytes 0 and 255; -128 and 127 on the AVX2 path, whose i16 pairs
+        // reach 2 · 128 · 127, under saturation only because no weight is
+        // -128), the zero point 128 times sums of up to 127 · cols.
         let (rows, cols, n) = (40, 4096, 9);
         let w: Vec<f32> = (0..rows * cols)
             .map(|i| if (i / 3) % 2 == 0 { 2.0 } else { -2.0 })
             .collect();
         let x: Vec<f32> = (0..n * cols)
-            .map(|i| if (i / 5) % 3 == 0 { -0.5 } else { 0.5 })
+            .map(|i| if (i / 5) % 3 == 0 { -128.0 } else { 127.0 })
             .collect();
         let b = vec![0.25; rows];
         let want = reference(&w, &b, &x, rows, cols);
@@ -577,7 +632,7 @@ mod tests {
             m.forward_at(level, &x, n, &mut out, Epilogue::None);
             assert_eq!(out, want, "{level:?}");
         }
-        // And the exact products: ±2 and ±0.5 quantize without error.
+        // And the exact products: ±2, -128 and 127 quantize without error.
         let exact: Vec<f32> = (0..n)
             .flat_map(|t| {
                 let (w, x) = (&w, &x);
