@@ -4,7 +4,8 @@
 # CTranslate2 int8's agreement with CTranslate2 fp32 on the same inputs and
 # prefixes, each distinct (input, prefix) counted once. Two samples: the
 # recorded outputs (tests/int8_agreement.rs, which CI runs with a floor),
-# and, for the Marian and BART checkpoints, 200 FLORES sentences with the
+# and, for the checkpoints the seq2seq bench reads and CTranslate2 converts
+# (Marian, BART, T5, NLLB into Hindi), 200 FLORES sentences with the
 # f32 model's 32 greedy tokens (the seq2seq bench's PRECIS_BENCH_AGREEMENT).
 # The full-size checkpoints' guard is part of benches/compare-marian.sh.
 # Run on demand, not in CI: `benches/int8-agreement.sh`.
@@ -12,7 +13,7 @@ set -euo pipefail
 
 case "${1:-}" in
     -h | --help)
-        sed -n '2,10p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         echo
         echo "Environment: OUT_DIR [target/bench-compare/int8-agreement], PRECIS_MARIAN_VENV (see benches/compare-marian.sh --help),"
         echo "  SENTENCES [../shared/eval/flores200-dev/eng_Latn.txt; the second sample is skipped without it]"
@@ -78,7 +79,7 @@ for ids in "$out_dir"/precis/*.json; do
     checkpoint=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["checkpoint"])' "$ids")
     family=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model_type"])' "$checkpoint/config.json")
     # The families the seq2seq bench reads and CTranslate2 converts here.
-    [[ $family == marian || $family == bart || $family == t5 ]] && [[ -d $out_dir/$name-ct2-int8 ]] || continue
+    [[ $family == marian || $family == bart || $family == t5 || $family == m2m_100 ]] && [[ -d $out_dir/$name-ct2-int8 ]] || continue
     (cd "$repo_root" && PRECIS_BENCH_CHECKPOINT="$checkpoint" PRECIS_BENCH_INPUTS="$sentences" PRECIS_BENCH_COUNT=200 \
         PRECIS_BENCH_AGREEMENT=200 PRECIS_BENCH_TOKENS=32 PRECIS_BENCH_JSON="$out_dir/$name-flores-precis.json" \
         cargo bench --quiet --bench seq2seq >"$out_dir/$name-flores-precis.log" 2>&1) ||

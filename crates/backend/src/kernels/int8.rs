@@ -64,8 +64,9 @@ pub struct PackedI8 {
 }
 
 /// `round(v · 127 / max|v|)` of every value into `q` (halves to even), and
-/// the scale `max|v| / 127` (0 for a row of zeros, whose values are all 0;
-/// NaN for a row with a value that is not finite). Written so that both
+/// the scale `max|v| / 127` (0 for a row of zeros, or of values so small
+/// that the scale would not be a normal float, whose values are all 0; NaN
+/// for a row with a value that is not finite). Written so that both
 /// passes vectorise: lanes of maxima (a float reduction in one chain does
 /// not), and rounding by adding 1.5 · 2²³, whose float sum keeps the
 /// integer in its low mantissa bits (no libm call, no saturating cast).
@@ -89,13 +90,12 @@ fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
         *o |= a.is_nan() || a == f32::INFINITY;
     }
     let max = maxima.iter().fold(0f32, |m, &a| if a > m { a } else { m });
-    if max == 0.0 || odd.iter().any(|&o| o) {
+    let odd = odd.iter().any(|&o| o);
+    // A row whose step would not be a normal float (and its reciprocal
+    // finite) reads as zeros.
+    if odd || max / 127.0 < f32::MIN_POSITIVE {
         q.iter_mut().for_each(|q| *q = 0);
-        return if max == 0.0 && !odd.iter().any(|&o| o) {
-            0.0
-        } else {
-            f32::NAN
-        };
+        return if odd { f32::NAN } else { 0.0 };
     }
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
     let inv = 127.0 / max;
@@ -110,9 +110,10 @@ fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
 /// A token's values `v` into `u` as `round(v / a) + z` in [0, 255], and
 /// `(a, z)`: the scale `a = (hi - lo) / 255` over `lo = min(v, 0)` and
 /// `hi = max(v, 0)` (zero is in the range, so it is exact), and the zero
-/// point `z = round(-lo / a)`. A token of zeros gives `(0, 0)` and zeros; a
-/// token with a value that is not finite `(NaN, 0)` and zeros. Written to
-/// vectorise as [`quantize_row`] is.
+/// point `z = round(-lo / a)`. A token of zeros (or of values so small that
+/// `a` would not be a normal float) gives `(0, 0)` and zeros; a token with
+/// a value that is not finite `(NaN, 0)` and zeros. Written to vectorise as
+/// [`quantize_row`] is.
 fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
     const LANES: usize = 16;
     let (mut lows, mut highs) = ([0f32; LANES], [0f32; LANES]);
@@ -136,19 +137,28 @@ fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
     let lo = lows.iter().fold(0f32, |m, &a| if a < m { a } else { m });
     let hi = highs.iter().fold(0f32, |m, &a| if a > m { a } else { m });
     let odd = odd.iter().any(|&o| o);
-    if odd || hi == lo {
+    // A range past f32's largest is divided end by end. A token whose step
+    // would not be a normal float (nor its reciprocal finite) reads as
+    // zeros.
+    let range = hi - lo;
+    let (a, inv) = if range.is_finite() {
+        (range / 255.0, 255.0 / range)
+    } else {
+        let a = hi / 255.0 - lo / 255.0;
+        (a, 1.0 / a)
+    };
+    if odd || a < f32::MIN_POSITIVE {
         u.iter_mut().for_each(|u| *u = 0);
         return (if odd { f32::NAN } else { 0.0 }, 0);
     }
     const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
-    let inv = 255.0 / (hi - lo);
     let z = (-lo * inv).round().clamp(0.0, 255.0);
     for (u, &x) in u.iter_mut().zip(v) {
         // In [0, 255] (and a rounding), well inside the trick's range.
         let y = (x * inv + z).clamp(0.0, 255.0);
         *u = ((y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32) as u8;
     }
-    ((hi - lo) / 255.0, z as u8)
+    (a, z as u8)
 }
 
 impl PackedI8 {
@@ -669,6 +679,54 @@ mod tests {
         let mut out = vec![f32::NAN; rows];
         m.forward_then(&zero, 1, &mut out, Epilogue::None);
         assert_eq!(out, b);
+    }
+
+    #[test]
+    fn tokens_of_any_range_read_back_within_half_a_step() {
+        let cases: [Vec<f32>; 7] = [
+            values(37, 11),
+            values(40, 12).iter().map(|v| v.abs() + 0.5).collect(),
+            values(40, 13).iter().map(|v| -v.abs() - 0.5).collect(),
+            vec![3.0e38, -3.0e38, 1.0e38, 0.0, -2.5e38],
+            vec![1.0e-30, -3.0e-31, 0.0],
+            vec![1.0e-40, -1.0e-41],
+            vec![0.0, 7.0, 0.0],
+        ];
+        for (i, v) in cases.iter().enumerate() {
+            let mut u = vec![0u8; v.len()];
+            let (a, z) = quantize_token(v, &mut u);
+            assert!(a.is_finite(), "case {i}: scale {a}");
+            if a == 0.0 {
+                // Only a range under 255 normal floats' least reads as zeros.
+                assert!(
+                    v.iter().all(|x| x.abs() < 255.0 * f32::MIN_POSITIVE),
+                    "case {i}"
+                );
+                assert!(u.iter().all(|&u| u == 0) && z == 0, "case {i}");
+                continue;
+            }
+            for (&x, &u) in v.iter().zip(&u) {
+                let back = a * (u as f32 - z as f32);
+                assert!(
+                    (back - x).abs() <= a * 0.5001,
+                    "case {i}: {x} read back as {back}"
+                );
+                if x == 0.0 {
+                    assert_eq!(back, 0.0, "case {i}: zero is exact");
+                }
+            }
+        }
+        let mut u = vec![0u8; 3];
+        assert!(quantize_token(&[1.0, f32::NAN, 2.0], &mut u).0.is_nan());
+        assert!(quantize_token(&[1.0, f32::NEG_INFINITY], &mut u[..2])
+            .0
+            .is_nan());
+        assert_eq!(quantize_token(&[0.0; 3], &mut u), (0.0, 0));
+        assert_eq!(u, [0; 3]);
+        // A weight row of values too small for a normal step reads as zeros.
+        let mut q = vec![1i8; 2];
+        assert_eq!(quantize_row(&[1.0e-40, -1.0e-41], &mut q), 0.0);
+        assert_eq!(q, [0, 0]);
     }
 
     #[test]
