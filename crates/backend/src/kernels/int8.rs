@@ -396,9 +396,9 @@ impl Task<'_> {
                 for ((((v, &s), &w), &ws), &b) in
                     v.iter_mut().zip(sums).zip(w_sums).zip(scales).zip(bias)
                 {
-                    // Σ (u - z) · q_w fits an i32 (`MAX_COLS`); its two
-                    // terms may not, and wrap back.
-                    let s = s.wrapping_sub(z.wrapping_mul(w));
+                    // `Σ (u - z) · q_w`: each term and the result are at
+                    // most 255 · 127 · cols, inside an i32 (`MAX_COLS`).
+                    let s = s - z * w;
                     *v = $e.apply(s as f32 * (a * ws) + b);
                 }
             };
