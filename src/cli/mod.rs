@@ -213,7 +213,7 @@ pub struct TaskArgs {
     /// Same as --device cuda (the first CUDA GPU).
     #[arg(long, conflicts_with = "device")]
     pub cuda: bool,
-    /// Quantize encoder-decoder models' weights at load: int8 (CTranslate2's scheme: a quarter of the memory, faster on CPU, near-equal output) or none (f32: transformers' results) [default: the config file's, else none].
+    /// Quantize encoder-decoder models' weights at load: int8 (like CTranslate2's int8: a quarter of the memory, faster on CPU, near-equal output) or none (f32: transformers' results) [default: the config file's, else none].
     #[arg(
         long,
         value_name = "TYPE",
@@ -340,7 +340,7 @@ pub struct ServeArgs {
     /// Same as --device cuda (the first CUDA GPU).
     #[arg(long, conflicts_with = "device")]
     cuda: bool,
-    /// Quantize encoder-decoder models' weights at load: int8 (CTranslate2's scheme: a quarter of the memory, faster on CPU, near-equal output) or none (f32: transformers' results) [default: the config file's, else none].
+    /// Quantize encoder-decoder models' weights at load: int8 (like CTranslate2's int8: a quarter of the memory, faster on CPU, near-equal output) or none (f32: transformers' results) [default: the config file's, else none].
     #[arg(
         long,
         value_name = "TYPE",

@@ -377,8 +377,8 @@ pub enum Quantize {
     /// None: f32, as the checkpoint stores them (transformers' results).
     #[default]
     None,
-    /// int8 per weight row, activations per token (CTranslate2's int8),
-    /// the output layer included; token embeddings are not quantized (a
+    /// int8 per weight row (as CTranslate2's int8), activations per token
+    /// over their range with a zero point, the output layer included; token embeddings are not quantized (a
     /// table tied to the output layer is read as stored from the
     /// safetensors file, else from the layer's int8 rows; a table of their
     /// own stays f32).
