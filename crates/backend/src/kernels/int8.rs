@@ -63,13 +63,22 @@ pub struct PackedI8 {
     groups: usize,
 }
 
+/// `y` rounded to the nearest integer, halves to even, for `|y|` well
+/// under 2²²: adding 1.5 · 2²³ leaves the integer in the sum's low mantissa
+/// bits (no libm call, no saturating cast, so the loops around it
+/// vectorise).
+#[inline(always)]
+fn round_small(y: f32) -> i32 {
+    const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
+    (y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32
+}
+
 /// `round(v · 127 / max|v|)` of every value into `q` (halves to even), and
 /// the scale `max|v| / 127` (0 for a row of zeros, or of values so small
 /// that the scale would not be a normal float, whose values are all 0; NaN
 /// for a row with a value that is not finite). Written so that both
 /// passes vectorise: lanes of maxima (a float reduction in one chain does
-/// not), and rounding by adding 1.5 · 2²³, whose float sum keeps the
-/// integer in its low mantissa bits (no libm call, no saturating cast).
+/// not), and [`round_small`].
 fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
     const LANES: usize = 16;
     let mut maxima = [0f32; LANES];
@@ -97,12 +106,11 @@ fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
         q.iter_mut().for_each(|q| *q = 0);
         return if odd { f32::NAN } else { 0.0 };
     }
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
     let inv = 127.0 / max;
     for (q, &x) in q.iter_mut().zip(v) {
         // |x · inv| ≤ 127 (and a rounding), well inside the trick's range.
         let y = (x * inv).clamp(-127.0, 127.0);
-        *q = ((y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32) as i8;
+        *q = round_small(y) as i8;
     }
     max / 127.0
 }
@@ -115,28 +123,28 @@ fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
 /// a value that is not finite `(NaN, 0)` and zeros. Written to vectorise as
 /// [`quantize_row`] is.
 fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
-    const LANES: usize = 16;
-    let (mut lows, mut highs) = ([0f32; LANES], [0f32; LANES]);
-    let mut odd = [false; LANES];
+    const LANES: usize = 8;
+    // Lanes of minima, maxima and `Σ x · 0`, which is NaN exactly when a
+    // value is NaN or infinite (fewer registers than flags per lane).
+    let (mut lows, mut highs, mut zeros) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
     let chunks = v.chunks_exact(LANES);
     let rest = chunks.remainder();
-    let see = |x: f32, lo: &mut f32, hi: &mut f32, o: &mut bool| {
-        *lo = if x < *lo { x } else { *lo };
-        *hi = if x > *hi { x } else { *hi };
-        // Neither NaN nor infinite.
-        *o |= x.is_nan() || x.abs() == f32::INFINITY;
-    };
     for chunk in chunks {
-        for (((lo, hi), o), &x) in lows.iter_mut().zip(&mut highs).zip(&mut odd).zip(chunk) {
-            see(x, lo, hi, o);
+        for j in 0..LANES {
+            let x = chunk[j];
+            lows[j] = if x < lows[j] { x } else { lows[j] };
+            highs[j] = if x > highs[j] { x } else { highs[j] };
+            zeros[j] += x * 0.0;
         }
     }
-    for (((lo, hi), o), &x) in lows.iter_mut().zip(&mut highs).zip(&mut odd).zip(rest) {
-        see(x, lo, hi, o);
+    for (j, &x) in rest.iter().enumerate() {
+        lows[j] = if x < lows[j] { x } else { lows[j] };
+        highs[j] = if x > highs[j] { x } else { highs[j] };
+        zeros[j] += x * 0.0;
     }
     let lo = lows.iter().fold(0f32, |m, &a| if a < m { a } else { m });
     let hi = highs.iter().fold(0f32, |m, &a| if a > m { a } else { m });
-    let odd = odd.iter().any(|&o| o);
+    let odd = zeros.iter().any(|z| z.is_nan());
     // A range past f32's largest is divided end by end. A token whose step
     // would not be a normal float (nor its reciprocal finite) reads as
     // zeros.
@@ -151,12 +159,11 @@ fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
         u.iter_mut().for_each(|u| *u = 0);
         return (if odd { f32::NAN } else { 0.0 }, 0);
     }
-    const ROUND: f32 = 12_582_912.0; // 1.5 · 2²³
     let z = (-lo * inv).round().clamp(0.0, 255.0);
     for (u, &x) in u.iter_mut().zip(v) {
         // In [0, 255] (and a rounding), well inside the trick's range.
         let y = (x * inv + z).clamp(0.0, 255.0);
-        *u = ((y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32) as u8;
+        *u = round_small(y) as u8;
     }
     (a, z as u8)
 }
