@@ -73,59 +73,12 @@ fn round_small(y: f32) -> i32 {
     (y + ROUND).to_bits() as i32 - ROUND.to_bits() as i32
 }
 
-/// `round(v · 127 / max|v|)` of every value into `q` (halves to even), and
-/// the scale `max|v| / 127` (0 for a row of zeros, or of values so small
-/// that the scale would not be a normal float, whose values are all 0; NaN
-/// for a row with a value that is not finite). Written so that both
-/// passes vectorise: lanes of maxima (a float reduction in one chain does
-/// not), and [`round_small`].
-fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
-    const LANES: usize = 16;
-    let mut maxima = [0f32; LANES];
-    let mut odd = [false; LANES];
-    let chunks = v.chunks_exact(LANES);
-    let rest = chunks.remainder();
-    for chunk in chunks {
-        for ((m, o), &x) in maxima.iter_mut().zip(&mut odd).zip(chunk) {
-            let a = x.abs();
-            *m = if a > *m { a } else { *m };
-            // Neither NaN nor infinite.
-            *o |= a.is_nan() || a == f32::INFINITY;
-        }
-    }
-    for (&x, (m, o)) in rest.iter().zip(maxima.iter_mut().zip(&mut odd)) {
-        let a = x.abs();
-        *m = if a > *m { a } else { *m };
-        *o |= a.is_nan() || a == f32::INFINITY;
-    }
-    let max = maxima.iter().fold(0f32, |m, &a| if a > m { a } else { m });
-    let odd = odd.iter().any(|&o| o);
-    // A row whose step would not be a normal float (and its reciprocal
-    // finite) reads as zeros.
-    if odd || max / 127.0 < f32::MIN_POSITIVE {
-        q.iter_mut().for_each(|q| *q = 0);
-        return if odd { f32::NAN } else { 0.0 };
-    }
-    let inv = 127.0 / max;
-    for (q, &x) in q.iter_mut().zip(v) {
-        // |x · inv| ≤ 127 (and a rounding), well inside the trick's range.
-        let y = (x * inv).clamp(-127.0, 127.0);
-        *q = round_small(y) as i8;
-    }
-    max / 127.0
-}
-
-/// A token's values `v` into `u` as `round(v / a) + z` in [0, 255], and
-/// `(a, z)`: the scale `a = (hi - lo) / 255` over `lo = min(v, 0)` and
-/// `hi = max(v, 0)` (zero is in the range, so it is exact), and the zero
-/// point `z = round(-lo / a)`. A token of zeros (or of values so small that
-/// `a` would not be a normal float) gives `(0, 0)` and zeros; a token with
-/// a value that is not finite `(NaN, 0)` and zeros. Written to vectorise as
-/// [`quantize_row`] is.
-fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
+/// `(min(v, 0), max(v, 0))`, or `None` when a value is NaN or infinite.
+/// Written so that it vectorises: lanes of minima and maxima (a float
+/// reduction in one chain does not), and lanes of `Σ x · 0`, which is NaN
+/// exactly when a value is not finite (fewer registers than flags).
+fn range(v: &[f32]) -> Option<(f32, f32)> {
     const LANES: usize = 8;
-    // Lanes of minima, maxima and `Σ x · 0`, which is NaN exactly when a
-    // value is NaN or infinite (fewer registers than flags per lane).
     let (mut lows, mut highs, mut zeros) = ([0f32; LANES], [0f32; LANES], [0f32; LANES]);
     let chunks = v.chunks_exact(LANES);
     let rest = chunks.remainder();
@@ -142,9 +95,52 @@ fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
         highs[j] = if x > highs[j] { x } else { highs[j] };
         zeros[j] += x * 0.0;
     }
+    if zeros.iter().any(|z| z.is_nan()) {
+        return None;
+    }
     let lo = lows.iter().fold(0f32, |m, &a| if a < m { a } else { m });
     let hi = highs.iter().fold(0f32, |m, &a| if a > m { a } else { m });
-    let odd = zeros.iter().any(|z| z.is_nan());
+    Some((lo, hi))
+}
+
+/// `round(v · 127 / max|v|)` of every value into `q` (halves to even), and
+/// the scale `max|v| / 127` (0 for a row of zeros, or of values so small
+/// that the scale would not be a normal float, whose values are all 0; NaN
+/// for a row with a value that is not finite). Its passes vectorise:
+/// [`range`], and [`round_small`].
+fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
+    let Some((lo, hi)) = range(v) else {
+        q.iter_mut().for_each(|q| *q = 0);
+        return f32::NAN;
+    };
+    let max = if -lo > hi { -lo } else { hi };
+    // A row whose step would not be a normal float (and its reciprocal
+    // finite) reads as zeros.
+    if max / 127.0 < f32::MIN_POSITIVE {
+        q.iter_mut().for_each(|q| *q = 0);
+        return 0.0;
+    }
+    let inv = 127.0 / max;
+    for (q, &x) in q.iter_mut().zip(v) {
+        // |x · inv| ≤ 127 (and a rounding), well inside the trick's range.
+        let y = (x * inv).clamp(-127.0, 127.0);
+        *q = round_small(y) as i8;
+    }
+    max / 127.0
+}
+
+/// A token's values `v` into `u` as `round(v / a) + z` in [0, 255], and
+/// `(a, z)`: the scale `a = (hi - lo) / 255` over `lo = min(v, 0)` and
+/// `hi = max(v, 0)` (zero is in the range, so it is exact), and the zero
+/// point `z = round(-lo / a)`. A token of zeros (or of values so small that
+/// `a` would not be a normal float) gives `(0, 0)` and zeros; a token with
+/// a value that is not finite `(NaN, 0)` and zeros. Its passes vectorise
+/// as [`quantize_row`]'s do.
+fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
+    let Some((lo, hi)) = range(v) else {
+        u.iter_mut().for_each(|u| *u = 0);
+        return (f32::NAN, 0);
+    };
     // A range past f32's largest is divided end by end. A token whose step
     // would not be a normal float (nor its reciprocal finite) reads as
     // zeros.
@@ -155,9 +151,9 @@ fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
         let a = hi / 255.0 - lo / 255.0;
         (a, 1.0 / a)
     };
-    if odd || a < f32::MIN_POSITIVE {
+    if a < f32::MIN_POSITIVE {
         u.iter_mut().for_each(|u| *u = 0);
-        return (if odd { f32::NAN } else { 0.0 }, 0);
+        return (0.0, 0);
     }
     let z = (-lo * inv).round().clamp(0.0, 255.0);
     for (u, &x) in u.iter_mut().zip(v) {
