@@ -5,8 +5,8 @@
 # prefixes, each distinct (input, prefix) counted once. Two samples: the
 # recorded outputs (tests/int8_agreement.rs, which CI runs with a floor),
 # and, for the checkpoints the seq2seq bench reads and CTranslate2 converts
-# (Marian, BART, T5, NLLB into Hindi), 200 FLORES sentences with the
-# f32 model's 32 greedy tokens (the seq2seq bench's PRECIS_BENCH_AGREEMENT).
+# (Marian, BART, T5, NLLB into Hindi), FLORES sentences (500, or
+# FLORES_COUNT) with the f32 model's 32 greedy tokens (the seq2seq bench's PRECIS_BENCH_AGREEMENT).
 # The full-size checkpoints' guard is part of benches/compare-marian.sh.
 # Run on demand, not in CI: `benches/int8-agreement.sh`.
 set -euo pipefail
@@ -16,7 +16,8 @@ case "${1:-}" in
         sed -n '2,11p' "$0" | sed 's/^# \{0,1\}//'
         echo
         echo "Environment: OUT_DIR [target/bench-compare/int8-agreement], PRECIS_MARIAN_VENV (see benches/compare-marian.sh --help),"
-        echo "  SENTENCES [../shared/eval/flores200-dev/eng_Latn.txt; the second sample is skipped without it]"
+        echo "  SENTENCES [../shared/eval/flores200-dev/eng_Latn.txt; the second sample is skipped without it],"
+        echo "  FLORES_COUNT [500: how many of its sentences]"
         exit 0
         ;;
     "") ;;
@@ -72,7 +73,9 @@ if [[ ! -f $sentences ]]; then
     echo "int8-agreement.sh: no $sentences: the FLORES sample is skipped (set SENTENCES)"
     exit 0
 fi
-printf '\n== 200 FLORES sentences, the f32 model'"'"'s 32 greedy tokens (%s)\n' "$sentences"
+count=${FLORES_COUNT:-500}
+[[ $count =~ ^[1-9][0-9]*$ ]] || { echo "int8-agreement.sh: FLORES_COUNT must be a positive number, not '$count'" >&2; exit 2; }
+printf '\n== '"$count"' FLORES sentences, the f32 model'"'"'s 32 greedy tokens (%s)\n' "$sentences"
 printf '%-14s %12s %12s %10s %9s\n' checkpoint precis-int8 ct2-int8 difference positions
 for ids in "$out_dir"/precis/*.json; do
     name=$(basename "$ids" .json)
@@ -80,8 +83,8 @@ for ids in "$out_dir"/precis/*.json; do
     family=$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["model_type"])' "$checkpoint/config.json")
     # The families the seq2seq bench reads and CTranslate2 converts here.
     [[ $family == marian || $family == bart || $family == t5 || $family == m2m_100 ]] && [[ -d $out_dir/$name-ct2-int8 ]] || continue
-    (cd "$repo_root" && PRECIS_BENCH_CHECKPOINT="$checkpoint" PRECIS_BENCH_INPUTS="$sentences" PRECIS_BENCH_COUNT=200 \
-        PRECIS_BENCH_AGREEMENT=200 PRECIS_BENCH_TOKENS=32 PRECIS_BENCH_JSON="$out_dir/$name-flores-precis.json" \
+    (cd "$repo_root" && PRECIS_BENCH_CHECKPOINT="$checkpoint" PRECIS_BENCH_INPUTS="$sentences" PRECIS_BENCH_COUNT="$count" \
+        PRECIS_BENCH_AGREEMENT="$count" PRECIS_BENCH_TOKENS=32 PRECIS_BENCH_JSON="$out_dir/$name-flores-precis.json" \
         cargo bench --quiet --bench seq2seq >"$out_dir/$name-flores-precis.log" 2>&1) ||
         { echo "int8-agreement.sh: the seq2seq bench failed on $name (see $out_dir/$name-flores-precis.log)" >&2; exit 1; }
     row "$name" "$out_dir/$name-flores-precis.json" "$out_dir/$name-flores.json"

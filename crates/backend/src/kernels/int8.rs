@@ -134,9 +134,21 @@ fn quantize_row(v: &[f32], q: &mut [i8]) -> f32 {
 /// `hi = max(v, 0)` (zero is in the range, so it is exact), and the zero
 /// point `z = round(-lo / a)`. A token of zeros (or of values so small that
 /// `a` would not be a normal float) gives `(0, 0)` and zeros; a token with
-/// a value that is not finite `(NaN, 0)` and zeros. Its passes vectorise
-/// as [`quantize_row`]'s do.
+/// a value that is not finite `(NaN, 0)` and zeros. The reference for
+/// [`quantize_token_at`]'s levels.
 fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
+    quantize_token_by(v, u, range, token_bytes)
+}
+
+/// [`quantize_token`] with its two passes given: `range` as [`range`],
+/// `bytes` as [`token_bytes`].
+#[inline(always)]
+fn quantize_token_by(
+    v: &[f32],
+    u: &mut [u8],
+    range: impl Fn(&[f32]) -> Option<(f32, f32)>,
+    bytes: impl Fn(&[f32], f32, f32, &mut [u8]),
+) -> (f32, u8) {
     let Some((lo, hi)) = range(v) else {
         u.iter_mut().for_each(|u| *u = 0);
         return (f32::NAN, 0);
@@ -156,12 +168,44 @@ fn quantize_token(v: &[f32], u: &mut [u8]) -> (f32, u8) {
         return (0.0, 0);
     }
     let z = (-lo * inv).round().clamp(0.0, 255.0);
+    bytes(v, inv, z, u);
+    (a, z as u8)
+}
+
+/// `u = round(x · inv + z)` (halves to even) of every finite value `x` of
+/// `v`, clamped to [0, 255].
+fn token_bytes(v: &[f32], inv: f32, z: f32, u: &mut [u8]) {
     for (u, &x) in u.iter_mut().zip(v) {
         // In [0, 255] (and a rounding), well inside the trick's range.
         let y = (x * inv + z).clamp(0.0, 255.0);
         *u = round_small(y) as u8;
     }
-    (a, z as u8)
+}
+
+/// [`quantize_token`] on `level`'s registers, the same bits: its passes are
+/// minima, maxima, products and sums (none fused), and a rounding to
+/// nearest, halves to even.
+fn quantize_token_at(level: Level, v: &[f32], u: &mut [u8]) -> (f32, u8) {
+    match level {
+        Level::Scalar => quantize_token(v, u),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx2` is only chosen when the CPU has AVX2.
+        Level::Avx2 => quantize_token_by(
+            v,
+            u,
+            |v| unsafe { x86::range_avx2(v) },
+            |v, inv, z, u| unsafe { x86::bytes_avx2(v, inv, z, u) },
+        ),
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: `Avx512Vnni` is only chosen when the CPU has AVX-512F and
+        // BW.
+        Level::Avx512Vnni => quantize_token_by(
+            v,
+            u,
+            |v| unsafe { x86::range_avx512(v) },
+            |v, inv, z, u| unsafe { x86::bytes_avx512(v, inv, z, u) },
+        ),
+    }
 }
 
 impl PackedI8 {
@@ -267,7 +311,7 @@ impl PackedI8 {
         if count == 0 || n == 0 {
             return;
         }
-        let x = Tokens::quantize(x, n, self.cols, self.groups, signed(level));
+        let x = Tokens::quantize(level, x, n, self.cols, self.groups);
         let sink = OutSink::new(out, self.rows);
         let run = |panels: std::ops::Range<usize>| {
             let task = Task {
@@ -327,14 +371,15 @@ struct Tokens {
 }
 
 impl Tokens {
-    fn quantize(x: &[f32], n: usize, cols: usize, groups: usize, signed: bool) -> Self {
+    fn quantize(level: Level, x: &[f32], n: usize, cols: usize, groups: usize) -> Self {
+        let signed = signed(level);
         let width = groups * GROUP;
         let mut bytes = vec![0u8; n * width];
         let mut scales = vec![(0f32, 0i32); n];
         // One token's bytes (`width`, the first `cols` its values') and its
         // scale and zero point as the bytes hold it.
         let token = |u: &mut [u8], x: &[f32]| -> (f32, i32) {
-            let (a, z) = quantize_token(x, &mut u[..cols]);
+            let (a, z) = quantize_token_at(level, x, &mut u[..cols]);
             if !signed {
                 return (a, z as i32);
             }
@@ -445,6 +490,131 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::{Task, GROUP, PANEL};
+
+    /// [`super::range`] in 512-bit registers (the tail under a mask, its
+    /// other lanes zeros).
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn range_avx512(v: &[f32]) -> Option<(f32, f32)> {
+        let (zero, n, p) = (_mm512_setzero_ps(), v.len(), v.as_ptr());
+        let (mut lo, mut hi, mut nan) = (zero, zero, zero);
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            let mask = if left >= 16 {
+                u16::MAX
+            } else {
+                (1 << left) - 1
+            };
+            // SAFETY: the mask's lanes lie inside `v`.
+            let x = unsafe { _mm512_maskz_loadu_ps(mask, p.add(i)) };
+            // Minimum and maximum return their second operand on a tie,
+            // as `range`'s comparisons keep the lane's value.
+            lo = _mm512_min_ps(x, lo);
+            hi = _mm512_max_ps(x, hi);
+            nan = _mm512_add_ps(nan, _mm512_mul_ps(x, zero));
+            i += 16;
+        }
+        if _mm512_reduce_add_ps(nan).is_nan() {
+            return None;
+        }
+        Some((_mm512_reduce_min_ps(lo), _mm512_reduce_max_ps(hi)))
+    }
+
+    /// [`super::token_bytes`] in 512-bit registers: `vcvtps2dq` rounds to
+    /// nearest, halves to even, as the trick does.
+    ///
+    /// # Safety
+    /// The CPU must have AVX-512F.
+    #[target_feature(enable = "avx2,avx512f")]
+    pub(super) unsafe fn bytes_avx512(v: &[f32], inv: f32, z: f32, u: &mut [u8]) {
+        assert!(
+            u.len() >= v.len(),
+            "{} bytes for {} values",
+            u.len(),
+            v.len()
+        );
+        let (inv, z) = (_mm512_set1_ps(inv), _mm512_set1_ps(z));
+        let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
+        let (n, p, q) = (v.len(), v.as_ptr(), u.as_mut_ptr());
+        let mut i = 0;
+        while i < n {
+            let left = n - i;
+            let mask = if left >= 16 {
+                u16::MAX
+            } else {
+                (1 << left) - 1
+            };
+            // SAFETY: the mask's lanes lie inside `v` and `u`.
+            unsafe {
+                let x = _mm512_maskz_loadu_ps(mask, p.add(i));
+                let y = _mm512_add_ps(_mm512_mul_ps(x, inv), z);
+                let y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
+                _mm512_mask_cvtepi32_storeu_epi8(q.add(i).cast(), mask, _mm512_cvtps_epi32(y));
+            }
+            i += 16;
+        }
+    }
+
+    /// [`super::range`] in 256-bit registers: its lanes' minima, maxima and
+    /// `Σ x · 0`, and the tail, then `range` over those (zero is in every
+    /// lane's range, so the extremes are the same).
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn range_avx2(v: &[f32]) -> Option<(f32, f32)> {
+        let zero = _mm256_setzero_ps();
+        let (mut lo, mut hi, mut nan) = (zero, zero, zero);
+        let chunks = v.chunks_exact(8);
+        let rest = chunks.remainder();
+        for chunk in chunks {
+            // SAFETY: the chunk holds 8 values.
+            let x = unsafe { _mm256_loadu_ps(chunk.as_ptr()) };
+            lo = _mm256_min_ps(x, lo);
+            hi = _mm256_max_ps(x, hi);
+            nan = _mm256_add_ps(nan, _mm256_mul_ps(x, zero));
+        }
+        let mut lanes = [0f32; 32];
+        // SAFETY: `lanes` holds 3 · 8 values and the tail (under 8).
+        unsafe {
+            _mm256_storeu_ps(lanes.as_mut_ptr(), lo);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(8), hi);
+            _mm256_storeu_ps(lanes.as_mut_ptr().add(16), nan);
+        }
+        lanes[24..24 + rest.len()].copy_from_slice(rest);
+        super::range(&lanes[..24 + rest.len()])
+    }
+
+    /// [`super::token_bytes`] in 256-bit registers (the tail as it does):
+    /// `vcvtps2dq` rounds to nearest, halves to even, as the trick does.
+    ///
+    /// # Safety
+    /// The CPU must have AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn bytes_avx2(v: &[f32], inv: f32, z: f32, u: &mut [u8]) {
+        let (vinv, vz) = (_mm256_set1_ps(inv), _mm256_set1_ps(z));
+        let (zero, top) = (_mm256_setzero_ps(), _mm256_set1_ps(255.0));
+        let chunks = v.chunks_exact(8);
+        let rest = chunks.remainder();
+        let mut out = u.chunks_exact_mut(8);
+        for (chunk, out) in chunks.zip(&mut out) {
+            // SAFETY: the chunk holds 8 values, `out` 8 bytes.
+            unsafe {
+                let x = _mm256_loadu_ps(chunk.as_ptr());
+                let y = _mm256_add_ps(_mm256_mul_ps(x, vinv), vz);
+                let y = _mm256_min_ps(_mm256_max_ps(y, zero), top);
+                let i = _mm256_cvtps_epi32(y);
+                // [0, 255] in i32, packed to i16 then to u8 exactly.
+                let w = _mm_packs_epi32(_mm256_castsi256_si128(i), _mm256_extracti128_si256(i, 1));
+                _mm_storel_epi64(out.as_mut_ptr().cast(), _mm_packus_epi16(w, w));
+            }
+        }
+        let done = v.len() - rest.len();
+        super::token_bytes(rest, inv, z, &mut u[done..]);
+    }
 
     /// Token `t`'s 4 activation bytes of group `g`, as one i32.
     #[inline(always)]
@@ -686,8 +856,9 @@ mod tests {
 
     #[test]
     fn tokens_of_any_range_read_back_within_half_a_step() {
-        let cases: [Vec<f32>; 7] = [
+        let cases: [Vec<f32>; 8] = [
             values(37, 11),
+            values(1003, 15).iter().map(|v| v * 40.0 + 3.0).collect(),
             values(40, 12).iter().map(|v| v.abs() + 0.5).collect(),
             values(40, 13).iter().map(|v| -v.abs() - 0.5).collect(),
             vec![3.0e38, -3.0e38, 1.0e38, 0.0, -2.5e38],
@@ -698,6 +869,11 @@ mod tests {
         for (i, v) in cases.iter().enumerate() {
             let mut u = vec![0u8; v.len()];
             let (a, z) = quantize_token(v, &mut u);
+            for level in Level::available() {
+                let mut at = vec![0u8; v.len()];
+                let got = quantize_token_at(level, v, &mut at);
+                assert_eq!((got, at), ((a, z), u.clone()), "case {i}, {level:?}");
+            }
             assert!(a.is_finite(), "case {i}: scale {a}");
             if a == 0.0 {
                 // Only a range under 255 normal floats' least reads as zeros.
@@ -720,10 +896,21 @@ mod tests {
             }
         }
         let mut u = vec![0u8; 3];
-        assert!(quantize_token(&[1.0, f32::NAN, 2.0], &mut u).0.is_nan());
-        assert!(quantize_token(&[1.0, f32::NEG_INFINITY], &mut u[..2])
-            .0
-            .is_nan());
+        for level in Level::available() {
+            assert!(quantize_token_at(level, &[1.0, f32::NAN, 2.0], &mut u)
+                .0
+                .is_nan());
+            assert!(
+                quantize_token_at(level, &[1.0, f32::NEG_INFINITY], &mut u[..2])
+                    .0
+                    .is_nan()
+            );
+            // A long token: the vector lanes and the tail.
+            let mut long = values(1000, 14);
+            long[997] = f32::INFINITY;
+            let mut b = vec![0u8; long.len()];
+            assert!(quantize_token_at(level, &long, &mut b).0.is_nan());
+        }
         assert_eq!(quantize_token(&[0.0; 3], &mut u), (0.0, 0));
         assert_eq!(u, [0; 3]);
         // A weight row of values too small for a normal step reads as zeros.
