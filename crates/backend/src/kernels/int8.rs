@@ -491,6 +491,22 @@ mod x86 {
 
     use super::{Task, GROUP, PANEL};
 
+    /// The first index and the lane mask of each 16 values of `n`: all
+    /// lanes, then the tail's.
+    #[inline(always)]
+    fn chunks16(n: usize) -> impl Iterator<Item = (usize, u16)> {
+        (0..n).step_by(16).map(move |i| {
+            (
+                i,
+                if n - i >= 16 {
+                    u16::MAX
+                } else {
+                    (1 << (n - i)) - 1
+                },
+            )
+        })
+    }
+
     /// [`super::range`] in 512-bit registers (the tail under a mask, its
     /// other lanes zeros).
     ///
@@ -500,14 +516,7 @@ mod x86 {
     pub(super) unsafe fn range_avx512(v: &[f32]) -> Option<(f32, f32)> {
         let (zero, n, p) = (_mm512_setzero_ps(), v.len(), v.as_ptr());
         let (mut lo, mut hi, mut nan) = (zero, zero, zero);
-        let mut i = 0;
-        while i < n {
-            let left = n - i;
-            let mask = if left >= 16 {
-                u16::MAX
-            } else {
-                (1 << left) - 1
-            };
+        for (i, mask) in chunks16(n) {
             // SAFETY: the mask's lanes lie inside `v`.
             let x = unsafe { _mm512_maskz_loadu_ps(mask, p.add(i)) };
             // Minimum and maximum return their second operand on a tie,
@@ -515,7 +524,6 @@ mod x86 {
             lo = _mm512_min_ps(x, lo);
             hi = _mm512_max_ps(x, hi);
             nan = _mm512_add_ps(nan, _mm512_mul_ps(x, zero));
-            i += 16;
         }
         if _mm512_reduce_add_ps(nan).is_nan() {
             return None;
@@ -539,14 +547,7 @@ mod x86 {
         let (inv, z) = (_mm512_set1_ps(inv), _mm512_set1_ps(z));
         let (zero, top) = (_mm512_setzero_ps(), _mm512_set1_ps(255.0));
         let (n, p, q) = (v.len(), v.as_ptr(), u.as_mut_ptr());
-        let mut i = 0;
-        while i < n {
-            let left = n - i;
-            let mask = if left >= 16 {
-                u16::MAX
-            } else {
-                (1 << left) - 1
-            };
+        for (i, mask) in chunks16(n) {
             // SAFETY: the mask's lanes lie inside `v` and `u`.
             unsafe {
                 let x = _mm512_maskz_loadu_ps(mask, p.add(i));
@@ -554,7 +555,6 @@ mod x86 {
                 let y = _mm512_min_ps(_mm512_max_ps(y, zero), top);
                 _mm512_mask_cvtepi32_storeu_epi8(q.add(i).cast(), mask, _mm512_cvtps_epi32(y));
             }
-            i += 16;
         }
     }
 
