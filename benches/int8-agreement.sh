@@ -5,8 +5,8 @@
 # prefixes, each distinct (input, prefix) counted once. Two samples: the
 # recorded outputs (tests/int8_agreement.rs, which CI runs with a floor),
 # and, for the checkpoints the seq2seq bench reads and CTranslate2 converts
-# (Marian, BART, T5, NLLB into Hindi), FLORES sentences (500, or
-# FLORES_COUNT) with the f32 model's 32 greedy tokens (the seq2seq bench's PRECIS_BENCH_AGREEMENT).
+# (Marian, BART, T5, NLLB into Hindi), 500 FLORES sentences (FLORES_COUNT)
+# with the f32 model's 32 greedy tokens (the bench's PRECIS_BENCH_AGREEMENT).
 # The full-size checkpoints' guard is part of benches/compare-marian.sh.
 # Run on demand, not in CI: `benches/int8-agreement.sh`.
 set -euo pipefail

@@ -388,7 +388,7 @@ fn log_softmax(row: &mut [f32]) {
 
 /// The largest of `values` (NaN values passed over; -inf for none), on
 /// lanes so that it vectorises (a maximum in one chain waits for each
-/// comparison: a twentieth of a vocabulary-sized row's search time).
+/// comparison before the next).
 fn max_of(values: &[f32]) -> f32 {
     const LANES: usize = 16;
     let mut lanes = [f32::NEG_INFINITY; LANES];
